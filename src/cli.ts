@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+// plc2mqtt command line: run, validate, schema, read, simulate.
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
+import { errorMessage } from './device.js';
+import type { DriverTag } from './driver.js';
+import { DRIVERS, type DriverModule } from './drivers.js';
+import { Gateway } from './gateway.js';
+import { createLogger } from './log.js';
+import { TagNormalizer } from './normalize.js';
+import { encodeTagPayload } from './payload.js';
+import { startSimulator, type RunningSimulator } from './simulator.js';
+
+/** The demo config shipped with the package: what `npm start` runs. */
+const DEMO_CONFIG = fileURLToPath(new URL('../../config/demo.json', import.meta.url));
+
+const EXIT_CONFIG = 2;
+const EXIT_FAILURE = 1;
+
+/** Loads a config or prints its problems and exits 2 — never a stack trace. */
+function loadOrExit(file: string): LoadedConfig {
+  try {
+    return loadConfigFile(file);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(EXIT_CONFIG);
+    }
+    throw error;
+  }
+}
+
+function fail(message: string): never {
+  process.stderr.write(`plc2mqtt: ${message}\n`);
+  process.exit(EXIT_FAILURE);
+}
+
+const configOption = () => new Option('-c, --config <file>', 'config file (JSON)');
+
+const program = new Command()
+  .name('plc2mqtt')
+  .description('Industrial IoT edge gateway: PLC tags → MQTT, with an integrated broker.')
+  .showHelpAfterError('(run with --help for usage)');
+
+program
+  .command('run')
+  .description('run the gateway (without -c: the built-in demo with a simulated PLC)')
+  .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
+  .option('--pretty', 'human-readable logs even when stdout is not a terminal')
+  .action(async (options: { config: string; pretty?: boolean }) => {
+    const loaded = loadOrExit(options.config);
+    const log = createLogger(loaded.config.gateway.logLevel, options.pretty ? { pretty: true } : {});
+    log.info({ config: loaded.file, dataDir: loaded.dataDir }, `plc2mqtt starting gateway "${loaded.config.gateway.name}"`);
+    let gateway: Gateway;
+    try {
+      gateway = await Gateway.start(loaded, log);
+    } catch (error) {
+      log.fatal({ error: errorMessage(error) }, 'gateway failed to start');
+      process.exit(EXIT_FAILURE);
+    }
+    let signals = 0;
+    const shutdown = (signal: NodeJS.Signals) => {
+      if (++signals > 1) {
+        log.warn({ signal }, 'second signal: exiting now');
+        process.exit(EXIT_FAILURE);
+      }
+      log.info({ signal }, 'shutting down');
+      const deadline = setTimeout(() => {
+        log.error({ timeoutMs: loaded.config.gateway.shutdownTimeout }, 'shutdown took too long; exiting anyway');
+        process.exit(EXIT_FAILURE);
+      }, loaded.config.gateway.shutdownTimeout);
+      deadline.unref();
+      gateway.stop().then(
+        () => process.exit(0),
+        (error: unknown) => {
+          log.error({ error: errorMessage(error) }, 'shutdown failed');
+          process.exit(EXIT_FAILURE);
+        },
+      );
+    };
+    process.on('SIGINT', shutdown);
+    process.on('SIGTERM', shutdown);
+  });
+
+program
+  .command('validate')
+  .description('check a config file and print every problem with its JSON path (exit code 2 when invalid)')
+  .addOption(configOption().makeOptionMandatory())
+  .action((options: { config: string }) => {
+    const { config, file } = loadOrExit(options.config);
+    const tags = config.devices.reduce((count, device) => count + device.tags.length, 0);
+    const enabled = config.devices.filter((device) => device.enabled).length;
+    process.stdout.write(`${file}: valid — ${config.devices.length} device${config.devices.length === 1 ? '' : 's'} (${enabled} enabled), ${tags} tag${tags === 1 ? '' : 's'}\n`);
+  });
+
+program
+  .command('schema')
+  .description('print the JSON Schema of the config file (committed as config/schema.json)')
+  .action(() => {
+    process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+  });
+
+program
+  .command('read')
+  .description('read one tag once and print its value and quality (commissioning)')
+  .addOption(configOption().makeOptionMandatory())
+  .argument('<device>', 'device name')
+  .argument('<tag>', 'tag name')
+  .option('--json', 'print the payload the gateway would publish')
+  .action(async (deviceName: string, tagName: string, options: { config: string; json?: boolean }) => {
+    const { config, dataDir } = loadOrExit(options.config);
+    const device = config.devices.find((candidate) => candidate.name === deviceName);
+    if (!device) fail(`no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`);
+    const tag = (device.tags as TagConfig[]).find((candidate) => candidate.name === tagName);
+    if (!tag) fail(`device "${deviceName}" has no tag "${tagName}"; tags: ${(device.tags as TagConfig[]).map((candidate) => candidate.name).join(', ')}`);
+
+    const log = createLogger('warn');
+    const simulators = await Promise.all(config.simulators.map((simulator) => startSimulator(simulator).catch(() => undefined)));
+    const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
+    const driver = driverModule.createDriver(device, { log, dataDir });
+    let exitCode = 0;
+    try {
+      await driver.connect();
+      const [reading] = await driver.read(driver.plan([tag as DriverTag]));
+      const normalizer = new TagNormalizer({ device: device.name, group: tag.group ?? 'default', tag: tag.name, scale: tag.scale, offset: tag.offset, unit: tag.unit, report: 'always', maxSilence: 0 });
+      const sample = normalizer.normalize(reading ?? { tag: tag.name, quality: 'bad', reason: 'the driver returned nothing' }, Date.now());
+      if (options.json) process.stdout.write(`${encodeTagPayload(sample, config.topics.timestamp)}\n`);
+      else {
+        const value = sample.value === null ? '-' : JSON.stringify(sample.value, (_key, item: unknown) => (typeof item === 'bigint' ? item.toString() : item));
+        process.stdout.write(`${device.name}/${tag.name} = ${value}${sample.unit ? ` ${sample.unit}` : ''}  quality=${sample.quality}${sample.reason ? ` (${sample.reason})` : ''}\n`);
+      }
+      if (sample.quality === 'bad') exitCode = EXIT_FAILURE;
+    } catch (error) {
+      process.stderr.write(`plc2mqtt: reading ${device.name}/${tag.name} failed: ${errorMessage(error)}\n`);
+      exitCode = EXIT_FAILURE;
+    } finally {
+      await driver.close();
+      await Promise.all(simulators.map((simulator) => simulator?.close()));
+    }
+    process.exit(exitCode);
+  });
+
+program
+  .command('simulate')
+  .description('start the built-in simulated PLCs on loopback ports (those of a config, or one demo PLC)')
+  .addOption(configOption())
+  .option('--host <host>', 'bind address of the demo PLC (without -c)', '127.0.0.1')
+  .option('--port <port>', 'port of the demo PLC (without -c)', (text) => Number(text), 5020)
+  .action(async (options: { config?: string; host: string; port: number }) => {
+    const simulators = options.config
+      ? loadOrExit(options.config).config.simulators
+      : [{ name: 'demo-plc', type: 'modbus-tcp' as const, host: options.host, port: options.port }];
+    if (simulators.length === 0) fail(`${options.config} defines no "simulators"`);
+    const running: RunningSimulator[] = [];
+    for (const simulator of simulators) {
+      try {
+        running.push(await startSimulator(simulator));
+      } catch (error) {
+        fail(errorMessage(error));
+      }
+      process.stdout.write(`simulated PLC "${simulator.name}": Modbus TCP on ${simulator.host}:${simulator.port} (register map: README.md, "Demo PLC")\n`);
+    }
+    const stop = () => void Promise.all(running.map((simulator) => simulator.close())).then(() => process.exit(0));
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+
+program.parseAsync(process.argv).catch((error: unknown) => fail(errorMessage(error)));

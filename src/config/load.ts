@@ -1,0 +1,354 @@
+// Reading a config file: JSON → ${ENV} interpolation → zod → semantic checks.
+// Every problem is reported on its own line with its JSON path, what is wrong and what is expected.
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import type { z } from 'zod';
+import { compileTopicTemplate, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
+import { configJsonSchema, configSchema, type Config } from './schema.js';
+
+export type JsonPath = ReadonlyArray<string | number>;
+
+export interface ConfigProblem {
+  path: JsonPath;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  readonly file: string;
+  readonly problems: ConfigProblem[];
+  constructor(file: string, problems: ConfigProblem[]) {
+    super(formatProblems(file, problems));
+    this.name = 'ConfigError';
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+export interface LoadedConfig {
+  file: string;
+  config: Config;
+  /** gateway.dataDir resolved against the config file's folder. */
+  dataDir: string;
+}
+
+/** Reads, interpolates, validates and checks a config file. Throws ConfigError listing every problem. */
+export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(error);
+    throw new ConfigError(file, [{ path: [], message: `cannot read the file: ${why}` }]);
+  }
+  const config = parseConfigText(text, file, env);
+  return { file, config, dataDir: resolve(dirname(resolve(file)), config.gateway.dataDir) };
+}
+
+export function parseConfigText(text: string, file = '<config>', env: NodeJS.ProcessEnv = process.env): Config {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(file, [{ path: [], message: `not valid JSON: ${jsonErrorWhere(text, error)}` }]);
+  }
+  const envProblems: ConfigProblem[] = [];
+  const interpolated = interpolateEnv(raw, env, [], envProblems);
+  if (envProblems.length > 0) throw new ConfigError(file, envProblems);
+
+  const result = configSchema.safeParse(interpolated, { reportInput: true });
+  if (!result.success) {
+    throw new ConfigError(file, result.error.issues.flatMap((issue) => describeIssue(issue, interpolated)));
+  }
+  const problems = checkSemantics(result.data);
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  return result.data;
+}
+
+// ---------------------------------------------------------------- environment interpolation
+
+const ENV_REFERENCE = /\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/** Replaces ${VAR} and ${VAR:-default} in every string value; "$$" stands for a literal "$". */
+export function interpolateEnv(value: unknown, env: NodeJS.ProcessEnv, path: JsonPath, problems: ConfigProblem[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(ENV_REFERENCE, (whole, variable: string | undefined, fallback: string | undefined) => {
+      if (whole === '$$') return '$';
+      const found = env[variable!];
+      if (found !== undefined && found !== '') return found;
+      if (fallback !== undefined) return fallback;
+      problems.push({ path, message: `environment variable ${variable} is not set (write \${${variable}:-default} to give a default)` });
+      return whole;
+    });
+  }
+  if (Array.isArray(value)) return value.map((item, index) => interpolateEnv(item, env, [...path, index], problems));
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, item]) => [key, interpolateEnv(item, env, [...path, key], problems)]),
+    );
+  }
+  return value;
+}
+
+// ---------------------------------------------------------------- zod issues → readable lines
+
+type Issue = z.core.$ZodIssue;
+
+function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
+  const path = issue.path.filter((key): key is string | number => typeof key !== 'symbol');
+  const input = valueAt(root, path);
+  switch (issue.code) {
+    case 'unrecognized_keys': {
+      const known = knownKeysAt(path, root);
+      return issue.keys.map((key) => {
+        const suggestion = closest(key, known);
+        const hint = suggestion ? `; did you mean "${suggestion}"?` : known.length > 0 ? `; allowed here: ${known.join(', ')}` : '';
+        return { path: [...path, key], message: `unknown key "${key}"${hint}` };
+      });
+    }
+    case 'invalid_type': {
+      if (input === undefined) return [{ path, message: `is required (expected ${issue.expected})` }];
+      const hint = issue.expected === 'number' && typeof input === 'string' && /^-?\d/.test(input) ? ' (write numbers without quotes)' : '';
+      return [{ path, message: `expected ${issue.expected}, got ${describeValue(input)}${hint}` }];
+    }
+    case 'invalid_value': {
+      const options = issue.values.map((value) => JSON.stringify(value));
+      if (input === undefined) return [{ path, message: `is required (one of ${options.join(', ')})` }];
+      const suggestion = typeof input === 'string' ? closest(input, issue.values.map(String)) : undefined;
+      const hint = suggestion ? `; did you mean "${suggestion}"?` : '';
+      return [{ path, message: `got ${describeValue(input)}, expected one of ${options.join(', ')}${hint}` }];
+    }
+    case 'invalid_union': {
+      if ('discriminator' in issue && issue.discriminator) {
+        const options = ((issue as { options?: unknown[] }).options ?? []).map(String);
+        const discriminatorPath = path[path.length - 1] === issue.discriminator ? path : [...path, issue.discriminator];
+        const value = valueAt(root, discriminatorPath);
+        if (value === undefined) return [{ path: discriminatorPath, message: `is required (one of ${options.join(', ')})` }];
+        const suggestion = typeof value === 'string' ? closest(value, options) : undefined;
+        return [{
+          path: discriminatorPath,
+          message: `unknown ${String(issue.discriminator)} ${describeValue(value)}, expected one of ${options.join(', ')}${suggestion ? `; did you mean "${suggestion}"?` : ''}`,
+        }];
+      }
+      // A union (e.g. number | duration string): report the branch that accepted the input's type.
+      const branches = issue.errors.filter((branch) => !branch.some((sub) => sub.code === 'invalid_type' && sub.path.length === 0));
+      if (branches.length > 0) {
+        return branches[0]!.flatMap((sub) => describeIssue({ ...sub, path: [...issue.path, ...sub.path] } as Issue, root));
+      }
+      const expected = [...new Set(issue.errors.flatMap((branch) => branch.filter((sub) => sub.code === 'invalid_type').map((sub) => (sub as { expected: string }).expected)))];
+      return [{ path, message: input === undefined ? `is required (expected ${expected.join(' or ')})` : `expected ${expected.join(' or ')}, got ${describeValue(input)}` }];
+    }
+    case 'too_small':
+    case 'too_big': {
+      const bound = Number(issue.code === 'too_small' ? issue.minimum : issue.maximum);
+      const inclusive = issue.inclusive !== false;
+      const op = issue.code === 'too_small' ? (inclusive ? 'at least' : 'more than') : inclusive ? 'at most' : 'less than';
+      if (issue.origin === 'array') {
+        return [{ path, message: `must have ${op} ${bound} item${bound === 1 ? '' : 's'}, got ${Array.isArray(input) ? input.length : describeValue(input)}` }];
+      }
+      const what = issue.origin === 'string' ? `${bound} characters long` : String(bound);
+      return [{ path, message: `must be ${op} ${what}, got ${describeValue(input)}` }];
+    }
+    case 'invalid_format':
+      return [{ path, message: `${issue.message.startsWith('Invalid') ? `not a valid ${issue.format}` : issue.message}, got ${describeValue(input)}` }];
+    default:
+      return [{ path, message: issue.message }];
+  }
+}
+
+function valueAt(root: unknown, path: JsonPath): unknown {
+  let node: unknown = root;
+  for (const key of path) {
+    if (node === null || typeof node !== 'object') return undefined;
+    node = (node as Record<string | number, unknown>)[key];
+  }
+  return node;
+}
+
+function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  const text = JSON.stringify(value);
+  return text.length > 60 ? `${text.slice(0, 57)}…` : text;
+}
+
+type SchemaNode = { properties?: Record<string, SchemaNode>; items?: SchemaNode; anyOf?: SchemaNode[]; oneOf?: SchemaNode[]; additionalProperties?: SchemaNode | boolean; const?: unknown; allOf?: SchemaNode[] };
+
+/** The keys the schema allows at a path, found by walking the generated JSON Schema beside the input. */
+function knownKeysAt(path: JsonPath, root: unknown): string[] {
+  let node: SchemaNode | undefined = configJsonSchema() as SchemaNode;
+  for (let depth = 0; depth <= path.length && node; depth++) {
+    node = pickBranch(node, valueAt(root, path.slice(0, depth)));
+    if (depth === path.length || !node) break;
+    const key = path[depth]!;
+    node = typeof key === 'number' ? node.items : (node.properties?.[key] ?? (typeof node.additionalProperties === 'object' ? node.additionalProperties : undefined));
+  }
+  return node?.properties ? Object.keys(node.properties) : [];
+}
+
+function pickBranch(node: SchemaNode, value: unknown): SchemaNode {
+  const branches = node.anyOf ?? node.oneOf ?? node.allOf;
+  if (!branches) return node;
+  const objects = branches.filter((branch) => branch.properties);
+  const matching = objects.find((branch) =>
+    Object.entries(branch.properties!).every(([key, property]) =>
+      property.const === undefined || (value !== null && typeof value === 'object' && (value as Record<string, unknown>)[key] === property.const),
+    ),
+  );
+  return matching ?? objects[0] ?? node;
+}
+
+/** The closest candidate by edit distance, if it is close enough to be a typo. */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of candidates) {
+    const distance = editDistance(word.toLowerCase(), candidate.toLowerCase());
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best !== undefined && bestDistance <= Math.max(1, Math.floor(best.length / 3)) ? best : undefined;
+}
+
+/** Edit distance where swapping two neighbouring letters ("prot" for "port") counts as one edit. */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let best = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = best;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+function jsonErrorWhere(text: string, error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const position = /position (\d+)/.exec(message);
+  if (!position) return message;
+  const offset = Number(position[1]);
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  const column = offset - before.lastIndexOf('\n');
+  return `${message.replace(/ in JSON at position \d+.*$/, '').replace(/\s*\(line \d+ column \d+\)/, '')} at line ${line}, column ${column}`;
+}
+
+// ---------------------------------------------------------------- checks zod can't express
+
+export function checkSemantics(config: Config): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const add = (path: JsonPath, message: string) => problems.push({ path, message });
+
+  for (const [key, source] of [['tag', config.topics.tag], ['batch', config.topics.batch], ['status', config.topics.status]] as const) {
+    try {
+      const template = compileTopicTemplate(source);
+      if (key === 'batch' && template.placeholders.includes('tag')) add(['topics', key], 'a batch topic carries every tag of a group: it cannot contain {tag}');
+      if (key === 'status') {
+        const unknown = template.placeholders.filter((placeholder) => placeholder !== 'gateway');
+        if (unknown.length > 0) add(['topics', key], `the status topic may only use {gateway}, not {${unknown.join('}, {')}}`);
+      }
+    } catch (error) {
+      add(['topics', key], (error as Error).message);
+    }
+  }
+
+  const deviceNames = new Map<string, number>();
+  const topicOwners = new Map<string, string>();
+  const claimTopic = (topic: string, owner: string, path: JsonPath) => {
+    const previous = topicOwners.get(topic);
+    if (previous) add(path, `topic "${topic}" is already the topic of ${previous}; give one of them another name or topic`);
+    else topicOwners.set(topic, owner);
+  };
+
+  config.devices.forEach((device, deviceIndex) => {
+    const devicePath = ['devices', deviceIndex];
+    const firstIndex = deviceNames.get(device.name);
+    if (firstIndex !== undefined) add([...devicePath, 'name'], `duplicate device name "${device.name}" (also devices[${firstIndex}])`);
+    else deviceNames.set(device.name, deviceIndex);
+
+    for (const key of Object.keys(device.meta)) {
+      if ((RESERVED_PLACEHOLDERS as readonly string[]).includes(key)) add([...devicePath, 'meta', key], `"${key}" is a built-in placeholder; choose another meta key`);
+    }
+    const variables = { gateway: config.gateway.name, device: device.name, ...device.meta };
+
+    const tagNames = new Map<string, number>();
+    device.tags.forEach((tag, tagIndex) => {
+      const tagPath = [...devicePath, 'tags', tagIndex];
+      const firstTag = tagNames.get(tag.name);
+      if (firstTag !== undefined) add([...tagPath, 'name'], `duplicate tag name "${tag.name}" in device "${device.name}" (also tags[${firstTag}])`);
+      else tagNames.set(tag.name, tagIndex);
+
+      const group = tag.group ?? 'default';
+      if (tag.group !== undefined && !(tag.group in device.pollGroups)) {
+        const defined = Object.keys(device.pollGroups);
+        add([...tagPath, 'group'], `unknown poll group "${tag.group}"; device "${device.name}" defines ${defined.length > 0 ? defined.join(', ') : 'no pollGroups'}`);
+      }
+      if (device.publish === 'per-tag' || tag.topic !== undefined) {
+        const where = tag.topic !== undefined ? [...tagPath, 'topic'] : ['topics', 'tag'];
+        const topic = renderChecked({ source: tag.topic ?? config.topics.tag, variables: { ...variables, group, tag: tag.name }, path: where, device: device.name, add });
+        if (topic !== undefined) claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+      }
+    });
+
+    if (device.publish === 'batch') {
+      const groups = new Set(device.tags.map((tag) => tag.group ?? 'default'));
+      for (const group of groups) {
+        const topic = renderChecked({ source: config.topics.batch, variables: { ...variables, group }, path: ['topics', 'batch'], device: device.name, add });
+        if (topic !== undefined) claimTopic(topic, `the batch of devices[${deviceIndex}] group "${group}"`, devicePath);
+      }
+    }
+  });
+
+  const simulatorNames = new Set<string>();
+  const simulatorPorts = new Set<string>();
+  config.simulators.forEach((simulator, index) => {
+    if (simulatorNames.has(simulator.name)) add(['simulators', index, 'name'], `duplicate simulator name "${simulator.name}"`);
+    simulatorNames.add(simulator.name);
+    const endpoint = `${simulator.host}:${simulator.port}`;
+    if (simulator.port !== 0 && simulatorPorts.has(endpoint)) add(['simulators', index, 'port'], `another simulator already listens on ${endpoint}`);
+    simulatorPorts.add(endpoint);
+  });
+
+  return problems;
+}
+
+function renderChecked(options: { source: string; variables: Record<string, string>; path: JsonPath; device: string; add: (path: JsonPath, message: string) => void }): string | undefined {
+  let template: TopicTemplate;
+  try {
+    template = compileTopicTemplate(options.source);
+  } catch (error) {
+    options.add(options.path, (error as Error).message);
+    return undefined;
+  }
+  const missing = template.placeholders.filter((placeholder) => options.variables[placeholder] === undefined);
+  if (missing.length > 0) {
+    options.add(options.path, `placeholder {${missing.join('}, {')}} is not defined for device "${options.device}"; add it to the device's "meta" or remove it from the template`);
+    return undefined;
+  }
+  const topic = template.render(options.variables);
+  const problem = topicProblem(topic);
+  if (problem) {
+    options.add(options.path, `for device "${options.device}": ${problem}`);
+    return undefined;
+  }
+  return topic;
+}
+
+// ---------------------------------------------------------------- the report
+
+export function formatPath(path: JsonPath): string {
+  let text = '';
+  for (const key of path) text += typeof key === 'number' ? `[${key}]` : /^[A-Za-z_$][A-Za-z0-9_$]*$/.test(key) ? (text ? `.${key}` : key) : `[${JSON.stringify(key)}]`;
+  return text || '(top level)';
+}
+
+export function formatProblems(file: string, problems: readonly ConfigProblem[]): string {
+  const header = `${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}`;
+  return [header, ...problems.map((problem) => `  ${formatPath(problem.path)}: ${problem.message}`)].join('\n');
+}

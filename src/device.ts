@@ -1,0 +1,162 @@
+// One device at run time: its driver, its poll groups and its health. Connection failures
+// become bad-quality readings (never silence) and reconnects back off with jitter. Each device
+// fails alone: nothing here throws into the gateway.
+import type { Logger } from 'pino';
+import { backoffDelay } from './backoff.js';
+import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading } from './driver.js';
+import { PollJob, type Clock, systemClock } from './scheduler.js';
+
+export interface PollGroup<Tag extends DriverTag = DriverTag> {
+  name: string;
+  interval: number;
+  tags: readonly Tag[];
+}
+
+export interface DeviceHealth {
+  state: 'connecting' | 'connected' | 'disconnected' | 'stopped';
+  lastError?: string;
+  connectAttempts: number;
+  pollErrors: number;
+  overruns: number;
+  cycles: number;
+}
+
+export interface ReadingsEvent {
+  device: string;
+  group: string;
+  /** When the cycle started (its scheduled slot). */
+  cycleTs: number;
+  readings: TagReading[];
+}
+
+export interface DeviceRunnerOptions<Tag extends DriverTag> {
+  name: string;
+  driver: Driver<Tag>;
+  groups: readonly PollGroup<Tag>[];
+  log: Logger;
+  onReadings: (event: ReadingsEvent) => void;
+  /** Phase of each group's first poll, for spreading devices over the interval. */
+  phaseOf: (group: PollGroup<Tag>) => number;
+  clock?: Clock;
+}
+
+export class DeviceRunner<Tag extends DriverTag = DriverTag> {
+  readonly name: string;
+  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, overruns: 0, cycles: 0 };
+  private readonly options: DeviceRunnerOptions<Tag>;
+  private readonly clock: Clock;
+  private readonly jobs: PollJob[] = [];
+  private connecting: Promise<boolean> | undefined;
+  private nextConnectAt = 0;
+  private failedConnects = 0;
+
+  constructor(options: DeviceRunnerOptions<Tag>) {
+    this.options = options;
+    this.name = options.name;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  start(): void {
+    const { driver, groups, log } = this.options;
+    for (const group of groups) {
+      const plan = driver.plan(group.tags);
+      log.info({ device: this.name, group: group.name, interval: group.interval, tags: group.tags.length, plan: plan.describe() }, 'poll group planned');
+      const job = new PollJob({
+        interval: group.interval,
+        phase: this.options.phaseOf(group),
+        clock: this.clock,
+        run: (slot) => this.poll(group, plan, slot),
+        onOverrun: (stats) => {
+          this.health.overruns++;
+          // Log the first overrun and then every 100th, not every slot of a slow device.
+          if (stats.overruns === 1 || stats.overruns % 100 === 0) {
+            log.warn({ device: this.name, group: group.name, overruns: stats.overruns }, 'poll cycle still running at the next slot; slot skipped');
+          }
+        },
+      });
+      this.jobs.push(job);
+      job.start();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.jobs.map((job) => job.stop()));
+    await this.connecting;
+    await this.options.driver.close();
+    this.health.state = 'stopped';
+  }
+
+  /** One cycle of one poll group. Always emits a reading per tag: values, or bad quality with the reason. */
+  async poll(group: PollGroup<Tag>, plan: ReadPlan, cycleTs: number): Promise<void> {
+    this.health.cycles++;
+    let readings: TagReading[];
+    if (!(await this.ensureConnected())) {
+      readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`);
+    } else {
+      try {
+        readings = await this.options.driver.read(plan);
+      } catch (error) {
+        const reason = errorMessage(error);
+        this.health.pollErrors++;
+        this.health.lastError = reason;
+        readings = allBad(group.tags, reason);
+        if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
+      }
+    }
+    this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
+  }
+
+  private async ensureConnected(): Promise<boolean> {
+    if (this.options.driver.connected) return true;
+    if (this.connecting) return this.connecting;
+    if (this.clock.now() < this.nextConnectAt) return false;
+    this.connecting = this.connect().finally(() => {
+      this.connecting = undefined;
+    });
+    return this.connecting;
+  }
+
+  private async connect(): Promise<boolean> {
+    const { driver, log } = this.options;
+    this.health.state = 'connecting';
+    this.health.connectAttempts++;
+    try {
+      await driver.connect();
+      this.health.state = 'connected';
+      if (this.failedConnects > 0 || this.health.lastError) log.info({ device: this.name }, 'device connected again');
+      else log.info({ device: this.name }, 'device connected');
+      this.failedConnects = 0;
+      delete this.health.lastError;
+      return true;
+    } catch (error) {
+      this.failedConnects++;
+      const delay = backoffDelay(this.failedConnects);
+      this.nextConnectAt = this.clock.now() + delay;
+      const reason = errorMessage(error);
+      this.health.state = 'disconnected';
+      // Log when the reason changes, not on every retry of a device that stays down.
+      if (reason !== this.health.lastError) log.warn({ device: this.name, error: reason, retryInMs: delay }, 'device connect failed');
+      this.health.lastError = reason;
+      await driver.close();
+      return false;
+    }
+  }
+
+  private async lostConnection(reason: string): Promise<void> {
+    this.options.log.warn({ device: this.name, error: reason }, 'device connection lost');
+    this.health.state = 'disconnected';
+    await this.options.driver.close();
+    // Reconnect on the next cycle; back-off starts if that attempt fails.
+    this.nextConnectAt = 0;
+  }
+}
+
+function allBad(tags: readonly DriverTag[], reason: string): TagReading[] {
+  return tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason }));
+}
+
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return error.message || error.name;
+  if (error !== null && typeof error === 'object' && 'message' in error) return String((error as { message: unknown }).message);
+  return String(error);
+}

@@ -1,0 +1,74 @@
+// The one small interface every field-protocol driver implements.
+// Drivers know their protocol and nothing else: no MQTT, no SQLite, no topics.
+// The core hands them the tags of one poll group, they hand back raw readings.
+
+import type { Logger } from 'pino';
+
+export type Quality = 'good' | 'uncertain' | 'bad';
+
+/** A value as a device gives it, before scaling. Arrays are fixed-length tag arrays. */
+export type ScalarValue = number | bigint | boolean | string;
+export type TagValue = ScalarValue | ScalarValue[];
+
+/** What a driver returns for one tag in one read. */
+export interface TagReading {
+  tag: string;
+  /** Absent when the tag could not be read. */
+  value?: TagValue;
+  quality: Quality;
+  /** Why the quality is not good (human readable, e.g. "exception 2: illegal data address"). */
+  reason?: string;
+  /** Milliseconds since the epoch, when the device itself stamps its values. */
+  sourceTs?: number;
+}
+
+/** Every driver's tag config carries at least a unique name. */
+export interface DriverTag {
+  name: string;
+}
+
+/**
+ * A driver-specific compiled read plan (request blocks, node lists, …), built once per poll group
+ * at start so the poll loop never re-derives it. `describe()` is logged so users see what a poll costs.
+ */
+export interface ReadPlan {
+  describe(): string;
+}
+
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
+
+/**
+ * Thrown (or rejected) by `read`/`write` when the failure concerns the whole device, not one tag.
+ * `connectionLost` tells the core to reconnect (with back-off) before the next cycle.
+ */
+export class DriverError extends Error {
+  readonly code: string;
+  readonly connectionLost: boolean;
+  constructor(message: string, options: { code: string; connectionLost?: boolean; cause?: unknown }) {
+    super(message, { cause: options.cause });
+    this.name = 'DriverError';
+    this.code = options.code;
+    this.connectionLost = options.connectionLost ?? false;
+  }
+}
+
+export interface Driver<Tag extends DriverTag = DriverTag> {
+  /** Open the connection. Rejects with a readable error; the core retries with back-off. */
+  connect(): Promise<void>;
+  /** Compile the tags of one poll group into a plan. Pure with respect to the device. */
+  plan(tags: readonly Tag[]): ReadPlan;
+  /** Read every tag of a plan. Per-tag failures come back as bad readings; device failures throw DriverError. */
+  read(plan: ReadPlan): Promise<TagReading[]>;
+  /** Write one value (already type-checked by the core) to one tag. */
+  write(tag: Tag, value: TagValue): Promise<void>;
+  /** Close the connection and release every resource. Never rejects. */
+  close(): Promise<void>;
+  /** True while the driver believes its connection is usable. */
+  readonly connected: boolean;
+}
+
+/** What the core gives a driver when it creates one. */
+export interface DriverContext {
+  log: Logger;
+  dataDir: string;
+}

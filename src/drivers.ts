@@ -1,0 +1,19 @@
+// The driver registry: a device's "driver" name → its config schema (loaded eagerly, it is small)
+// and its implementation (loaded lazily, so a gateway without OPC UA devices never loads node-opcua).
+import type { z } from 'zod';
+import type { Driver, DriverContext, DriverTag } from './driver.js';
+import { modbusDevice } from '../drivers/modbus/config.js';
+
+export interface DriverModule<Device> {
+  createDriver(device: Device, context: DriverContext): Driver<DriverTag>;
+}
+
+export const DRIVERS = {
+  modbus: {
+    schema: modbusDevice,
+    load: async (): Promise<DriverModule<z.output<typeof modbusDevice>>> => import('../drivers/modbus/index.js'),
+  },
+} as const;
+
+export type DriverName = keyof typeof DRIVERS;
+export const DRIVER_NAMES = Object.keys(DRIVERS) as DriverName[];

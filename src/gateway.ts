@@ -1,0 +1,224 @@
+// The life of a sample, top to bottom:
+//
+//   poll job (scheduler.ts)  fires on its fixed-rate grid for one device and poll group
+//     → driver.read(plan)    (drivers/<name>) returns raw readings; failures become bad quality
+//     → TagNormalizer        (normalize.ts) types, scales, stamps, decides report-by-exception
+//     → topic + payload      (topics.ts, payload.ts) compiled once at start
+//     → integrated broker    (broker.ts) where local subscribers see it, retained
+//     → [outbox → uplink]    the store-and-forward path to the cloud (issue #4)
+//
+// Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
+import { mkdirSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { IntegratedBroker } from './broker.js';
+import type { LoadedConfig } from './config/load.js';
+import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
+import { DeviceRunner, errorMessage, type PollGroup, type ReadingsEvent } from './device.js';
+import type { DriverTag } from './driver.js';
+import { DRIVERS, type DriverModule } from './drivers.js';
+import { TagNormalizer, type Sample } from './normalize.js';
+import { encodeBatchPayload, encodeTagPayload } from './payload.js';
+import { startPhase } from './scheduler.js';
+import { startSimulator, type RunningSimulator } from './simulator.js';
+import { compileTopicTemplate } from './topics.js';
+
+/** A tag compiled for the hot path: its normalizer and its rendered topic. */
+interface CompiledTag {
+  normalizer: TagNormalizer;
+  topic: string;
+}
+
+interface CompiledDevice {
+  config: DeviceConfig;
+  tags: Map<string, CompiledTag>;
+  /** Rendered batch topic per poll group (publish: "batch"). */
+  batchTopics: Map<string, string>;
+  runner: DeviceRunner;
+}
+
+export interface GatewayStats {
+  samples: number;
+  published: number;
+  publishErrors: number;
+}
+
+export class Gateway {
+  readonly config: Config;
+  readonly broker: IntegratedBroker;
+  readonly stats: GatewayStats = { samples: 0, published: 0, publishErrors: 0 };
+  /** The last sample of every tag, by "device/tag", for status and commissioning. */
+  readonly lastSamples = new Map<string, Sample>();
+  private readonly log: Logger;
+  private readonly devices: CompiledDevice[] = [];
+  private readonly simulators: RunningSimulator[];
+  private readonly statusTopic: string;
+  private stopping: Promise<void> | undefined;
+
+  private constructor(config: Config, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger) {
+    this.config = config;
+    this.broker = broker;
+    this.simulators = simulators;
+    this.log = log;
+    this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
+  }
+
+  static async start(loaded: LoadedConfig, log: Logger): Promise<Gateway> {
+    const { config } = loaded;
+    mkdirSync(loaded.dataDir, { recursive: true });
+
+    // 1. Simulated PLCs first, so the devices that poll them connect on their first cycle.
+    const simulators: RunningSimulator[] = [];
+    let broker: IntegratedBroker | undefined;
+    try {
+      for (const simulator of config.simulators) {
+        simulators.push(await startSimulator(simulator));
+        log.info({ simulator: simulator.name, address: `${simulator.host}:${simulator.port}` }, 'simulated PLC listening');
+      }
+      // 2. The integrated broker every sample is published into.
+      broker = await IntegratedBroker.start(config.broker, log);
+    } catch (error) {
+      await Promise.all(simulators.map((simulator) => simulator.close()));
+      throw error;
+    }
+    const gateway = new Gateway(config, broker, simulators, log);
+    for (const address of broker.addresses()) {
+      log.info({ listener: `mqtt://${address.host}:${address.port}` }, `integrated broker listening; try: mosquitto_sub -h ${address.host} -p ${address.port} -t '#' -v`);
+    }
+    await gateway.publishStatus('online');
+
+    // 3. Devices: each gets its driver, compiled tags and poll jobs.
+    try {
+      await gateway.startDevices(loaded.dataDir);
+    } catch (error) {
+      await gateway.stop();
+      throw error;
+    }
+    return gateway;
+  }
+
+  private async startDevices(dataDir: string): Promise<void> {
+    const enabled = this.config.devices.filter((device) => device.enabled);
+    const jobCount = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
+    let jobIndex = 0;
+    for (const device of enabled) {
+      const groups = pollGroupsOf(device);
+      const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
+      const driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir });
+      const phases = new Map(groups.map((group) => [group.name, startPhase(jobIndex++, jobCount, group.interval)]));
+      const compiled: CompiledDevice = {
+        config: device,
+        tags: this.compileTags(device),
+        batchTopics: new Map(groups.map((group) => [group.name, this.render(this.config.topics.batch, device, group.name)])),
+        runner: new DeviceRunner({
+          name: device.name,
+          driver,
+          groups,
+          log: this.log,
+          phaseOf: (group) => phases.get(group.name) ?? 0,
+          onReadings: (event) => this.onReadings(compiled, event),
+        }),
+      };
+      this.devices.push(compiled);
+      compiled.runner.start();
+    }
+    const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
+    this.log.info({ devices: enabled.length, tags, pollJobs: jobCount }, 'polling started');
+  }
+
+  private compileTags(device: DeviceConfig): Map<string, CompiledTag> {
+    const compiled = new Map<string, CompiledTag>();
+    for (const tag of device.tags as TagConfig[]) {
+      const group = tag.group ?? 'default';
+      compiled.set(tag.name, {
+        normalizer: new TagNormalizer({
+          device: device.name,
+          group,
+          tag: tag.name,
+          scale: tag.scale,
+          offset: tag.offset,
+          unit: tag.unit,
+          deadband: tag.deadband,
+          report: tag.report ?? device.report,
+          maxSilence: tag.maxSilence ?? device.maxSilence,
+        }),
+        topic: this.render(tag.topic ?? this.config.topics.tag, device, group, tag.name),
+      });
+    }
+    return compiled;
+  }
+
+  private render(template: string, device: DeviceConfig, group: string, tag?: string): string {
+    const variables: Record<string, string> = { ...device.meta, gateway: this.config.gateway.name, device: device.name, group };
+    if (tag !== undefined) variables.tag = tag;
+    return compileTopicTemplate(template).render(variables);
+  }
+
+  /** Raw readings of one poll cycle → samples → the integrated broker. */
+  private onReadings(device: CompiledDevice, event: ReadingsEvent): void {
+    const now = Date.now();
+    const { topics } = this.config;
+    const batch: Sample[] = [];
+    for (const reading of event.readings) {
+      const tag = device.tags.get(reading.tag);
+      if (!tag) continue;
+      const sample = tag.normalizer.normalize(reading, now);
+      this.stats.samples++;
+      this.lastSamples.set(`${event.device}/${reading.tag}`, sample);
+      if (device.config.publish === 'batch') batch.push(sample);
+      else if (tag.normalizer.shouldReport(sample, now)) {
+        this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
+      }
+    }
+    if (batch.length > 0) {
+      const topic = device.batchTopics.get(event.group)!;
+      this.publish(topic, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
+    }
+  }
+
+  private publish(topic: string, payload: string, retain: boolean): void {
+    this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain }).then(
+      () => {
+        this.stats.published++;
+      },
+      (error: unknown) => {
+        this.stats.publishErrors++;
+        this.log.error({ topic, error: errorMessage(error) }, 'publish into the integrated broker failed');
+      },
+    );
+  }
+
+  private publishStatus(status: 'online' | 'offline'): Promise<void> {
+    return this.broker.publish(this.statusTopic, status, { qos: 1, retain: true });
+  }
+
+  /** Device states for status output. */
+  deviceHealth(): Array<{ name: string } & DeviceRunner['health']> {
+    return this.devices.map((device) => ({ name: device.config.name, ...device.runner.health }));
+  }
+
+  /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      await Promise.all(this.devices.map((device) => device.runner.stop().catch((error: unknown) => this.log.warn({ device: device.config.name, error: errorMessage(error) }, 'device did not stop cleanly'))));
+      await this.publishStatus('offline').catch(() => undefined);
+      await this.broker.close();
+      await Promise.all(this.simulators.map((simulator) => simulator.close()));
+      this.log.info(this.stats, 'gateway stopped');
+    })();
+    return this.stopping;
+  }
+}
+
+/** The device's poll groups that have tags: "default" at pollInterval plus each named group. */
+export function pollGroupsOf(device: DeviceConfig): PollGroup<DriverTag>[] {
+  const byGroup = new Map<string, TagConfig[]>();
+  for (const tag of device.tags as TagConfig[]) {
+    const group = tag.group ?? 'default';
+    byGroup.set(group, [...(byGroup.get(group) ?? []), tag]);
+  }
+  return [...byGroup].map(([name, tags]) => ({
+    name,
+    interval: name === 'default' ? device.pollInterval : device.pollGroups[name]!.interval,
+    tags,
+  }));
+}
