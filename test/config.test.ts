@@ -1,0 +1,186 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, formatPath, loadConfigFile, parseConfigText } from '../src/config/load.js';
+import { configJsonSchema } from '../src/config/schema.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const CLI = join(ROOT, 'dist/src/cli.js');
+
+/** A minimal valid device; cases spread it and break one thing. */
+const device = (extra: Record<string, unknown> = {}, tags: unknown[] = [{ name: 't', address: '40001' }]) => ({
+  name: 'plc1',
+  driver: 'modbus',
+  connection: { transport: 'tcp', host: '127.0.0.1' },
+  tags,
+  ...extra,
+});
+
+function problemsOf(config: unknown, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    parseConfigText(typeof config === 'string' ? config : JSON.stringify(config), 'test.json', env);
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${String(error)}`);
+    return error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`);
+  }
+  return [];
+}
+
+describe('config errors: each bad file gets the exact report', () => {
+  const cases: Array<[string, unknown, string[]]> = [
+    ['not JSON', '{"gateway": {"name": "x",}}', ['(top level): not valid JSON: Expected double-quoted property name at line 1, column 26']],
+    ['unknown top-level key', { devics: [] }, ['devics: unknown key "devics"; did you mean "devices"?']],
+    [
+      'typo in a nested key',
+      { devices: [device({ connection: { transport: 'tcp', host: 'h', prot: 502 } })] },
+      ['devices[0].connection.prot: unknown key "prot"; did you mean "port"?'],
+    ],
+    [
+      'unknown key without a near miss lists what is allowed',
+      { topics: { zzz: 1 } },
+      ['topics.zzz: unknown key "zzz"; allowed here: tag, batch, status, retain, qos, timestamp'],
+    ],
+    ['unknown driver', { devices: [device({ driver: 'modbsu' })] }, ['devices[0].driver: unknown driver "modbsu", expected one of modbus; did you mean "modbus"?']],
+    ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus)']],
+    [
+      'bad enum value with suggestion',
+      { devices: [device({}, [{ name: 't', address: '40001', type: 'flaot32' }])] },
+      ['devices[0].tags[0].type: got "flaot32", expected one of "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"; did you mean "float32"?'],
+    ],
+    ['wrong type', { devices: [device({ connection: { transport: 'tcp', host: 'h', port: '502' } })] }, ['devices[0].connection.port: expected number, got "502" (write numbers without quotes)']],
+    ['missing required field', { devices: [device({ connection: { transport: 'tcp' } })] }, ['devices[0].connection.host: is required (expected string)']],
+    ['bad duration', { devices: [device({ pollInterval: '1 sec' })] }, ['devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "1 sec"']],
+    ['too fast poll', { devices: [device({ pollInterval: 1 })] }, ['devices[0].pollInterval: must be at least 10, got 1']],
+    ['qos out of range', { topics: { qos: 2 } }, ['topics.qos: got 2, expected one of 0, 1']],
+    ['empty tag list', { devices: [device({}, [])] }, ['devices[0].tags: must have at least 1 item, got 0']],
+    [
+      'bad Modbus address',
+      { devices: [device({}, [{ name: 't', address: '4000x' }])] },
+      ['devices[0].tags[0].address: "4000x" is not a Modbus address; expected conventional notation such as "40001" (holding), "30001" (input), "00001" (coil), "10001" (discrete), "400001" (6 digits) or "40010.3" (bit 3 of a register)'],
+    ],
+    [
+      'numeric address without area',
+      { devices: [device({}, [{ name: 't', address: 5 }])] },
+      ['devices[0].tags[0].area: a numeric (0-based) address needs "area": one of coil, discrete, input, holding; or write the address in conventional notation such as "40001"'],
+    ],
+    ['coil with a register type', { devices: [device({}, [{ name: 't', address: '00001', type: 'int16' }])] }, ['devices[0].tags[0].type: coils hold single bits: type must be bool, not int16']],
+    [
+      'string without length',
+      { devices: [device({}, [{ name: 't', address: '40001', type: 'string' }])] },
+      ['devices[0].tags[0].length: type string needs "length": the number of registers holding the text (2 characters each)'],
+    ],
+    ['tag name with a slash', { devices: [device({}, [{ name: 'a/b', address: '40001' }])] }, ['devices[0].tags[0].name: Tag names may use letters, digits, "_", "-" and "." only (they become MQTT topic levels), got "a/b"']],
+    ['duplicate device names', { devices: [device(), device()] }, ['devices[1].name: duplicate device name "plc1" (also devices[0])', 'devices[1].tags[0]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic']],
+    [
+      'duplicate tag names',
+      { devices: [device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
+      ['devices[0].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])', 'devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic'],
+    ],
+    [
+      'two tags rendering to the same topic',
+      { topics: { tag: 'site/{device}' }, devices: [device({}, [{ name: 'a', address: '40001' }, { name: 'b', address: '40002' }])] },
+      ['devices[0].tags[1]: topic "site/plc1" is already the topic of devices[0].tags[0] (plc1/a); give one of them another name or topic'],
+    ],
+    ['unknown poll group', { devices: [device({}, [{ name: 't', address: '40001', group: 'fast' }])] }, ['devices[0].tags[0].group: unknown poll group "fast"; device "plc1" defines no pollGroups']],
+    ['placeholder without meta', { topics: { tag: 'acme/{site}/{device}/{tag}' }, devices: [device()] }, ['topics.tag: placeholder {site} is not defined for device "plc1"; add it to the device\'s "meta" or remove it from the template']],
+    ['wildcard in a topic', { devices: [device({}, [{ name: 't', address: '40001', topic: 'x/+/{tag}' }])] }, ['devices[0].tags[0].topic: for device "plc1": "x/+/t" contains an MQTT wildcard (+ or #); published topics can\'t']],
+    ['{tag} in the batch topic', { topics: { batch: 'x/{device}/{tag}' } }, ['topics.batch: a batch topic carries every tag of a group: it cannot contain {tag}']],
+    ['missing environment variable', { gateway: { name: '${GW_NAME}' } }, ['gateway.name: environment variable GW_NAME is not set (write ${GW_NAME:-default} to give a default)']],
+  ];
+  for (const [title, config, expected] of cases) {
+    it(title, () => assert.deepEqual(problemsOf(config), expected));
+  }
+
+  it('reports every problem of a file, not just the first', () => {
+    const problems = problemsOf({ extra: 1, topics: { qos: 5 }, devices: [device({ driver: 'nope' })] });
+    assert.equal(problems.length, 3);
+  });
+});
+
+describe('config: environment interpolation', () => {
+  it('replaces ${VAR} and ${VAR:-default}, and $$ is a literal $', () => {
+    const config = parseConfigText(
+      JSON.stringify({ gateway: { name: '${GW}', dataDir: '${DATA:-/var/lib/plc2mqtt}' }, devices: [device({ connection: { transport: 'tcp', host: '${PLC_HOST}' }, description: 'costs $$5' })] }),
+      'x',
+      { GW: 'edge-7', PLC_HOST: '10.0.0.9' },
+    );
+    assert.equal(config.gateway.name, 'edge-7');
+    assert.equal(config.gateway.dataDir, '/var/lib/plc2mqtt');
+    const [first] = config.devices;
+    assert.equal(first?.connection.transport === 'tcp' && first.connection.host, '10.0.0.9');
+    assert.equal(first?.description, 'costs $5');
+  });
+});
+
+describe('config: defaults and addresses', () => {
+  it('fills defaults and resolves conventional and explicit addresses', () => {
+    const config = parseConfigText(JSON.stringify({ devices: [device({}, [
+      { name: 'a', address: '40010.3' },
+      { name: 'b', area: 'input', address: 7, type: 'float32' },
+      { name: 'c', address: '400001', type: 'int32' },
+      { name: 'd', address: '00005' },
+    ])] }));
+    const tags = config.devices[0]!.tags;
+    assert.deepEqual(tags.map((tag) => [tag.name, tag.address, tag.type]), [
+      ['a', { area: 'holding', address: 9, bit: 3 }, 'bool'],
+      ['b', { area: 'input', address: 7 }, 'float32'],
+      ['c', { area: 'holding', address: 0 }, 'int32'],
+      ['d', { area: 'coil', address: 4 }, 'bool'],
+    ]);
+    assert.equal(config.devices[0]!.pollInterval, 1000);
+    assert.equal(config.broker.listeners[0]!.host, '127.0.0.1');
+    assert.equal(config.topics.tag, 'plc2mqtt/{gateway}/{device}/{tag}');
+  });
+
+  it('resolves dataDir against the config file folder', () => {
+    const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-config-'));
+    const file = join(folder, 'gw.json');
+    writeFileSync(file, JSON.stringify({ gateway: { dataDir: 'state' } }));
+    assert.equal(loadConfigFile(file).dataDir, join(folder, 'state'));
+  });
+});
+
+describe('config files shipped in config/', () => {
+  it('config/schema.json is the current JSON Schema (run `npm run schema` after changing the zod schema)', () => {
+    const committed: unknown = JSON.parse(readFileSync(join(ROOT, 'config/schema.json'), 'utf8'));
+    assert.deepEqual(committed, configJsonSchema());
+  });
+
+  for (const file of readdirSync(join(ROOT, 'config')).filter((name) => name.endsWith('.json') && name !== 'schema.json')) {
+    it(`${file} is valid and points at the schema`, () => {
+      const loaded = loadConfigFile(join(ROOT, 'config', file), { ...process.env });
+      assert.ok(loaded.config.devices.length > 0);
+      const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { $schema?: string };
+      assert.equal(raw.$schema, './schema.json');
+    });
+  }
+});
+
+describe('plc2mqtt validate', () => {
+  it('prints every problem with its path, exits 2, and never a stack trace', () => {
+    const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-validate-'));
+    const file = join(folder, 'bad.json');
+    writeFileSync(file, JSON.stringify({ topics: { qos: 3 }, devices: [device({ pollInterval: 'soon' })] }));
+    const result = spawnSync(process.execPath, [CLI, 'validate', '-c', file], { encoding: 'utf8' });
+    assert.equal(result.status, 2);
+    assert.equal(result.stdout, '');
+    assert.equal(result.stderr, `${file}: 2 problems\n  topics.qos: got 3, expected one of 0, 1\n  devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "soon"\n`);
+    assert.doesNotMatch(result.stderr, /at .*\.js:\d+/);
+  });
+
+  it('counts devices and tags of a valid file', () => {
+    const result = spawnSync(process.execPath, [CLI, 'validate', '-c', join(ROOT, 'config/demo.json')], { encoding: 'utf8' });
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout, /valid — 1 device \(1 enabled\), 12 tags/);
+  });
+
+  it('a missing file is a clear one-line error', () => {
+    const result = spawnSync(process.execPath, [CLI, 'validate', '-c', '/nonexistent/gw.json'], { encoding: 'utf8' });
+    assert.equal(result.status, 2);
+    assert.equal(result.stderr, '/nonexistent/gw.json: 1 problem\n  (top level): cannot read the file: no such file\n');
+  });
+});
