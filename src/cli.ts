@@ -82,6 +82,13 @@ program
     };
     process.on('SIGINT', shutdown);
     process.on('SIGTERM', shutdown);
+    // A bug must not die silently: say what happened in the log, then exit for the supervisor to restart.
+    const crash = (kind: string) => (error: unknown) => {
+      log.fatal({ error: errorMessage(error), stack: error instanceof Error ? error.stack : undefined }, `${kind}; exiting`);
+      process.exit(EXIT_FAILURE);
+    };
+    process.on('uncaughtException', crash('uncaught exception'));
+    process.on('unhandledRejection', crash('unhandled promise rejection'));
   });
 
 program

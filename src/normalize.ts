@@ -83,9 +83,9 @@ export class TagNormalizer {
     const { scale, offset } = this.options;
     if (scale === undefined && offset === undefined) return value;
     const apply = (item: ScalarValue): ScalarValue => {
-      if (typeof item === 'number') return item * (scale ?? 1) + (offset ?? 0);
+      if (typeof item === 'number') return engineering(item * (scale ?? 1) + (offset ?? 0));
       // int64 with scaling: precision beyond 2^53 is given up for an engineering value.
-      if (typeof item === 'bigint') return Number(item) * (scale ?? 1) + (offset ?? 0);
+      if (typeof item === 'bigint') return engineering(Number(item) * (scale ?? 1) + (offset ?? 0));
       return item;
     };
     return Array.isArray(value) ? value.map(apply) : apply(value);
@@ -113,6 +113,11 @@ export class TagNormalizer {
     }
     return previous !== next;
   }
+}
+
+/** 107 × 0.1 is 10.700000000000001 in binary floating point; 15 significant digits give back 10.7. */
+function engineering(value: number): number {
+  return Number.isFinite(value) ? Number(value.toPrecision(15)) : value;
 }
 
 function allFinite(value: TagValue): boolean {

@@ -1,1 +1,450 @@
-export function createDriver(): never { throw new Error("todo"); }
+// The Modbus driver: Modbus TCP, RTU on serial lines and RTU framing over TCP.
+//
+// One driver instance serves one device (one unit id). Devices behind the same serial port or
+// host:port share one line (see line.ts) whose requests run strictly one at a time. On top of
+// that the driver keeps, per device:
+//   - holes: address ranges the device answered "illegal data address" for. Found by bisecting
+//     the failed request, remembered so later polls do not pay for them, re-probed now and then;
+//   - back-off: a device that stopped answering is skipped for a growing while, so the other
+//     devices on its line keep their poll rate instead of waiting for its timeouts.
+
+import type { Logger } from 'pino';
+import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/driver.js';
+import { formatAddress } from './address.js';
+import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
+import type { ModbusConnection, ModbusDeviceConfig, ModbusTag } from './config.js';
+import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
+import { describeBlocks, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
+
+export { ModbusFailure, classifyError, EXCEPTION_NAMES, openLineCount } from './line.js';
+export { planRequests, describeBlocks, type Block, type Hole, type Plan } from './planner.js';
+
+/** A device's first skip after backoffAfterTimeouts timed-out polls; doubled on each failed probe. */
+export const BACKOFF_START_MS = 5_000;
+export const BACKOFF_MAX_MS = 60_000;
+/** Holes are forgotten after this long, so a device whose register map was fixed recovers by itself. */
+export const HOLE_RETRY_MS = 10 * 60_000;
+
+/** Largest FC16 write (250 data bytes) and FC15 write by the specification. */
+const MAX_WRITE_REGISTERS = 123;
+const MAX_WRITE_COILS = 1968;
+
+interface StoredHole extends Hole {
+  expiresAt: number;
+}
+
+/** Tracks how one poll went, for the back-off decision. */
+interface PollState {
+  /** The device answered something (data or an exception): it is alive. */
+  answered: boolean;
+  timedOut: boolean;
+  /** Set when the device seems gone: the remaining blocks are not requested in this poll. */
+  abortReason?: string;
+}
+
+export class ModbusReadPlan implements ReadPlan {
+  readonly owner: ModbusDriver;
+  readonly tags: readonly ModbusTag[];
+  private readonly options: PlannerOptions;
+  private compiled: Plan<ModbusTag>;
+  private version: number;
+
+  constructor(owner: ModbusDriver, tags: readonly ModbusTag[], options: PlannerOptions) {
+    this.owner = owner;
+    this.tags = [...tags];
+    this.options = options;
+    const { holes, version } = owner.knownHoles;
+    this.compiled = planRequests(this.tags, options, holes);
+    this.version = version;
+  }
+
+  /** The compiled plan, recompiled first when the device learnt new holes since the last compile. */
+  current(): Plan<ModbusTag> {
+    const { holes, version } = this.owner.knownHoles;
+    if (version !== this.version) {
+      this.compiled = planRequests(this.tags, this.options, holes);
+      this.version = version;
+    }
+    return this.compiled;
+  }
+
+  get blocks(): readonly Block<ModbusTag>[] {
+    return this.current().blocks;
+  }
+
+  /** Wire requests one poll of this plan costs. */
+  get requestCount(): number {
+    return this.current().blocks.reduce((sum, block) => sum + block.requests.length, 0);
+  }
+
+  describe(): string {
+    const plan = this.current();
+    return describeBlocks(plan.blocks, plan.excluded.length);
+  }
+}
+
+export class ModbusDriver implements Driver<ModbusTag>, LineUser {
+  readonly name: string;
+  private readonly connection: ModbusConnection;
+  private readonly log: Logger;
+  private readonly plannerOptions: PlannerOptions;
+  private line: Line | undefined;
+  private holes: StoredHole[] = [];
+  private holesVersion = 0;
+  private consecutiveTimeouts = 0;
+  private skipInterval = 0;
+  private skipUntil = 0;
+
+  constructor(device: ModbusDeviceConfig, context: DriverContext) {
+    this.name = device.name;
+    this.connection = device.connection;
+    this.log = context.log;
+    this.plannerOptions = {
+      maxRegistersPerRequest: device.connection.maxRegistersPerRequest,
+      maxBitsPerRequest: device.connection.maxBitsPerRequest,
+      maxGap: device.connection.maxGap,
+    };
+  }
+
+  get interRequestDelay(): number {
+    return this.connection.interRequestDelay;
+  }
+
+  /** Address ranges this device answered "illegal data address" for, with a version that changes with them. */
+  get knownHoles(): { holes: readonly Hole[]; version: number } {
+    return { holes: this.holes, version: this.holesVersion };
+  }
+
+  get connected(): boolean {
+    return this.line?.isOpen === true;
+  }
+
+  /** Requests sent on this device's line so far, by every device on it (diagnostics, tests). */
+  get lineRequestCount(): number {
+    return this.line?.requestCount ?? 0;
+  }
+
+  async connect(): Promise<void> {
+    if (!this.line) {
+      try {
+        this.line = acquireLine(this.connection, this);
+      } catch (error) {
+        throw new DriverError(error instanceof Error ? error.message : String(error), { code: 'line-conflict', cause: error });
+      }
+    }
+    const line = this.line;
+    const wasOpen = line.isOpen;
+    try {
+      await line.open();
+    } catch (error) {
+      // Give the reference back: the core retries connect() later, possibly without close().
+      this.line = undefined;
+      await releaseLine(line, this);
+      throw new DriverError(error instanceof Error ? error.message : String(error), { code: 'connect-failed', cause: error });
+    }
+    const others = line.userCount - 1;
+    const shared = others > 0 ? ` (line shared with ${others} other device${others === 1 ? '' : 's'}${wasOpen ? ', already open' : ''})` : '';
+    this.log.info({ line: line.label, unitId: this.connection.unitId }, `connected to ${line.label}, unit ${this.connection.unitId}${shared}`);
+  }
+
+  async close(): Promise<void> {
+    const line = this.line;
+    if (!line) return;
+    this.line = undefined;
+    try {
+      await releaseLine(line, this);
+    } catch (error) {
+      this.log.debug({ err: error }, 'error while closing the line');
+    }
+  }
+
+  plan(tags: readonly ModbusTag[]): ModbusReadPlan {
+    return new ModbusReadPlan(this, tags, this.plannerOptions);
+  }
+
+  async read(plan: ReadPlan): Promise<TagReading[]> {
+    if (!(plan instanceof ModbusReadPlan) || plan.owner !== this) {
+      throw new DriverError('read() got a plan made by another driver instance', { code: 'foreign-plan' });
+    }
+    const line = this.requireLine();
+    const now = Date.now();
+    if (now < this.skipUntil) {
+      const seconds = Math.ceil((this.skipUntil - now) / 1000);
+      const reason = `device skipped after ${this.consecutiveTimeouts} timeouts; next try in ${seconds}s`;
+      return plan.tags.map((tag) => bad(tag, reason));
+    }
+    this.expireHoles(now);
+    const compiled = plan.current();
+
+    const results = new Map<string, TagReading>();
+    for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason));
+    const poll: PollState = { answered: false, timedOut: false };
+    for (const block of compiled.blocks) {
+      if (poll.abortReason !== undefined) {
+        for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason));
+        continue;
+      }
+      await this.readBlock(line, block, results, poll);
+    }
+    this.accountPoll(poll);
+    return plan.tags.map((tag) => results.get(tag.name) ?? bad(tag, 'not read'));
+  }
+
+  async write(tag: ModbusTag, value: TagValue): Promise<void> {
+    const { area, address, bit } = tag.address;
+    if (area === 'input' || area === 'discrete') {
+      throw new DriverError(
+        `cannot write "${tag.name}": ${area === 'input' ? 'input registers' : 'discrete inputs'} are read-only in Modbus; only coils and holding registers can be written`,
+        { code: 'read-only' },
+      );
+    }
+    const line = this.requireLine();
+    let jobs: ((client: ModbusClient) => Promise<unknown>)[];
+    try {
+      if (area === 'coil') {
+        const bits = encodeBits(value, tag.count);
+        if (tag.count === undefined) {
+          jobs = [(client) => client.writeCoil(address, bits[0]!)];
+        } else {
+          jobs = chunks(bits, MAX_WRITE_COILS).map((part, i) => (client: ModbusClient) => client.writeCoils(address + i * MAX_WRITE_COILS, part));
+        }
+      } else if (bit !== undefined) {
+        const on = encodeBits(value)[0]!;
+        // Read-modify-write in one line job: nothing else from this gateway can slip in between.
+        // (Another master writing the same register in between cannot be excluded by Modbus itself.)
+        jobs = [
+          async (client) => {
+            const current = await client.readHoldingRegisters(address, 1);
+            const register = current.data[0] ?? 0;
+            if (bitOf(register, bit) !== on) await client.writeRegister(address, withBit(register, bit, on));
+          },
+        ];
+      } else {
+        const registers = encodeRegisters(value, this.layoutOf(tag));
+        if (registers.length === 1 && tag.count === undefined) {
+          jobs = [(client) => client.writeRegister(address, registers[0]!)];
+        } else {
+          // Values larger than one FC16 frame are written in parts; they are not atomic then.
+          const max = Math.min(MAX_WRITE_REGISTERS, this.connection.maxRegistersPerRequest);
+          jobs = chunks(registers, max).map((part, i) => (client: ModbusClient) => client.writeRegisters(address + i * max, part));
+        }
+      }
+    } catch (error) {
+      if (error instanceof TypeError || error instanceof RangeError) {
+        throw new DriverError(`cannot write "${tag.name}": ${error.message}`, { code: 'invalid-value', cause: error });
+      }
+      throw error;
+    }
+    for (const part of jobs) {
+      try {
+        await this.request(line, part);
+      } catch (error) {
+        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', String(error));
+        if (failure.kind === 'connection') throw this.connectionLost(failure);
+        const code = failure.kind === 'exception' ? `exception-${failure.exceptionCode}` : failure.kind;
+        throw new DriverError(`writing "${tag.name}" (${formatAddress(tag.address)}) failed: ${failure.message}`, { code, cause: failure });
+      }
+    }
+  }
+
+  // --- reading -------------------------------------------------------------------------------
+
+  private requireLine(): Line {
+    const line = this.line;
+    if (!line) throw new DriverError('not connected', { code: 'not-connected', connectionLost: true });
+    if (!line.isOpen) {
+      // The line noticed the loss by itself (peer closed the socket, port vanished).
+      throw this.connectionLost(new ModbusFailure('connection', line.lossReason ?? `not connected to ${line.label}`));
+    }
+    return line;
+  }
+
+  private connectionLost(failure: ModbusFailure): DriverError {
+    this.log.warn({ line: this.line?.label }, failure.message);
+    return new DriverError(failure.message, { code: 'connection-lost', connectionLost: true, cause: failure });
+  }
+
+  /** One request with the configured retries; each attempt queues separately so other devices interleave. */
+  private async request<T>(line: Line, job: (client: ModbusClient) => Promise<T>): Promise<T> {
+    const attempts = this.connection.retries + 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await line.run(this.connection.unitId, this.connection.timeout, job);
+      } catch (error) {
+        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', `bad response: ${String(error)}`);
+        // Timeouts and mangled frames are worth another try; an exception is the device's final word.
+        if ((failure.kind === 'timeout' || failure.kind === 'garbage') && attempt < attempts) continue;
+        if (failure.kind === 'timeout') {
+          const tries = attempts === 1 ? '' : ` (${attempts} attempts)`;
+          throw new ModbusFailure('timeout', `timeout: no response within ${this.connection.timeout} ms${tries}`, { cause: failure });
+        }
+        throw failure;
+      }
+    }
+  }
+
+  /** Reads every request of a coil/discrete block and concatenates the bits. */
+  private async fetchBits(line: Line, block: Block<ModbusTag>): Promise<boolean[]> {
+    const bits: boolean[] = [];
+    for (const { start, count } of block.requests) {
+      const result = await this.request(line, (client) => (block.area === 'coil' ? client.readCoils(start, count) : client.readDiscreteInputs(start, count)));
+      if (result.data.length < count) throw new ModbusFailure('garbage', `bad response: ${result.data.length} bits instead of ${count}`);
+      // Bits come padded to whole bytes.
+      bits.push(...result.data.slice(0, count));
+    }
+    return bits;
+  }
+
+  /** Reads every request of a register block and concatenates the registers. */
+  private async fetchRegisters(line: Line, block: Block<ModbusTag>): Promise<number[]> {
+    const registers: number[] = [];
+    for (const { start, count } of block.requests) {
+      const result = await this.request(line, (client) =>
+        block.area === 'holding' ? client.readHoldingRegisters(start, count) : client.readInputRegisters(start, count),
+      );
+      if (result.data.length < count) throw new ModbusFailure('garbage', `bad response: ${result.data.length} registers instead of ${count}`);
+      registers.push(...result.data);
+    }
+    return registers;
+  }
+
+  /** Reads a block into results. Returns true when the block read fine as it is (no bisection needed). */
+  private async readBlock(line: Line, block: Block<ModbusTag>, results: Map<string, TagReading>, poll: PollState): Promise<boolean> {
+    let decode: (from: number, to: number, tag: ModbusTag) => TagValue;
+    try {
+      if (isBitArea(block.area)) {
+        const bits = await this.fetchBits(line, block);
+        decode = (from, to, tag) => decodeBits(bits.slice(from, to), tag.count);
+      } else {
+        const registers = await this.fetchRegisters(line, block);
+        decode = (from, to, tag) => decodeRegisters(registers.slice(from, to), this.layoutOf(tag));
+      }
+    } catch (error) {
+      const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', `bad response: ${String(error)}`);
+      if (failure.kind === 'connection') throw this.connectionLost(failure);
+      if (failure.kind === 'exception') {
+        poll.answered = true;
+        if (failure.exceptionCode === 2) return this.locateIllegalAddress(line, block, failure, results, poll);
+      }
+      if (failure.kind === 'timeout') {
+        poll.timedOut = true;
+        // Nothing answered yet in this poll: the device is most likely off. Asking for the other
+        // blocks would only hold the line for more timeouts.
+        if (!poll.answered) poll.abortReason = failure.message;
+      }
+      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message));
+      return false;
+    }
+    poll.answered = true;
+    for (const item of block.tags) {
+      try {
+        const value = decode(item.start - block.start, item.end - block.start, item.tag);
+        results.set(item.tag.name, { tag: item.tag.name, value, quality: 'good' });
+      } catch (error) {
+        // Should not happen (lengths are checked), but one odd tag must never fail the whole poll.
+        results.set(item.tag.name, bad(item.tag, `cannot decode: ${error instanceof Error ? error.message : String(error)}`));
+      }
+    }
+    return true;
+  }
+
+  /**
+   * "Illegal data address" for a whole block: bisect it to find the tags the device really rejects,
+   * keep the others good, and remember the offending range so the next polls plan around it.
+   */
+  private async locateIllegalAddress(
+    line: Line,
+    block: Block<ModbusTag>,
+    failure: ModbusFailure,
+    results: Map<string, TagReading>,
+    poll: PollState,
+  ): Promise<boolean> {
+    const max = maxPerRequest(block.area, this.plannerOptions);
+    const halves = splitBlock(block, max);
+    if (!halves) {
+      const names = block.tags.map((t) => t.tag.name);
+      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message));
+      this.addHole({ area: block.area, start: block.start, end: block.end, reason: failure.message });
+      this.log.warn(
+        { tags: names, area: block.area, start: block.start, end: block.end - 1 },
+        `${block.area} ${block.start}..${block.end - 1} answers "${failure.message}": ${names.join(', ')} marked bad and not requested again for ${HOLE_RETRY_MS / 60_000} min`,
+      );
+      return false;
+    }
+    // (The device answered, so poll.abortReason cannot be set while bisecting.)
+    const [left, right] = halves;
+    const leftOk = await this.readBlock(line, left, results, poll);
+    const rightOk = await this.readBlock(line, right, results, poll);
+    if (leftOk && rightOk && left.end <= right.start) {
+      // Each half reads fine, only the union fails: the culprit lies between them, an unmapped gap
+      // or a segment boundary the device will not read across. Plan around it from now on: the
+      // gap itself, or for touching halves the two registers either side of the boundary.
+      const [start, end] = left.end < right.start ? [left.end, right.start] : [right.start - 1, right.start + 1];
+      this.addHole({ area: block.area, start, end, reason: failure.message });
+      this.log.info(
+        { area: block.area, start, end: end - 1 },
+        `${block.area} ${start}..${end - 1} cannot be read across ("${failure.message}"); requests are split there from now on`,
+      );
+    }
+    // The block as a whole failed; reporting true would let an enclosing bisection blame the wrong gap.
+    return false;
+  }
+
+  private addHole(hole: Hole): void {
+    // Two poll groups bisecting the same range at once would learn the same hole twice.
+    if (this.holes.some((h) => h.area === hole.area && h.start === hole.start && h.end === hole.end)) return;
+    this.holes.push({ ...hole, expiresAt: Date.now() + HOLE_RETRY_MS });
+    this.holesVersion++;
+  }
+
+  private expireHoles(now: number): void {
+    const kept = this.holes.filter((hole) => hole.expiresAt > now);
+    if (kept.length !== this.holes.length) {
+      this.holes = kept;
+      this.holesVersion++;
+      this.log.debug('re-probing addresses that answered "illegal data address" earlier');
+    }
+  }
+
+  /** Back-off bookkeeping once per poll: only polls where nothing answered and something timed out count. */
+  private accountPoll(poll: PollState): void {
+    if (poll.answered) {
+      if (this.consecutiveTimeouts >= this.backoffThreshold) this.log.info(`unit ${this.connection.unitId} answers again`);
+      this.consecutiveTimeouts = 0;
+      this.skipInterval = 0;
+      this.skipUntil = 0;
+      return;
+    }
+    if (!poll.timedOut) return;
+    this.consecutiveTimeouts++;
+    if (this.consecutiveTimeouts < this.backoffThreshold) return;
+    const first = this.skipInterval === 0;
+    this.skipInterval = first ? BACKOFF_START_MS : Math.min(this.skipInterval * 2, BACKOFF_MAX_MS);
+    this.skipUntil = Date.now() + this.skipInterval;
+    const message = `unit ${this.connection.unitId} did not answer in ${this.consecutiveTimeouts} consecutive polls; skipping it for ${this.skipInterval / 1000}s so the other devices on ${this.line?.label ?? 'the line'} keep their rate`;
+    if (first) this.log.warn(message);
+    else this.log.debug(message);
+  }
+
+  private get backoffThreshold(): number {
+    return this.connection.backoffAfterTimeouts;
+  }
+
+  private layoutOf(tag: ModbusTag): RegisterLayout {
+    return { type: tag.type, byteOrder: tag.byteOrder ?? this.connection.byteOrder, length: tag.length, count: tag.count, bit: tag.address.bit };
+  }
+}
+
+function bad(tag: ModbusTag, reason: string): TagReading {
+  return { tag: tag.name, quality: 'bad', reason };
+}
+
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const parts: T[][] = [];
+  for (let i = 0; i < items.length; i += size) parts.push(items.slice(i, i + size));
+  return parts;
+}
+
+export function createDriver(device: ModbusDeviceConfig, context: DriverContext): Driver<ModbusTag> {
+  return new ModbusDriver(device, context);
+}

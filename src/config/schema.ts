@@ -24,7 +24,7 @@ const tcpListener = z.strictObject({
 
 export const brokerSection = z
   .strictObject({
-    enabled: z.boolean().default(true).meta({ description: 'Run the integrated MQTT broker. Local HMIs, historians and MQTT devices connect to it.' }),
+    // The integrated MQTT broker: local HMIs, historians and MQTT devices connect to its listeners.
     listeners: z.array(z.discriminatedUnion('type', [tcpListener])).min(1).default([{ type: 'tcp', host: '127.0.0.1', port: 1883 }]),
   })
   .prefault({});

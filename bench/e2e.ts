@@ -1,0 +1,129 @@
+// End-to-end benchmark: pymodbus load server → gateway (its own process, the real CLI) →
+// integrated broker → a subscriber in a third process. Prints one JSON line of figures.
+//
+//   node dist/bench/e2e.js --tags 10000 --interval 1000 [--devices 10] [--format per-tag|batch] [--window 10]
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const { values: args } = parseArgs({
+  options: {
+    tags: { type: 'string', default: '1000' },
+    interval: { type: 'string', default: '1000' },
+    devices: { type: 'string', default: '10' },
+    format: { type: 'string', default: 'per-tag' },
+    window: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '3' },
+  },
+});
+const tags = Number(args.tags);
+const interval = Number(args.interval);
+const devices = Math.min(Number(args.devices), tags);
+const format = args.format === 'batch' ? 'batch' : 'per-tag';
+const windowMs = Number(args.window) * 1000;
+const warmupMs = Number(args.warmup) * 1000;
+
+const children: ChildProcess[] = [];
+process.on('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+
+function start(command: string, argv: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray; output: () => string }> {
+  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let output = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${command} did not become ready: ${output.slice(-500)}`)), 30_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = ready.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ child, match, output: () => output });
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${command} exited with ${code}: ${output.slice(-500)}`)));
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (CLK_TCK = 100)
+}
+
+function peakRssMb(pid: number): number {
+  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match ? Math.round(Number(match[1]) / 1024) : 0;
+}
+
+const units = Array.from({ length: devices }, (_, index) => index + 1);
+const modbus = await start('/usr/bin/python3', [join(ROOT, 'bench/load-server.py'), '--units', units.join(',')], /READY (\d+)/);
+const modbusPort = Number(modbus.match[1]);
+const brokerPort = await freePort();
+const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-bench-'));
+const perDevice = Math.ceil(tags / devices);
+const config = {
+  gateway: { name: 'bench', dataDir: join(folder, 'data'), logLevel: 'info' },
+  broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }] },
+  topics: { retain: false },
+  devices: units.map((unit) => ({
+    name: `plc${unit}`,
+    driver: 'modbus',
+    connection: { transport: 'tcp', host: '127.0.0.1', port: modbusPort, unitId: unit, timeout: '2s' },
+    pollInterval: interval,
+    report: 'always',
+    publish: format,
+    tags: Array.from({ length: Math.min(perDevice, tags - (unit - 1) * perDevice) }, (_, index) => ({ name: `t${index}`, area: 'holding', address: index, type: 'uint16' })),
+  })),
+};
+const configFile = join(folder, 'bench.json');
+writeFileSync(configFile, JSON.stringify(config));
+
+const gateway = await start(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile], /polling started/);
+const pid = gateway.child.pid!;
+const subscriber = await start(process.execPath, [join(ROOT, 'dist/bench/subscriber.js'), `mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/#', String(warmupMs), String(windowMs)], /SUBSCRIBED/);
+const resultLine = new Promise<string>((resolve) => subscriber.child.once('exit', () => resolve(subscriber.output().split('\n').find((line) => line.startsWith('{')) ?? '{}')));
+
+await new Promise((resolve) => setTimeout(resolve, warmupMs));
+const cpuStart = cpuSeconds(pid);
+const wallStart = Date.now();
+await new Promise((resolve) => setTimeout(resolve, windowMs));
+const cpuPercent = Math.round(((cpuSeconds(pid) - cpuStart) / ((Date.now() - wallStart) / 1000)) * 100);
+const received = JSON.parse(await resultLine) as { messages: number; perSecond: number; latencyMs: unknown };
+const rss = peakRssMb(pid);
+
+const expectedMessages = format === 'batch' ? devices * (1000 / interval) : tags * (1000 / interval);
+console.log(JSON.stringify({
+  bench: `e2e-${format}`,
+  tags,
+  intervalMs: interval,
+  devices,
+  expectedMessagesPerSecond: expectedMessages,
+  deliveredMessagesPerSecond: received.perSecond,
+  deliveredValuesPerSecond: format === 'batch' ? Math.round(received.perSecond * (tags / devices)) : received.perSecond,
+  delivered: `${Math.round((received.perSecond / expectedMessages) * 100)}%`,
+  latencyMs: received.latencyMs,
+  gatewayCpuPercent: cpuPercent,
+  gatewayPeakRssMb: rss,
+}));
+
+gateway.child.kill('SIGTERM');
+await new Promise((resolve) => gateway.child.once('exit', resolve));
+modbus.child.kill('SIGTERM');
+rmSync(folder, { recursive: true, force: true });
+process.exit(0);

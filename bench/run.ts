@@ -1,0 +1,16 @@
+// `npm run bench`: every benchmark point in turn, one JSON line each.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const points: string[][] = [
+  ['--tags', '1000', '--interval', '1000', '--devices', '1'],
+  ['--tags', '10000', '--interval', '1000', '--devices', '10'],
+  ['--tags', '10000', '--interval', '100', '--devices', '10'],
+  ['--tags', '10000', '--interval', '100', '--devices', '10', '--format', 'batch'],
+];
+for (const point of points) {
+  const result = spawnSync(process.execPath, [join(here, 'e2e.js'), ...point], { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (result.status !== 0) process.exitCode = 1;
+}

@@ -1,0 +1,187 @@
+// Request coalescing: turns the tags of one poll group (one unit id) into as few read requests as
+// the device allows. Pure: no I/O, no clock, so it is tested by table and re-run whenever the driver
+// learns a new "hole" (an address range the device answered with exception 2).
+//
+// Same idea as Telegraf's Modbus "shrink" optimisation: per area, sort by address and grow a
+// request while the span stays within the device's limit and the unused gap between two tags stays
+// small; a request that would have to cover a known hole is cut there instead.
+
+import type { ModbusArea } from './address.js';
+import type { ModbusAddress } from './address.js';
+import { registersPerElement, type ModbusType } from './config.js';
+
+/** The part of a Modbus tag the planner looks at. */
+export interface PlannableTag {
+  name: string;
+  address: ModbusAddress;
+  type: ModbusType;
+  length?: number | undefined;
+  count?: number | undefined;
+}
+
+export interface PlannerOptions {
+  maxRegistersPerRequest: number;
+  maxBitsPerRequest: number;
+  maxGap: number;
+}
+
+/**
+ * An address range [start, end) that a request must never cover entirely: the device answered
+ * "illegal data address" for it. A tag whose own range covers a hole cannot be read at all.
+ */
+export interface Hole {
+  area: ModbusArea;
+  start: number;
+  end: number;
+  /** Reported for the tags the hole excludes, e.g. "exception 2: illegal data address". */
+  reason: string;
+}
+
+/** One wire request: FC1/2/3/4 from start, count units (registers or bits). */
+export interface ReadRequest {
+  start: number;
+  count: number;
+}
+
+export interface PlannedTag<T> {
+  tag: T;
+  /** First unit of the tag (absolute address). */
+  start: number;
+  /** One past its last unit. */
+  end: number;
+}
+
+/**
+ * A contiguous range read as one piece. Almost always one request; a single tag (or overlapping
+ * tags) larger than the per-request limit is read as several consecutive requests and reassembled.
+ */
+export interface Block<T> {
+  area: ModbusArea;
+  start: number;
+  end: number;
+  tags: PlannedTag<T>[];
+  requests: ReadRequest[];
+}
+
+export interface Plan<T> {
+  blocks: Block<T>[];
+  /** Tags not requested at all because they cover a known hole. */
+  excluded: { tag: T; reason: string }[];
+}
+
+const AREA_ORDER: readonly ModbusArea[] = ['holding', 'input', 'coil', 'discrete'];
+
+export const isBitArea = (area: ModbusArea): boolean => area === 'coil' || area === 'discrete';
+
+/** The units [start, end) a tag occupies in its area: bits for coils/discretes, registers otherwise. */
+export function tagRange(tag: PlannableTag): { start: number; end: number } {
+  const start = tag.address.address;
+  if (isBitArea(tag.address.area)) return { start, end: start + (tag.count ?? 1) };
+  if (tag.address.bit !== undefined) return { start, end: start + 1 };
+  return { start, end: start + registersPerElement(tag.type, tag.length) * (tag.count ?? 1) };
+}
+
+export function maxPerRequest(area: ModbusArea, options: PlannerOptions): number {
+  return isBitArea(area) ? options.maxBitsPerRequest : options.maxRegistersPerRequest;
+}
+
+/** Cuts [start, end) into requests of at most max units. */
+export function chunkRange(start: number, end: number, max: number): ReadRequest[] {
+  const requests: ReadRequest[] = [];
+  for (let at = start; at < end; at += max) requests.push({ start: at, count: Math.min(max, end - at) });
+  return requests;
+}
+
+const covers = (start: number, end: number, hole: Hole): boolean => start <= hole.start && hole.end <= end;
+
+export function planRequests<T extends PlannableTag>(tags: readonly T[], options: PlannerOptions, holes: readonly Hole[] = []): Plan<T> {
+  const blocks: Block<T>[] = [];
+  const excluded: { tag: T; reason: string }[] = [];
+
+  for (const area of AREA_ORDER) {
+    const areaHoles = holes.filter((hole) => hole.area === area);
+    const max = maxPerRequest(area, options);
+    const planned: PlannedTag<T>[] = [];
+    for (const tag of tags) {
+      if (tag.address.area !== area) continue;
+      const range = tagRange(tag);
+      const hole = areaHoles.find((h) => covers(range.start, range.end, h));
+      if (hole) excluded.push({ tag, reason: hole.reason });
+      else planned.push({ tag, ...range });
+    }
+    // Longest first among equal starts, so a short tag inside a long one never opens a block.
+    planned.sort((a, b) => a.start - b.start || b.end - a.end);
+
+    let current: PlannedTag<T>[] = [];
+    let start = 0;
+    let end = 0;
+    const flush = (): void => {
+      if (current.length > 0) blocks.push({ area, start, end, tags: current, requests: chunkRange(start, end, max) });
+    };
+    for (const item of planned) {
+      if (current.length > 0) {
+        const mergedEnd = Math.max(end, item.end);
+        const overlaps = item.start < end;
+        const fits = item.start - end <= options.maxGap && mergedEnd - start <= max;
+        // Overlapping tags always share a block (reading the same registers twice buys nothing);
+        // a block larger than one request is then simply read in several requests.
+        const hitsHole = areaHoles.some((hole) => covers(start, mergedEnd, hole));
+        if ((overlaps || fits) && !hitsHole) {
+          current.push(item);
+          end = mergedEnd;
+          continue;
+        }
+        flush();
+      }
+      current = [item];
+      start = item.start;
+      end = item.end;
+    }
+    flush();
+  }
+  return { blocks, excluded };
+}
+
+/** Builds a block around some planned tags (used when the driver splits a failed block). */
+export function blockOf<T>(area: ModbusArea, tags: PlannedTag<T>[], max: number): Block<T> {
+  const start = Math.min(...tags.map((t) => t.start));
+  const end = Math.max(...tags.map((t) => t.end));
+  return { area, start, end, tags, requests: chunkRange(start, end, max) };
+}
+
+/**
+ * Halves a block to locate an illegal address by bisection. Tags with the same range stay
+ * together (they succeed or fail together). Returns undefined when the block is a single range,
+ * i.e. the culprit has been found.
+ */
+export function splitBlock<T>(block: Block<T>, max: number): [Block<T>, Block<T>] | undefined {
+  const units = new Map<string, PlannedTag<T>[]>();
+  for (const item of block.tags) {
+    const key = `${item.start}:${item.end}`;
+    const unit = units.get(key);
+    if (unit) unit.push(item);
+    else units.set(key, [item]);
+  }
+  if (units.size < 2) return undefined;
+  const list = [...units.values()];
+  const half = Math.ceil(list.length / 2);
+  return [blockOf(block.area, list.slice(0, half).flat(), max), blockOf(block.area, list.slice(half).flat(), max)];
+}
+
+const AREA_LABEL: Record<ModbusArea, string> = { holding: 'holding', input: 'input', coil: 'coils', discrete: 'discrete' };
+
+/** "3 requests: holding 0..24 (25 regs), input 100..101 (2 regs), coils 0..15 (16 bits)". */
+export function describeBlocks(blocks: readonly Block<unknown>[], excludedCount = 0): string {
+  const parts: string[] = [];
+  for (const block of blocks) {
+    for (const request of block.requests) {
+      const unit = isBitArea(block.area) ? 'bit' : 'reg';
+      const plural = request.count === 1 ? '' : 's';
+      parts.push(`${AREA_LABEL[block.area]} ${request.start}..${request.start + request.count - 1} (${request.count} ${unit}${plural})`);
+    }
+  }
+  let text = `${parts.length} request${parts.length === 1 ? '' : 's'}`;
+  if (parts.length > 0) text += `: ${parts.join(', ')}`;
+  if (excludedCount > 0) text += `; ${excludedCount} tag${excludedCount === 1 ? '' : 's'} not requested (known illegal addresses)`;
+  return text;
+}
