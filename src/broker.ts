@@ -4,6 +4,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { Aedes } from 'aedes';
 import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
+import { Fifo } from './fifo.js';
 
 export interface PublishOptions {
   qos: 0 | 1;
@@ -16,8 +17,29 @@ export interface ListenerAddress {
   port: number;
 }
 
+/** Messages handed to aedes at once. Its own queue (mqemitter) drains with Array.shift, O(n) per message. */
+const MAX_IN_FLIGHT = 64;
+/** Local publishes waiting beyond this are dropped oldest-first: local subscribers want current values. */
+const MAX_QUEUED = 200_000;
+
+interface QueuedPublish {
+  topic: string;
+  payload: Buffer;
+  options: PublishOptions;
+}
+
+export interface BrokerStats {
+  published: number;
+  dropped: number;
+  errors: number;
+}
+
 export class IntegratedBroker {
   readonly aedes: Aedes;
+  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0 };
+  private readonly queue = new Fifo<QueuedPublish>();
+  private inFlight = 0;
+  private dropping = false;
   private readonly servers: Server[] = [];
   private readonly sockets = new Set<Socket>();
   private readonly log: Logger;
@@ -71,13 +93,66 @@ export class IntegratedBroker {
     return this.aedes.connectedClients;
   }
 
-  publish(topic: string, payload: string | Buffer, options: PublishOptions): Promise<void> {
+  /** Publishes one message and waits until aedes has taken it (retained store included). */
+  publishNow(topic: string, payload: string | Buffer, options: PublishOptions): Promise<void> {
     return new Promise((resolve, reject) => {
       this.aedes.publish(
         { cmd: 'publish', topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, qos: options.qos, retain: options.retain, dup: false },
         (error) => (error ? reject(error) : resolve()),
       );
     });
+  }
+
+  /**
+   * Queues a message for local subscribers, in order, with a bounded number handed to aedes at a
+   * time. A poll cycle of 10k tags is one burst; this keeps it from going quadratic inside aedes.
+   */
+  publish(topic: string, payload: string | Buffer, options: PublishOptions): void {
+    if (this.queue.length >= MAX_QUEUED) {
+      this.queue.shift();
+      this.stats.dropped++;
+      if (!this.dropping) {
+        this.dropping = true;
+        this.log.warn({ queued: MAX_QUEUED }, 'local subscribers are too slow: dropping the oldest queued local messages (counted in broker stats)');
+      }
+    }
+    this.queue.push({ topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, options });
+    this.pump();
+  }
+
+  /** Messages waiting to be handed to aedes. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private pump(): void {
+    while (this.inFlight < MAX_IN_FLIGHT) {
+      const next = this.queue.shift();
+      if (!next) {
+        if (this.dropping) {
+          this.dropping = false;
+          this.log.info({ dropped: this.stats.dropped }, 'local publish queue drained');
+        }
+        return;
+      }
+      this.inFlight++;
+      this.aedes.publish({ cmd: 'publish', topic: next.topic, payload: next.payload, qos: next.options.qos, retain: next.options.retain, dup: false }, (error) => {
+        this.inFlight--;
+        if (error) {
+          this.stats.errors++;
+          this.log.error({ topic: next.topic, error: error.message }, 'publish into the integrated broker failed');
+        } else this.stats.published++;
+        this.pump();
+      });
+    }
+  }
+
+  /** Resolves once every queued message was handed to aedes (or `timeoutMs` passed). */
+  async flush(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((this.queue.length > 0 || this.inFlight > 0) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
   }
 
   /** Closes listeners and client connections; resolves once nothing of the broker is left open. */

@@ -26,6 +26,8 @@ import { compileTopicTemplate } from './topics.js';
 interface CompiledTag {
   normalizer: TagNormalizer;
   topic: string;
+  /** The newest sample, reported or not, for status and commissioning. */
+  last?: Sample;
 }
 
 interface CompiledDevice {
@@ -37,17 +39,16 @@ interface CompiledDevice {
 }
 
 export interface GatewayStats {
+  /** Readings normalized into samples. */
   samples: number;
+  /** Messages (per tag or batch) handed to the integrated broker. */
   published: number;
-  publishErrors: number;
 }
 
 export class Gateway {
   readonly config: Config;
   readonly broker: IntegratedBroker;
-  readonly stats: GatewayStats = { samples: 0, published: 0, publishErrors: 0 };
-  /** The last sample of every tag, by "device/tag", for status and commissioning. */
-  readonly lastSamples = new Map<string, Sample>();
+  readonly stats: GatewayStats = { samples: 0, published: 0 };
   private readonly log: Logger;
   private readonly devices: CompiledDevice[] = [];
   private readonly simulators: RunningSimulator[];
@@ -163,7 +164,7 @@ export class Gateway {
       if (!tag) continue;
       const sample = tag.normalizer.normalize(reading, now);
       this.stats.samples++;
-      this.lastSamples.set(`${event.device}/${reading.tag}`, sample);
+      tag.last = sample;
       if (device.config.publish === 'batch') batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
         this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
@@ -176,19 +177,17 @@ export class Gateway {
   }
 
   private publish(topic: string, payload: string, retain: boolean): void {
-    this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain }).then(
-      () => {
-        this.stats.published++;
-      },
-      (error: unknown) => {
-        this.stats.publishErrors++;
-        this.log.error({ topic, error: errorMessage(error) }, 'publish into the integrated broker failed');
-      },
-    );
+    this.stats.published++;
+    this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain });
   }
 
   private publishStatus(status: 'online' | 'offline'): Promise<void> {
-    return this.broker.publish(this.statusTopic, status, { qos: 1, retain: true });
+    return this.broker.publishNow(this.statusTopic, status, { qos: 1, retain: true });
+  }
+
+  /** The newest sample of every tag that has been read at least once. */
+  lastSamples(): Sample[] {
+    return this.devices.flatMap((device) => [...device.tags.values()].flatMap((tag) => (tag.last ? [tag.last] : [])));
   }
 
   /** Device states for status output. */
@@ -200,6 +199,8 @@ export class Gateway {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await Promise.all(this.devices.map((device) => device.runner.stop().catch((error: unknown) => this.log.warn({ device: device.config.name, error: errorMessage(error) }, 'device did not stop cleanly'))));
+      // Samples of the last cycles reach local subscribers before "offline" does.
+      await this.broker.flush(1000);
       await this.publishStatus('offline').catch(() => undefined);
       await this.broker.close();
       await Promise.all(this.simulators.map((simulator) => simulator.close()));

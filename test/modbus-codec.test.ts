@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ByteOrder, ModbusType } from '../drivers/modbus/config.js';
 import {
+  shortestFloat32,
   bitOf,
   decodeBits,
   decodeRegisters,
@@ -37,7 +38,7 @@ const TABLE: Row[] = [
   },
   {
     type: 'float32',
-    value: -273.1499938964844, // -273.15 as float32: 0xC3889333
+    value: -273.15, // 0xC3889333: published as the shortest decimal of that float32, not -273.1499938964844
     wire: { ABCD: [0xc388, 0x9333], CDAB: [0x9333, 0xc388], BADC: [0x88c3, 0x3393], DCBA: [0x3393, 0x88c3] },
   },
   {
@@ -151,4 +152,21 @@ describe('codec: refusing values that do not fit', () => {
     { name: 'bool from text', run: () => encodeBits('yes'), message: /expected a bool/ },
   ];
   for (const c of cases) it(c.name, () => assert.throws(c.run, c.message));
+});
+
+describe('codec: float32 as the shortest decimal of the same float', () => {
+  const cases: Array<[number, number]> = [
+    [Math.fround(20.16997), 20.16997],
+    [Math.fround(0.1), 0.1],
+    [Math.fround(-273.15), -273.15],
+    [Math.fround(3.4028235e38), 3.4028235e38],
+    [Math.fround(1e-45), 1e-45],
+    [0, 0],
+  ];
+  for (const [float, expected] of cases) {
+    it(`${float} → ${expected}`, () => {
+      assert.equal(shortestFloat32(float), expected);
+      assert.equal(Math.fround(expected), float);
+    });
+  }
 });

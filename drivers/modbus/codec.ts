@@ -72,7 +72,7 @@ export function decodeScalar(registers: readonly number[], type: ModbusType, ord
     case 'uint32':
       return bytes.readUInt32BE(0);
     case 'float32':
-      return bytes.readFloatBE(0);
+      return shortestFloat32(bytes.readFloatBE(0));
     case 'int64':
       return bytes.readBigInt64BE(0);
     case 'uint64':
@@ -80,6 +80,19 @@ export function decodeScalar(registers: readonly number[], type: ModbusType, ord
     case 'float64':
       return bytes.readDoubleBE(0);
   }
+}
+
+/**
+ * A float32 read into a double prints as 20.169967651367188; the shortest decimal that maps back to
+ * the very same float32 is 20.16997. Nothing the device sent is lost, only digits it never had.
+ */
+export function shortestFloat32(value: number): number {
+  if (!Number.isFinite(value)) return value;
+  for (let digits = 1; digits < 9; digits++) {
+    const candidate = Number(value.toPrecision(digits));
+    if (Math.fround(candidate) === value) return candidate;
+  }
+  return Number(value.toPrecision(9));
 }
 
 /** 2 characters per register, in register order; the byte swap of BADC/DCBA applies inside each register. */
