@@ -16,7 +16,10 @@ export interface DeviceHealth {
   state: 'connecting' | 'connected' | 'disconnected' | 'stopped';
   lastError?: string;
   connectAttempts: number;
+  /** Polls that failed as a whole (the driver threw). */
   pollErrors: number;
+  /** Polls with at least one bad tag, by failure code ("timeout", "exception-2", "not-connected", …). */
+  errorsByCode: Record<string, number>;
   overruns: number;
   cycles: number;
 }
@@ -42,7 +45,7 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
 
 export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   readonly name: string;
-  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, overruns: 0, cycles: 0 };
+  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, errorsByCode: {}, overruns: 0, cycles: 0 };
   private readonly options: DeviceRunnerOptions<Tag>;
   private readonly clock: Clock;
   private readonly jobs: PollJob[] = [];
@@ -91,7 +94,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     this.health.cycles++;
     let readings: TagReading[];
     if (!(await this.ensureConnected())) {
-      readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`);
+      readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`, 'not-connected');
     } else {
       try {
         readings = await this.options.driver.read(plan);
@@ -99,11 +102,18 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         const reason = errorMessage(error);
         this.health.pollErrors++;
         this.health.lastError = reason;
-        readings = allBad(group.tags, reason);
+        readings = allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error');
         if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
       }
     }
+    this.countErrors(readings);
     this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
+  }
+
+  private countErrors(readings: readonly TagReading[]): void {
+    const codes = new Set<string>();
+    for (const reading of readings) if (reading.quality === 'bad') codes.add(reading.code ?? 'error');
+    for (const code of codes) this.health.errorsByCode[code] = (this.health.errorsByCode[code] ?? 0) + 1;
   }
 
   private async ensureConnected(): Promise<boolean> {
@@ -151,8 +161,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   }
 }
 
-function allBad(tags: readonly DriverTag[], reason: string): TagReading[] {
-  return tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason }));
+function allBad(tags: readonly DriverTag[], reason: string, code: string): TagReading[] {
+  return tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason, code }));
 }
 
 export function errorMessage(error: unknown): string {

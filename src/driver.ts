@@ -18,6 +18,8 @@ export interface TagReading {
   quality: Quality;
   /** Why the quality is not good (human readable, e.g. "exception 2: illegal data address"). */
   reason?: string;
+  /** A short stable code for the failure ("timeout", "exception-2", …), counted per device. */
+  code?: string;
   /** Milliseconds since the epoch, when the device itself stamps its values. */
   sourceTs?: number;
 }

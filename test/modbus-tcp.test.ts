@@ -428,7 +428,7 @@ describe('modbus tcp driver against ServerTCP', () => {
     defer(() => driver.close());
     await driver.connect();
     const readings = await driver.read(driver.plan(config.tags));
-    assert.deepEqual(readings, [{ tag: 'u16', quality: 'bad', reason: 'bad response: CRC error' }]);
+    assert.deepEqual(readings, [{ tag: 'u16', quality: 'bad', reason: 'bad response: CRC error', code: 'garbage' }]);
     assert.equal(frames, 3, 'one request and two retries');
     assert.equal(driver.connected, true);
   });

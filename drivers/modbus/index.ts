@@ -171,23 +171,23 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     if (now < this.skipUntil) {
       const seconds = Math.ceil((this.skipUntil - now) / 1000);
       const reason = `device skipped after ${this.consecutiveTimeouts} timeouts; next try in ${seconds}s`;
-      return plan.tags.map((tag) => bad(tag, reason));
+      return plan.tags.map((tag) => bad(tag, reason, 'skipped'));
     }
     this.expireHoles(now);
     const compiled = plan.current();
 
     const results = new Map<string, TagReading>();
-    for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason));
+    for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'exception-2'));
     const poll: PollState = { answered: false, timedOut: false };
     for (const block of compiled.blocks) {
       if (poll.abortReason !== undefined) {
-        for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason));
+        for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
         continue;
       }
       await this.readBlock(line, block, results, poll);
     }
     this.accountPoll(poll);
-    return plan.tags.map((tag) => results.get(tag.name) ?? bad(tag, 'not read'));
+    return plan.tags.map((tag) => results.get(tag.name) ?? bad(tag, 'not read', 'internal'));
   }
 
   async write(tag: ModbusTag, value: TagValue): Promise<void> {
@@ -241,7 +241,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       } catch (error) {
         const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', String(error));
         if (failure.kind === 'connection') throw this.connectionLost(failure);
-        const code = failure.kind === 'exception' ? `exception-${failure.exceptionCode}` : failure.kind;
+        const code = failureCode(failure);
         throw new DriverError(`writing "${tag.name}" (${formatAddress(tag.address)}) failed: ${failure.message}`, { code, cause: failure });
       }
     }
@@ -332,7 +332,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
         // blocks would only hold the line for more timeouts.
         if (!poll.answered) poll.abortReason = failure.message;
       }
-      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message));
+      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message, failureCode(failure)));
       return false;
     }
     poll.answered = true;
@@ -342,7 +342,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
         results.set(item.tag.name, { tag: item.tag.name, value, quality: 'good' });
       } catch (error) {
         // Should not happen (lengths are checked), but one odd tag must never fail the whole poll.
-        results.set(item.tag.name, bad(item.tag, `cannot decode: ${error instanceof Error ? error.message : String(error)}`));
+        results.set(item.tag.name, bad(item.tag, `cannot decode: ${error instanceof Error ? error.message : String(error)}`, 'decode'));
       }
     }
     return true;
@@ -363,7 +363,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     const halves = splitBlock(block, max);
     if (!halves) {
       const names = block.tags.map((t) => t.tag.name);
-      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message));
+      for (const { tag } of block.tags) results.set(tag.name, bad(tag, failure.message, 'exception-2'));
       this.addHole({ area: block.area, start: block.start, end: block.end, reason: failure.message });
       this.log.warn(
         { tags: names, area: block.area, start: block.start, end: block.end - 1 },
@@ -435,8 +435,13 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   }
 }
 
-function bad(tag: ModbusTag, reason: string): TagReading {
-  return { tag: tag.name, quality: 'bad', reason };
+function bad(tag: ModbusTag, reason: string, code: string): TagReading {
+  return { tag: tag.name, quality: 'bad', reason, code };
+}
+
+/** Stable short codes for counting failures per device: timeout, garbage, connection, exception-N. */
+function failureCode(failure: ModbusFailure): string {
+  return failure.kind === 'exception' ? `exception-${failure.exceptionCode ?? 0}` : failure.kind;
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {

@@ -3,7 +3,6 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import net from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ServerTCP } from 'modbus-serial';
@@ -11,18 +10,9 @@ import pino, { type Logger } from 'pino';
 import type { DriverContext } from '../../src/driver.js';
 import { modbusDevice, type ModbusDeviceConfig } from '../../drivers/modbus/config.js';
 
-/** A port that was free a moment ago (ServerTCP treats port 0 as "use 502"). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
+// ServerTCP treats port 0 as "use 502": tests take a port that was free a moment ago instead.
+import { freePort } from './net.js';
+export { freePort };
 
 /**
  * Cleanups that run last-in first-out after the test (node:test runs t.after hooks in
