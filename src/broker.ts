@@ -51,9 +51,26 @@ export class IntegratedBroker {
     this.log = log;
   }
 
+  /**
+   * Called for every message an MQTT client publishes, before the broker takes it (and before a
+   * QoS 1 PUBACK): the uplink appends bridged messages to the outbox here, so a PUBACK means "on disk".
+   */
+  clientPublishHook: ((topic: string, payload: Buffer, qos: number, retain: boolean) => Promise<void> | undefined) | undefined;
+
   static async start(config: Config['broker'], log: Logger): Promise<IntegratedBroker> {
-    const aedes = await Aedes.createBroker();
-    const broker = new IntegratedBroker(aedes, config, log);
+    let broker: IntegratedBroker | undefined;
+    const aedes = await Aedes.createBroker({
+      authorizePublish: (client, packet, callback) => {
+        if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
+        const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
+        if (!hook) return callback(null);
+        hook.then(
+          () => callback(null),
+          (error: unknown) => callback(error instanceof Error ? error : new Error(String(error))),
+        );
+      },
+    });
+    broker = new IntegratedBroker(aedes, config, log);
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
     aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
     try {

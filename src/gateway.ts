@@ -5,10 +5,15 @@
 //     → TagNormalizer        (normalize.ts) types, scales, stamps, decides report-by-exception
 //     → topic + payload      (topics.ts, payload.ts) compiled once at start
 //     → integrated broker    (broker.ts) where local subscribers see it, retained
-//     → [outbox → uplink]    the store-and-forward path to the cloud (issue #4)
+//     → outbox               (outbox.ts) SQLite, when a forward rule sends the topic to the cloud
+//     → uplink               (uplink.ts) to the cloud broker at QoS 1; deleted from the outbox on PUBACK
+//
+// Messages that MQTT clients publish into the integrated broker on forwarded topics take the
+// same outbox → uplink path (broker.clientPublishHook), and cloud commands come back down.
 //
 // Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { IntegratedBroker } from './broker.js';
 import type { LoadedConfig } from './config/load.js';
@@ -21,6 +26,8 @@ import { encodeBatchPayload, encodeTagPayload } from './payload.js';
 import { startPhase } from './scheduler.js';
 import { startSimulator, type RunningSimulator } from './simulator.js';
 import { compileTopicTemplate } from './topics.js';
+import { Outbox } from './outbox.js';
+import { Uplink, type CloudRoute } from './uplink.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
 interface CompiledTag {
@@ -28,13 +35,15 @@ interface CompiledTag {
   topic: string;
   /** The newest sample, reported or not, for status and commissioning. */
   last?: Sample;
+  /** Where the tag's messages go on the cloud, when a forward rule takes its topic. */
+  cloud?: CloudRoute | undefined;
 }
 
 interface CompiledDevice {
   config: DeviceConfig;
   tags: Map<string, CompiledTag>;
-  /** Rendered batch topic per poll group (publish: "batch"). */
-  batchTopics: Map<string, string>;
+  /** Rendered batch topic per poll group (publish: "batch") and its cloud route. */
+  batchTopics: Map<string, { topic: string; cloud: CloudRoute | undefined }>;
   runner: DeviceRunner;
 }
 
@@ -48,6 +57,8 @@ export interface GatewayStats {
 export class Gateway {
   readonly config: Config;
   readonly broker: IntegratedBroker;
+  readonly outbox: Outbox | undefined;
+  readonly uplink: Uplink | undefined;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
   private readonly log: Logger;
   private readonly devices: CompiledDevice[] = [];
@@ -55,9 +66,11 @@ export class Gateway {
   private readonly statusTopic: string;
   private stopping: Promise<void> | undefined;
 
-  private constructor(config: Config, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger) {
+  private constructor(config: Config, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger, cloud?: { outbox: Outbox; uplink: Uplink }) {
     this.config = config;
     this.broker = broker;
+    this.outbox = cloud?.outbox;
+    this.uplink = cloud?.uplink;
     this.simulators = simulators;
     this.log = log;
     this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
@@ -81,13 +94,38 @@ export class Gateway {
       await Promise.all(simulators.map((simulator) => simulator.close()));
       throw error;
     }
-    const gateway = new Gateway(config, broker, simulators, log);
+    // 3. The outbox and the cloud uplink, when there is a cloud.
+    let cloud: { outbox: Outbox; uplink: Uplink } | undefined;
+    if (config.uplink) {
+      try {
+        const outbox = Outbox.open(join(loaded.dataDir, 'outbox.db'), config.uplink.outbox, log.child({ module: 'outbox' }));
+        const uplink = new Uplink(config.uplink, config.gateway.name, config.topics.status, outbox, broker, log);
+        cloud = { outbox, uplink };
+        broker.clientPublishHook = (topic, payload, qos, retain) => {
+          const route = uplink.route(topic);
+          if (!route) return undefined;
+          if (qos === 0) {
+            uplink.enqueue(route, payload, retain);
+            return undefined;
+          }
+          // A QoS 1 publisher gets its PUBACK only once the message is on disk.
+          return new Promise<void>((resolve) => uplink.enqueue(route, payload, retain, resolve));
+        };
+        uplink.start();
+      } catch (error) {
+        cloud?.outbox.close();
+        await broker.close();
+        await Promise.all(simulators.map((simulator) => simulator.close()));
+        throw error;
+      }
+    }
+    const gateway = new Gateway(config, broker, simulators, log, cloud);
     for (const address of broker.addresses()) {
       log.info({ listener: `mqtt://${address.host}:${address.port}` }, `integrated broker listening; try: mosquitto_sub -h ${address.host} -p ${address.port} -t '#' -v`);
     }
     await gateway.publishStatus('online');
 
-    // 3. Devices: each gets its driver, compiled tags and poll jobs.
+    // 4. Devices: each gets its driver, compiled tags and poll jobs.
     try {
       await gateway.startDevices(loaded.dataDir);
     } catch (error) {
@@ -109,7 +147,12 @@ export class Gateway {
       const compiled: CompiledDevice = {
         config: device,
         tags: this.compileTags(device),
-        batchTopics: new Map(groups.map((group) => [group.name, this.render(this.config.topics.batch, device, group.name)])),
+        batchTopics: new Map(
+          groups.map((group) => {
+            const topic = this.render(this.config.topics.batch, device, group.name);
+            return [group.name, { topic, cloud: this.uplink?.route(topic) }];
+          }),
+        ),
         runner: new DeviceRunner({
           name: device.name,
           driver,
@@ -130,7 +173,10 @@ export class Gateway {
     const compiled = new Map<string, CompiledTag>();
     for (const tag of device.tags as TagConfig[]) {
       const group = tag.group ?? 'default';
+      const topic = this.render(tag.topic ?? this.config.topics.tag, device, group, tag.name);
       compiled.set(tag.name, {
+        topic,
+        cloud: this.uplink?.route(topic),
         normalizer: new TagNormalizer({
           device: device.name,
           group,
@@ -142,7 +188,6 @@ export class Gateway {
           report: tag.report ?? device.report,
           maxSilence: tag.maxSilence ?? device.maxSilence,
         }),
-        topic: this.render(tag.topic ?? this.config.topics.tag, device, group, tag.name),
       });
     }
     return compiled;
@@ -167,18 +212,21 @@ export class Gateway {
       tag.last = sample;
       if (device.config.publish === 'batch') batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
-        this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
+        this.publish(tag.topic, tag.cloud, encodeTagPayload(sample, topics.timestamp), topics.retain);
       }
     }
     if (batch.length > 0) {
-      const topic = device.batchTopics.get(event.group)!;
-      this.publish(topic, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
+      const { topic, cloud } = device.batchTopics.get(event.group)!;
+      this.publish(topic, cloud, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
     }
   }
 
-  private publish(topic: string, payload: string, retain: boolean): void {
+  /** Local subscribers get the message at once; the cloud gets it through the outbox. */
+  private publish(topic: string, cloud: CloudRoute | undefined, text: string, retain: boolean): void {
+    const payload = Buffer.from(text);
     this.stats.published++;
     this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain });
+    if (cloud) this.uplink!.enqueue(cloud, payload, retain);
   }
 
   private publishStatus(status: 'online' | 'offline'): Promise<void> {
@@ -199,12 +247,16 @@ export class Gateway {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await Promise.all(this.devices.map((device) => device.runner.stop().catch((error: unknown) => this.log.warn({ device: device.config.name, error: errorMessage(error) }, 'device did not stop cleanly'))));
-      // Samples of the last cycles reach local subscribers before "offline" does.
+      // Samples of the last cycles reach local subscribers before "offline" does; then no client
+      // can publish any more, and what is in the outbox stays there for the next start.
       await this.broker.flush(1000);
       await this.publishStatus('offline').catch(() => undefined);
       await this.broker.close();
+      this.outbox?.commit();
+      await this.uplink?.stop();
+      this.outbox?.close();
       await Promise.all(this.simulators.map((simulator) => simulator.close()));
-      this.log.info(this.stats, 'gateway stopped');
+      this.log.info({ ...this.stats, outbox: this.outbox?.stats, uplink: this.uplink?.stats }, 'gateway stopped');
     })();
     return this.stopping;
   }

@@ -54,3 +54,28 @@ export function topicProblem(topic: string): string | undefined {
   if (Buffer.byteLength(topic) > 65535) return 'the topic is longer than 65535 bytes';
   return undefined;
 }
+
+/** MQTT topic filter matching: "+" one level, "#" the rest (including the parent level itself). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const filterLevels = filter.split('/');
+  const topicLevels = topic.split('/');
+  for (let index = 0; index < filterLevels.length; index++) {
+    const level = filterLevels[index]!;
+    if (level === '#') return true;
+    if (index >= topicLevels.length) return false;
+    if (level !== '+' && level !== topicLevels[index]) return false;
+  }
+  return filterLevels.length === topicLevels.length;
+}
+
+/** Why a subscription filter is malformed, or undefined when it is fine. */
+export function filterProblem(filter: string): string | undefined {
+  if (filter.length === 0) return 'the filter is empty';
+  const levels = filter.split('/');
+  for (let index = 0; index < levels.length; index++) {
+    const level = levels[index]!;
+    if (level.includes('#') && (level !== '#' || index !== levels.length - 1)) return `"${filter}": "#" must be a whole level and the last one`;
+    if (level.includes('+') && level !== '+') return `"${filter}": "+" must be a whole level`;
+  }
+  return undefined;
+}

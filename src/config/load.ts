@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { z } from 'zod';
-import { compileTopicTemplate, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
+import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
 import { configJsonSchema, configSchema, type Config } from './schema.js';
 
 export type JsonPath = ReadonlyArray<string | number>;
@@ -258,6 +258,8 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     }
   }
 
+  if (config.uplink) checkUplink(config.uplink, add);
+
   const deviceNames = new Map<string, number>();
   const topicOwners = new Map<string, string>();
   const claimTopic = (topic: string, owner: string, path: JsonPath) => {
@@ -316,6 +318,32 @@ export function checkSemantics(config: Config): ConfigProblem[] {
   });
 
   return problems;
+}
+
+function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath, message: string) => void): void {
+  for (const direction of ['forward', 'receive'] as const) {
+    uplink[direction].forEach((rule, index) => {
+      const problem = filterProblem(rule.topic);
+      if (problem) add(['uplink', direction, index, 'topic'], problem);
+      for (const prefix of ['localPrefix', 'remotePrefix'] as const) {
+        if (/[+#]/.test(rule[prefix])) add(['uplink', direction, index, prefix], `a prefix is plain topic text, it cannot contain + or #, got "${rule[prefix]}"`);
+      }
+    });
+  }
+  if (uplink.tls && /^(mqtt|ws):/.test(uplink.url)) {
+    add(['uplink', 'tls'], `TLS settings need an encrypted url (mqtts:// or wss://), but the url is ${uplink.url.split(':')[0]}://`);
+  }
+  if (uplink.tls?.cert !== undefined && uplink.tls.key === undefined) add(['uplink', 'tls', 'key'], 'a client certificate (tls.cert) needs its private key (tls.key)');
+  if (uplink.tls?.key !== undefined && uplink.tls.cert === undefined) add(['uplink', 'tls', 'cert'], 'a private key (tls.key) needs its client certificate (tls.cert)');
+  if (uplink.statusTopic !== undefined) {
+    try {
+      const unknown = compileTopicTemplate(uplink.statusTopic).placeholders.filter((placeholder) => placeholder !== 'gateway');
+      if (unknown.length > 0) add(['uplink', 'statusTopic'], `the status topic may only use {gateway}, not {${unknown.join('}, {')}}`);
+    } catch (error) {
+      add(['uplink', 'statusTopic'], (error as Error).message);
+    }
+  }
+  if (uplink.reconnect.initial > uplink.reconnect.max) add(['uplink', 'reconnect', 'initial'], `must not be longer than reconnect.max (${uplink.reconnect.max} ms)`);
 }
 
 function renderChecked(options: { source: string; variables: Record<string, string>; path: JsonPath; device: string; add: (path: JsonPath, message: string) => void }): string | undefined {

@@ -52,6 +52,84 @@ export const topicsSection = z
   })
   .prefault({});
 
+const BYTE_SIZE = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)$/;
+const BYTE_UNITS: Record<string, number> = { B: 1, kB: 1e3, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+const byteSize = (description: string) =>
+  z
+    .union([z.number().int().positive(), z.string().regex(BYTE_SIZE, { message: 'expected a size such as "500MB", "2GB" or a number of bytes' })])
+    .transform((value) => {
+      if (typeof value === 'number') return value;
+      const [, amount, unit] = BYTE_SIZE.exec(value)!;
+      return Math.round(Number(amount) * BYTE_UNITS[unit!]!);
+    })
+    .meta({ description: `${description} Bytes, or a string such as "500MB", "2GB".` });
+
+/** Mosquitto-style bridge rule: local "<localPrefix><topic>" ⇄ remote "<remotePrefix><topic>". */
+const bridgeRule = (direction: 'out' | 'in') =>
+  z.strictObject({
+    topic: z
+      .string()
+      .min(1)
+      .meta({ description: direction === 'out' ? 'Pattern (with + and #) of local topics, after localPrefix, that go up to the cloud.' : 'Pattern (with + and #) of cloud topics, after remotePrefix, that come down into the integrated broker.' }),
+    localPrefix: z.string().default('').meta({ description: 'Prefix of the topic in the integrated broker, e.g. "plc2mqtt/".' }),
+    remotePrefix: z.string().default('').meta({ description: 'Prefix of the topic on the cloud broker, e.g. "acme/edge-7/".' }),
+    qos: z.literal([0, 1]).default(1).meta({ description: direction === 'out' ? 'QoS to the cloud. 1 (default): a message leaves the outbox only after the cloud acknowledged it. 0: once written to the socket.' : 'QoS of the cloud subscription.' }),
+  });
+
+export const outboxSection = z
+  .strictObject({
+    maxMessages: z.number().int().positive().default(1_000_000).meta({ description: 'Most messages the outbox holds; beyond it the policy drops.' }),
+    maxBytes: byteSize('Most bytes (topic + payload) the outbox holds; the file is about 1.5× larger.').default(512 * 1024 ** 2),
+    maxAge: duration('Messages older than this are dropped (counted). 0 = keep until delivered or pushed out by the bounds.').default(0),
+    policy: z.enum(['drop-oldest', 'drop-newest']).default('drop-oldest').meta({ description: 'What goes when a bound is reached: the oldest buffered messages (default) or the new ones.' }),
+    synchronous: z.enum(['normal', 'full']).default('normal').meta({ description: 'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.' }),
+    commitInterval: duration('Appends are committed in one transaction per interval.', 1).default(50),
+  })
+  .prefault({});
+
+export const uplinkSection = z.strictObject({
+  url: z
+    .string()
+    .regex(/^(mqtts?|wss?):\/\/[^/]+/, { message: 'expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883"' })
+    .meta({ description: 'Cloud broker: mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt.' }),
+  protocolVersion: z.literal([4, 5]).default(4).meta({ description: 'MQTT 3.1.1 (4) or 5.' }),
+  clientId: z.string().min(1).max(128).optional().meta({ description: 'Client id on the cloud broker. Default: "plc2mqtt-<gateway name>". Must be stable for a persistent session.' }),
+  username: z.string().optional(),
+  password: z.string().optional().meta({ description: 'Put it in an environment variable: "${CLOUD_PASSWORD}". Never logged.' }),
+  tls: z
+    .strictObject({
+      ca: z.string().optional().meta({ description: 'PEM file of the CA that signed the broker\'s certificate (default: the system CAs).' }),
+      cert: z.string().optional().meta({ description: 'PEM file of this gateway\'s client certificate (mutual TLS, e.g. AWS IoT Core).' }),
+      key: z.string().optional().meta({ description: 'PEM file of the client certificate\'s private key.' }),
+      passphrase: z.string().optional().meta({ description: 'Passphrase of the key, if it has one. Use an environment variable.' }),
+      rejectUnauthorized: z.boolean().default(true).meta({ description: 'Verify the broker\'s certificate. Only turn off to debug.' }),
+      servername: z.string().optional().meta({ description: 'TLS SNI name, when it differs from the URL host.' }),
+    })
+    .optional(),
+  keepalive: duration('MQTT keep-alive.', 1000).default(30_000),
+  cleanSession: z.boolean().default(false).meta({ description: 'false (default): a persistent session, so commands sent while the gateway was offline are delivered when it reconnects.' }),
+  reconnect: z
+    .strictObject({
+      initial: duration('First reconnect delay.', 100).default(1000),
+      max: duration('Longest reconnect delay (exponential back-off with jitter in between).', 100).default(60_000),
+    })
+    .prefault({}),
+  statusTopic: z.string().min(1).optional().meta({ description: 'Retained "online"/"offline" status on the cloud (last will). Default: topics.status. Placeholder {gateway}.' }),
+  forward: z
+    .array(bridgeRule('out'))
+    .default([{ topic: '#', localPrefix: '', remotePrefix: '', qos: 1 }])
+    .meta({ description: 'Local topics that go up to the cloud through the outbox (first matching rule wins). Default: everything the gateway publishes and every topic MQTT clients publish locally.' }),
+  receive: z.array(bridgeRule('in')).default([]).meta({ description: 'Cloud topics that come down into the integrated broker (e.g. commands).' }),
+  inFlight: z.number().int().min(1).max(10_000).default(500).meta({ description: 'QoS 1 messages sent and not yet acknowledged at once. 100–1000 gets most of the broker\'s rate; more than 65535 would break MQTT message ids.' }),
+  liveShare: z
+    .number()
+    .min(0)
+    .max(0.9)
+    .default(0)
+    .meta({ description: 'After an outage: the share of the in-flight window given to new messages while the backlog is replayed. 0 (default): strict FIFO, so per-topic order always holds. 0.5: live data is not held up behind a long backlog, but a topic\'s new values may arrive before its replayed ones (order by "ts").' }),
+  outbox: outboxSection,
+});
+
 export const simulatorSchema = z.strictObject({
   name: name('Simulator'),
   type: z.literal('modbus-tcp').meta({ description: 'A simulated Modbus TCP PLC with changing registers (see README "Demo PLC register map").' }),
@@ -68,6 +146,7 @@ export const configSchema = z
     gateway: gatewaySection,
     broker: brokerSection,
     topics: topicsSection,
+    uplink: uplinkSection.optional().meta({ description: 'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.' }),
     simulators: z.array(simulatorSchema).default([]).meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
     devices: z.array(deviceSchema).default([]),
   })

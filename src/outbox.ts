@@ -1,0 +1,342 @@
+// The store-and-forward outbox: every message bound for the cloud is appended here (SQLite, WAL)
+// before it can be sent, and deleted only once the cloud acknowledged it. Bounded by count, bytes
+// and age; what a bound drops is counted and logged, never silent.
+import { existsSync, renameSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import type { Logger } from 'pino';
+import type { Config } from './config/schema.js';
+import { errorMessage } from './device.js';
+
+export type OutboxOptions = NonNullable<Config['uplink']>['outbox'];
+
+export interface OutboxMessage {
+  topic: string;
+  payload: Buffer;
+  qos: 0 | 1;
+  retain: boolean;
+}
+
+export interface StoredMessage extends OutboxMessage {
+  id: number;
+  /** Bytes it counts for against maxBytes (topic + payload). */
+  size: number;
+}
+
+export interface OutboxStats {
+  messages: number;
+  bytes: number;
+  appended: number;
+  /** Dropped by a bound (count, bytes or age) or because the disk was full for too long. */
+  dropped: number;
+  /** Deleted after the cloud acknowledged them. */
+  delivered: number;
+  /** The cloud refused them (e.g. MQTT 5 "not authorized"); deleted so they don't block the queue. */
+  rejected: number;
+  /** Appended but not yet committed (waiting for the next transaction, or for disk space). */
+  pending: number;
+  diskFull: boolean;
+}
+
+/** Schema migrations, numbered by PRAGMA user_version. Append, never edit. */
+const MIGRATIONS = [
+  `CREATE TABLE messages (
+     id      INTEGER PRIMARY KEY AUTOINCREMENT,
+     topic   TEXT    NOT NULL,
+     payload BLOB    NOT NULL,
+     qos     INTEGER NOT NULL,
+     retain  INTEGER NOT NULL,
+     created INTEGER NOT NULL,
+     size    INTEGER NOT NULL
+   )`,
+];
+
+/** Appends waiting in memory beyond this while the disk is full are dropped by the policy. */
+const MAX_PENDING_WHILE_FULL = 100_000;
+
+interface Pending {
+  message: OutboxMessage;
+  created: number;
+  onCommitted: (() => void) | undefined;
+}
+
+export class Outbox {
+  readonly file: string;
+  private readonly options: OutboxOptions;
+  private readonly log: Logger;
+  private readonly db: Database.Database;
+  private readonly statements: ReturnType<typeof prepare>;
+  private pending: Pending[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private count: number;
+  private bytes: number;
+  private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0 };
+  private droppingSince: number | undefined;
+  private droppedInEpisode = 0;
+  private diskFull = false;
+  private closed = false;
+  /** Called after each successful commit, so the uplink sends new messages at once. */
+  onCommit: (() => void) | undefined;
+
+  private constructor(file: string, db: Database.Database, options: OutboxOptions, log: Logger) {
+    this.file = file;
+    this.db = db;
+    this.options = options;
+    this.log = log;
+    this.statements = prepare(db);
+    const totals = this.statements.totals.get() as { count: number; bytes: number | null };
+    this.count = totals.count;
+    this.bytes = totals.bytes ?? 0;
+  }
+
+  /**
+   * Opens (or creates) the outbox. A file that is not a healthy SQLite database is moved aside
+   * with a loud error and a fresh outbox starts: a corrupt file must never become a crash loop.
+   */
+  static open(file: string, options: OutboxOptions, log: Logger): Outbox {
+    let db: Database.Database | undefined;
+    try {
+      db = openDatabase(file, options);
+    } catch (error) {
+      db?.close();
+      const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+      for (const suffix of ['', '-wal', '-shm']) {
+        if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
+      }
+      log.error({ file, movedTo: aside, error: errorMessage(error) }, 'the outbox file is damaged: moved aside, starting a fresh outbox (the messages in it are not sent; inspect the moved file with sqlite3)');
+      db = openDatabase(file, options);
+    }
+    const outbox = new Outbox(file, db, options, log);
+    if (outbox.count > 0) log.info({ messages: outbox.count, bytes: outbox.bytes }, 'outbox holds messages from before the restart; they will be sent first');
+    outbox.expire(Date.now());
+    return outbox;
+  }
+
+  /**
+   * Appends a message. It is committed with the others of this interval in one transaction;
+   * `onCommitted` runs once it is on disk (to acknowledge a QoS 1 publisher only then).
+   */
+  append(message: OutboxMessage, onCommitted?: () => void): void {
+    if (this.closed) throw new Error('the outbox is closed');
+    this.pending.push({ message, created: Date.now(), onCommitted });
+    this.totals.appended++;
+    if (this.diskFull && this.pending.length > MAX_PENDING_WHILE_FULL) {
+      // Disk full for a long while: memory is the next thing to run out. The policy decides who goes.
+      const victim = this.options.policy === 'drop-newest' ? this.pending.pop()! : this.pending.shift()!;
+      victim.onCommitted?.();
+      this.noteDropped(1, 'the disk is full and the in-memory buffer is at its limit');
+    }
+    this.timer ??= setTimeout(() => this.commit(), this.options.commitInterval);
+  }
+
+  /** Writes every pending append in one transaction, applying the bounds. */
+  commit(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.length === 0 || this.closed) return;
+    const batch = this.pending;
+    try {
+      this.db.transaction(() => this.writeBatch(batch))();
+    } catch (error) {
+      if (isDiskFull(error)) {
+        if (!this.diskFull) this.log.error({ pending: batch.length, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory and retrying every second');
+        this.diskFull = true;
+        this.timer = setTimeout(() => this.commit(), 1000);
+        return;
+      }
+      throw error;
+    }
+    this.pending = [];
+    if (this.diskFull) {
+      this.diskFull = false;
+      this.log.info({ committed: batch.length }, 'outbox: disk space is back, buffered messages committed');
+    }
+    for (const item of batch) item.onCommitted?.();
+    this.onCommit?.();
+  }
+
+  private writeBatch(batch: readonly Pending[]): void {
+    const { maxMessages, maxBytes, policy } = this.options;
+    let accepted = batch;
+    if (policy === 'drop-newest') {
+      // Keep what is stored; take new messages only while they fit.
+      let count = this.count;
+      let bytes = this.bytes;
+      const fits: Pending[] = [];
+      for (const item of batch) {
+        const size = sizeOf(item.message);
+        if (count + 1 > maxMessages || bytes + size > maxBytes) continue;
+        fits.push(item);
+        count++;
+        bytes += size;
+      }
+      if (fits.length < batch.length) this.noteDropped(batch.length - fits.length, 'the outbox is full (drop-newest)');
+      accepted = fits;
+    }
+    for (const item of accepted) {
+      const { topic, payload, qos, retain } = item.message;
+      const size = sizeOf(item.message);
+      this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size);
+      this.count++;
+      this.bytes += size;
+    }
+    if (policy === 'drop-oldest') this.dropOldestOverBounds(maxMessages, maxBytes);
+  }
+
+  /** Drops exactly as many of the oldest messages as it takes to get back within both bounds. */
+  private dropOldestOverBounds(maxMessages: number, maxBytes: number): void {
+    let dropped = 0;
+    if (this.count > maxMessages) {
+      const rows = this.statements.dropOldest.all(this.count - maxMessages) as Array<{ size: number }>;
+      for (const row of rows) this.bytes -= row.size;
+      this.count -= rows.length;
+      dropped += rows.length;
+    }
+    while (this.bytes > maxBytes) {
+      const rows = this.statements.oldestSizes.all(1000) as Array<{ id: number; size: number }>;
+      if (rows.length === 0) break;
+      let freed = 0;
+      let through = 0;
+      let taken = 0;
+      for (const row of rows) {
+        freed += row.size;
+        through = row.id;
+        taken++;
+        if (this.bytes - freed <= maxBytes) break;
+      }
+      this.statements.dropThrough.run(through);
+      this.bytes -= freed;
+      this.count -= taken;
+      dropped += taken;
+    }
+    if (dropped > 0) this.noteDropped(dropped, 'the outbox is full (drop-oldest)');
+  }
+
+  /** Drops messages older than maxAge. Called by the uplink now and then. */
+  expire(now: number): void {
+    if (this.options.maxAge <= 0) return;
+    const rows = this.statements.expire.all(now - this.options.maxAge) as Array<{ size: number }>;
+    if (rows.length === 0) return;
+    for (const row of rows) {
+      this.count--;
+      this.bytes -= row.size;
+    }
+    this.noteDropped(rows.length, `older than maxAge (${this.options.maxAge} ms)`);
+  }
+
+  private noteDropped(count: number, why: string): void {
+    this.totals.dropped += count;
+    this.droppedInEpisode += count;
+    // Once per episode, not once per message: an outbox at its bound drops on every commit.
+    if (this.droppingSince === undefined) {
+      this.droppingSince = Date.now();
+      this.log.warn({ dropped: count, why, maxMessages: this.options.maxMessages, maxBytes: this.options.maxBytes, policy: this.options.policy }, `outbox: dropping messages: ${why}`);
+    }
+  }
+
+  private endDropEpisode(): void {
+    if (this.droppingSince === undefined) return;
+    this.log.warn({ dropped: this.droppedInEpisode, seconds: Math.round((Date.now() - this.droppingSince) / 1000), totalDropped: this.totals.dropped }, 'outbox: no longer dropping');
+    this.droppingSince = undefined;
+    this.droppedInEpisode = 0;
+  }
+
+  /** Committed messages with id > afterId (and < beforeId), oldest first. */
+  peek(afterId: number, limit: number, beforeId = Number.MAX_SAFE_INTEGER): StoredMessage[] {
+    const rows = this.statements.peek.all(afterId, beforeId, limit) as Array<{ id: number; topic: string; payload: Buffer; qos: number; retain: number; size: number }>;
+    return rows.map((row) => ({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size }));
+  }
+
+  /** The id the next committed message will get at the earliest (everything below exists already). */
+  nextId(): number {
+    const row = this.statements.maxId.get() as { id: number | null };
+    return (row.id ?? 0) + 1;
+  }
+
+  /** Deletes messages the cloud acknowledged (or refused, with `rejected`). */
+  remove(ids: readonly number[], outcome: 'delivered' | 'rejected' = 'delivered'): void {
+    if (ids.length === 0 || this.closed) return;
+    this.db.transaction(() => {
+      for (const id of ids) {
+        const row = this.statements.remove.get(id) as { size: number } | undefined;
+        // Absent when a bound dropped it while it was in flight.
+        if (!row) continue;
+        this.count--;
+        this.bytes -= row.size;
+        this.totals[outcome]++;
+      }
+    })();
+    if (this.droppingSince !== undefined && this.count < this.options.maxMessages && this.bytes < this.options.maxBytes) this.endDropEpisode();
+  }
+
+  /** Age in ms of the oldest message waiting, or 0. */
+  oldestAge(now = Date.now()): number {
+    const row = this.statements.oldest.get() as { created: number } | undefined;
+    return row ? now - row.created : 0;
+  }
+
+  get stats(): OutboxStats {
+    return { messages: this.count, bytes: this.bytes, ...this.totals, pending: this.pending.length, diskFull: this.diskFull };
+  }
+
+  /** Commits what is pending and closes the database. Messages not yet delivered stay for the next start. */
+  close(): void {
+    if (this.closed) return;
+    try {
+      this.commit();
+    } catch (error) {
+      this.log.error({ error: errorMessage(error), lost: this.pending.length }, 'outbox: last commit failed at shutdown');
+    }
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.db.close();
+  }
+}
+
+function openDatabase(file: string, options: OutboxOptions): Database.Database {
+  const db = new Database(file);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+    db.pragma('busy_timeout = 5000');
+    const check = db.pragma('quick_check', { simple: true });
+    if (check !== 'ok') throw new Error(`quick_check: ${String(check)}`);
+    migrate(db);
+    return db;
+  } catch (error) {
+    db.close();
+    throw error;
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) throw new Error(`outbox schema version ${version} is newer than this plc2mqtt (${MIGRATIONS.length}); was it downgraded?`);
+  db.transaction(() => {
+    for (let index = version; index < MIGRATIONS.length; index++) db.exec(MIGRATIONS[index]!);
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+  })();
+}
+
+function prepare(db: Database.Database) {
+  return {
+    insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, ?, ?, ?, ?)'),
+    peek: db.prepare('SELECT id, topic, payload, qos, retain, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
+    remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
+    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?) RETURNING size'),
+    oldestSizes: db.prepare('SELECT id, size FROM messages ORDER BY id LIMIT ?'),
+    dropThrough: db.prepare('DELETE FROM messages WHERE id <= ?'),
+    expire: db.prepare('DELETE FROM messages WHERE created < ? RETURNING size'),
+    totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
+    maxId: db.prepare('SELECT max(id) AS id FROM messages'),
+    oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
+  };
+}
+
+function sizeOf(message: OutboxMessage): number {
+  return Buffer.byteLength(message.topic) + message.payload.length;
+}
+
+function isDiskFull(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return code === 'SQLITE_FULL' || code === 'SQLITE_IOERR_WRITE' || (error instanceof Error && /database or disk is full/i.test(error.message));
+}

@@ -1,0 +1,350 @@
+// The cloud uplink: drains the outbox to the cloud broker (mqtt.js) at QoS 1 with a bounded
+// in-flight window, deletes each message only after its PUBACK, and brings cloud topics (commands)
+// down into the integrated broker. Reconnects with capped exponential back-off and jitter.
+import { readFileSync } from 'node:fs';
+import mqtt, { Store, type IClientOptions, type IClientPublishOptions, type MqttClient, type Packet } from 'mqtt';
+import type { Logger } from 'pino';
+import { backoffDelay } from './backoff.js';
+import type { IntegratedBroker } from './broker.js';
+import type { Config } from './config/schema.js';
+import { errorMessage } from './device.js';
+import { Fifo } from './fifo.js';
+import type { Outbox, OutboxMessage, StoredMessage } from './outbox.js';
+import { compileTopicTemplate, topicMatches } from './topics.js';
+
+export type UplinkConfig = NonNullable<Config['uplink']>;
+type BridgeRule = UplinkConfig['forward'][number];
+
+/** Where a local topic goes on the cloud, when a forward rule takes it. */
+export interface CloudRoute {
+  topic: string;
+  qos: 0 | 1;
+}
+
+export interface UplinkStats {
+  connected: boolean;
+  /** Messages handed to the cloud connection (resends after a reconnect count again). */
+  sent: number;
+  acknowledged: number;
+  rejected: number;
+  inFlight: number;
+  reconnects: number;
+  received: number;
+  lastError?: string;
+}
+
+/** Acknowledged ids are deleted from the outbox in batches: one transaction per batch. */
+const ACK_FLUSH_SIZE = 500;
+const ACK_FLUSH_INTERVAL_MS = 20;
+
+/**
+ * mqtt.js keeps its own in-memory copy of unacknowledged messages and resends them after a
+ * reconnect. The outbox already does that (durably), so mqtt.js keeps nothing: one source of truth.
+ */
+class NoStore extends Store {
+  override put(_packet: Packet, cb: () => void): this {
+    cb();
+    return this;
+  }
+  override del(_packet: Pick<Packet, 'messageId'>, cb: (error?: Error, packet?: Packet) => void): this {
+    cb();
+    return this;
+  }
+}
+
+export class Uplink {
+  readonly statusTopic: string;
+  private readonly config: UplinkConfig;
+  private readonly outbox: Outbox;
+  private readonly broker: IntegratedBroker;
+  private readonly log: Logger;
+  private readonly clientOptions: IClientOptions;
+  private client: MqttClient | undefined;
+  private connected = false;
+  private stopping = false;
+  /** Bumped on every (re)connect; callbacks of an older connection are ignored. */
+  private epoch = 0;
+  private failedAttempts = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private maintenanceTimer: NodeJS.Timeout | undefined;
+  // Sending state of the current connection.
+  private readonly inFlight = new Map<number, StoredMessage>();
+  private liveInFlight = 0;
+  private backlog = new Fifo<StoredMessage>();
+  private live = new Fifo<StoredMessage>();
+  private backlogCursor = 0;
+  private liveCursor = 0;
+  /** Ids at or above this were appended after the connection came up ("live"). */
+  private liveStart = Number.MAX_SAFE_INTEGER;
+  private backlogDone = true;
+  private acked: number[] = [];
+  private ackTimer: NodeJS.Timeout | undefined;
+  private readonly counters = { sent: 0, acknowledged: 0, rejected: 0, reconnects: 0, received: 0 };
+  private lastError: string | undefined;
+  private loggedErrors = new Set<string>();
+
+  constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger) {
+    this.config = config;
+    this.outbox = outbox;
+    this.broker = broker;
+    this.log = log.child({ uplink: redactUrl(config.url) });
+    this.statusTopic = compileTopicTemplate(config.statusTopic ?? defaultStatusTopic).render({ gateway: gatewayName });
+    this.clientOptions = {
+      clientId: config.clientId ?? `plc2mqtt-${gatewayName}`,
+      protocolVersion: config.protocolVersion,
+      clean: config.cleanSession,
+      keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
+      // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
+      reconnectPeriod: 0,
+      connectTimeout: 15_000,
+      queueQoSZero: false,
+      outgoingStore: new NoStore(),
+      resubscribe: false,
+      will: { topic: this.statusTopic, payload: Buffer.from('offline'), qos: 1, retain: true },
+      ...(config.username !== undefined ? { username: config.username } : {}),
+      ...(config.password !== undefined ? { password: config.password } : {}),
+      ...readTls(config.tls),
+    };
+    outbox.onCommit = () => this.pump();
+  }
+
+  /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
+  route(localTopic: string): CloudRoute | undefined {
+    for (const rule of this.config.forward) {
+      if (!localTopic.startsWith(rule.localPrefix)) continue;
+      const rest = localTopic.slice(rule.localPrefix.length);
+      if (topicMatches(rule.topic, rest)) return { topic: rule.remotePrefix + rest, qos: rule.qos };
+    }
+    return undefined;
+  }
+
+  /** Appends a message for the cloud to the outbox. `onCommitted` runs once it is on disk. */
+  enqueue(route: CloudRoute, payload: Buffer, retain: boolean, onCommitted?: () => void): void {
+    const message: OutboxMessage = { topic: route.topic, payload, qos: route.qos, retain };
+    this.outbox.append(message, onCommitted);
+  }
+
+  start(): void {
+    this.log.info({ clientId: this.clientOptions.clientId, backlog: this.outbox.stats.messages }, 'connecting to the cloud broker');
+    const client = mqtt.connect(this.config.url, this.clientOptions);
+    this.client = client;
+    client.on('connect', (connack) => this.onConnect(connack.sessionPresent));
+    client.on('close', () => this.onClose());
+    client.on('error', (error) => this.noteError(errorMessage(error)));
+    client.on('message', (topic, payload, packet) => this.onCloudMessage(topic, payload, packet.retain));
+    this.maintenanceTimer = setInterval(() => this.outbox.expire(Date.now()), 10_000);
+    this.maintenanceTimer.unref();
+  }
+
+  get stats(): UplinkStats {
+    const stats: UplinkStats = { connected: this.connected, ...this.counters, inFlight: this.inFlight.size };
+    if (this.lastError !== undefined) stats.lastError = this.lastError;
+    return stats;
+  }
+
+  private onConnect(sessionPresent: boolean): void {
+    this.epoch++;
+    this.connected = true;
+    if (this.failedAttempts > 0 || this.counters.reconnects > 0) this.counters.reconnects++;
+    this.failedAttempts = 0;
+    this.loggedErrors.clear();
+    delete this.lastError;
+    const backlog = this.outbox.stats.messages;
+    this.log.info({ backlog, sessionPresent }, backlog > 0 ? `connected to the cloud broker; replaying ${backlog} buffered messages` : 'connected to the cloud broker');
+    this.client!.publish(this.statusTopic, 'online', { qos: 1, retain: true });
+    this.subscribeDownlink();
+    this.resetSending();
+    this.pump();
+  }
+
+  private onClose(): void {
+    const wasConnected = this.connected;
+    this.connected = false;
+    this.epoch++;
+    // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
+    this.flushAcks();
+    const inFlight = this.inFlight.size;
+    this.inFlight.clear();
+    this.liveInFlight = 0;
+    if (wasConnected && !this.stopping) this.log.warn({ inFlight, backlog: this.outbox.stats.messages, error: this.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
+    if (this.stopping) return;
+    this.failedAttempts++;
+    const delay = backoffDelay(this.failedAttempts, { initial: this.config.reconnect.initial, max: this.config.reconnect.max });
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      if (!this.stopping) this.client?.reconnect();
+    }, delay);
+  }
+
+  private noteError(message: string): void {
+    this.lastError = message;
+    // Once per distinct error per outage: a broker that stays down must not flood the log.
+    if (this.loggedErrors.has(message)) return;
+    this.loggedErrors.add(message);
+    this.log.warn({ error: message }, 'cloud broker connection error');
+  }
+
+  private subscribeDownlink(): void {
+    if (this.config.receive.length === 0) return;
+    const filters = Object.fromEntries(this.config.receive.map((rule) => [rule.remotePrefix + rule.topic, { qos: rule.qos }]));
+    this.client!.subscribe(filters, (error) => {
+      if (error) this.noteError(`subscribing to ${Object.keys(filters).join(', ')} failed: ${errorMessage(error)}`);
+    });
+  }
+
+  /** A message from the cloud on a "receive" topic: into the integrated broker under its local name. */
+  private onCloudMessage(topic: string, payload: Buffer, retain: boolean): void {
+    const rule = this.config.receive.find((candidate: BridgeRule) => topic.startsWith(candidate.remotePrefix) && topicMatches(candidate.topic, topic.slice(candidate.remotePrefix.length)));
+    if (!rule) return;
+    this.counters.received++;
+    const localTopic = rule.localPrefix + topic.slice(rule.remotePrefix.length);
+    // Published by the gateway itself (no client), so the forward path never sends it back up.
+    this.broker.publishNow(localTopic, payload, { qos: 1, retain }).catch((error: unknown) => this.log.error({ topic: localTopic, error: errorMessage(error) }, 'could not publish a cloud message locally'));
+  }
+
+  // ------------------------------------------------------------------ sending
+
+  private resetSending(): void {
+    this.backlog = new Fifo();
+    this.live = new Fifo();
+    this.backlogCursor = 0;
+    this.backlogDone = false;
+    if (this.config.liveShare > 0) {
+      this.liveStart = this.outbox.nextId();
+      this.liveCursor = this.liveStart - 1;
+    } else {
+      this.liveStart = Number.MAX_SAFE_INTEGER;
+    }
+  }
+
+  /** Fills the in-flight window from the outbox. */
+  private pump(): void {
+    if (!this.connected || this.stopping) return;
+    const window = this.config.inFlight;
+    while (this.inFlight.size < window) {
+      const next = this.nextMessage(window);
+      if (!next) break;
+      this.send(next.message, next.live);
+    }
+  }
+
+  private nextMessage(window: number): { message: StoredMessage; live: boolean } | undefined {
+    const liveSlots = Math.floor(window * this.config.liveShare);
+    const preferLive = this.config.liveShare > 0 && this.liveInFlight < liveSlots;
+    if (preferLive) {
+      const live = this.take(true);
+      if (live) return { message: live, live: true };
+    }
+    const old = this.take(false);
+    if (old) return { message: old, live: false };
+    if (this.config.liveShare > 0) {
+      const live = this.take(true);
+      if (live) return { message: live, live: true };
+    }
+    return undefined;
+  }
+
+  /** The next message of the backlog or of live data, refilling that buffer from the outbox. */
+  private take(live: boolean): StoredMessage | undefined {
+    const buffer = live ? this.live : this.backlog;
+    if (buffer.length === 0) {
+      if (!live && this.backlogDone) return undefined;
+      const rows = live ? this.outbox.peek(this.liveCursor, this.config.inFlight) : this.outbox.peek(this.backlogCursor, this.config.inFlight, this.liveStart);
+      if (rows.length === 0) {
+        // The backlog only ends when it is split from live data; in FIFO mode it is all there is.
+        if (!live && this.config.liveShare > 0) {
+          this.backlogDone = true;
+          this.log.info('backlog replayed');
+        }
+        return undefined;
+      }
+      for (const row of rows) buffer.push(row);
+      if (live) this.liveCursor = rows.at(-1)!.id;
+      else this.backlogCursor = rows.at(-1)!.id;
+    }
+    return buffer.shift();
+  }
+
+  private send(message: StoredMessage, live: boolean): void {
+    const epoch = this.epoch;
+    this.inFlight.set(message.id, message);
+    if (live) this.liveInFlight++;
+    this.counters.sent++;
+    const options: IClientPublishOptions = { qos: message.qos, retain: message.retain };
+    this.client!.publish(message.topic, message.payload, options, (error) => {
+      if (epoch !== this.epoch) return; // a callback of a connection that is gone; the message is resent
+      this.inFlight.delete(message.id);
+      if (live) this.liveInFlight--;
+      if (error) {
+        const reasonCode = (error as { code?: unknown }).code;
+        if (typeof reasonCode === 'number' && reasonCode >= 0x80) {
+          // The broker refused this message for good (MQTT 5 reason code): it would block the queue forever.
+          this.counters.rejected++;
+          this.outbox.remove([message.id], 'rejected');
+          this.noteError(`the cloud broker refused a message on "${message.topic}": ${errorMessage(error)}`);
+        }
+        // Anything else is a connection problem: the message stays in the outbox and is resent.
+      } else {
+        this.counters.acknowledged++;
+        this.acked.push(message.id);
+        if (this.acked.length >= ACK_FLUSH_SIZE) this.flushAcks();
+        else this.ackTimer ??= setTimeout(() => this.flushAcks(), ACK_FLUSH_INTERVAL_MS);
+      }
+      this.pump();
+    });
+  }
+
+  private flushAcks(): void {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    if (this.acked.length === 0) return;
+    const ids = this.acked;
+    this.acked = [];
+    this.outbox.remove(ids);
+  }
+
+  /** Says "offline" on the cloud, closes the connection. Unacknowledged messages stay in the outbox. */
+  async stop(timeoutMs = 2000): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.maintenanceTimer);
+    const client = this.client;
+    if (client && this.connected) {
+      await Promise.race([client.publishAsync(this.statusTopic, 'offline', { qos: 1, retain: true }).catch(() => undefined), sleep(timeoutMs)]);
+    }
+    this.flushAcks();
+    if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
+    this.epoch++;
+    this.connected = false;
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
+
+/** TLS options for mqtt.js from the config's file paths, with an error that names the file. */
+function readTls(tls: UplinkConfig['tls']): Partial<IClientOptions> {
+  if (!tls) return {};
+  const read = (what: string, path: string | undefined): Buffer | undefined => {
+    if (path === undefined) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (error) {
+      throw new Error(`uplink.tls.${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? errorMessage(error)}`);
+    }
+  };
+  const options: Partial<IClientOptions> = { rejectUnauthorized: tls.rejectUnauthorized };
+  const ca = read('ca', tls.ca);
+  const cert = read('cert', tls.cert);
+  const key = read('key', tls.key);
+  if (ca) options.ca = ca;
+  if (cert) options.cert = cert;
+  // An encrypted key travels with its passphrase in the form node's tls accepts.
+  if (key) options.key = tls.passphrase === undefined ? key : [{ pem: key, passphrase: tls.passphrase }];
+  if (tls.servername !== undefined) options.servername = tls.servername;
+  return options;
+}
+
+/** The URL without user:password, for logs. */
+export function redactUrl(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//');
+}
