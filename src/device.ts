@@ -51,7 +51,9 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   private readonly jobs: PollJob[] = [];
   private connecting: Promise<boolean> | undefined;
   private nextConnectAt = 0;
-  private failedConnects = 0;
+  /** Failed connects and lost connections since the last successful read. */
+  private consecutiveFailures = 0;
+  private stopped = false;
 
   constructor(options: DeviceRunnerOptions<Tag>) {
     this.options = options;
@@ -82,10 +84,18 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     }
   }
 
-  async stop(): Promise<void> {
-    await Promise.all(this.jobs.map((job) => job.stop()));
-    await this.connecting;
+  /**
+   * Stops polling. The driver is closed first, which fails requests still waiting for a silent
+   * device at once; only then are the cycles in progress awaited (and at most `graceMs`, since a
+   * TCP connect in progress can't be interrupted).
+   */
+  async stop(graceMs = 1000): Promise<void> {
+    this.stopped = true;
+    const cycles = Promise.all(this.jobs.map((job) => job.stop()));
     await this.options.driver.close();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([cycles, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
     this.health.state = 'stopped';
   }
 
@@ -98,7 +108,10 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     } else {
       try {
         readings = await this.options.driver.read(plan);
+        // Only a completed read proves the link works; a connect alone may be reset at once.
+        this.consecutiveFailures = 0;
       } catch (error) {
+        if (this.stopped) return; // stop() closed the connection under this read
         const reason = errorMessage(error);
         this.health.pollErrors++;
         this.health.lastError = reason;
@@ -106,6 +119,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
       }
     }
+    if (this.stopped) return; // a cycle cut short by stop(): its "connection closed" is not news
     this.countErrors(readings);
     this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
   }
@@ -133,14 +147,13 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     try {
       await driver.connect();
       this.health.state = 'connected';
-      if (this.failedConnects > 0 || this.health.lastError) log.info({ device: this.name }, 'device connected again');
-      else log.info({ device: this.name }, 'device connected');
-      this.failedConnects = 0;
+      if (this.consecutiveFailures === 0 && !this.health.lastError) log.info({ device: this.name }, 'device connected');
+      else if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) log.info({ device: this.name, failures: this.consecutiveFailures }, 'device connected again');
       delete this.health.lastError;
       return true;
     } catch (error) {
-      this.failedConnects++;
-      const delay = backoffDelay(this.failedConnects);
+      this.consecutiveFailures++;
+      const delay = backoffDelay(this.consecutiveFailures);
       this.nextConnectAt = this.clock.now() + delay;
       const reason = errorMessage(error);
       this.health.state = 'disconnected';
@@ -153,11 +166,17 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   }
 
   private async lostConnection(reason: string): Promise<void> {
-    this.options.log.warn({ device: this.name, error: reason }, 'device connection lost');
+    this.consecutiveFailures++;
     this.health.state = 'disconnected';
     await this.options.driver.close();
-    // Reconnect on the next cycle; back-off starts if that attempt fails.
-    this.nextConnectAt = 0;
+    // A link that worked reconnects on the next cycle; one that keeps dropping right after the
+    // connect (a peer that accepts and resets) backs off like a failed connect.
+    const delay = this.consecutiveFailures > 1 ? backoffDelay(this.consecutiveFailures - 1) : 0;
+    this.nextConnectAt = this.clock.now() + delay;
+    // A flapping link logs its first drops, then every 50th, not every cycle.
+    if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) {
+      this.options.log.warn({ device: this.name, error: reason, retryInMs: delay }, 'device connection lost');
+    }
   }
 }
 

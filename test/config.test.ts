@@ -90,6 +90,33 @@ describe('config errors: each bad file gets the exact report', () => {
     ['wildcard in a topic', { devices: [device({}, [{ name: 't', address: '40001', topic: 'x/+/{tag}' }])] }, ['devices[0].tags[0].topic: for device "plc1": "x/+/t" contains an MQTT wildcard (+ or #); published topics can\'t']],
     ['{tag} in the batch topic', { topics: { batch: 'x/{device}/{tag}' } }, ['topics.batch: a batch topic carries every tag of a group: it cannot contain {tag}']],
     ['missing environment variable', { gateway: { name: '${GW_NAME}' } }, ['gateway.name: environment variable GW_NAME is not set (write ${GW_NAME:-default} to give a default)']],
+    [
+      'duplicate names are listed beside schema errors in one report',
+      { devices: [device({ pollInterval: 'x' }), device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
+      [
+        'devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "x"',
+        'devices[1].name: duplicate device name "plc1" (also devices[0])',
+        'devices[1].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])',
+      ],
+    ],
+    [
+      'a tag on the gateway status topic',
+      { topics: { tag: 'plc2mqtt/{gateway}/{tag}' }, devices: [device({}, [{ name: 'status', address: '40001' }])] },
+      ['devices[0].tags[0]: topic "plc2mqtt/plc2mqtt/status" is already the topic of the gateway status (topics.status); give one of them another name or topic'],
+    ],
+    ['bit on a coil', { devices: [device({}, [{ name: 't', area: 'coil', address: 0, bit: 3 }])] }, ['devices[0].tags[0].bit: "bit" selects a bit inside a register; a coil is a single bit already']],
+    ['encoding on a number', { devices: [device({}, [{ name: 't', address: '40001', encoding: 'utf8' }])] }, ['devices[0].tags[0].encoding: "encoding" is only for type string']],
+    [
+      'bridge rules with bad filters and TLS on a plain url',
+      { uplink: { url: 'mqtt://cloud:1883', tls: { ca: 'ca.pem' }, forward: [{ topic: 'a/#/b' }], receive: [{ topic: 'cmd/#', remotePrefix: 'x/+/' }] } },
+      [
+        'uplink.forward[0].topic: "a/#/b": "#" must be a whole level and the last one',
+        'uplink.receive[0].remotePrefix: a prefix is plain topic text, it cannot contain + or #, got "x/+/"',
+        'uplink.tls: TLS settings need an encrypted url (mqtts:// or wss://), but the url is mqtt://',
+      ],
+    ],
+    ['uplink url without a scheme', { uplink: { url: 'cloud.example.com:8883' } }, ['uplink.url: expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883", got "cloud.example.com:8883"']],
+    ['outbox size with a typo in the unit', { uplink: { url: 'mqtt://c', outbox: { maxBytes: '500 mb' } } }, ['uplink.outbox.maxBytes: expected a size such as "500MB", "2GB" or a number of bytes, got "500 mb"']],
   ];
   for (const [title, config, expected] of cases) {
     it(title, () => assert.deepEqual(problemsOf(config), expected));
@@ -113,6 +140,12 @@ describe('config: environment interpolation', () => {
     const [first] = config.devices;
     assert.equal(first?.connection.transport === 'tcp' && first.connection.host, '10.0.0.9');
     assert.equal(first?.description, 'costs $5');
+  });
+
+  it('an empty variable is kept by ${VAR} and replaced by ${VAR:-default}, as in the shell', () => {
+    const config = parseConfigText(JSON.stringify({ gateway: { dataDir: 'x${EMPTY}y', name: '${EMPTY:-fallback}' } }), 'x', { EMPTY: '' });
+    assert.equal(config.gateway.dataDir, 'xy');
+    assert.equal(config.gateway.name, 'fallback');
   });
 });
 

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ByteOrder, ModbusType } from '../drivers/modbus/config.js';
 import {
+  decodeString,
+  encodeString,
   shortestFloat32,
   bitOf,
   decodeBits,
@@ -169,4 +171,26 @@ describe('codec: float32 as the shortest decimal of the same float', () => {
       assert.equal(Math.fround(expected), float);
     });
   }
+});
+
+describe('codec: strings', () => {
+  it('end at the first NUL (C strings leave old bytes behind it) and lose trailing spaces', () => {
+    assert.equal(decodeString([0x4142, 0x0000, 0x5859, 0x0000], 'ABCD'), 'AB');
+    assert.equal(decodeString([0x4142, 0x4300, 0x5859], 'ABCD'), 'ABC');
+    assert.equal(decodeString([0x4142, 0x2020], 'ABCD'), 'AB');
+  });
+
+  it('latin1 by default: a degree sign byte stays a degree sign', () => {
+    assert.equal(decodeString([0x3235, 0xb043], 'ABCD'), '25°C');
+    assert.deepEqual(encodeString('25°C', 2, 'ABCD'), [0x3235, 0xb043]);
+  });
+
+  it('utf8 when the device stores UTF-8', () => {
+    assert.equal(decodeString([0x3235, 0xc2b0, 0x4300], 'ABCD', 'utf8'), '25°C');
+  });
+
+  it('refuses characters the encoding cannot hold instead of mangling them', () => {
+    assert.throws(() => encodeString('5€', 2, 'ABCD'), /"€" cannot be written as latin1/);
+    assert.throws(() => encodeString('°', 1, 'ABCD', 'ascii'), /cannot be written as ascii/);
+  });
 });

@@ -22,7 +22,11 @@ export interface RegisterLayout {
   count?: number | undefined;
   /** Bit 0..15 inside a register, for bool tags living in registers. */
   bit?: number | undefined;
+  /** Character encoding of strings (default latin1). */
+  encoding?: StringEncoding | undefined;
 }
+
+export type StringEncoding = 'latin1' | 'utf8' | 'ascii';
 
 const wordsSwapped = (order: ByteOrder): boolean => order === 'CDAB' || order === 'DCBA';
 const bytesSwapped = (order: ByteOrder): boolean => order === 'BADC' || order === 'DCBA';
@@ -58,8 +62,8 @@ export function bytesToRegisters(bytes: Buffer, order: ByteOrder): number[] {
 }
 
 /** Decodes one element (not an array) from exactly its registers. */
-export function decodeScalar(registers: readonly number[], type: ModbusType, order: ByteOrder): number | bigint | boolean | string {
-  if (type === 'string') return decodeString(registers, order);
+export function decodeScalar(registers: readonly number[], type: ModbusType, order: ByteOrder, encoding: StringEncoding = 'latin1'): number | bigint | boolean | string {
+  if (type === 'string') return decodeString(registers, order, encoding);
   if (type === 'bool') return (registers[0]! & 0xffff) !== 0;
   const bytes = registersToBytes(registers, order);
   switch (type) {
@@ -95,19 +99,26 @@ export function shortestFloat32(value: number): number {
   return Number(value.toPrecision(9));
 }
 
-/** 2 characters per register, in register order; the byte swap of BADC/DCBA applies inside each register. */
-export function decodeString(registers: readonly number[], order: ByteOrder): string {
+/**
+ * 2 characters per register, in register order; the byte swap of BADC/DCBA applies inside each register.
+ * The text ends at the first NUL (C strings leave old bytes behind it); trailing space padding is dropped.
+ */
+export function decodeString(registers: readonly number[], order: ByteOrder, encoding: StringEncoding = 'latin1'): string {
   const bytes = Buffer.alloc(registers.length * 2);
   registers.forEach((word, i) => {
     if (bytesSwapped(order)) bytes.writeUInt16LE(word & 0xffff, i * 2);
     else bytes.writeUInt16BE(word & 0xffff, i * 2);
   });
-  // PLCs pad fixed-size text fields with NULs or spaces; neither is part of the value.
-  return bytes.toString('utf8').replace(/[\u0000 ]+$/u, '');
+  const end = bytes.indexOf(0);
+  return bytes.subarray(0, end === -1 ? bytes.length : end).toString(encoding).replace(/ +$/u, '');
 }
 
-export function encodeString(text: string, lengthRegisters: number, order: ByteOrder): number[] {
-  const encoded = Buffer.from(text, 'utf8');
+export function encodeString(text: string, lengthRegisters: number, order: ByteOrder, encoding: StringEncoding = 'latin1'): number[] {
+  const limit = encoding === 'ascii' ? 0x7f : encoding === 'latin1' ? 0xff : Infinity;
+  for (const char of text) {
+    if (char.codePointAt(0)! > limit) throw new RangeError(`"${char}" cannot be written as ${encoding}; set the tag's encoding to utf8 if the device stores UTF-8`);
+  }
+  const encoded = Buffer.from(text, encoding);
   if (encoded.length > lengthRegisters * 2) {
     throw new RangeError(`string of ${encoded.length} bytes does not fit in ${lengthRegisters} registers (${lengthRegisters * 2} bytes)`);
   }
@@ -122,10 +133,10 @@ export function encodeString(text: string, lengthRegisters: number, order: ByteO
 export function decodeRegisters(registers: readonly number[], layout: RegisterLayout): TagValue {
   if (layout.bit !== undefined) return bitOf(registers[0]!, layout.bit);
   const size = registersPerElement(layout.type, layout.length);
-  if (layout.count === undefined) return decodeScalar(registers.slice(0, size), layout.type, layout.byteOrder);
+  if (layout.count === undefined) return decodeScalar(registers.slice(0, size), layout.type, layout.byteOrder, layout.encoding);
   const values: (number | bigint | boolean | string)[] = [];
   for (let i = 0; i < layout.count; i++) {
-    values.push(decodeScalar(registers.slice(i * size, (i + 1) * size), layout.type, layout.byteOrder));
+    values.push(decodeScalar(registers.slice(i * size, (i + 1) * size), layout.type, layout.byteOrder, layout.encoding));
   }
   return values;
 }
@@ -156,10 +167,10 @@ const BIGINT_RANGES: Partial<Record<ModbusType, [bigint, bigint]>> = {
 };
 
 /** Encodes one element to its registers. Throws RangeError/TypeError with a readable message. */
-export function encodeScalar(value: unknown, type: ModbusType, order: ByteOrder, length?: number): number[] {
+export function encodeScalar(value: unknown, type: ModbusType, order: ByteOrder, length?: number, encoding: StringEncoding = 'latin1'): number[] {
   if (type === 'string') {
     if (typeof value !== 'string') throw new TypeError(`expected a string, got ${describe(value)}`);
-    return encodeString(value, length ?? 1, order);
+    return encodeString(value, length ?? 1, order, encoding);
   }
   if (type === 'bool') return [toBool(value) ? 1 : 0];
   const intRange = INT_RANGES[type];
@@ -194,12 +205,12 @@ export function encodeScalar(value: unknown, type: ModbusType, order: ByteOrder,
 export function encodeRegisters(value: TagValue, layout: RegisterLayout): number[] {
   if (layout.count === undefined) {
     if (Array.isArray(value)) throw new TypeError('expected a single value, got an array');
-    return encodeScalar(value, layout.type, layout.byteOrder, layout.length);
+    return encodeScalar(value, layout.type, layout.byteOrder, layout.length, layout.encoding);
   }
   if (!Array.isArray(value) || value.length !== layout.count) {
     throw new TypeError(`expected an array of ${layout.count} elements, got ${describe(value)}`);
   }
-  return value.flatMap((element) => encodeScalar(element, layout.type, layout.byteOrder, layout.length));
+  return value.flatMap((element) => encodeScalar(element, layout.type, layout.byteOrder, layout.length, layout.encoding));
 }
 
 /** A bool for a coil, or the array of bools for count coils. */

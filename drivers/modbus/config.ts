@@ -30,6 +30,9 @@ const tagSchema = z
       description: 'Data type. Default: bool for coils, discrete inputs and register bits; uint16 otherwise.',
     }),
     length: z.number().int().min(1).max(125).optional().meta({ description: 'For type string: number of registers (2 characters each).' }),
+    encoding: z.enum(['latin1', 'utf8', 'ascii']).optional().meta({
+      description: 'Character encoding of a string tag. Default latin1: every byte is one character, nothing is replaced. utf8 for devices that store UTF-8 text.',
+    }),
     count: z.number().int().min(1).max(2000).optional().meta({ description: 'Read a fixed-length array of this many elements; the value is a JSON array.' }),
     byteOrder: byteOrder.optional().meta({ description: 'Overrides the device byteOrder for this tag.' }),
   })
@@ -51,6 +54,12 @@ const tagSchema = z
     if (!resolved) return;
     const type = tag.type ?? defaultType(resolved);
     const bitArea = resolved.area === 'coil' || resolved.area === 'discrete';
+    if (bitArea && tag.bit !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['bit'], message: `"bit" selects a bit inside a register; a ${resolved.area} is a single bit already` });
+    }
+    if (tag.encoding !== undefined && type !== 'string') {
+      ctx.addIssue({ code: 'custom', path: ['encoding'], message: '"encoding" is only for type string' });
+    }
     if (bitArea && type !== 'bool') {
       ctx.addIssue({ code: 'custom', path: ['type'], message: `${resolved.area}s hold single bits: type must be bool, not ${type}` });
     }

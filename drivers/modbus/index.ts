@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/driver.js';
 import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
-import type { ModbusConnection, ModbusDeviceConfig, ModbusTag } from './config.js';
+import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
 import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
 import { describeBlocks, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
 
@@ -224,8 +224,10 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
         if (registers.length === 1 && tag.count === undefined) {
           jobs = [(client) => client.writeRegister(address, registers[0]!)];
         } else {
-          // Values larger than one FC16 frame are written in parts; they are not atomic then.
-          const max = Math.min(MAX_WRITE_REGISTERS, this.connection.maxRegistersPerRequest);
+          // Values larger than one FC16 frame are written in parts (not atomic then), split between
+          // array elements so no float or int64 is ever half old, half new.
+          const element = registersPerElement(tag.type, tag.length);
+          const max = Math.max(element, Math.floor(Math.min(MAX_WRITE_REGISTERS, this.connection.maxRegistersPerRequest) / element) * element);
           jobs = chunks(registers, max).map((part, i) => (client: ModbusClient) => client.writeRegisters(address + i * max, part));
         }
       }
@@ -431,7 +433,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   }
 
   private layoutOf(tag: ModbusTag): RegisterLayout {
-    return { type: tag.type, byteOrder: tag.byteOrder ?? this.connection.byteOrder, length: tag.length, count: tag.count, bit: tag.address.bit };
+    return { type: tag.type, byteOrder: tag.byteOrder ?? this.connection.byteOrder, length: tag.length, count: tag.count, bit: tag.address.bit, encoding: tag.encoding };
   }
 }
 

@@ -170,6 +170,12 @@ export class Line {
       void disposeClient(client, c.transport);
       throw new Error(`cannot open ${this.label}: the connection closed while opening`);
     }
+    if (this.users.size === 0) {
+      // Every device let go of the line while the connect was under way (gateway stopping):
+      // nobody would ever close this socket.
+      void disposeClient(client, c.transport);
+      throw new Error(`cannot open ${this.label}: the line was closed while connecting`);
+    }
     this.client = client;
     this.lost = new Promise<never>((_, reject) => {
       this.rejectLost = reject;

@@ -58,7 +58,9 @@ export function parseConfigText(text: string, file = '<config>', env: NodeJS.Pro
 
   const result = configSchema.safeParse(interpolated, { reportInput: true });
   if (!result.success) {
-    throw new ConfigError(file, result.error.issues.flatMap((issue) => describeIssue(issue, interpolated)));
+    // Duplicate names are found on the raw file too, so one run lists them beside the schema errors.
+    const problems = [...result.error.issues.flatMap((issue) => describeIssue(issue, interpolated)), ...checkDuplicateNames(interpolated)];
+    throw new ConfigError(file, problems);
   }
   const problems = checkSemantics(result.data);
   if (problems.length > 0) throw new ConfigError(file, problems);
@@ -75,7 +77,8 @@ export function interpolateEnv(value: unknown, env: NodeJS.ProcessEnv, path: Jso
     return value.replace(ENV_REFERENCE, (whole, variable: string | undefined, fallback: string | undefined) => {
       if (whole === '$$') return '$';
       const found = env[variable!];
-      if (found !== undefined && found !== '') return found;
+      // As in the shell: ${VAR:-default} also replaces an empty value, ${VAR} keeps it.
+      if (found !== undefined && (found !== '' || fallback === undefined)) return found;
       if (fallback !== undefined) return fallback;
       problems.push({ path, message: `environment variable ${variable} is not set (write \${${variable}:-default} to give a default)` });
       return whole;
@@ -267,6 +270,12 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     if (previous) add(path, `topic "${topic}" is already the topic of ${previous}; give one of them another name or topic`);
     else topicOwners.set(topic, owner);
   };
+  // The retained status topic is taken first: a tag publishing there would overwrite online/offline.
+  try {
+    claimTopic(compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name }), 'the gateway status (topics.status)', ['topics', 'status']);
+  } catch {
+    // reported above
+  }
 
   config.devices.forEach((device, deviceIndex) => {
     const devicePath = ['devices', deviceIndex];
@@ -317,6 +326,33 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     simulatorPorts.add(endpoint);
   });
 
+  return problems;
+}
+
+/** Duplicate device names, and tag names within a device, read straight from the (unvalidated) file. */
+function checkDuplicateNames(raw: unknown): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const devices = valueAt(raw, ['devices']);
+  if (!Array.isArray(devices)) return problems;
+  const deviceNames = new Map<string, number>();
+  devices.forEach((device: unknown, deviceIndex) => {
+    const name = valueAt(device, ['name']);
+    if (typeof name === 'string') {
+      const first = deviceNames.get(name);
+      if (first !== undefined) problems.push({ path: ['devices', deviceIndex, 'name'], message: `duplicate device name "${name}" (also devices[${first}])` });
+      else deviceNames.set(name, deviceIndex);
+    }
+    const tags = valueAt(device, ['tags']);
+    if (!Array.isArray(tags)) return;
+    const tagNames = new Map<string, number>();
+    tags.forEach((tag: unknown, tagIndex) => {
+      const tagName = valueAt(tag, ['name']);
+      if (typeof tagName !== 'string') return;
+      const firstTag = tagNames.get(tagName);
+      if (firstTag !== undefined) problems.push({ path: ['devices', deviceIndex, 'tags', tagIndex, 'name'], message: `duplicate tag name "${tagName}" in device "${typeof name === 'string' ? name : `devices[${deviceIndex}]`}" (also tags[${firstTag}])` });
+      else tagNames.set(tagName, tagIndex);
+    });
+  });
   return problems;
 }
 
