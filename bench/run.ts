@@ -10,7 +10,8 @@ const points: string[][] = [
   ['--tags', '10000', '--interval', '100', '--devices', '10'],
   ['--tags', '10000', '--interval', '100', '--devices', '10', '--format', 'batch'],
 ];
-for (const point of points) {
-  const result = spawnSync(process.execPath, [join(here, 'e2e.js'), ...point], { stdio: ['ignore', 'inherit', 'inherit'] });
+const runs: Array<[string, string[]]> = [['modbus-plan.js', []], ...points.map((point): [string, string[]] => ['e2e.js', point])];
+for (const [script, args] of runs) {
+  const result = spawnSync(process.execPath, [join(here, script), ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
   if (result.status !== 0) process.exitCode = 1;
 }
