@@ -134,9 +134,14 @@ export class Outbox {
     this.timer = undefined;
     if (this.pending.length === 0 || this.closed) return;
     const batch = this.pending;
+    // The transaction may fail half way (disk full): the counters follow only a commit that happened.
+    const before = { count: this.count, bytes: this.bytes };
+    let dropped: { count: number; why: string } | undefined;
     try {
-      this.db.transaction(() => this.writeBatch(batch))();
+      dropped = this.db.transaction(() => this.writeBatch(batch))();
     } catch (error) {
+      this.count = before.count;
+      this.bytes = before.bytes;
       if (isDiskFull(error)) {
         if (!this.diskFull) this.log.error({ pending: batch.length, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory and retrying every second');
         this.diskFull = true;
@@ -146,6 +151,7 @@ export class Outbox {
       throw error;
     }
     this.pending = [];
+    if (dropped) this.noteDropped(dropped.count, dropped.why);
     if (this.diskFull) {
       this.diskFull = false;
       this.log.info({ committed: batch.length }, 'outbox: disk space is back, buffered messages committed');
@@ -154,7 +160,8 @@ export class Outbox {
     this.onCommit?.();
   }
 
-  private writeBatch(batch: readonly Pending[]): void {
+  /** Inserts a batch inside the caller's transaction; returns what a bound dropped. */
+  private writeBatch(batch: readonly Pending[]): { count: number; why: string } | undefined {
     const { maxMessages, maxBytes, policy } = this.options;
     let accepted = batch;
     if (policy === 'drop-newest') {
@@ -169,7 +176,6 @@ export class Outbox {
         count++;
         bytes += size;
       }
-      if (fits.length < batch.length) this.noteDropped(batch.length - fits.length, 'the outbox is full (drop-newest)');
       accepted = fits;
     }
     for (const item of accepted) {
@@ -179,11 +185,15 @@ export class Outbox {
       this.count++;
       this.bytes += size;
     }
-    if (policy === 'drop-oldest') this.dropOldestOverBounds(maxMessages, maxBytes);
+    if (policy === 'drop-newest') {
+      return accepted.length < batch.length ? { count: batch.length - accepted.length, why: 'the outbox is full (drop-newest)' } : undefined;
+    }
+    const dropped = this.dropOldestOverBounds(maxMessages, maxBytes);
+    return dropped > 0 ? { count: dropped, why: 'the outbox is full (drop-oldest)' } : undefined;
   }
 
   /** Drops exactly as many of the oldest messages as it takes to get back within both bounds. */
-  private dropOldestOverBounds(maxMessages: number, maxBytes: number): void {
+  private dropOldestOverBounds(maxMessages: number, maxBytes: number): number {
     let dropped = 0;
     if (this.count > maxMessages) {
       const rows = this.statements.dropOldest.all(this.count - maxMessages) as Array<{ size: number }>;
@@ -208,7 +218,7 @@ export class Outbox {
       this.count -= taken;
       dropped += taken;
     }
-    if (dropped > 0) this.noteDropped(dropped, 'the outbox is full (drop-oldest)');
+    return dropped;
   }
 
   /** Drops messages older than maxAge. Called by the uplink now and then. */

@@ -1,0 +1,167 @@
+// The SQLite outbox on a real file: order, persistence across reopen, bounds and drop policies
+// (exact counts), age expiry, a corrupt file at start, and a disk that fills up and frees again.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { pino } from 'pino';
+import { outboxSection } from '../src/config/schema.js';
+import { Outbox, type OutboxOptions } from '../src/outbox.js';
+import { waitFor } from './helpers/net.js';
+
+const log = pino({ level: 'silent' });
+const options = (extra: Record<string, unknown> = {}): OutboxOptions => outboxSection.parse({ commitInterval: 5, ...extra });
+const message = (n: number, topic = 't') => ({ topic, payload: Buffer.from(JSON.stringify({ seq: n })), qos: 1 as const, retain: false });
+const seqs = (outbox: Outbox) => outbox.peek(0, 1_000_000).map((row) => (JSON.parse(row.payload.toString()) as { seq: number }).seq);
+
+function folder(t: TestContext): string {
+  const path = mkdtempSync(join(tmpdir(), 'plc2mqtt-outbox-'));
+  t.after(() => rmSync(path, { recursive: true, force: true }));
+  return path;
+}
+
+describe('outbox', () => {
+  it('keeps order, survives a reopen, and forgets only what was removed', (t) => {
+    const file = join(folder(t), 'outbox.db');
+    const outbox = Outbox.open(file, options(), log);
+    for (let n = 1; n <= 100; n++) outbox.append(message(n));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), Array.from({ length: 100 }, (_, i) => i + 1));
+    const first10 = outbox.peek(0, 10);
+    outbox.remove(first10.map((row) => row.id));
+    assert.equal(outbox.stats.messages, 90);
+    assert.equal(outbox.stats.delivered, 10);
+    outbox.close();
+
+    const reopened = Outbox.open(file, options(), log);
+    assert.deepEqual(seqs(reopened), Array.from({ length: 90 }, (_, i) => i + 11));
+    assert.equal(reopened.stats.messages, 90);
+    assert.equal(reopened.stats.bytes, reopened.peek(0, 1000).reduce((sum, row) => sum + row.size, 0));
+    reopened.close();
+  });
+
+  it('runs onCommitted only once the message is on disk', async (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ commitInterval: 20 }), log);
+    let committed = false;
+    outbox.append(message(1), () => (committed = true));
+    assert.equal(committed, false);
+    assert.equal(outbox.peek(0, 10).length, 0);
+    await waitFor(() => committed, 5_000, 'the commit');
+    assert.equal(outbox.peek(0, 10).length, 1);
+    outbox.close();
+  });
+
+  it('drop-oldest keeps exactly the newest maxMessages and counts the rest', (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 50, policy: 'drop-oldest' }), log);
+    for (let n = 1; n <= 80; n++) outbox.append(message(n));
+    outbox.commit();
+    for (let n = 81; n <= 100; n++) outbox.append(message(n));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), Array.from({ length: 50 }, (_, i) => i + 51));
+    assert.equal(outbox.stats.dropped, 50);
+    assert.equal(outbox.stats.messages, 50);
+    outbox.close();
+  });
+
+  it('drop-newest keeps exactly the first maxMessages and counts the rest', (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 50, policy: 'drop-newest' }), log);
+    for (let n = 1; n <= 80; n++) outbox.append(message(n));
+    outbox.commit();
+    for (let n = 81; n <= 100; n++) outbox.append(message(n));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), Array.from({ length: 50 }, (_, i) => i + 1));
+    assert.equal(outbox.stats.dropped, 50);
+    outbox.close();
+  });
+
+  it('maxBytes drops exactly as many of the oldest as it takes to fit', (t) => {
+    // Each message: topic "t" (1 byte) + {"seq":NNN} (11 bytes for 3 digits) = 12 bytes.
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxBytes: 120 }), log);
+    for (let n = 100; n < 115; n++) outbox.append(message(n));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), Array.from({ length: 10 }, (_, i) => i + 105));
+    assert.equal(outbox.stats.bytes, 120);
+    assert.equal(outbox.stats.dropped, 5);
+    outbox.close();
+  });
+
+  it('maxAge drops what is too old, counted', async (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxAge: 50 }), log);
+    for (let n = 1; n <= 5; n++) outbox.append(message(n));
+    outbox.commit();
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    outbox.append(message(6));
+    outbox.commit();
+    outbox.expire(Date.now());
+    assert.deepEqual(seqs(outbox), [6]);
+    assert.equal(outbox.stats.dropped, 5);
+    outbox.close();
+  });
+
+  it('a message removed after a bound already dropped it is not counted twice', (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 5 }), log);
+    for (let n = 1; n <= 5; n++) outbox.append(message(n));
+    outbox.commit();
+    const inFlight = outbox.peek(0, 2).map((row) => row.id);
+    for (let n = 6; n <= 10; n++) outbox.append(message(n));
+    outbox.commit(); // drops 1..5, including the two "in flight"
+    outbox.remove(inFlight); // their PUBACKs arrive late
+    assert.equal(outbox.stats.messages, 5);
+    assert.equal(outbox.stats.delivered, 0);
+    outbox.close();
+  });
+
+  it('a corrupt file is moved aside loudly and a fresh outbox starts', (t) => {
+    const dir = folder(t);
+    const file = join(dir, 'outbox.db');
+    writeFileSync(file, Buffer.alloc(8192, 0x5a));
+    const lines: string[] = [];
+    const capture = pino({ level: 'error' }, { write: (line: string) => lines.push(line) });
+    const outbox = Outbox.open(file, options(), capture);
+    outbox.append(message(1));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), [1]);
+    outbox.close();
+    const aside = readdirSync(dir).filter((name) => name.startsWith('outbox.db.corrupt-'));
+    assert.equal(aside.length, 1);
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /the outbox file is damaged: moved aside/);
+    assert.ok(lines[0]!.includes(aside[0]!));
+  });
+
+  it('a full disk keeps messages in memory, says so, and commits them once space is back', async (t) => {
+    const mountPoint = mkdtempSync(join(tmpdir(), 'plc2mqtt-small-disk-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mountPoint], { stdio: 'ignore' });
+    } catch {
+      rmSync(mountPoint, { recursive: true, force: true });
+      t.skip('needs permission to mount a 1 MB tmpfs (run as root)');
+      return;
+    }
+    t.after(() => {
+      execFileSync('umount', ['-l', mountPoint], { stdio: 'ignore' });
+      rmSync(mountPoint, { recursive: true, force: true });
+    });
+    const outbox = Outbox.open(join(mountPoint, 'outbox.db'), options({ commitInterval: 10 }), log);
+    // Fill the disk: a ballast file takes all but a few pages.
+    const ballast = join(mountPoint, 'ballast');
+    writeFileSync(ballast, Buffer.alloc(1024 * 1024 - 96 * 1024));
+    let appended = 0;
+    const payload = Buffer.alloc(400, 0x41);
+    for (let round = 0; round < 400 && !outbox.stats.diskFull; round++) {
+      for (let i = 0; i < 50; i++) outbox.append({ topic: 't', payload, qos: 1, retain: false });
+      appended += 50;
+      outbox.commit();
+    }
+    assert.ok(outbox.stats.diskFull, 'the disk filled up');
+    assert.ok(outbox.stats.pending > 0, 'the messages that did not fit wait in memory');
+    unlinkSync(ballast);
+    await waitFor(() => !outbox.stats.diskFull && outbox.stats.pending === 0, 10_000, 'the retry after space came back');
+    assert.equal(outbox.stats.messages, appended);
+    assert.equal(outbox.stats.dropped, 0);
+    outbox.close();
+    assert.ok(existsSync(join(mountPoint, 'outbox.db')));
+  });
+});
