@@ -1,0 +1,140 @@
+// Store-and-forward benchmark. Prints one JSON line:
+//  - append rate of the outbox (synchronous NORMAL and FULL);
+//  - replay: N messages buffered in the outbox while the cloud was down, then the gateway (the
+//    real CLI, its own process) drains them to mosquitto at QoS 1: time, msg/s, gateway peak RSS,
+//    and that the cloud-side counter saw every sequence number (zero lost).
+//   node dist/bench/replay.js [--messages 1000000] [--inflight 500]
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { outboxSection } from '../src/config/schema.js';
+import { Outbox } from '../src/outbox.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const { values: args } = parseArgs({ options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } } });
+const total = Number(args.messages);
+const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-replay-'));
+const children: ChildProcess[] = [];
+process.on('exit', () => {
+  children.forEach((child) => child.kill('SIGKILL'));
+  rmSync(folder, { recursive: true, force: true });
+});
+const log = pino({ level: 'silent' });
+// A payload shaped like a tag message, ~110 bytes with its topic.
+const payload = (seq: number) => Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq},"unit":"bar","seq":${seq}}`);
+
+function appendRate(synchronous: 'normal' | 'full', count: number): number {
+  const outbox = Outbox.open(join(folder, `append-${synchronous}.db`), outboxSection.parse({ synchronous, maxMessages: 10_000_000 }), log);
+  const started = performance.now();
+  for (let seq = 1; seq <= count; seq++) {
+    outbox.append({ topic: `plc2mqtt/bench/plc${seq % 10}/t${seq % 1000}`, payload: payload(seq), qos: 1, retain: false });
+    if (seq % 1000 === 0) outbox.commit(); // what 50 ms of appends at 20k msg/s look like
+  }
+  outbox.commit();
+  const rate = Math.round(count / ((performance.now() - started) / 1000));
+  outbox.close();
+  return rate;
+}
+
+const appendNormal = appendRate('normal', Math.min(total, 200_000));
+const appendFull = appendRate('full', Math.min(total, 100_000));
+
+// The backlog: N messages in the gateway's own outbox file, as if the cloud had been down.
+const dataDir = join(folder, 'data');
+mkdirSync(dataDir, { recursive: true });
+const backlog = Outbox.open(join(dataDir, 'outbox.db'), outboxSection.parse({ maxMessages: 10_000_000, maxBytes: '4GB' }), log);
+for (let seq = 1; seq <= total; seq++) {
+  backlog.append({ topic: `plc2mqtt/bench/plc${seq % 10}/t${seq % 1000}`, payload: payload(seq), qos: 1, retain: false });
+  if (seq % 10_000 === 0) backlog.commit();
+}
+backlog.commit();
+backlog.close();
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+async function waitForPort(port: number): Promise<void> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`nothing listens on port ${port}`);
+}
+
+function start(command: string, argv: string[], ready: RegExp): Promise<{ child: ChildProcess; output: () => string }> {
+  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let output = '';
+  return new Promise((resolve, reject) => {
+    let isReady = false;
+    const onData = (chunk: Buffer) => {
+      // Keep the start and the last lines only: a chatty child must not cost this process a core.
+      output = (output + chunk.toString()).slice(-20_000);
+      if (!isReady && ready.test(output)) {
+        isReady = true;
+        resolve({ child, output: () => output });
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${command} exited with ${code}: ${output.slice(-400)}`)));
+  });
+}
+
+// mosquitto as the cloud: no per-subscriber queue limit, or it drops QoS 1 messages silently.
+const cloudPort = await freePort();
+writeFileSync(join(folder, 'mosquitto.conf'), `listener ${cloudPort} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`);
+const mosquitto = spawn('/usr/sbin/mosquitto', ['-c', join(folder, 'mosquitto.conf')], { stdio: 'ignore' });
+children.push(mosquitto);
+await waitForPort(cloudPort);
+const counter = await start(process.execPath, [join(ROOT, 'dist/bench/counter.js'), `mqtt://127.0.0.1:${cloudPort}`, 'plc2mqtt/bench/#', String(total)], /SUBSCRIBED/);
+const result = new Promise<{ distinct: number; duplicates: number; outOfOrder: number; firstAt: number; doneAt: number }>((resolve) =>
+  counter.child.once('exit', () => resolve(JSON.parse(counter.output().split('\n').find((line) => line.startsWith('{')) ?? '{}'))),
+);
+
+const config = {
+  gateway: { name: 'bench', dataDir, logLevel: 'info' },
+  broker: { listeners: [{ type: 'tcp', port: 0 }] },
+  uplink: { url: `mqtt://127.0.0.1:${cloudPort}`, inFlight: Number(args.inflight), outbox: { maxMessages: 10_000_000, maxBytes: '4GB' } },
+};
+writeFileSync(join(folder, 'gateway.json'), JSON.stringify(config));
+const started = Date.now();
+const gateway = await start(process.execPath, [...(process.env.GW_FLAGS ? process.env.GW_FLAGS.split(' ') : []), ...(process.env.PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE] : []), join(ROOT, 'dist/src/cli.js'), 'run', '-c', join(folder, 'gateway.json')], /polling started/);
+const received = await result;
+const seconds = (received.doneAt - started) / 1000;
+const peakRssMb = Math.round(Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${gateway.child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024);
+gateway.child.kill('SIGTERM');
+await new Promise((resolve) => gateway.child.once('exit', resolve));
+
+console.log(JSON.stringify({
+  bench: 'replay',
+  outboxAppendPerSecond: { synchronousNormal: appendNormal, synchronousFull: appendFull },
+  buffered: total,
+  delivered: received.distinct,
+  lost: total - received.distinct,
+  duplicates: received.duplicates,
+  outOfOrder: received.outOfOrder,
+  drainSeconds: Math.round(seconds * 10) / 10,
+  drainPerSecond: Math.round(received.distinct / seconds),
+  inFlightWindow: Number(args.inflight),
+  gatewayPeakRssMb: peakRssMb,
+}));
+process.exit(0);
