@@ -1,7 +1,7 @@
 // The "cloud" of the uplink tests: Debian's mosquitto in a child process, started, killed and
 // restarted by the test on a fixed ephemeral port, plus openssl-made certificates for mutual TLS.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,6 +57,8 @@ export interface MosquittoOptions {
   tls?: MosquittoTls;
   /** Contents of an acl_file (anonymous clients get the rules before any "user" line). */
   acl?: string;
+  /** A second listener speaking MQTT over WebSockets (with the same TLS settings as the first). */
+  websockets?: boolean;
 }
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
@@ -85,8 +87,12 @@ export class Mosquitto {
   private exited: Promise<void> = Promise.resolve();
   private log = '';
 
-  private constructor(port: number, dir: string, options: MosquittoOptions) {
+  /** The WebSockets listener's port, when there is one. */
+  readonly websocketsPort: number | undefined;
+
+  private constructor(port: number, dir: string, options: MosquittoOptions, websocketsPort: number | undefined) {
     this.port = port;
+    this.websocketsPort = websocketsPort;
     this.dir = dir;
     this.configFile = join(dir, 'mosquitto.conf');
     this.tls = options.tls !== undefined;
@@ -94,8 +100,12 @@ export class Mosquitto {
       `listener ${port} 127.0.0.1`,
       'allow_anonymous true',
       'max_queued_messages 0',
-      'max_inflight_messages 1000',
-      'log_dest stdout',
+      // No limit on unacknowledged messages to a subscriber: each PUBLISH is written to its socket
+      // at once instead of waiting in mosquitto's memory, where a SIGKILL of the cloud would lose
+      // messages mosquitto had already acknowledged to the gateway (the cloud's loss, not the gateway's).
+      'max_inflight_messages 0',
+      // A file, not stdout: mosquitto's stdout into a pipe is block-buffered, so lines would come late.
+      `log_dest file ${join(dir, 'mosquitto.log')}`,
       'log_type all',
     ];
     if (options.persistence) {
@@ -114,6 +124,13 @@ export class Mosquitto {
       writeFileSync(acl, options.acl);
       lines.push(`acl_file ${acl}`);
     }
+    if (websocketsPort !== undefined) {
+      // Listener options (protocol, TLS files) apply to the listener line before them.
+      lines.push(`listener ${websocketsPort} 127.0.0.1`, 'protocol websockets');
+      if (options.tls) {
+        lines.push(`cafile ${options.tls.ca}`, `certfile ${options.tls.cert}`, `keyfile ${options.tls.key}`, `require_certificate ${options.tls.requireCertificate}`);
+      }
+    }
     writeFileSync(this.configFile, `${lines.join('\n')}\n`);
   }
 
@@ -121,8 +138,8 @@ export class Mosquitto {
   static async create(dir: string, options: MosquittoOptions = {}): Promise<Mosquitto> {
     const sub = join(dir, `mosquitto-${Math.random().toString(36).slice(2, 8)}`);
     mkdirSync(sub);
-    chmodSync(sub, 0o755);
-    return new Mosquitto(await freePort(), sub, options);
+    chmodSync(sub, 0o777); // mosquitto writes its log file here after dropping root privileges
+    return new Mosquitto(await freePort(), sub, options, options.websockets ? await freePort() : undefined);
   }
 
   static async startNew(dir: string, options: MosquittoOptions = {}): Promise<Mosquitto> {
@@ -136,13 +153,20 @@ export class Mosquitto {
     return `${this.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${this.port}`;
   }
 
+  /** ws:// or wss:// of the WebSockets listener. */
+  get websocketsUrl(): string {
+    if (this.websocketsPort === undefined) throw new Error('this mosquitto has no WebSockets listener');
+    return `${this.tls ? 'wss' : 'ws'}://127.0.0.1:${this.websocketsPort}/mqtt`;
+  }
+
   get running(): boolean {
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Everything mosquitto logged over all its lives in this test. */
+  /** Everything mosquitto logged over all its lives in this test (its log file, then stdout/stderr). */
   output(): string {
-    return this.log;
+    const file = join(this.dir, 'mosquitto.log');
+    return `${existsSync(file) ? readFileSync(file, 'utf8') : ''}${this.log}`;
   }
 
   async start(): Promise<void> {
@@ -155,8 +179,8 @@ export class Mosquitto {
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
     await waitFor(
       async () => {
-        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`mosquitto exited at start:\n${this.log}`);
-        return accepts(this.port);
+        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`mosquitto exited at start:\n${this.output()}`);
+        return (await accepts(this.port)) && (this.websocketsPort === undefined || (await accepts(this.websocketsPort)));
       },
       10_000,
       `mosquitto on port ${this.port}`,
@@ -169,6 +193,11 @@ export class Mosquitto {
     if (!child || !this.running) return;
     child.kill(signal);
     await this.exited;
+  }
+
+  /** Sends a signal without waiting (SIGSTOP: a hung broker whose sockets stay open). */
+  signal(signal: NodeJS.Signals): void {
+    if (this.running) this.child!.kill(signal);
   }
 
   /**

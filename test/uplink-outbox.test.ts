@@ -1,0 +1,206 @@
+// The outbox at its bounds and on a damaged file (issue #4, tests 4 and 6): with the cloud (mosquitto)
+// down, more messages than the bound are published; when the cloud comes up exactly those the policy
+// kept arrive, and the drops are counted and logged once. A corrupt outbox.db is moved aside loudly.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, openSync, readFileSync, writeSync, closeSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import { after, describe, it } from 'node:test';
+import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
+import { assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, range, SeqPublisher } from './helpers/cloud-clients.js';
+import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type UplinkInput } from './helpers/cloud-gateway.js';
+import { waitFor } from './helpers/net.js';
+
+const RECORDER = 'cloud-recorder';
+
+function suite(name: string, body: (context: { dir: string; closers: Array<() => Promise<void>> }) => void): void {
+  describe(name, () => {
+    const dir = makeTempDir('plc2mqtt-uplink-outbox-');
+    const closers: Array<() => Promise<void>> = [];
+    after(async () => {
+      for (const close of closers) await close().catch(() => undefined);
+      await killAllChildren();
+      removeDir(dir);
+    });
+    body({ dir, closers });
+  });
+}
+
+/**
+ * With the cloud down, publishes `published` messages into a gateway whose outbox has `outbox` bounds,
+ * then brings the cloud up and returns what arrived once the gateway says it has nothing left.
+ */
+async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox: UplinkInput['outbox'], published: number, expectedKept: number) {
+  const cloud = await Mosquitto.create(dir, { persistence: true });
+  await cloud.seedSession(RECORDER, ['up/#']);
+  const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { outbox }));
+  const gateway = GatewayProcess.start(setup);
+  const publisher = await SeqPublisher.connect(setup.brokerUrl);
+  closers.push(() => publisher.close());
+  await publisher.publishRange(0, published);
+  assert.equal(publisher.acked.length, published, 'every publish is acknowledged, kept or dropped');
+
+  await cloud.start();
+  const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
+  closers.push(() => recorder.close());
+  await waitFor(() => recorder.uniqueCount() >= expectedKept, 20_000, `${expectedKept} messages on the cloud (have ${recorder.uniqueCount()})`);
+  const { code, stopped } = await gateway.stop();
+  assert.equal(code, 0, gateway.output());
+  // The gateway stopped after its outbox was empty: nothing more can arrive than what is here.
+  assert.equal(stopped.outbox.messages, 0, `outbox at stop: ${JSON.stringify(stopped.outbox)}`);
+  await waitFor(() => recorder.messages.length >= stopped.uplink.acknowledged, 5000, 'the last acknowledged messages at the recorder');
+  return { gateway, stopped, recorder, report: deliveryReport(recorder.data()) };
+}
+
+suite('outbox bound: maxMessages with drop-oldest', ({ dir, closers }) => {
+  it('keeps and delivers exactly the newest N; drops are counted and logged once', async () => {
+    const bound = 1000;
+    const extra = 500;
+    const { gateway, stopped, recorder, report } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-oldest' }, bound + extra, bound);
+    assertExactly(report, range(extra, bound));
+    assertOrderPerTopic(report);
+    assertTopics(recorder.data());
+    assert.equal(report.duplicates, 0);
+
+    const warnings = gateway.findLogs('outbox: dropping messages');
+    assert.equal(warnings.length, 1, `one warning per episode: ${JSON.stringify(warnings)}`);
+    assert.equal(warnings[0]!.level, LEVEL.warn);
+    assert.match(warnings[0]!.msg, /drop-oldest/);
+    const ended = gateway.findLogs('outbox: no longer dropping');
+    assert.equal(ended.length, 1, 'the episode ends once the cloud drains the outbox');
+    assert.equal(ended[0]!.dropped, extra, `the episode's count: ${JSON.stringify(ended[0])}`);
+    assert.equal(stopped.outbox.dropped, extra, `stats at stop: ${JSON.stringify(stopped.outbox)}`);
+    assert.equal(stopped.outbox.appended, bound + extra);
+    assert.equal(stopped.outbox.delivered, bound);
+    assert.equal(stopped.uplink.sent, bound, 'a dropped message is never sent');
+  });
+});
+
+suite('outbox bound: maxMessages with drop-newest', ({ dir, closers }) => {
+  it('keeps and delivers exactly the first N; drops are counted and logged once', async () => {
+    const bound = 1000;
+    const extra = 500;
+    const { gateway, stopped, recorder, report } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound);
+    assertExactly(report, range(0, bound));
+    assertOrderPerTopic(report);
+    assertTopics(recorder.data());
+    assert.equal(report.duplicates, 0);
+
+    const warnings = gateway.findLogs('outbox: dropping messages');
+    assert.equal(warnings.length, 1, `one warning per episode: ${JSON.stringify(warnings)}`);
+    assert.match(warnings[0]!.msg, /drop-newest/);
+    assert.equal(stopped.outbox.dropped, extra, `stats at stop: ${JSON.stringify(stopped.outbox)}`);
+    assert.equal(stopped.outbox.delivered, bound);
+    assert.equal(stopped.uplink.sent, bound);
+  });
+});
+
+suite('outbox bound: maxBytes with drop-oldest', ({ dir, closers }) => {
+  it('keeps exactly as many of the newest messages as fit in maxBytes (topic + payload)', async () => {
+    const size = 'up/a'.length + PAYLOAD_SIZE;
+    const fits = 800;
+    const published = 1200;
+    const { stopped, report } = await overflow(dir, closers, { maxBytes: fits * size, policy: 'drop-oldest' }, published, fits);
+    assertExactly(report, range(published - fits, fits));
+    assertOrderPerTopic(report);
+    assert.equal(stopped.outbox.dropped, published - fits);
+  });
+});
+
+suite('outbox bound: maxAge', ({ dir, closers }) => {
+  it('drops (and counts) messages older than maxAge at the next start; newer ones are delivered', async () => {
+    const cloud = await Mosquitto.create(dir, { persistence: true });
+    await cloud.seedSession(RECORDER, ['up/#']);
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { outbox: { maxAge: '1s' } }));
+    const first = GatewayProcess.start(setup);
+    const publisher1 = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher1.close());
+    await publisher1.publishRange(0, 300);
+    assert.equal((await first.stop()).stopped.outbox.messages, 300);
+    // Let them age past maxAge (the only wait on the clock in these tests; it does not assert a duration).
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+
+    await cloud.start();
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
+    closers.push(() => recorder.close());
+    const second = GatewayProcess.start(setup);
+    const dropped = await second.waitForLog('outbox: dropping messages', 10_000);
+    assert.equal(dropped.dropped, 300, JSON.stringify(dropped));
+    assert.match(dropped.msg, /older than maxAge/);
+    const publisher2 = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher2.close());
+    await publisher2.publishRange(1000, 100);
+    await waitFor(() => recorder.uniqueCount() >= 100, 10_000, 'the new messages');
+    const { stopped } = await second.stop();
+    assert.equal(stopped.outbox.dropped, 300);
+    assertExactly(deliveryReport(recorder.data()), range(1000, 100));
+  });
+});
+
+suite('outbox: a corrupt file at start', ({ dir, closers }) => {
+  it('garbage bytes: logs an error naming the moved-aside file, starts a fresh outbox and works', async () => {
+    const cloud = await Mosquitto.startNew(dir);
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
+    closers.push(() => recorder.close());
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url));
+    mkdirSync(setup.dataDir, { recursive: true });
+    const garbage = randomBytes(64 * 1024);
+    writeFileSync(setup.outboxFile, garbage);
+
+    const gateway = GatewayProcess.start(setup);
+    const damaged = await gateway.waitForLog(/^the outbox file is damaged/, 10_000);
+    assert.equal(damaged.level, LEVEL.error);
+    assert.equal(damaged.file, setup.outboxFile);
+    const movedTo = damaged.movedTo as string;
+    assert.match(movedTo, /outbox\.db\.corrupt-/);
+    assert.ok(existsSync(movedTo), `the damaged file is kept at ${movedTo}`);
+    assert.deepEqual(readFileSync(movedTo), garbage, 'moved, not rewritten');
+
+    const publisher = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher.close());
+    await publisher.publishRange(0, 500);
+    await waitFor(() => recorder.uniqueCount() >= 500, 10_000, 'the messages on the cloud');
+    const report = deliveryReport(recorder.data());
+    assertExactly(report, range(0, 500));
+    assertOrderPerTopic(report);
+    const { code } = await gateway.stop();
+    assert.equal(code, 0, gateway.output());
+    assert.equal(gateway.findLogs(/^the outbox file is damaged/).length, 1);
+    assert.equal(gateway.findLogs('gateway failed to start').length, 0);
+  });
+
+  it('a real outbox damaged in the middle: moved aside, its messages are not sent, new ones are', async () => {
+    const cloud = await Mosquitto.create(dir, { persistence: true });
+    const recorderId = `${RECORDER}-2`;
+    await cloud.seedSession(recorderId, ['up/#']);
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url));
+    const first = GatewayProcess.start(setup);
+    const publisher1 = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher1.close());
+    await publisher1.publishRange(0, 3000);
+    const { stopped } = await first.stop();
+    assert.equal(stopped.outbox.messages, 3000);
+    assert.equal(existsSync(`${setup.outboxFile}-wal`), false, 'a clean close leaves no WAL: everything is in outbox.db');
+    // Keep the SQLite header (first page), overwrite the pages after it.
+    const size = statSync(setup.outboxFile).size;
+    assert.ok(size > 16 * 1024, `outbox.db has ${size} bytes`);
+    const fd = openSync(setup.outboxFile, 'r+');
+    writeSync(fd, randomBytes(size - 8192), 0, size - 8192, 4096);
+    closeSync(fd);
+
+    await cloud.start();
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: recorderId, filters: ['up/#'] });
+    closers.push(() => recorder.close());
+    const second = GatewayProcess.start(setup);
+    const damaged = await second.waitForLog(/^the outbox file is damaged/, 10_000);
+    assert.equal(damaged.level, LEVEL.error);
+    assert.ok(existsSync(damaged.movedTo as string));
+    const publisher2 = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher2.close());
+    await publisher2.publishRange(5000, 100);
+    await waitFor(() => recorder.uniqueCount() >= 100, 10_000, 'the new messages');
+    const { code, stopped: stopped2 } = await second.stop();
+    assert.equal(code, 0, second.output());
+    assert.equal(stopped2.outbox.messages, 0);
+    assertExactly(deliveryReport(recorder.data()), range(5000, 100));
+  });
+});
