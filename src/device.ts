@@ -54,6 +54,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   /** Failed connects and lost connections since the last successful read. */
   private consecutiveFailures = 0;
   private stopped = false;
+  /** Push plans subscribed on the current connection. */
+  private readonly subscribed = new Set<ReadPlan>();
 
   constructor(options: DeviceRunnerOptions<Tag>) {
     this.options = options;
@@ -102,6 +104,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   /** One cycle of one poll group. Always emits a reading per tag: values, or bad quality with the reason. */
   async poll(group: PollGroup<Tag>, plan: ReadPlan, cycleTs: number): Promise<void> {
     this.health.cycles++;
+    if (plan.mode === 'push') return this.supervise(group, plan);
     let readings: TagReading[];
     if (!(await this.ensureConnected())) {
       readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`, 'not-connected');
@@ -119,9 +122,40 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
       }
     }
+    this.emit(group, cycleTs, readings);
+  }
+
+  private emit(group: PollGroup<Tag>, cycleTs: number, readings: TagReading[]): void {
     if (this.stopped) return; // a cycle cut short by stop(): its "connection closed" is not news
     this.countErrors(readings);
     this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
+  }
+
+  /**
+   * A push group's tick: the driver delivers values itself; this makes sure it is connected and
+   * subscribed, and reports the tags bad (never silent) while it is not.
+   */
+  private async supervise(group: PollGroup<Tag>, plan: ReadPlan): Promise<void> {
+    if (!(await this.ensureConnected())) {
+      this.subscribed.delete(plan);
+      this.emit(group, this.clock.now(), allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`, 'not-connected'));
+      return;
+    }
+    if (this.subscribed.has(plan)) return;
+    const subscribe = this.options.driver.subscribe;
+    if (!subscribe) throw new Error(`driver of ${this.name} made a push plan but cannot subscribe`);
+    try {
+      await subscribe.call(this.options.driver, plan, (readings) => this.emit(group, this.clock.now(), readings));
+      this.subscribed.add(plan);
+      this.consecutiveFailures = 0;
+    } catch (error) {
+      if (this.stopped) return;
+      const reason = errorMessage(error);
+      this.health.pollErrors++;
+      this.health.lastError = reason;
+      this.emit(group, this.clock.now(), allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error'));
+      if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
+    }
   }
 
   private countErrors(readings: readonly TagReading[]): void {
@@ -132,6 +166,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
 
   private async ensureConnected(): Promise<boolean> {
     if (this.options.driver.connected) return true;
+    // The driver noticed the loss by itself (push drivers do): close it and back off like any loss.
+    if (this.health.state === 'connected' && !this.connecting) await this.lostConnection(this.health.lastError ?? 'connection lost');
     if (this.connecting) return this.connecting;
     if (this.clock.now() < this.nextConnectAt) return false;
     this.connecting = this.connect().finally(() => {
@@ -167,6 +203,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
 
   private async lostConnection(reason: string): Promise<void> {
     this.consecutiveFailures++;
+    this.subscribed.clear();
     this.health.state = 'disconnected';
     await this.options.driver.close();
     // A link that worked reconnects on the next cycle; one that keeps dropping right after the

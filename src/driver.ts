@@ -35,6 +35,12 @@ export interface DriverTag {
  */
 export interface ReadPlan {
   describe(): string;
+  /**
+   * "poll" (default): the core calls read() on the group's interval. "push": the driver delivers
+   * changes itself through subscribe() (OPC UA monitored items); the core only supervises the
+   * connection on the group's interval and subscribes again after every reconnect.
+   */
+  readonly mode?: 'poll' | 'push';
 }
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
@@ -61,6 +67,12 @@ export interface Driver<Tag extends DriverTag = DriverTag> {
   plan(tags: readonly Tag[]): ReadPlan;
   /** Read every tag of a plan. Per-tag failures come back as bad readings; device failures throw DriverError. */
   read(plan: ReadPlan): Promise<TagReading[]>;
+  /**
+   * For push plans: start delivering readings of the plan's tags, as they change and as bad quality
+   * when they can't be read. Resolves once the subscription is established. Called again after every
+   * reconnect; a plan subscribed on a connection that was closed must be subscribed anew.
+   */
+  subscribe?(plan: ReadPlan, onReadings: (readings: TagReading[]) => void): Promise<void>;
   /** Write one value (already type-checked by the core) to one tag. */
   write(tag: Tag, value: TagValue): Promise<void>;
   /** Close the connection and release every resource. Never rejects. */
