@@ -36,6 +36,10 @@ export interface UplinkStats {
 /** Acknowledged ids are deleted from the outbox in batches: one transaction per batch. */
 const ACK_FLUSH_SIZE = 500;
 const ACK_FLUSH_INTERVAL_MS = 20;
+/** A connection that stays up this long without trouble resets the back-off. */
+const STABLE_AFTER_MS = 10_000;
+/** Connections lost under the same lone message before it is set aside. */
+const PROBE_STRIKES = 3;
 
 /**
  * mqtt.js keeps its own in-memory copy of unacknowledged messages and resends them after a
@@ -82,6 +86,12 @@ export class Uplink {
   private readonly counters = { sent: 0, acknowledged: 0, rejected: 0, reconnects: 0, received: 0 };
   private lastError: string | undefined;
   private loggedErrors = new Set<string>();
+  /** The send window of the current connection: inFlight, or less if the broker says so. */
+  private window: number;
+  private ackedOnConnection = 0;
+  private stableTimer: NodeJS.Timeout | undefined;
+  /** The message suspected of making the broker close the connection, sent alone until it passes. */
+  private probe: { id: number; strikes: number } | undefined;
 
   constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger) {
     this.config = config;
@@ -93,6 +103,8 @@ export class Uplink {
       clientId: config.clientId ?? `plc2mqtt-${gatewayName}`,
       protocolVersion: config.protocolVersion,
       clean: config.cleanSession,
+      // MQTT 5 ends a session when the connection closes unless it asks for an expiry interval.
+      ...(config.protocolVersion === 5 && !config.cleanSession ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } } : {}),
       keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
       // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
       reconnectPeriod: 0,
@@ -105,6 +117,7 @@ export class Uplink {
       ...(config.password !== undefined ? { password: config.password } : {}),
       ...readTls(config.tls),
     };
+    this.window = config.inFlight;
     outbox.onCommit = () => this.pump();
   }
 
@@ -128,7 +141,7 @@ export class Uplink {
     this.log.info({ clientId: this.clientOptions.clientId, backlog: this.outbox.stats.messages }, 'connecting to the cloud broker');
     const client = mqtt.connect(this.config.url, this.clientOptions);
     this.client = client;
-    client.on('connect', (connack) => this.onConnect(connack.sessionPresent));
+    client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
     client.on('error', (error) => this.noteError(errorMessage(error)));
     client.on('message', (topic, payload, packet) => this.onCloudMessage(topic, payload, packet.retain));
@@ -142,15 +155,19 @@ export class Uplink {
     return stats;
   }
 
-  private onConnect(sessionPresent: boolean): void {
+  private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
     this.epoch++;
     this.connected = true;
     if (this.failedAttempts > 0 || this.counters.reconnects > 0) this.counters.reconnects++;
-    this.failedAttempts = 0;
-    this.loggedErrors.clear();
-    delete this.lastError;
+    this.ackedOnConnection = 0;
+    // An MQTT 5 broker says how many unacknowledged QoS 1 messages it accepts from us.
+    this.window = Math.max(1, Math.min(this.config.inFlight, receiveMaximum ?? Infinity));
+    // Back-off and logged errors are reset only once the connection proved itself (see onAck),
+    // not at CONNACK: a broker that accepts and then drops us must not get a reconnect storm.
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => this.connectionIsStable(), STABLE_AFTER_MS);
     const backlog = this.outbox.stats.messages;
-    this.log.info({ backlog, sessionPresent }, backlog > 0 ? `connected to the cloud broker; replaying ${backlog} buffered messages` : 'connected to the cloud broker');
+    this.log.info({ backlog, sessionPresent, window: this.window, probing: this.probe !== undefined }, backlog > 0 ? `connected to the cloud broker; replaying ${backlog} buffered messages` : 'connected to the cloud broker');
     this.client!.publish(this.statusTopic, 'online', { qos: 1, retain: true });
     this.subscribeDownlink();
     this.resetSending();
@@ -161,9 +178,11 @@ export class Uplink {
     const wasConnected = this.connected;
     this.connected = false;
     this.epoch++;
+    clearTimeout(this.stableTimer);
     // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
     this.flushAcks();
     const inFlight = this.inFlight.size;
+    if (wasConnected && inFlight > 0 && this.ackedOnConnection === 0) this.suspectHead();
     this.inFlight.clear();
     this.liveInFlight = 0;
     if (wasConnected && !this.stopping) this.log.warn({ inFlight, backlog: this.outbox.stats.messages, error: this.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
@@ -176,12 +195,49 @@ export class Uplink {
     }, delay);
   }
 
+  /** The connection has carried data (or stayed up quietly): now back-off and error logging start over. */
+  private connectionIsStable(): void {
+    clearTimeout(this.stableTimer);
+    this.failedAttempts = 0;
+    this.loggedErrors.clear();
+    delete this.lastError;
+    if (this.probe !== undefined) {
+      this.log.info({ id: this.probe.id }, 'the message suspected of breaking the connection went through');
+      this.probe = undefined;
+    }
+  }
+
+  /**
+   * The connection closed with messages in flight and not one acknowledged. Some brokers close the
+   * connection on a message they refuse (mosquitto for an MQTT 5 ACL denial, AWS IoT for a policy
+   * violation); resending it first forever would block the outbox. So the next connection sends
+   * only the oldest message; if the connection dies under it three times, it is set aside as
+   * rejected, loudly, and the rest flows again.
+   */
+  private suspectHead(): void {
+    const head = Math.min(...this.inFlight.keys());
+    if (this.probe?.id === head) this.probe.strikes++;
+    else this.probe = { id: head, strikes: 1 };
+    if (this.probe.strikes < PROBE_STRIKES) return;
+    const message = this.inFlight.get(head)!;
+    this.outbox.remove([head], 'rejected');
+    this.counters.rejected++;
+    this.log.error(
+      { topic: message.topic, bytes: message.payload.length, connections: this.probe.strikes },
+      'the cloud broker closed the connection every time this message was sent; it is set aside as rejected so the rest can flow (check the broker\'s policy/ACL for this topic)',
+    );
+    this.probe = undefined;
+  }
+
   private noteError(message: string): void {
     this.lastError = message;
     // Once per distinct error per outage: a broker that stays down must not flood the log.
     if (this.loggedErrors.has(message)) return;
     this.loggedErrors.add(message);
-    this.log.warn({ error: message }, 'cloud broker connection error');
+    // Certificates, credentials and authorization need a person; a broker that is down does not.
+    const needsFix = /certificate|ssl|tls|auth|not authori[sz]ed|bad user ?name|password|identifier rejected|self.signed/i.test(message);
+    if (needsFix) this.log.error({ error: message, hint: 'check the uplink credentials, certificates and the broker policy' }, 'cloud broker connection error');
+    else this.log.warn({ error: message }, 'cloud broker connection error');
   }
 
   private subscribeDownlink(): void {
@@ -220,8 +276,10 @@ export class Uplink {
   /** Fills the in-flight window from the outbox. */
   private pump(): void {
     if (!this.connected || this.stopping) return;
-    const window = this.config.inFlight;
-    while (this.inFlight.size < window) {
+    // Acknowledged but not yet deleted counts against the window too: after a power cut, at most
+    // a window's worth of messages is sent twice.
+    const window = this.probe !== undefined ? 1 : this.window;
+    while (this.inFlight.size + this.acked.length < window) {
       const next = this.nextMessage(window);
       if (!next) break;
       this.send(next.message, next.live);
@@ -286,8 +344,10 @@ export class Uplink {
         // Anything else is a connection problem: the message stays in the outbox and is resent.
       } else {
         this.counters.acknowledged++;
+        this.ackedOnConnection++;
+        if (this.ackedOnConnection === 1) this.connectionIsStable();
         this.acked.push(message.id);
-        if (this.acked.length >= ACK_FLUSH_SIZE) this.flushAcks();
+        if (this.acked.length >= Math.min(ACK_FLUSH_SIZE, Math.ceil(this.window / 2))) this.flushAcks();
         else this.ackTimer ??= setTimeout(() => this.flushAcks(), ACK_FLUSH_INTERVAL_MS);
       }
       this.pump();
@@ -301,12 +361,14 @@ export class Uplink {
     const ids = this.acked;
     this.acked = [];
     this.outbox.remove(ids);
+    this.pump();
   }
 
   /** Says "offline" on the cloud, closes the connection. Unacknowledged messages stay in the outbox. */
   async stop(timeoutMs = 2000): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.stableTimer);
     clearInterval(this.maintenanceTimer);
     const client = this.client;
     if (client && this.connected) {

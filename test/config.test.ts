@@ -53,7 +53,7 @@ describe('config errors: each bad file gets the exact report', () => {
     ],
     ['wrong type', { devices: [device({ connection: { transport: 'tcp', host: 'h', port: '502' } })] }, ['devices[0].connection.port: expected number, got "502" (write numbers without quotes)']],
     ['missing required field', { devices: [device({ connection: { transport: 'tcp' } })] }, ['devices[0].connection.host: is required (expected string)']],
-    ['bad duration', { devices: [device({ pollInterval: '1 sec' })] }, ['devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "1 sec"']],
+    ['bad duration', { devices: [device({ pollInterval: '1 sec' })] }, ['devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "1 sec"']],
     ['too fast poll', { devices: [device({ pollInterval: 1 })] }, ['devices[0].pollInterval: must be at least 10, got 1']],
     ['qos out of range', { topics: { qos: 2 } }, ['topics.qos: got 2, expected one of 0, 1']],
     ['empty tag list', { devices: [device({}, [])] }, ['devices[0].tags: must have at least 1 item, got 0']],
@@ -94,7 +94,7 @@ describe('config errors: each bad file gets the exact report', () => {
       'duplicate names are listed beside schema errors in one report',
       { devices: [device({ pollInterval: 'x' }), device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
       [
-        'devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "x"',
+        'devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "x"',
         'devices[1].name: duplicate device name "plc1" (also devices[0])',
         'devices[1].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])',
       ],
@@ -138,7 +138,8 @@ describe('config: environment interpolation', () => {
     assert.equal(config.gateway.name, 'edge-7');
     assert.equal(config.gateway.dataDir, '/var/lib/plc2mqtt');
     const [first] = config.devices;
-    assert.equal(first?.connection.transport === 'tcp' && first.connection.host, '10.0.0.9');
+    assert.ok(first?.driver === 'modbus' && first.connection.transport === 'tcp');
+    assert.equal(first.connection.host, '10.0.0.9');
     assert.equal(first?.description, 'costs $5');
   });
 
@@ -157,7 +158,9 @@ describe('config: defaults and addresses', () => {
       { name: 'c', address: '400001', type: 'int32' },
       { name: 'd', address: '00005' },
     ])] }));
-    const tags = config.devices[0]!.tags;
+    const modbus = config.devices[0];
+    assert.ok(modbus?.driver === 'modbus');
+    const tags = modbus.tags;
     assert.deepEqual(tags.map((tag) => [tag.name, tag.address, tag.type]), [
       ['a', { area: 'holding', address: 9, bit: 3 }, 'bool'],
       ['b', { area: 'input', address: 7 }, 'float32'],
@@ -201,7 +204,7 @@ describe('plc2mqtt validate', () => {
     const result = spawnSync(process.execPath, [CLI, 'validate', '-c', file], { encoding: 'utf8' });
     assert.equal(result.status, 2);
     assert.equal(result.stdout, '');
-    assert.equal(result.stderr, `${file}: 2 problems\n  topics.qos: got 3, expected one of 0, 1\n  devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m" or "1h", got "soon"\n`);
+    assert.equal(result.stderr, `${file}: 2 problems\n  topics.qos: got 3, expected one of 0, 1\n  devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "soon"\n`);
     assert.doesNotMatch(result.stderr, /at .*\.js:\d+/);
   });
 

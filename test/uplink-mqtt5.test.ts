@@ -150,7 +150,6 @@ describe('uplink: MQTT 5, a message the cloud refuses', () => {
   // it first and is closed again: nothing behind it is ever delivered.
   it(
     'is counted and dropped, and does not block the messages behind it',
-    { todo: 'bug: src/uplink.ts:268-295 (send), 149-150 (onConnect resets back-off and logged errors) — a message after which the broker closes the connection is resent first on every reconnect forever; head-of-line blocking, reconnect loop at reconnect.initial, "online"/"offline" flapping, two warnings per cycle' },
     async () => {
       // Anonymous clients may use these topics only; "denied/…" is refused.
       const cloud = await Mosquitto.startNew(dir, { acl: ['topic readwrite up/#', 'topic readwrite plc2mqtt/#', ''].join('\n') });

@@ -8,7 +8,7 @@ import { cloudPublish, SeqPublisher, subscriber } from './helpers/cloud-clients.
 import { GatewayProcess, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
-function sessionSuite(protocolVersion: 4 | 5, todo?: string): void {
+function sessionSuite(protocolVersion: 4 | 5): void {
   describe(`uplink: persistent session, MQTT ${protocolVersion === 5 ? '5' : '3.1.1'}`, () => {
     const dir = makeTempDir('plc2mqtt-uplink-session-');
     const closers: Array<() => Promise<void>> = [];
@@ -18,7 +18,7 @@ function sessionSuite(protocolVersion: 4 | 5, todo?: string): void {
       removeDir(dir);
     });
 
-    it('a command sent while the gateway was offline arrives in the integrated broker after it reconnects', todo === undefined ? {} : { todo }, async () => {
+    it('a command sent while the gateway was offline arrives in the integrated broker after it reconnects', async () => {
       const mqtt = { protocolVersion } as const;
       const cloud = await Mosquitto.startNew(dir, { persistence: true });
       const cloudData = await subscriber(cloud.url, ['up/#'], mqtt);
@@ -59,4 +59,4 @@ function sessionSuite(protocolVersion: 4 | 5, todo?: string): void {
 }
 
 sessionSuite(4);
-sessionSuite(5, 'bug: src/uplink.ts:92-96 (clientOptions) — under MQTT 5, clean: false without properties.sessionExpiryInterval means Session Expiry Interval 0: the broker ends the session when the connection closes, so cleanSession: false gives no persistent session');
+sessionSuite(5);

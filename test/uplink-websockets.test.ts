@@ -51,7 +51,9 @@ describe('uplink over WebSockets', () => {
   });
 
   it('wss:// with mutual TLS (require_certificate true): messages arrive; without the client certificate they stay in the outbox', async () => {
-    const pki = makePki(join(dir, '.'));
+    const pkiDir = join(dir, 'pki');
+    mkdirSync(pkiDir);
+    const pki = makePki(pkiDir);
     const cloud = await Mosquitto.startNew(dir, { websockets: true, tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireCertificate: true } });
     assert.match(cloud.websocketsUrl, /^wss:\/\//);
     const recorder = await CloudRecorder.connect(cloud.url, {

@@ -1,10 +1,10 @@
 // Schema pieces shared by the core config and every driver's device/tag schema.
 import { z } from 'zod';
 
-const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses "250ms", "1s", "1.5m", "2h". Returns undefined for anything else. */
+/** Parses "250ms", "1s", "1.5m", "2h", "7d". Returns undefined for anything else. */
 export function parseDuration(text: string): number | undefined {
   const match = DURATION.exec(text.trim());
   if (!match) return undefined;
@@ -16,11 +16,11 @@ export const duration = (description: string, minimum = 0) =>
   z
     .union([
       z.number().int().min(minimum),
-      z.string().regex(DURATION, { message: 'expected a duration such as "500ms", "1s", "5m" or "1h"' }),
+      z.string().regex(DURATION, { message: 'expected a duration such as "500ms", "1s", "5m", "1h" or "7d"' }),
     ])
     .transform((value) => (typeof value === 'number' ? value : parseDuration(value)!))
     .refine((ms) => ms >= minimum, { message: `must be at least ${minimum} ms` })
-    .meta({ description: `${description} Milliseconds, or a string such as "500ms", "1s", "5m".` });
+    .meta({ description: `${description} Milliseconds, or a string such as "500ms", "1s", "5m", "7d".` });
 
 /** Names end up inside MQTT topics: no wildcards, no separators, nothing invisible. */
 export const NAME_PATTERN = /^[A-Za-z0-9_.\-]+$/;

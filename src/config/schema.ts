@@ -108,6 +108,7 @@ export const uplinkSection = z.strictObject({
     .optional(),
   keepalive: duration('MQTT keep-alive.', 1000).default(30_000),
   cleanSession: z.boolean().default(false).meta({ description: 'false (default): a persistent session, so commands sent while the gateway was offline are delivered when it reconnects.' }),
+  sessionExpiry: duration('MQTT 5: how long the broker keeps the persistent session after a disconnect (brokers may cap it, e.g. AWS IoT at 1 h by default).', 1000).default(7 * 24 * 3_600_000),
   reconnect: z
     .strictObject({
       initial: duration('First reconnect delay.', 100).default(1000),
