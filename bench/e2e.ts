@@ -79,7 +79,7 @@ const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-bench-'));
 const perDevice = Math.ceil(tags / devices);
 const config = {
   gateway: { name: 'bench', dataDir: join(folder, 'data'), logLevel: 'info' },
-  broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }] },
+  broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }], allowAnonymous: true },
   topics: { retain: false },
   devices: units.map((unit) => ({
     name: `plc${unit}`,

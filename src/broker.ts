@@ -1,10 +1,23 @@
 // The integrated MQTT broker (aedes inside the gateway process). Local HMIs, historians and
 // MQTT devices connect to its listeners; the gateway publishes every sample into it.
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { Aedes } from 'aedes';
+import { join } from 'node:path';
+import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
+import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
-import type { Config } from './config/schema.js';
+import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
+import { Acl, verifyPassword, type Identity } from './broker-security.js';
+import type { Config, ListenerConfig } from './config/schema.js';
 import { Fifo } from './fifo.js';
+import { RetainedStore } from './retained-store.js';
+
+// CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum we can't import).
+type AuthErrorCode = 4 | 5;
+const AUTH_BAD_CREDENTIALS: AuthErrorCode = 4;
+const AUTH_NOT_AUTHORIZED: AuthErrorCode = 5;
 
 export interface PublishOptions {
   qos: 0 | 1;
@@ -12,9 +25,10 @@ export interface PublishOptions {
 }
 
 export interface ListenerAddress {
-  type: 'tcp';
+  type: ListenerConfig['type'];
   host: string;
   port: number;
+  url: string;
 }
 
 /** Messages handed to aedes at once. Its own queue (mqemitter) drains with Array.shift, O(n) per message. */
@@ -29,19 +43,31 @@ interface QueuedPublish {
 }
 
 export interface BrokerStats {
+  /** Messages the gateway handed to the broker. */
   published: number;
+  /** Of those, dropped because local subscribers could not keep up. */
   dropped: number;
   errors: number;
+  /** Messages MQTT clients published. */
+  messagesIn: number;
+  /** Deliveries to MQTT clients. */
+  messagesOut: number;
+  /** Connections refused and publishes/subscriptions denied. */
+  denied: number;
 }
 
 export class IntegratedBroker {
   readonly aedes: Aedes;
-  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0 };
+  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0, messagesIn: 0, messagesOut: 0, denied: 0 };
   private readonly queue = new Fifo<QueuedPublish>();
   private inFlight = 0;
   private dropping = false;
-  private readonly servers: Server[] = [];
+  private readonly servers: Array<{ server: Server; listener: ListenerConfig }> = [];
+  private readonly webSocketServers: WebSocketServer[] = [];
   private readonly sockets = new Set<Socket>();
+  private readonly wsSockets = new Set<WebSocket>();
+  private readonly noted = new Set<string>();
+  private retained: RetainedStore | undefined;
   private readonly log: Logger;
   private readonly config: Config['broker'];
 
@@ -57,11 +83,53 @@ export class IntegratedBroker {
    */
   clientPublishHook: ((topic: string, payload: Buffer, qos: number, retain: boolean) => Promise<void> | undefined) | undefined;
 
-  static async start(config: Config['broker'], log: Logger): Promise<IntegratedBroker> {
+  static async start(config: Config['broker'], log: Logger, dataDir: string): Promise<IntegratedBroker> {
     let broker: IntegratedBroker | undefined;
+    const acl = new Acl(config.acl);
+    const users = new Map(config.users.map((user) => [user.username, user.passwordHash]));
+    const usernames = new WeakMap<Client, string>();
+    const identity = (client: Client): Identity => ({ username: usernames.get(client), clientId: client.id });
+    const { limits } = config;
     const aedes = await Aedes.createBroker({
+      // Keep-alive bounds and the connection limit, before anything else is done for the client.
+      preConnect: (_client, packet, callback) => {
+        const refuse = (reason: string) => {
+          broker?.noteOnce(`refused:${reason}`, { clientId: packet.clientId, reason }, 'mqtt client refused');
+          callback(null, false);
+        };
+        if (broker && broker.aedes.connectedClients >= limits.maxConnections) return refuse(`too many connections (broker.limits.maxConnections = ${limits.maxConnections})`);
+        const keepalive = packet.keepalive ?? 0;
+        if (keepalive * 1000 > limits.keepAlive.max) return refuse(`keep-alive ${keepalive}s is longer than broker.limits.keepAlive.max`);
+        if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min)) return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
+        callback(null, true);
+      },
+      authenticate: (client, username, password, callback) => {
+        const fail = (code: AuthErrorCode, why: string) => {
+          broker?.noteOnce(`auth:${client.id}:${username ?? ''}`, { clientId: client.id, username, why }, 'mqtt client authentication failed');
+          callback(Object.assign(new Error(why), { returnCode: code }), false);
+        };
+        if (username === undefined) {
+          return config.allowAnonymous ? callback(null, true) : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
+        }
+        const hash = users.get(username);
+        if (hash === undefined || password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
+        verifyPassword(password.toString('utf8'), hash).then(
+          (ok) => {
+            if (!ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
+            usernames.set(client, username);
+            callback(null, true);
+          },
+          () => fail(AUTH_BAD_CREDENTIALS, 'password check failed'),
+        );
+      },
       authorizePublish: (client, packet, callback) => {
         if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
+        if (client && !acl.mayPublish(identity(client), packet.topic)) {
+          // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
+          broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernames.get(client), topic: packet.topic }, 'publish denied by the ACL');
+          return callback(new Error(`not allowed to publish on ${packet.topic}`));
+        }
+        if (client) broker!.stats.messagesIn++;
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
         if (!hook) return callback(null);
         hook.then(
@@ -69,11 +137,25 @@ export class IntegratedBroker {
           (error: unknown) => callback(error instanceof Error ? error : new Error(String(error))),
         );
       },
+      authorizeSubscribe: (client, subscription, callback) => {
+        if (acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
+        broker?.noteOnce(`sub:${client.id}:${subscription.topic}`, { clientId: client.id, username: usernames.get(client), topic: subscription.topic }, 'subscribe denied by the ACL');
+        // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
+        callback(null, null);
+      },
+      authorizeForward: (_client, packet) => {
+        broker!.stats.messagesOut++;
+        return packet;
+      },
+      // QoS 2 messages a client may leave waiting for PUBREL; one that sends more is disconnected.
+      maxInflightInbound: limits.maxInflight,
+      keepaliveLimit: Math.round(limits.keepAlive.max / 1000),
     });
     broker = new IntegratedBroker(aedes, config, log);
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
     aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
     try {
+      if (config.persistRetained) await broker.restoreRetained(join(dataDir, 'retained.db'));
       for (const listener of config.listeners) await broker.listen(listener);
     } catch (error) {
       await broker.close();
@@ -82,13 +164,72 @@ export class IntegratedBroker {
     return broker;
   }
 
-  private listen(listener: Config['broker']['listeners'][number]): Promise<void> {
-    const server = createServer((socket) => {
+  /** Loads the retained messages of the last run into aedes, then mirrors every change to disk. */
+  private async restoreRetained(file: string): Promise<void> {
+    const store = RetainedStore.open(file, this.log);
+    this.retained = store;
+    const messages = store.all();
+    for (const message of messages) await this.publishNow(message.topic, message.payload, { qos: message.qos, retain: true });
+    if (messages.length > 0) this.log.info({ retained: messages.length }, 'retained messages restored');
+    this.aedes.on('publish', (packet) => {
+      if (packet.retain && !packet.topic.startsWith('$SYS')) {
+        store.record({ topic: packet.topic, payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), qos: packet.qos === 0 ? 0 : 1 });
+      }
+    });
+  }
+
+  /** Logs a refusal or denial once per key (client and topic), never with a payload. */
+  private noteOnce(key: string, fields: Record<string, unknown>, message: string): void {
+    this.stats.denied++;
+    if (this.noted.has(key)) return;
+    if (this.noted.size > 10_000) this.noted.clear();
+    this.noted.add(key);
+    this.log.warn(fields, message);
+  }
+
+  private listen(listener: ListenerConfig): Promise<void> {
+    const maxPacketSize = this.config.limits.maxPacketSize;
+    const accept = (socket: Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
+      // aedes has no packet size limit: watch the MQTT framing and cut a client that announces
+      // a bigger packet, before its payload is buffered.
+      const guard = new PacketSizeGuard(maxPacketSize);
+      socket.prependListener('data', (chunk: Buffer) => {
+        const announced = guard.feed(chunk);
+        if (announced !== undefined) {
+          this.noteOnce(`size:${socket.remoteAddress}:${socket.remotePort}`, { remote: `${socket.remoteAddress}:${socket.remotePort}`, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
+          socket.destroy();
+        }
+      });
       this.aedes.handle(socket);
+    };
+    let server: Server;
+    if (listener.type === 'tcp') server = createServer(accept);
+    else if (listener.type === 'tls') server = createTlsServer(tlsOptions(listener), accept);
+    else {
+      const http = listener.type === 'wss' ? createHttpsServer(tlsOptions(listener)) : createHttpServer();
+      const wss = new WebSocketServer({ server: http, path: listener.path, maxPayload: maxPacketSize + 5 });
+      wss.on('connection', (ws, request) => {
+        const stream = createWebSocketStream(ws);
+        stream.on('error', () => ws.terminate());
+        this.wsSockets.add(ws);
+        ws.once('close', () => this.wsSockets.delete(ws));
+        this.aedes.handle(stream, request);
+      });
+      this.webSocketServers.push(wss);
+      server = http;
+    }
+    if (listener.type === 'tls' || listener.type === 'wss') {
+      server.on('tlsClientError', (error: Error, socket: { remoteAddress?: string }) =>
+        this.noteOnce(`tls:${socket.remoteAddress}:${error.message}`, { remote: socket.remoteAddress, error: error.message }, 'TLS handshake failed'),
+      );
+    }
+    server.on('connection', (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
     });
-    this.servers.push(server);
+    this.servers.push({ server, listener });
     return new Promise((resolve, reject) => {
       server.once('error', (error: NodeJS.ErrnoException) => {
         const hint = error.code === 'EADDRINUSE' ? ' (another broker, e.g. mosquitto, may already use this port; change broker.listeners[].port)' : '';
@@ -100,10 +241,11 @@ export class IntegratedBroker {
 
   /** Where each listener actually listens (port 0 in the config means "any free port"). */
   addresses(): ListenerAddress[] {
-    return this.servers
-      .map((server) => server.address())
-      .filter((address): address is AddressInfo => address !== null && typeof address === 'object')
-      .map((address) => ({ type: 'tcp', host: address.address, port: address.port }));
+    return this.servers.flatMap(({ server, listener }) => {
+      const address = server.address();
+      if (address === null || typeof address !== 'object') return [];
+      return [{ type: listener.type, host: (address as AddressInfo).address, port: (address as AddressInfo).port, url: listenerUrl(listener, (address as AddressInfo).port) }];
+    });
   }
 
   get clientCount(): number {
@@ -174,10 +316,80 @@ export class IntegratedBroker {
 
   /** Closes listeners and client connections; resolves once nothing of the broker is left open. */
   async close(): Promise<void> {
-    const serversClosed = Promise.all(this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    const serversClosed = Promise.all(this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    for (const wss of this.webSocketServers) wss.close();
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()));
+    for (const ws of this.wsSockets) ws.terminate();
     for (const socket of this.sockets) socket.destroy();
     await serversClosed;
+    this.retained?.close();
     this.log.debug({ listeners: this.config.listeners.length }, 'integrated broker closed');
+  }
+}
+
+function tlsOptions(listener: Extract<ListenerConfig, { type: 'tls' | 'wss' }>): TlsOptions {
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (error) {
+      throw new Error(`broker listener ${listener.type}:${listener.port}: cannot read ${what} ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+    }
+  };
+  const options: TlsOptions = { cert: read('cert', listener.cert), key: read('key', listener.key) };
+  if (listener.ca !== undefined) options.ca = read('ca', listener.ca);
+  if (listener.requireClientCertificate) {
+    options.requestCert = true;
+    options.rejectUnauthorized = true;
+  }
+  return options;
+}
+
+function listenerUrl(listener: ListenerConfig, port: number): string {
+  const scheme = { tcp: 'mqtt', tls: 'mqtts', ws: 'ws', wss: 'wss' }[listener.type];
+  const path = listener.type === 'ws' || listener.type === 'wss' ? listener.path : '';
+  return `${scheme}://${listener.host}:${port}${path}`;
+}
+
+/**
+ * Follows MQTT framing on a byte stream (fixed header byte, 1–4 byte remaining length, body) and
+ * reports the size a packet announces once it is over the limit.
+ */
+export class PacketSizeGuard {
+  private readonly max: number;
+  private state: 'header' | 'length' | 'body' = 'header';
+  private length = 0;
+  private multiplier = 1;
+  private remaining = 0;
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  /** Returns the announced packet size when it exceeds the limit, otherwise undefined. */
+  feed(chunk: Buffer): number | undefined {
+    let index = 0;
+    while (index < chunk.length) {
+      if (this.state === 'header') {
+        index++;
+        this.state = 'length';
+        this.length = 0;
+        this.multiplier = 1;
+      } else if (this.state === 'length') {
+        const byte = chunk[index++]!;
+        this.length += (byte & 0x7f) * this.multiplier;
+        this.multiplier *= 128;
+        if ((byte & 0x80) === 0 || this.multiplier > 128 ** 4) {
+          if (this.length > this.max) return this.length;
+          this.remaining = this.length;
+          this.state = this.remaining === 0 ? 'header' : 'body';
+        }
+      } else {
+        const take = Math.min(this.remaining, chunk.length - index);
+        index += take;
+        this.remaining -= take;
+        if (this.remaining === 0) this.state = 'header';
+      }
+    }
+    return undefined;
   }
 }

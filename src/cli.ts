@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// plc2mqtt command line: run, validate, schema, read, simulate.
+// plc2mqtt command line: run, validate, schema, read, browse, simulate.
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
+import { hashPassword } from './broker-security.js';
 import { errorMessage } from './device.js';
 import type { DriverTag } from './driver.js';
 import { DRIVERS, type DriverModule } from './drivers.js';
@@ -150,6 +151,35 @@ program
   });
 
 program
+  .command('browse')
+  .description('list the children of an OPC UA node (default: the Objects folder) to find NodeIds (commissioning)')
+  .addOption(configOption().makeOptionMandatory())
+  .argument('<device>', 'name of an OPC UA device')
+  .argument('[nodeId]', 'node whose children to list, e.g. "ns=3;s=Line1"', 'i=85')
+  .option('--tags', 'print the variables as ready-to-paste tag entries (JSON)')
+  .action(async (deviceName: string, nodeId: string, options: { config: string; tags?: boolean }) => {
+    const { config, dataDir } = loadOrExit(options.config);
+    const device = config.devices.find((candidate) => candidate.name === deviceName);
+    if (!device) fail(`no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`);
+    if (device.driver !== 'opcua') fail(`device "${deviceName}" uses the ${device.driver} driver; browse is for OPC UA devices`);
+    const opcua = await DRIVERS.opcua.load();
+    const driver = opcua.createDriver(device, { log: createLogger('warn'), dataDir });
+    let exitCode = 0;
+    try {
+      await driver.connect();
+      const entries = await driver.browse(nodeId);
+      if (options.tags) process.stdout.write(`${JSON.stringify(opcua.tagEntries(entries), null, 2)}\n`);
+      else process.stdout.write(`${entries.length === 0 ? `${nodeId} has no children` : opcua.formatBrowseTable(entries)}\n`);
+    } catch (error) {
+      process.stderr.write(`plc2mqtt: browsing ${device.name} ${nodeId} failed: ${errorMessage(error)}\n`);
+      exitCode = EXIT_FAILURE;
+    } finally {
+      await driver.close();
+    }
+    process.exit(exitCode);
+  });
+
+program
   .command('simulate')
   .description('start the built-in simulated PLCs on loopback ports (those of a config, or one demo PLC)')
   .addOption(configOption())
@@ -173,5 +203,40 @@ program
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+
+program
+  .command('passwd')
+  .description('print the scrypt hash of a password for broker.users[].passwordHash (reads the password from stdin or asks for it)')
+  .action(async () => {
+    const password = await readPassword();
+    if (password.length === 0) fail('empty password');
+    process.stdout.write(`${await hashPassword(password)}\n`);
+  });
+
+/** The password from a terminal prompt without echo, or the first line of stdin when piped. */
+async function readPassword(): Promise<string> {
+  const input = process.stdin;
+  if (!input.isTTY) {
+    let text = '';
+    for await (const chunk of input) text += String(chunk);
+    return text.split(/\r?\n/)[0] ?? '';
+  }
+  process.stderr.write('Password: ');
+  input.setRawMode(true);
+  let password = '';
+  for await (const chunk of input) {
+    for (const char of String(chunk)) {
+      if (char === '\r' || char === '\n') {
+        input.setRawMode(false);
+        input.pause();
+        process.stderr.write('\n');
+        return password;
+      }
+      if (char === '\u0003') process.exit(130);
+      password = char === '\u007f' ? password.slice(0, -1) : password + char;
+    }
+  }
+  return password;
+}
 
 program.parseAsync(process.argv).catch((error: unknown) => fail(errorMessage(error)));

@@ -3,6 +3,7 @@
 import type { z } from 'zod';
 import type { Driver, DriverContext, DriverTag } from './driver.js';
 import { modbusDevice } from '../drivers/modbus/config.js';
+import { opcuaDevice } from '../drivers/opcua/config.js';
 
 export interface DriverModule<Device> {
   createDriver(device: Device, context: DriverContext): Driver<DriverTag>;
@@ -12,6 +13,11 @@ export const DRIVERS = {
   modbus: {
     schema: modbusDevice,
     load: async (): Promise<DriverModule<z.output<typeof modbusDevice>>> => import('../drivers/modbus/index.js'),
+  },
+  opcua: {
+    schema: opcuaDevice,
+    // node-opcua is loaded here and only here: ~65 MB that a gateway without OPC UA devices never pays.
+    load: async () => import('../drivers/opcua/index.js'),
   },
 } as const;
 

@@ -89,7 +89,7 @@ export class Gateway {
         log.info({ simulator: simulator.name, address: `${simulator.host}:${simulator.port}` }, 'simulated PLC listening');
       }
       // 2. The integrated broker every sample is published into.
-      broker = await IntegratedBroker.start(config.broker, log);
+      broker = await IntegratedBroker.start(config.broker, log, loaded.dataDir);
     } catch (error) {
       await Promise.all(simulators.map((simulator) => simulator.close()));
       throw error;
@@ -121,7 +121,9 @@ export class Gateway {
     }
     const gateway = new Gateway(config, broker, simulators, log, cloud);
     for (const address of broker.addresses()) {
-      log.info({ listener: `mqtt://${address.host}:${address.port}` }, `integrated broker listening; try: mosquitto_sub -h ${address.host} -p ${address.port} -t '#' -v`);
+      const credentials = config.broker.allowAnonymous ? '' : ' -u USER -P PASSWORD';
+      const hint = address.type === 'tcp' ? `; try: mosquitto_sub -h ${address.host} -p ${address.port}${credentials} -t '#' -v` : '';
+      log.info({ listener: address.url }, `integrated broker listening${hint}`);
     }
     await gateway.publishStatus('online');
 

@@ -79,7 +79,7 @@ describe('plc2mqtt schema and --help', () => {
     assert.deepEqual(JSON.parse(result.stdout), JSON.parse(readFileSync(join(ROOT, 'config/schema.json'), 'utf8')));
   });
 
-  for (const command of ['run', 'validate', 'schema', 'read', 'simulate']) {
+  for (const command of ['run', 'validate', 'schema', 'read', 'browse', 'simulate', 'passwd']) {
     it(`${command} --help`, () => {
       const result = cli(command, '--help');
       assert.equal(result.status, 0);

@@ -44,8 +44,8 @@ describe('config errors: each bad file gets the exact report', () => {
       { topics: { zzz: 1 } },
       ['topics.zzz: unknown key "zzz"; allowed here: tag, batch, status, retain, qos, timestamp'],
     ],
-    ['unknown driver', { devices: [device({ driver: 'modbsu' })] }, ['devices[0].driver: unknown driver "modbsu", expected one of modbus; did you mean "modbus"?']],
-    ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus)']],
+    ['unknown driver', { devices: [device({ driver: 'modbsu' })] }, ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua; did you mean "modbus"?']],
+    ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus, opcua)']],
     [
       'bad enum value with suggestion',
       { devices: [device({}, [{ name: 't', address: '40001', type: 'flaot32' }])] },

@@ -170,7 +170,7 @@ describe('plc2mqtt run: startup failures are clear', () => {
     await new Promise<void>((resolve) => blocker.listen(port, '127.0.0.1', resolve));
     try {
       const file = join(folder, 'gw.json');
-      writeFileSync(file, JSON.stringify({ gateway: { dataDir: join(folder, 'data') }, broker: { listeners: [{ type: 'tcp', port }] } }));
+      writeFileSync(file, JSON.stringify({ gateway: { dataDir: join(folder, 'data') }, broker: { listeners: [{ type: 'tcp', port }], allowAnonymous: true } }));
       const run = runGateway(file);
       assert.equal(await run.exited, 1);
       assert.match(run.output(), /integrated broker cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);

@@ -16,16 +16,79 @@ export const gatewaySection = z
   })
   .prefault({});
 
-const tcpListener = z.strictObject({
-  type: z.literal('tcp'),
-  host: host.default('127.0.0.1'),
-  port: port.default(1883),
-});
+const BYTE_SIZE = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)$/;
+const BYTE_UNITS: Record<string, number> = { B: 1, kB: 1e3, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+const byteSize = (description: string) =>
+  z
+    .union([z.number().int().positive(), z.string().regex(BYTE_SIZE, { message: 'expected a size such as "500MB", "2GB" or a number of bytes' })])
+    .transform((value) => {
+      if (typeof value === 'number') return value;
+      const [, amount, unit] = BYTE_SIZE.exec(value)!;
+      return Math.round(Number(amount) * BYTE_UNITS[unit!]!);
+    })
+    .meta({ description: `${description} Bytes, or a string such as "500MB", "2GB".` });
+
+const tlsFiles = {
+  cert: z.string().min(1).meta({ description: 'PEM file of the server certificate (with its chain).' }),
+  key: z.string().min(1).meta({ description: 'PEM file of the server certificate\'s private key.' }),
+  ca: z.string().min(1).optional().meta({ description: 'PEM file of the CA that signs client certificates (for requireClientCertificate).' }),
+  requireClientCertificate: z.boolean().default(false).meta({ description: 'Refuse clients without a certificate signed by "ca" (mutual TLS).' }),
+};
+const wsPath = z.string().regex(/^\//, { message: 'a path starts with "/", e.g. "/mqtt"' }).default('/mqtt').meta({ description: 'HTTP path of the WebSocket endpoint.' });
+
+const listenerSchema = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('tcp'), host: host.default('127.0.0.1'), port: port.default(1883) }),
+  z.strictObject({ type: z.literal('tls'), host: host.default('127.0.0.1'), port: port.default(8883), ...tlsFiles }),
+  z.strictObject({ type: z.literal('ws'), host: host.default('127.0.0.1'), port: port.default(8080), path: wsPath }),
+  z.strictObject({ type: z.literal('wss'), host: host.default('127.0.0.1'), port: port.default(8443), path: wsPath, ...tlsFiles }),
+]);
+export type ListenerConfig = z.output<typeof listenerSchema>;
+
+const topicPatterns = z.array(z.string().min(1)).default([]).meta({ description: 'Topic filters (+ and #); %u is the username, %c the client id.' });
 
 export const brokerSection = z
   .strictObject({
     // The integrated MQTT broker: local HMIs, historians and MQTT devices connect to its listeners.
-    listeners: z.array(z.discriminatedUnion('type', [tcpListener])).min(1).default([{ type: 'tcp', host: '127.0.0.1', port: 1883 }]),
+    listeners: z.array(listenerSchema).min(1).default([{ type: 'tcp', host: '127.0.0.1', port: 1883 }]),
+    allowAnonymous: z
+      .boolean()
+      .default(false)
+      .meta({ description: 'Let clients connect without a username. Off by default; the demo turns it on for 127.0.0.1 only.' }),
+    users: z
+      .array(
+        z.strictObject({
+          username: z.string().min(1).max(256),
+          passwordHash: z
+            .string()
+            .regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/, { message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password' })
+            .meta({ description: 'scrypt hash printed by `plc2mqtt passwd`.' }),
+        }),
+      )
+      .default([]),
+    acl: z
+      .array(
+        z.strictObject({
+          user: z.string().min(1).optional().meta({ description: 'Username the rule is for; without it the rule applies to every client (anonymous ones too).' }),
+          publish: topicPatterns,
+          subscribe: topicPatterns,
+        }),
+      )
+      .optional()
+      .meta({ description: 'Who may publish and subscribe where. Without acl everything is allowed; with it, what no rule allows is denied.' }),
+    limits: z
+      .strictObject({
+        maxConnections: z.number().int().positive().default(1000),
+        maxPacketSize: byteSize('Largest MQTT packet a client may send; bigger ones disconnect it.').default(1024 * 1024),
+        maxInflight: z.number().int().positive().max(65535).default(100).meta({ description: 'Most QoS 2 messages one client may leave waiting for PUBREL; a client that sends more is disconnected.' }),
+        keepAlive: z
+          .strictObject({
+            min: duration('Shortest keep-alive a client may ask for; 0 allows clients without keep-alive.').default(0),
+            max: duration('Longest keep-alive a client may ask for.', 1000).default(3_600_000),
+          })
+          .prefault({}),
+      })
+      .prefault({}),
+    persistRetained: z.boolean().default(true).meta({ description: 'Keep retained messages (the tags\' last values, the status) in dataDir across restarts.' }),
   })
   .prefault({});
 
@@ -51,18 +114,6 @@ export const topicsSection = z
     timestamp: z.enum(['ms', 'iso']).default('ms').meta({ description: '"ms": milliseconds since the epoch (number). "iso": ISO 8601 string.' }),
   })
   .prefault({});
-
-const BYTE_SIZE = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)$/;
-const BYTE_UNITS: Record<string, number> = { B: 1, kB: 1e3, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
-const byteSize = (description: string) =>
-  z
-    .union([z.number().int().positive(), z.string().regex(BYTE_SIZE, { message: 'expected a size such as "500MB", "2GB" or a number of bytes' })])
-    .transform((value) => {
-      if (typeof value === 'number') return value;
-      const [, amount, unit] = BYTE_SIZE.exec(value)!;
-      return Math.round(Number(amount) * BYTE_UNITS[unit!]!);
-    })
-    .meta({ description: `${description} Bytes, or a string such as "500MB", "2GB".` });
 
 /** Mosquitto-style bridge rule: local "<localPrefix><topic>" ⇄ remote "<remotePrefix><topic>". */
 const bridgeRule = (direction: 'out' | 'in') =>

@@ -77,7 +77,7 @@ export async function writeGatewayConfig(dir: string, uplink: UplinkInput | unde
   const dataDir = join(dir, 'data');
   const config: ConfigInput = {
     gateway: { name: 'gw', dataDir, logLevel: 'info', shutdownTimeout: '10s' },
-    broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }] },
+    broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }], allowAnonymous: true },
     ...(uplink ? { uplink } : {}),
     ...extra,
   };

@@ -1,0 +1,33 @@
+// NodeId syntax check without node-opcua: the config schema uses it, and the schema must stay
+// loadable by a gateway that never talks OPC UA (node-opcua costs ~65 MB of RSS).
+//
+// The string form of OPC 10000-6 §5.3.1.10: [ns=<namespace index>;]<type>=<identifier> with
+//   i= numeric (UInt32), s= string, g= GUID, b= opaque (ByteString, base64).
+
+const FORMS = 'such as "ns=3;s=Line1.Speed", "ns=2;i=1001", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" or "ns=2;b=M/RbKBsRVkePCePcx24oRA=="';
+const NODE_ID = /^(?:ns=(\d+);)?([isgb])=(.*)$/s;
+const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Undefined when `text` is a valid NodeId string, otherwise what is wrong with it, readable. */
+export function nodeIdProblem(text: string): string | undefined {
+  const match = NODE_ID.exec(text);
+  if (!match) return `not an OPC UA NodeId: expected [ns=<index>;]<i|s|g|b>=<identifier>, ${FORMS}`;
+  const [, namespace, kind, identifier = ''] = match;
+  if (namespace !== undefined && Number(namespace) > 65535) return `namespace index ${namespace} is out of range (0..65535)`;
+  switch (kind) {
+    case 'i':
+      if (!/^\d+$/.test(identifier) || Number(identifier) > 4294967295) return `"i=" takes a number from 0 to 4294967295, got "${identifier}"`;
+      return undefined;
+    case 's':
+      if (identifier.length === 0) return '"s=" needs a string identifier, e.g. "ns=3;s=Line1.Speed"';
+      if (identifier.length > 4096) return 'string identifiers are limited to 4096 characters';
+      return undefined;
+    case 'g':
+      if (!GUID.test(identifier)) return `"g=" takes a GUID such as 72962b91-fa75-4ae6-8d28-b404dc7daf63, got "${identifier}"`;
+      return undefined;
+    default:
+      if (identifier.length === 0 || !BASE64.test(identifier)) return `"b=" takes base64 bytes such as M/RbKBsRVkePCePcx24oRA==, got "${identifier}"`;
+      return undefined;
+  }
+}

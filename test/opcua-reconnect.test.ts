@@ -1,0 +1,163 @@
+// Self-healing: the server process is killed and started again on the same port, and the link
+// goes silent (no FIN, no RST) for longer than the session timeout. In both cases every tag goes bad
+// within bounded time, and values resume by themselves: same DeviceRunner, same driver instance,
+// a fresh session, subscription and monitored items.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { freePort, waitFor } from './helpers/net.js';
+import { startLink, type Link } from './helpers/opcua-link.js';
+import { runDevice, type RunningDevice } from './helpers/opcua-runner.js';
+
+const CHILD = fileURLToPath(new URL('./helpers/opcua-server-child.js', import.meta.url));
+
+interface ServerProcess {
+  child: ChildProcess;
+  port: number;
+  exited: Promise<void>;
+}
+
+async function startServerProcess(pkiDir: string, port: number): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [CHILD, pkiDir, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let output = '';
+  const listening = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`test server did not start: ${output}`)), 20_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = /READY (\d+)/.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        resolve(Number(match[1]));
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`test server exited with ${code}: ${output}`));
+    });
+  });
+  return { child, port: listening, exited };
+}
+
+/** Tight timeouts so losses are noticed in seconds, as a user would configure for a fast line. */
+const CONNECTION = { connectTimeout: '2s', requestTimeout: '2s', keepAliveInterval: '500ms', sessionTimeout: '2s' };
+const TAGS = [
+  { name: 'counter', nodeId: 'ns=1;s=Line1.Int32' },
+  { name: 'text', nodeId: 'ns=1;s=Line1.String' },
+  { name: 'unknown', nodeId: 'ns=1;s=Line1.Nope' },
+];
+
+/** The server's tick as the String tag tells it ("tick 17" → 17). */
+function tickOf(device: RunningDevice): number {
+  const last = device.history('text').findLast((reading) => reading.quality === 'good');
+  return last ? Number(String(last.value).split(' ')[1]) : -1;
+}
+
+describe('OPC UA self-healing', () => {
+  const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-opcua-heal-'));
+  const pkiDir = join(folder, 'server');
+  const children = new Set<ServerProcess>();
+  const devices: RunningDevice[] = [];
+  let link: Link | undefined;
+
+  const server = async (port: number) => {
+    const running = await startServerProcess(pkiDir, port);
+    children.add(running);
+    void running.exited.then(() => children.delete(running));
+    return running;
+  };
+
+  before(async () => {
+    // Makes the server certificate once, so restarts below are quick.
+    const first = await server(0);
+    first.child.kill('SIGTERM');
+    await first.exited;
+  });
+
+  after(async () => {
+    await Promise.all(devices.map((device) => device.stop()));
+    await link?.close();
+    for (const running of children) running.child.kill('SIGKILL');
+    await Promise.all([...children].map((running) => running.exited));
+    rmSync(folder, { recursive: true, force: true });
+  });
+
+  it('server killed and restarted on the same port: bad while down, values resume without restarting anything', async () => {
+    const port = await freePort();
+    let running = await server(port);
+    const endpointUrl = `opc.tcp://127.0.0.1:${port}`;
+    const subscribed = runDevice({ name: 'subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS }, join(folder, 'gw'));
+    const polled = runDevice({ name: 'polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS }, join(folder, 'gw'));
+    devices.push(subscribed, polled);
+    for (const device of [subscribed, polled]) {
+      await waitFor(() => device.last('counter')?.quality === 'good' && device.last('text')?.quality === 'good', 15_000, `${device.device.name}: good values`);
+      assert.equal(device.last('unknown')?.code, 'BadNodeIdUnknown');
+    }
+    const attempts = subscribed.runner.health.connectAttempts;
+
+    // A crash, not a clean shutdown: no goodbye on the wire.
+    const killedAt = Date.now();
+    running.child.kill('SIGKILL');
+    await running.exited;
+    for (const device of [subscribed, polled]) {
+      await waitFor(() => device.last('counter')?.quality === 'bad' && device.last('text')?.quality === 'bad', 5_000, `${device.device.name}: bad quality after the crash`);
+      assert.ok(device.last('counter')!.at - killedAt < 3000, 'noticed within 3 s');
+      assert.match(device.last('counter')!.reason!, /connection|not connected/i);
+    }
+    // While the server is down the tags stay bad (reported again, never silent) and connects are retried.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const whileDown = subscribed.readings.filter((reading) => reading.at > killedAt && reading.tag === 'counter');
+    assert.ok(whileDown.length >= 2 && whileDown.every((reading) => reading.quality === 'bad'), `bad readings while down: ${whileDown.length}`);
+    assert.ok(subscribed.runner.health.connectAttempts > attempts, 'reconnects were attempted');
+
+    const restartedAt = Date.now();
+    running = await server(port);
+    for (const device of [subscribed, polled]) {
+      await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restartedAt), 15_000, `${device.device.name}: values again after the restart`);
+      // The restarted server counts from 1 again: these are new values, not a replay.
+      await waitFor(() => tickOf(device) >= 1 && tickOf(device) < 200, 5_000, 'the new server\'s ticks');
+      assert.equal(device.runner.health.state, 'connected');
+    }
+    // A fresh subscription: the unknown node is reported bad again, the others keep changing.
+    await waitFor(() => subscribed.readings.some((reading) => reading.tag === 'unknown' && reading.at > restartedAt && reading.code === 'BadNodeIdUnknown'), 5_000, 'the unknown node re-reported');
+    const tick = tickOf(subscribed);
+    await waitFor(() => tickOf(subscribed) > tick + 2, 5_000, 'changes after the restart');
+    running.child.kill('SIGTERM');
+    await running.exited;
+    await subscribed.stop();
+    await polled.stop();
+  });
+
+  it('a silent link (no FIN, no RST) longer than the session timeout: noticed by the keep-alive, healed when the link returns', async () => {
+    const running = await server(0);
+    link = await startLink(running.port);
+    const device = runDevice({ name: 'remote', pollInterval: '200ms', connection: { endpointUrl: `opc.tcp://127.0.0.1:${link.port}`, ...CONNECTION }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    devices.push(device);
+    await waitFor(() => device.last('counter')?.quality === 'good', 15_000, 'good values through the link');
+
+    const cutAt = Date.now();
+    link.cut();
+    // keepAliveInterval 500 ms + requestTimeout 2 s, plus a publish cycle: well within 6 s.
+    await waitFor(() => device.last('counter')?.quality === 'bad', 8_000, 'bad quality after the cut');
+    const noticedAfter = device.last('counter')!.at - cutAt;
+    assert.ok(noticedAfter < 6000, `noticed after ${noticedAfter} ms`);
+    // Longer than the 2 s session timeout: the server drops the old session meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    assert.equal(device.last('counter')!.quality, 'bad');
+
+    const restoredAt = Date.now();
+    link.restore();
+    await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restoredAt), 15_000, 'values again after the link returned');
+    const tick = tickOf(device);
+    await waitFor(() => tickOf(device) > tick + 2, 5_000, 'changes after the link returned');
+    await device.stop();
+    running.child.kill('SIGTERM');
+    await running.exited;
+  });
+});
