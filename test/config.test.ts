@@ -115,6 +115,23 @@ describe('config errors: each bad file gets the exact report', () => {
         'uplink.tls: TLS settings need an encrypted url (mqtts:// or wss://), but the url is mqtt://',
       ],
     ],
+    [
+      'broker: duplicate users, an ACL for nobody, a bad pattern, two listeners on one port',
+      {
+        broker: {
+          listeners: [{ type: 'tcp', port: 1883 }, { type: 'ws', port: 1883 }],
+          users: [{ username: 'hmi', passwordHash: 'scrypt$16384$8$1$c2FsdA==$aGFzaA==' }, { username: 'hmi', passwordHash: 'scrypt$16384$8$1$c2FsdA==$aGFzaA==' }],
+          acl: [{ user: 'hmii', subscribe: ['a/#/b'] }],
+        },
+      },
+      [
+        'broker.listeners[1].port: listeners[0] already uses 127.0.0.1:1883',
+        'broker.users[1].username: duplicate user "hmi" (also users[0])',
+        'broker.acl[0].user: no user "hmii" in broker.users (users: hmi)',
+        'broker.acl[0].subscribe[0]: "a/#/b": "#" must be a whole level and the last one',
+      ],
+    ],
+    ['a plain password where a hash belongs', { broker: { users: [{ username: 'hmi', passwordHash: 'secret' }] } }, ['broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got "secret"']],
     ['uplink url without a scheme', { uplink: { url: 'cloud.example.com:8883' } }, ['uplink.url: expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883", got "cloud.example.com:8883"']],
     ['outbox size with a typo in the unit', { uplink: { url: 'mqtt://c', outbox: { maxBytes: '500 mb' } } }, ['uplink.outbox.maxBytes: expected a size such as "500MB", "2GB" or a number of bytes, got "500 mb"']],
   ];

@@ -262,6 +262,7 @@ export function checkSemantics(config: Config): ConfigProblem[] {
   }
 
   if (config.uplink) checkUplink(config.uplink, add);
+  checkBroker(config.broker, add);
 
   const deviceNames = new Map<string, number>();
   const topicOwners = new Map<string, string>();
@@ -354,6 +355,33 @@ function checkDuplicateNames(raw: unknown): ConfigProblem[] {
     });
   });
   return problems;
+}
+
+function checkBroker(broker: Config['broker'], add: (path: JsonPath, message: string) => void): void {
+  const endpoints = new Map<string, number>();
+  broker.listeners.forEach((listener, index) => {
+    const endpoint = `${listener.host}:${listener.port}`;
+    const first = endpoints.get(endpoint);
+    if (listener.port !== 0 && first !== undefined) add(['broker', 'listeners', index, 'port'], `listeners[${first}] already uses ${endpoint}`);
+    else endpoints.set(endpoint, index);
+  });
+  const usernames = new Map<string, number>();
+  broker.users.forEach((user, index) => {
+    const first = usernames.get(user.username);
+    if (first !== undefined) add(['broker', 'users', index, 'username'], `duplicate user "${user.username}" (also users[${first}])`);
+    else usernames.set(user.username, index);
+  });
+  broker.acl?.forEach((rule, index) => {
+    if (rule.user !== undefined && !usernames.has(rule.user)) {
+      add(['broker', 'acl', index, 'user'], `no user "${rule.user}" in broker.users${usernames.size > 0 ? ` (users: ${[...usernames.keys()].join(', ')})` : ''}`);
+    }
+    for (const action of ['publish', 'subscribe'] as const) {
+      rule[action].forEach((pattern, patternIndex) => {
+        const problem = filterProblem(pattern.replaceAll('%u', 'u').replaceAll('%c', 'c'));
+        if (problem) add(['broker', 'acl', index, action, patternIndex], problem);
+      });
+    }
+  });
 }
 
 function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath, message: string) => void): void {
