@@ -149,7 +149,8 @@ export class IntegratedBroker {
       },
       // QoS 2 messages a client may leave waiting for PUBREL; one that sends more is disconnected.
       maxInflightInbound: limits.maxInflight,
-      keepaliveLimit: Math.round(limits.keepAlive.max / 1000),
+      // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
+      connectTimeout: 10_000,
     });
     broker = new IntegratedBroker(aedes, config, log);
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
@@ -189,19 +190,21 @@ export class IntegratedBroker {
 
   private listen(listener: ListenerConfig): Promise<void> {
     const maxPacketSize = this.config.limits.maxPacketSize;
-    const accept = (socket: Socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-      // aedes has no packet size limit: watch the MQTT framing and cut a client that announces
-      // a bigger packet, before its payload is buffered.
-      const guard = new PacketSizeGuard(maxPacketSize);
-      socket.prependListener('data', (chunk: Buffer) => {
-        const announced = guard.feed(chunk);
+    // aedes has no packet size limit: watch the MQTT framing of every connection and cut a client
+    // that announces a bigger packet, before its payload is buffered.
+    const guard = (stream: { prependListener(event: 'data', listener: (chunk: Buffer) => void): unknown; destroy(): unknown }, remote: string) => {
+      const sizes = new PacketSizeGuard(maxPacketSize);
+      stream.prependListener('data', (chunk: Buffer) => {
+        const announced = sizes.feed(chunk);
         if (announced !== undefined) {
-          this.noteOnce(`size:${socket.remoteAddress}:${socket.remotePort}`, { remote: `${socket.remoteAddress}:${socket.remotePort}`, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
-          socket.destroy();
+          this.noteOnce(`size:${remote}`, { remote, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
+          stream.destroy();
         }
       });
+    };
+    const accept = (socket: Socket) => {
+      if (socket.destroyed) return; // refused by the connection limit
+      guard(socket, `${socket.remoteAddress}:${socket.remotePort}`);
       this.aedes.handle(socket);
     };
     let server: Server;
@@ -209,10 +212,13 @@ export class IntegratedBroker {
     else if (listener.type === 'tls') server = createTlsServer(tlsOptions(listener), accept);
     else {
       const http = listener.type === 'wss' ? createHttpsServer(tlsOptions(listener)) : createHttpServer();
-      const wss = new WebSocketServer({ server: http, path: listener.path, maxPayload: maxPacketSize + 5 });
+      // A WebSocket message may carry several MQTT packets or part of one: the MQTT guard decides;
+      // maxPayload only bounds what one frame can make us buffer.
+      const wss = new WebSocketServer({ server: http, path: listener.path, maxPayload: Math.max(16 * maxPacketSize, 16 * 1024 * 1024) });
       wss.on('connection', (ws, request) => {
         const stream = createWebSocketStream(ws);
         stream.on('error', () => ws.terminate());
+        guard(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`);
         this.wsSockets.add(ws);
         ws.once('close', () => this.wsSockets.delete(ws));
         this.aedes.handle(stream, request);
@@ -225,7 +231,14 @@ export class IntegratedBroker {
         this.noteOnce(`tls:${socket.remoteAddress}:${error.message}`, { remote: socket.remoteAddress, error: error.message }, 'TLS handshake failed'),
       );
     }
-    server.on('connection', (socket: Socket) => {
+    // The connection limit counts sockets, so simultaneous connects and clients that never send
+    // CONNECT are limited too (aedes counts clients only once they are connected).
+    server.prependListener('connection', (socket: Socket) => {
+      if (this.sockets.size >= this.config.limits.maxConnections) {
+        this.noteOnce('refused:maxConnections', { remote: `${socket.remoteAddress}:${socket.remotePort}`, max: this.config.limits.maxConnections }, 'connection refused: broker.limits.maxConnections reached');
+        socket.destroy();
+        return;
+      }
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });

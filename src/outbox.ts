@@ -48,7 +48,20 @@ const MIGRATIONS = [
      created INTEGER NOT NULL,
      size    INTEGER NOT NULL
    )`,
+  `CREATE TABLE dead_letters (
+     id      INTEGER PRIMARY KEY,
+     topic   TEXT    NOT NULL,
+     payload BLOB    NOT NULL,
+     qos     INTEGER NOT NULL,
+     retain  INTEGER NOT NULL,
+     created INTEGER NOT NULL,
+     reason  TEXT    NOT NULL,
+     moved   INTEGER NOT NULL
+   )`,
 ];
+
+/** SQLite errors that mean the file itself is damaged (as opposed to a full disk or a permission). */
+const CORRUPTION = /SQLITE_CORRUPT|SQLITE_NOTADB|quick_check/;
 
 /** Appends waiting in memory beyond this while the disk is full are dropped by the policy. */
 const MAX_PENDING_WHILE_FULL = 100_000;
@@ -71,6 +84,7 @@ export class Outbox {
   private bytes: number;
   private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0 };
   private droppingSince: number | undefined;
+  private unremoved: Array<{ id: number; outcome: 'delivered' | 'rejected' }> = [];
   private droppedInEpisode = 0;
   private diskFull = false;
   private closed = false;
@@ -98,6 +112,12 @@ export class Outbox {
       db = openDatabase(file, options);
     } catch (error) {
       db?.close();
+      // A full disk or a permission problem is not damage: moving a healthy file aside would
+      // orphan its messages. Fail loudly instead; the supervisor retries.
+      const code = String((error as { code?: unknown }).code ?? '');
+      if (!CORRUPTION.test(code) && !CORRUPTION.test(errorMessage(error))) {
+        throw new Error(`cannot open the outbox ${file}: ${errorMessage(error)}`, { cause: error });
+      }
       const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`;
       for (const suffix of ['', '-wal', '-shm']) {
         if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
@@ -163,13 +183,15 @@ export class Outbox {
   /** Inserts a batch inside the caller's transaction; returns what a bound dropped. */
   private writeBatch(batch: readonly Pending[]): { count: number; why: string } | undefined {
     const { maxMessages, maxBytes, policy } = this.options;
-    let accepted = batch;
+    // A message bigger than the whole outbox can never fit; dropping the backlog for it would be worse.
+    const oversize = batch.filter((item) => sizeOf(item.message) > maxBytes);
+    let accepted = oversize.length > 0 ? batch.filter((item) => sizeOf(item.message) <= maxBytes) : batch;
     if (policy === 'drop-newest') {
       // Keep what is stored; take new messages only while they fit.
       let count = this.count;
       let bytes = this.bytes;
       const fits: Pending[] = [];
-      for (const item of batch) {
+      for (const item of accepted) {
         const size = sizeOf(item.message);
         if (count + 1 > maxMessages || bytes + size > maxBytes) continue;
         fits.push(item);
@@ -186,10 +208,10 @@ export class Outbox {
       this.bytes += size;
     }
     if (policy === 'drop-newest') {
-      return accepted.length < batch.length ? { count: batch.length - accepted.length, why: 'the outbox is full (drop-newest)' } : undefined;
+      return accepted.length < batch.length ? { count: batch.length - accepted.length, why: oversize.length > 0 ? 'a message is larger than maxBytes, or the outbox is full (drop-newest)' : 'the outbox is full (drop-newest)' } : undefined;
     }
-    const dropped = this.dropOldestOverBounds(maxMessages, maxBytes);
-    return dropped > 0 ? { count: dropped, why: 'the outbox is full (drop-oldest)' } : undefined;
+    const dropped = this.dropOldestOverBounds(maxMessages, maxBytes) + oversize.length;
+    return dropped > 0 ? { count: dropped, why: oversize.length > 0 ? 'a message is larger than maxBytes, or the outbox is full (drop-oldest)' : 'the outbox is full (drop-oldest)' } : undefined;
   }
 
   /** Drops exactly as many of the oldest messages as it takes to get back within both bounds. */
@@ -223,8 +245,15 @@ export class Outbox {
 
   /** Drops messages older than maxAge. Called by the uplink now and then. */
   expire(now: number): void {
-    if (this.options.maxAge <= 0) return;
-    const rows = this.statements.expire.all(now - this.options.maxAge) as Array<{ size: number }>;
+    if (this.options.maxAge <= 0 || this.closed) return;
+    let rows: Array<{ size: number }>;
+    try {
+      rows = this.statements.expire.all(now - this.options.maxAge) as Array<{ size: number }>;
+    } catch (error) {
+      // Even a DELETE needs WAL space; on a full disk it waits for the next round.
+      this.log.warn({ error: errorMessage(error) }, 'outbox: could not drop expired messages');
+      return;
+    }
     if (rows.length === 0) return;
     for (const row of rows) {
       this.count--;
@@ -264,18 +293,53 @@ export class Outbox {
 
   /** Deletes messages the cloud acknowledged (or refused, with `rejected`). */
   remove(ids: readonly number[], outcome: 'delivered' | 'rejected' = 'delivered'): void {
-    if (ids.length === 0 || this.closed) return;
-    this.db.transaction(() => {
-      for (const id of ids) {
-        const row = this.statements.remove.get(id) as { size: number } | undefined;
-        // Absent when a bound dropped it while it was in flight.
-        if (!row) continue;
+    if (this.closed) return;
+    // Removals that failed earlier (disk full: a DELETE needs WAL space too) go first.
+    const all = this.unremoved.length > 0 ? [...this.unremoved.splice(0), ...ids.map((id) => ({ id, outcome }))] : ids.map((id) => ({ id, outcome }));
+    if (all.length === 0) return;
+    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0 };
+    try {
+      this.db.transaction(() => {
+        for (const { id, outcome: how } of all) {
+          const row = this.statements.remove.get(id) as { size: number } | undefined;
+          // Absent when a bound dropped it while it was in flight.
+          if (!row) continue;
+          removed.count++;
+          removed.bytes += row.size;
+          removed[how]++;
+        }
+      })();
+    } catch (error) {
+      // Never throw into the uplink's PUBACK path: keep the ids and try again with the next ones.
+      this.unremoved = all;
+      if (!this.diskFull) this.log.error({ error: errorMessage(error), ids: all.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
+      return;
+    }
+    this.count -= removed.count;
+    this.bytes -= removed.bytes;
+    this.totals.delivered += removed.delivered;
+    this.totals.rejected += removed.rejected;
+    // The episode ends only well below the bound, or draining at the bound would log every commit.
+    if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9) this.endDropEpisode();
+  }
+
+  /** Moves a message the cloud will not take into the dead-letter table. Returns false if it was gone. */
+  deadLetter(id: number, reason: string): boolean {
+    if (this.closed) return false;
+    try {
+      const row = this.statements.deadLetter.get(reason, Date.now(), id) as { id: number } | undefined;
+      if (!row) return false;
+      const removed = this.statements.remove.get(id) as { size: number } | undefined;
+      if (removed) {
         this.count--;
-        this.bytes -= row.size;
-        this.totals[outcome]++;
+        this.bytes -= removed.size;
       }
-    })();
-    if (this.droppingSince !== undefined && this.count < this.options.maxMessages && this.bytes < this.options.maxBytes) this.endDropEpisode();
+      this.totals.rejected++;
+      return true;
+    } catch (error) {
+      this.log.error({ error: errorMessage(error), id }, 'outbox: could not move a message to the dead-letter table');
+      return false;
+    }
   }
 
   /** Age in ms of the oldest message waiting, or 0. */
@@ -337,6 +401,7 @@ function prepare(db: Database.Database) {
     dropThrough: db.prepare('DELETE FROM messages WHERE id <= ?'),
     expire: db.prepare('DELETE FROM messages WHERE created < ? RETURNING size'),
     totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
+    deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved) SELECT id, topic, payload, qos, retain, created, ?, ? FROM messages WHERE id = ? RETURNING id'),
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
   };

@@ -92,6 +92,7 @@ export class Uplink {
   private stableTimer: NodeJS.Timeout | undefined;
   /** The message suspected of making the broker close the connection, sent alone until it passes. */
   private probe: { id: number; strikes: number } | undefined;
+  private statusAcked = false;
 
   constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger) {
     this.config = config;
@@ -168,7 +169,15 @@ export class Uplink {
     this.stableTimer = setTimeout(() => this.connectionIsStable(), STABLE_AFTER_MS);
     const backlog = this.outbox.stats.messages;
     this.log.info({ backlog, sessionPresent, window: this.window, probing: this.probe !== undefined }, backlog > 0 ? `connected to the cloud broker; replaying ${backlog} buffered messages` : 'connected to the cloud broker');
-    this.client!.publish(this.statusTopic, 'online', { qos: 1, retain: true });
+    this.statusAcked = false;
+    const epoch = this.epoch;
+    // The status PUBACK proves the link carries traffic; only then can a lost connection be
+    // blamed on a message (see suspectHead) and a suspected message be probed.
+    this.client!.publish(this.statusTopic, 'online', { qos: 1, retain: true }, (error) => {
+      if (error || epoch !== this.epoch) return;
+      this.statusAcked = true;
+      this.pump();
+    });
     this.subscribeDownlink();
     this.resetSending();
     this.pump();
@@ -182,7 +191,7 @@ export class Uplink {
     // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
     this.flushAcks();
     const inFlight = this.inFlight.size;
-    if (wasConnected && inFlight > 0 && this.ackedOnConnection === 0) this.suspectHead();
+    if (wasConnected && inFlight > 0 && this.ackedOnConnection === 0 && this.statusAcked) this.suspectHead();
     this.inFlight.clear();
     this.liveInFlight = 0;
     if (wasConnected && !this.stopping) this.log.warn({ inFlight, backlog: this.outbox.stats.messages, error: this.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
@@ -216,15 +225,21 @@ export class Uplink {
    */
   private suspectHead(): void {
     const head = Math.min(...this.inFlight.keys());
-    if (this.probe?.id === head) this.probe.strikes++;
-    else this.probe = { id: head, strikes: 1 };
+    // Strikes count only while probing: the message went out alone on a link that had just
+    // acknowledged the status, and the broker closed the connection instead of acknowledging it.
+    if (this.probe?.id !== head) {
+      this.probe = { id: head, strikes: 0 };
+      return;
+    }
+    if (this.inFlight.size !== 1) return;
+    this.probe.strikes++;
     if (this.probe.strikes < PROBE_STRIKES) return;
     const message = this.inFlight.get(head)!;
-    this.outbox.remove([head], 'rejected');
-    this.counters.rejected++;
+    // Kept in the outbox's dead-letter table, not deleted: a person can look at it and resend it.
+    if (this.outbox.deadLetter(head, 'the cloud broker closed the connection each time it was sent')) this.counters.rejected++;
     this.log.error(
-      { topic: message.topic, bytes: message.payload.length, connections: this.probe.strikes },
-      'the cloud broker closed the connection every time this message was sent; it is set aside as rejected so the rest can flow (check the broker\'s policy/ACL for this topic)',
+      { topic: message.topic, bytes: message.payload.length, connections: this.probe.strikes, table: 'dead_letters' },
+      'the cloud broker closed the connection every time this message was sent alone; it is set aside in the outbox\'s dead-letter table so the rest can flow (check the broker\'s policy/ACL for this topic)',
     );
     this.probe = undefined;
   }
@@ -278,6 +293,8 @@ export class Uplink {
     if (!this.connected || this.stopping) return;
     // Acknowledged but not yet deleted counts against the window too: after a power cut, at most
     // a window's worth of messages is sent twice.
+    // While probing, the suspect goes out alone, and only once the status PUBACK proved the link.
+    if (this.probe !== undefined && !this.statusAcked) return;
     const window = this.probe !== undefined ? 1 : this.window;
     while (this.inFlight.size + this.acked.length < window) {
       const next = this.nextMessage(window);

@@ -2,7 +2,7 @@
 // (exact counts), age expiry, a corrupt file at start, and a disk that fills up and frees again.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -87,6 +87,28 @@ describe('outbox', () => {
     outbox.close();
   });
 
+  it('one message larger than maxBytes is refused alone; the backlog stays (both policies)', (t) => {
+    for (const policy of ['drop-oldest', 'drop-newest'] as const) {
+      const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxBytes: 1000, policy }), log);
+      for (let n = 100; n < 105; n++) outbox.append(message(n));
+      outbox.append({ topic: 't', payload: Buffer.alloc(2000, 0x41), qos: 1, retain: false });
+      outbox.append(message(105));
+      outbox.commit();
+      assert.deepEqual(seqs(outbox), [100, 101, 102, 103, 104, 105], policy);
+      assert.equal(outbox.stats.dropped, 1, policy);
+      outbox.close();
+    }
+  });
+
+  it('a file that is not a database is moved aside, but a full disk is no reason to (it fails loudly instead)', (t) => {
+    const dir = folder(t);
+    // A directory where the file should be: SQLite cannot open it, and it is not damage.
+    const file = join(dir, 'outbox.db');
+    mkdirSync(file);
+    assert.throws(() => Outbox.open(file, options(), log), /cannot open the outbox/);
+    assert.deepEqual(readdirSync(dir), ['outbox.db']);
+  });
+
   it('maxAge drops what is too old, counted', async (t) => {
     const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxAge: 50 }), log);
     for (let n = 1; n <= 5; n++) outbox.append(message(n));
@@ -157,9 +179,15 @@ describe('outbox', () => {
     }
     assert.ok(outbox.stats.diskFull, 'the disk filled up');
     assert.ok(outbox.stats.pending > 0, 'the messages that did not fit wait in memory');
+    // Acknowledgements while the disk is full: deleting needs WAL space too; it must not throw.
+    const acknowledged = outbox.peek(0, 20).map((row) => row.id);
+    assert.doesNotThrow(() => outbox.remove(acknowledged));
+    outbox.expire(Date.now());
     unlinkSync(ballast);
     await waitFor(() => !outbox.stats.diskFull && outbox.stats.pending === 0, 10_000, 'the retry after space came back');
-    assert.equal(outbox.stats.messages, appended);
+    outbox.remove([]); // the removals that failed are retried with the next ones
+    assert.equal(outbox.stats.messages, appended - acknowledged.length);
+    assert.equal(outbox.stats.delivered, acknowledged.length);
     assert.equal(outbox.stats.dropped, 0);
     outbox.close();
     assert.ok(existsSync(join(mountPoint, 'outbox.db')));
