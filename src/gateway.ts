@@ -249,13 +249,13 @@ export class Gateway {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await Promise.all(this.devices.map((device) => device.runner.stop().catch((error: unknown) => this.log.warn({ device: device.config.name, error: errorMessage(error) }, 'device did not stop cleanly'))));
-      // Samples of the last cycles reach local subscribers before "offline" does; then no client
-      // can publish any more, and what is in the outbox stays there for the next start.
+      // The cloud connection ends first, so no command from the cloud arrives at a closed broker;
+      // local clients may still publish meanwhile, into the outbox, which is closed last and keeps
+      // whatever was not delivered for the next start.
       await this.broker.flush(1000);
+      await this.uplink?.stop();
       await this.publishStatus('offline').catch(() => undefined);
       await this.broker.close();
-      this.outbox?.commit();
-      await this.uplink?.stop();
       this.outbox?.close();
       await Promise.all(this.simulators.map((simulator) => simulator.close()));
       this.log.info({ ...this.stats, outbox: this.outbox?.stats, uplink: this.uplink?.stats }, 'gateway stopped');
