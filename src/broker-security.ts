@@ -23,8 +23,15 @@ export async function verifyPassword(password: string, hash: string): Promise<bo
   const [scheme, N, r, p, salt, key] = hash.split('$');
   if (scheme !== 'scrypt' || !N || !r || !p || !salt || !key) return false;
   const expected = Buffer.from(key, 'base64');
-  const actual = await scryptAsync(password, Buffer.from(salt, 'base64'), Number(N), Number(r), Number(p), expected.length);
-  return timingSafeEqual(actual, expected);
+  const saltBytes = Buffer.from(salt, 'base64');
+  // A truncated hash (an empty key compares equal to anything) must never let everyone in.
+  if (expected.length < 16 || saltBytes.length < 8) return false;
+  try {
+    const actual = await scryptAsync(password, saltBytes, Number(N), Number(r), Number(p), expected.length);
+    return timingSafeEqual(actual, expected);
+  } catch {
+    return false;
+  }
 }
 
 /**

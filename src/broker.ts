@@ -1,6 +1,7 @@
 // The integrated MQTT broker (aedes inside the gateway process). Local HMIs, historians and
 // MQTT devices connect to its listeners; the gateway publishes every sample into it.
 import { readFileSync } from 'node:fs';
+import { Duplex, Transform } from 'node:stream';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -95,7 +96,8 @@ export class IntegratedBroker {
       preConnect: (_client, packet, callback) => {
         const refuse = (reason: string) => {
           broker?.noteOnce(`refused:${reason}`, { clientId: packet.clientId, reason }, 'mqtt client refused');
-          callback(null, false);
+          // With an error aedes closes the connection; without one it would leave the socket open.
+          callback(new Error(reason), false);
         };
         if (broker && broker.aedes.connectedClients >= limits.maxConnections) return refuse(`too many connections (broker.limits.maxConnections = ${limits.maxConnections})`);
         const keepalive = packet.keepalive ?? 0;
@@ -143,7 +145,10 @@ export class IntegratedBroker {
         // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
         callback(null, null);
       },
-      authorizeForward: (_client, packet) => {
+      authorizeForward: (client, packet) => {
+        // Messages queued for a persistent session were matched against whoever subscribed; the
+        // client now holding that session id may be someone else: check its own rights again.
+        if (config.acl && !acl.maySubscribe(identity(client), packet.topic)) return null;
         broker!.stats.messagesOut++;
         return packet;
       },
@@ -192,20 +197,33 @@ export class IntegratedBroker {
     const maxPacketSize = this.config.limits.maxPacketSize;
     // aedes has no packet size limit: watch the MQTT framing of every connection and cut a client
     // that announces a bigger packet, before its payload is buffered.
-    const guard = (stream: { prependListener(event: 'data', listener: (chunk: Buffer) => void): unknown; destroy(): unknown }, remote: string) => {
+    // aedes has no packet size limit. Every connection reaches aedes through a guard that follows
+    // the MQTT framing and cuts a client announcing a bigger packet: the chunk carrying the header
+    // never reaches aedes, and the payload is never buffered.
+    const guarded = (stream: Duplex, remote: string): Duplex => {
       const sizes = new PacketSizeGuard(maxPacketSize);
-      stream.prependListener('data', (chunk: Buffer) => {
-        const announced = sizes.feed(chunk);
-        if (announced !== undefined) {
+      const checked = new Transform({
+        transform: (chunk: Buffer, _encoding, callback) => {
+          const announced = sizes.feed(chunk);
+          if (announced === undefined) return callback(null, chunk);
           this.noteOnce(`size:${remote}`, { remote, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
           stream.destroy();
-        }
+          callback();
+        },
       });
+      stream.on('error', () => checked.destroy());
+      stream.pipe(checked);
+      // Node accepts a pair of node streams here; @types/node only declares the web-stream pair.
+      const pair = { readable: checked, writable: stream } as unknown as Parameters<typeof Duplex.from>[0];
+      const connection = Duplex.from(pair);
+      // Either side closing closes the other: aedes' disconnect ends the socket, a dead socket ends the client.
+      connection.once('close', () => stream.destroy());
+      stream.once('close', () => connection.destroy());
+      return connection;
     };
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
-      guard(socket, `${socket.remoteAddress}:${socket.remotePort}`);
-      this.aedes.handle(socket);
+      this.aedes.handle(guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`));
     };
     let server: Server;
     if (listener.type === 'tcp') server = createServer(accept);
@@ -218,10 +236,9 @@ export class IntegratedBroker {
       wss.on('connection', (ws, request) => {
         const stream = createWebSocketStream(ws);
         stream.on('error', () => ws.terminate());
-        guard(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`);
         this.wsSockets.add(ws);
         ws.once('close', () => this.wsSockets.delete(ws));
-        this.aedes.handle(stream, request);
+        this.aedes.handle(guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`), request);
       });
       this.webSocketServers.push(wss);
       server = http;

@@ -120,7 +120,7 @@ describe('config errors: each bad file gets the exact report', () => {
       {
         broker: {
           listeners: [{ type: 'tcp', port: 1883 }, { type: 'ws', port: 1883 }],
-          users: [{ username: 'hmi', passwordHash: 'scrypt$16384$8$1$c2FsdA==$aGFzaA==' }, { username: 'hmi', passwordHash: 'scrypt$16384$8$1$c2FsdA==$aGFzaA==' }],
+          users: [{ username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' }, { username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' }],
           acl: [{ user: 'hmii', subscribe: ['a/#/b'] }],
         },
       },

@@ -60,7 +60,7 @@ export const brokerSection = z
           username: z.string().min(1).max(256),
           passwordHash: z
             .string()
-            .regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/, { message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password' })
+            .regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/]{11,}={0,2}\$[A-Za-z0-9+/]{22,}={0,2}$/, { message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password' })
             .meta({ description: 'scrypt hash printed by `plc2mqtt passwd`.' }),
         }),
       )

@@ -1,0 +1,147 @@
+// Interoperability of the integrated broker: Debian's mosquitto_pub/mosquitto_sub (with -u/-P)
+// and mqtt.js (MQTT 3.1.1 and 3.1) exchange messages through it. MQTT 5 is not implemented by
+// aedes: an MQTT 5 client must be refused cleanly with a CONNACK, and the broker keep serving.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
+import type { Client } from 'aedes';
+import type { MqttClient } from 'mqtt';
+import { hashPassword } from '../src/broker-security.js';
+import { BrokerUnderTest, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, RawClient, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
+import { waitFor } from './helpers/net.js';
+
+const USER = { username: 'hmi', password: 'hmi password with spaces' };
+
+describe('interoperability: mosquitto clients and mqtt.js', () => {
+  let broker: BrokerUnderTest;
+  const clients: MqttClient[] = [];
+  let listener: MqttClient;
+  let seen: Message[];
+  /** Client ids that have subscribed, in order (to know when a spawned mosquitto_sub is ready). */
+  const subscribed: string[] = [];
+
+  const hostArgs = () => ['-h', '127.0.0.1', '-p', String(broker.port())];
+  const credentials = ['-u', USER.username, '-P', USER.password];
+
+  before(async () => {
+    broker = await BrokerUnderTest.start({
+      listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
+      users: [{ username: USER.username, passwordHash: await hashPassword(USER.password) }],
+    });
+    broker.broker.aedes.on('subscribe', (_subscriptions, client: Client) => subscribed.push(client.id));
+    listener = await connectClient(broker.url(), { ...USER, protocolVersion: 4, clientId: 'mqttjs-listener' });
+    clients.push(listener);
+    seen = recordMessages(listener);
+    assert.deepEqual(await subscribeGranted(listener, ['interop/#']), [1]);
+  });
+
+  after(async () => {
+    await endAll(clients);
+    await broker?.close();
+  });
+
+  it('mosquitto_pub -u/-P (QoS 0 and 1) → mqtt.js 3.1.1 subscriber', async () => {
+    for (const qos of ['0', '1']) {
+      const result = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-t', `interop/from-mosquitto/${qos}`, '-m', `hello at QoS ${qos} – ünïcödé`, '-q', qos]);
+      assert.equal(result.code, 0, result.stderr);
+    }
+    await waitFor(() => seen.filter((message) => message.topic.startsWith('interop/from-mosquitto/')).length === 2, 3000, 'both messages');
+    assert.deepEqual(
+      seen.filter((message) => message.topic.startsWith('interop/from-mosquitto/')).map((message) => [message.topic, message.payload, message.qos]),
+      [['interop/from-mosquitto/0', 'hello at QoS 0 – ünïcödé', 0], ['interop/from-mosquitto/1', 'hello at QoS 1 – ünïcödé', 1]],
+    );
+  });
+
+  it('mqtt.js 3.1.1 publishes retained → mosquitto_sub -u/-P receives it', async () => {
+    await listener.publishAsync('interop/retained', 'retained from mqtt.js', { qos: 1, retain: true });
+    const result = await run(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-t', 'interop/retained', '-C', '1', '-W', '10', '-v']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'interop/retained retained from mqtt.js\n');
+  });
+
+  it('mqtt.js 3.1.1 publishes live → a running mosquitto_sub -q 1 receives every message in order', async () => {
+    const child = spawn(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-i', 'mosquitto-live', '-q', '1', '-t', 'interop/live/#', '-C', '5', '-W', '10', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+    try {
+      await waitFor(() => subscribed.includes('mosquitto-live'), 5000, 'mosquitto_sub to subscribe');
+      for (let index = 1; index <= 5; index++) await listener.publishAsync(`interop/live/${index}`, `message ${index}`, { qos: index % 2 === 0 ? 0 : 1 });
+      assert.equal(await exited, 0, stderr);
+      assert.equal(stdout, [1, 2, 3, 4, 5].map((index) => `interop/live/${index} message ${index}\n`).join(''));
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('mosquitto_pub -r (retained) → a new mqtt.js subscriber gets it with the retain flag', async () => {
+    const result = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-t', 'interop/mosquitto-retained', '-m', 'kept', '-q', '1', '-r']);
+    assert.equal(result.code, 0, result.stderr);
+    const late = await connectClient(broker.url(), { ...USER, protocolVersion: 4 });
+    clients.push(late);
+    const lateSeen = recordMessages(late);
+    await late.subscribeAsync('interop/mosquitto-retained', { qos: 1 });
+    await waitFor(() => lateSeen.length === 1, 3000, 'the retained message');
+    assert.deepEqual(lateSeen[0], { topic: 'interop/mosquitto-retained', payload: 'kept', qos: 1, retain: true });
+  });
+
+  it('mqtt.js speaking MQTT 3.1 (MQIsdp) also works', async () => {
+    const old = await connectClient(broker.url(), { ...USER, protocolId: 'MQIsdp', protocolVersion: 3, clientId: 'mqtt31-client' });
+    clients.push(old);
+    await roundTrip(old, seen, 'interop/mqtt31', 'from an MQTT 3.1 client');
+  });
+
+  it('mosquitto clients with a wrong password, or none, are refused with the right CONNACK (exit codes 4 and 5)', async () => {
+    const wrong = await run(MOSQUITTO_SUB, [...hostArgs(), '-u', USER.username, '-P', 'wrong', '-t', 'x', '-C', '1', '-W', '5']);
+    assert.equal(wrong.code, 4);
+    assert.match(wrong.stderr, /bad user name or password/);
+    const anonymous = await run(MOSQUITTO_PUB, [...hostArgs(), '-t', 'interop/anon', '-m', 'x']);
+    assert.equal(anonymous.code, 5);
+    assert.match(anonymous.stderr, /not authorised/);
+  });
+
+  describe('MQTT 5 (not implemented by aedes: a documented limitation)', () => {
+    it('mqtt.js with protocolVersion 5 is refused at once with CONNACK "unacceptable protocol version"', async () => {
+      const clientsBefore = broker.broker.clientCount;
+      const started = Date.now();
+      const outcome = await tryConnect(broker.url(), { ...USER, protocolVersion: 5, connectTimeout: 5000 });
+      if (outcome.ok) clients.push(outcome.client);
+      assert.equal(outcome.ok, false, 'an MQTT 5 client got connected');
+      assert.equal(!outcome.ok && outcome.code, 1, JSON.stringify(outcome));
+      assert.match(!outcome.ok ? outcome.message : '', /Unacceptable protocol version/i);
+      assert.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`);
+      assert.equal(broker.broker.clientCount, clientsBefore);
+    });
+
+    it('on the wire: an MQTT 5 CONNECT gets a CONNACK with return code 1, then the connection is closed', async () => {
+      const raw = await RawClient.open(broker.port());
+      try {
+        raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 30, clientId: 'raw-v5', username: USER.username, password: Buffer.from(USER.password), properties: { sessionExpiryInterval: 60 } });
+        const connack = await raw.next('connack', 2000);
+        assert.equal(connack.returnCode ?? connack.reasonCode, 1);
+        assert.equal(await raw.closedWithin(2000), true);
+      } finally {
+        raw.destroy();
+      }
+    });
+
+    it('mosquitto_sub -V mqttv5 is refused at once (exit code 132, "Unsupported Protocol Version")', async () => {
+      const started = Date.now();
+      const result = await run(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-V', 'mqttv5', '-t', 'x', '-C', '1', '-W', '5']);
+      assert.equal(result.code, 132, result.stderr);
+      assert.match(result.stderr, /Unsupported Protocol Version/);
+      assert.ok(Date.now() - started < 2000);
+    });
+
+    it('after the MQTT 5 attempts the broker still serves 3.1.1 clients', async () => {
+      const fresh = await connectClient(broker.url(), { ...USER, protocolVersion: 4 });
+      clients.push(fresh);
+      await roundTrip(fresh, seen, 'interop/after-v5', 'still serving');
+      const result = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-t', 'interop/after-v5-mosquitto', '-m', 'ok']);
+      assert.equal(result.code, 0, result.stderr);
+      await waitFor(() => seen.some((message) => message.topic === 'interop/after-v5-mosquitto'), 3000, 'the mosquitto message');
+    });
+  });
+});
