@@ -1,7 +1,7 @@
 // The integrated MQTT broker (aedes inside the gateway process). Local HMIs, historians and
 // MQTT devices connect to its listeners; the gateway publishes every sample into it.
 import { readFileSync } from 'node:fs';
-import { Duplex, Transform } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -63,6 +63,7 @@ export class IntegratedBroker {
   private readonly queue = new Fifo<QueuedPublish>();
   private inFlight = 0;
   private dropping = false;
+  private pumping = false;
   private readonly servers: Array<{ server: Server; listener: ListenerConfig }> = [];
   private readonly webSocketServers: WebSocketServer[] = [];
   private readonly sockets = new Set<Socket>();
@@ -197,29 +198,25 @@ export class IntegratedBroker {
     const maxPacketSize = this.config.limits.maxPacketSize;
     // aedes has no packet size limit: watch the MQTT framing of every connection and cut a client
     // that announces a bigger packet, before its payload is buffered.
-    // aedes has no packet size limit. Every connection reaches aedes through a guard that follows
-    // the MQTT framing and cuts a client announcing a bigger packet: the chunk carrying the header
-    // never reaches aedes, and the payload is never buffered.
-    const guarded = (stream: Duplex, remote: string): Duplex => {
+    // aedes has no packet size limit. Every chunk a connection receives passes this guard before
+    // it enters the stream's buffer (Readable.push, which node's sockets and ws' streams call for
+    // incoming data): a client announcing a bigger packet is cut, and the chunk carrying that
+    // header never reaches aedes. Hooking push keeps the hot write path untouched.
+    const guarded = <T extends Readable>(stream: T, remote: string): T => {
       const sizes = new PacketSizeGuard(maxPacketSize);
-      const checked = new Transform({
-        transform: (chunk: Buffer, _encoding, callback) => {
+      const push = stream.push.bind(stream);
+      stream.push = (chunk: unknown, encoding?: BufferEncoding) => {
+        if (Buffer.isBuffer(chunk)) {
           const announced = sizes.feed(chunk);
-          if (announced === undefined) return callback(null, chunk);
-          this.noteOnce(`size:${remote}`, { remote, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
-          stream.destroy();
-          callback();
-        },
-      });
-      stream.on('error', () => checked.destroy());
-      stream.pipe(checked);
-      // Node accepts a pair of node streams here; @types/node only declares the web-stream pair.
-      const pair = { readable: checked, writable: stream } as unknown as Parameters<typeof Duplex.from>[0];
-      const connection = Duplex.from(pair);
-      // Either side closing closes the other: aedes' disconnect ends the socket, a dead socket ends the client.
-      connection.once('close', () => stream.destroy());
-      stream.once('close', () => connection.destroy());
-      return connection;
+          if (announced !== undefined) {
+            this.noteOnce(`size:${remote}`, { remote, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
+            stream.destroy();
+            return false;
+          }
+        }
+        return push(chunk, encoding);
+      };
+      return stream;
     };
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
@@ -315,6 +312,18 @@ export class IntegratedBroker {
   }
 
   private pump(): void {
+    // aedes may call back synchronously (no subscriber for a topic): a nested pump would recurse
+    // once per queued message and overflow the stack; the running loop picks up the freed slot.
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      this.pumpLoop();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpLoop(): void {
     while (this.inFlight < MAX_IN_FLIGHT) {
       const next = this.queue.shift();
       if (!next) {
