@@ -4,9 +4,8 @@
 //    real CLI, its own process) drains them to mosquitto at QoS 1: time, msg/s, gateway peak RSS,
 //    and that the cloud-side counter saw every sequence number (zero lost).
 //   node dist/bench/replay.js [--messages 1000000] [--inflight 500]
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,16 +13,13 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
 import { Outbox } from '../src/outbox.js';
+import { freePort, peakRssMb, start, track, waitForPort } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({ options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } } });
 const total = Number(args.messages);
 const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-replay-'));
-const children: ChildProcess[] = [];
-process.on('exit', () => {
-  children.forEach((child) => child.kill('SIGKILL'));
-  rmSync(folder, { recursive: true, force: true });
-});
+process.on('exit', () => rmSync(folder, { recursive: true, force: true }));
 const log = pino({ level: 'silent' });
 // A payload shaped like a tag message, ~110 bytes with its topic.
 const payload = (seq: number) => Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq},"unit":"bar","seq":${seq}}`);
@@ -55,55 +51,10 @@ for (let seq = 1; seq <= total; seq++) {
 backlog.commit();
 backlog.close();
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`nothing listens on port ${port}`);
-}
-
-function start(command: string, argv: string[], ready: RegExp): Promise<{ child: ChildProcess; output: () => string }> {
-  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let output = '';
-  return new Promise((resolve, reject) => {
-    let isReady = false;
-    const onData = (chunk: Buffer) => {
-      // Keep the start and the last lines only: a chatty child must not cost this process a core.
-      output = (output + chunk.toString()).slice(-20_000);
-      if (!isReady && ready.test(output)) {
-        isReady = true;
-        resolve({ child, output: () => output });
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${command} exited with ${code}: ${output.slice(-400)}`)));
-  });
-}
-
 // mosquitto as the cloud: no per-subscriber queue limit, or it drops QoS 1 messages silently.
 const cloudPort = await freePort();
 writeFileSync(join(folder, 'mosquitto.conf'), `listener ${cloudPort} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`);
-const mosquitto = spawn('/usr/sbin/mosquitto', ['-c', join(folder, 'mosquitto.conf')], { stdio: 'ignore' });
-children.push(mosquitto);
+track(spawn('/usr/sbin/mosquitto', ['-c', join(folder, 'mosquitto.conf')], { stdio: 'ignore' }));
 await waitForPort(cloudPort);
 const counter = await start(process.execPath, [join(ROOT, 'dist/bench/counter.js'), `mqtt://127.0.0.1:${cloudPort}`, 'plc2mqtt/bench/#', String(total)], /SUBSCRIBED/);
 const result = new Promise<{ distinct: number; duplicates: number; outOfOrder: number; firstAt: number; doneAt: number }>((resolve) =>
@@ -120,7 +71,7 @@ const started = Date.now();
 const gateway = await start(process.execPath, [...(process.env.GW_FLAGS ? process.env.GW_FLAGS.split(' ') : []), ...(process.env.PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE] : []), join(ROOT, 'dist/src/cli.js'), 'run', '-c', join(folder, 'gateway.json')], /polling started/);
 const received = await result;
 const seconds = (received.doneAt - started) / 1000;
-const peakRssMb = Math.round(Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${gateway.child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024);
+const gatewayPeakRssMb = peakRssMb(gateway.child.pid!);
 gateway.child.kill('SIGTERM');
 await new Promise((resolve) => gateway.child.once('exit', resolve));
 
@@ -135,6 +86,6 @@ console.log(JSON.stringify({
   drainSeconds: Math.round(seconds * 10) / 10,
   drainPerSecond: Math.round(received.distinct / seconds),
   inFlightWindow: Number(args.inflight),
-  gatewayPeakRssMb: peakRssMb,
+  gatewayPeakRssMb,
 }));
 process.exit(0);
