@@ -2,13 +2,13 @@
 // and off, cleared topics, a damaged store) and through the real CLI on the demo config, stopped
 // with SIGTERM and started again without the simulated PLC.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import type { MqttClient } from 'mqtt';
-import { BrokerUnderTest, CapturedLog, CLI, connectClient, endAll, recordMessages, removeDir, ROOT, tempDir, type Message } from './helpers/broker-harness.js';
+import { BrokerUnderTest, CapturedLog, connectClient, endAll, recordMessages, removeDir, ROOT, tempDir, type Message } from './helpers/broker-harness.js';
+import { connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { Recorder } from './helpers/mqtt.js';
 import { freePort, portIsFree, waitFor } from './helpers/net.js';
 
@@ -130,34 +130,6 @@ describe('retained messages across an in-process broker restart', () => {
   });
 });
 
-interface Running {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-function runGateway(configFile: string): Running {
-  const child = spawn(process.execPath, [CLI, 'run', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, output: () => output, exited };
-}
-
-async function connectWhenUp(url: string, filter: string): Promise<Recorder> {
-  let recorder: Recorder | undefined;
-  await waitFor(async () => {
-    try {
-      recorder = await Recorder.connect(url, filter);
-      return true;
-    } catch {
-      return false;
-    }
-  }, 15_000, `the integrated broker at ${url}`);
-  return recorder!;
-}
-
 interface DemoConfig {
   gateway: { dataDir: string; name: string };
   broker: { listeners: Array<{ port: number }>; allowAnonymous: boolean };
@@ -171,7 +143,7 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
   const tags = demo.devices[0]!.tags.map((tag) => tag.name);
   const topic = (tag: string) => `plc2mqtt/demo/demo-plc/${tag}`;
   const STATUS = 'plc2mqtt/demo/status';
-  const running: Running[] = [];
+  const running: RunningGateway[] = [];
   const recorders: Recorder[] = [];
   let brokerPort: number;
   /** The last payload of every tag the first run published, as the subscriber saw it. */
@@ -212,7 +184,7 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
   it('first run with the simulated PLC: every tag is published retained; SIGTERM stops it cleanly', async () => {
     const gateway = runGateway(writeConfig('with-plc.json', true));
     running.push(gateway);
-    const recorder = await connectWhenUp(`mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/demo/#');
+    const recorder = await connectWhenUp(`mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/demo/#', 15_000);
     recorders.push(recorder);
     await waitFor(() => tags.every((tag) => recorder.topics().has(topic(tag))), 15_000, 'every demo tag');
     assert.equal((recorder.last(topic('banner')) as { value: unknown }).value, 'PLC2MQTT DEMO');
@@ -239,7 +211,7 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
   it('second run without the PLC: a new subscriber at once gets the previous values and the status topic', async () => {
     const gateway = runGateway(writeConfig('without-plc.json', false));
     running.push(gateway);
-    const recorder = await connectWhenUp(`mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/demo/#');
+    const recorder = await connectWhenUp(`mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/demo/#', 15_000);
     recorders.push(recorder);
     await waitFor(() => tags.every((tag) => recorder.topics().has(topic(tag))) && recorder.topics().has(STATUS), 2000, 'the retained values, right after subscribing');
     for (const tag of tags) {

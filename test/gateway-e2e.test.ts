@@ -1,32 +1,16 @@
 // End to end: the real CLI process runs the demo config (simulated Modbus PLC, integrated broker)
 // on ephemeral ports; a real mqtt.js client subscribes and checks what arrives.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { Recorder } from './helpers/mqtt.js';
 import { freePort, portIsFree, waitFor } from './helpers/net.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = join(ROOT, 'dist/src/cli.js');
-
-interface Running {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-function runGateway(configFile: string): Running {
-  const child = spawn(process.execPath, [CLI, 'run', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, output: () => output, exited };
-}
 
 /** The demo config with its ports moved to free ephemeral ones and its data in a temp folder. */
 async function demoConfig(folder: string, extraDevices: unknown[] = []): Promise<{ file: string; brokerPort: number; plcPort: number }> {
@@ -48,19 +32,6 @@ async function demoConfig(folder: string, extraDevices: unknown[] = []): Promise
   return { file, brokerPort, plcPort };
 }
 
-async function connectWhenUp(url: string): Promise<Recorder> {
-  let recorder: Recorder | undefined;
-  await waitFor(async () => {
-    try {
-      recorder = await Recorder.connect(url);
-      return true;
-    } catch {
-      return false;
-    }
-  }, 20_000, `the integrated broker at ${url}`);
-  return recorder!;
-}
-
 interface TagMessage {
   value: unknown;
   quality: string;
@@ -71,7 +42,7 @@ interface TagMessage {
 
 describe('gateway on the demo config', () => {
   const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-e2e-'));
-  let gateway: Running;
+  let gateway: RunningGateway;
   let recorder: Recorder;
   let ports: { brokerPort: number; plcPort: number };
 

@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { z } from 'zod';
 import type { configSchema } from '../../src/config/schema.js';
+import type { OutboxStats } from '../../src/outbox.js';
+import type { UplinkStats } from '../../src/uplink.js';
 import { track } from './cloud-broker.js';
 import { freePort, waitFor } from './net.js';
 
@@ -25,24 +27,9 @@ export interface LogLine {
   [field: string]: unknown;
 }
 
-export interface OutboxStatsLine {
-  messages: number;
-  bytes: number;
-  appended: number;
-  dropped: number;
-  delivered: number;
-  rejected: number;
-  pending: number;
-}
-
-export interface UplinkStatsLine {
-  connected: boolean;
-  sent: number;
-  acknowledged: number;
-  rejected: number;
-  reconnects: number;
-  received: number;
-}
+/** The outbox and uplink stats the gateway logs with "gateway stopped" (JSON, so the same shapes). */
+type OutboxStatsLine = OutboxStats;
+type UplinkStatsLine = UplinkStats;
 
 export interface GatewaySetup {
   dir: string;
