@@ -5,7 +5,7 @@ import { Command, Option } from 'commander';
 import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
 import { hashPassword } from './broker-security.js';
-import { errorMessage } from './device.js';
+import { errorMessage } from './errors.js';
 import type { DriverTag } from './driver.js';
 import { DRIVERS, type DriverModule } from './drivers.js';
 import { Gateway } from './gateway.js';

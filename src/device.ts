@@ -3,6 +3,7 @@
 // fails alone: nothing here throws into the gateway.
 import type { Logger } from 'pino';
 import { backoffDelay } from './backoff.js';
+import { errorMessage } from './errors.js';
 import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading } from './driver.js';
 import { PollJob, type Clock, systemClock } from './scheduler.js';
 
@@ -219,10 +220,4 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
 
 function allBad(tags: readonly DriverTag[], reason: string, code: string): TagReading[] {
   return tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason, code }));
-}
-
-export function errorMessage(error: unknown): string {
-  if (error instanceof Error) return error.message || error.name;
-  if (error !== null && typeof error === 'object' && 'message' in error) return String((error as { message: unknown }).message);
-  return String(error);
 }

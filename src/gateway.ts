@@ -18,7 +18,8 @@ import type { Logger } from 'pino';
 import { IntegratedBroker } from './broker.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
-import { DeviceRunner, errorMessage, type PollGroup, type ReadingsEvent } from './device.js';
+import { DeviceRunner, type PollGroup, type ReadingsEvent } from './device.js';
+import { errorMessage } from './errors.js';
 import type { DriverTag } from './driver.js';
 import { DRIVERS, type DriverModule } from './drivers.js';
 import { TagNormalizer, type Sample } from './normalize.js';
@@ -33,8 +34,6 @@ import { Uplink, type CloudRoute } from './uplink.js';
 interface CompiledTag {
   normalizer: TagNormalizer;
   topic: string;
-  /** The newest sample, reported or not, for status and commissioning. */
-  last?: Sample;
   /** Where the tag's messages go on the cloud, when a forward rule takes its topic. */
   cloud?: CloudRoute | undefined;
 }
@@ -211,7 +210,6 @@ export class Gateway {
       if (!tag) continue;
       const sample = tag.normalizer.normalize(reading, now);
       this.stats.samples++;
-      tag.last = sample;
       if (device.config.publish === 'batch') batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
         this.publish(tag.topic, tag.cloud, encodeTagPayload(sample, topics.timestamp), topics.retain);
@@ -233,16 +231,6 @@ export class Gateway {
 
   private publishStatus(status: 'online' | 'offline'): Promise<void> {
     return this.broker.publishNow(this.statusTopic, status, { qos: 1, retain: true });
-  }
-
-  /** The newest sample of every tag that has been read at least once. */
-  lastSamples(): Sample[] {
-    return this.devices.flatMap((device) => [...device.tags.values()].flatMap((tag) => (tag.last ? [tag.last] : [])));
-  }
-
-  /** Device states for status output. */
-  deviceHealth(): Array<{ name: string } & DeviceRunner['health']> {
-    return this.devices.map((device) => ({ name: device.config.name, ...device.runner.health }));
   }
 
   /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything. */

@@ -5,7 +5,7 @@ import { existsSync, renameSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
-import { errorMessage } from './device.js';
+import { errorMessage } from './errors.js';
 
 export type OutboxOptions = NonNullable<Config['uplink']>['outbox'];
 

@@ -4,7 +4,7 @@
 import { existsSync, renameSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import { errorMessage } from './device.js';
+import { errorMessage } from './errors.js';
 
 export interface RetainedMessage {
   topic: string;

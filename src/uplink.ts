@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { backoffDelay } from './backoff.js';
 import type { IntegratedBroker } from './broker.js';
 import type { Config } from './config/schema.js';
-import { errorMessage } from './device.js';
+import { errorMessage } from './errors.js';
 import { Fifo } from './fifo.js';
 import type { Outbox, OutboxMessage, StoredMessage } from './outbox.js';
 import { compileTopicTemplate, topicMatches } from './topics.js';
