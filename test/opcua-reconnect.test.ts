@@ -8,10 +8,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { freePort, waitFor } from './helpers/net.js';
 import { startLink, type Link } from './helpers/opcua-link.js';
-import { runDevice, type RunningDevice } from './helpers/opcua-runner.js';
+import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
+import { createDriver } from '../drivers/opcua/index.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/opcua-server-child.js', import.meta.url));
 
@@ -132,6 +134,34 @@ describe('OPC UA self-healing', () => {
     await running.exited;
     await subscribed.stop();
     await polled.stop();
+  });
+
+  it('an endpoint that accepts TCP but never answers HEL: each attempt fails after connectTimeout and leaves no socket behind', async () => {
+    // A wrong port that some other service answers, or a server hung before its handshake. The
+    // server side reads (so it sees FIN) and never writes.
+    const open = new Set<Socket>();
+    let accepted = 0;
+    const blackhole = createServer((socket) => {
+      accepted++;
+      open.add(socket);
+      socket.on('close', () => open.delete(socket));
+      socket.on('error', () => undefined);
+      socket.resume();
+    });
+    await new Promise<void>((resolve) => blackhole.listen(0, '127.0.0.1', resolve));
+    const port = (blackhole.address() as { port: number }).port;
+    const driver = createDriver(parseDevice({ connection: { endpointUrl: `opc.tcp://127.0.0.1:${port}`, connectTimeout: '1s', requestTimeout: '1s' }, tags: TAGS.slice(0, 1) }), { log: testLog, dataDir: join(folder, 'blackhole') });
+    try {
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        await assert.rejects(driver.connect(), /no answer from opc\.tcp:\/\/127\.0\.0\.1:\d+ within 1000 ms/);
+        assert.equal(accepted, attempt, 'one socket per attempt');
+        await waitFor(() => open.size === 0, 5_000, `the socket of attempt ${attempt} closed`);
+      }
+    } finally {
+      await driver.close();
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => blackhole.close(resolve));
+    }
   });
 
   it('a silent link (no FIN, no RST) longer than the session timeout: noticed by the keep-alive, healed when the link returns', async () => {

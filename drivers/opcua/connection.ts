@@ -139,9 +139,6 @@ export class OpcUaConnection {
       keepSessionAlive: true,
       keepAliveInterval: connection.keepAliveInterval,
       defaultTransactionTimeout: connection.requestTimeout,
-      // The transport breaks a socket that stays silent for half of this; a server that accepts
-      // TCP and never answers HEL must not keep a socket open after connectTimeout.
-      transportTimeout: connection.connectTimeout,
     });
     // Until the connection object exists, a loss during open() surfaces as open()'s rejection.
     let opened: OpcUaConnection | undefined;
@@ -150,10 +147,6 @@ export class OpcUaConnection {
     client.on('close', (error?: Error | null) => lost(error ? `connection closed: ${error.message}` : 'connection closed'));
     client.on('start_reconnection', () => lost('connection broken'));
     client.on('timed_out_request', (request) => log.debug({ request: request.constructor.name }, 'OPC UA request timed out'));
-    // disconnect() does not abort a handshake in progress (a server that never answers HEL):
-    // the channel itself is disposed on failure, or its socket would stay open forever.
-    let channel: { dispose(): void } | undefined;
-    client.on('secure_channel_created', (created: { dispose(): void }) => (channel = created));
 
     const deadline = Date.now() + connection.connectTimeout;
     const remaining = () => Math.max(1, deadline - Date.now());
@@ -167,11 +160,8 @@ export class OpcUaConnection {
       opened = new OpcUaConnection(options, client, manager, session, limits);
       return opened;
     } catch (error) {
-      try {
-        channel?.dispose();
-      } catch {
-        // already gone
-      }
+      // Also aborts a handshake in progress: a server that never answers HEL keeps no socket
+      // (test/opcua-reconnect.test.ts proves it).
       await closeClient(client, manager, connection.requestTimeout);
       throw connectError(error, device, dataDir);
     }
