@@ -10,6 +10,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
+import { OutboundWindow } from './broker-inflight.js';
 import { Acl, verifyPassword, type Identity } from './broker-security.js';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { Fifo } from './fifo.js';
@@ -90,11 +91,12 @@ export class IntegratedBroker {
     const acl = new Acl(config.acl);
     const users = new Map(config.users.map((user) => [user.username, user.passwordHash]));
     const usernames = new WeakMap<Client, string>();
+    const outbound = new WeakMap<Client, OutboundWindow>();
     const identity = (client: Client): Identity => ({ username: usernames.get(client), clientId: client.id });
     const { limits } = config;
     const aedes = await Aedes.createBroker({
       // Keep-alive bounds and the connection limit, before anything else is done for the client.
-      preConnect: (_client, packet, callback) => {
+      preConnect: (client, packet, callback) => {
         const refuse = (reason: string) => {
           broker?.noteOnce(`refused:${reason}`, { clientId: packet.clientId, reason }, 'mqtt client refused');
           // With an error aedes closes the connection; without one it would leave the socket open.
@@ -104,6 +106,13 @@ export class IntegratedBroker {
         const keepalive = packet.keepalive ?? 0;
         if (keepalive * 1000 > limits.keepAlive.max) return refuse(`keep-alive ${keepalive}s is longer than broker.limits.keepAlive.max`);
         if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min)) return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
+        outbound.set(
+          client,
+          OutboundWindow.watch(client, limits, (waiting) => {
+            broker?.noteOnce(`inflight:${client.id}`, { clientId: client.id, waiting, maxInflight: limits.maxInflight, maxQueued: limits.maxQueued }, 'mqtt client does not keep up with its QoS 1/2 messages (broker.limits.maxInflight + maxQueued unacknowledged): disconnected');
+            client.close();
+          }),
+        );
         callback(null, true);
       },
       authenticate: (client, username, password, callback) => {
@@ -151,9 +160,11 @@ export class IntegratedBroker {
         // client now holding that session id may be someone else: check its own rights again.
         if (config.acl && !acl.maySubscribe(identity(client), packet.topic)) return null;
         broker!.stats.messagesOut++;
+        outbound.get(client)?.forwarded(packet);
         return packet;
       },
       // QoS 2 messages a client may leave waiting for PUBREL; one that sends more is disconnected.
+      // (The outbound direction is bounded by OutboundWindow, in preConnect.)
       maxInflightInbound: limits.maxInflight,
       // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
       connectTimeout: 10_000,

@@ -79,7 +79,8 @@ export const brokerSection = z
       .strictObject({
         maxConnections: z.number().int().positive().default(1000),
         maxPacketSize: byteSize('Largest MQTT packet a client may send; bigger ones disconnect it.').default(1024 * 1024),
-        maxInflight: z.number().int().positive().max(65535).default(100).meta({ description: 'Most QoS 2 messages one client may leave waiting for PUBREL; a client that sends more is disconnected.' }),
+        maxInflight: z.number().int().positive().max(65_000).default(100).meta({ description: 'QoS 1/2 messages in flight with one client, each way. Outgoing: deliveries it has not acknowledged yet; more wait in its queue (maxQueued). Incoming: QoS 2 messages it sent whose PUBREL has not come; a client that sends more is disconnected.' }),
+        maxQueued: z.number().int().positive().default(100_000).meta({ description: 'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps its messages for when it returns.' }),
         keepAlive: z
           .strictObject({
             min: duration('Shortest keep-alive a client may ask for; 0 allows clients without keep-alive.').default(0),
