@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
 import { OutboundWindow } from './broker-inflight.js';
 import { Acl, verifyPassword, type Identity } from './broker-security.js';
+import type { CommandOrigin } from './commands.js';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { Fifo } from './fifo.js';
 import { RetainedStore } from './retained-store.js';
@@ -86,6 +87,9 @@ export class IntegratedBroker {
    */
   clientPublishHook: ((topic: string, payload: Buffer, qos: number, retain: boolean) => Promise<void> | undefined) | undefined;
 
+  /** Called for every message an MQTT client publishes, after the ACL allowed it: the write path picks its command topics. */
+  commandHook: ((topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin) => void) | undefined;
+
   static async start(config: Config['broker'], log: Logger, dataDir: string): Promise<IntegratedBroker> {
     let broker: IntegratedBroker | undefined;
     const acl = new Acl(config.acl);
@@ -141,7 +145,11 @@ export class IntegratedBroker {
           broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernames.get(client), topic: packet.topic }, 'publish denied by the ACL');
           return callback(new Error(`not allowed to publish on ${packet.topic}`));
         }
-        if (client) broker!.stats.messagesIn++;
+        if (client) {
+          broker!.stats.messagesIn++;
+          // After the ACL: who may publish on a command topic may ask for a write (the write path decides the rest).
+          broker?.commandHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, { source: 'local', clientId: client.id, username: usernames.get(client) });
+        }
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
         if (!hook) return callback(null);
         hook.then(

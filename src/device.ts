@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import { backoffDelay } from './backoff.js';
 import { errorMessage } from './errors.js';
-import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading } from './driver.js';
+import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading, type TagValue } from './driver.js';
 import { PollJob, type Clock, systemClock } from './scheduler.js';
 
 export interface PollGroup<Tag extends DriverTag = DriverTag> {
@@ -100,6 +100,29 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     await Promise.race([cycles, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
     clearTimeout(timer);
     this.health.state = 'stopped';
+  }
+
+  /**
+   * Writes one value (raw, already checked by the command path) to one tag. A device that is not
+   * connected refuses at once: a write must never wait for a reconnect and land minutes later.
+   */
+  async write(tag: Tag, value: TagValue): Promise<void> {
+    this.requireConnected();
+    await this.options.driver.write(tag, value);
+  }
+
+  /** Reads one tag now, outside the poll schedule (read-back after a write). */
+  async readNow(tag: Tag): Promise<TagReading> {
+    this.requireConnected();
+    const [reading] = await this.options.driver.read(this.options.driver.plan([tag]));
+    return reading ?? { tag: tag.name, quality: 'bad', reason: 'the driver returned no reading', code: 'no-result' };
+  }
+
+  private requireConnected(): void {
+    if (this.stopped) throw new DriverError('the device is stopping', { code: 'stopped' });
+    if (this.health.state !== 'connected' || !this.options.driver.connected) {
+      throw new DriverError(`device not connected: ${this.health.lastError ?? this.health.state}`, { code: 'not-connected' });
+    }
   }
 
   /** One cycle of one poll group. Always emits a reading per tag: values, or bad quality with the reason. */

@@ -11,11 +11,18 @@
 // Messages that MQTT clients publish into the integrated broker on forwarded topics take the
 // same outbox → uplink path (broker.clientPublishHook), and cloud commands come back down.
 //
+// The way back to the PLC: a message on a tag's command topic ("<tag topic>/set"), from a local
+// client the ACL let through (broker.commandHook) or from the cloud (uplink.downlinkHook)
+//     → CommandHandler       (commands.ts) parse, writable?, type, min/max, rate limit
+//     → DeviceRunner.write   → driver.write; optional read-back
+//     → answer               on "<command topic>/result" or the MQTT 5 response topic, plus an audit line
+//
 // Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { IntegratedBroker } from './broker.js';
+import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
 import { DeviceRunner, type PollGroup, type ReadingsEvent } from './device.js';
@@ -36,6 +43,8 @@ interface CompiledTag {
   topic: string;
   /** Where the tag's messages go on the cloud, when a forward rule takes its topic. */
   cloud?: CloudRoute | undefined;
+  /** The latest sample, published or not (previous value for writes). */
+  last?: Sample | undefined;
 }
 
 interface CompiledDevice {
@@ -58,6 +67,7 @@ export class Gateway {
   readonly broker: IntegratedBroker;
   readonly outbox: Outbox | undefined;
   readonly uplink: Uplink | undefined;
+  readonly commands: CommandHandler;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
   private readonly log: Logger;
   private readonly devices: CompiledDevice[] = [];
@@ -73,6 +83,25 @@ export class Gateway {
     this.simulators = simulators;
     this.log = log;
     this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
+    // Any topic shaped like a tag topic plus the command suffix is a command, so a write to an
+    // unknown tag is answered too, instead of vanishing.
+    const tagTemplate = compileTopicTemplate(config.topics.tag);
+    const anyTag = Object.fromEntries(tagTemplate.placeholders.map((placeholder) => [placeholder, placeholder === 'gateway' ? config.gateway.name : '+']));
+    this.commands = new CommandHandler({
+      suffix: config.topics.command,
+      tagTopicFilters: [tagTemplate.render(anyTag)],
+      log: log.child({ module: 'commands' }),
+      answer: (topic, answer, origin) => this.answerCommand(topic, answer, origin),
+    });
+    broker.commandHook = (topic, payload, retain, origin) => {
+      if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, origin);
+    };
+    if (this.uplink) {
+      const cloudClient = `cloud:${config.uplink?.clientId ?? `plc2mqtt-${config.gateway.name}`}`;
+      this.uplink.downlinkHook = (topic, payload, retain) => {
+        if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+      };
+    }
   }
 
   static async start(loaded: LoadedConfig, log: Logger): Promise<Gateway> {
@@ -164,6 +193,7 @@ export class Gateway {
         }),
       };
       this.devices.push(compiled);
+      this.registerCommands(compiled);
       compiled.runner.start();
     }
     const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
@@ -194,6 +224,33 @@ export class Gateway {
     return compiled;
   }
 
+  /** Every tag of a device gets a command topic; the handler refuses writes to tags that are not writable. */
+  private registerCommands(device: CompiledDevice): void {
+    const runner = device.runner;
+    for (const tagConfig of device.config.tags as TagConfig[]) {
+      const tag = device.tags.get(tagConfig.name)!;
+      this.commands.register(tag.topic, {
+        device: device.config.name,
+        tag: tagConfig,
+        previous: () => tag.last?.value,
+        write: (raw) => runner.write(tagConfig, raw),
+        readBack: async () => {
+          const reading = await runner.readNow(tagConfig);
+          return { reading, value: tag.normalizer.normalize(reading, Date.now()).value };
+        },
+      });
+    }
+  }
+
+  /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
+  private answerCommand(topic: string, answer: CommandAnswer, origin: CommandOrigin): void {
+    const payload = Buffer.from(encodeAnswer(answer));
+    this.broker.publish(topic, payload, { qos: 1, retain: false });
+    const cloud = this.uplink?.route(topic);
+    if (cloud) this.uplink!.enqueue(cloud, payload, false);
+    void origin;
+  }
+
   private render(template: string, device: DeviceConfig, group: string, tag?: string): string {
     const variables: Record<string, string> = { ...device.meta, gateway: this.config.gateway.name, device: device.name, group };
     if (tag !== undefined) variables.tag = tag;
@@ -209,6 +266,7 @@ export class Gateway {
       const tag = device.tags.get(reading.tag);
       if (!tag) continue;
       const sample = tag.normalizer.normalize(reading, now);
+      tag.last = sample;
       this.stats.samples++;
       if (device.config.publish === 'batch') batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {

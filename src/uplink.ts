@@ -84,6 +84,8 @@ export class Uplink {
   private acked: number[] = [];
   private ackTimer: NodeJS.Timeout | undefined;
   private readonly counters = { sent: 0, acknowledged: 0, rejected: 0, reconnects: 0, received: 0 };
+  /** Sees every cloud message under its local topic before it goes into the integrated broker (the write path picks its commands). */
+  downlinkHook: ((localTopic: string, payload: Buffer, retain: boolean) => void) | undefined;
   private lastError: string | undefined;
   private loggedErrors = new Set<string>();
   /** The send window of the current connection: inFlight, or less if the broker says so. */
@@ -269,6 +271,7 @@ export class Uplink {
     if (!rule) return;
     this.counters.received++;
     const localTopic = rule.localPrefix + topic.slice(rule.remotePrefix.length);
+    this.downlinkHook?.(localTopic, payload, retain);
     // Published by the gateway itself (no client), so the forward path never sends it back up.
     this.broker.publishNow(localTopic, payload, { qos: 1, retain }).catch((error: unknown) => this.log.error({ topic: localTopic, error: errorMessage(error) }, 'could not publish a cloud message locally'));
   }

@@ -42,7 +42,7 @@ describe('config errors: each bad file gets the exact report', () => {
     [
       'unknown key without a near miss lists what is allowed',
       { topics: { zzz: 1 } },
-      ['topics.zzz: unknown key "zzz"; allowed here: tag, batch, status, retain, qos, timestamp'],
+      ['topics.zzz: unknown key "zzz"; allowed here: tag, batch, status, command, retain, qos, timestamp'],
     ],
     ['unknown driver', { devices: [device({ driver: 'modbsu' })] }, ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua; did you mean "modbus"?']],
     ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus, opcua)']],
@@ -80,6 +80,17 @@ describe('config errors: each bad file gets the exact report', () => {
       { devices: [device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
       ['devices[0].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])', 'devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic'],
     ],
+    [
+      'write checks on a tag that is not writable, and min above max',
+      { devices: [device({}, [{ name: 'a', address: '40001', write: { min: 1 } }, { name: 'b', address: '40002', writable: true, write: { min: 10, max: 5 } }])] },
+      ['devices[0].tags[0].write: write checks apply to writable tags only; add "writable": true or remove "write"', 'devices[0].tags[1].write.min: min (10) is greater than max (5)'],
+    ],
+    [
+      'a command topic that is another tag\'s topic',
+      { devices: [device({}, [{ name: 'a', address: '40001', writable: true }, { name: 'b', address: '40002', topic: 'plc2mqtt/plc2mqtt/plc1/a/set' }])] },
+      ['devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/a/set" is already the topic of the command topic of devices[0].tags[0] (plc1/a); give one of them another name or topic'],
+    ],
+    ['a command suffix with a wildcard', { topics: { command: '/+/set' } }, ['topics.command: expected a suffix such as "/set": starting with "/", without wildcards, not ending in "/", got "/+/set"']],
     [
       'two tags rendering to the same topic',
       { topics: { tag: 'site/{device}' }, devices: [device({}, [{ name: 'a', address: '40001' }, { name: 'b', address: '40002' }])] },

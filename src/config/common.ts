@@ -70,7 +70,21 @@ export const baseTagFields = {
     .min(1)
     .optional()
     .meta({ description: 'Topic template for this tag, overriding topics.tag. Same placeholders.' }),
-  writable: z.boolean().default(false).meta({ description: 'Allow writes to this tag. Writes are refused unless true.' }),
+  writable: z.boolean().default(false).meta({ description: 'Allow writes to this tag from MQTT (its command topic, topics.command). Writes are refused unless true.' }),
+  write: z
+    .strictObject({
+      min: z.number().optional().meta({ description: 'Smallest value a write may set, in engineering units (after scale/offset). Each element, for arrays.' }),
+      max: z.number().optional().meta({ description: 'Largest value a write may set, in engineering units.' }),
+      allowed: z
+        .array(z.union([z.number(), z.string(), z.boolean()]))
+        .min(1)
+        .optional()
+        .meta({ description: 'The only values a write may set, e.g. [0, 1, 2] for a mode selector.' }),
+      minInterval: duration('Rate limit: a write within this time of the previous accepted one is refused.').optional(),
+      readBack: z.boolean().default(false).meta({ description: 'Read the tag again after writing and answer ok only if it holds the written value.' }),
+    })
+    .optional()
+    .meta({ description: 'Checks for writes to a writable tag. A write that fails one writes nothing and is answered with the reason.' }),
 };
 
 /** Fields every device has, whatever its driver. */

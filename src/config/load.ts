@@ -301,10 +301,16 @@ export function checkSemantics(config: Config): ConfigProblem[] {
         const defined = Object.keys(device.pollGroups);
         add([...tagPath, 'group'], `unknown poll group "${tag.group}"; device "${device.name}" defines ${defined.length > 0 ? defined.join(', ') : 'no pollGroups'}`);
       }
-      if (device.publish === 'per-tag' || tag.topic !== undefined) {
-        const where = tag.topic !== undefined ? [...tagPath, 'topic'] : ['topics', 'tag'];
+      const where = tag.topic !== undefined ? [...tagPath, 'topic'] : ['topics', 'tag'];
+      if (device.publish === 'per-tag' || tag.topic !== undefined || tag.writable) {
         const topic = renderChecked({ source: tag.topic ?? config.topics.tag, variables: { ...variables, group, tag: tag.name }, path: where, device: device.name, add });
-        if (topic !== undefined) claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+        if (topic !== undefined && (device.publish === 'per-tag' || tag.topic !== undefined)) claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+        // A command topic that is another tag's data topic would turn its values into writes.
+        if (topic !== undefined && tag.writable) claimTopic(topic + config.topics.command, `the command topic of devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+      }
+      if (tag.write !== undefined) {
+        if (!tag.writable) add([...tagPath, 'write'], 'write checks apply to writable tags only; add "writable": true or remove "write"');
+        if (tag.write.min !== undefined && tag.write.max !== undefined && tag.write.min > tag.write.max) add([...tagPath, 'write', 'min'], `min (${tag.write.min}) is greater than max (${tag.write.max})`);
       }
     });
 

@@ -110,6 +110,11 @@ export const topicsSection = z
       .min(1)
       .default('plc2mqtt/{gateway}/status')
       .meta({ description: 'Retained gateway status topic: "online" while running, "offline" after shutdown.' }),
+    command: z
+      .string()
+      .regex(/^\/[^+#]*[^/+#]$/, { message: 'expected a suffix such as "/set": starting with "/", without wildcards, not ending in "/"' })
+      .default('/set')
+      .meta({ description: 'Writes: a tag\'s command topic is its topic plus this suffix, e.g. plc2mqtt/gw/press/setpoint/set. The answer goes to the command topic plus "/result" (or to an MQTT 5 response topic).' }),
     retain: z.boolean().default(true).meta({ description: 'Publish tag values retained, so a new subscriber sees the current state at once.' }),
     qos: z.literal([0, 1]).default(0).meta({ description: 'QoS of tag messages inside the integrated broker.' }),
     timestamp: z.enum(['ms', 'iso']).default('ms').meta({ description: '"ms": milliseconds since the epoch (number). "iso": ISO 8601 string.' }),

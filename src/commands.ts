@@ -1,0 +1,271 @@
+// The write path: MQTT command → checks → driver.write → answer + audit line.
+//
+// A tag's command topic is its data topic plus topics.command ("/set"). Whoever may publish there
+// (the broker's ACL decides for local clients, the uplink's receive rules for the cloud) can ask
+// for a write; this module decides whether it happens: the tag must be writable, the value must
+// parse, fit the tag's type and its write checks, and the rate limit must allow it. A refused
+// write writes nothing. Every attempt, refused or not, is answered (the MQTT 5 response topic, or
+// the command topic plus "/result") and leaves one audit line in the log.
+import type { Logger } from 'pino';
+import { errorMessage } from './errors.js';
+import { DriverError, type ScalarValue, type TagReading, type TagValue } from './driver.js';
+import type { TagConfig } from './config/schema.js';
+import { topicMatches } from './topics.js';
+
+/** Who asked for a write, for the audit line and the answer. */
+export interface CommandOrigin {
+  /** "local": an MQTT client of the integrated broker; "cloud": the uplink's downlink. */
+  source: 'local' | 'cloud';
+  clientId: string;
+  username?: string | undefined;
+  /** MQTT 5 request/response: where to answer, and what to echo. */
+  responseTopic?: string | undefined;
+  correlationData?: Buffer | undefined;
+}
+
+/** One tag as the write path sees it; the gateway builds these from its compiled devices. */
+export interface CommandTarget {
+  device: string;
+  tag: TagConfig;
+  /** The value last read, in engineering units (undefined before the first read). */
+  previous(): TagValue | null | undefined;
+  /** Writes a raw (unscaled) value through the device's runner. */
+  write(raw: TagValue): Promise<void>;
+  /** Reads the tag again and returns it in engineering units (read-back). */
+  readBack(): Promise<{ reading: TagReading; value: TagValue | null }>;
+}
+
+export interface CommandAnswer {
+  ok: boolean;
+  device?: string;
+  tag?: string;
+  value?: TagValue;
+  readBack?: TagValue | null;
+  error?: string;
+  ts: number;
+}
+
+export interface CommandStats {
+  received: number;
+  written: number;
+  rejected: number;
+  failed: number;
+}
+
+/** Refused before anything was written. */
+class Rejected extends Error {}
+
+/** Payloads are small commands: anything longer is refused without parsing. */
+const MAX_PAYLOAD = 64 * 1024;
+
+export class CommandHandler {
+  readonly stats: CommandStats = { received: 0, written: 0, rejected: 0, failed: 0 };
+  private readonly targets = new Map<string, CommandTarget>();
+  /** Writes to one tag run one after the other, in arrival order. */
+  private readonly queues = new Map<string, Promise<void>>();
+  private readonly lastAccepted = new Map<string, number>();
+  private readonly suffix: string;
+  /** Topics that look like a command for a tag we don't know ("+" for each placeholder). */
+  private readonly unknownFilters: string[];
+  private readonly log: Logger;
+  private readonly answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void;
+
+  constructor(options: { suffix: string; tagTopicFilters: string[]; log: Logger; answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void }) {
+    this.suffix = options.suffix;
+    this.unknownFilters = [...new Set(options.tagTopicFilters)].map((filter) => filter + options.suffix);
+    this.log = options.log;
+    this.answer = options.answer;
+  }
+
+  /** Makes `tagTopic + suffix` the command topic of a tag (writable or not: others get a clear refusal). */
+  register(tagTopic: string, target: CommandTarget): void {
+    this.targets.set(tagTopic + this.suffix, target);
+  }
+
+  /** True for a command topic, known or not: the caller passes it on to handle(). */
+  isCommand(topic: string): boolean {
+    return this.targets.has(topic) || (topic.endsWith(this.suffix) && this.unknownFilters.some((filter) => topicMatches(filter, topic)));
+  }
+
+  /** Handles one command message; never throws, always answers. Resolves when the answer is out. */
+  handle(topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin): Promise<void> {
+    this.stats.received++;
+    const target = this.targets.get(topic);
+    const key = target ? `${target.device}\u0000${target.tag.name}` : topic;
+    const previous = this.queues.get(key) ?? Promise.resolve();
+    const run = previous.then(() => this.execute(topic, target, payload, retain, origin));
+    this.queues.set(key, run);
+    void run.finally(() => {
+      if (this.queues.get(key) === run) this.queues.delete(key);
+    });
+    return run;
+  }
+
+  private async execute(topic: string, target: CommandTarget | undefined, payload: Buffer, retain: boolean, origin: CommandOrigin): Promise<void> {
+    const started = Date.now();
+    let requested: TagValue | undefined;
+    let previous: TagValue | null | undefined;
+    let written = false;
+    try {
+      if (!target) throw new Rejected(`unknown tag: no tag has the command topic ${topic}`);
+      previous = target.previous();
+      if (!target.tag.writable) throw new Rejected(`tag "${target.tag.name}" of device "${target.device}" is not writable (set "writable": true in its config)`);
+      // A retained command would be written again by every reconnect and every new subscription.
+      if (retain) throw new Rejected('retained commands are refused: they would be written again at every reconnect; publish without retain');
+      requested = parseCommandPayload(payload);
+      checkValue(requested, target.tag);
+      const minInterval = target.tag.write?.minInterval;
+      const key = `${target.device}\u0000${target.tag.name}`;
+      const last = this.lastAccepted.get(key);
+      if (minInterval !== undefined && last !== undefined && started - last < minInterval) {
+        throw new Rejected(`rate limited: at most one write per ${minInterval} ms to this tag; next one allowed in ${minInterval - (started - last)} ms`);
+      }
+      const raw = toRaw(requested, target.tag);
+      this.lastAccepted.set(key, started);
+      try {
+        await target.write(raw);
+      } catch (error) {
+        // The driver refuses a value its type can't hold before it sends anything.
+        if (error instanceof DriverError && (error.code === 'invalid-value' || error.code === 'read-only')) throw new Rejected(error.message);
+        throw error;
+      }
+      written = true;
+      let readBack: TagValue | null | undefined;
+      if (target.tag.write?.readBack) {
+        const result = await target.readBack();
+        readBack = result.value;
+        if (result.reading.quality === 'bad') throw new Error(`written, but the read-back failed: ${result.reading.reason ?? 'bad quality'}`);
+        if (!sameValue(requested, result.value)) throw new Error(`written, but the read-back gave ${JSON.stringify(jsonSafe(result.value))} instead of ${JSON.stringify(jsonSafe(requested))}`);
+      }
+      this.stats.written++;
+      const answer: CommandAnswer = { ok: true, device: target.device, tag: target.tag.name, value: requested, ts: Date.now() };
+      if (readBack !== undefined) answer.readBack = readBack;
+      this.finish(topic, answer, origin, { previous, payload, durationMs: Date.now() - started });
+    } catch (error) {
+      const rejected = error instanceof Rejected;
+      if (rejected) this.stats.rejected++;
+      else this.stats.failed++;
+      const answer: CommandAnswer = { ok: false, error: errorMessage(error), ts: Date.now() };
+      if (target) {
+        answer.device = target.device;
+        answer.tag = target.tag.name;
+      }
+      if (requested !== undefined) answer.value = requested;
+      this.finish(topic, answer, origin, { previous, payload, durationMs: Date.now() - started, result: rejected ? 'rejected' : written ? 'written, not confirmed' : 'failed' });
+    }
+  }
+
+  private finish(topic: string, answer: CommandAnswer, origin: CommandOrigin, details: { previous: TagValue | null | undefined; payload: Buffer; durationMs: number; result?: string }): void {
+    this.log.info(
+      {
+        audit: 'write',
+        source: origin.source,
+        clientId: origin.clientId,
+        username: origin.username,
+        device: answer.device,
+        tag: answer.tag,
+        requested: answer.value !== undefined ? jsonSafe(answer.value) : details.payload.subarray(0, 200).toString('utf8'),
+        previous: details.previous === undefined ? undefined : jsonSafe(details.previous),
+        result: details.result ?? 'written',
+        error: answer.error,
+        durationMs: details.durationMs,
+      },
+      answer.ok ? 'write done' : 'write refused or failed',
+    );
+    this.answer(origin.responseTopic ?? `${topic}/result`, answer, origin);
+  }
+}
+
+/**
+ * The value of a command payload: JSON `{"value": …}`, or a bare JSON value (`42`, `true`,
+ * `[1,2]`, `"text"`), or plain text for string tags (`hello`). Integers beyond 2^53 become bigints.
+ */
+export function parseCommandPayload(payload: Buffer): TagValue {
+  if (payload.length === 0) throw new Rejected('empty payload: send a value, e.g. 42 or {"value": 42}');
+  if (payload.length > MAX_PAYLOAD) throw new Rejected(`payload of ${payload.length} bytes is too long for a command (at most ${MAX_PAYLOAD})`);
+  const text = payload.toString('utf8').trim();
+  if (/^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text))) return BigInt(text);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text, (_key, value: unknown, context?: { source?: string }) =>
+      // Keeps 64-bit integers exact where the runtime tells us the source text.
+      typeof value === 'number' && context?.source !== undefined && /^-?\d+$/.test(context.source) && !Number.isSafeInteger(value) ? BigInt(context.source) : value,
+    );
+  } catch (error) {
+    if (/^[[{"]/.test(text)) throw new Rejected(`malformed JSON: ${errorMessage(error)}`);
+    return text; // plain text, for string tags
+  }
+  if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+    if (!('value' in parsed)) throw new Rejected('a JSON object needs a "value" field, e.g. {"value": 42}');
+    parsed = (parsed as { value: unknown }).value;
+  }
+  return asTagValue(parsed);
+}
+
+function asTagValue(value: unknown): TagValue {
+  const scalar = (item: unknown): ScalarValue => {
+    if (typeof item === 'number' || typeof item === 'bigint' || typeof item === 'boolean' || typeof item === 'string') return item;
+    throw new Rejected(`unsupported value ${JSON.stringify(item)}: expected a number, bool, string or an array of them`);
+  };
+  return Array.isArray(value) ? value.map(scalar) : scalar(value);
+}
+
+/** The tag's write checks, in engineering units. */
+function checkValue(value: TagValue, tag: TagConfig): void {
+  const checks = tag.write;
+  if (!checks) return;
+  for (const item of Array.isArray(value) ? value : [value]) {
+    if (checks.allowed !== undefined && !checks.allowed.some((allowed) => allowed === item || (typeof item === 'bigint' && typeof allowed === 'number' && Number(item) === allowed))) {
+      throw new Rejected(`${JSON.stringify(jsonSafe(item))} is not one of the allowed values ${JSON.stringify(checks.allowed)}`);
+    }
+    if (checks.min === undefined && checks.max === undefined) continue;
+    const number = typeof item === 'bigint' ? Number(item) : item;
+    if (typeof number !== 'number') throw new Rejected(`expected a number for a tag with min/max, got ${JSON.stringify(item)}`);
+    if (checks.min !== undefined && number < checks.min) throw new Rejected(`${number} is below the tag's minimum ${checks.min}`);
+    if (checks.max !== undefined && number > checks.max) throw new Rejected(`${number} is above the tag's maximum ${checks.max}`);
+  }
+}
+
+/** Engineering value → raw value: the inverse of normalize's raw * scale + offset. */
+function toRaw(value: TagValue, tag: TagConfig): TagValue {
+  const { scale, offset } = tag;
+  if (scale === undefined && offset === undefined) return value;
+  const convert = (item: ScalarValue): ScalarValue => {
+    if (typeof item !== 'number' && typeof item !== 'bigint') return item;
+    const raw = (Number(item) - (offset ?? 0)) / (scale ?? 1);
+    // 21.5 °C with scale 0.1 is 214.99999999999997 in floating point: it means register value 215.
+    const nearest = Math.round(raw);
+    return Math.abs(raw - nearest) < 1e-6 ? nearest : raw;
+  };
+  return Array.isArray(value) ? value.map(convert) : convert(value);
+}
+
+function sameValue(requested: TagValue, actual: TagValue | null): boolean {
+  if (actual === null) return false;
+  if (Array.isArray(requested) || Array.isArray(actual)) {
+    return Array.isArray(requested) && Array.isArray(actual) && requested.length === actual.length && requested.every((item, index) => sameScalar(item, actual[index]!));
+  }
+  return sameScalar(requested, actual);
+}
+
+function sameScalar(requested: ScalarValue, actual: ScalarValue): boolean {
+  const isTrue = (item: ScalarValue) => item === true || item === 1 || item === 1n;
+  if (typeof requested === 'boolean' || typeof actual === 'boolean') return isTrue(requested) === isTrue(actual);
+  if (typeof requested === 'string' || typeof actual === 'string') return String(requested) === String(actual);
+  const a = Number(requested);
+  const b = Number(actual);
+  // float32 registers hold ~7 significant digits.
+  return a === b || Math.abs(a - b) <= 1e-6 * Math.max(Math.abs(a), Math.abs(b));
+}
+
+/** bigint is not JSON: answers and logs carry 64-bit values as strings. */
+function jsonSafe(value: TagValue | null): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  if (Array.isArray(value)) return value.map((item) => (typeof item === 'bigint' ? item.toString() : item));
+  return value;
+}
+
+/** JSON text of an answer (bigints as strings). */
+export function encodeAnswer(answer: CommandAnswer): string {
+  return JSON.stringify(answer, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
+}
