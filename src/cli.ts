@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 // plc2mqtt command line: run, validate, schema, read, browse, simulate.
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { ConfigError, formatPath, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
 import { hashPassword } from './broker-security.js';
 import { errorMessage } from './errors.js';
 import type { DriverTag } from './driver.js';
 import { DRIVERS, type DriverModule } from './drivers.js';
 import { Gateway } from './gateway.js';
+import { GatewayMetrics } from './metrics.js';
+import { OpsServer } from './ops-server.js';
 import { createLogger } from './log.js';
 import { TagNormalizer } from './normalize.js';
 import { encodeTagPayload } from './payload.js';
@@ -16,6 +19,8 @@ import { startSimulator, type RunningSimulator } from './simulator.js';
 
 /** The demo config shipped with the package: what `npm start` runs. */
 const DEMO_CONFIG = fileURLToPath(new URL('../../config/demo.json', import.meta.url));
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const EXIT_CONFIG = 2;
 const EXIT_FAILURE = 1;
@@ -54,13 +59,42 @@ program
     const loaded = loadOrExit(options.config);
     const log = createLogger(loaded.config.gateway.logLevel, options.pretty ? { pretty: true } : {});
     log.info({ config: loaded.file, dataDir: loaded.dataDir }, `plc2mqtt starting gateway "${loaded.config.gateway.name}"`);
+    const metrics = new GatewayMetrics();
     let gateway: Gateway;
+    let ops: OpsServer | undefined;
     try {
-      gateway = await Gateway.start(loaded, log);
+      gateway = await Gateway.start(loaded, log, { onPoll: (device, group, seconds, ok) => metrics.observePoll(device, group, seconds, ok) });
+      metrics.attach(gateway);
     } catch (error) {
       log.fatal({ error: errorMessage(error) }, 'gateway failed to start');
       process.exit(EXIT_FAILURE);
     }
+    if (loaded.config.http.enabled) {
+      // Without it the data still flows: a taken port is an error to fix, not a reason to stop collecting.
+      ops = await OpsServer.start(loaded.config.http, gateway, metrics, log, VERSION).catch((error: unknown) => {
+        log.error({ error: errorMessage(error) }, 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it');
+        return undefined;
+      });
+    }
+    // Hot reload: a valid new config restarts only the devices whose definition changed; an
+    // invalid one is reported and the running config stays.
+    process.on('SIGHUP', () => {
+      let next: LoadedConfig;
+      try {
+        next = loadConfigFile(loaded.file);
+      } catch (error) {
+        const problems = error instanceof ConfigError ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`) : [errorMessage(error)];
+        log.error({ config: loaded.file, problems }, 'reload refused: the new config is invalid; the running config stays');
+        return;
+      }
+      gateway.reload(next).then(
+        (result) => {
+          log.info({ config: loaded.file, ...result }, 'config reloaded');
+          if (result.notApplied.length > 0) log.warn({ sections: result.notApplied }, 'changes to these sections need a restart of the gateway; they were not applied');
+        },
+        (error: unknown) => log.error({ error: errorMessage(error) }, 'reload failed'),
+      );
+    });
     let signals = 0;
     const shutdown = (signal: NodeJS.Signals) => {
       if (++signals > 1) {
@@ -73,7 +107,7 @@ program
         process.exit(EXIT_FAILURE);
       }, loaded.config.gateway.shutdownTimeout);
       deadline.unref();
-      gateway.stop().then(
+      Promise.all([ops?.close(), gateway.stop()]).then(
         () => process.exit(0),
         (error: unknown) => {
           log.error({ error: errorMessage(error) }, 'shutdown failed');
@@ -202,6 +236,26 @@ program
     const stop = () => void Promise.all(running.map((simulator) => simulator.close())).then(() => process.exit(0));
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+  });
+
+program
+  .command('health')
+  .description('exit 0 if the gateway of this config answers /healthz (for Docker HEALTHCHECK and monitoring scripts)')
+  .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
+  .option('--timeout <ms>', 'give up after this long', (text) => Number(text), 3000)
+  .action(async (options: { config: string; timeout: number }) => {
+    const { http } = loadOrExit(options.config).config;
+    if (!http.enabled) fail('http.enabled is false in this config: there is no health endpoint to ask');
+    const host = http.host === '0.0.0.0' || http.host === '::' ? '127.0.0.1' : http.host;
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${http.port}/healthz`;
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(options.timeout) });
+      const body = (await response.text()).trim();
+      if (!response.ok) fail(`${url}: ${response.status} ${body}`);
+      process.stdout.write(`${url}: ${body}\n`);
+    } catch (error) {
+      fail(`${url}: ${errorMessage(error)}`);
+    }
   });
 
 program

@@ -82,6 +82,11 @@ export class CommandHandler {
     this.targets.set(tagTopic + this.suffix, target);
   }
 
+  /** The tag's command topic is gone (its device was removed or is being restarted by a reload). */
+  unregister(tagTopic: string): void {
+    this.targets.delete(tagTopic + this.suffix);
+  }
+
   /** True for a command topic, known or not: the caller passes it on to handle(). */
   isCommand(topic: string): boolean {
     return this.targets.has(topic) || (topic.endsWith(this.suffix) && this.unknownFilters.some((filter) => topicMatches(filter, topic)));

@@ -41,6 +41,8 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
   onReadings: (event: ReadingsEvent) => void;
   /** Phase of each group's first poll, for spreading devices over the interval. */
   phaseOf: (group: PollGroup<Tag>) => number;
+  /** Told how long each read of a poll group took (metrics); not called for push groups. */
+  onPollDone?: (group: string, seconds: number, ok: boolean) => void;
   clock?: Clock;
 }
 
@@ -133,12 +135,15 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     if (!(await this.ensureConnected())) {
       readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`, 'not-connected');
     } else {
+      const started = performance.now();
       try {
         readings = await this.options.driver.read(plan);
+        this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, true);
         // Only a completed read proves the link works; a connect alone may be reset at once.
         this.consecutiveFailures = 0;
       } catch (error) {
         if (this.stopped) return; // stop() closed the connection under this read
+        this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, false);
         const reason = errorMessage(error);
         this.health.pollErrors++;
         this.health.lastError = reason;

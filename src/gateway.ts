@@ -25,9 +25,9 @@ import { IntegratedBroker } from './broker.js';
 import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
-import { DeviceRunner, type PollGroup, type ReadingsEvent } from './device.js';
+import { DeviceRunner, type DeviceHealth, type PollGroup, type ReadingsEvent } from './device.js';
 import { errorMessage } from './errors.js';
-import type { DriverTag } from './driver.js';
+import type { DriverTag, Quality, TagValue } from './driver.js';
 import { DRIVERS, type DriverModule } from './drivers.js';
 import { TagNormalizer, type Sample } from './normalize.js';
 import { encodeBatchPayload, encodeTagPayload } from './payload.js';
@@ -49,10 +49,34 @@ interface CompiledTag {
 
 interface CompiledDevice {
   config: DeviceConfig;
+  /** The device's config as JSON, to see on reload whether it changed. */
+  fingerprint: string;
   tags: Map<string, CompiledTag>;
   /** Rendered batch topic per poll group (publish: "batch") and its cloud route. */
   batchTopics: Map<string, { topic: string; cloud: CloudRoute | undefined }>;
   runner: DeviceRunner;
+  /** Readings normalized into samples, for the metrics. */
+  samples: number;
+}
+
+export interface DeviceStatus {
+  name: string;
+  driver: string;
+  tags: number;
+  samples: number;
+  health: DeviceHealth;
+}
+
+export interface TagStatus {
+  device: string;
+  tag: string;
+  topic: string;
+  writable: boolean;
+  /** Absent until the first reading. */
+  value?: TagValue | null;
+  quality?: Quality;
+  reason?: string;
+  ts?: number;
 }
 
 export interface GatewayStats {
@@ -62,21 +86,44 @@ export interface GatewayStats {
   published: number;
 }
 
+/** Hooks for the operations side (metrics), given at start so the first poll is counted too. */
+export interface GatewayHooks {
+  onPoll?: (device: string, group: string, seconds: number, ok: boolean) => void;
+}
+
+/** What a reload did. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  restarted: string[];
+  unchanged: number;
+  /** Sections that changed but need a restart of the process (broker, uplink, topics, …). */
+  notApplied: string[];
+}
+
 export class Gateway {
-  readonly config: Config;
+  private currentConfig: Config;
   readonly broker: IntegratedBroker;
   readonly outbox: Outbox | undefined;
   readonly uplink: Uplink | undefined;
   readonly commands: CommandHandler;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
+  readonly startedAt = Date.now();
   private readonly log: Logger;
-  private readonly devices: CompiledDevice[] = [];
+  private readonly devices = new Map<string, CompiledDevice>();
   private readonly simulators: RunningSimulator[];
   private readonly statusTopic: string;
+  private readonly dataDir: string;
+  private readonly hooks: GatewayHooks;
   private stopping: Promise<void> | undefined;
+  /** Reloads run one at a time. */
+  private reloading: Promise<unknown> = Promise.resolve();
 
-  private constructor(config: Config, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger, cloud?: { outbox: Outbox; uplink: Uplink }) {
-    this.config = config;
+  private constructor(loaded: LoadedConfig, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger, hooks: GatewayHooks, cloud?: { outbox: Outbox; uplink: Uplink }) {
+    const { config } = loaded;
+    this.currentConfig = config;
+    this.dataDir = loaded.dataDir;
+    this.hooks = hooks;
     this.broker = broker;
     this.outbox = cloud?.outbox;
     this.uplink = cloud?.uplink;
@@ -104,7 +151,16 @@ export class Gateway {
     }
   }
 
-  static async start(loaded: LoadedConfig, log: Logger): Promise<Gateway> {
+  /** The config in effect (devices change with reload). */
+  get config(): Config {
+    return this.currentConfig;
+  }
+
+  get stopped(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  static async start(loaded: LoadedConfig, log: Logger, hooks: GatewayHooks = {}): Promise<Gateway> {
     const { config } = loaded;
     mkdirSync(loaded.dataDir, { recursive: true });
 
@@ -147,7 +203,7 @@ export class Gateway {
         throw error;
       }
     }
-    const gateway = new Gateway(config, broker, simulators, log, cloud);
+    const gateway = new Gateway(loaded, broker, simulators, log, hooks, cloud);
     for (const address of broker.addresses()) {
       const credentials = config.broker.allowAnonymous ? '' : ' -u USER -P PASSWORD';
       const hint = address.type === 'tcp' ? `; try: mosquitto_sub -h ${address.host} -p ${address.port}${credentials} -t '#' -v` : '';
@@ -157,7 +213,7 @@ export class Gateway {
 
     // 4. Devices: each gets its driver, compiled tags and poll jobs.
     try {
-      await gateway.startDevices(loaded.dataDir);
+      await gateway.startDevices(config.devices);
     } catch (error) {
       await gateway.stop();
       throw error;
@@ -165,39 +221,101 @@ export class Gateway {
     return gateway;
   }
 
-  private async startDevices(dataDir: string): Promise<void> {
-    const enabled = this.config.devices.filter((device) => device.enabled);
+  private async startDevices(devices: readonly DeviceConfig[]): Promise<void> {
+    const enabled = devices.filter((device) => device.enabled);
     const jobCount = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
     let jobIndex = 0;
     for (const device of enabled) {
-      const groups = pollGroupsOf(device);
-      const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
-      const driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir });
-      const phases = new Map(groups.map((group) => [group.name, startPhase(jobIndex++, jobCount, group.interval)]));
-      const compiled: CompiledDevice = {
-        config: device,
-        tags: this.compileTags(device),
-        batchTopics: new Map(
-          groups.map((group) => {
-            const topic = this.render(this.config.topics.batch, device, group.name);
-            return [group.name, { topic, cloud: this.uplink?.route(topic) }];
-          }),
-        ),
-        runner: new DeviceRunner({
-          name: device.name,
-          driver,
-          groups,
-          log: this.log,
-          phaseOf: (group) => phases.get(group.name) ?? 0,
-          onReadings: (event) => this.onReadings(compiled, event),
-        }),
-      };
-      this.devices.push(compiled);
-      this.registerCommands(compiled);
-      compiled.runner.start();
+      const firstJob = jobIndex;
+      jobIndex += pollGroupsOf(device).length;
+      await this.startDevice(device, (index, interval) => startPhase(firstJob + index, jobCount, interval));
     }
     const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
     this.log.info({ devices: enabled.length, tags, pollJobs: jobCount }, 'polling started');
+  }
+
+  /** One device: its driver (loaded on first use), compiled tags, command topics and poll jobs. */
+  private async startDevice(device: DeviceConfig, phaseOf: (groupIndex: number, interval: number) => number): Promise<void> {
+    const groups = pollGroupsOf(device);
+    const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
+    const driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir: this.dataDir });
+    const phases = new Map(groups.map((group, index) => [group.name, phaseOf(index, group.interval)]));
+    const onPoll = this.hooks.onPoll;
+    const compiled: CompiledDevice = {
+      config: device,
+      fingerprint: JSON.stringify(device),
+      tags: this.compileTags(device),
+      samples: 0,
+      batchTopics: new Map(
+        groups.map((group) => {
+          const topic = this.render(this.config.topics.batch, device, group.name);
+          return [group.name, { topic, cloud: this.uplink?.route(topic) }];
+        }),
+      ),
+      runner: new DeviceRunner({
+        name: device.name,
+        driver,
+        groups,
+        log: this.log,
+        phaseOf: (group) => phases.get(group.name) ?? 0,
+        onReadings: (event) => this.onReadings(compiled, event),
+        onPollDone: onPoll ? (group, seconds, ok) => onPoll(device.name, group, seconds, ok) : undefined,
+      }),
+    };
+    this.devices.set(device.name, compiled);
+    this.registerCommands(compiled);
+    compiled.runner.start();
+  }
+
+  /** Stops a device's polls and closes its driver; its command topics answer "unknown tag" from then on. */
+  private async stopDevice(name: string): Promise<void> {
+    const device = this.devices.get(name);
+    if (!device) return;
+    this.devices.delete(name);
+    for (const tag of device.tags.values()) this.commands.unregister(tag.topic);
+    await device.runner.stop().catch((error: unknown) => this.log.warn({ device: name, error: errorMessage(error) }, 'device did not stop cleanly'));
+  }
+
+  /**
+   * Applies a new, already validated config without a restart: devices whose definition changed
+   * are restarted, new ones started, removed ones stopped; everything else (broker and its
+   * clients, outbox, uplink session, unchanged devices) keeps running. Changes to other sections
+   * need a process restart: they are reported, not applied.
+   */
+  reload(loaded: LoadedConfig): Promise<ReloadResult> {
+    const run = this.reloading.then(() => this.applyReload(loaded.config));
+    this.reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  private async applyReload(next: Config): Promise<ReloadResult> {
+    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, notApplied: [] };
+    if (this.stopping) return result;
+    const previous = this.currentConfig;
+    for (const section of ['gateway', 'broker', 'topics', 'http', 'uplink', 'simulators'] as const) {
+      if (JSON.stringify(previous[section]) !== JSON.stringify(next[section])) result.notApplied.push(section);
+    }
+    // Only the devices are taken from the new config; every other section stays as it runs.
+    this.currentConfig = { ...previous, devices: next.devices };
+    const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
+    for (const name of [...this.devices.keys()]) {
+      const running = this.devices.get(name)!;
+      const replacement = wanted.get(name);
+      if (!replacement) {
+        await this.stopDevice(name);
+        result.removed.push(name);
+      } else if (JSON.stringify(replacement) !== running.fingerprint) {
+        await this.stopDevice(name);
+        result.restarted.push(name);
+      } else result.unchanged++;
+    }
+    for (const [name, device] of wanted) {
+      if (this.devices.has(name)) continue;
+      if (!result.restarted.includes(name)) result.added.push(name);
+      // Spread its groups over their interval as if it were the only device; close enough for a few.
+      await this.startDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval));
+    }
+    return result;
   }
 
   private compileTags(device: DeviceConfig): Map<string, CompiledTag> {
@@ -242,6 +360,31 @@ export class Gateway {
     }
   }
 
+  /** Every running device with its health, for the status API and the metrics. */
+  deviceStatus(): DeviceStatus[] {
+    return [...this.devices.values()].map((device) => ({ name: device.config.name, driver: device.config.driver, tags: device.tags.size, samples: device.samples, health: device.runner.health }));
+  }
+
+  /** Every tag with its latest sample (optionally of one device), for the status API. */
+  tagStatus(deviceName?: string): TagStatus[] {
+    const result: TagStatus[] = [];
+    for (const device of this.devices.values()) {
+      if (deviceName !== undefined && device.config.name !== deviceName) continue;
+      for (const tagConfig of device.config.tags as TagConfig[]) {
+        const tag = device.tags.get(tagConfig.name)!;
+        const status: TagStatus = { device: device.config.name, tag: tagConfig.name, topic: tag.topic, writable: tagConfig.writable };
+        if (tag.last) {
+          status.value = tag.last.value;
+          status.quality = tag.last.quality;
+          if (tag.last.reason !== undefined) status.reason = tag.last.reason;
+          status.ts = tag.last.ts;
+        }
+        result.push(status);
+      }
+    }
+    return result;
+  }
+
   /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
   private answerCommand(topic: string, answer: CommandAnswer, origin: CommandOrigin): void {
     const payload = Buffer.from(encodeAnswer(answer));
@@ -268,6 +411,7 @@ export class Gateway {
       const sample = tag.normalizer.normalize(reading, now);
       tag.last = sample;
       this.stats.samples++;
+      device.samples++;
       if (device.config.publish === 'batch') batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
         this.publish(tag.topic, tag.cloud, encodeTagPayload(sample, topics.timestamp), topics.retain);
@@ -294,7 +438,8 @@ export class Gateway {
   /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      await Promise.all(this.devices.map((device) => device.runner.stop().catch((error: unknown) => this.log.warn({ device: device.config.name, error: errorMessage(error) }, 'device did not stop cleanly'))));
+      await this.reloading;
+      await Promise.all([...this.devices.keys()].map((name) => this.stopDevice(name)));
       // The cloud connection ends first, so no command from the cloud arrives at a closed broker;
       // local clients may still publish meanwhile, into the outbox, which is closed last and keeps
       // whatever was not delivered for the next start.

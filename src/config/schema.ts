@@ -195,6 +195,15 @@ export const simulatorSchema = z.strictObject({
   port: z.number().int().min(1).max(65535).default(5020),
 });
 
+export const httpSection = z
+  .strictObject({
+    enabled: z.boolean().default(true).meta({ description: 'Serve /healthz, /readyz, /metrics (Prometheus) and /api/status.' }),
+    host: host.default('127.0.0.1'),
+    port: port.default(9180),
+  })
+  .prefault({})
+  .meta({ description: 'The operations endpoint: health checks, Prometheus metrics and a status API. Bound to 127.0.0.1 by default; use 0.0.0.0 to let a Prometheus server on the network scrape it.' });
+
 const deviceSchemas = Object.values(DRIVERS).map((driver) => driver.schema);
 export const deviceSchema = z.discriminatedUnion('driver', deviceSchemas as [typeof deviceSchemas[number], ...typeof deviceSchemas]);
 
@@ -204,6 +213,7 @@ export const configSchema = z
     gateway: gatewaySection,
     broker: brokerSection,
     topics: topicsSection,
+    http: httpSection,
     uplink: uplinkSection.optional().meta({ description: 'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.' }),
     simulators: z.array(simulatorSchema).default([]).meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
     devices: z.array(deviceSchema).default([]),

@@ -1,0 +1,110 @@
+// The operations endpoint: what a supervisor, a Prometheus server or an operator asks the gateway.
+//   /healthz     liveness: the process answers (503 once it is shutting down)
+//   /readyz      readiness: every broker listener is listening and the devices are started
+//   /metrics     Prometheus text format (prom-client)
+//   /api/status  JSON: gateway, devices with state and last error, tags with their latest sample,
+//                outbox, uplink, broker and writes (?device=NAME for one device's tags, ?tags=0 for none)
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { Config } from './config/schema.js';
+import { errorMessage } from './errors.js';
+import type { Gateway } from './gateway.js';
+import type { GatewayMetrics } from './metrics.js';
+
+export class OpsServer {
+  private constructor(
+    private readonly server: Server,
+    readonly url: string,
+  ) {}
+
+  static async start(config: Config['http'], gateway: Gateway, metrics: GatewayMetrics, log: Logger, version: string): Promise<OpsServer> {
+    const server = createServer((request, response) => {
+      handle(request, response, gateway, metrics, version).catch((error: unknown) => {
+        log.error({ url: request.url, error: errorMessage(error) }, 'operations endpoint failed');
+        if (!response.headersSent) send(response, 500, 'text/plain', 'internal error\n');
+        else response.destroy();
+      });
+    });
+    // Scrapers and health checks keep connections open; none of them may keep the process alive.
+    server.keepAliveTimeout = 5000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`operations endpoint cannot listen on ${config.host}:${config.port}: ${error.code ?? error.message}${error.code === 'EADDRINUSE' ? ' (change http.port)' : ''}`)));
+      server.listen(config.port, config.host, () => resolve());
+    });
+    const address = server.address() as AddressInfo;
+    const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+    log.info({ url, endpoints: ['/healthz', '/readyz', '/metrics', '/api/status'] }, 'operations endpoint listening');
+    return new OpsServer(server, url);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+}
+
+async function handle(request: IncomingMessage, response: ServerResponse, gateway: Gateway, metrics: GatewayMetrics, version: string): Promise<void> {
+  const url = new URL(request.url ?? '/', 'http://localhost');
+  if (request.method !== 'GET' && request.method !== 'HEAD') {
+    response.setHeader('Allow', 'GET, HEAD');
+    return send(response, 405, 'text/plain', 'method not allowed\n');
+  }
+  switch (url.pathname) {
+    case '/healthz':
+      return gateway.stopped ? send(response, 503, 'text/plain', 'shutting down\n') : send(response, 200, 'text/plain', 'ok\n');
+    case '/readyz': {
+      const problems = readinessProblems(gateway);
+      return send(response, problems.length === 0 ? 200 : 503, 'application/json', json({ ready: problems.length === 0, problems }));
+    }
+    case '/metrics':
+      return send(response, 200, metrics.registry.contentType, await metrics.registry.metrics());
+    case '/api/status':
+      return send(response, 200, 'application/json', json(status(gateway, version, url.searchParams)));
+    default:
+      return send(response, 404, 'text/plain', 'not found; try /healthz, /readyz, /metrics or /api/status\n');
+  }
+}
+
+function readinessProblems(gateway: Gateway): string[] {
+  const problems: string[] = [];
+  if (gateway.stopped) problems.push('shutting down');
+  const listening = gateway.broker.addresses().length;
+  const configured = gateway.config.broker.listeners.length;
+  if (listening < configured) problems.push(`integrated broker: ${listening} of ${configured} listeners up`);
+  return problems;
+}
+
+function status(gateway: Gateway, version: string, query: URLSearchParams): unknown {
+  const devices = gateway.deviceStatus();
+  const withTags = query.get('tags') !== '0';
+  const device = query.get('device') ?? undefined;
+  return {
+    gateway: {
+      name: gateway.config.gateway.name,
+      version,
+      startedAt: new Date(gateway.startedAt).toISOString(),
+      uptimeSeconds: Math.round((Date.now() - gateway.startedAt) / 1000),
+      samples: gateway.stats.samples,
+      published: gateway.stats.published,
+    },
+    devices: devices.map((entry) => ({ name: entry.name, driver: entry.driver, state: entry.health.state, lastError: entry.health.lastError ?? null, tags: entry.tags, samples: entry.samples, connectAttempts: entry.health.connectAttempts, pollErrors: entry.health.pollErrors, errorsByCode: entry.health.errorsByCode, overruns: entry.health.overruns, cycles: entry.health.cycles })),
+    ...(withTags ? { tags: gateway.tagStatus(device) } : {}),
+    outbox: gateway.outbox ? { ...gateway.outbox.stats, oldestAgeSeconds: gateway.outbox.oldestAge() / 1000 } : null,
+    uplink: gateway.uplink?.stats ?? null,
+    broker: { clients: gateway.broker.clientCount, listeners: gateway.broker.addresses().map((address) => address.url), ...gateway.broker.stats },
+    writes: gateway.commands.stats,
+  };
+}
+
+/** JSON with 64-bit values as strings. */
+function json(value: unknown): string {
+  return `${JSON.stringify(value, (_key, item: unknown) => (typeof item === 'bigint' ? item.toString() : item))}\n`;
+}
+
+function send(response: ServerResponse, code: number, type: string, body: string): void {
+  response.writeHead(code, { 'Content-Type': type, 'Cache-Control': 'no-store' });
+  response.end(body);
+}

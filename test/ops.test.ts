@@ -1,0 +1,190 @@
+// Operations against the real CLI: /healthz, /readyz, /metrics and /api/status answer with the
+// right content; SIGHUP with a changed device restarts only that device and loses no outbox
+// message; an invalid config on SIGHUP keeps the running one.
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
+import { runGateway, type RunningGateway } from './helpers/gateway-cli.js';
+import { TcpTestServer } from './helpers/modbus-servers.js';
+import { freePort, waitFor } from './helpers/net.js';
+
+interface LogLine {
+  msg: string;
+  [field: string]: unknown;
+}
+
+interface Status {
+  gateway: { name: string; version: string; uptimeSeconds: number };
+  devices: Array<{ name: string; state: string; lastError: string | null; connectAttempts: number; samples: number; errorsByCode: Record<string, number> }>;
+  tags?: Array<{ device: string; tag: string; topic: string; value?: unknown; quality?: string; writable: boolean; ts?: number }>;
+  outbox: { messages: number; appended: number; delivered: number; dropped: number; oldestAgeSeconds: number };
+  uplink: { connected: boolean; acknowledged: number };
+  broker: { clients: number; listeners: string[] };
+  writes: { received: number };
+}
+
+describe('operations endpoint and hot reload', () => {
+  const dir = makeTempDir('plc2mqtt-ops-');
+  const configFile = join(dir, 'gateway.json');
+  const modbus = new TcpTestServer();
+  let cloud: Mosquitto;
+  let gateway: RunningGateway;
+  let base = '';
+  let deadPort = 0;
+
+  const logLines = (): LogLine[] =>
+    gateway
+      .output()
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as LogLine);
+
+  const plcDevice = (extraTags: object[] = []) => ({
+    name: 'plc',
+    driver: 'modbus',
+    connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port, unitId: 1, timeout: '500ms' },
+    pollInterval: '100ms',
+    report: 'always',
+    tags: [{ name: 'level', area: 'holding', address: 0, type: 'uint16', writable: true }, ...extraTags],
+  });
+  const deadDevice = () => ({
+    name: 'dead',
+    driver: 'modbus',
+    connection: { transport: 'tcp', host: '127.0.0.1', port: deadPort, unitId: 1, timeout: '500ms' },
+    pollInterval: '200ms',
+    tags: [{ name: 'x', area: 'holding', address: 0, type: 'uint16' }],
+  });
+  const writeConfig = (devices: object[]) =>
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        gateway: { name: 'ops', dataDir: join(dir, 'data') },
+        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
+        http: { host: '127.0.0.1', port: 0 },
+        uplink: { url: cloud.url, clientId: 'ops-gw', reconnect: { initial: 100, max: 400 } },
+        devices,
+      }),
+    );
+
+  const get = async (path: string, init?: RequestInit) => {
+    const response = await fetch(base + path, init);
+    return { status: response.status, type: response.headers.get('content-type') ?? '', body: await response.text() };
+  };
+  const status = async (query = ''): Promise<Status> => JSON.parse((await get(`/api/status${query}`)).body) as Status;
+
+  before(async () => {
+    await modbus.start();
+    modbus.holding[0] = 1234;
+    deadPort = await freePort();
+    // The cloud is down at first: everything the gateway publishes waits in the outbox.
+    cloud = await Mosquitto.create(dir);
+    writeConfig([plcDevice(), deadDevice()]);
+    gateway = runGateway(configFile);
+    await waitFor(() => logLines().some((line) => line.msg === 'operations endpoint listening'), 20_000, 'the operations endpoint');
+    base = String(logLines().find((line) => line.msg === 'operations endpoint listening')!.url);
+  });
+
+  after(async () => {
+    gateway?.child.kill('SIGTERM');
+    await gateway?.exited;
+    await modbus.stop();
+    await killAllChildren();
+    removeDir(dir);
+  });
+
+  it('/healthz and /readyz', async () => {
+    assert.deepEqual(await get('/healthz'), { status: 200, type: 'text/plain', body: 'ok\n' });
+    const ready = await get('/readyz');
+    assert.equal(ready.status, 200);
+    assert.deepEqual(JSON.parse(ready.body), { ready: true, problems: [] });
+  });
+
+  it('/api/status: gateway, devices with state and last error, tags with values, outbox, uplink, broker', async () => {
+    await waitFor(async () => (await status()).tags!.some((tag) => tag.tag === 'level' && tag.value === 1234), 10_000, 'the level tag in the status');
+    const current = await status();
+    assert.equal(current.gateway.name, 'ops');
+    assert.match(current.gateway.version, /^\d+\.\d+\.\d+/);
+    const plc = current.devices.find((device) => device.name === 'plc')!;
+    const dead = current.devices.find((device) => device.name === 'dead')!;
+    assert.equal(plc.state, 'connected');
+    assert.equal(plc.lastError, null);
+    assert.notEqual(dead.state, 'connected');
+    assert.match(dead.lastError ?? '', /ECONNREFUSED|refused/i);
+    const level = current.tags!.find((tag) => tag.tag === 'level')!;
+    assert.deepEqual({ ...level, ts: typeof level.ts }, { device: 'plc', tag: 'level', topic: 'plc2mqtt/ops/plc/level', writable: true, value: 1234, quality: 'good', ts: 'number' });
+    assert.equal(current.tags!.find((tag) => tag.device === 'dead')!.quality, 'bad');
+    assert.equal(current.uplink.connected, false);
+    assert.ok(current.outbox.messages > 0, 'the cloud is down: messages wait in the outbox');
+    assert.ok(current.outbox.oldestAgeSeconds > 0);
+    assert.equal(current.broker.listeners.length, 1);
+    const one = await status('?device=dead');
+    assert.deepEqual(one.tags!.map((tag) => tag.device), ['dead']);
+    assert.equal((await status('?tags=0')).tags, undefined);
+  });
+
+  it('/metrics: Prometheus text with device, poll, outbox, uplink, broker and process metrics', async () => {
+    const metrics = await get('/metrics');
+    assert.equal(metrics.status, 200);
+    assert.match(metrics.type, /^text\/plain; version=0\.0\.4/);
+    const value = (pattern: RegExp) => Number(pattern.exec(metrics.body)?.[1] ?? Number.NaN);
+    assert.equal(value(/^plc2mqtt_device_connected\{device="plc"\} (\S+)$/m), 1);
+    assert.equal(value(/^plc2mqtt_device_connected\{device="dead"\} (\S+)$/m), 0);
+    assert.ok(value(/^plc2mqtt_poll_duration_seconds_count\{device="plc",group="default",outcome="ok"\} (\S+)$/m) > 0);
+    assert.ok(value(/^plc2mqtt_poll_errors_total\{device="dead",code="not-connected"\} (\S+)$/m) > 0);
+    assert.ok(value(/^plc2mqtt_samples_total\{device="plc"\} (\S+)$/m) > 0);
+    assert.ok(value(/^plc2mqtt_outbox_messages (\S+)$/m) > 0);
+    assert.ok(value(/^plc2mqtt_outbox_oldest_age_seconds (\S+)$/m) > 0);
+    assert.equal(value(/^plc2mqtt_uplink_connected (\S+)$/m), 0);
+    assert.equal(value(/^plc2mqtt_broker_clients (\S+)$/m), 0);
+    assert.ok(value(/^plc2mqtt_process_resident_memory_bytes (\S+)$/m) > 10_000_000);
+    assert.match(metrics.body, /^# HELP plc2mqtt_writes_total /m);
+  });
+
+  it('unknown paths get 404, other methods 405', async () => {
+    assert.equal((await get('/nope')).status, 404);
+    assert.equal((await get('/api/status', { method: 'POST' })).status, 405);
+  });
+
+  it('an invalid config on SIGHUP is refused with its problems; the running config stays', async () => {
+    const before = await status();
+    writeConfig([{ ...plcDevice(), pollInterval: 'often' }, deadDevice()]);
+    gateway.child.kill('SIGHUP');
+    await waitFor(() => logLines().some((line) => line.msg.startsWith('reload refused')), 10_000, 'the refusal');
+    const refusal = logLines().find((line) => line.msg.startsWith('reload refused'))!;
+    assert.match(JSON.stringify(refusal.problems), /devices\[0\]\.pollInterval: expected a duration/);
+    const samples = before.devices.find((device) => device.name === 'plc')!.samples;
+    await waitFor(async () => (await status()).devices.find((device) => device.name === 'plc')!.samples > samples + 5, 5000, 'polling goes on');
+  });
+
+  it('SIGHUP with one changed device restarts only that device; the outbox loses nothing', async () => {
+    const before = await status();
+    const deadAttempts = before.devices.find((device) => device.name === 'dead')!.connectAttempts;
+    writeConfig([plcDevice([{ name: 'extra', area: 'holding', address: 1, type: 'uint16' }]), deadDevice()]);
+    gateway.child.kill('SIGHUP');
+    await waitFor(() => logLines().some((line) => line.msg === 'config reloaded'), 10_000, 'the reload');
+    const reloaded = logLines().find((line) => line.msg === 'config reloaded')!;
+    assert.deepEqual([reloaded.restarted, reloaded.added, reloaded.removed, reloaded.unchanged, reloaded.notApplied], [['plc'], [], [], 1, []]);
+    await waitFor(async () => (await status()).tags!.some((tag) => tag.tag === 'extra' && tag.quality === 'good'), 10_000, 'the new tag polled');
+    const after = await status();
+    // The untouched device kept its runner: its counters went on instead of starting over.
+    assert.ok(after.devices.find((device) => device.name === 'dead')!.connectAttempts >= deadAttempts);
+    assert.ok(after.outbox.appended >= before.outbox.appended && after.outbox.dropped === 0 && after.outbox.messages >= before.outbox.messages);
+
+    // The cloud comes up: every message appended before, during and after the reload is delivered.
+    await cloud.start();
+    await waitFor(async () => (await status()).uplink.connected, 15_000, 'the uplink connected');
+    writeConfig([]); // nothing new to publish, so the outbox can drain to zero
+    gateway.child.kill('SIGHUP');
+    await waitFor(() => logLines().filter((line) => line.msg === 'config reloaded').length === 2, 10_000, 'the second reload');
+    await waitFor(async () => {
+      const current = await status();
+      return current.outbox.messages === 0 && current.outbox.delivered === current.outbox.appended;
+    }, 20_000, 'the outbox drained');
+    const drained = await status();
+    assert.equal(drained.outbox.dropped, 0);
+    assert.ok(drained.outbox.delivered >= after.outbox.appended);
+    assert.deepEqual(drained.devices, []);
+  });
+});
