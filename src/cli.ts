@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // plc2mqtt command line: run, validate, schema, read, browse, simulate.
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { ConfigError, formatPath, loadConfigFile, type LoadedConfig } from './config/load.js';
@@ -55,8 +56,10 @@ program
   .description('run the gateway (without -c: the built-in demo with a simulated PLC)')
   .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
   .option('--pretty', 'human-readable logs even when stdout is not a terminal')
-  .action(async (options: { config: string; pretty?: boolean }) => {
+  .option('--data-dir <dir>', 'where the outbox, retained messages and PKI live, instead of gateway.dataDir (the Docker image uses /data)')
+  .action(async (options: { config: string; pretty?: boolean; dataDir?: string }) => {
     const loaded = loadOrExit(options.config);
+    if (options.dataDir !== undefined) loaded.dataDir = resolve(options.dataDir);
     const log = createLogger(loaded.config.gateway.logLevel, options.pretty ? { pretty: true } : {});
     log.info({ config: loaded.file, dataDir: loaded.dataDir }, `plc2mqtt starting gateway "${loaded.config.gateway.name}"`);
     const metrics = new GatewayMetrics();
@@ -82,6 +85,7 @@ program
       let next: LoadedConfig;
       try {
         next = loadConfigFile(loaded.file);
+        next.dataDir = loaded.dataDir;
       } catch (error) {
         const problems = error instanceof ConfigError ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`) : [errorMessage(error)];
         log.error({ config: loaded.file, problems }, 'reload refused: the new config is invalid; the running config stays');

@@ -2,11 +2,13 @@
 // right content; SIGHUP with a changed device restarts only that device and loses no outbox
 // message; an invalid config on SIGHUP keeps the running one.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
-import { runGateway, type RunningGateway } from './helpers/gateway-cli.js';
+import { CLI, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';
 import { freePort, waitFor } from './helpers/net.js';
 
@@ -33,6 +35,8 @@ describe('operations endpoint and hot reload', () => {
   let gateway: RunningGateway;
   let base = '';
   let deadPort = 0;
+  let httpPort = 0;
+  let portHolder: Server | undefined;
 
   const logLines = (): LogLine[] =>
     gateway
@@ -62,7 +66,7 @@ describe('operations endpoint and hot reload', () => {
       JSON.stringify({
         gateway: { name: 'ops', dataDir: join(dir, 'data') },
         broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
-        http: { host: '127.0.0.1', port: 0 },
+        http: { host: '127.0.0.1', port: httpPort },
         uplink: { url: cloud.url, clientId: 'ops-gw', reconnect: { initial: 100, max: 400 } },
         devices,
       }),
@@ -78,8 +82,13 @@ describe('operations endpoint and hot reload', () => {
     await modbus.start();
     modbus.holding[0] = 1234;
     deadPort = await freePort();
+    httpPort = await freePort();
     // The cloud is down at first: everything the gateway publishes waits in the outbox.
     cloud = await Mosquitto.create(dir);
+    // Hold the cloud's port while it is "down", or an ephemeral port handed out meanwhile (the
+    // gateway's own broker listens on port 0) could take it; connections are cut at once.
+    portHolder = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => portHolder!.listen(cloud.port, '127.0.0.1', resolve));
     writeConfig([plcDevice(), deadDevice()]);
     gateway = runGateway(configFile);
     await waitFor(() => logLines().some((line) => line.msg === 'operations endpoint listening'), 20_000, 'the operations endpoint');
@@ -90,6 +99,7 @@ describe('operations endpoint and hot reload', () => {
     gateway?.child.kill('SIGTERM');
     await gateway?.exited;
     await modbus.stop();
+    portHolder?.close();
     await killAllChildren();
     removeDir(dir);
   });
@@ -102,7 +112,10 @@ describe('operations endpoint and hot reload', () => {
   });
 
   it('/api/status: gateway, devices with state and last error, tags with values, outbox, uplink, broker', async () => {
-    await waitFor(async () => (await status()).tags!.some((tag) => tag.tag === 'level' && tag.value === 1234), 10_000, 'the level tag in the status');
+    await waitFor(async () => {
+      const current = await status();
+      return current.tags!.some((tag) => tag.tag === 'level' && tag.value === 1234) && (current.devices.find((device) => device.name === 'dead')?.errorsByCode['not-connected'] ?? 0) > 0;
+    }, 10_000, 'the level tag and a failed connect of the dead device in the status');
     const current = await status();
     assert.equal(current.gateway.name, 'ops');
     assert.match(current.gateway.version, /^\d+\.\d+\.\d+/);
@@ -142,6 +155,17 @@ describe('operations endpoint and hot reload', () => {
     assert.match(metrics.body, /^# HELP plc2mqtt_writes_total /m);
   });
 
+  it('plc2mqtt health (the Docker HEALTHCHECK) exits 0 against the running gateway, 1 when nothing answers', () => {
+    const healthy = spawnSync(process.execPath, [CLI, 'health', '-c', configFile], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(healthy.status, 0, healthy.stderr);
+    assert.equal(healthy.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
+    const elsewhere = join(dir, 'elsewhere.json');
+    writeFileSync(elsewhere, JSON.stringify({ http: { port: deadPort } }));
+    const unhealthy = spawnSync(process.execPath, [CLI, 'health', '-c', elsewhere, '--timeout', '2000'], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(unhealthy.status, 1);
+    assert.match(unhealthy.stderr, new RegExp(`plc2mqtt: http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
+  });
+
   it('unknown paths get 404, other methods 405', async () => {
     assert.equal((await get('/nope')).status, 404);
     assert.equal((await get('/api/status', { method: 'POST' })).status, 405);
@@ -173,6 +197,7 @@ describe('operations endpoint and hot reload', () => {
     assert.ok(after.outbox.appended >= before.outbox.appended && after.outbox.dropped === 0 && after.outbox.messages >= before.outbox.messages);
 
     // The cloud comes up: every message appended before, during and after the reload is delivered.
+    await new Promise((resolve) => portHolder!.close(resolve));
     await cloud.start();
     await waitFor(async () => (await status()).uplink.connected, 15_000, 'the uplink connected');
     writeConfig([]); // nothing new to publish, so the outbox can drain to zero
