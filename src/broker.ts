@@ -11,6 +11,7 @@ import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
 import { OutboundWindow } from './broker-inflight.js';
+import { handleConnection, takePublishProperties } from './broker-mqtt5.js';
 import { Acl, verifyPassword, type Identity } from './broker-security.js';
 import type { CommandOrigin } from './commands.js';
 import type { Config, ListenerConfig } from './config/schema.js';
@@ -139,6 +140,8 @@ export class IntegratedBroker {
         );
       },
       authorizePublish: (client, packet, callback) => {
+        // Taken for every PUBLISH of an MQTT 5 client, in order, so the queue stays in step.
+        const properties = client ? takePublishProperties(client.conn) : undefined;
         if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
         if (client && !acl.mayPublish(identity(client), packet.topic)) {
           // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
@@ -148,7 +151,16 @@ export class IntegratedBroker {
         if (client) {
           broker!.stats.messagesIn++;
           // After the ACL: who may publish on a command topic may ask for a write (the write path decides the rest).
-          broker?.commandHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, { source: 'local', clientId: client.id, username: usernames.get(client) });
+          if (broker?.commandHook) {
+            const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernames.get(client) };
+            // MQTT 5 request/response: answered where the client asked, if it may read there.
+            const responseTopic = properties?.responseTopic;
+            if (responseTopic !== undefined && !/[+#]/.test(responseTopic) && acl.maySubscribe(identity(client), responseTopic)) {
+              origin.responseTopic = responseTopic;
+              origin.correlationData = properties?.correlationData;
+            }
+            broker.commandHook(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+          }
         }
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
         if (!hook) return callback(null);
@@ -239,7 +251,7 @@ export class IntegratedBroker {
     };
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
-      this.aedes.handle(guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`));
+      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), { maxPacketSize, receiveMaximum: this.config.limits.maxInflight });
     };
     let server: Server;
     if (listener.type === 'tcp') server = createServer(accept);
@@ -254,7 +266,7 @@ export class IntegratedBroker {
         stream.on('error', () => ws.terminate());
         this.wsSockets.add(ws);
         ws.once('close', () => this.wsSockets.delete(ws));
-        this.aedes.handle(guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`), request);
+        handleConnection(this.aedes, guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`), { maxPacketSize, receiveMaximum: this.config.limits.maxInflight }, request);
       });
       this.webSocketServers.push(wss);
       server = http;

@@ -22,6 +22,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { IntegratedBroker } from './broker.js';
+import { attachOutgoingProperties } from './broker-mqtt5.js';
 import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
@@ -388,10 +389,11 @@ export class Gateway {
   /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
   private answerCommand(topic: string, answer: CommandAnswer, origin: CommandOrigin): void {
     const payload = Buffer.from(encodeAnswer(answer));
+    // MQTT 5: the requester matches the answer by its correlation data, carried as a property.
+    if (origin.correlationData !== undefined) attachOutgoingProperties(topic, payload, { correlationData: origin.correlationData });
     this.broker.publish(topic, payload, { qos: 1, retain: false });
     const cloud = this.uplink?.route(topic);
     if (cloud) this.uplink!.enqueue(cloud, payload, false);
-    void origin;
   }
 
   private render(template: string, device: DeviceConfig, group: string, tag?: string): string {
