@@ -1,6 +1,7 @@
 // The cloud uplink: drains the outbox to the cloud broker (mqtt.js) at QoS 1 with a bounded
 // in-flight window, deletes each message only after its PUBACK, and brings cloud topics (commands)
 // down into the integrated broker. Reconnects with capped exponential back-off and jitter.
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import mqtt, { Store, type IClientOptions, type IClientPublishOptions, type MqttClient, type Packet } from 'mqtt';
 import type { Logger } from 'pino';
@@ -38,6 +39,9 @@ const ACK_FLUSH_SIZE = 500;
 const ACK_FLUSH_INTERVAL_MS = 20;
 /** A connection that stays up this long without trouble resets the back-off. */
 const STABLE_AFTER_MS = 10_000;
+/** How long a message sent to the cloud is recognized when the cloud sends it back (3.1.1). */
+const ECHO_TTL_MS = 60_000;
+const MAX_ECHOES = 10_000;
 /** Connections lost under the same lone message before it is set aside. */
 const PROBE_STRIKES = 3;
 
@@ -84,6 +88,9 @@ export class Uplink {
   private acked: number[] = [];
   private ackTimer: NodeJS.Timeout | undefined;
   private readonly counters = { sent: 0, acknowledged: 0, rejected: 0, reconnects: 0, received: 0 };
+  /** Messages sent on topics the receive rules also take back, by topic and payload hash → expiry. */
+  private readonly echoes = new Map<string, number>();
+  private readonly ownTopics = new Map<string, boolean>();
   /** Sees every cloud message under its local topic before it goes into the integrated broker (the write path picks its commands). */
   downlinkHook: ((localTopic: string, payload: Buffer, retain: boolean) => void) | undefined;
   private lastError: string | undefined;
@@ -259,7 +266,10 @@ export class Uplink {
 
   private subscribeDownlink(): void {
     if (this.config.receive.length === 0) return;
-    const filters = Object.fromEntries(this.config.receive.map((rule) => [rule.remotePrefix + rule.topic, { qos: rule.qos }]));
+    // MQTT 5 "No Local": the cloud does not send back what this gateway published (a forwarded
+    // command would otherwise come down again and be written twice). 3.1.1 has no such option:
+    // echoes are recognized in onCloudMessage instead.
+    const filters = Object.fromEntries(this.config.receive.map((rule) => [rule.remotePrefix + rule.topic, { qos: rule.qos, ...(this.config.protocolVersion === 5 ? { nl: true } : {}) }]));
     this.client!.subscribe(filters, (error) => {
       if (error) this.noteError(`subscribing to ${Object.keys(filters).join(', ')} failed: ${errorMessage(error)}`);
     });
@@ -267,6 +277,7 @@ export class Uplink {
 
   /** A message from the cloud on a "receive" topic: into the integrated broker under its local name. */
   private onCloudMessage(topic: string, payload: Buffer, retain: boolean): void {
+    if (this.takeEcho(topic, payload)) return;
     const rule = this.config.receive.find((candidate: BridgeRule) => topic.startsWith(candidate.remotePrefix) && topicMatches(candidate.topic, topic.slice(candidate.remotePrefix.length)));
     if (!rule) return;
     this.counters.received++;
@@ -343,7 +354,37 @@ export class Uplink {
     return buffer.shift();
   }
 
+  /** Cloud topics this gateway both sends to and receives from (3.1.1 only; MQTT 5 uses No Local). */
+  private receivesOwn(cloudTopic: string): boolean {
+    if (this.config.protocolVersion === 5 || this.config.receive.length === 0) return false;
+    let known = this.ownTopics.get(cloudTopic);
+    if (known === undefined) {
+      known = this.config.receive.some((rule) => cloudTopic.startsWith(rule.remotePrefix) && topicMatches(rule.topic, cloudTopic.slice(rule.remotePrefix.length)));
+      if (this.ownTopics.size > 100_000) this.ownTopics.clear();
+      this.ownTopics.set(cloudTopic, known);
+    }
+    return known;
+  }
+
+  private echoKey(topic: string, payload: Buffer): string {
+    return `${topic}\u0000${createHash('sha1').update(payload).digest('base64')}`;
+  }
+
+  /** True (once) when a cloud message is one this gateway sent itself within ECHO_TTL_MS. */
+  private takeEcho(topic: string, payload: Buffer): boolean {
+    if (this.echoes.size === 0) return false;
+    const key = this.echoKey(topic, payload);
+    const expires = this.echoes.get(key);
+    if (expires === undefined) return false;
+    this.echoes.delete(key);
+    return expires >= Date.now();
+  }
+
   private send(message: StoredMessage, live: boolean): void {
+    if (this.receivesOwn(message.topic)) {
+      if (this.echoes.size >= MAX_ECHOES) this.echoes.clear();
+      this.echoes.set(this.echoKey(message.topic, message.payload), Date.now() + ECHO_TTL_MS);
+    }
     const epoch = this.epoch;
     this.inFlight.set(message.id, message);
     if (live) this.liveInFlight++;

@@ -332,4 +332,23 @@ describe('writes from the cloud', () => {
     assert.deepEqual([audit.source, audit.clientId], ['cloud', 'cloud:edge-7']);
     await app.endAsync(true);
   });
+
+  it('a local command forwarded to the cloud and received back (MQTT 3.1.1 has no No Local) is written once', async () => {
+    const watcher = await mqtt.connectAsync(cloud.url, { clientId: 'cloud-watcher', reconnectPeriod: 0 });
+    const atCloud: string[] = [];
+    watcher.on('message', (_topic, payload) => atCloud.push(payload.toString()));
+    await watcher.subscribeAsync('acme/edge-7/plc/speed/set', { qos: 1 });
+    const local = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { clientId: 'local-hmi', reconnectPeriod: 0 });
+    await local.publishAsync('plc2mqtt/gw/plc/speed/set', '1700', { qos: 1 });
+    // The forwarded command reached the cloud, so the cloud has sent it back to the gateway too.
+    await waitFor(() => atCloud.includes('1700'), 10_000, 'the command forwarded to the cloud');
+    const writes = () => logs.records().filter((record) => record.audit === 'write' && record.requested === 1700);
+    await waitFor(() => writes().length > 0, 5000, 'the write');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(writes().length, 1, JSON.stringify(writes()));
+    assert.equal(writes()[0]!.source, 'local');
+    assert.equal(modbus.holding[1], 1700);
+    await local.endAsync(true);
+    await watcher.endAsync(true);
+  });
 });
