@@ -267,88 +267,91 @@ describe('writes from MQTT', () => {
   });
 });
 
-describe('writes from the cloud', () => {
-  const dir = makeTempDir('plc2mqtt-cloud-writes-');
-  const modbus = new TcpTestServer();
-  let cloud: Mosquitto;
-  let gateway: Gateway;
-  const logs = new CapturedLog('info');
+for (const protocolVersion of [4, 5] as const) {
+  describe(`writes from the cloud (uplink MQTT ${protocolVersion === 5 ? '5' : '3.1.1'})`, () => {
+    const dir = makeTempDir('plc2mqtt-cloud-writes-');
+    const modbus = new TcpTestServer();
+    let cloud: Mosquitto;
+    let gateway: Gateway;
+    const logs = new CapturedLog('info');
 
-  before(async () => {
-    await modbus.start();
-    cloud = await Mosquitto.startNew(dir);
-    const config = {
-      gateway: { name: 'gw', dataDir: join(dir, 'data') },
-      broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
-      uplink: {
-        url: cloud.url,
-        clientId: 'edge-7',
-        reconnect: { initial: 100, max: 400 },
-        // Values and answers go up under acme/edge-7/; only command topics come down.
-        forward: [{ topic: '#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'acme/edge-7/' }],
-        receive: [{ topic: '+/+/set', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'acme/edge-7/' }],
-      },
-      devices: [
-        {
-          name: 'plc',
-          driver: 'modbus',
-          connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port, unitId: 1, timeout: '1s' },
-          pollInterval: '200ms',
-          tags: [{ name: 'speed', area: 'holding', address: 1, type: 'uint16', writable: true, write: { max: 3000 } }],
+    before(async () => {
+      await modbus.start();
+      cloud = await Mosquitto.startNew(dir);
+      const config = {
+        gateway: { name: 'gw', dataDir: join(dir, 'data') },
+        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
+        uplink: {
+          url: cloud.url,
+          clientId: 'edge-7',
+          protocolVersion,
+          reconnect: { initial: 100, max: 400 },
+          // Values and answers go up under acme/edge-7/; only command topics come down.
+          forward: [{ topic: '#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'acme/edge-7/' }],
+          receive: [{ topic: '+/+/set', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'acme/edge-7/' }],
         },
-      ],
-    };
-    const parsed = parseConfigText(JSON.stringify(config));
-    gateway = await Gateway.start({ file: '<test>', config: parsed, dataDir: parsed.gateway.dataDir }, logs.log);
-  });
+        devices: [
+          {
+            name: 'plc',
+            driver: 'modbus',
+            connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port, unitId: 1, timeout: '1s' },
+            pollInterval: '200ms',
+            tags: [{ name: 'speed', area: 'holding', address: 1, type: 'uint16', writable: true, write: { max: 3000 } }],
+          },
+        ],
+      };
+      const parsed = parseConfigText(JSON.stringify(config));
+      gateway = await Gateway.start({ file: '<test>', config: parsed, dataDir: parsed.gateway.dataDir }, logs.log);
+    });
 
-  after(async () => {
-    await gateway?.stop();
-    await modbus.stop();
-    await killAllChildren();
-    removeDir(dir);
-  });
+    after(async () => {
+      await gateway?.stop();
+      await modbus.stop();
+      await killAllChildren();
+      removeDir(dir);
+    });
 
-  it('a command published on the cloud broker is written, answered on the cloud and audited with its origin', async () => {
-    const app = await mqtt.connectAsync(cloud.url, { clientId: 'cloud-app', reconnectPeriod: 0 });
-    const answers: Answer[] = [];
-    app.on('message', (_topic, payload) => answers.push(JSON.parse(payload.toString()) as Answer));
-    await app.subscribeAsync('acme/edge-7/plc/speed/set/result', { qos: 1 });
-    // The uplink subscribes once connected: repeat the command until the first answer comes.
-    await waitFor(async () => {
-      if (answers.length > 0) return true;
-      await app.publishAsync('acme/edge-7/plc/speed/set', '1500', { qos: 1 });
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      return answers.length > 0;
-    }, 20_000, 'an answer on the cloud');
-    assert.equal(answers[0]!.ok, true, answers[0]!.error ?? '');
-    assert.equal(modbus.holding[1], 1500);
+    it('a command published on the cloud broker is written, answered on the cloud and audited with its origin', async () => {
+      const app = await mqtt.connectAsync(cloud.url, { clientId: 'cloud-app', reconnectPeriod: 0 });
+      const answers: Answer[] = [];
+      app.on('message', (_topic, payload) => answers.push(JSON.parse(payload.toString()) as Answer));
+      await app.subscribeAsync('acme/edge-7/plc/speed/set/result', { qos: 1 });
+      // The uplink subscribes once connected: repeat the command until the first answer comes.
+      await waitFor(async () => {
+        if (answers.length > 0) return true;
+        await app.publishAsync('acme/edge-7/plc/speed/set', '1500', { qos: 1 });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return answers.length > 0;
+      }, 20_000, 'an answer on the cloud');
+      assert.equal(answers[0]!.ok, true, answers[0]!.error ?? '');
+      assert.equal(modbus.holding[1], 1500);
 
-    await app.publishAsync('acme/edge-7/plc/speed/set', '5000', { qos: 1 });
-    await waitFor(() => answers.some((answer) => !answer.ok), 10_000, 'the refusal on the cloud');
-    assert.match(answers.find((answer) => !answer.ok)!.error ?? '', /above the tag's maximum 3000/);
-    assert.equal(modbus.holding[1], 1500);
-    const audit = logs.records().find((record) => record.audit === 'write' && record.result === 'written')!;
-    assert.deepEqual([audit.source, audit.clientId], ['cloud', 'cloud:edge-7']);
-    await app.endAsync(true);
-  });
+      await app.publishAsync('acme/edge-7/plc/speed/set', '5000', { qos: 1 });
+      await waitFor(() => answers.some((answer) => !answer.ok), 10_000, 'the refusal on the cloud');
+      assert.match(answers.find((answer) => !answer.ok)!.error ?? '', /above the tag's maximum 3000/);
+      assert.equal(modbus.holding[1], 1500);
+      const audit = logs.records().find((record) => record.audit === 'write' && record.result === 'written')!;
+      assert.deepEqual([audit.source, audit.clientId], ['cloud', 'cloud:edge-7']);
+      await app.endAsync(true);
+    });
 
-  it('a local command forwarded to the cloud and received back (MQTT 3.1.1 has no No Local) is written once', async () => {
-    const watcher = await mqtt.connectAsync(cloud.url, { clientId: 'cloud-watcher', reconnectPeriod: 0 });
-    const atCloud: string[] = [];
-    watcher.on('message', (_topic, payload) => atCloud.push(payload.toString()));
-    await watcher.subscribeAsync('acme/edge-7/plc/speed/set', { qos: 1 });
-    const local = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { clientId: 'local-hmi', reconnectPeriod: 0 });
-    await local.publishAsync('plc2mqtt/gw/plc/speed/set', '1700', { qos: 1 });
-    // The forwarded command reached the cloud, so the cloud has sent it back to the gateway too.
-    await waitFor(() => atCloud.includes('1700'), 10_000, 'the command forwarded to the cloud');
-    const writes = () => logs.records().filter((record) => record.audit === 'write' && record.requested === 1700);
-    await waitFor(() => writes().length > 0, 5000, 'the write');
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    assert.equal(writes().length, 1, JSON.stringify(writes()));
-    assert.equal(writes()[0]!.source, 'local');
-    assert.equal(modbus.holding[1], 1700);
-    await local.endAsync(true);
-    await watcher.endAsync(true);
+    it('a local command forwarded to the cloud and received back is written once (3.1.1: echo recognized; 5: No Local)', async () => {
+      const watcher = await mqtt.connectAsync(cloud.url, { clientId: 'cloud-watcher', reconnectPeriod: 0 });
+      const atCloud: string[] = [];
+      watcher.on('message', (_topic, payload) => atCloud.push(payload.toString()));
+      await watcher.subscribeAsync('acme/edge-7/plc/speed/set', { qos: 1 });
+      const local = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { clientId: 'local-hmi', reconnectPeriod: 0 });
+      await local.publishAsync('plc2mqtt/gw/plc/speed/set', '1700', { qos: 1 });
+      // The forwarded command reached the cloud, so the cloud has sent it back to the gateway too.
+      await waitFor(() => atCloud.includes('1700'), 10_000, 'the command forwarded to the cloud');
+      const writes = () => logs.records().filter((record) => record.audit === 'write' && record.requested === 1700);
+      await waitFor(() => writes().length > 0, 5000, 'the write');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.equal(writes().length, 1, JSON.stringify(writes()));
+      assert.equal(writes()[0]!.source, 'local');
+      assert.equal(modbus.holding[1], 1700);
+      await local.endAsync(true);
+      await watcher.endAsync(true);
+    });
   });
-});
+  }
