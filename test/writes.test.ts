@@ -354,4 +354,4 @@ for (const protocolVersion of [4, 5] as const) {
       await watcher.endAsync(true);
     });
   });
-  }
+}
