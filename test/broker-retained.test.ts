@@ -159,7 +159,8 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
       config.devices = [];
     }
     const file = join(folder, name);
-    writeFileSync(file, JSON.stringify(config, null, 2));
+    // An ephemeral operations port: gateways of parallel tests must not meet on 9180.
+    writeFileSync(file, JSON.stringify({ ...config, http: { port: 0 } }, null, 2));
     return file;
   };
 

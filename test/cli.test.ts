@@ -31,7 +31,8 @@ describe('plc2mqtt simulate + read', () => {
     const dead = { name: 'dead', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort(), timeout: 200 }, tags: [{ name: 'x', address: '40001' }] };
     demo.devices.push(dead as unknown as (typeof demo.devices)[number]);
     configFile = join(folder, 'gw.json');
-    writeFileSync(configFile, JSON.stringify(demo));
+    // An ephemeral operations port: gateways of parallel tests must not meet on 9180.
+    writeFileSync(configFile, JSON.stringify({ ...demo, http: { port: 0 } }));
   });
 
   after(() => {
@@ -79,7 +80,7 @@ describe('plc2mqtt schema and --help', () => {
     assert.deepEqual(JSON.parse(result.stdout), JSON.parse(readFileSync(join(ROOT, 'config/schema.json'), 'utf8')));
   });
 
-  for (const command of ['run', 'validate', 'schema', 'read', 'browse', 'simulate', 'passwd']) {
+  for (const command of ['run', 'validate', 'schema', 'read', 'browse', 'simulate', 'health', 'passwd']) {
     it(`${command} --help`, () => {
       const result = cli(command, '--help');
       assert.equal(result.status, 0);

@@ -27,8 +27,9 @@ async function demoConfig(folder: string, extraDevices: unknown[] = []): Promise
   config.simulators[0]!.port = plcPort;
   config.devices[0]!.connection.port = plcPort;
   config.devices.push(...(extraDevices as typeof config.devices));
+  // An ephemeral operations port: gateways of parallel tests must not meet on 9180.
   const file = join(folder, 'gateway.json');
-  writeFileSync(file, JSON.stringify(config, null, 2));
+  writeFileSync(file, JSON.stringify({ ...config, http: { port: 0 } }, null, 2));
   return { file, brokerPort, plcPort };
 }
 
@@ -141,7 +142,7 @@ describe('plc2mqtt run: startup failures are clear', () => {
     await new Promise<void>((resolve) => blocker.listen(port, '127.0.0.1', resolve));
     try {
       const file = join(folder, 'gw.json');
-      writeFileSync(file, JSON.stringify({ gateway: { dataDir: join(folder, 'data') }, broker: { listeners: [{ type: 'tcp', port }], allowAnonymous: true } }));
+      writeFileSync(file, JSON.stringify({ gateway: { dataDir: join(folder, 'data') }, broker: { listeners: [{ type: 'tcp', port }], allowAnonymous: true }, http: { port: 0 } }));
       const run = runGateway(file);
       assert.equal(await run.exited, 1);
       assert.match(run.output(), /integrated broker cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);

@@ -78,6 +78,7 @@ describe('OPC UA through the CLI', () => {
       JSON.stringify({
         gateway: { name: 'ua', dataDir: join(folder, 'data') },
         broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }], allowAnonymous: true },
+        http: { port: 0 },
         devices: [
           {
             name: 'press',

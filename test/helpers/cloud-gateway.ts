@@ -65,6 +65,8 @@ export async function writeGatewayConfig(dir: string, uplink: UplinkInput | unde
   const config: ConfigInput = {
     gateway: { name: 'gw', dataDir, logLevel: 'info', shutdownTimeout: '10s' },
     broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }], allowAnonymous: true },
+    // An ephemeral operations port: gateways of parallel tests must not meet on 9180.
+    http: { port: 0 },
     ...(uplink ? { uplink } : {}),
     ...extra,
   };
