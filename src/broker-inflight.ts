@@ -9,11 +9,12 @@
 import type { Client, PublishPacket } from 'aedes';
 import { Fifo } from './fifo.js';
 
-/** The parts of aedes' Client this relies on: its per-client delivery function, its subscriptions and its parser. */
+/** The parts of aedes' Client this relies on: its per-client delivery functions, its subscriptions and its parser. */
 interface AedesClientInternals {
   deliverQoS: (packet: PublishPacket, done: () => void) => void;
+  deliver0: (packet: PublishPacket, done: () => void) => void;
   subscriptions: Record<string, { qos: number } | undefined>;
-  _parser: { on(event: 'packet', listener: (packet: { cmd: string }) => void): void };
+  _parser: { on(event: 'packet', listener: (packet: { cmd: string; messageId?: number }) => void): void };
 }
 
 export interface OutboundLimits {
@@ -21,8 +22,19 @@ export interface OutboundLimits {
   maxQueued: number;
 }
 
+/** One delivery to the client: the aedes function that writes it, and whether the client must acknowledge it. */
+interface Delivery {
+  packet: PublishPacket;
+  send: (packet: PublishPacket, done: () => void) => void;
+  acknowledged: boolean;
+}
+
 export class OutboundWindow {
-  private readonly queue = new Fifo<PublishPacket>();
+  /**
+   * Every delivery waits here once anything waits, QoS 0 included: aedes drops a packet older
+   * (by its broker counter) than one the client already got, so nothing may overtake.
+   */
+  private readonly queue = new Fifo<Delivery>();
   /** Handed to aedes and not yet known to be written (authorizeForward) or dropped by its filters. */
   private readonly pending = new WeakSet<object>();
   private inFlight = 0;
@@ -30,24 +42,29 @@ export class OutboundWindow {
 
   private constructor(
     private readonly limits: OutboundLimits,
-    private readonly deliver: (packet: PublishPacket, done: () => void) => void,
     private readonly onExceeded: (waiting: number) => void,
   ) {}
 
   /**
    * Watches one client. Must run before the client's subscriptions exist (preConnect), because
-   * aedes captures `deliverQoS` when a subscription is made.
+   * aedes captures the delivery functions when a subscription is made.
+   * `clientReceiveMaximum`: what an MQTT 5 client announced it accepts unacknowledged.
    */
-  static watch(client: Client, limits: OutboundLimits, onExceeded: (waiting: number) => void): OutboundWindow {
+  static watch(client: Client, limits: OutboundLimits, onExceeded: (waiting: number) => void, clientReceiveMaximum?: number): OutboundWindow {
     const internals = client as unknown as AedesClientInternals;
-    const window = new OutboundWindow(limits, internals.deliverQoS, onExceeded);
+    const window = new OutboundWindow({ maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued }, onExceeded);
+    const deliverQoS = internals.deliverQoS;
+    const deliver0 = internals.deliver0;
+    internals.deliver0 = (packet, done) => window.offer({ packet, send: deliver0, acknowledged: false }, done);
     internals.deliverQoS = (packet, done) => {
-      // The same test aedes makes: QoS 0, or a QoS 0 subscription on exactly this topic, needs no acknowledgement.
-      if (packet.qos === 0 || internals.subscriptions[packet.topic]?.qos === 0) return window.deliver(packet, done);
-      window.offer(packet, done);
+      // As aedes does: a QoS 0 message goes the QoS 0 way; a QoS 0 subscription on exactly this topic gets it without acknowledgement.
+      if (packet.qos === 0) return internals.deliver0(packet, done);
+      window.offer({ packet, send: deliverQoS, acknowledged: internals.subscriptions[packet.topic]?.qos !== 0 }, done);
     };
     internals._parser.on('packet', (packet) => {
-      // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one.
+      // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one. (Messages aedes resends from a
+      // persistent session's store bypass the window; their acknowledgements can briefly let
+      // up to that many more through, never more than the store held.)
       if (packet.cmd === 'puback' || packet.cmd === 'pubcomp') window.release();
     });
     return window;
@@ -58,23 +75,25 @@ export class OutboundWindow {
     this.pending.delete(packet);
   }
 
-  private offer(packet: PublishPacket, done: () => void): void {
+  private offer(delivery: Delivery, done: () => void): void {
     if (this.exceeded) return void setImmediate(done);
-    if (this.queue.length === 0 && this.inFlight < this.limits.maxInflight) return this.send(packet, done);
+    if (this.queue.length === 0 && (!delivery.acknowledged || this.inFlight < this.limits.maxInflight)) return this.send(delivery, done);
     if (this.queue.length >= this.limits.maxQueued) {
       this.exceeded = true;
       this.onExceeded(this.inFlight + this.queue.length);
       return void setImmediate(done);
     }
-    this.queue.push(packet);
+    this.queue.push(delivery);
     // The publisher does not wait for this client (its PUBACK means "the broker has it").
     setImmediate(done);
   }
 
-  private send(packet: PublishPacket, done: () => void): void {
+  private send(delivery: Delivery, done: () => void): void {
+    if (!delivery.acknowledged) return delivery.send(delivery.packet, done);
+    const { packet } = delivery;
     this.inFlight++;
     this.pending.add(packet);
-    this.deliver(packet, () => {
+    delivery.send(packet, () => {
       // Never forwarded (a duplicate of an overlapping subscription, or denied): no PUBACK will come.
       if (this.pending.delete(packet)) this.release();
       done();
@@ -83,10 +102,41 @@ export class OutboundWindow {
 
   private release(): void {
     if (this.inFlight > 0) this.inFlight--;
-    while (!this.exceeded && this.inFlight < this.limits.maxInflight) {
-      const next = this.queue.shift();
-      if (!next) return;
+    this.drain();
+  }
+
+  private drain(): void {
+    while (!this.exceeded) {
+      const next = this.queue.peek();
+      if (!next || (next.acknowledged && this.inFlight >= this.limits.maxInflight)) return;
+      this.queue.shift();
       this.send(next, () => undefined);
     }
+  }
+}
+
+/**
+ * QoS 2 from a client: a PUBLISH it sends again (DUP, before its PUBREL) is the same message.
+ * aedes recognizes the repeat only after authorizePublish, where the write path looks at
+ * commands; this tells that hook a repeat from a new message, so a command is written once.
+ */
+export class InboundQoS2 {
+  private readonly pending = new Set<number>();
+
+  static watch(client: Client): InboundQoS2 {
+    const tracker = new InboundQoS2();
+    (client as unknown as AedesClientInternals)._parser.on('packet', (packet) => {
+      // The client sends PUBREL only after our PUBREC, i.e. after the first PUBLISH was seen here.
+      if (packet.cmd === 'pubrel' && packet.messageId !== undefined) tracker.pending.delete(packet.messageId);
+    });
+    return tracker;
+  }
+
+  /** True when this QoS 2 message id is already waiting for its PUBREL (a retransmission). */
+  isRepeat(messageId: number | undefined): boolean {
+    if (messageId === undefined) return false;
+    if (this.pending.has(messageId)) return true;
+    this.pending.add(messageId);
+    return false;
   }
 }

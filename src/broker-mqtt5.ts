@@ -107,6 +107,12 @@ export function connectProtocolLevel(bytes: Buffer): number | 'more' | undefined
 // ---- side channels for the command path -----------------------------------------------------
 
 const pendingProperties = new WeakMap<object, Fifo<PublishProperties>>();
+const receiveMaximums = new WeakMap<object, number>();
+
+/** The Receive Maximum an MQTT 5 client announced in its CONNECT (unacknowledged QoS 1/2 it accepts), if any. */
+export function clientReceiveMaximum(conn: object): number | undefined {
+  return receiveMaximums.get(conn);
+}
 
 /**
  * The properties of the next PUBLISH an MQTT 5 client sent, oldest first: call it once in aedes'
@@ -286,6 +292,8 @@ class Mqtt5Bridge {
     // MQTT 5 allows a password without a user name; 3.1.1 and our user list don't.
     if (connect.password !== undefined && connect.username === undefined) return this.refuse(BAD_USER_NAME_OR_PASSWORD);
     if (properties.maximumPacketSize !== undefined) this.clientMaximumPacketSize = properties.maximumPacketSize;
+    // The broker's flow control (broker-inflight.ts) reads it in preConnect, right after this CONNECT reaches aedes.
+    if (properties.receiveMaximum !== undefined) receiveMaximums.set(this.aedesSide, properties.receiveMaximum);
     let clientId = connect.clientId;
     // MQTT 5 lets the server assign an id and tell the client (CONNACK Assigned Client Identifier).
     if (clientId === '') clientId = this.assignedClientId = `auto-${randomUUID()}`;

@@ -10,8 +10,8 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
-import { OutboundWindow } from './broker-inflight.js';
-import { handleConnection, takePublishProperties } from './broker-mqtt5.js';
+import { InboundQoS2, OutboundWindow } from './broker-inflight.js';
+import { clientReceiveMaximum, handleConnection, takePublishProperties } from './broker-mqtt5.js';
 import { Acl, verifyPassword, type Identity } from './broker-security.js';
 import type { CommandOrigin } from './commands.js';
 import type { Config, ListenerConfig } from './config/schema.js';
@@ -97,6 +97,7 @@ export class IntegratedBroker {
     const users = new Map(config.users.map((user) => [user.username, user.passwordHash]));
     const usernames = new WeakMap<Client, string>();
     const outbound = new WeakMap<Client, OutboundWindow>();
+    const inboundQoS2 = new WeakMap<Client, InboundQoS2>();
     const identity = (client: Client): Identity => ({ username: usernames.get(client), clientId: client.id });
     const { limits } = config;
     const aedes = await Aedes.createBroker({
@@ -111,12 +112,13 @@ export class IntegratedBroker {
         const keepalive = packet.keepalive ?? 0;
         if (keepalive * 1000 > limits.keepAlive.max) return refuse(`keep-alive ${keepalive}s is longer than broker.limits.keepAlive.max`);
         if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min)) return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
+        inboundQoS2.set(client, InboundQoS2.watch(client));
         outbound.set(
           client,
           OutboundWindow.watch(client, limits, (waiting) => {
             broker?.noteOnce(`inflight:${client.id}`, { clientId: client.id, waiting, maxInflight: limits.maxInflight, maxQueued: limits.maxQueued }, 'mqtt client does not keep up with its QoS 1/2 messages (broker.limits.maxInflight + maxQueued unacknowledged): disconnected');
             client.close();
-          }),
+          }, clientReceiveMaximum(client.conn)),
         );
         callback(null, true);
       },
@@ -151,15 +153,19 @@ export class IntegratedBroker {
         if (client) {
           broker!.stats.messagesIn++;
           // After the ACL: who may publish on a command topic may ask for a write (the write path decides the rest).
-          if (broker?.commandHook) {
+          // Not for a last will (aedes publishes it as the closing client: a dropped HMI must not
+          // write to a PLC) nor for a QoS 2 repeat of a message already seen.
+          const command = broker?.commandHook !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
+          if (command) {
             const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernames.get(client) };
-            // MQTT 5 request/response: answered where the client asked, if it may read there.
+            // MQTT 5 request/response: answered where the client asked, if it may both read and
+            // publish there itself; the gateway checks that the topic is not one of its own.
             const responseTopic = properties?.responseTopic;
-            if (responseTopic !== undefined && !/[+#]/.test(responseTopic) && acl.maySubscribe(identity(client), responseTopic)) {
+            if (responseTopic !== undefined && !responseTopic.startsWith('$') && !/[+#]/.test(responseTopic) && acl.maySubscribe(identity(client), responseTopic) && acl.mayPublish(identity(client), responseTopic)) {
               origin.responseTopic = responseTopic;
               origin.correlationData = properties?.correlationData;
             }
-            broker.commandHook(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+            broker!.commandHook!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
           }
         }
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;

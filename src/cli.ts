@@ -62,6 +62,10 @@ program
     if (options.dataDir !== undefined) loaded.dataDir = resolve(options.dataDir);
     const log = createLogger(loaded.config.gateway.logLevel, options.pretty ? { pretty: true } : {});
     log.info({ config: loaded.file, dataDir: loaded.dataDir }, `plc2mqtt starting gateway "${loaded.config.gateway.name}"`);
+    // A SIGHUP (systemctl reload) while starting would kill the process by default: until the
+    // reload handler below is in place, it is ignored.
+    const ignoreEarlyReload = () => log.warn('SIGHUP during start ignored; send it again once the gateway runs');
+    process.on('SIGHUP', ignoreEarlyReload);
     const metrics = new GatewayMetrics();
     let gateway: Gateway;
     let ops: OpsServer | undefined;
@@ -81,6 +85,7 @@ program
     }
     // Hot reload: a valid new config restarts only the devices whose definition changed; an
     // invalid one is reported and the running config stays.
+    process.off('SIGHUP', ignoreEarlyReload);
     process.on('SIGHUP', () => {
       let next: LoadedConfig;
       try {

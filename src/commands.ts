@@ -45,6 +45,13 @@ export interface CommandAnswer {
   ts: number;
 }
 
+/** writes section of the config. */
+export interface WriteLimits {
+  maxAge: number;
+  maxWaiting: number;
+  waitTimeout: number;
+}
+
 export interface CommandStats {
   received: number;
   written: number;
@@ -61,17 +68,20 @@ const MAX_PAYLOAD = 64 * 1024;
 export class CommandHandler {
   readonly stats: CommandStats = { received: 0, written: 0, rejected: 0, failed: 0 };
   private readonly targets = new Map<string, CommandTarget>();
-  /** Writes to one tag run one after the other, in arrival order. */
-  private readonly queues = new Map<string, Promise<void>>();
-  private readonly lastAccepted = new Map<string, number>();
+  /** Writes to one tag run one after the other, in arrival order: the tail of each tag's chain and how many wait in it. */
+  private readonly queues = new Map<string, { tail: Promise<void>; pending: number }>();
+  /** When a write last went out to each tag (performance.now(): immune to clock steps). */
+  private readonly lastWritten = new Map<string, number>();
+  private readonly limits: WriteLimits;
   private readonly suffix: string;
   /** Topics that look like a command for a tag we don't know ("+" for each placeholder). */
   private readonly unknownFilters: string[];
   private readonly log: Logger;
   private readonly answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void;
 
-  constructor(options: { suffix: string; tagTopicFilters: string[]; log: Logger; answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void }) {
+  constructor(options: { suffix: string; tagTopicFilters: string[]; limits: WriteLimits; log: Logger; answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void }) {
     this.suffix = options.suffix;
+    this.limits = options.limits;
     this.unknownFilters = [...new Set(options.tagTopicFilters)].map((filter) => filter + options.suffix);
     this.log = options.log;
     this.answer = options.answer;
@@ -97,43 +107,73 @@ export class CommandHandler {
     this.stats.received++;
     const target = this.targets.get(topic);
     const key = target ? `${target.device}\u0000${target.tag.name}` : topic;
-    const previous = this.queues.get(key) ?? Promise.resolve();
-    const run = previous.then(() => this.execute(topic, target, payload, retain, origin));
-    this.queues.set(key, run);
-    void run.finally(() => {
-      if (this.queues.get(key) === run) this.queues.delete(key);
+    const queue = this.queues.get(key) ?? { tail: Promise.resolve(), pending: 0 };
+    // One runs, the others wait behind it.
+    if (queue.pending > this.limits.maxWaiting) {
+      return this.safely(() => this.execute(topic, target, payload, retain, origin, `${queue.pending - 1} writes to this tag are already waiting (writes.maxWaiting); try again later`));
+    }
+    queue.pending++;
+    const arrived = performance.now();
+    const run = queue.tail.then(async () => {
+      const waited = performance.now() - arrived;
+      // Behind a slow write (a timing-out device, a shared serial line), a command must not land long after it was sent.
+      const expired = waited > this.limits.waitTimeout ? `waited ${Math.round(waited)} ms behind earlier writes to this tag (writes.waitTimeout): not written` : undefined;
+      await this.safely(() => this.execute(topic, target, payload, retain, origin, expired));
+      queue.pending--;
+    });
+    queue.tail = run;
+    this.queues.set(key, queue);
+    void run.then(() => {
+      if (this.queues.get(key) === queue && queue.tail === run) this.queues.delete(key);
     });
     return run;
   }
 
-  private async execute(topic: string, target: CommandTarget | undefined, payload: Buffer, retain: boolean, origin: CommandOrigin): Promise<void> {
+  /** A failure of the answer itself (e.g. during shutdown) is logged, never thrown into the next command. */
+  private async safely(step: () => Promise<void>): Promise<void> {
+    try {
+      await step();
+    } catch (error) {
+      this.log.error({ error: errorMessage(error) }, 'answering a write failed');
+    }
+  }
+
+  private async execute(topic: string, target: CommandTarget | undefined, payload: Buffer, retain: boolean, origin: CommandOrigin, refusal?: string): Promise<void> {
     const started = Date.now();
     let requested: TagValue | undefined;
     let previous: TagValue | null | undefined;
     let written = false;
     try {
       if (!target) throw new Rejected(`unknown tag: no tag has the command topic ${topic}`);
+      if (refusal !== undefined) throw new Rejected(refusal);
       previous = target.previous();
       if (!target.tag.writable) throw new Rejected(`tag "${target.tag.name}" of device "${target.device}" is not writable (set "writable": true in its config)`);
       // A retained command would be written again by every reconnect and every new subscription.
       if (retain) throw new Rejected('retained commands are refused: they would be written again at every reconnect; publish without retain');
-      requested = parseCommandPayload(payload);
+      const command = parseCommand(payload);
+      requested = command.value;
+      if (command.sentAt !== undefined && started - command.sentAt > this.limits.maxAge) {
+        throw new Rejected(`stale command: sent ${Math.round((started - command.sentAt) / 1000)} s ago ("ts"), older than writes.maxAge (${this.limits.maxAge} ms)`);
+      }
       checkValue(requested, target.tag);
       const minInterval = target.tag.write?.minInterval;
       const key = `${target.device}\u0000${target.tag.name}`;
-      const last = this.lastAccepted.get(key);
-      if (minInterval !== undefined && last !== undefined && started - last < minInterval) {
-        throw new Rejected(`rate limited: at most one write per ${minInterval} ms to this tag; next one allowed in ${minInterval - (started - last)} ms`);
+      const last = this.lastWritten.get(key);
+      const now = performance.now();
+      if (minInterval !== undefined && last !== undefined && now - last < minInterval) {
+        throw new Rejected(`rate limited: at most one write per ${minInterval} ms to this tag; next one allowed in ${Math.ceil(minInterval - (now - last))} ms`);
       }
       const raw = toRaw(requested, target.tag);
-      this.lastAccepted.set(key, started);
       try {
         await target.write(raw);
       } catch (error) {
-        // The driver refuses a value its type can't hold before it sends anything.
-        if (error instanceof DriverError && (error.code === 'invalid-value' || error.code === 'read-only')) throw new Rejected(error.message);
+        // Refused before anything reached the device: the driver's type check, a read-only area, no connection.
+        if (error instanceof DriverError && (error.code === 'invalid-value' || error.code === 'read-only' || error.code === 'not-connected' || error.code === 'stopped')) throw new Rejected(error.message);
+        // Anything else may have reached the device (a timeout after sending): it counts for the rate limit.
+        this.lastWritten.set(key, performance.now());
         throw error;
       }
+      this.lastWritten.set(key, performance.now());
       written = true;
       let readBack: TagValue | null | undefined;
       if (target.tag.write?.readBack) {
@@ -177,19 +217,26 @@ export class CommandHandler {
       },
       answer.ok ? 'write done' : 'write refused or failed',
     );
-    this.answer(origin.responseTopic ?? `${topic}/result`, answer, origin);
+    this.answer(`${topic}/result`, answer, origin);
   }
 }
 
+/** A parsed command: its value and, when the sender stamped it, when it was sent (ms since the epoch). */
+export interface ParsedCommand {
+  value: TagValue;
+  sentAt?: number;
+}
+
 /**
- * The value of a command payload: JSON `{"value": …}`, or a bare JSON value (`42`, `true`,
- * `[1,2]`, `"text"`), or plain text for string tags (`hello`). Integers beyond 2^53 become bigints.
+ * A command payload: JSON `{"value": …, "ts": …}` (ts optional: ms since the epoch or ISO 8601),
+ * a bare JSON value (`42`, `true`, `[1,2]`, `"text"`), or plain text for string tags (`hello`).
+ * Integers beyond 2^53 become bigints.
  */
-export function parseCommandPayload(payload: Buffer): TagValue {
+export function parseCommand(payload: Buffer): ParsedCommand {
   if (payload.length === 0) throw new Rejected('empty payload: send a value, e.g. 42 or {"value": 42}');
   if (payload.length > MAX_PAYLOAD) throw new Rejected(`payload of ${payload.length} bytes is too long for a command (at most ${MAX_PAYLOAD})`);
   const text = payload.toString('utf8').trim();
-  if (/^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text))) return BigInt(text);
+  if (/^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text))) return { value: BigInt(text) };
   let parsed: unknown;
   try {
     parsed = JSON.parse(text, (_key, value: unknown, context?: { source?: string }) =>
@@ -198,17 +245,32 @@ export function parseCommandPayload(payload: Buffer): TagValue {
     );
   } catch (error) {
     if (/^[[{"]/.test(text)) throw new Rejected(`malformed JSON: ${errorMessage(error)}`);
-    return text; // plain text, for string tags
+    return { value: text }; // plain text, for string tags
   }
   if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
     if (!('value' in parsed)) throw new Rejected('a JSON object needs a "value" field, e.g. {"value": 42}');
-    parsed = (parsed as { value: unknown }).value;
+    const { value, ts } = parsed as { value: unknown; ts?: unknown };
+    const command: ParsedCommand = { value: asTagValue(value) };
+    if (ts !== undefined) command.sentAt = timestampOf(ts);
+    return command;
   }
-  return asTagValue(parsed);
+  return { value: asTagValue(parsed) };
+}
+
+/** The value of a command payload (see parseCommand). */
+export function parseCommandPayload(payload: Buffer): TagValue {
+  return parseCommand(payload).value;
+}
+
+function timestampOf(ts: unknown): number {
+  const ms = typeof ts === 'number' ? ts : typeof ts === 'bigint' ? Number(ts) : typeof ts === 'string' ? Date.parse(ts) : Number.NaN;
+  if (!Number.isFinite(ms)) throw new Rejected(`"ts" must be ms since the epoch or an ISO 8601 time, got ${JSON.stringify(typeof ts === 'bigint' ? ts.toString() : ts)}`);
+  return ms;
 }
 
 function asTagValue(value: unknown): TagValue {
   const scalar = (item: unknown): ScalarValue => {
+    if (typeof item === 'number' && !Number.isFinite(item)) throw new Rejected(`${item} is not a finite number`);
     if (typeof item === 'number' || typeof item === 'bigint' || typeof item === 'boolean' || typeof item === 'string') return item;
     throw new Rejected(`unsupported value ${JSON.stringify(item)}: expected a number, bool, string or an array of them`);
   };

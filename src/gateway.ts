@@ -98,6 +98,8 @@ export interface ReloadResult {
   removed: string[];
   restarted: string[];
   unchanged: number;
+  /** Devices that could not be started with their new definition (see the log); they stay stopped. */
+  failed: string[];
   /** Sections that changed but need a restart of the process (broker, uplink, topics, …). */
   notApplied: string[];
 }
@@ -138,6 +140,7 @@ export class Gateway {
     this.commands = new CommandHandler({
       suffix: config.topics.command,
       tagTopicFilters: [tagTemplate.render(anyTag)],
+      limits: config.writes,
       log: log.child({ module: 'commands' }),
       answer: (topic, answer, origin) => this.answerCommand(topic, answer, origin),
     });
@@ -290,7 +293,7 @@ export class Gateway {
   }
 
   private async applyReload(next: Config): Promise<ReloadResult> {
-    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, notApplied: [] };
+    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, failed: [], notApplied: [] };
     if (this.stopping) return result;
     const previous = this.currentConfig;
     for (const section of ['gateway', 'broker', 'topics', 'http', 'uplink', 'simulators'] as const) {
@@ -312,9 +315,16 @@ export class Gateway {
     }
     for (const [name, device] of wanted) {
       if (this.devices.has(name)) continue;
-      if (!result.restarted.includes(name)) result.added.push(name);
       // Spread its groups over their interval as if it were the only device; close enough for a few.
-      await this.startDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval));
+      try {
+        await this.startDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval));
+        if (!result.restarted.includes(name)) result.added.push(name);
+      } catch (error) {
+        // One device that cannot start (its driver failed to load) must not keep the others down.
+        result.failed.push(name);
+        result.restarted = result.restarted.filter((restarted) => restarted !== name);
+        this.log.error({ device: name, error: errorMessage(error) }, 'device could not be started after the reload; it stays stopped');
+      }
     }
     return result;
   }
@@ -387,13 +397,32 @@ export class Gateway {
   }
 
   /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
-  private answerCommand(topic: string, answer: CommandAnswer, origin: CommandOrigin): void {
+  private answerCommand(resultTopic: string, answer: CommandAnswer, origin: CommandOrigin): void {
     const payload = Buffer.from(encodeAnswer(answer));
-    // MQTT 5: the requester matches the answer by its correlation data, carried as a property.
-    if (origin.correlationData !== undefined) attachOutgoingProperties(topic, payload, { correlationData: origin.correlationData });
-    this.broker.publish(topic, payload, { qos: 1, retain: false });
-    const cloud = this.uplink?.route(topic);
+    const responseTopic = origin.responseTopic;
+    // MQTT 5 request/response: to the requester's response topic (the broker checked the ACL),
+    // never onto a topic of the gateway's own, where an answer would pass for a sample or a command.
+    if (responseTopic !== undefined && !this.ownsTopic(responseTopic)) {
+      // The requester matches the answer by its correlation data, carried as a property.
+      if (origin.correlationData !== undefined) attachOutgoingProperties(responseTopic, payload, { correlationData: origin.correlationData });
+      this.broker.publish(responseTopic, payload, { qos: 1, retain: false });
+      return;
+    }
+    this.broker.publish(resultTopic, payload, { qos: 1, retain: false });
+    const cloud = this.uplink?.route(resultTopic);
     if (cloud) this.uplink!.enqueue(cloud, payload, false);
+  }
+
+  /** Topics the gateway publishes or listens on: tag, batch, command, result and status topics. */
+  private ownsTopic(topic: string): boolean {
+    if (topic === this.statusTopic) return true;
+    if (this.commands.isCommand(topic)) return true;
+    if (topic.endsWith('/result') && this.commands.isCommand(topic.slice(0, -'/result'.length))) return true;
+    for (const device of this.devices.values()) {
+      for (const tag of device.tags.values()) if (tag.topic === topic) return true;
+      for (const batch of device.batchTopics.values()) if (batch.topic === topic) return true;
+    }
+    return false;
   }
 
   private render(template: string, device: DeviceConfig, group: string, tag?: string): string {

@@ -1,6 +1,6 @@
 // The operations endpoint: what a supervisor, a Prometheus server or an operator asks the gateway.
 //   /healthz     liveness: the process answers (503 once it is shutting down)
-//   /readyz      readiness: every broker listener is listening and the devices are started
+//   /readyz      readiness: the gateway started (config loaded, devices running) and every broker listener listens
 //   /metrics     Prometheus text format (prom-client)
 //   /api/status  JSON: gateway, devices with state and last error, tags with their latest sample,
 //                outbox, uplink, broker and writes (?device=NAME for one device's tags, ?tags=0 for none)

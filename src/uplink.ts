@@ -89,7 +89,7 @@ export class Uplink {
   private ackTimer: NodeJS.Timeout | undefined;
   private readonly counters = { sent: 0, acknowledged: 0, rejected: 0, reconnects: 0, received: 0 };
   /** Messages sent on topics the receive rules also take back, by topic and payload hash → expiry. */
-  private readonly echoes = new Map<string, number>();
+  private readonly echoes = new Map<string, { count: number; expires: number }>();
   private readonly ownTopics = new Map<string, boolean>();
   /** Sees every cloud message under its local topic before it goes into the integrated broker (the write path picks its commands). */
   downlinkHook: ((localTopic: string, payload: Buffer, retain: boolean) => void) | undefined;
@@ -370,21 +370,40 @@ export class Uplink {
     return `${topic}\u0000${createHash('sha1').update(payload).digest('base64')}`;
   }
 
-  /** True (once) when a cloud message is one this gateway sent itself within ECHO_TTL_MS. */
+  /** True when a cloud message is one this gateway sent itself within ECHO_TTL_MS (each send is taken back once). */
   private takeEcho(topic: string, payload: Buffer): boolean {
     if (this.echoes.size === 0) return false;
     const key = this.echoKey(topic, payload);
-    const expires = this.echoes.get(key);
-    if (expires === undefined) return false;
-    this.echoes.delete(key);
-    return expires >= Date.now();
+    const echo = this.echoes.get(key);
+    if (echo === undefined) return false;
+    if (--echo.count === 0) this.echoes.delete(key);
+    return echo.expires >= Date.now();
+  }
+
+  private expectEcho(topic: string, payload: Buffer): void {
+    const key = this.echoKey(topic, payload);
+    const expires = Date.now() + ECHO_TTL_MS;
+    const echo = this.echoes.get(key);
+    if (echo) {
+      // The same command twice (a button pressed twice): both come back.
+      echo.count++;
+      echo.expires = expires;
+      return;
+    }
+    if (this.echoes.size >= MAX_ECHOES) {
+      // Expired entries first; if all are current, the oldest ones (Map order is insertion order).
+      const now = Date.now();
+      for (const [old, entry] of this.echoes) if (entry.expires < now) this.echoes.delete(old);
+      for (const old of this.echoes.keys()) {
+        if (this.echoes.size < MAX_ECHOES) break;
+        this.echoes.delete(old);
+      }
+    }
+    this.echoes.set(key, { count: 1, expires });
   }
 
   private send(message: StoredMessage, live: boolean): void {
-    if (this.receivesOwn(message.topic)) {
-      if (this.echoes.size >= MAX_ECHOES) this.echoes.clear();
-      this.echoes.set(this.echoKey(message.topic, message.payload), Date.now() + ECHO_TTL_MS);
-    }
+    if (this.receivesOwn(message.topic)) this.expectEcho(message.topic, message.payload);
     const epoch = this.epoch;
     this.inFlight.set(message.id, message);
     if (live) this.liveInFlight++;

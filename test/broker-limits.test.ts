@@ -335,6 +335,35 @@ describe('limits.maxInflight', () => {
     assert.deepEqual(first, Array.from({ length: count }, (_, index) => index));
   });
 
+  it('QoS 0 deliveries wait behind queued QoS 1 ones (aedes would drop anything they overtook)', async () => {
+    const raw = pool.raw(await RawClient.connect(broker.port(), { clientId: 'mixed-qos' }));
+    assert.equal((await raw.next('connack')).returnCode, 0);
+    raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'inflight/mixed/#', qos: 1 }] });
+    await raw.next('suback');
+    // MAX in flight, 3 queued, then QoS 0 ones that must not overtake them, then QoS 1 again.
+    const sent: string[] = [];
+    const publish = async (qos: 0 | 1) => {
+      const text = `m${sent.length}-q${qos}`;
+      sent.push(text);
+      await publisher.publishAsync(`inflight/mixed/${sent.length}`, text, { qos });
+    };
+    for (let index = 0; index < MAX + 3; index++) await publish(1);
+    for (let index = 0; index < 2; index++) await publish(0);
+    for (let index = 0; index < 2; index++) await publish(1);
+    await waitFor(() => raw.of('publish').length >= MAX, 3000, 'the first deliveries');
+    const acked = new Set<number>();
+    await waitFor(() => {
+      for (const packet of raw.of('publish')) {
+        if (packet.qos === 1 && packet.messageId !== undefined && !acked.has(packet.messageId)) {
+          acked.add(packet.messageId);
+          raw.send({ cmd: 'puback', messageId: packet.messageId });
+        }
+      }
+      return raw.of('publish').length === sent.length;
+    }, 5000, `all ${sent.length} messages`);
+    assert.deepEqual(raw.of('publish').map((packet) => packet.payload.toString()), sent);
+  });
+
   it('a subscriber that acknowledges gets far more than maxInflight messages and stays', async () => {
     const good = pool.keep(await connectClient(broker.url(), { clientId: 'fast-acker' }));
     const seen = recordMessages(good);

@@ -437,6 +437,32 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     }
   });
 
+  it('a client\'s Receive Maximum below broker.limits.maxInflight bounds what it gets unacknowledged', async () => {
+    const raw = keepRaw(await RawV5.connect(broker.port(), { properties: { receiveMaximum: 2 } }));
+    raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'recvmax/#', qos: 1 }] });
+    await raw.next('suback');
+    const publisher = await v4();
+    for (let index = 0; index < 6; index++) await publisher.publishAsync(`recvmax/${index}`, String(index), { qos: 1 });
+    await waitFor(() => raw.of('publish').length >= 2, 3000, 'two deliveries');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(raw.of('publish').length, 2, 'no more than the client\'s Receive Maximum unacknowledged');
+    // Acknowledging lets the rest through, in order.
+    const acked = new Set<number>();
+    const ackAll = () => {
+      for (const packet of raw.of('publish')) {
+        if (packet.messageId !== undefined && !acked.has(packet.messageId)) {
+          acked.add(packet.messageId);
+          raw.send({ cmd: 'puback', messageId: packet.messageId });
+        }
+      }
+    };
+    await waitFor(() => {
+      ackAll();
+      return raw.of('publish').length === 6;
+    }, 5000, 'all six after acknowledging');
+    assert.deepEqual(raw.of('publish').map((packet) => packet.payload.toString()), ['0', '1', '2', '3', '4', '5']);
+  });
+
   it('the broker takes the properties of each v5 PUBLISH in order: the command hook sees response topic and correlation data', async () => {
     const origins: Array<{ topic: string; origin: CommandOrigin }> = [];
     broker.broker.commandHook = (topic, _payload, _retain, origin) => {

@@ -1,8 +1,12 @@
-// Command payloads: what a /set message may carry and how it becomes a value (table-driven).
+// Command payloads: what a /set message may carry and how it becomes a value (table-driven); and
+// the handler's own limits (queue per tag, wait timeout, rate limit) against a target whose
+// writes finish when the test says so.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseCommandPayload } from '../src/commands.js';
-import type { TagValue } from '../src/driver.js';
+import pino from 'pino';
+import { CommandHandler, parseCommandPayload, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands.js';
+import type { TagConfig } from '../src/config/schema.js';
+import { DriverError, type TagValue } from '../src/driver.js';
 
 describe('command payloads', () => {
   const accepted: Array<[string, TagValue]> = [
@@ -38,4 +42,77 @@ describe('command payloads', () => {
   for (const [payload, reason] of refused) {
     it(`refuses ${payload.length > 40 ? `${payload.length} bytes` : JSON.stringify(payload)}`, () => assert.throws(() => parseCommandPayload(Buffer.from(payload)), reason));
   }
+});
+
+describe('CommandHandler: queueing and rate limit', () => {
+  const log = pino({ level: 'silent' });
+  const tag = (write?: Record<string, unknown>): TagConfig => ({ name: 'sp', area: 'holding', address: 0, type: 'int16', writable: true, ...(write ? { write } : {}) }) as unknown as TagConfig;
+
+  /** A target whose writes finish when the test says so, and a handler around it. */
+  function setup(limits: Partial<WriteLimits>, write?: Record<string, unknown>) {
+    const answers: CommandAnswer[] = [];
+    const releases: Array<() => void> = [];
+    const written: TagValue[] = [];
+    let failNext: Error | undefined;
+    const handler = new CommandHandler({ suffix: '/set', tagTopicFilters: ['p/+/+'], limits: { maxAge: 60_000, maxWaiting: 10, waitTimeout: 10_000, ...limits }, log, answer: (_topic, answer) => answers.push(answer) });
+    const target: CommandTarget = {
+      device: 'd',
+      tag: tag(write),
+      previous: () => undefined,
+      write: (raw) => {
+        if (failNext) {
+          const error = failNext;
+          failNext = undefined;
+          return Promise.reject(error);
+        }
+        written.push(raw);
+        return new Promise<void>((resolve) => releases.push(resolve));
+      },
+      readBack: () => Promise.reject(new Error('not used')),
+    };
+    handler.register('p/d/sp', target);
+    const send = (value: string) => handler.handle('p/d/sp/set', Buffer.from(value), false, { source: 'local', clientId: 'test' });
+    return { handler, answers, releases, written, send, failWith: (error: Error) => (failNext = error) };
+  }
+
+  it('beyond writes.maxWaiting commands behind a slow write are refused at once', async () => {
+    const { answers, releases, written, send } = setup({ maxWaiting: 2 });
+    const runs = [send('1'), send('2'), send('3')];
+    const refused = send('4');
+    await refused;
+    assert.deepEqual([answers.length, answers[0]!.ok], [1, false]);
+    assert.match(answers[0]!.error ?? '', /2 writes to this tag are already waiting/);
+    while (answers.length < 4) {
+      await new Promise((resolve) => setImmediate(resolve));
+      releases.shift()?.();
+    }
+    await Promise.all(runs);
+    assert.deepEqual(written, [1, 2, 3]);
+  });
+
+  it('a command that waited longer than writes.waitTimeout is refused, not written late', async () => {
+    const { answers, releases, written, send } = setup({ waitTimeout: 50 });
+    const first = send('1');
+    const late = send('2');
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    releases.shift()!();
+    await Promise.all([first, late]);
+    assert.deepEqual(written, [1]);
+    assert.match(answers[1]!.error ?? '', /waited \d+ ms behind earlier writes to this tag \(writes.waitTimeout\): not written/);
+  });
+
+  it('a write the driver refused does not use up the rate limit', async () => {
+    const { answers, releases, written, send, failWith } = setup({}, { minInterval: 3_600_000 });
+    failWith(new DriverError('cannot write "sp": 40000 is out of range for int16', { code: 'invalid-value' }));
+    await send('40000');
+    assert.match(answers[0]!.error ?? '', /out of range/);
+    const second = send('5');
+    await new Promise((resolve) => setImmediate(resolve));
+    releases.shift()!();
+    await second;
+    assert.equal(answers[1]!.ok, true, answers[1]!.error ?? '');
+    assert.deepEqual(written, [5]);
+    await send('6');
+    assert.match(answers[2]!.error ?? '', /rate limited/);
+  });
 });

@@ -11,7 +11,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { Gateway } from '../src/gateway.js';
 import { parseConfigText } from '../src/config/load.js';
 import { hashPassword } from '../src/broker-security.js';
-import { CapturedLog } from './helpers/broker-harness.js';
+import { CapturedLog, RawClient } from './helpers/broker-harness.js';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';
 import { startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
@@ -52,7 +52,7 @@ describe('writes from MQTT', () => {
           { username: 'panel', passwordHash: await hashPassword('panel-secret') },
         ],
         acl: [
-          { user: 'operator', publish: [`${PREFIX}/#`], subscribe: ['#'] },
+          { user: 'operator', publish: [`${PREFIX}/#`, 'replies/#'], subscribe: ['#'] },
           { user: 'viewer', publish: [], subscribe: ['#'] },
           { user: 'panel', publish: [`${PREFIX}/#`], subscribe: [`${PREFIX}/#`] },
         ],
@@ -73,6 +73,8 @@ describe('writes from MQTT', () => {
             { name: 'temp', area: 'holding', address: 12, type: 'int16', scale: 0.1, unit: '°C', writable: true, write: { min: 5, max: 40, readBack: true } },
             { name: 'mode', area: 'holding', address: 14, type: 'uint16', writable: true, write: { allowed: [0, 1, 2], minInterval: '1h' } },
             { name: 'label', area: 'holding', address: 30, type: 'string', length: 4, writable: true },
+            { name: 'pulses', area: 'holding', address: 40, type: 'uint16', writable: true },
+            { name: 'flow', area: 'holding', address: 42, type: 'float32', writable: true },
             { name: 'fixed', area: 'holding', address: 20, type: 'int16' },
             { name: 'sensor', area: 'input', address: 0, type: 'int16', writable: true },
           ],
@@ -241,6 +243,70 @@ describe('writes from MQTT', () => {
     await panel.endAsync(true);
   });
 
+  it('a QoS 2 command sent again before its PUBREL (DUP) is written once', async () => {
+    const raw = await RawClient.connect(gateway.broker.addresses()[0]!.port, { clientId: 'raw-qos2', username: 'operator', password: Buffer.from('op-secret') });
+    try {
+      assert.equal((await raw.next('connack')).returnCode, 0);
+      const writesBefore = modbus.writes.filter((write) => write.address === 40).length;
+      const publish = { cmd: 'publish' as const, topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('5'), qos: 2 as const, messageId: 7, retain: false, dup: false };
+      raw.send(publish);
+      await raw.next('pubrec');
+      raw.send({ ...publish, dup: true });
+      await waitFor(() => raw.of('pubrec').length === 2, 5000, 'the second PUBREC');
+      raw.send({ cmd: 'pubrel', messageId: 7 });
+      await raw.next('pubcomp');
+      await waitFor(() => modbus.holding[40] === 5, 5000, 'the write');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(modbus.writes.filter((write) => write.address === 40).length - writesBefore, 1, 'written once');
+    } finally {
+      raw.destroy();
+    }
+  });
+
+  it('an MQTT 5 response topic that is one of the gateway\'s own topics is not used: the answer goes to the result topic', async () => {
+    const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', protocolVersion: 5, reconnectPeriod: 0 });
+    const dataTopic = `${PREFIX}/plc/i32`;
+    const onData: string[] = [];
+    v5.on('message', (topic, payload) => {
+      if (topic === dataTopic) onData.push(payload.toString());
+    });
+    await v5.subscribeAsync(dataTopic, { qos: 1 });
+    const resultTopic = `${PREFIX}/plc/i16/set/result`;
+    const before = answers.filter((entry) => entry.topic === resultTopic).length;
+    await v5.publishAsync(`${PREFIX}/plc/i16/set`, '99999', { qos: 1, properties: { responseTopic: dataTopic, correlationData: Buffer.from('spoof') } });
+    await waitFor(() => answers.filter((entry) => entry.topic === resultTopic).length > before, 10_000, 'the answer on the result topic');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.ok(!onData.some((payload) => payload.includes('"ok"')), `an answer landed on the data topic: ${onData.join(' | ')}`);
+    await v5.endAsync(true);
+  });
+
+  it('a stale command (its "ts" older than writes.maxAge) and a non-finite number are refused', async () => {
+    const stale = await command('plc', 'flow', JSON.stringify({ value: 2.5, ts: Date.now() - 120_000 }));
+    assert.equal(stale.ok, false);
+    assert.match(stale.error ?? '', /stale command: sent 1[12]\d s ago/);
+    const iso = await command('plc', 'flow', JSON.stringify({ value: 2.5, ts: new Date(Date.now() - 5_000).toISOString() }));
+    assert.equal(iso.ok, true, iso.error ?? '');
+    assert.deepEqual(registers(42, 2), [0x4020, 0x0000]);
+    const infinite = await command('plc', 'flow', '1e400');
+    assert.match(infinite.error ?? '', /Infinity is not a finite number/);
+    assert.deepEqual(registers(42, 2), [0x4020, 0x0000]);
+  });
+
+  it('a last will on a command topic is not a command', async () => {
+    const writesBefore = modbus.writes.length;
+    const received = gateway.commands.stats.received;
+    const dying = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', clientId: 'dying-hmi', reconnectPeriod: 0, will: { topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('77'), qos: 1, retain: false } });
+    const willSeen = new Promise<void>((resolve) => operator.on('message', (topic, payload) => topic === `${PREFIX}/plc/pulses/set` && payload.toString() === '77' && resolve()));
+    await operator.subscribeAsync(`${PREFIX}/plc/pulses/set`, { qos: 1 });
+    (dying as unknown as { stream: { destroy(): void } }).stream.destroy(); // dropped, not disconnected: the will goes out
+    await willSeen;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(gateway.commands.stats.received, received);
+    assert.equal(modbus.writes.length, writesBefore);
+    assert.notEqual(modbus.holding[40], 77);
+    dying.end(true);
+  });
+
   it('a user the ACL does not allow to publish on the command topic cannot write', async () => {
     const viewer = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'viewer', password: 'view-secret', clientId: 'viewer-1', reconnectPeriod: 0 });
     viewer.on('error', () => undefined);
@@ -350,6 +416,14 @@ for (const protocolVersion of [4, 5] as const) {
       assert.equal(writes().length, 1, JSON.stringify(writes()));
       assert.equal(writes()[0]!.source, 'local');
       assert.equal(modbus.holding[1], 1700);
+
+      // The same command twice in a row (a button pressed twice): two writes, both echoes recognized.
+      await Promise.all([local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 }), local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 })]);
+      await waitFor(() => atCloud.filter((payload) => payload === '1800').length === 2, 10_000, 'both forwarded to the cloud');
+      const twice = () => logs.records().filter((record) => record.audit === 'write' && record.requested === 1800);
+      await waitFor(() => twice().length >= 2, 5000, 'both writes');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.deepEqual(twice().map((record) => record.source), ['local', 'local']);
       await local.endAsync(true);
       await watcher.endAsync(true);
     });

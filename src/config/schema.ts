@@ -195,6 +195,15 @@ export const simulatorSchema = z.strictObject({
   port: z.number().int().min(1).max(65535).default(5020),
 });
 
+export const writesSection = z
+  .strictObject({
+    maxAge: duration('A command whose payload carries "ts" (ms since the epoch or ISO 8601) older than this is refused as stale, e.g. one a persistent cloud session replays after an outage.', 1000).default(60_000),
+    maxWaiting: z.number().int().min(1).max(1000).default(10).meta({ description: 'Commands that may wait for one tag while an earlier write to it is in progress; more are refused.' }),
+    waitTimeout: duration('A command that waited this long for earlier writes to the same tag is refused instead of landing late.', 100).default(10_000),
+  })
+  .prefault({})
+  .meta({ description: 'Limits of the write path (commands on the tags\' command topics).' });
+
 export const httpSection = z
   .strictObject({
     enabled: z.boolean().default(true).meta({ description: 'Serve /healthz, /readyz, /metrics (Prometheus) and /api/status.' }),
@@ -213,6 +222,7 @@ export const configSchema = z
     gateway: gatewaySection,
     broker: brokerSection,
     topics: topicsSection,
+    writes: writesSection,
     http: httpSection,
     uplink: uplinkSection.optional().meta({ description: 'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.' }),
     simulators: z.array(simulatorSchema).default([]).meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
