@@ -1,11 +1,26 @@
 // Process and /proc helpers shared by the benchmarks. Every child started here is killed when the
 // benchmark exits, however it exits.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const children: ChildProcess[] = [];
-process.on('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+const folders: string[] = [];
+process.on('exit', () => {
+  children.forEach((child) => child.kill('SIGKILL'));
+  folders.forEach((folder) => rmSync(folder, { recursive: true, force: true }));
+});
+// A signal ends the benchmark through process.exit, so the exit hook above still runs.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => process.exit(130));
+
+/** A temporary folder, removed when the benchmark exits. */
+export function tempFolder(prefix: string): string {
+  const folder = mkdtempSync(join(tmpdir(), prefix));
+  folders.push(folder);
+  return folder;
+}
 
 /** Registers a child started elsewhere, so it is killed on exit too. */
 export function track(child: ChildProcess): ChildProcess {
@@ -22,8 +37,8 @@ export interface Started {
 }
 
 /** Starts a child and resolves once its output matches `ready`; rejects if it exits or takes too long. */
-export function start(command: string, argv: string[], ready: RegExp, timeoutMs = 60_000): Promise<Started> {
-  const child = track(spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] }));
+export function start(command: string, argv: string[], ready: RegExp, timeoutMs = 60_000, options: { stdin?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Started> {
+  const child = track(spawn(command, argv, { stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: options.env ?? process.env }));
   let output = '';
   let started = false;
   return new Promise((resolve, reject) => {
@@ -84,4 +99,50 @@ export function cpuSeconds(pid: number): number {
 export function peakRssMb(pid: number): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return match ? Math.round(Number(match[1]) / 1024) : 0;
+}
+
+/** Resident memory of a process now, in MB (VmRSS). */
+export function rssMb(pid: number): number {
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match ? Math.round(Number(match[1]) / 1024) : 0;
+}
+
+/** Resolves with the match once a started child's (latest) output matches `pattern`. */
+export async function waitForOutput(started: Started, pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const match = pattern.exec(started.output());
+    if (match) return match;
+    if (started.child.exitCode !== null || started.child.signalCode !== null) throw new Error(`child exited before printing ${pattern}: ${started.output().slice(-500)}`);
+    if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms: ${started.output().slice(-500)}`);
+    await sleep(50);
+  }
+}
+
+/** Resolves once the child has exited (at once if it already has). */
+export function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * mosquitto as the cloud broker, on a free loopback port. No per-subscriber queue limit
+ * (max_queued_messages 0), or it drops QoS 1 messages a slow subscriber can't take, silently;
+ * a larger in-flight window than the default 20; no persistence.
+ */
+export async function startMosquitto(folder: string): Promise<{ port: number; child: ChildProcess }> {
+  const port = await freePort();
+  const file = join(folder, 'mosquitto.conf');
+  writeFileSync(file, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`);
+  const child = track(spawn('/usr/sbin/mosquitto', ['-c', file], { stdio: 'ignore' }));
+  await waitForPort(port);
+  return { port, child };
+}
+
+/** The load Modbus server (pymodbus, bench/load-server.py) with the given unit ids. */
+export async function startModbusServer(root: string, units: number[]): Promise<{ port: number; child: ChildProcess }> {
+  const server = await start('/usr/bin/python3', [join(root, 'bench/load-server.py'), '--units', units.join(',')], /READY (\d+)/);
+  return { port: Number(server.match[1]), child: server.child };
 }

@@ -1,13 +1,12 @@
 // Request coalescing benchmark: a scattered tag set covering 10,000 registers, read from a pymodbus
 // server on loopback, planned by the driver (coalesced) vs one request per tag (a naive poller).
 // Prints one JSON line.   node dist/bench/modbus-plan.js [--registers 10000] [--cycles 5]
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { modbusDevice, type ModbusTag } from '../drivers/modbus/config.js';
 import { createDriver } from '../drivers/modbus/index.js';
+import { startModbusServer } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({ options: { registers: { type: 'string', default: '10000' }, cycles: { type: 'string', default: '5' } } });
@@ -28,17 +27,7 @@ while (registers < targetRegisters && address < 65_000) {
   address += size + Math.floor(random() * 16);
 }
 
-const server = spawn('/usr/bin/python3', [join(ROOT, 'bench/load-server.py'), '--units', '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
-process.on('exit', () => server.kill('SIGKILL'));
-const port = await new Promise<number>((resolve, reject) => {
-  let output = '';
-  server.stdout!.on('data', (chunk: Buffer) => {
-    output += chunk.toString();
-    const match = /READY (\d+)/.exec(output);
-    if (match) resolve(Number(match[1]));
-  });
-  server.once('exit', (code) => reject(new Error(`load server exited with ${code}`)));
-});
+const { port } = await startModbusServer(ROOT, [1]);
 
 function driverWith(maxGap: number) {
   const config = modbusDevice.parse({ name: 'bench', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 2000, maxGap }, tags });
@@ -79,5 +68,4 @@ console.log(JSON.stringify({
   coalescedMaxGap32: coalescedWide,
   speedupDefault: Math.round((onePerTag.cycleMs / coalesced.cycleMs) * 10) / 10,
 }));
-server.kill('SIGTERM');
 process.exit(0);

@@ -6,12 +6,11 @@
 //
 // --sampling is the monitored items' samplingInterval: 0 = report on change (the node-opcua server
 // pushes values as they are set), 100 = sample every 100 ms (node-opcua runs a timer per item).
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpuSeconds, freePort, peakRssMb, start } from './lib.js';
+import { cpuSeconds, freePort, peakRssMb, sleep, start, tempFolder, waitForOutput } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({
@@ -29,13 +28,14 @@ const sampling = Number(args.sampling);
 const windowMs = Number(args.window) * 1000;
 const warmupMs = Number(args.warmup) * 1000;
 
-const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-opcua-bench-'));
+const folder = tempFolder('plc2mqtt-opcua-bench-');
 const server = await start(process.execPath, [join(ROOT, 'dist/bench/opcua-load-server.js'), join(folder, 'server-pki'), String(items), String(period)], /READY (\d+)/);
 const opcuaPort = Number(server.match[1]);
 const brokerPort = await freePort();
 const config = {
   gateway: { name: 'bench', dataDir: join(folder, 'data'), logLevel: 'info' },
   broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: brokerPort }], allowAnonymous: true },
+  http: { port: 0 },
   topics: { retain: false },
   devices: [
     {
@@ -55,19 +55,21 @@ writeFileSync(configFile, JSON.stringify(config));
 
 const gateway = await start(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile], /polling started/);
 const pid = gateway.child.pid!;
-const subscriber = await start(process.execPath, [join(ROOT, 'dist/bench/subscriber.js'), `mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/#', String(warmupMs), String(windowMs)], /SUBSCRIBED/);
-const resultLine = new Promise<string>((resolve) => subscriber.child.once('exit', () => resolve(subscriber.output().split('\n').find((line) => line.startsWith('{')) ?? '{}')));
+const subscriber = await start(process.execPath, [join(ROOT, 'dist/bench/subscriber.js'), '--url', `mqtt://127.0.0.1:${brokerPort}`, '--filter', 'plc2mqtt/#', '--qos', '0', '--interval', String(period)], /SUBSCRIBED/, 30_000, { stdin: true });
+// The subscriber counts what arrives in the window (notifications carry the server's source timestamps, not poll slots).
+const windowStart = Date.now() + warmupMs;
+subscriber.child.stdin!.write(`window ${windowStart} ${windowStart + windowMs}\n`);
 
-await new Promise((resolve) => setTimeout(resolve, warmupMs));
+await sleep(windowStart - Date.now());
 const cpuStart = cpuSeconds(pid);
 const serverCpuStart = cpuSeconds(server.child.pid!);
 const wallStart = Date.now();
-await new Promise((resolve) => setTimeout(resolve, windowMs));
+await sleep(windowMs);
 const wall = (Date.now() - wallStart) / 1000;
 const cpuPercent = Math.round(((cpuSeconds(pid) - cpuStart) / wall) * 100);
 const serverCpuPercent = Math.round(((cpuSeconds(server.child.pid!) - serverCpuStart) / wall) * 100);
 const rss = peakRssMb(pid);
-const received = JSON.parse(await resultLine) as { messages: number; perSecond: number; latencyMs: unknown };
+const received = JSON.parse((await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, 60_000))[1]!) as { arrivedPerSecond: number; latencyMs: unknown };
 if (gateway.child.exitCode !== null) throw new Error(`the gateway exited during the run: ${gateway.output().slice(-2000)}`);
 const expected = items * (1000 / period);
 
@@ -79,8 +81,8 @@ console.log(
     publishingIntervalMs: period,
     samplingIntervalMs: sampling,
     expectedNotificationsPerSecond: expected,
-    deliveredPerSecond: received.perSecond,
-    delivered: `${Math.round((received.perSecond / expected) * 100)}%`,
+    deliveredPerSecond: received.arrivedPerSecond,
+    delivered: `${Math.round((received.arrivedPerSecond / expected) * 100)}%`,
     latencyMs: received.latencyMs,
     gatewayCpuPercent: cpuPercent,
     gatewayPeakRssMb: rss,
@@ -91,5 +93,4 @@ console.log(
 gateway.child.kill('SIGTERM');
 await new Promise((resolve) => gateway.child.once('exit', resolve));
 server.child.kill('SIGTERM');
-rmSync(folder, { recursive: true, force: true });
 process.exit(0);

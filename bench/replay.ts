@@ -4,22 +4,19 @@
 //    real CLI, its own process) drains them to mosquitto at QoS 1: time, msg/s, gateway peak RSS,
 //    and that the cloud-side counter saw every sequence number (zero lost).
 //   node dist/bench/replay.js [--messages 1000000] [--inflight 500]
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
 import { Outbox } from '../src/outbox.js';
-import { freePort, peakRssMb, start, track, waitForPort } from './lib.js';
+import { peakRssMb, rssMb, start, startMosquitto, tempFolder } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({ options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } } });
 const total = Number(args.messages);
-const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-replay-'));
-process.on('exit', () => rmSync(folder, { recursive: true, force: true }));
+const folder = tempFolder('plc2mqtt-replay-');
 const log = pino({ level: 'silent' });
 // A payload shaped like a tag message, ~110 bytes with its topic.
 const payload = (seq: number) => Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq},"unit":"bar","seq":${seq}}`);
@@ -51,11 +48,8 @@ for (let seq = 1; seq <= total; seq++) {
 backlog.commit();
 backlog.close();
 
-// mosquitto as the cloud: no per-subscriber queue limit, or it drops QoS 1 messages silently.
-const cloudPort = await freePort();
-writeFileSync(join(folder, 'mosquitto.conf'), `listener ${cloudPort} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`);
-track(spawn('/usr/sbin/mosquitto', ['-c', join(folder, 'mosquitto.conf')], { stdio: 'ignore' }));
-await waitForPort(cloudPort);
+// mosquitto as the cloud (max_queued_messages 0: otherwise it drops QoS 1 messages silently).
+const { port: cloudPort } = await startMosquitto(folder);
 const counter = await start(process.execPath, [join(ROOT, 'dist/bench/counter.js'), `mqtt://127.0.0.1:${cloudPort}`, 'plc2mqtt/bench/#', String(total)], /SUBSCRIBED/);
 const result = new Promise<{ distinct: number; duplicates: number; outOfOrder: number; firstAt: number; doneAt: number }>((resolve) =>
   counter.child.once('exit', () => resolve(JSON.parse(counter.output().split('\n').find((line) => line.startsWith('{')) ?? '{}'))),
@@ -64,12 +58,17 @@ const result = new Promise<{ distinct: number; duplicates: number; outOfOrder: n
 const config = {
   gateway: { name: 'bench', dataDir, logLevel: 'info' },
   broker: { listeners: [{ type: 'tcp', port: 0 }] },
+  http: { port: 0 },
   uplink: { url: `mqtt://127.0.0.1:${cloudPort}`, inFlight: Number(args.inflight), outbox: { maxMessages: 10_000_000, maxBytes: '4GB' } },
 };
 writeFileSync(join(folder, 'gateway.json'), JSON.stringify(config));
 const started = Date.now();
 const gateway = await start(process.execPath, [...(process.env.GW_FLAGS ? process.env.GW_FLAGS.split(' ') : []), ...(process.env.PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE] : []), join(ROOT, 'dist/src/cli.js'), 'run', '-c', join(folder, 'gateway.json')], /polling started/);
+// RSS while draining, once a second: it should stay flat, however long the backlog.
+const rssSamples: number[] = [];
+const sampler = setInterval(() => rssSamples.push(rssMb(gateway.child.pid!)), 1000);
 const received = await result;
+clearInterval(sampler);
 const seconds = (received.doneAt - started) / 1000;
 const gatewayPeakRssMb = peakRssMb(gateway.child.pid!);
 gateway.child.kill('SIGTERM');
@@ -87,5 +86,7 @@ console.log(JSON.stringify({
   drainPerSecond: Math.round(received.distinct / seconds),
   inFlightWindow: Number(args.inflight),
   gatewayPeakRssMb,
+  // Resident memory during the drain: first and last second, smallest and largest sample.
+  gatewayRssMbDuringDrain: rssSamples.length === 0 ? null : { first: rssSamples[0], min: Math.min(...rssSamples), max: Math.max(...rssSamples), last: rssSamples.at(-1), every5s: rssSamples.filter((_, index) => index % 5 === 0) },
 }));
 process.exit(0);
