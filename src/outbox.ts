@@ -82,6 +82,8 @@ export class Outbox {
   private timer: NodeJS.Timeout | undefined;
   private count: number;
   private bytes: number;
+  private lastCommittedId: number;
+  private committedRows: StoredMessage[] = [];
   private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0 };
   private droppingSince: number | undefined;
   private unremoved: Array<{ id: number; outcome: 'delivered' | 'rejected' }> = [];
@@ -89,7 +91,7 @@ export class Outbox {
   private diskFull = false;
   private closed = false;
   /** Called after each successful commit, so the uplink sends new messages at once. */
-  onCommit: (() => void) | undefined;
+  onCommit: ((committed: readonly StoredMessage[]) => void) | undefined;
 
   private constructor(file: string, db: Database.Database, options: OutboxOptions, log: Logger) {
     this.file = file;
@@ -100,6 +102,15 @@ export class Outbox {
     const totals = this.statements.totals.get() as { count: number; bytes: number | null };
     this.count = totals.count;
     this.bytes = totals.bytes ?? 0;
+    this.lastCommittedId = this.nextId() - 1;
+  }
+
+  /**
+   * The highest id committed so far (ids only grow). A reader whose cursor is here has nothing
+   * new to read: the uplink checks this instead of running an empty SELECT after every PUBACK.
+   */
+  get lastId(): number {
+    return this.lastCommittedId;
   }
 
   /**
@@ -155,13 +166,15 @@ export class Outbox {
     if (this.pending.length === 0 || this.closed) return;
     const batch = this.pending;
     // The transaction may fail half way (disk full): the counters follow only a commit that happened.
-    const before = { count: this.count, bytes: this.bytes };
+    const before = { count: this.count, bytes: this.bytes, lastId: this.lastCommittedId };
     let dropped: { count: number; why: string } | undefined;
     try {
       dropped = this.db.transaction(() => this.writeBatch(batch))();
     } catch (error) {
       this.count = before.count;
       this.bytes = before.bytes;
+      this.lastCommittedId = before.lastId;
+      this.committedRows = [];
       if (isDiskFull(error)) {
         if (!this.diskFull) this.log.error({ pending: batch.length, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory and retrying every second');
         this.diskFull = true;
@@ -177,7 +190,11 @@ export class Outbox {
       this.log.info({ committed: batch.length }, 'outbox: disk space is back, buffered messages committed');
     }
     for (const item of batch) item.onCommitted?.();
-    this.onCommit?.();
+    // The rows just written, for a reader that is caught up (saves reading them back). Not when
+    // a bound dropped rows in this commit: some of these may be among them.
+    const committed = dropped ? [] : this.committedRows;
+    this.committedRows = [];
+    this.onCommit?.(committed);
   }
 
   /** Inserts a batch inside the caller's transaction; returns what a bound dropped. */
@@ -203,7 +220,8 @@ export class Outbox {
     for (const item of accepted) {
       const { topic, payload, qos, retain } = item.message;
       const size = sizeOf(item.message);
-      this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size);
+      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size).lastInsertRowid);
+      if (this.onCommit) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size });
       this.count++;
       this.bytes += size;
     }
@@ -300,13 +318,21 @@ export class Outbox {
     const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0 };
     try {
       this.db.transaction(() => {
-        for (const { id, outcome: how } of all) {
-          const row = this.statements.remove.get(id) as { size: number } | undefined;
-          // Absent when a bound dropped it while it was in flight.
-          if (!row) continue;
-          removed.count++;
-          removed.bytes += row.size;
-          removed[how]++;
+        // Acknowledgements come mostly in id order: one DELETE per run of consecutive ids, not per id.
+        for (const how of ['delivered', 'rejected'] as const) {
+          const ids = all.filter((entry) => entry.outcome === how).map((entry) => entry.id).sort((a, b) => a - b);
+          for (let start = 0; start < ids.length; ) {
+            let end = start;
+            while (end + 1 < ids.length && ids[end + 1]! <= ids[end]! + 1) end++;
+            // Ids a bound dropped while they were in flight are simply not there any more.
+            const rows = this.statements.removeRange.all(ids[start]!, ids[end]!) as Array<{ size: number }>;
+            for (const row of rows) {
+              removed.count++;
+              removed.bytes += row.size;
+              removed[how]++;
+            }
+            start = end + 1;
+          }
         }
       })();
     } catch (error) {
@@ -396,6 +422,7 @@ function prepare(db: Database.Database) {
     insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, ?, ?, ?, ?)'),
     peek: db.prepare('SELECT id, topic, payload, qos, retain, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
+    removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
     dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?) RETURNING size'),
     oldestSizes: db.prepare('SELECT id, size FROM messages ORDER BY id LIMIT ?'),
     dropThrough: db.prepare('DELETE FROM messages WHERE id <= ?'),

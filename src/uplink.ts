@@ -123,12 +123,17 @@ export class Uplink {
       outgoingStore: new NoStore(),
       resubscribe: false,
       will: { topic: this.statusTopic, payload: Buffer.from('offline'), qos: 1, retain: true },
+      // mqtt.js logs every packet through `debug`, which costs ~5% CPU even when off; DEBUG=mqttjs* still works.
+      ...(process.env.DEBUG === undefined ? { log: () => undefined } : {}),
       ...(config.username !== undefined ? { username: config.username } : {}),
       ...(config.password !== undefined ? { password: config.password } : {}),
       ...readTls(config.tls),
     };
     this.window = config.inFlight;
-    outbox.onCommit = () => this.pump();
+    outbox.onCommit = (committed) => {
+      this.adopt(committed);
+      this.pump();
+    };
   }
 
   /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
@@ -310,11 +315,19 @@ export class Uplink {
     // While probing, the suspect goes out alone, and only once the status PUBACK proved the link.
     if (this.probe !== undefined && !this.statusAcked) return;
     const window = this.probe !== undefined ? 1 : this.window;
+    // One socket write for the whole batch instead of one per packet (writev was ~10% of the CPU).
+    const stream = this.client?.stream;
+    let corked = false;
     while (this.inFlight.size + this.acked.length < window) {
       const next = this.nextMessage(window);
       if (!next) break;
+      if (!corked && stream && !stream.writableCorked) {
+        stream.cork();
+        corked = true;
+      }
       this.send(next.message, next.live);
     }
+    if (corked) process.nextTick(() => stream!.uncork());
   }
 
   private nextMessage(window: number): { message: StoredMessage; live: boolean } | undefined {
@@ -333,11 +346,29 @@ export class Uplink {
     return undefined;
   }
 
+  /**
+   * Rows the outbox just committed go straight into the send buffer when the reader is caught up
+   * to exactly where they start, instead of being read back from SQLite (a third of the uplink's
+   * CPU at 20k msg/s). Anything else is left for take() to read.
+   */
+  private adopt(committed: readonly StoredMessage[]): void {
+    const first = committed[0];
+    if (!first || !this.connected) return;
+    const live = this.config.liveShare > 0;
+    if ((live ? this.liveCursor : this.backlogCursor) !== first.id - 1) return;
+    const buffer = live ? this.live : this.backlog;
+    for (const row of committed) buffer.push(row);
+    if (live) this.liveCursor = committed.at(-1)!.id;
+    else this.backlogCursor = committed.at(-1)!.id;
+  }
+
   /** The next message of the backlog or of live data, refilling that buffer from the outbox. */
   private take(live: boolean): StoredMessage | undefined {
     const buffer = live ? this.live : this.backlog;
     if (buffer.length === 0) {
       if (!live && this.backlogDone) return undefined;
+      // Caught up: nothing was committed past the cursor, so there is nothing to SELECT.
+      if ((live ? this.liveCursor : this.backlogCursor) >= this.outbox.lastId && (live || this.config.liveShare === 0)) return undefined;
       const rows = live ? this.outbox.peek(this.liveCursor, this.config.inFlight) : this.outbox.peek(this.backlogCursor, this.config.inFlight, this.liveStart);
       if (rows.length === 0) {
         // The backlog only ends when it is split from live data; in FIFO mode it is all there is.
