@@ -4,7 +4,7 @@
 // Prints one JSON line of figures.
 //
 //   node dist/bench/e2e.js --tags 10000 --interval 500 [--devices 10] [--format per-tag|batch]
-//        [--at cloud|local] [--window 10] [--warmup 3] [--inflight 500] [--commit-interval 10]
+//        [--at cloud|local] [--window 10] [--warmup 3] [--inflight 500] [--commit-interval 5]
 //        [--report always|change]
 //        [--prof DIR] [--gateway-flags=--max-semi-space-size=4]
 //

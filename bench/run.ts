@@ -12,7 +12,7 @@ const runs: Array<[string, string[]]> = [
   ['e2e.js', ['--tags', '1000', '--interval', '1000', '--devices', '1']],
   ['e2e.js', ['--tags', '10000', '--interval', '1000', '--devices', '10']],
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '10']],
-  // the same with the outbox committing every 50 ms instead of 10 (uplink.outbox.commitInterval)
+  // the same with the outbox committing every 50 ms instead of 5 (uplink.outbox.commitInterval)
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '10', '--commit-interval', '50']],
   ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10']],
   // e2e-batch: node dist/bench/e2e.js --tags 10000 --interval 100 --devices 10 --format batch
