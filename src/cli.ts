@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // plc2mqtt command line: run, validate, schema, read, browse, simulate.
-import { readFileSync } from 'node:fs';
+import { readFileSync, watchFile } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
@@ -57,7 +57,8 @@ program
   .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
   .option('--pretty', 'human-readable logs even when stdout is not a terminal')
   .option('--data-dir <dir>', 'where the outbox, retained messages and PKI live, instead of gateway.dataDir (the Docker image uses /data)')
-  .action(async (options: { config: string; pretty?: boolean; dataDir?: string }) => {
+  .option('--watch', 'reload the config when the file changes (as on SIGHUP)')
+  .action(async (options: { config: string; pretty?: boolean; dataDir?: string; watch?: boolean }) => {
     const loaded = loadOrExit(options.config);
     if (options.dataDir !== undefined) loaded.dataDir = resolve(options.dataDir);
     const log = createLogger(loaded.config.gateway.logLevel, options.pretty ? { pretty: true } : {});
@@ -86,24 +87,34 @@ program
     // Hot reload: a valid new config restarts only the devices whose definition changed; an
     // invalid one is reported and the running config stays.
     process.off('SIGHUP', ignoreEarlyReload);
-    process.on('SIGHUP', () => {
+    const reload = (trigger: string) => {
       let next: LoadedConfig;
       try {
         next = loadConfigFile(loaded.file);
         next.dataDir = loaded.dataDir;
       } catch (error) {
         const problems = error instanceof ConfigError ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`) : [errorMessage(error)];
-        log.error({ config: loaded.file, problems }, 'reload refused: the new config is invalid; the running config stays');
+        log.error({ config: loaded.file, trigger, problems }, 'reload refused: the new config is invalid; the running config stays');
         return;
       }
       gateway.reload(next).then(
         (result) => {
-          log.info({ config: loaded.file, ...result }, 'config reloaded');
+          log.info({ config: loaded.file, trigger, ...result }, 'config reloaded');
           if (result.notApplied.length > 0) log.warn({ sections: result.notApplied }, 'changes to these sections need a restart of the gateway; they were not applied');
+          if (result.failed.length > 0) log.error({ devices: result.failed }, 'devices that could not be started after the reload stay stopped');
         },
         (error: unknown) => log.error({ error: errorMessage(error) }, 'reload failed'),
       );
-    });
+    };
+    process.on('SIGHUP', () => reload('SIGHUP'));
+    if (options.watch) {
+      // Polling the file's status, not fs.watch: editors save by renaming a new file over the old
+      // one, which ends an inotify watch; a stat every second sees every kind of save.
+      watchFile(loaded.file, { interval: 1000, persistent: false }, (current, previous) => {
+        if (current.mtimeMs !== previous.mtimeMs || current.size !== previous.size) reload('file changed');
+      });
+      log.info({ config: loaded.file }, 'watching the config file for changes');
+    }
     let signals = 0;
     const shutdown = (signal: NodeJS.Signals) => {
       if (++signals > 1) {

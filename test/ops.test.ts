@@ -213,3 +213,31 @@ describe('operations endpoint and hot reload', () => {
     assert.deepEqual(drained.devices, []);
   });
 });
+
+describe('plc2mqtt run --watch', () => {
+  const dir = makeTempDir('plc2mqtt-watch-');
+  const configFile = join(dir, 'gateway.json');
+  const modbus = new TcpTestServer();
+  let gateway: RunningGateway | undefined;
+
+  after(async () => {
+    gateway?.child.kill('SIGTERM');
+    await gateway?.exited;
+    await modbus.stop();
+    removeDir(dir);
+  });
+
+  it('a saved change to the config file is applied like a SIGHUP', async () => {
+    await modbus.start();
+    const device = (name: string) => ({ name, driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port }, pollInterval: '200ms', tags: [{ name: 'x', area: 'holding', address: 0, type: 'uint16' }] });
+    const write = (devices: object[]) => writeFileSync(configFile, JSON.stringify({ gateway: { name: 'w', dataDir: join(dir, 'data') }, broker: { listeners: [{ type: 'tcp', port: 0 }] }, http: { enabled: false }, devices }));
+    write([device('a')]);
+    gateway = runGateway(configFile, ['--watch']);
+    const lines = () => gateway!.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine);
+    await waitFor(() => lines().some((line) => line.msg === 'watching the config file for changes'), 20_000, 'the watch');
+    write([device('a'), device('b')]);
+    await waitFor(() => lines().some((line) => line.msg === 'config reloaded'), 10_000, 'the reload');
+    const reloaded = lines().find((line) => line.msg === 'config reloaded')!;
+    assert.deepEqual([reloaded.trigger, reloaded.added, reloaded.unchanged], ['file changed', ['b'], 1]);
+  });
+});

@@ -13,8 +13,8 @@ export interface RunningGateway {
   exited: Promise<number | null>;
 }
 
-export function runGateway(configFile: string): RunningGateway {
-  const child = spawn(process.execPath, [CLI, 'run', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function runGateway(configFile: string, extraArgs: string[] = []): RunningGateway {
+  const child = spawn(process.execPath, [CLI, 'run', '-c', configFile, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
