@@ -22,11 +22,11 @@ export interface OutboundLimits {
   maxQueued: number;
 }
 
-/** One delivery to the client: the aedes function that writes it, and whether the client must acknowledge it. */
+/** One delivery to the client and the aedes function that writes it. */
 interface Delivery {
   packet: PublishPacket;
-  send: (packet: PublishPacket, done: () => void) => void;
-  acknowledged: boolean;
+  /** deliverQoS (may need an acknowledgement) or deliver0 (never does). */
+  qos: boolean;
 }
 
 export class OutboundWindow {
@@ -42,6 +42,9 @@ export class OutboundWindow {
 
   private constructor(
     private readonly limits: OutboundLimits,
+    private readonly internals: AedesClientInternals,
+    private readonly deliverQoS: (packet: PublishPacket, done: () => void) => void,
+    private readonly deliver0: (packet: PublishPacket, done: () => void) => void,
     private readonly onExceeded: (waiting: number) => void,
   ) {}
 
@@ -52,14 +55,13 @@ export class OutboundWindow {
    */
   static watch(client: Client, limits: OutboundLimits, onExceeded: (waiting: number) => void, clientReceiveMaximum?: number): OutboundWindow {
     const internals = client as unknown as AedesClientInternals;
-    const window = new OutboundWindow({ maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued }, onExceeded);
-    const deliverQoS = internals.deliverQoS;
-    const deliver0 = internals.deliver0;
-    internals.deliver0 = (packet, done) => window.offer({ packet, send: deliver0, acknowledged: false }, done);
+    const limit = { maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued };
+    const window = new OutboundWindow(limit, internals, internals.deliverQoS, internals.deliver0, onExceeded);
+    internals.deliver0 = (packet, done) => window.offer({ packet, qos: false }, done);
     internals.deliverQoS = (packet, done) => {
-      // As aedes does: a QoS 0 message goes the QoS 0 way; a QoS 0 subscription on exactly this topic gets it without acknowledgement.
+      // As aedes does: a QoS 0 message goes the QoS 0 way.
       if (packet.qos === 0) return internals.deliver0(packet, done);
-      window.offer({ packet, send: deliverQoS, acknowledged: internals.subscriptions[packet.topic]?.qos !== 0 }, done);
+      window.offer({ packet, qos: true }, done);
     };
     internals._parser.on('packet', (packet) => {
       // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one. (Messages aedes resends from a
@@ -75,9 +77,18 @@ export class OutboundWindow {
     this.pending.delete(packet);
   }
 
+  /**
+   * Whether the client will acknowledge it, decided when it is written (the subscriptions may
+   * change while it waits): aedes sends a QoS 1/2 message at QoS 0 to a QoS 0 subscription on
+   * exactly this topic.
+   */
+  private acknowledged(delivery: Delivery): boolean {
+    return delivery.qos && this.internals.subscriptions[delivery.packet.topic]?.qos !== 0;
+  }
+
   private offer(delivery: Delivery, done: () => void): void {
     if (this.exceeded) return void setImmediate(done);
-    if (this.queue.length === 0 && (!delivery.acknowledged || this.inFlight < this.limits.maxInflight)) return this.send(delivery, done);
+    if (this.queue.length === 0 && (!this.acknowledged(delivery) || this.inFlight < this.limits.maxInflight)) return this.send(delivery, done);
     if (this.queue.length >= this.limits.maxQueued) {
       this.exceeded = true;
       this.onExceeded(this.inFlight + this.queue.length);
@@ -89,11 +100,12 @@ export class OutboundWindow {
   }
 
   private send(delivery: Delivery, done: () => void): void {
-    if (!delivery.acknowledged) return delivery.send(delivery.packet, done);
     const { packet } = delivery;
+    if (!delivery.qos) return this.deliver0(packet, done);
+    if (!this.acknowledged(delivery)) return this.deliverQoS(packet, done);
     this.inFlight++;
     this.pending.add(packet);
-    delivery.send(packet, () => {
+    this.deliverQoS(packet, () => {
       // Never forwarded (a duplicate of an overlapping subscription, or denied): no PUBACK will come.
       if (this.pending.delete(packet)) this.release();
       done();
@@ -108,7 +120,7 @@ export class OutboundWindow {
   private drain(): void {
     while (!this.exceeded) {
       const next = this.queue.peek();
-      if (!next || (next.acknowledged && this.inFlight >= this.limits.maxInflight)) return;
+      if (!next || (this.acknowledged(next) && this.inFlight >= this.limits.maxInflight)) return;
       this.queue.shift();
       this.send(next, () => undefined);
     }

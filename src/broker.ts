@@ -18,6 +18,11 @@ import type { Config, ListenerConfig } from './config/schema.js';
 import { Fifo } from './fifo.js';
 import { RetainedStore } from './retained-store.js';
 
+/** aedes' store of incoming QoS 2 messages waiting for PUBREL (resolves when it holds this one). */
+interface QoS2Store {
+  persistence: { incomingGetPacket(client: Client, packet: { messageId?: number }): Promise<unknown> };
+}
+
 // CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum we can't import).
 type AuthErrorCode = 4 | 5;
 const AUTH_BAD_CREDENTIALS: AuthErrorCode = 4;
@@ -165,7 +170,11 @@ export class IntegratedBroker {
               origin.responseTopic = responseTopic;
               origin.correlationData = properties?.correlationData;
             }
-            broker!.commandHook!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+            const fire = () => broker!.commandHook!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+            // A persistent session may resend a QoS 2 message after a reconnect (before its PUBREL):
+            // aedes still holds it then, and it is not a new command.
+            if (packet.qos === 2 && !client.clean) (aedes as unknown as QoS2Store).persistence.incomingGetPacket(client, packet).then(() => undefined, fire);
+            else fire();
           }
         }
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;

@@ -72,7 +72,7 @@ export class CommandHandler {
   private readonly queues = new Map<string, { tail: Promise<void>; pending: number }>();
   /** When a write last went out to each tag (performance.now(): immune to clock steps). */
   private readonly lastWritten = new Map<string, number>();
-  private readonly limits: WriteLimits;
+  private limits: WriteLimits;
   private readonly suffix: string;
   /** Topics that look like a command for a tag we don't know ("+" for each placeholder). */
   private readonly unknownFilters: string[];
@@ -90,6 +90,11 @@ export class CommandHandler {
   /** Makes `tagTopic + suffix` the command topic of a tag (writable or not: others get a clear refusal). */
   register(tagTopic: string, target: CommandTarget): void {
     this.targets.set(tagTopic + this.suffix, target);
+  }
+
+  /** New writes limits (a reload); commands already waiting keep the wait they started with. */
+  setLimits(limits: WriteLimits): void {
+    this.limits = limits;
   }
 
   /** The tag's command topic is gone (its device was removed or is being restarted by a reload). */
@@ -154,6 +159,9 @@ export class CommandHandler {
       requested = command.value;
       if (command.sentAt !== undefined && started - command.sentAt > this.limits.maxAge) {
         throw new Rejected(`stale command: sent ${Math.round((started - command.sentAt) / 1000)} s ago ("ts"), older than writes.maxAge (${this.limits.maxAge} ms)`);
+      }
+      if (command.sentAt !== undefined && command.sentAt - started > this.limits.maxAge) {
+        throw new Rejected(`"ts" is ${Math.round((command.sentAt - started) / 1000)} s in the future (more than writes.maxAge): check the sender's clock`);
       }
       checkValue(requested, target.tag);
       const minInterval = target.tag.write?.minInterval;

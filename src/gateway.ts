@@ -299,8 +299,9 @@ export class Gateway {
     for (const section of ['gateway', 'broker', 'topics', 'http', 'uplink', 'simulators'] as const) {
       if (JSON.stringify(previous[section]) !== JSON.stringify(next[section])) result.notApplied.push(section);
     }
-    // Only the devices are taken from the new config; every other section stays as it runs.
-    this.currentConfig = { ...previous, devices: next.devices };
+    // The devices and the write limits are taken from the new config; every other section stays as it runs.
+    this.currentConfig = { ...previous, devices: next.devices, writes: next.writes };
+    this.commands.setLimits(next.writes);
     const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
     for (const name of [...this.devices.keys()]) {
       const running = this.devices.get(name)!;

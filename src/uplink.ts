@@ -91,6 +91,7 @@ export class Uplink {
   /** Messages sent on topics the receive rules also take back, by topic and payload hash → expiry. */
   private readonly echoes = new Map<string, { count: number; expires: number }>();
   private readonly ownTopics = new Map<string, boolean>();
+  private readonly echoIds = new Set<number>();
   /** Sees every cloud message under its local topic before it goes into the integrated broker (the write path picks its commands). */
   downlinkHook: ((localTopic: string, payload: Buffer, retain: boolean) => void) | undefined;
   private lastError: string | undefined;
@@ -315,19 +316,12 @@ export class Uplink {
     // While probing, the suspect goes out alone, and only once the status PUBACK proved the link.
     if (this.probe !== undefined && !this.statusAcked) return;
     const window = this.probe !== undefined ? 1 : this.window;
-    // One socket write for the whole batch instead of one per packet (writev was ~10% of the CPU).
-    const stream = this.client?.stream;
-    let corked = false;
+    // (mqtt-packet corks the socket per packet until the next tick, so one loop is one write.)
     while (this.inFlight.size + this.acked.length < window) {
       const next = this.nextMessage(window);
       if (!next) break;
-      if (!corked && stream && !stream.writableCorked) {
-        stream.cork();
-        corked = true;
-      }
       this.send(next.message, next.live);
     }
-    if (corked) process.nextTick(() => stream!.uncork());
   }
 
   private nextMessage(window: number): { message: StoredMessage; live: boolean } | undefined {
@@ -357,6 +351,9 @@ export class Uplink {
     const live = this.config.liveShare > 0;
     if ((live ? this.liveCursor : this.backlogCursor) !== first.id - 1) return;
     const buffer = live ? this.live : this.backlog;
+    // Bounded like take(): a cloud slower than the plant must leave the backlog in SQLite, not in
+    // memory (where rows a bound drops meanwhile would still be sent).
+    if (buffer.length + committed.length > this.config.inFlight) return;
     for (const row of committed) buffer.push(row);
     if (live) this.liveCursor = committed.at(-1)!.id;
     else this.backlogCursor = committed.at(-1)!.id;
@@ -434,7 +431,12 @@ export class Uplink {
   }
 
   private send(message: StoredMessage, live: boolean): void {
-    if (this.receivesOwn(message.topic)) this.expectEcho(message.topic, message.payload);
+    // Once per message: a resend after a reconnect is the same message, and comes back at most once more.
+    if (this.receivesOwn(message.topic) && !this.echoIds.has(message.id)) {
+      if (this.echoIds.size >= MAX_ECHOES) this.echoIds.delete(this.echoIds.values().next().value!);
+      this.echoIds.add(message.id);
+      this.expectEcho(message.topic, message.payload);
+    }
     const epoch = this.epoch;
     this.inFlight.set(message.id, message);
     if (live) this.liveInFlight++;

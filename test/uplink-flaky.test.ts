@@ -94,3 +94,59 @@ it('a link that works but drops at random moments delivers everything and sets n
   assert.ok(cloud.state.connections > 3, `the link really flapped (${cloud.state.connections} connections)`);
   outbox.close();
 });
+
+it('a cloud slower than the plant: the backlog stays in SQLite, and what the outbox bound drops is never sent', async (t) => {
+  // Acknowledges each data message 10 ms after it arrives: with inFlight 20 about 2,000 msg/s.
+  const acknowledged: string[] = [];
+  const sockets = new Set<Socket>();
+  const cloud = createServer((socket) => {
+    sockets.add(socket);
+    const parser = mqttPacket.parser({ protocolVersion: 4 });
+    parser.on('packet', (packet) => {
+      if (packet.cmd === 'connect') socket.write(mqttPacket.generate({ cmd: 'connack', returnCode: 0, sessionPresent: false }));
+      if (packet.cmd === 'publish' && packet.messageId !== undefined) {
+        const { messageId, topic, payload } = packet;
+        setTimeout(() => {
+          if (socket.destroyed) return;
+          socket.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+          if (topic !== 'gw/status') acknowledged.push(payload.toString());
+        }, topic === 'gw/status' ? 0 : 10);
+      }
+    });
+    socket.on('data', (data: Buffer) => parser.parse(data));
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => cloud.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    cloud.close();
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-slow-cloud-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const log = pino({ level: 'silent' });
+  const config = uplinkSection.parse({ url: `mqtt://127.0.0.1:${(cloud.address() as { port: number }).port}`, inFlight: 20, outbox: { maxMessages: 5000, policy: 'drop-oldest' } });
+  const outbox = Outbox.open(join(dir, 'outbox.db'), config.outbox, log);
+  const broker = await IntegratedBroker.start(brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }), log, dir);
+  const uplink = new Uplink(config, 'gw', 'gw/status', outbox, broker, log);
+  uplink.start();
+  try {
+    await waitFor(() => uplink.stats.connected, 10_000, 'connected');
+    // 50,000 messages in 100 commits, far faster than the cloud takes them: the bound drops the oldest.
+    for (let commit = 0; commit < 100; commit++) {
+      for (let n = 0; n < 500; n++) outbox.append({ topic: 't/a', payload: Buffer.from(`m${commit * 500 + n}`), qos: 1, retain: false });
+      outbox.commit();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await waitFor(() => acknowledged.length >= 2000, 20_000, '2,000 acknowledgements');
+  } finally {
+    await uplink.stop(500);
+    await broker.close();
+  }
+  // Acknowledgements delete messages that are still in the outbox: only the few read ahead or in
+  // flight (≤ 2 × inFlight) when a commit drops the oldest can be sent after being dropped, not
+  // the whole backlog kept in memory.
+  assert.ok(outbox.stats.dropped >= 44_000, `dropped ${outbox.stats.dropped}`);
+  assert.ok(outbox.stats.delivered >= acknowledged.length * 0.9, `delivered ${outbox.stats.delivered} of ${acknowledged.length} acknowledged`);
+  outbox.close();
+});

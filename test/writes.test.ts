@@ -263,6 +263,31 @@ describe('writes from MQTT', () => {
     }
   });
 
+  it('a QoS 2 command resent by a persistent session after a reconnect (before PUBREL) is written once', async () => {
+    const port = gateway.broker.addresses()[0]!.port;
+    const session = { clientId: 'raw-persistent', clean: false, username: 'operator', password: Buffer.from('op-secret') };
+    const before = modbus.writes.filter((write) => write.address === 40).length;
+    const publish = { cmd: 'publish' as const, topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('9'), qos: 2 as const, messageId: 11, retain: false, dup: false };
+    const first = await RawClient.connect(port, session);
+    await first.next('connack');
+    first.send(publish);
+    await first.next('pubrec');
+    first.destroy(); // the PUBREL never went out
+    await waitFor(() => modbus.holding[40] === 9, 5000, 'the write');
+    const again = await RawClient.connect(port, session);
+    try {
+      assert.equal((await again.next('connack')).returnCode, 0);
+      again.send({ ...publish, dup: true });
+      await again.next('pubrec');
+      again.send({ cmd: 'pubrel', messageId: 11 });
+      await again.next('pubcomp');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(modbus.writes.filter((write) => write.address === 40).length - before, 1, 'written once');
+    } finally {
+      again.destroy();
+    }
+  });
+
   it('an MQTT 5 response topic that is one of the gateway\'s own topics is not used: the answer goes to the result topic', async () => {
     const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', protocolVersion: 5, reconnectPeriod: 0 });
     const dataTopic = `${PREFIX}/plc/i32`;
@@ -287,6 +312,8 @@ describe('writes from MQTT', () => {
     const iso = await command('plc', 'flow', JSON.stringify({ value: 2.5, ts: new Date(Date.now() - 5_000).toISOString() }));
     assert.equal(iso.ok, true, iso.error ?? '');
     assert.deepEqual(registers(42, 2), [0x4020, 0x0000]);
+    const future = await command('plc', 'flow', JSON.stringify({ value: 3.5, ts: Date.now() + 120_000 }));
+    assert.match(future.error ?? '', /"ts" is 1[12]\d s in the future/);
     const infinite = await command('plc', 'flow', '1e400');
     assert.match(infinite.error ?? '', /Infinity is not a finite number/);
     assert.deepEqual(registers(42, 2), [0x4020, 0x0000]);
