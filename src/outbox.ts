@@ -90,6 +90,11 @@ export class Outbox {
   private droppedInEpisode = 0;
   private diskFull = false;
   private closed = false;
+  /**
+   * The highest id the reader (the uplink) has taken to send, 0 when it holds none (disconnected).
+   * drop-oldest spares those while newer ones can go instead.
+   */
+  readerThrough = 0;
   /** Called after each successful commit, so the uplink sends new messages at once. */
   onCommit: ((committed: readonly StoredMessage[]) => void) | undefined;
 
@@ -235,14 +240,27 @@ export class Outbox {
   /** Drops exactly as many of the oldest messages as it takes to get back within both bounds. */
   private dropOldestOverBounds(maxMessages: number, maxBytes: number): number {
     let dropped = 0;
-    if (this.count > maxMessages) {
-      const rows = this.statements.dropOldest.all(this.count - maxMessages) as Array<{ size: number }>;
+    // The oldest messages the reader has not taken yet go first: those it holds are being sent,
+    // and dropping them would count as lost what the cloud then receives. Only when that is not
+    // enough (a bound smaller than the send window) do they go too.
+    for (const after of this.readerThrough > 0 ? [this.readerThrough, 0] : [0]) {
+      if (this.count <= maxMessages) break;
+      const rows = this.statements.dropOldest.all(after, this.count - maxMessages) as Array<{ size: number }>;
       for (const row of rows) this.bytes -= row.size;
       this.count -= rows.length;
       dropped += rows.length;
     }
+    for (const after of this.readerThrough > 0 ? [this.readerThrough, 0] : [0]) {
+      if (this.bytes > maxBytes) dropped += this.dropBytesAfter(after, maxBytes);
+    }
+    return dropped;
+  }
+
+  /** Drops the oldest messages with an id above `after` until the bytes fit (or none are left). */
+  private dropBytesAfter(after: number, maxBytes: number): number {
+    let dropped = 0;
     while (this.bytes > maxBytes) {
-      const rows = this.statements.oldestSizes.all(1000) as Array<{ id: number; size: number }>;
+      const rows = this.statements.oldestSizes.all(after, 1000) as Array<{ id: number; size: number }>;
       if (rows.length === 0) break;
       let freed = 0;
       let through = 0;
@@ -253,7 +271,7 @@ export class Outbox {
         taken++;
         if (this.bytes - freed <= maxBytes) break;
       }
-      this.statements.dropThrough.run(through);
+      this.statements.dropRange.run(after, through);
       this.bytes -= freed;
       this.count -= taken;
       dropped += taken;
@@ -423,9 +441,9 @@ function prepare(db: Database.Database) {
     peek: db.prepare('SELECT id, topic, payload, qos, retain, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
-    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?) RETURNING size'),
-    oldestSizes: db.prepare('SELECT id, size FROM messages ORDER BY id LIMIT ?'),
-    dropThrough: db.prepare('DELETE FROM messages WHERE id <= ?'),
+    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?) RETURNING size'),
+    oldestSizes: db.prepare('SELECT id, size FROM messages WHERE id > ? ORDER BY id LIMIT ?'),
+    dropRange: db.prepare('DELETE FROM messages WHERE id > ? AND id <= ?'),
     expire: db.prepare('DELETE FROM messages WHERE created < ? RETURNING size'),
     totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
     deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved) SELECT id, topic, payload, qos, retain, created, ?, ? FROM messages WHERE id = ? RETURNING id'),

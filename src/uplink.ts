@@ -209,6 +209,8 @@ export class Uplink {
     if (wasConnected && inFlight > 0 && this.ackedOnConnection === 0 && this.statusAcked) this.suspectHead();
     this.inFlight.clear();
     this.liveInFlight = 0;
+    // Nothing is being sent now: the outbox bound may drop the oldest of everything again.
+    this.outbox.readerThrough = 0;
     if (wasConnected && !this.stopping) this.log.warn({ inFlight, backlog: this.outbox.stats.messages, error: this.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
     if (this.stopping) return;
     this.failedAttempts++;
@@ -298,7 +300,7 @@ export class Uplink {
   private resetSending(): void {
     this.backlog = new Fifo();
     this.live = new Fifo();
-    this.backlogCursor = 0;
+    this.backlogCursor = this.outbox.readerThrough = 0;
     this.backlogDone = false;
     if (this.config.liveShare > 0) {
       this.liveStart = this.outbox.nextId();
@@ -356,7 +358,7 @@ export class Uplink {
     if (buffer.length + committed.length > this.config.inFlight) return;
     for (const row of committed) buffer.push(row);
     if (live) this.liveCursor = committed.at(-1)!.id;
-    else this.backlogCursor = committed.at(-1)!.id;
+    else this.backlogCursor = this.outbox.readerThrough = committed.at(-1)!.id;
   }
 
   /** The next message of the backlog or of live data, refilling that buffer from the outbox. */
@@ -377,7 +379,7 @@ export class Uplink {
       }
       for (const row of rows) buffer.push(row);
       if (live) this.liveCursor = rows.at(-1)!.id;
-      else this.backlogCursor = rows.at(-1)!.id;
+      else this.backlogCursor = this.outbox.readerThrough = rows.at(-1)!.id;
     }
     return buffer.shift();
   }

@@ -312,7 +312,7 @@ describe('limits.maxInflight', () => {
     const count = MAX + QUEUED + 1;
     for (let index = 0; index < count; index++) await publisher.publishAsync(`inflight/slow/${index}`, `m${index}`, { qos: 1 });
     // Everyone else carries on: the acknowledging subscriber gets all of them, the publisher stays connected.
-    await waitFor(() => goodSeen.length === count, 3000, 'every message at the good subscriber');
+    await waitFor(() => goodSeen.length === count, 10_000, 'every message at the good subscriber');
     assert.equal(good.connected && publisher.connected, true);
     assert.equal(await slow.closedWithin(3000), true, `the slow client is still connected with ${slow.of('publish').length} unacknowledged messages`);
     assert.equal(slow.of('publish').length, MAX, 'no more than maxInflight unacknowledged messages were sent to it');
