@@ -4,7 +4,7 @@
 // malformed packets, a CONNECT in pieces). Plus the two side channels of the command path.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { connect as connectTcp, createServer, type Socket } from 'node:net';
+import { createServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from 'aedes';
@@ -13,7 +13,7 @@ import { generate, parser, type IConnectPacket, type IPublishPacket, type Packet
 import { attachOutgoingProperties, connectProtocolLevel, handleConnection, takePublishProperties } from '../src/broker-mqtt5.js';
 import { hashPassword } from '../src/broker-security.js';
 import type { CommandOrigin } from '../src/commands.js';
-import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
+import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, RawClient, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const PASSWORDS = { admin: 'admin-pw', alice: 'alice-pw' } as const;
@@ -23,78 +23,22 @@ const V5: IClientOptions = { protocolVersion: 5 };
 const MAX_PACKET_SIZE = 64 * 1024;
 const MAX_INFLIGHT = 50;
 
-/** A client speaking MQTT 5 by hand: sends exactly what a test writes, records what comes back. */
-class RawV5 {
-  readonly socket: Socket;
-  readonly packets: Packet[] = [];
-  private ended = false;
-  readonly closed: Promise<void>;
+/** MQTT 5 by hand (RawClient at protocol level 5), as admin unless the CONNECT says otherwise. */
+const RawV5 = {
+  open: (port: number): Promise<RawClient> => RawClient.open(port, 5),
 
-  private constructor(socket: Socket) {
-    this.socket = socket;
-    const packetParser = parser({ protocolVersion: 5 });
-    packetParser.on('packet', (packet: Packet) => this.packets.push(packet));
-    packetParser.on('error', () => socket.destroy());
-    socket.on('data', (chunk: Buffer) => packetParser.parse(chunk));
-    socket.on('error', () => undefined);
-    this.closed = new Promise((resolve) =>
-      socket.once('close', () => {
-        this.ended = true;
-        resolve();
-      }),
-    );
-  }
-
-  static open(port: number): Promise<RawV5> {
-    return new Promise((resolve, reject) => {
-      const socket = connectTcp(port, '127.0.0.1');
-      socket.once('connect', () => resolve(new RawV5(socket)));
-      socket.once('error', reject);
-    });
-  }
-
-  static connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
+  connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
     return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 60, clientId: `raw5-${Math.random().toString(36).slice(2, 10)}`, ...ADMIN, password: Buffer.from(ADMIN.password), ...connect };
-  }
+  },
 
-  /** Opens a socket, sends an MQTT 5 CONNECT (as admin unless overridden) and waits for the CONNACK. */
-  static async connect(port: number, connect: Partial<IConnectPacket> = {}): Promise<RawV5> {
-    const raw = await RawV5.open(port);
+  /** Opens a socket, sends an MQTT 5 CONNECT and waits for the CONNACK. */
+  async connect(port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> {
+    const raw = await RawClient.open(port, 5);
     raw.send(RawV5.connectPacket(connect));
     await raw.next('connack');
     return raw;
-  }
-
-  send(packet: Packet): void {
-    this.socket.write(generate(packet, { protocolVersion: 5 }));
-  }
-
-  of<C extends Packet['cmd']>(cmd: C): Array<Extract<Packet, { cmd: C }>> {
-    return this.packets.filter((packet): packet is Extract<Packet, { cmd: C }> => packet.cmd === cmd);
-  }
-
-  async next<C extends Packet['cmd']>(cmd: C, timeoutMs = 3000): Promise<Extract<Packet, { cmd: C }>> {
-    await waitFor(() => this.of(cmd).length > 0 || this.ended, timeoutMs, `a ${cmd} packet`);
-    const found = this.of(cmd)[0];
-    if (!found) throw new Error(`the connection closed without a ${cmd} packet`);
-    return found;
-  }
-
-  closedWithin(timeoutMs: number): Promise<boolean> {
-    if (this.ended) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      void this.closed.then(() => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-    });
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
-}
+  },
+};
 
 /** mqtt.js with its message log and CONNACK recorded from the start (queued messages come right after the CONNACK). */
 async function connectRecording(url: string, options: IClientOptions): Promise<{ client: MqttClient; messages: Message[]; connack: MqttJsConnack }> {
@@ -111,7 +55,7 @@ async function connectRecording(url: string, options: IClientOptions): Promise<{
 describe('MQTT 5 clients on the integrated broker (protocol adapter in front of aedes)', () => {
   let broker: BrokerUnderTest;
   const clients: MqttClient[] = [];
-  const raws: RawV5[] = [];
+  const raws: RawClient[] = [];
   /** admin on 3.1.1, subscribed to everything. */
   let watcher: MqttClient;
   let seen: Message[];
@@ -125,7 +69,7 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     clients.push(client);
     return client;
   };
-  const keepRaw = (raw: RawV5): RawV5 => {
+  const keepRaw = (raw: RawClient): RawClient => {
     raws.push(raw);
     return raw;
   };

@@ -196,19 +196,21 @@ export async function roundTrip(publisher: MqttClient, subscriber: Message[], to
 }
 
 /**
- * A client speaking MQTT 3.1.1 by hand over a plain socket: sends exactly the packets a test
- * writes (a subscriber that never acknowledges, a header announcing a huge packet) and records
- * every packet the broker sends back.
+ * A client speaking MQTT 3.1.1 (or 5) by hand over a plain socket: sends exactly the packets a
+ * test writes (a subscriber that never acknowledges, a header announcing a huge packet) and
+ * records every packet the broker sends back.
  */
 export class RawClient {
   readonly socket: Socket;
   readonly packets: Packet[] = [];
   private closedAt: number | undefined;
   readonly closed: Promise<void>;
+  private readonly protocolVersion: 4 | 5;
 
-  private constructor(socket: Socket) {
+  private constructor(socket: Socket, protocolVersion: 4 | 5) {
     this.socket = socket;
-    const packetParser = parser({ protocolVersion: 4 });
+    this.protocolVersion = protocolVersion;
+    const packetParser = parser({ protocolVersion });
     packetParser.on('packet', (packet: Packet) => this.packets.push(packet));
     packetParser.on('error', () => socket.destroy());
     socket.on('data', (chunk: Buffer) => packetParser.parse(chunk));
@@ -221,10 +223,10 @@ export class RawClient {
     );
   }
 
-  static open(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  static open(port: number, protocolVersion: 4 | 5 = 4): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = connectTcp(port, host);
-      socket.once('connect', () => resolve(new RawClient(socket)));
+      const socket = connectTcp(port, '127.0.0.1');
+      socket.once('connect', () => resolve(new RawClient(socket, protocolVersion)));
       socket.once('error', reject);
     });
   }
@@ -241,7 +243,7 @@ export class RawClient {
   }
 
   send(packet: Packet): void {
-    this.socket.write(generate(packet));
+    this.socket.write(generate(packet, { protocolVersion: this.protocolVersion }));
   }
 
   write(bytes: Buffer): void {
