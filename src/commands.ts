@@ -265,11 +265,6 @@ export function parseCommand(payload: Buffer): ParsedCommand {
   return { value: asTagValue(parsed) };
 }
 
-/** The value of a command payload (see parseCommand). */
-export function parseCommandPayload(payload: Buffer): TagValue {
-  return parseCommand(payload).value;
-}
-
 function timestampOf(ts: unknown): number {
   const ms = typeof ts === 'number' ? ts : typeof ts === 'bigint' ? Number(ts) : typeof ts === 'string' ? Date.parse(ts) : Number.NaN;
   if (!Number.isFinite(ms)) throw new Rejected(`"ts" must be ms since the epoch or an ISO 8601 time, got ${JSON.stringify(typeof ts === 'bigint' ? ts.toString() : ts)}`);

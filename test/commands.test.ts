@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pino from 'pino';
-import { CommandHandler, parseCommandPayload, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands.js';
+import { CommandHandler, parseCommand, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands.js';
 import type { TagConfig } from '../src/config/schema.js';
 import { DriverError, type TagValue } from '../src/driver.js';
 
@@ -26,7 +26,7 @@ describe('command payloads', () => {
     ['{"value": "18446744073709551615"}', '18446744073709551615'],
   ];
   for (const [payload, value] of accepted) {
-    it(`accepts ${payload.trim()}`, () => assert.deepEqual(parseCommandPayload(Buffer.from(payload)), value));
+    it(`accepts ${payload.trim()}`, () => assert.deepEqual(parseCommand(Buffer.from(payload)).value, value));
   }
 
   const refused: Array<[string, RegExp]> = [
@@ -40,7 +40,7 @@ describe('command payloads', () => {
     ['x'.repeat(70_000), /too long for a command/],
   ];
   for (const [payload, reason] of refused) {
-    it(`refuses ${payload.length > 40 ? `${payload.length} bytes` : JSON.stringify(payload)}`, () => assert.throws(() => parseCommandPayload(Buffer.from(payload)), reason));
+    it(`refuses ${payload.length > 40 ? `${payload.length} bytes` : JSON.stringify(payload)}`, () => assert.throws(() => parseCommand(Buffer.from(payload)), reason));
   }
 });
 
