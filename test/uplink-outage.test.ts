@@ -16,10 +16,12 @@ import {
   subscriber,
   type Arrival,
 } from './helpers/cloud-clients.js';
-import { FORWARD_LINE, GatewayProcess, LEVEL, outboxBytesOnDisk, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
+import { FORWARD_LINE, freezeGatewayAndSettle, GatewayProcess, LEVEL, outboxBytesOnDisk, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
 import { freePort, waitFor } from './helpers/net.js';
 
 const RECORDER = 'cloud-recorder';
+/** Markers on the cloud (no "seq": not data) that tell when the recorder has caught up. */
+const SYNC_TOPIC = 'up/sync';
 
 describe('uplink: the cloud is down when the gateway starts', () => {
   const dir = makeTempDir('plc2mqtt-uplink-down-');
@@ -82,6 +84,19 @@ describe('uplink: the cloud is down when the gateway starts', () => {
   });
 });
 
+/** "3-7, 12" for the numbers below `total` not in `seen`. */
+function missingRanges(seen: ReadonlySet<number>, total: number): string {
+  const ranges: string[] = [];
+  for (let seq = 0; seq < total; seq++) {
+    if (seen.has(seq)) continue;
+    let end = seq;
+    while (end + 1 < total && !seen.has(end + 1)) end++;
+    ranges.push(end === seq ? `${seq}` : `${seq}-${end}`);
+    seq = end;
+  }
+  return ranges.join(', ') || 'none';
+}
+
 interface TagPayload {
   value: number;
   quality: string;
@@ -131,9 +146,11 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     const total = 14_000;
     const publishing = publisher.publishRange(0, total);
 
-    // Kill 1: in the middle of a live stream.
+    // Kill 1: in the middle of a live stream, with PUBACKs the gateway has not read yet.
     await waitFor(() => recorder.uniqueCount() >= 1500, 20_000, 'the stream to be flowing');
+    await freezeGatewayAndSettle(gateway, cloud, recorder, SYNC_TOPIC);
     await cloud.kill('SIGKILL');
+    gateway.thaw();
     const ackedAtKill = publisher.acked.length;
     const disconnected = await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
     assert.equal(disconnected.level, LEVEL.warn);
@@ -145,7 +162,9 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     await cloud.start();
     const before2 = recorder.uniqueCount();
     await waitFor(() => recorder.uniqueCount() >= before2 + 500, 20_000, 'the replay to be under way');
+    await freezeGatewayAndSettle(gateway, cloud, recorder, SYNC_TOPIC);
     cloud.signal('SIGSTOP');
+    gateway.thaw();
     const ackedAtFreeze = publisher.acked.length;
     await waitFor(() => publisher.acked.length >= Math.min(total, ackedAtFreeze + 500), 20_000, 'local publishing to go on while the cloud hangs');
     await cloud.kill('SIGKILL');
@@ -156,7 +175,11 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
 
     await publishing;
     assert.equal(publisher.acked.length, total, 'the gateway acknowledged every local message throughout');
-    await waitFor(() => recorder.uniqueCount() >= total, 30_000, `all ${total} messages on the cloud (have ${recorder.uniqueCount()})`);
+    await waitFor(() => recorder.uniqueCount() >= total, 30_000, () => {
+      const missing = missingRanges(new Set(recorder.seqs()), total);
+      const uplinkLines = gateway.findLogs(/cloud broker/).map((line) => JSON.stringify(line));
+      return `all ${total} messages on the cloud (have ${recorder.uniqueCount()}; missing ${missing}; recorder connected: ${recorder.client.connected})\n${uplinkLines.join('\n')}`;
+    });
 
     const arrivals = recorder.data();
     const report = deliveryReport(arrivals);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { killAllChildren, makePki, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { assertExactly, assertOrderPerTopic, CloudRecorder, deliveryReport, range, SeqPublisher } from './helpers/cloud-clients.js';
-import { GatewayProcess, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
+import { freezeGatewayAndSettle, GatewayProcess, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
 const RECORDER = 'cloud-recorder';
@@ -36,7 +36,9 @@ describe('uplink over WebSockets', () => {
 
     const publishing = publisher.publishRange(0, 6000);
     await waitFor(() => recorder.uniqueCount() >= 1000, 20_000, 'the stream to be flowing');
+    await freezeGatewayAndSettle(gateway, cloud, recorder, 'up/sync');
     await cloud.kill('SIGKILL');
+    gateway.thaw();
     await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
     await cloud.start();
     await publishing;

@@ -195,6 +195,25 @@ export class Mosquitto {
     await this.exited;
   }
 
+  /**
+   * True when no byte sent to this mosquitto's listeners is still on its way: every established
+   * loopback connection to its ports has nothing unacknowledged in the sender's queue and nothing
+   * unread in mosquitto's (from /proc/net/tcp). Mosquitto handles a packet as it reads it, so
+   * then every PUBLISH it was sent has been acknowledged and queued for its subscribers.
+   */
+  inputDrained(): boolean {
+    const ports = new Set([this.port, ...(this.websocketsPort === undefined ? [] : [this.websocketsPort])]);
+    const portOf = (address: string) => Number.parseInt(address.split(':')[1]!, 16);
+    for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields.length < 5 || fields[3] !== '01') continue; // 01: ESTABLISHED
+      const [txQueue, rxQueue] = fields[4]!.split(':').map((hex) => Number.parseInt(hex, 16));
+      if (ports.has(portOf(fields[1]!)) && rxQueue !== 0) return false; // mosquitto's side: unread
+      if (ports.has(portOf(fields[2]!)) && txQueue !== 0) return false; // a client's side: not yet received
+    }
+    return true;
+  }
+
   /** Sends a signal without waiting (SIGSTOP: a hung broker whose sockets stay open). */
   signal(signal: NodeJS.Signals): void {
     if (this.running) this.child!.kill(signal);

@@ -159,6 +159,8 @@ export interface RecorderOptions {
  * A subscriber on the cloud broker with a persistent session (clean: false, fixed client id,
  * QoS 1), so it misses nothing while it or the broker is away, as long as the broker kept the session.
  */
+let syncs = 0;
+
 export class CloudRecorder {
   readonly client: MqttClient;
   readonly messages: Arrival[];
@@ -177,6 +179,22 @@ export class CloudRecorder {
     if (options.reconnect !== false) client.options.reconnectPeriod = 100;
     await client.subscribeAsync(options.filters, { qos: 1 });
     return new CloudRecorder(client, messages);
+  }
+
+  /**
+   * Publishes a marker on `topic` (one of the recorder's filters) from a client of its own and
+   * waits until the recorder has it. Mosquitto queues a session's messages in the order it
+   * handled them, so afterwards the recorder has everything mosquitto had handled before.
+   */
+  async sync(url: string, topic: string, timeoutMs = 20_000): Promise<void> {
+    const marker = `sync ${++syncs} ${process.pid}`;
+    const client = await connectWithRetry(url, {}, timeoutMs);
+    try {
+      await client.publishAsync(topic, marker, { qos: 1 });
+    } finally {
+      await client.endAsync(true);
+    }
+    await waitFor(() => this.messages.some((message) => message.payload === marker), timeoutMs, () => `the recorder to receive the marker on ${topic} (connected: ${this.client.connected})`);
   }
 
   /** Sequence numbers of the data messages, in arrival order (duplicates included). */

@@ -8,7 +8,8 @@ import type { z } from 'zod';
 import type { configSchema } from '../../src/config/schema.js';
 import type { OutboxStats } from '../../src/outbox.js';
 import type { UplinkStats } from '../../src/uplink.js';
-import { track } from './cloud-broker.js';
+import { track, type Mosquitto } from './cloud-broker.js';
+import type { CloudRecorder } from './cloud-clients.js';
 import { freePort, waitFor } from './net.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -149,6 +150,15 @@ export class GatewayProcess {
     return found!;
   }
 
+  /** SIGSTOP: the gateway stops mid-stream, its sockets stay open. `thaw()` lets it go on. */
+  freeze(): void {
+    if (this.running) this.child.kill('SIGSTOP');
+  }
+
+  thaw(): void {
+    if (this.running) this.child.kill('SIGCONT');
+  }
+
   /** Sends a signal and waits for the process to end. */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.running) this.child.kill(signal);
@@ -162,4 +172,17 @@ export class GatewayProcess {
     if (!stopped) throw new Error(`no "gateway stopped" line (exit code ${String(code)}):\n${this.text}`);
     return { code, stopped: stopped as LogLine & { outbox: OutboxStatsLine; uplink: UplinkStatsLine } };
   }
+}
+
+/**
+ * Freezes the gateway mid-stream (SIGSTOP) and waits until mosquitto has read everything the gateway
+ * sent and the recorder has everything mosquitto acknowledged. Mosquitto acknowledges a PUBLISH
+ * before it has written it to a subscriber that is behind, and a SIGKILL loses what it still holds,
+ * which no gateway could resend; after this, killing the cloud loses only what the gateway must
+ * resend. The gateway stays frozen until `gateway.thaw()`.
+ */
+export async function freezeGatewayAndSettle(gateway: GatewayProcess, cloud: Mosquitto, recorder: CloudRecorder, syncTopic: string): Promise<void> {
+  gateway.freeze();
+  await waitFor(() => cloud.inputDrained(), 20_000, 'mosquitto to read everything sent to it');
+  await recorder.sync(cloud.url, syncTopic);
 }

@@ -23,12 +23,15 @@ export async function portIsFree(port: number): Promise<boolean> {
   });
 }
 
-/** Polls `check` every 20 ms until it returns true or `timeoutMs` passes. Bounded, never hangs a test. */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+/**
+ * Polls `check` every 20 ms until it returns true or `timeoutMs` passes. Bounded, never hangs a test.
+ * `what` may be a function: it is evaluated at the timeout, so the error shows the state then.
+ */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await check()) return;
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`);
 }
