@@ -33,6 +33,8 @@ export interface RunningTestServer {
   endpointUrl: string;
   /** Kind of user identity token of every activated session ("AnonymousIdentityToken", "X509IdentityToken" …). */
   identities: () => string[];
+  /** How many periods the changing variables have counted (from 1). */
+  tick: () => number;
   /** Requests of one service the server has received so far, e.g. "ReadRequest" (to see batching). */
   requests: (name: string) => number;
   stop(): Promise<void>;
@@ -180,6 +182,7 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
     port,
     endpointUrl: `opc.tcp://127.0.0.1:${port}`,
     identities: () => identities,
+    tick: () => tick,
     requests: (name) => requests.get(name) ?? 0,
     stop: async () => {
       clearInterval(timer);
