@@ -45,6 +45,25 @@ const MAX_IN_FLIGHT = 64;
 /** Local publishes waiting beyond this are dropped oldest-first: local subscribers want current values. */
 const MAX_QUEUED = 200_000;
 
+/**
+ * Who may connect and what they may do. Replaced as a whole when the config is reloaded; every
+ * check reads the current one.
+ */
+interface Access {
+  users: Map<string, string>;
+  acl: Acl;
+  /** With rules configured, every delivery is checked too (a persistent session may change hands). */
+  aclConfigured: boolean;
+  allowAnonymous: boolean;
+}
+
+function accessOf(config: Config['broker']): Access {
+  return { users: new Map(config.users.map((user) => [user.username, user.passwordHash])), acl: new Acl(config.acl), aclConfigured: config.acl !== undefined, allowAnonymous: config.allowAnonymous };
+}
+
+/** The broker sections that a reload applies without restarting the broker. */
+export const ACCESS_SETTINGS = ['users', 'acl', 'allowAnonymous'] as const;
+
 interface QueuedPublish {
   topic: string;
   payload: Buffer;
@@ -80,11 +99,16 @@ export class IntegratedBroker {
   private retained: RetainedStore | undefined;
   private readonly log: Logger;
   private readonly config: Config['broker'];
+  private access: Access;
+  /** The username each authenticated client logged in with. */
+  private readonly usernames: WeakMap<Client, string>;
 
-  private constructor(aedes: Aedes, config: Config['broker'], log: Logger) {
+  private constructor(aedes: Aedes, config: Config['broker'], log: Logger, access: Access, usernames: WeakMap<Client, string>) {
     this.aedes = aedes;
     this.config = config;
     this.log = log;
+    this.access = access;
+    this.usernames = usernames;
   }
 
   /**
@@ -98,8 +122,9 @@ export class IntegratedBroker {
 
   static async start(config: Config['broker'], log: Logger, dataDir: string): Promise<IntegratedBroker> {
     let broker: IntegratedBroker | undefined;
-    const acl = new Acl(config.acl);
-    const users = new Map(config.users.map((user) => [user.username, user.passwordHash]));
+    const initialAccess = accessOf(config);
+    // Always the access in effect now (a reload replaces it).
+    const access = (): Access => broker?.access ?? initialAccess;
     const usernames = new WeakMap<Client, string>();
     const outbound = new WeakMap<Client, OutboundWindow>();
     const inboundQoS2 = new WeakMap<Client, InboundQoS2>();
@@ -133,13 +158,15 @@ export class IntegratedBroker {
           callback(Object.assign(new Error(why), { returnCode: code }), false);
         };
         if (username === undefined) {
-          return config.allowAnonymous ? callback(null, true) : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
+          return access().allowAnonymous ? callback(null, true) : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
         }
-        const hash = users.get(username);
+        const hash = access().users.get(username);
         if (hash === undefined || password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
         verifyPassword(password.toString('utf8'), hash).then(
           (ok) => {
             if (!ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
+            // A reload while the hash was being checked may have removed the user or changed the password.
+            if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
             usernames.set(client, username);
             callback(null, true);
           },
@@ -150,7 +177,7 @@ export class IntegratedBroker {
         // Taken for every PUBLISH of an MQTT 5 client, in order, so the queue stays in step.
         const properties = client ? takePublishProperties(client.conn) : undefined;
         if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
-        if (client && !acl.mayPublish(identity(client), packet.topic)) {
+        if (client && !access().acl.mayPublish(identity(client), packet.topic)) {
           // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
           broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernames.get(client), topic: packet.topic }, 'publish denied by the ACL');
           return callback(new Error(`not allowed to publish on ${packet.topic}`));
@@ -166,7 +193,7 @@ export class IntegratedBroker {
             // MQTT 5 request/response: answered where the client asked, if it may both read and
             // publish there itself; the gateway checks that the topic is not one of its own.
             const responseTopic = properties?.responseTopic;
-            if (responseTopic !== undefined && !responseTopic.startsWith('$') && !/[+#]/.test(responseTopic) && acl.maySubscribe(identity(client), responseTopic) && acl.mayPublish(identity(client), responseTopic)) {
+            if (responseTopic !== undefined && !responseTopic.startsWith('$') && !/[+#]/.test(responseTopic) && access().acl.maySubscribe(identity(client), responseTopic) && access().acl.mayPublish(identity(client), responseTopic)) {
               origin.responseTopic = responseTopic;
               origin.correlationData = properties?.correlationData;
             }
@@ -185,7 +212,7 @@ export class IntegratedBroker {
         );
       },
       authorizeSubscribe: (client, subscription, callback) => {
-        if (acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
+        if (access().acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
         broker?.noteOnce(`sub:${client.id}:${subscription.topic}`, { clientId: client.id, username: usernames.get(client), topic: subscription.topic }, 'subscribe denied by the ACL');
         // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
         callback(null, null);
@@ -193,7 +220,8 @@ export class IntegratedBroker {
       authorizeForward: (client, packet) => {
         // Messages queued for a persistent session were matched against whoever subscribed; the
         // client now holding that session id may be someone else: check its own rights again.
-        if (config.acl && !acl.maySubscribe(identity(client), packet.topic)) return null;
+        // (And after a reload, existing subscriptions get only what the new rules allow.)
+        if (access().aclConfigured && !access().acl.maySubscribe(identity(client), packet.topic)) return null;
         broker!.stats.messagesOut++;
         outbound.get(client)?.forwarded(packet);
         return packet;
@@ -204,7 +232,7 @@ export class IntegratedBroker {
       // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
       connectTimeout: 10_000,
     });
-    broker = new IntegratedBroker(aedes, config, log);
+    broker = new IntegratedBroker(aedes, config, log, initialAccess, usernames);
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
     aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
     try {
@@ -215,6 +243,32 @@ export class IntegratedBroker {
       throw error;
     }
     return broker;
+  }
+
+  /**
+   * Users, passwords, ACL rules and anonymous access from a reloaded config, without restarting the
+   * broker. Clients that logged in as a user who is gone or has a new password, and anonymous ones
+   * when anonymous access is now off, are disconnected (they may log in again under the new
+   * rules). Everyone else stays connected; their next publish, subscribe and every delivery (also
+   * on existing subscriptions) is checked against the new rules. Returns the disconnected client ids.
+   */
+  reloadAccess(config: Pick<Config['broker'], (typeof ACCESS_SETTINGS)[number]>): string[] {
+    const previous = this.access;
+    this.access = accessOf({ ...this.config, ...config });
+    // Denials are logged once per client and topic; under new rules they are news again.
+    this.noted.clear();
+    const disconnected: string[] = [];
+    // aedes keeps its connected clients by id (not in its types).
+    const clients = Object.values((this.aedes as unknown as { clients: Record<string, Client> }).clients);
+    for (const client of clients) {
+      const username = this.usernames.get(client);
+      const stillAllowed = username === undefined ? this.access.allowAnonymous : this.access.users.get(username) === previous.users.get(username);
+      if (stillAllowed) continue;
+      disconnected.push(client.id);
+      this.log.warn({ clientId: client.id, username, why: username === undefined ? 'anonymous access is now off' : 'the user was removed or has a new password' }, 'mqtt client disconnected by the reloaded broker users');
+      client.close();
+    }
+    return disconnected;
   }
 
   /** Loads the retained messages of the last run into aedes, then mirrors every change to disk. */

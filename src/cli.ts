@@ -100,7 +100,7 @@ program
       gateway.reload(next).then(
         (result) => {
           log.info({ config: loaded.file, trigger, ...result }, 'config reloaded');
-          if (result.notApplied.length > 0) log.warn({ sections: result.notApplied }, 'changes to these sections need a restart of the gateway; they were not applied');
+          if (result.notApplied.length > 0) log.warn({ settings: result.notApplied }, 'changes to these settings need a restart of the gateway; they were not applied');
           if (result.failed.length > 0) log.error({ devices: result.failed }, 'devices that could not be started after the reload stay stopped');
         },
         (error: unknown) => log.error({ error: errorMessage(error) }, 'reload failed'),

@@ -21,7 +21,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { IntegratedBroker } from './broker.js';
+import { ACCESS_SETTINGS, IntegratedBroker } from './broker.js';
 import { attachOutgoingProperties } from './broker-mqtt5.js';
 import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
 import type { LoadedConfig } from './config/load.js';
@@ -100,7 +100,11 @@ export interface ReloadResult {
   unchanged: number;
   /** Devices that could not be started with their new definition (see the log); they stay stopped. */
   failed: string[];
-  /** Sections that changed but need a restart of the process (broker, uplink, topics, …). */
+  /** Other settings the reload applied: "writes", "broker.users", "broker.acl", "broker.allowAnonymous". */
+  applied: string[];
+  /** Integrated broker clients disconnected because their user was removed or changed (or anonymous access is off). */
+  disconnected: string[];
+  /** Settings that changed but need a restart of the process ("broker.listeners", "uplink", "topics", …). */
   notApplied: string[];
 }
 
@@ -293,15 +297,23 @@ export class Gateway {
   }
 
   private async applyReload(next: Config): Promise<ReloadResult> {
-    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, failed: [], notApplied: [] };
+    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, failed: [], applied: [], disconnected: [], notApplied: [] };
     if (this.stopping) return result;
     const previous = this.currentConfig;
-    for (const section of ['gateway', 'broker', 'topics', 'http', 'uplink', 'simulators'] as const) {
-      if (JSON.stringify(previous[section]) !== JSON.stringify(next[section])) result.notApplied.push(section);
+    const changed = (before: unknown, after: unknown) => JSON.stringify(before) !== JSON.stringify(after);
+    for (const section of ['gateway', 'topics', 'http', 'uplink', 'simulators'] as const) {
+      if (changed(previous[section], next[section])) result.notApplied.push(section);
     }
-    // The devices and the write limits are taken from the new config; every other section stays as it runs.
-    this.currentConfig = { ...previous, devices: next.devices, writes: next.writes };
+    const accessSettings = new Set<string>(ACCESS_SETTINGS);
+    for (const key of Object.keys({ ...previous.broker, ...next.broker }) as Array<keyof Config['broker']>) {
+      if (changed(previous.broker[key], next.broker[key])) (accessSettings.has(key) ? result.applied : result.notApplied).push(`broker.${key}`);
+    }
+    if (changed(previous.writes, next.writes)) result.applied.push('writes');
+    // Devices, write limits and who may use the broker come from the new config; the rest stays as it runs.
+    const access = { users: next.broker.users, acl: next.broker.acl, allowAnonymous: next.broker.allowAnonymous };
+    this.currentConfig = { ...previous, devices: next.devices, writes: next.writes, broker: { ...previous.broker, ...access } };
     this.commands.setLimits(next.writes);
+    if (result.applied.some((setting) => setting.startsWith('broker.'))) result.disconnected = this.broker.reloadAccess(access);
     const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
     for (const name of [...this.devices.keys()]) {
       const running = this.devices.get(name)!;

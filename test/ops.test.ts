@@ -1,16 +1,29 @@
 // Operations against the real CLI: /healthz, /readyz, /metrics and /api/status answer with the
 // right content; SIGHUP with a changed device restarts only that device and loses no outbox
-// message; an invalid config on SIGHUP keeps the running one.
+// message; broker users and ACL rules apply at once; an invalid config on SIGHUP keeps the running one.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import mqtt from 'mqtt';
+import { hashPassword } from '../src/broker-security.js';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { CLI, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';
 import { freePort, waitFor } from './helpers/net.js';
+
+/** The CONNACK return code of a login (0: accepted); the connection is closed again. */
+async function loginCode(url: string, username: string, password: string): Promise<number | undefined> {
+  try {
+    const client = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000, username, password });
+    await client.endAsync(true);
+    return 0;
+  } catch (error) {
+    return (error as { code?: number }).code;
+  }
+}
 
 interface LogLine {
   msg: string;
@@ -60,12 +73,12 @@ describe('operations endpoint and hot reload', () => {
     pollInterval: '200ms',
     tags: [{ name: 'x', area: 'holding', address: 0, type: 'uint16' }],
   });
-  const writeConfig = (devices: object[]) =>
+  const writeConfig = (devices: object[], broker: object = {}) =>
     writeFileSync(
       configFile,
       JSON.stringify({
         gateway: { name: 'ops', dataDir: join(dir, 'data') },
-        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
+        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, ...broker },
         http: { host: '127.0.0.1', port: httpPort },
         uplink: { url: cloud.url, clientId: 'ops-gw', reconnect: { initial: 100, max: 400 } },
         devices,
@@ -189,7 +202,7 @@ describe('operations endpoint and hot reload', () => {
     gateway.child.kill('SIGHUP');
     await waitFor(() => logLines().some((line) => line.msg === 'config reloaded'), 10_000, 'the reload');
     const reloaded = logLines().find((line) => line.msg === 'config reloaded')!;
-    assert.deepEqual([reloaded.restarted, reloaded.added, reloaded.removed, reloaded.unchanged, reloaded.notApplied], [['plc'], [], [], 1, []]);
+    assert.deepEqual([reloaded.restarted, reloaded.added, reloaded.removed, reloaded.unchanged, reloaded.applied, reloaded.notApplied], [['plc'], [], [], 1, [], []]);
     await waitFor(async () => (await status()).tags!.some((tag) => tag.tag === 'extra' && tag.quality === 'good'), 10_000, 'the new tag polled');
     const after = await status();
     // The untouched device kept its runner: its counters went on instead of starting over.
@@ -211,6 +224,26 @@ describe('operations endpoint and hot reload', () => {
     assert.equal(drained.outbox.dropped, 0);
     assert.ok(drained.outbox.delivered >= after.outbox.appended);
     assert.deepEqual(drained.devices, []);
+  });
+
+  it('SIGHUP with broker users and ACL: applied at once, connected clients stay; a changed listener is reported, not applied', async () => {
+    const brokerUrl = (await status()).broker.listeners[0]!;
+    const watcher = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0, clientId: 'ops-watcher' });
+    try {
+      assert.equal(await loginCode(brokerUrl, 'hmi', 'hmi-pw'), 4, 'no such user yet');
+      const hmi = { username: 'hmi', passwordHash: await hashPassword('hmi-pw') };
+      writeConfig([], { users: [hmi], acl: [{ user: 'hmi', subscribe: ['plc2mqtt/#'] }, { subscribe: ['#'] }], listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }, { type: 'ws', host: '127.0.0.1', port: 0 }] });
+      gateway.child.kill('SIGHUP');
+      await waitFor(() => logLines().filter((line) => line.msg === 'config reloaded').length === 3, 10_000, 'the third reload');
+      const reloaded = logLines().filter((line) => line.msg === 'config reloaded')[2]!;
+      assert.deepEqual([reloaded.applied, reloaded.disconnected, reloaded.notApplied], [['broker.users', 'broker.acl'], [], ['broker.listeners']]);
+      assert.ok(!gateway.output().includes(hmi.passwordHash), 'the password hash is not logged');
+      assert.equal(await loginCode(brokerUrl, 'hmi', 'hmi-pw'), 0, 'the new user logs in without a restart');
+      assert.equal(watcher.connected, true, 'the anonymous client stayed connected');
+      assert.equal((await status()).broker.listeners.length, 1, 'the new listener waits for a restart');
+    } finally {
+      await watcher.endAsync(true);
+    }
   });
 });
 
