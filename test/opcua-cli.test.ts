@@ -144,11 +144,13 @@ describe('OPC UA through the CLI', () => {
 
   it('validate explains a malformed NodeId', async () => {
     const bad = join(folder, 'bad.json');
-    writeFileSync(bad, JSON.stringify({ devices: [{ name: 'p', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' }, tags: [{ name: 'a', nodeId: 'ns=3;Line1.Speed' }, { name: 'b', nodeId: 'ns=2;g=1234' }] }] }));
+    writeFileSync(bad, JSON.stringify({ devices: [{ name: 'p', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' }, tags: [{ name: 'a', nodeId: 'ns=3;Line1.Speed' }, { name: 'b', nodeId: 'ns=2;g=1234' }, { name: 'c', nodeId: 'nsu=;s=Speed' }, { name: 'd', nodeId: 'nsu=urn:plant:line1;s=Speed' }] }] }));
     const result = await cli(['validate', '-c', bad]);
     assert.equal(result.status, 2);
-    assert.match(result.stderr, /devices\[0\]\.tags\[0\]\.nodeId: not an OPC UA NodeId: expected \[ns=<index>;\]<i\|s\|g\|b>=<identifier>, such as "ns=3;s=Line1\.Speed"/);
+    assert.match(result.stderr, /devices\[0\]\.tags\[0\]\.nodeId: not an OPC UA NodeId: expected \[ns=<index>;\|nsu=<namespace URI>;\]<i\|s\|g\|b>=<identifier>, such as "ns=3;s=Line1\.Speed"/);
     assert.match(result.stderr, /devices\[0\]\.tags\[1\]\.nodeId: "g=" takes a GUID/);
+    assert.match(result.stderr, /devices\[0\]\.tags\[2\]\.nodeId: "nsu=" needs a namespace URI/);
+    assert.match(result.stderr, /: 3 problems\n/, 'the nsu= NodeId with a URI is valid');
   });
 
   it('run: OPC UA values reach the integrated broker; node-opcua is loaded for it', async () => {

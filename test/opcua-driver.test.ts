@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { DriverError } from '../src/driver.js';
 import { createDriver } from '../drivers/opcua/index.js';
 import { waitFor } from './helpers/net.js';
-import { GUID_NODE, NUMERIC_NODE, OPAQUE_NODE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
+import { GUID_NODE, LINE2_NAMESPACE, NUMERIC_NODE, OPAQUE_NODE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
 import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
 
 const TYPED = ['Bool', 'SByte', 'Byte', 'Int16', 'UInt16', 'Int32', 'UInt32', 'Int64', 'UInt64', 'Float', 'Double', 'String', 'DateTime', 'ByteString', 'DoubleArray', 'Int32Array', 'StringArray', 'BoolArray'];
@@ -160,8 +160,10 @@ describe('OPC UA driver against a node-opcua server', () => {
         { name: 'datetime', nodeId: line('W.DateTime'), writable: true },
         { name: 'bytes', nodeId: line('W.ByteString'), writable: true },
         { name: 'doubles', nodeId: line('W.DoubleArray'), writable: true },
+        { name: 'byUri', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed`, writable: true },
         { name: 'readonly', nodeId: line('ReadOnly'), writable: true },
         { name: 'unknown', nodeId: line('Nope'), writable: true },
+        { name: 'unknownUri', nodeId: 'nsu=urn:nowhere;s=Line2.Speed', writable: true },
       ],
     });
     const driver = createDriver(device, { log: testLog, dataDir: join(folder, 'gateway') });
@@ -177,10 +179,11 @@ describe('OPC UA driver against a node-opcua server', () => {
       await driver.write(tag('datetime'), '2026-03-04T05:06:07.000Z');
       await driver.write(tag('bytes'), Buffer.from('plc').toString('base64'));
       await driver.write(tag('doubles'), [1.5, 2.5, 3.5]);
-      const readings = await driver.read(driver.plan(device.tags.slice(0, 9)));
+      await driver.write(tag('byUri'), 7.25); // "nsu=": the namespace URI looked up in the server's NamespaceArray
+      const readings = await driver.read(driver.plan(device.tags.slice(0, 10)));
       assert.deepEqual(
         readings.map((reading) => reading.value),
-        [21.5, -123, -(2n ** 62n) - 5n, 2n ** 64n - 1n, true, 'hello', '2026-03-04T05:06:07.000Z', Buffer.from('plc').toString('base64'), [1.5, 2.5, 3.5]],
+        [21.5, -123, -(2n ** 62n) - 5n, 2n ** 64n - 1n, true, 'hello', '2026-03-04T05:06:07.000Z', Buffer.from('plc').toString('base64'), [1.5, 2.5, 3.5], 7.25],
       );
 
       const refusal = async (name: string, value: Parameters<typeof driver.write>[1], code: string, message: RegExp) => {
@@ -194,6 +197,7 @@ describe('OPC UA driver against a node-opcua server', () => {
       };
       await refusal('readonly', 1, 'BadNotWritable', /read-only/);
       await refusal('unknown', 1, 'BadNodeIdUnknown', /Nope/);
+      await refusal('unknownUri', 1, 'BadNodeIdUnknown', /the server has no namespace "urn:nowhere"/);
       await refusal('int16', 40000, 'invalid-value', /out of range for Int16/);
       await refusal('int16', 1.5, 'invalid-value', /whole numbers/);
       await refusal('double', 'abc', 'invalid-value', /Double takes numbers/);

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { freePort, waitFor } from './helpers/net.js';
 import { startLink, type Link } from './helpers/opcua-link.js';
 import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
+import { LINE2_NAMESPACE } from './helpers/opcua-server.js';
 import { createDriver } from '../drivers/opcua/index.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/opcua-server-child.js', import.meta.url));
@@ -23,8 +24,8 @@ interface ServerProcess {
   exited: Promise<void>;
 }
 
-async function startServerProcess(pkiDir: string, port: number): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [CHILD, pkiDir, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+async function startServerProcess(pkiDir: string, port: number, namespacesBefore: string[] = []): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [CHILD, pkiDir, String(port), '100', namespacesBefore.join(',')], { stdio: ['pipe', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let output = '';
   const listening = await new Promise<number>((resolve, reject) => {
@@ -68,8 +69,8 @@ describe('OPC UA self-healing', () => {
   const devices: RunningDevice[] = [];
   let link: Link | undefined;
 
-  const server = async (port: number) => {
-    const running = await startServerProcess(pkiDir, port);
+  const server = async (port: number, namespacesBefore: string[] = []) => {
+    const running = await startServerProcess(pkiDir, port, namespacesBefore);
     children.add(running);
     void running.exited.then(() => children.delete(running));
     return running;
@@ -88,6 +89,41 @@ describe('OPC UA self-healing', () => {
     for (const running of children) running.child.kill('SIGKILL');
     await Promise.all([...children].map((running) => running.exited));
     rmSync(folder, { recursive: true, force: true });
+  });
+
+  it('an nsu= NodeId follows its namespace to another index when the restarted server has a new NamespaceArray', async () => {
+    const port = await freePort();
+    let running = await server(port);
+    const endpointUrl = `opc.tcp://127.0.0.1:${port}`;
+    const tags = [
+      { name: 'speed', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed` },
+      { name: 'elsewhere', nodeId: 'nsu=urn:nowhere;s=Line2.Speed' },
+    ];
+    const subscribed = runDevice({ name: 'nsu-subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags }, join(folder, 'gw'));
+    const polled = runDevice({ name: 'nsu-polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags }, join(folder, 'gw'));
+    devices.push(subscribed, polled);
+    for (const device of [subscribed, polled]) {
+      await waitFor(() => device.last('speed')?.quality === 'good', 15_000, `${device.device.name}: Line2.Speed`);
+      assert.equal(device.last('speed')!.value, 42, 'ns=2 here');
+      const elsewhere = device.last('elsewhere')!;
+      assert.deepEqual([elsewhere.quality, elsewhere.code], ['bad', 'BadNodeIdUnknown']);
+      assert.match(elsewhere.reason!, /the server has no namespace "urn:nowhere" \(its NamespaceArray: http:\/\/opcfoundation\.org\/UA\/, .*urn:plc2mqtt:test:line2\)/);
+    }
+
+    // Restarted with another namespace first: LINE2_NAMESPACE is now ns=3, and ns=2 has a decoy Speed of -1.
+    running.child.kill('SIGTERM');
+    await running.exited;
+    const restartedAt = Date.now();
+    running = await server(port, ['urn:plc2mqtt:test:decoy']);
+    for (const device of [subscribed, polled]) {
+      await waitFor(() => device.readings.some((reading) => reading.tag === 'speed' && reading.quality === 'good' && reading.at > restartedAt), 15_000, `${device.device.name}: Line2.Speed after the restart`);
+      const after = device.readings.filter((reading) => reading.tag === 'speed' && reading.quality === 'good' && reading.at > restartedAt);
+      assert.deepEqual([...new Set(after.map((reading) => reading.value))], [42], 'read from the namespace\'s new index, never the decoy at the old one');
+    }
+    running.child.kill('SIGTERM');
+    await running.exited;
+    await subscribed.stop();
+    await polled.stop();
   });
 
   it('server killed and restarted on the same port: bad while down, values resume without restarting anything', async () => {

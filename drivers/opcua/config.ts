@@ -16,7 +16,7 @@ const nodeId = z
     const problem = nodeIdProblem(text);
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   })
-  .meta({ description: 'NodeId of the variable: "ns=3;s=Line1.Speed", "ns=2;i=1001", "ns=2;g=<GUID>" or "ns=2;b=<base64>". `plc2mqtt browse` lists them.' });
+  .meta({ description: 'NodeId of the variable: "ns=3;s=Line1.Speed", "ns=2;i=1001", "ns=2;g=<GUID>" or "ns=2;b=<base64>"; "nsu=<namespace URI>;s=…" instead of "ns=" stays right when the server renumbers its namespaces. `plc2mqtt browse` lists them.' });
 
 const serverDeadband = z
   .union([

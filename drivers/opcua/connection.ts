@@ -86,18 +86,21 @@ export interface ConnectionOptions {
 export class OpcUaConnection {
   readonly session: ClientSession;
   readonly limits: OperationLimits;
+  /** The server's NamespaceArray on this connection: index → URI (for "nsu=" NodeIds). */
+  readonly namespaces: readonly string[];
   private readonly client: OPCUAClient;
   private readonly manager: OPCUACertificateManager;
   private readonly options: ConnectionOptions;
   private lostReason: string | undefined;
   private closing: Promise<void> | undefined;
 
-  private constructor(options: ConnectionOptions, client: OPCUAClient, manager: OPCUACertificateManager, session: ClientSession, limits: OperationLimits) {
+  private constructor(options: ConnectionOptions, client: OPCUAClient, manager: OPCUACertificateManager, session: ClientSession, info: ServerInfo) {
     this.options = options;
     this.client = client;
     this.manager = manager;
     this.session = session;
-    this.limits = limits;
+    this.limits = info.limits;
+    this.namespaces = info.namespaces;
   }
 
   /** Why the connection is unusable, or undefined while it works. */
@@ -156,8 +159,8 @@ export class OpcUaConnection {
       const session = await withTimeout(client.createSession(userIdentity(device)), remaining(), `no session from ${connection.endpointUrl} within ${connection.connectTimeout} ms`);
       session.on('session_closed', (status: StatusCode) => lost(`session closed (${statusName(status)})`));
       session.on('keepalive_failure', () => lost('the server did not answer the keep-alive read'));
-      const limits = await withTimeout(readOperationLimits(session), remaining(), 'no answer to reading the operation limits');
-      opened = new OpcUaConnection(options, client, manager, session, limits);
+      const info = await withTimeout(readServerInfo(session), remaining(), 'no answer to reading the operation limits and namespaces');
+      opened = new OpcUaConnection(options, client, manager, session, info);
       return opened;
     } catch (error) {
       // Also aborts a handshake in progress: a server that never answers HEL keeps no socket
@@ -216,15 +219,27 @@ const LIMIT_NODES = [
   VariableIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
 ];
 
-/** ServerCapabilities.OperationLimits; a server that does not expose them gets 0 (no stated limit). */
-async function readOperationLimits(session: ClientSession): Promise<OperationLimits> {
+interface ServerInfo {
+  limits: OperationLimits;
+  namespaces: string[];
+}
+
+/**
+ * ServerCapabilities.OperationLimits (a server that does not expose them gets 0: no stated limit)
+ * and Server.NamespaceArray, read at the start of every connection. Two requests: the limits may
+ * allow fewer nodes per Read than both together.
+ */
+async function readServerInfo(session: ClientSession): Promise<ServerInfo> {
   const values = await session.read(LIMIT_NODES.map((id) => ({ nodeId: `i=${id}`, attributeId: AttributeIds.Value })));
+  const namespaceValue = await session.read({ nodeId: `i=${VariableIds.Server_NamespaceArray}`, attributeId: AttributeIds.Value });
+  const namespaceArray: unknown = namespaceValue.statusCode.isGood() ? namespaceValue.value.value : [];
+  const namespaces = Array.isArray(namespaceArray) ? namespaceArray.map(String) : [];
   const limit = (index: number): number => {
     const dataValue = values[index];
     const value: unknown = dataValue?.statusCode.isGood() ? dataValue.value.value : 0;
     return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 0;
   };
-  return { maxNodesPerRead: limit(0), maxNodesPerWrite: limit(1), maxMonitoredItemsPerCall: limit(2), maxNodesPerBrowse: limit(3) };
+  return { limits: { maxNodesPerRead: limit(0), maxNodesPerWrite: limit(1), maxMonitoredItemsPerCall: limit(2), maxNodesPerBrowse: limit(3) }, namespaces };
 }
 
 /** Connect failures in words a controls engineer can act on. */

@@ -15,7 +15,8 @@ import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagRe
 import { browseChildren, type BrowseEntry } from './browse.js';
 import type { OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { OpcUaConnection } from './connection.js';
-import { ActiveSubscription, itemSettings, notConnected, type PlannedItem } from './subscription.js';
+import { splitNamespaceUri } from './nodeid.js';
+import { ActiveSubscription, itemSettings, notConnected, resolveItem, type PlannedItem } from './subscription.js';
 import { dataTypeName, readingOf, statusName, statusReason, variantFor } from './values.js';
 
 export { browseChildren, formatBrowseTable, tagEntries, type BrowseEntry } from './browse.js';
@@ -49,6 +50,8 @@ export class OpcUaReadPlan implements ReadPlan {
 }
 
 function parseItem(tag: OpcUaTag): PlannedItem {
+  const namespace = splitNamespaceUri(tag.nodeId);
+  if (namespace) return { tag, nodeId: undefined, namespace };
   try {
     return { tag, nodeId: resolveNodeId(tag.nodeId) };
   } catch (error) {
@@ -139,9 +142,9 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const connection = this.requireConnection();
     const results = new Map<string, TagReading>();
     const usable: PlannedItem[] = [];
-    for (const item of own.items) {
+    for (const item of own.items.map((planned) => resolveItem(planned, connection.namespaces))) {
       if (item.nodeId) usable.push(item);
-      else results.set(item.tag.name, { tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: 'BadNodeIdInvalid' });
+      else results.set(item.tag.name, { tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: item.code ?? 'BadNodeIdInvalid' });
     }
     const perRequest = connection.limits.maxNodesPerRead > 0 ? connection.limits.maxNodesPerRead : this.device.polling.maxNodesPerRead;
     for (let start = 0; start < usable.length; start += perRequest) {
@@ -165,8 +168,8 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
 
   async write(tag: OpcUaTag, value: TagValue): Promise<void> {
     const connection = this.requireConnection();
-    const item = parseItem(tag);
-    if (!item.nodeId) throw new DriverError(`cannot write "${tag.name}": ${item.problem}`, { code: 'BadNodeIdInvalid' });
+    const item = resolveItem(parseItem(tag), connection.namespaces);
+    if (!item.nodeId) throw new DriverError(`cannot write "${tag.name}": ${item.problem}`, { code: item.code ?? 'BadNodeIdInvalid' });
     const type = await this.nodeType(connection, tag, item.nodeId);
     let variant;
     try {

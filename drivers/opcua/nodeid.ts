@@ -2,19 +2,23 @@
 // loadable by a gateway that never talks OPC UA (node-opcua costs ~65 MB of RSS).
 //
 // The string form of OPC 10000-6 §5.3.1.10: [ns=<namespace index>;]<type>=<identifier> with
-//   i= numeric (UInt32), s= string, g= GUID, b= opaque (ByteString, base64).
+//   i= numeric (UInt32), s= string, g= GUID, b= opaque (ByteString, base64),
+// and, as in an ExpandedNodeId, nsu=<namespace URI>; instead of ns=: the index of a namespace
+// may change when the server restarts or is reconfigured, its URI does not. The driver looks the
+// URI up in the server's NamespaceArray on every connection.
 
-const FORMS = 'such as "ns=3;s=Line1.Speed", "ns=2;i=1001", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" or "ns=2;b=M/RbKBsRVkePCePcx24oRA=="';
-const NODE_ID = /^(?:ns=(\d+);)?([isgb])=(.*)$/s;
+const FORMS = 'such as "ns=3;s=Line1.Speed", "ns=2;i=1001", "nsu=urn:plant:line1;s=Speed", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" or "ns=2;b=M/RbKBsRVkePCePcx24oRA=="';
+const NODE_ID = /^(?:ns=(\d+);|nsu=([^;]*);)?([isgb])=(.*)$/s;
 const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /** Undefined when `text` is a valid NodeId string, otherwise what is wrong with it, readable. */
 export function nodeIdProblem(text: string): string | undefined {
   const match = NODE_ID.exec(text);
-  if (!match) return `not an OPC UA NodeId: expected [ns=<index>;]<i|s|g|b>=<identifier>, ${FORMS}`;
-  const [, namespace, kind, identifier = ''] = match;
+  if (!match) return `not an OPC UA NodeId: expected [ns=<index>;|nsu=<namespace URI>;]<i|s|g|b>=<identifier>, ${FORMS}`;
+  const [, namespace, namespaceUri, kind, identifier = ''] = match;
   if (namespace !== undefined && Number(namespace) > 65535) return `namespace index ${namespace} is out of range (0..65535)`;
+  if (namespaceUri !== undefined && namespaceUri.length === 0) return '"nsu=" needs a namespace URI, e.g. "nsu=urn:plant:line1;s=Speed"';
   switch (kind) {
     case 'i':
       if (!/^\d+$/.test(identifier) || Number(identifier) > 4294967295) return `"i=" takes a number from 0 to 4294967295, got "${identifier}"`;
@@ -30,4 +34,10 @@ export function nodeIdProblem(text: string): string | undefined {
       if (identifier.length === 0 || !BASE64.test(identifier)) return `"b=" takes base64 bytes such as M/RbKBsRVkePCePcx24oRA==, got "${identifier}"`;
       return undefined;
   }
+}
+
+/** "nsu=<uri>;<rest>" split into the URI and the NodeId without namespace; undefined for other forms. */
+export function splitNamespaceUri(text: string): { uri: string; local: string } | undefined {
+  const match = /^nsu=([^;]+);(.*)$/s.exec(text);
+  return match ? { uri: match[1]!, local: match[2]! } : undefined;
 }

@@ -8,6 +8,7 @@ import {
   DataChangeFilter,
   DataChangeTrigger,
   DeadbandType,
+  resolveNodeId,
   TimestampsToReturn,
   type ClientSubscription,
   type DataValue,
@@ -28,6 +29,25 @@ export interface PlannedItem {
   /** Parsed NodeId, or undefined with `problem` when node-opcua cannot parse the string. */
   nodeId: NodeId | undefined;
   problem?: string;
+  /** Status name for the bad reading when there is no NodeId (default BadNodeIdInvalid). */
+  code?: string;
+  /** "nsu=" NodeIds: the namespace URI and the rest, resolved per connection by resolveItem(). */
+  namespace?: { uri: string; local: string };
+}
+
+/**
+ * The item with its NodeId for this connection: an "nsu=" NodeId gets the index its namespace
+ * URI has in this server's NamespaceArray now (it may differ after a server restart).
+ */
+export function resolveItem(item: PlannedItem, namespaces: readonly string[]): PlannedItem {
+  if (!item.namespace) return item;
+  const index = namespaces.indexOf(item.namespace.uri);
+  if (index < 0) return { tag: item.tag, nodeId: undefined, problem: `the server has no namespace "${item.namespace.uri}" (its NamespaceArray: ${namespaces.join(', ')})`, code: 'BadNodeIdUnknown' };
+  try {
+    return { tag: item.tag, nodeId: resolveNodeId(`ns=${index};${item.namespace.local}`) };
+  } catch (error) {
+    return { tag: item.tag, nodeId: undefined, problem: `invalid NodeId "${item.tag.nodeId}": ${(error as Error).message}` };
+  }
 }
 
 export interface ItemSettings {
@@ -135,9 +155,9 @@ export class ActiveSubscription {
 
     const failed: TagReading[] = [];
     const usable: PlannedItem[] = [];
-    for (const item of this.plan.items) {
+    for (const item of this.plan.items.map((planned) => resolveItem(planned, connection.namespaces))) {
       if (item.nodeId) usable.push(item);
-      else failed.push({ tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: 'BadNodeIdInvalid' });
+      else failed.push({ tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: item.code ?? 'BadNodeIdInvalid' });
     }
     const perCall = connection.limits.maxMonitoredItemsPerCall > 0 ? Math.min(connection.limits.maxMonitoredItemsPerCall, DEFAULT_ITEMS_PER_CALL) : DEFAULT_ITEMS_PER_CALL;
     for (const batch of batches(usable, device, this.plan.publishingInterval, perCall)) {

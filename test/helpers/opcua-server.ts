@@ -25,7 +25,15 @@ export interface TestServerOptions {
   maxMonitoredItemsPerCall?: number;
   /** Period of the changing variables (ms). */
   period?: number;
+  /**
+   * Namespaces registered before LINE2_NAMESPACE, each with a decoy Line2.Speed of -1: they move
+   * LINE2_NAMESPACE to another index, as a reconfigured server would.
+   */
+  namespacesBefore?: string[];
 }
+
+/** A namespace of its own (index 2 unless `namespacesBefore` pushes it up) with Line2.Speed = 42, writable. */
+export const LINE2_NAMESPACE = 'urn:plc2mqtt:test:line2';
 
 export interface RunningTestServer {
   server: OPCUAServer;
@@ -167,6 +175,23 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
       userAccessLevel: 'CurrentRead | CurrentWrite',
       minimumSamplingInterval: 0,
       value: variant(spec.dataType, spec.initial, spec.array),
+    });
+  }
+
+  // Line2.Speed in LINE2_NAMESPACE, after any decoys: its index depends on what came before.
+  for (const [index, uri] of [...(options.namespacesBefore ?? []), LINE2_NAMESPACE].entries()) {
+    const decoy = index < (options.namespacesBefore ?? []).length;
+    const other = addressSpace.registerNamespace(uri);
+    const folder = other.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: `Line2 (${uri})`, nodeId: 's=Line2' });
+    other.addVariable({
+      componentOf: folder,
+      browseName: 'Speed',
+      nodeId: 's=Line2.Speed',
+      dataType: 'Double',
+      accessLevel: 'CurrentRead | CurrentWrite',
+      userAccessLevel: 'CurrentRead | CurrentWrite',
+      minimumSamplingInterval: 0,
+      value: variant(DataType.Double, decoy ? -1 : 42),
     });
   }
 
