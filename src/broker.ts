@@ -61,6 +61,11 @@ function accessOf(config: Config['broker']): Access {
   return { users: new Map(config.users.map((user) => [user.username, user.passwordHash])), acl: new Acl(config.acl), aclConfigured: config.acl !== undefined, allowAnonymous: config.allowAnonymous };
 }
 
+interface Login {
+  username: string;
+  hash: string;
+}
+
 /** The broker sections that a reload applies without restarting the broker. */
 export const ACCESS_SETTINGS = ['users', 'acl', 'allowAnonymous'] as const;
 
@@ -100,15 +105,15 @@ export class IntegratedBroker {
   private readonly log: Logger;
   private readonly config: Config['broker'];
   private access: Access;
-  /** The username each authenticated client logged in with. */
-  private readonly usernames: WeakMap<Client, string>;
+  /** The username each authenticated client logged in with, and the password hash it was checked against. */
+  private readonly logins: WeakMap<Client, Login>;
 
-  private constructor(aedes: Aedes, config: Config['broker'], log: Logger, access: Access, usernames: WeakMap<Client, string>) {
+  private constructor(aedes: Aedes, config: Config['broker'], log: Logger, access: Access, logins: WeakMap<Client, Login>) {
     this.aedes = aedes;
     this.config = config;
     this.log = log;
     this.access = access;
-    this.usernames = usernames;
+    this.logins = logins;
   }
 
   /**
@@ -125,7 +130,8 @@ export class IntegratedBroker {
     const initialAccess = accessOf(config);
     // Always the access in effect now (a reload replaces it).
     const access = (): Access => broker?.access ?? initialAccess;
-    const usernames = new WeakMap<Client, string>();
+    const logins = new WeakMap<Client, Login>();
+    const usernames = { get: (client: Client) => logins.get(client)?.username };
     const outbound = new WeakMap<Client, OutboundWindow>();
     const inboundQoS2 = new WeakMap<Client, InboundQoS2>();
     const identity = (client: Client): Identity => ({ username: usernames.get(client), clientId: client.id });
@@ -167,7 +173,7 @@ export class IntegratedBroker {
             if (!ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
             // A reload while the hash was being checked may have removed the user or changed the password.
             if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
-            usernames.set(client, username);
+            logins.set(client, { username, hash });
             callback(null, true);
           },
           () => fail(AUTH_BAD_CREDENTIALS, 'password check failed'),
@@ -232,7 +238,10 @@ export class IntegratedBroker {
       // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
       connectTimeout: 10_000,
     });
-    broker = new IntegratedBroker(aedes, config, log, initialAccess, usernames);
+    broker = new IntegratedBroker(aedes, config, log, initialAccess, logins);
+    // A reload between a client's login and its registration (aedes first restores a persistent
+    // session, across event-loop turns) does not see it yet: checked again once it is registered.
+    aedes.on('client', (client) => broker?.dropIfLoginLapsed(client, 'reloaded while logging in'));
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
     aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
     try {
@@ -253,22 +262,31 @@ export class IntegratedBroker {
    * on existing subscriptions) is checked against the new rules. Returns the disconnected client ids.
    */
   reloadAccess(config: Pick<Config['broker'], (typeof ACCESS_SETTINGS)[number]>): string[] {
-    const previous = this.access;
     this.access = accessOf({ ...this.config, ...config });
     // Denials are logged once per client and topic; under new rules they are news again.
     this.noted.clear();
-    const disconnected: string[] = [];
     // aedes keeps its connected clients by id (not in its types).
     const clients = Object.values((this.aedes as unknown as { clients: Record<string, Client> }).clients);
-    for (const client of clients) {
-      const username = this.usernames.get(client);
-      const stillAllowed = username === undefined ? this.access.allowAnonymous : this.access.users.get(username) === previous.users.get(username);
-      if (stillAllowed) continue;
-      disconnected.push(client.id);
-      this.log.warn({ clientId: client.id, username, why: username === undefined ? 'anonymous access is now off' : 'the user was removed or has a new password' }, 'mqtt client disconnected by the reloaded broker users');
-      client.close();
-    }
-    return disconnected;
+    return clients.filter((client) => this.dropIfLoginLapsed(client, 'reloaded')).map((client) => client.id);
+  }
+
+  /**
+   * Disconnects a client whose login no longer holds under the current access: its user is gone
+   * or has another password hash, or it is anonymous and anonymous access is off. Its will is not
+   * published (it would speak for a login that was revoked). True when it was disconnected.
+   */
+  private dropIfLoginLapsed(client: Client, when: string): boolean {
+    const login = this.logins.get(client);
+    const holds = login === undefined ? this.access.allowAnonymous : this.access.users.get(login.username) === login.hash;
+    if (holds) return false;
+    this.log.warn(
+      { clientId: client.id, username: login?.username, when, why: login === undefined ? 'anonymous access is now off' : 'the user was removed or has a new password' },
+      'mqtt client disconnected by the reloaded broker users',
+    );
+    // As after a DISCONNECT packet: aedes then drops the will instead of publishing it.
+    (client as Client & { _disconnected: boolean })._disconnected = true;
+    client.close();
+    return true;
   }
 
   /** Loads the retained messages of the last run into aedes, then mirrors every change to disk. */

@@ -143,3 +143,74 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
     assert.deepEqual(await subscribeGranted(carol, ['#']), [1], 'and has her new rights');
   });
 });
+
+describe('integrated broker: a reload while a client is logging in', () => {
+  let broker: BrokerUnderTest;
+  const clients: MqttClient[] = [];
+  const hashes: Record<string, string> = {};
+  const users = (...names: string[]) => names.map((username) => ({ username, passwordHash: hashes[username]! }));
+  const access = (names: string[]) => {
+    const { users: parsed, acl, allowAnonymous } = brokerSection.parse({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users(...names) });
+    return { users: parsed, acl, allowAnonymous };
+  };
+  /** aedes' own hooks (not in its types), replaced for one connection to reload at a chosen moment. */
+  type Hooks = { authenticate: (...args: unknown[]) => void; preConnect: (...args: unknown[]) => void };
+
+  before(async () => {
+    for (const name of ['admin', 'bob', 'carol']) hashes[name] = await hashPassword(`${name}-pw`);
+    broker = await BrokerUnderTest.start({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users('admin', 'bob', 'carol') });
+  });
+
+  after(async () => {
+    await endAll(clients);
+    await broker?.close();
+  });
+
+  it('a user removed after the password check, while aedes restores the session, is disconnected once registered; no will', async () => {
+    const admin = await connectClient(broker.url(), { username: 'admin', password: 'admin-pw' });
+    clients.push(admin);
+    const adminSees = recordMessages(admin);
+    await admin.subscribeAsync('wills/#', { qos: 1 });
+    // bob has a persistent MQTT 5 session with a subscription: aedes restores it across event-loop turns.
+    const session = { protocolVersion: 5 as const, clean: false, clientId: 'bob-session', username: 'bob', password: 'bob-pw', properties: { sessionExpiryInterval: 3600 } };
+    const seeded = await connectClient(broker.url(), session);
+    await seeded.subscribeAsync('x/#', { qos: 1 });
+    await seeded.endAsync();
+
+    const hooks = broker.broker.aedes as unknown as Hooks;
+    const authenticate = hooks.authenticate;
+    let reloadedEarly: string[] | undefined;
+    hooks.authenticate = (client, username, password, callback) =>
+      authenticate(client, username, password, (error: Error | null, ok: boolean) => {
+        (callback as (error: Error | null, ok: boolean) => void)(error, ok);
+        // The login is through; bob is not among aedes' clients yet.
+        if (!error && ok) setImmediate(() => (reloadedEarly = broker.broker.reloadAccess(access(['admin', 'carol']))));
+      });
+    const outcome = await tryConnect(broker.url(), { ...session, will: { topic: 'wills/bob', payload: Buffer.from('bob gone'), qos: 1, retain: false } });
+    hooks.authenticate = authenticate;
+    if (outcome.ok) {
+      clients.push(outcome.client);
+      assert.equal(await closedWithin(outcome.client, 3000), true, 'bob is disconnected once registered');
+    }
+    assert.deepEqual(reloadedEarly, [], 'the reload itself could not see bob yet');
+    assert.ok(broker.logs.records().some((record) => record.msg === 'mqtt client disconnected by the reloaded broker users' && record.clientId === 'bob-session' && record.when === 'reloaded while logging in'));
+    await admin.publishAsync('wills/marker', 'marker', { qos: 1 });
+    await waitFor(() => adminSees.some((message) => message.payload === 'marker'), 3000, 'the marker');
+    assert.ok(!adminSees.some((message) => message.topic === 'wills/bob'), 'the will of a revoked login is not published');
+  });
+
+  it('a user removed while the password hash is being checked is refused', async () => {
+    broker.broker.reloadAccess(access(['admin', 'carol']));
+    const hooks = broker.broker.aedes as unknown as Hooks;
+    const preConnect = hooks.preConnect;
+    // preConnect runs just before authenticate; scrypt then takes tens of milliseconds on the thread pool.
+    hooks.preConnect = (...args) => {
+      preConnect(...args);
+      setImmediate(() => broker.broker.reloadAccess(access(['admin'])));
+    };
+    const outcome = await tryConnect(broker.url(), { username: 'carol', password: 'carol-pw' });
+    hooks.preConnect = preConnect;
+    if (outcome.ok) clients.push(outcome.client);
+    assert.equal(outcome.ok ? 'connected' : outcome.code, BAD_CREDENTIALS);
+  });
+});

@@ -122,7 +122,9 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
 
     // Besides the numbered messages, the built-in simulated PLC's polled tags go up too.
     const plcPort = await freePort();
-    const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { forward: [...FORWARD_LINE!, { topic: 'plc/#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'plant/', qos: 1 }] }), {
+    // A long keep-alive: kills are noticed by the closed socket, and a frozen gateway must not be
+    // dropped by mosquitto for silence while the test waits for the recorder.
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { keepalive: '60s', forward: [...FORWARD_LINE!, { topic: 'plc/#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'plant/', qos: 1 }] }), {
       simulators: [{ name: 'sim', type: 'modbus-tcp', host: '127.0.0.1', port: plcPort }],
       devices: [
         {

@@ -29,17 +29,24 @@ describe('uplink over WebSockets', () => {
     assert.match(cloud.websocketsUrl, /^ws:\/\//);
     const folder = join(dir, 'ws');
     mkdirSync(folder);
-    const setup = await writeGatewayConfig(folder, testUplink(cloud.websocketsUrl));
+    // A long keep-alive: the kill is noticed by the closed socket, and a frozen gateway (below) must
+    // not be dropped by mosquitto for silence while the test waits for the recorder.
+    const setup = await writeGatewayConfig(folder, testUplink(cloud.websocketsUrl, { keepalive: '60s' }));
     const gateway = GatewayProcess.start(setup);
     const publisher = await SeqPublisher.connect(setup.brokerUrl);
     closers.push(() => publisher.close());
 
     const publishing = publisher.publishRange(0, 6000);
     await waitFor(() => recorder.uniqueCount() >= 1000, 20_000, 'the stream to be flowing');
+    // The cloud hangs and then dies with the gateway's whole window unacknowledged: all of it must be resent.
     await freezeGatewayAndSettle(gateway, cloud, recorder, 'up/sync');
-    await cloud.kill('SIGKILL');
+    cloud.signal('SIGSTOP');
     gateway.thaw();
-    await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
+    const ackedAtFreeze = publisher.acked.length;
+    await waitFor(() => publisher.acked.length >= ackedAtFreeze + 300, 20_000, 'local publishing to go on while the cloud hangs');
+    await cloud.kill('SIGKILL');
+    const disconnected = await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
+    assert.equal(disconnected.inFlight, 100, `the whole window was unacknowledged when the cloud died: ${JSON.stringify(disconnected)}`);
     await cloud.start();
     await publishing;
     await waitFor(() => recorder.uniqueCount() >= 6000, 20_000, `all messages on the cloud (have ${recorder.uniqueCount()})`);

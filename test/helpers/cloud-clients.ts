@@ -155,12 +155,13 @@ export interface RecorderOptions {
   timeoutMs?: number;
 }
 
+/** Markers sent by CloudRecorder.sync(), numbered. */
+let syncs = 0;
+
 /**
  * A subscriber on the cloud broker with a persistent session (clean: false, fixed client id,
  * QoS 1), so it misses nothing while it or the broker is away, as long as the broker kept the session.
  */
-let syncs = 0;
-
 export class CloudRecorder {
   readonly client: MqttClient;
   readonly messages: Arrival[];
