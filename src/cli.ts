@@ -211,7 +211,8 @@ program
   .argument('<device>', 'name of an OPC UA device')
   .argument('[nodeId]', 'node whose children to list, e.g. "ns=3;s=Line1"', 'i=85')
   .option('--tags', 'print the variables as ready-to-paste tag entries (JSON)')
-  .action(async (deviceName: string, nodeId: string, options: { config: string; tags?: boolean }) => {
+  .option('--nsu', 'print NodeIds with their namespace URI (nsu=…) instead of its index, which a server may renumber')
+  .action(async (deviceName: string, nodeId: string, options: { config: string; tags?: boolean; nsu?: boolean }) => {
     const { config, dataDir } = loadOrExit(options.config);
     const device = config.devices.find((candidate) => candidate.name === deviceName);
     if (!device) fail(`no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`);
@@ -221,7 +222,7 @@ program
     let exitCode = 0;
     try {
       await driver.connect();
-      const entries = await driver.browse(nodeId);
+      const entries = await driver.browse(nodeId, { namespaceUris: options.nsu === true });
       if (options.tags) process.stdout.write(`${JSON.stringify(opcua.tagEntries(entries), null, 2)}\n`);
       else process.stdout.write(`${entries.length === 0 ? `${nodeId} has no children` : opcua.formatBrowseTable(entries)}\n`);
     } catch (error) {

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Recorder } from './helpers/mqtt.js';
 import { freePort, waitFor } from './helpers/net.js';
-import { startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
+import { LINE2_NAMESPACE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(ROOT, 'dist/src/cli.js');
@@ -131,6 +131,15 @@ describe('OPC UA through the CLI', () => {
     const validated = await cli(['validate', '-c', pasted]);
     assert.equal(validated.status, 0, validated.stderr);
     assert.match(validated.stdout, new RegExp(`valid — 1 device \\(1 enabled\\), ${tags.length} tags`));
+  });
+
+  it('browse --nsu: a node given and its children printed with namespace URIs instead of indexes', async () => {
+    const result = await cli(['browse', '-c', configFile, 'press', `nsu=${LINE2_NAMESPACE};s=Line2`, '--tags', '--nsu']);
+    assert.equal(result.status, 0, result.stderr);
+    assert.deepEqual(JSON.parse(result.stdout), [{ name: 'Speed', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed`, writable: true }]);
+    const unknown = await cli(['browse', '-c', configFile, 'press', 'nsu=urn:nowhere;s=Line2']);
+    assert.equal(unknown.status, 1);
+    assert.match(unknown.stderr, /cannot browse nsu=urn:nowhere;s=Line2: the server has no namespace "urn:nowhere"/);
   });
 
   it('browse refuses a Modbus device and reports an unknown node', async () => {

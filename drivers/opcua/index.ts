@@ -15,7 +15,7 @@ import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagRe
 import { browseChildren, type BrowseEntry } from './browse.js';
 import type { OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { OpcUaConnection } from './connection.js';
-import { splitNamespaceUri } from './nodeid.js';
+import { splitNamespaceUri, withNamespaceIndex, withNamespaceUri } from './nodeid.js';
 import { ActiveSubscription, itemSettings, notConnected, resolveItem, type PlannedItem } from './subscription.js';
 import { dataTypeName, readingOf, statusName, statusReason, variantFor } from './values.js';
 
@@ -196,11 +196,17 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     throw new DriverError(`writing "${tag.name}" (${tag.nodeId}) failed: ${name}: ${hint}`, { code: name });
   }
 
-  /** Children of a node (default: the Objects folder), for the browse command. */
-  async browse(nodeId = 'i=85'): Promise<BrowseEntry[]> {
+  /**
+   * Children of a node (default: the Objects folder), for the browse command. The node may be
+   * given as "nsu="; with `namespaceUris` the children's NodeIds are printed that way too.
+   */
+  async browse(nodeId = 'i=85', options: { namespaceUris?: boolean } = {}): Promise<BrowseEntry[]> {
     const connection = this.requireConnection();
+    const start = withNamespaceIndex(nodeId, connection.namespaces);
+    if ('problem' in start) throw new DriverError(`cannot browse ${nodeId}: ${start.problem}`, { code: 'BadNodeIdUnknown' });
     try {
-      return await browseChildren(connection.session, nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
+      const entries = await browseChildren(connection.session, start.nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
+      return options.namespaceUris ? entries.map((entry) => ({ ...entry, nodeId: withNamespaceUri(entry.nodeId, connection.namespaces) })) : entries;
     } catch (error) {
       if (error instanceof DriverError) throw error;
       throw connection.failure(error, `browsing ${nodeId}`);

@@ -41,3 +41,19 @@ export function splitNamespaceUri(text: string): { uri: string; local: string } 
   const match = /^nsu=([^;]+);(.*)$/s.exec(text);
   return match ? { uri: match[1]!, local: match[2]! } : undefined;
 }
+
+/** "nsu=<uri>;<rest>" as "ns=<index>;<rest>" for a server with these namespaces; other forms unchanged. */
+export function withNamespaceIndex(text: string, namespaces: readonly string[]): { nodeId: string } | { problem: string } {
+  const split = splitNamespaceUri(text);
+  if (!split) return { nodeId: text };
+  const index = namespaces.indexOf(split.uri);
+  if (index < 0) return { problem: `the server has no namespace "${split.uri}" (its NamespaceArray: ${namespaces.join(', ')})` };
+  return { nodeId: `ns=${index};${split.local}` };
+}
+
+/** "ns=<index>;<rest>" as "nsu=<uri>;<rest>" (not for namespace 0, nor a URI with ";" in it). */
+export function withNamespaceUri(text: string, namespaces: readonly string[]): string {
+  const match = /^ns=(\d+);(.*)$/s.exec(text);
+  const uri = match ? namespaces[Number(match[1])] : undefined;
+  return match && match[1] !== '0' && uri !== undefined && uri.length > 0 && !uri.includes(';') ? `nsu=${uri};${match[2]!}` : text;
+}

@@ -19,6 +19,7 @@ import {
 import { DriverError, type TagReading } from '../../src/driver.js';
 import type { DataChangeFilterConfig, OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { withTimeout, type OpcUaConnection } from './connection.js';
+import { withNamespaceIndex } from './nodeid.js';
 import { readingOf, statusName, statusReason } from './values.js';
 
 /** Monitored items per CreateMonitoredItems call when the server states no limit. */
@@ -41,10 +42,10 @@ export interface PlannedItem {
  */
 export function resolveItem(item: PlannedItem, namespaces: readonly string[]): PlannedItem {
   if (!item.namespace) return item;
-  const index = namespaces.indexOf(item.namespace.uri);
-  if (index < 0) return { tag: item.tag, nodeId: undefined, problem: `the server has no namespace "${item.namespace.uri}" (its NamespaceArray: ${namespaces.join(', ')})`, code: 'BadNodeIdUnknown' };
+  const indexed = withNamespaceIndex(item.tag.nodeId, namespaces);
+  if ('problem' in indexed) return { tag: item.tag, nodeId: undefined, problem: indexed.problem, code: 'BadNodeIdUnknown' };
   try {
-    return { tag: item.tag, nodeId: resolveNodeId(`ns=${index};${item.namespace.local}`) };
+    return { tag: item.tag, nodeId: resolveNodeId(indexed.nodeId) };
   } catch (error) {
     return { tag: item.tag, nodeId: undefined, problem: `invalid NodeId "${item.tag.nodeId}": ${(error as Error).message}` };
   }
