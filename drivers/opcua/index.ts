@@ -50,8 +50,7 @@ export class OpcUaReadPlan implements ReadPlan {
 }
 
 function parseItem(tag: OpcUaTag): PlannedItem {
-  const namespace = splitNamespaceUri(tag.nodeId);
-  if (namespace) return { tag, nodeId: undefined, namespace };
+  if (splitNamespaceUri(tag.nodeId)) return { tag, nodeId: undefined, byNamespaceUri: true };
   try {
     return { tag, nodeId: resolveNodeId(tag.nodeId) };
   } catch (error) {

@@ -32,8 +32,8 @@ export interface PlannedItem {
   problem?: string;
   /** Status name for the bad reading when there is no NodeId (default BadNodeIdInvalid). */
   code?: string;
-  /** "nsu=" NodeIds: the namespace URI and the rest, resolved per connection by resolveItem(). */
-  namespace?: { uri: string; local: string };
+  /** An "nsu=" NodeId: its namespace index is looked up per connection by resolveItem(). */
+  byNamespaceUri?: true;
 }
 
 /**
@@ -41,7 +41,7 @@ export interface PlannedItem {
  * URI has in this server's NamespaceArray now (it may differ after a server restart).
  */
 export function resolveItem(item: PlannedItem, namespaces: readonly string[]): PlannedItem {
-  if (!item.namespace) return item;
+  if (!item.byNamespaceUri) return item;
   const indexed = withNamespaceIndex(item.tag.nodeId, namespaces);
   if ('problem' in indexed) return { tag: item.tag, nodeId: undefined, problem: indexed.problem, code: 'BadNodeIdUnknown' };
   try {
