@@ -36,7 +36,7 @@ import { startPhase } from './scheduler.js';
 import { startSimulator, type RunningSimulator } from './simulator.js';
 import { compileTopicTemplate } from './topics.js';
 import { Outbox } from './outbox.js';
-import { Uplink, type CloudRoute } from './uplink.js';
+import { tlsFilesFingerprint, Uplink, type CloudRoute } from './uplink.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
 interface CompiledTag {
@@ -112,7 +112,9 @@ export class Gateway {
   private currentConfig: Config;
   readonly broker: IntegratedBroker;
   readonly outbox: Outbox | undefined;
-  readonly uplink: Uplink | undefined;
+  private currentUplink: Uplink | undefined;
+  /** What the uplink's TLS files held when its connection was made (see tlsFilesFingerprint). */
+  private uplinkFiles: string | undefined;
   readonly commands: CommandHandler;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
   readonly startedAt = Date.now();
@@ -133,7 +135,6 @@ export class Gateway {
     this.hooks = hooks;
     this.broker = broker;
     this.outbox = cloud?.outbox;
-    this.uplink = cloud?.uplink;
     this.simulators = simulators;
     this.log = log;
     this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
@@ -151,12 +152,36 @@ export class Gateway {
     broker.commandHook = (topic, payload, retain, origin) => {
       if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, origin);
     };
-    if (this.uplink) {
-      const cloudClient = `cloud:${config.uplink?.clientId ?? `plc2mqtt-${config.gateway.name}`}`;
-      this.uplink.downlinkHook = (topic, payload, retain) => {
-        if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+    if (cloud) {
+      // What MQTT clients publish on a forwarded topic takes the same outbox → uplink path.
+      broker.clientPublishHook = (topic, payload, qos, retain) => {
+        const uplink = this.uplink!;
+        const route = uplink.route(topic);
+        if (!route) return undefined;
+        if (qos === 0) {
+          uplink.enqueue(route, payload, retain);
+          return undefined;
+        }
+        // A QoS 1 publisher gets its PUBACK only once the message is on disk.
+        return new Promise<void>((resolve) => uplink.enqueue(route, payload, retain, resolve));
       };
+      this.useUplink(cloud.uplink, config.uplink!);
     }
+  }
+
+  /** The cloud connection in use (a reload may replace it). */
+  get uplink(): Uplink | undefined {
+    return this.currentUplink;
+  }
+
+  /** Makes `uplink` the cloud connection: commands from the cloud go to the write path. */
+  private useUplink(uplink: Uplink, config: NonNullable<Config['uplink']>): void {
+    const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
+    uplink.downlinkHook = (topic, payload, retain) => {
+      if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+    };
+    this.currentUplink = uplink;
+    this.uplinkFiles = tlsFilesFingerprint(config.tls);
   }
 
   /** The config in effect (devices change with reload). */
@@ -189,29 +214,20 @@ export class Gateway {
     // 3. The outbox and the cloud uplink, when there is a cloud.
     let cloud: { outbox: Outbox; uplink: Uplink } | undefined;
     if (config.uplink) {
+      let outbox: Outbox | undefined;
       try {
-        const outbox = Outbox.open(join(loaded.dataDir, 'outbox.db'), config.uplink.outbox, log.child({ module: 'outbox' }));
-        const uplink = new Uplink(config.uplink, config.gateway.name, config.topics.status, outbox, broker, log);
-        cloud = { outbox, uplink };
-        broker.clientPublishHook = (topic, payload, qos, retain) => {
-          const route = uplink.route(topic);
-          if (!route) return undefined;
-          if (qos === 0) {
-            uplink.enqueue(route, payload, retain);
-            return undefined;
-          }
-          // A QoS 1 publisher gets its PUBACK only once the message is on disk.
-          return new Promise<void>((resolve) => uplink.enqueue(route, payload, retain, resolve));
-        };
-        uplink.start();
+        outbox = Outbox.open(join(loaded.dataDir, 'outbox.db'), config.uplink.outbox, log.child({ module: 'outbox' }));
+        cloud = { outbox, uplink: new Uplink(config.uplink, config.gateway.name, config.topics.status, outbox, broker, log) };
       } catch (error) {
-        cloud?.outbox.close();
+        outbox?.close();
         await broker.close();
         await Promise.all(simulators.map((simulator) => simulator.close()));
         throw error;
       }
     }
+    // (Wires the broker's hooks to the uplink, in the same turn: no client publish comes between.)
     const gateway = new Gateway(loaded, broker, simulators, log, hooks, cloud);
+    cloud?.uplink.start();
     for (const address of broker.addresses()) {
       const credentials = config.broker.allowAnonymous ? '' : ' -u USER -P PASSWORD';
       const hint = address.type === 'tcp' ? `; try: mosquitto_sub -h ${address.host} -p ${address.port}${credentials} -t '#' -v` : '';
@@ -301,7 +317,7 @@ export class Gateway {
     if (this.stopping) return result;
     const previous = this.currentConfig;
     const changed = (before: unknown, after: unknown) => JSON.stringify(before) !== JSON.stringify(after);
-    for (const section of ['gateway', 'topics', 'http', 'uplink', 'simulators'] as const) {
+    for (const section of ['gateway', 'topics', 'http', 'simulators'] as const) {
       if (changed(previous[section], next[section])) result.notApplied.push(section);
     }
     const accessSettings = new Set<string>(ACCESS_SETTINGS);
@@ -314,6 +330,7 @@ export class Gateway {
     this.currentConfig = { ...previous, devices: next.devices, writes: next.writes, broker: { ...previous.broker, ...access } };
     this.commands.setLimits(next.writes);
     if (result.applied.some((setting) => setting.startsWith('broker.'))) result.disconnected = this.broker.reloadAccess(access);
+    await this.reloadUplink(previous.uplink, next.uplink, result);
     const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
     for (const name of [...this.devices.keys()]) {
       const running = this.devices.get(name)!;
@@ -340,6 +357,46 @@ export class Gateway {
       }
     }
     return result;
+  }
+
+  /**
+   * A changed uplink (URL, credentials, TLS settings, rules, or certificate files rewritten in
+   * place) is applied with a new cloud connection; the outbox, and so every message not yet
+   * acknowledged, stays. Adding or removing the uplink, or changing its outbox, needs a restart.
+   */
+  private async reloadUplink(previous: Config['uplink'], next: Config['uplink'], result: ReloadResult): Promise<void> {
+    const old = this.currentUplink;
+    if (!previous || !next || !old) {
+      if (JSON.stringify(previous) !== JSON.stringify(next)) result.notApplied.push('uplink');
+      return;
+    }
+    if (JSON.stringify(previous.outbox) !== JSON.stringify(next.outbox)) result.notApplied.push('uplink.outbox');
+    const wanted = { ...next, outbox: previous.outbox };
+    if (JSON.stringify(previous) === JSON.stringify(wanted) && tlsFilesFingerprint(next.tls) === this.uplinkFiles) return;
+    let uplink: Uplink;
+    try {
+      uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log);
+    } catch (error) {
+      // (An unreadable certificate, say: the running connection stays.)
+      this.log.error({ error: errorMessage(error) }, 'the new uplink settings cannot be used; the cloud connection stays as it was');
+      result.notApplied.push('uplink');
+      return;
+    }
+    // What the old connection had in flight stays in the outbox and is sent again. Its broker hears
+    // "offline" only if the gateway leaves it (another URL or identity); otherwise the new
+    // connection takes over at once and nothing says "offline" in between.
+    const leaving = previous.url !== next.url || previous.clientId !== next.clientId || previous.statusTopic !== next.statusTopic;
+    await old.stop(2000, leaving);
+    uplink.continueCountersOf(old);
+    this.useUplink(uplink, wanted);
+    this.currentConfig = { ...this.currentConfig, uplink: wanted };
+    // Forward rules may have changed: every tag's and batch's cloud route is looked up again.
+    for (const device of this.devices.values()) {
+      for (const tag of device.tags.values()) tag.cloud = uplink.route(tag.topic);
+      for (const batch of device.batchTopics.values()) batch.cloud = uplink.route(batch.topic);
+    }
+    uplink.start();
+    result.applied.push('uplink');
   }
 
   private compileTags(device: DeviceConfig): Map<string, CompiledTag> {

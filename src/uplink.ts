@@ -131,10 +131,11 @@ export class Uplink {
       ...readTls(config.tls),
     };
     this.window = config.inFlight;
-    outbox.onCommit = (committed) => {
-      this.adopt(committed);
-      this.pump();
-    };
+  }
+
+  /** The counters of the uplink this one replaces (a reload): metrics stay monotonic. */
+  continueCountersOf(previous: Uplink): void {
+    Object.assign(this.counters, previous.counters);
   }
 
   /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
@@ -154,6 +155,10 @@ export class Uplink {
   }
 
   start(): void {
+    this.outbox.onCommit = (committed) => {
+      this.adopt(committed);
+      this.pump();
+    };
     this.log.info({ clientId: this.clientOptions.clientId, backlog: this.outbox.stats.messages }, 'connecting to the cloud broker');
     const client = mqtt.connect(this.config.url, this.clientOptions);
     this.client = client;
@@ -479,24 +484,48 @@ export class Uplink {
     this.pump();
   }
 
-  /** Says "offline" on the cloud, closes the connection. Unacknowledged messages stay in the outbox. */
-  async stop(timeoutMs = 2000): Promise<void> {
+  /**
+   * Says "offline" on the cloud (unless another connection takes over at once: `sayOffline`
+   * false), closes the connection. Unacknowledged messages stay in the outbox.
+   */
+  async stop(timeoutMs = 2000, sayOffline = true): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.stableTimer);
     clearInterval(this.maintenanceTimer);
     const client = this.client;
-    if (client && this.connected) {
+    if (client && this.connected && sayOffline) {
       await Promise.race([client.publishAsync(this.statusTopic, 'offline', { qos: 1, retain: true }).catch(() => undefined), sleep(timeoutMs)]);
     }
     this.flushAcks();
-    if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
+    if (client) {
+      // Without the "offline", the goodbye is a DISCONNECT: the broker then drops our will too.
+      await Promise.race([client.endAsync(sayOffline), sleep(timeoutMs)]);
+      if (!client.disconnected) client.end(true);
+    }
     this.epoch++;
     this.connected = false;
   }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
+
+/**
+ * What the uplink's certificate and key files hold now: a reload restarts the cloud connection
+ * when they were rewritten in place (certificate rotation), even if the config is the same.
+ */
+export function tlsFilesFingerprint(tls: UplinkConfig['tls']): string {
+  const hash = createHash('sha256');
+  for (const path of [tls?.ca, tls?.cert, tls?.key]) {
+    if (path === undefined) continue;
+    try {
+      hash.update(readFileSync(path));
+    } catch {
+      hash.update(`unreadable ${path}`);
+    }
+  }
+  return hash.digest('base64');
+}
 
 /** TLS options for mqtt.js from the config's file paths, with an error that names the file. */
 function readTls(tls: UplinkConfig['tls']): Partial<IClientOptions> {
