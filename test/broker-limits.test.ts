@@ -310,9 +310,18 @@ describe('limits.maxInflight', () => {
     assert.deepEqual(await subscribeGranted(good, ['inflight/slow/#']), [1]);
 
     const count = MAX + QUEUED + 1;
-    for (let index = 0; index < count; index++) await publisher.publishAsync(`inflight/slow/${index}`, `m${index}`, { qos: 1 });
+    for (let index = 0; index < count; index++) {
+      await publisher.publishAsync(`inflight/slow/${index}`, `m${index}`, { qos: 1 });
+      // The acknowledging subscriber shares this process's event loop with the publisher: without
+      // this it would read nothing until the loop ends, and fall behind as far as the silent one.
+      await waitFor(() => goodSeen.length > index, 5000, `m${index} at the good subscriber`);
+    }
     // Everyone else carries on: the acknowledging subscriber gets all of them, the publisher stays connected.
-    await waitFor(() => goodSeen.length === count, 10_000, 'every message at the good subscriber');
+    await waitFor(() => goodSeen.length === count, 10_000, () => {
+      const payloads = goodSeen.map((message) => message.payload);
+      const missing = Array.from({ length: count }, (_, index) => `m${index}`).filter((payload) => !payloads.includes(payload));
+      return `every message at the good subscriber (have ${goodSeen.length} of ${count}; missing ${missing.slice(0, 10).join(' ')}; slow got ${slow.of('publish').length}, closed ${String(slow.isClosed)})`;
+    });
     assert.equal(good.connected && publisher.connected, true);
     assert.equal(await slow.closedWithin(3000), true, `the slow client is still connected with ${slow.of('publish').length} unacknowledged messages`);
     assert.equal(slow.of('publish').length, MAX, 'no more than maxInflight unacknowledged messages were sent to it');
