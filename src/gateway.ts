@@ -113,8 +113,6 @@ export class Gateway {
   readonly broker: IntegratedBroker;
   readonly outbox: Outbox | undefined;
   private currentUplink: Uplink | undefined;
-  /** What the uplink's TLS files held when its connection was made (see tlsFilesFingerprint). */
-  private uplinkFiles: string | undefined;
   readonly commands: CommandHandler;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
   readonly startedAt = Date.now();
@@ -181,7 +179,6 @@ export class Gateway {
       if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
     };
     this.currentUplink = uplink;
-    this.uplinkFiles = tlsFilesFingerprint(config.tls);
   }
 
   /** The config in effect (devices change with reload). */
@@ -372,7 +369,7 @@ export class Gateway {
     }
     if (JSON.stringify(previous.outbox) !== JSON.stringify(next.outbox)) result.notApplied.push('uplink.outbox');
     const wanted = { ...next, outbox: previous.outbox };
-    if (JSON.stringify(previous) === JSON.stringify(wanted) && tlsFilesFingerprint(next.tls) === this.uplinkFiles) return;
+    if (JSON.stringify(previous) === JSON.stringify(wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
     let uplink: Uplink;
     try {
       uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log);
@@ -382,12 +379,11 @@ export class Gateway {
       result.notApplied.push('uplink');
       return;
     }
-    // What the old connection had in flight stays in the outbox and is sent again. Its broker hears
-    // "offline" only if the gateway leaves it (another URL or identity); otherwise the new
-    // connection takes over at once and nothing says "offline" in between.
-    const leaving = previous.url !== next.url || previous.clientId !== next.clientId || previous.statusTopic !== next.statusTopic;
-    await old.stop(2000, leaving);
-    uplink.continueCountersOf(old);
+    // The old connection says "offline" and ends (what it had in flight stays in the outbox and is
+    // sent again); the new one says "online" once it is up. Should it never come up, the cloud
+    // is not left believing the gateway is online.
+    await old.stop();
+    uplink.continueFrom(old);
     this.useUplink(uplink, wanted);
     this.currentConfig = { ...this.currentConfig, uplink: wanted };
     // Forward rules may have changed: every tag's and batch's cloud route is looked up again.

@@ -3,6 +3,7 @@
 // down into the integrated broker. Reconnects with capped exponential back-off and jitter.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import mqtt, { Store, type IClientOptions, type IClientPublishOptions, type MqttClient, type Packet } from 'mqtt';
 import type { Logger } from 'pino';
 import { backoffDelay } from './backoff.js';
@@ -62,6 +63,8 @@ class NoStore extends Store {
 
 export class Uplink {
   readonly statusTopic: string;
+  /** Of the TLS files this uplink's connections use (see tlsFilesFingerprint). */
+  readonly tlsFingerprint: string;
   private readonly config: UplinkConfig;
   private readonly outbox: Outbox;
   private readonly broker: IntegratedBroker;
@@ -105,6 +108,7 @@ export class Uplink {
   private statusAcked = false;
 
   constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger) {
+    const tls = readTls(config.tls);
     this.config = config;
     this.outbox = outbox;
     this.broker = broker;
@@ -128,14 +132,20 @@ export class Uplink {
       ...(process.env.DEBUG === undefined ? { log: () => undefined } : {}),
       ...(config.username !== undefined ? { username: config.username } : {}),
       ...(config.password !== undefined ? { password: config.password } : {}),
-      ...readTls(config.tls),
+      ...tls.options,
     };
+    this.tlsFingerprint = tls.fingerprint;
     this.window = config.inFlight;
   }
 
-  /** The counters of the uplink this one replaces (a reload): metrics stay monotonic. */
-  continueCountersOf(previous: Uplink): void {
+  /**
+   * Takes over from the uplink this one replaces (a reload): its counters, so metrics stay
+   * monotonic, and the commands it sent that the cloud may still echo back (3.1.1).
+   */
+  continueFrom(previous: Uplink): void {
     Object.assign(this.counters, previous.counters);
+    for (const [key, echo] of previous.echoes) this.echoes.set(key, { ...echo });
+    for (const id of previous.echoIds) this.echoIds.add(id);
   }
 
   /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
@@ -154,11 +164,14 @@ export class Uplink {
     this.outbox.append(message, onCommitted);
   }
 
+  /** Rows just committed to the outbox: straight into the send buffer when they fit (adopt). */
+  private readonly onCommit = (committed: readonly StoredMessage[]): void => {
+    this.adopt(committed);
+    this.pump();
+  };
+
   start(): void {
-    this.outbox.onCommit = (committed) => {
-      this.adopt(committed);
-      this.pump();
-    };
+    this.outbox.onCommit = this.onCommit;
     this.log.info({ clientId: this.clientOptions.clientId, backlog: this.outbox.stats.messages }, 'connecting to the cloud broker');
     const client = mqtt.connect(this.config.url, this.clientOptions);
     this.client = client;
@@ -177,6 +190,8 @@ export class Uplink {
   }
 
   private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
+    // A handshake that completed after stop(): that connection is not used.
+    if (this.stopping) return void this.client?.end(true);
     this.epoch++;
     this.connected = true;
     if (this.failedAttempts > 0 || this.counters.reconnects > 0) this.counters.reconnects++;
@@ -204,6 +219,8 @@ export class Uplink {
   }
 
   private onClose(): void {
+    // After stop() the outbox may belong to another uplink already.
+    if (this.stopping) return;
     const wasConnected = this.connected;
     this.connected = false;
     this.epoch++;
@@ -290,7 +307,7 @@ export class Uplink {
 
   /** A message from the cloud on a "receive" topic: into the integrated broker under its local name. */
   private onCloudMessage(topic: string, payload: Buffer, retain: boolean): void {
-    if (this.takeEcho(topic, payload)) return;
+    if (this.stopping || this.takeEcho(topic, payload)) return;
     const rule = this.config.receive.find((candidate: BridgeRule) => topic.startsWith(candidate.remotePrefix) && topicMatches(candidate.topic, topic.slice(candidate.remotePrefix.length)));
     if (!rule) return;
     this.counters.received++;
@@ -354,7 +371,7 @@ export class Uplink {
    */
   private adopt(committed: readonly StoredMessage[]): void {
     const first = committed[0];
-    if (!first || !this.connected) return;
+    if (!first || !this.connected || this.stopping) return;
     const live = this.config.liveShare > 0;
     if ((live ? this.liveCursor : this.backlogCursor) !== first.id - 1) return;
     const buffer = live ? this.live : this.backlog;
@@ -485,34 +502,38 @@ export class Uplink {
   }
 
   /**
-   * Says "offline" on the cloud (unless another connection takes over at once: `sayOffline`
-   * false), closes the connection. Unacknowledged messages stay in the outbox.
+   * Says "offline" on the cloud, closes the connection. Unacknowledged messages stay in the outbox.
+   * Afterwards this uplink touches neither the outbox nor the broker again, so another one can
+   * take over the same outbox (a reload).
    */
-  async stop(timeoutMs = 2000, sayOffline = true): Promise<void> {
+  async stop(timeoutMs = 2000): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.stableTimer);
     clearInterval(this.maintenanceTimer);
+    if (this.outbox.onCommit === this.onCommit) this.outbox.onCommit = undefined;
     const client = this.client;
-    if (client && this.connected && sayOffline) {
+    if (client && this.connected) {
       await Promise.race([client.publishAsync(this.statusTopic, 'offline', { qos: 1, retain: true }).catch(() => undefined), sleep(timeoutMs)]);
     }
     this.flushAcks();
-    if (client) {
-      // Without the "offline", the goodbye is a DISCONNECT: the broker then drops our will too.
-      await Promise.race([client.endAsync(sayOffline), sleep(timeoutMs)]);
-      if (!client.disconnected) client.end(true);
-    }
+    // Callbacks of this connection (late PUBACKs, errors) are ignored from here on.
     this.epoch++;
+    // Forced: no waiting for mqtt.js' record of messages in flight (it keeps those of connections
+    // that broke); they are in the outbox and the next connection sends them.
+    if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
     this.connected = false;
+    this.inFlight.clear();
+    this.outbox.readerThrough = 0;
   }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 /**
- * What the uplink's certificate and key files hold now: a reload restarts the cloud connection
- * when they were rewritten in place (certificate rotation), even if the config is the same.
+ * What the uplink's CA, certificate and key files hold now: a reload restarts the cloud
+ * connection when they were rewritten in place (certificate rotation), even if the config is the
+ * same. Compared with Uplink.tlsFingerprint, which is of the bytes that connection uses.
  */
 export function tlsFilesFingerprint(tls: UplinkConfig['tls']): string {
   const hash = createHash('sha256');
@@ -527,13 +548,20 @@ export function tlsFilesFingerprint(tls: UplinkConfig['tls']): string {
   return hash.digest('base64');
 }
 
-/** TLS options for mqtt.js from the config's file paths, with an error that names the file. */
-function readTls(tls: UplinkConfig['tls']): Partial<IClientOptions> {
-  if (!tls) return {};
+/**
+ * TLS options for mqtt.js from the config's file paths, and the fingerprint of the bytes read.
+ * Errors name the file; a certificate and key that do not belong together are refused here, not
+ * at every connection attempt.
+ */
+function readTls(tls: UplinkConfig['tls']): { options: Partial<IClientOptions>; fingerprint: string } {
+  const hash = createHash('sha256');
+  if (!tls) return { options: {}, fingerprint: hash.digest('base64') };
   const read = (what: string, path: string | undefined): Buffer | undefined => {
     if (path === undefined) return undefined;
     try {
-      return readFileSync(path);
+      const bytes = readFileSync(path);
+      hash.update(bytes);
+      return bytes;
     } catch (error) {
       throw new Error(`uplink.tls.${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? errorMessage(error)}`);
     }
@@ -547,7 +575,12 @@ function readTls(tls: UplinkConfig['tls']): Partial<IClientOptions> {
   // An encrypted key travels with its passphrase in the form node's tls accepts.
   if (key) options.key = tls.passphrase === undefined ? key : [{ pem: key, passphrase: tls.passphrase }];
   if (tls.servername !== undefined) options.servername = tls.servername;
-  return options;
+  try {
+    createSecureContext({ ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(options.key ? { key: options.key as SecureContextOptions['key'] } : {}) });
+  } catch (error) {
+    throw new Error(`uplink.tls: ${tls.cert ?? ''} ${tls.key ?? ''}: ${errorMessage(error)} (a certificate and its own key, in PEM, and the passphrase of an encrypted key)`);
+  }
+  return { options, fingerprint: hash.digest('base64') };
 }
 
 /** The URL without user:password, for logs. */

@@ -137,9 +137,13 @@ describe('OPC UA through the CLI', () => {
     const result = await cli(['browse', '-c', configFile, 'press', `nsu=${LINE2_NAMESPACE};s=Line2`, '--tags', '--nsu']);
     assert.equal(result.status, 0, result.stderr);
     assert.deepEqual(JSON.parse(result.stdout), [{ name: 'Speed', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed`, writable: true }]);
+    // A URI with ";" and "%" in it is escaped (and taken back the same way).
+    const odd = await cli(['browse', '-c', configFile, 'press', 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2', '--tags', '--nsu']);
+    assert.equal(odd.status, 0, odd.stderr);
+    assert.deepEqual(JSON.parse(odd.stdout), [{ name: 'Speed', nodeId: 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2.Speed', writable: true }]);
     const unknown = await cli(['browse', '-c', configFile, 'press', 'nsu=urn:nowhere;s=Line2']);
     assert.equal(unknown.status, 1);
-    assert.match(unknown.stderr, /cannot browse nsu=urn:nowhere;s=Line2: the server has no namespace "urn:nowhere"/);
+    assert.match(unknown.stderr, /browsing press nsu=urn:nowhere;s=Line2 failed: the server has no namespace "urn:nowhere"/);
   });
 
   it('browse refuses a Modbus device and reports an unknown node', async () => {
@@ -153,13 +157,14 @@ describe('OPC UA through the CLI', () => {
 
   it('validate explains a malformed NodeId', async () => {
     const bad = join(folder, 'bad.json');
-    writeFileSync(bad, JSON.stringify({ devices: [{ name: 'p', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' }, tags: [{ name: 'a', nodeId: 'ns=3;Line1.Speed' }, { name: 'b', nodeId: 'ns=2;g=1234' }, { name: 'c', nodeId: 'nsu=;s=Speed' }, { name: 'd', nodeId: 'nsu=urn:plant:line1;s=Speed' }] }] }));
+    writeFileSync(bad, JSON.stringify({ devices: [{ name: 'p', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' }, tags: [{ name: 'a', nodeId: 'ns=3;Line1.Speed' }, { name: 'b', nodeId: 'ns=2;g=1234' }, { name: 'c', nodeId: 'nsu=;s=Speed' }, { name: 'd', nodeId: 'nsu=urn:plant:line1;s=Speed' }, { name: 'e', nodeId: 'nsu=urn:a%ZZ;s=Speed' }] }] }));
     const result = await cli(['validate', '-c', bad]);
     assert.equal(result.status, 2);
     assert.match(result.stderr, /devices\[0\]\.tags\[0\]\.nodeId: not an OPC UA NodeId: expected \[ns=<index>;\|nsu=<namespace URI>;\]<i\|s\|g\|b>=<identifier>, such as "ns=3;s=Line1\.Speed"/);
     assert.match(result.stderr, /devices\[0\]\.tags\[1\]\.nodeId: "g=" takes a GUID/);
     assert.match(result.stderr, /devices\[0\]\.tags\[2\]\.nodeId: "nsu=" needs a namespace URI/);
-    assert.match(result.stderr, /: 3 problems\n/, 'the nsu= NodeId with a URI is valid');
+    assert.match(result.stderr, /devices\[0\]\.tags\[4\]\.nodeId: "nsu=urn:a%ZZ": a "%" must start an escape such as %3B/);
+    assert.match(result.stderr, /: 4 problems\n/, 'the nsu= NodeId with a URI is valid');
   });
 
   it('run: OPC UA values reach the integrated broker; node-opcua is loaded for it', async () => {

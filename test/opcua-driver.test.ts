@@ -161,6 +161,7 @@ describe('OPC UA driver against a node-opcua server', () => {
         { name: 'bytes', nodeId: line('W.ByteString'), writable: true },
         { name: 'doubles', nodeId: line('W.DoubleArray'), writable: true },
         { name: 'byUri', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed`, writable: true },
+        { name: 'byEscapedUri', nodeId: 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2.Speed', writable: true },
         { name: 'readonly', nodeId: line('ReadOnly'), writable: true },
         { name: 'unknown', nodeId: line('Nope'), writable: true },
         { name: 'unknownUri', nodeId: 'nsu=urn:nowhere;s=Line2.Speed', writable: true },
@@ -180,10 +181,11 @@ describe('OPC UA driver against a node-opcua server', () => {
       await driver.write(tag('bytes'), Buffer.from('plc').toString('base64'));
       await driver.write(tag('doubles'), [1.5, 2.5, 3.5]);
       await driver.write(tag('byUri'), 7.25); // "nsu=": the namespace URI looked up in the server's NamespaceArray
-      const readings = await driver.read(driver.plan(device.tags.slice(0, 10)));
+      const readings = await driver.read(driver.plan(device.tags.slice(0, 11)));
       assert.deepEqual(
         readings.map((reading) => reading.value),
-        [21.5, -123, -(2n ** 62n) - 5n, 2n ** 64n - 1n, true, 'hello', '2026-03-04T05:06:07.000Z', Buffer.from('plc').toString('base64'), [1.5, 2.5, 3.5], 7.25],
+        // (The last one: ODD_NAMESPACE, whose ";" and "%" are escaped in the NodeId.)
+        [21.5, -123, -(2n ** 62n) - 5n, 2n ** 64n - 1n, true, 'hello', '2026-03-04T05:06:07.000Z', Buffer.from('plc').toString('base64'), [1.5, 2.5, 3.5], 7.25, 7],
       );
 
       const refusal = async (name: string, value: Parameters<typeof driver.write>[1], code: string, message: RegExp) => {

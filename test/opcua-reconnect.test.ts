@@ -107,7 +107,7 @@ describe('OPC UA self-healing', () => {
       assert.equal(device.last('speed')!.value, 42, 'ns=2 here');
       const elsewhere = device.last('elsewhere')!;
       assert.deepEqual([elsewhere.quality, elsewhere.code], ['bad', 'BadNodeIdUnknown']);
-      assert.match(elsewhere.reason!, /the server has no namespace "urn:nowhere" \(its NamespaceArray: http:\/\/opcfoundation\.org\/UA\/, .*urn:plc2mqtt:test:line2\)/);
+      assert.match(elsewhere.reason!, /the server has no namespace "urn:nowhere" \(its NamespaceArray: http:\/\/opcfoundation\.org\/UA\/, .*urn:plc2mqtt:test:line2, urn:plc2mqtt:test:odd;name%20\)/);
     }
 
     // Restarted with another namespace first: LINE2_NAMESPACE is now ns=3, and ns=2 has a decoy Speed of -1.

@@ -202,7 +202,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
   async browse(nodeId = 'i=85', options: { namespaceUris?: boolean } = {}): Promise<BrowseEntry[]> {
     const connection = this.requireConnection();
     const start = withNamespaceIndex(nodeId, connection.namespaces);
-    if ('problem' in start) throw new DriverError(`cannot browse ${nodeId}: ${start.problem}`, { code: 'BadNodeIdUnknown' });
+    if ('problem' in start) throw new DriverError(start.problem, { code: 'BadNodeIdUnknown' });
     try {
       const entries = await browseChildren(connection.session, start.nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
       return options.namespaceUris ? entries.map((entry) => ({ ...entry, nodeId: withNamespaceUri(entry.nodeId, connection.namespaces) })) : entries;
@@ -238,7 +238,8 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     }
     const rank: unknown = rankValue?.statusCode.isGood() ? rankValue.value.value : -1;
     const info = { dataType, valueRank: typeof rank === 'number' ? rank : -1 };
-    this.nodeTypes.set(tag.nodeId, info);
+    // (Only for the connection it was read on: a reconnect meanwhile cleared the cache.)
+    if (this.connection === connection) this.nodeTypes.set(tag.nodeId, info);
     return info;
   }
 

@@ -34,6 +34,8 @@ export interface TestServerOptions {
 
 /** A namespace of its own (index 2 unless `namespacesBefore` pushes it up) with Line2.Speed = 42, writable. */
 export const LINE2_NAMESPACE = 'urn:plc2mqtt:test:line2';
+/** After LINE2_NAMESPACE, a URI with ";" and "%" in it (escaped in an nsu= NodeId), with Line2.Speed = 7. */
+export const ODD_NAMESPACE = 'urn:plc2mqtt:test:odd;name%20';
 
 export interface RunningTestServer {
   server: OPCUAServer;
@@ -179,8 +181,9 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
   }
 
   // Line2.Speed in LINE2_NAMESPACE, after any decoys: its index depends on what came before.
-  for (const [index, uri] of [...(options.namespacesBefore ?? []), LINE2_NAMESPACE].entries()) {
-    const decoy = index < (options.namespacesBefore ?? []).length;
+  const decoys = options.namespacesBefore ?? [];
+  for (const [index, uri] of [...decoys, LINE2_NAMESPACE, ODD_NAMESPACE].entries()) {
+    const value = index < decoys.length ? -1 : uri === LINE2_NAMESPACE ? 42 : 7;
     const other = addressSpace.registerNamespace(uri);
     const folder = other.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: `Line2 (${uri})`, nodeId: 's=Line2' });
     other.addVariable({
@@ -191,7 +194,7 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
       accessLevel: 'CurrentRead | CurrentWrite',
       userAccessLevel: 'CurrentRead | CurrentWrite',
       minimumSamplingInterval: 0,
-      value: variant(DataType.Double, decoy ? -1 : 42),
+      value: variant(DataType.Double, value),
     });
   }
 
