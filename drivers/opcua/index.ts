@@ -72,6 +72,8 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
   /** Bumped by close(): a connect() that finds it changed gives up what it opened. */
   private generation = 0;
   private readonly subscriptions = new Map<OpcUaReadPlan, ActiveSubscription>();
+  /** A polled plan's items with their NodeIds for one connection ("nsu=" looked up once, not every poll). */
+  private readonly resolved = new WeakMap<OpcUaReadPlan, { connection: OpcUaConnection; items: PlannedItem[] }>();
   /** DataType and ValueRank per NodeId, for writes; valid for one connection. */
   private readonly nodeTypes = new Map<string, NodeTypeInfo>();
 
@@ -141,7 +143,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const connection = this.requireConnection();
     const results = new Map<string, TagReading>();
     const usable: PlannedItem[] = [];
-    for (const item of own.items.map((planned) => resolveItem(planned, connection.namespaces))) {
+    for (const item of this.resolvedItems(own, connection)) {
       if (item.nodeId) usable.push(item);
       else results.set(item.tag.name, { tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: item.code ?? 'BadNodeIdInvalid' });
     }
@@ -193,6 +195,14 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
             ? `the server did not accept a ${dataTypeName(type.dataType)} value`
             : statusReason(status);
     throw new DriverError(`writing "${tag.name}" (${tag.nodeId}) failed: ${name}: ${hint}`, { code: name });
+  }
+
+  private resolvedItems(plan: OpcUaReadPlan, connection: OpcUaConnection): PlannedItem[] {
+    const cached = this.resolved.get(plan);
+    if (cached?.connection === connection) return cached.items;
+    const items = plan.items.map((item) => resolveItem(item, connection.namespaces));
+    this.resolved.set(plan, { connection, items });
+    return items;
   }
 
   /**
