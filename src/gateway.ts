@@ -100,7 +100,7 @@ export interface ReloadResult {
   unchanged: number;
   /** Devices that could not be started with their new definition (see the log); they stay stopped. */
   failed: string[];
-  /** Other settings the reload applied: "writes", "broker.users", "broker.acl", "broker.allowAnonymous". */
+  /** Other settings the reload applied: "writes", "broker.users", "broker.acl", "broker.allowAnonymous", "uplink". */
   applied: string[];
   /** Integrated broker clients disconnected because their user was removed or changed (or anonymous access is off). */
   disconnected: string[];
