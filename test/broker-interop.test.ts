@@ -3,7 +3,6 @@
 // MQTT 5 clients go through the protocol adapter (src/broker-mqtt5.ts, tested in depth in
 // broker-mqtt5.test.ts).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from 'aedes';
 import type { MqttClient } from 'mqtt';
@@ -61,20 +60,13 @@ describe('interoperability: mosquitto clients and mqtt.js', () => {
   });
 
   it('mqtt.js 3.1.1 publishes live → a running mosquitto_sub -q 1 receives every message in order', async () => {
-    const child = spawn(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-i', 'mosquitto-live', '-q', '1', '-t', 'interop/live/#', '-C', '5', '-W', '10', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-    try {
-      await waitFor(() => subscribed.includes('mosquitto-live'), 5000, 'mosquitto_sub to subscribe');
-      for (let index = 1; index <= 5; index++) await listener.publishAsync(`interop/live/${index}`, `message ${index}`, { qos: index % 2 === 0 ? 0 : 1 });
-      assert.equal(await exited, 0, stderr);
-      assert.equal(stdout, [1, 2, 3, 4, 5].map((index) => `interop/live/${index} message ${index}\n`).join(''));
-    } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    }
+    // Running while the test publishes; it exits by itself after 5 messages (or -W 10 s).
+    const receiving = run(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-i', 'mosquitto-live', '-q', '1', '-t', 'interop/live/#', '-C', '5', '-W', '10', '-v']);
+    await waitFor(() => subscribed.includes('mosquitto-live'), 5000, 'mosquitto_sub to subscribe');
+    for (let index = 1; index <= 5; index++) await listener.publishAsync(`interop/live/${index}`, `message ${index}`, { qos: index % 2 === 0 ? 0 : 1 });
+    const { code, stdout, stderr } = await receiving;
+    assert.equal(code, 0, stderr);
+    assert.equal(stdout, [1, 2, 3, 4, 5].map((index) => `interop/live/${index} message ${index}\n`).join(''));
   });
 
   it('mosquitto_pub -r (retained) → a new mqtt.js subscriber gets it with the retain flag', async () => {

@@ -3,7 +3,6 @@
 // with -V mqttv5, and a raw MQTT 5 socket for what clients don't normally send (topic aliases,
 // malformed packets, a CONNECT in pieces). Plus the two side channels of the command path.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -364,21 +363,14 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     );
     const retained = await run(MOSQUITTO_PUB, [...hostArgs, '-t', 'mosq5/retained', '-m', 'retained by mosquitto_pub v5', '-q', '1', '-r']);
     assert.equal(retained.code, 0, retained.stderr);
-    const child = spawn(MOSQUITTO_SUB, [...hostArgs, '-i', 'mosquitto-v5', '-q', '2', '-t', 'mosq5/#', '-C', '4', '-W', '10', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-    try {
-      await waitFor(() => subscribed.includes('mosquitto-v5'), 5000, 'mosquitto_sub to subscribe');
-      const client5 = await v5();
-      for (const qos of [0, 1, 2] as const) await client5.publishAsync(`mosq5/live/${qos}`, `live ${qos}`, { qos });
-      assert.equal(await exited, 0, stderr);
-      assert.equal(stdout, ['mosq5/retained retained by mosquitto_pub v5', 'mosq5/live/0 live 0', 'mosq5/live/1 live 1', 'mosq5/live/2 live 2'].map((line) => `${line}\n`).join(''));
-    } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    }
+    // Running while the test publishes; it exits by itself after 4 messages (or -W 10 s).
+    const receiving = run(MOSQUITTO_SUB, [...hostArgs, '-i', 'mosquitto-v5', '-q', '2', '-t', 'mosq5/#', '-C', '4', '-W', '10', '-v']);
+    await waitFor(() => subscribed.includes('mosquitto-v5'), 5000, 'mosquitto_sub to subscribe');
+    const client5 = await v5();
+    for (const qos of [0, 1, 2] as const) await client5.publishAsync(`mosq5/live/${qos}`, `live ${qos}`, { qos });
+    const live = await receiving;
+    assert.equal(live.code, 0, live.stderr);
+    assert.equal(live.stdout, ['mosq5/retained retained by mosquitto_pub v5', 'mosq5/live/0 live 0', 'mosq5/live/1 live 1', 'mosq5/live/2 live 2'].map((line) => `${line}\n`).join(''));
   });
 
   it('a client\'s Receive Maximum below broker.limits.maxInflight bounds what it gets unacknowledged', async () => {
