@@ -131,10 +131,10 @@ export class IntegratedBroker {
     // Always the access in effect now (a reload replaces it).
     const access = (): Access => broker?.access ?? initialAccess;
     const logins = new WeakMap<Client, Login>();
-    const usernames = { get: (client: Client) => logins.get(client)?.username };
+    const usernameOf = (client: Client) => logins.get(client)?.username;
     const outbound = new WeakMap<Client, OutboundWindow>();
     const inboundQoS2 = new WeakMap<Client, InboundQoS2>();
-    const identity = (client: Client): Identity => ({ username: usernames.get(client), clientId: client.id });
+    const identity = (client: Client): Identity => ({ username: usernameOf(client), clientId: client.id });
     const { limits } = config;
     const aedes = await Aedes.createBroker({
       // Keep-alive bounds and the connection limit, before anything else is done for the client.
@@ -185,7 +185,7 @@ export class IntegratedBroker {
         if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
         if (client && !access().acl.mayPublish(identity(client), packet.topic)) {
           // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
-          broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernames.get(client), topic: packet.topic }, 'publish denied by the ACL');
+          broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernameOf(client), topic: packet.topic }, 'publish denied by the ACL');
           return callback(new Error(`not allowed to publish on ${packet.topic}`));
         }
         if (client) {
@@ -195,7 +195,7 @@ export class IntegratedBroker {
           // write to a PLC) nor for a QoS 2 repeat of a message already seen.
           const command = broker?.commandHook !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
           if (command) {
-            const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernames.get(client) };
+            const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernameOf(client) };
             // MQTT 5 request/response: answered where the client asked, if it may both read and
             // publish there itself; the gateway checks that the topic is not one of its own.
             const responseTopic = properties?.responseTopic;
@@ -219,7 +219,7 @@ export class IntegratedBroker {
       },
       authorizeSubscribe: (client, subscription, callback) => {
         if (access().acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
-        broker?.noteOnce(`sub:${client.id}:${subscription.topic}`, { clientId: client.id, username: usernames.get(client), topic: subscription.topic }, 'subscribe denied by the ACL');
+        broker?.noteOnce(`sub:${client.id}:${subscription.topic}`, { clientId: client.id, username: usernameOf(client), topic: subscription.topic }, 'subscribe denied by the ACL');
         // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
         callback(null, null);
       },

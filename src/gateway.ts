@@ -108,6 +108,11 @@ export interface ReloadResult {
   notApplied: string[];
 }
 
+/** Whether a config section differs (sections are plain JSON after validation). */
+function changed(before: unknown, after: unknown): boolean {
+  return JSON.stringify(before) !== JSON.stringify(after);
+}
+
 export class Gateway {
   private currentConfig: Config;
   readonly broker: IntegratedBroker;
@@ -313,7 +318,6 @@ export class Gateway {
     const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, failed: [], applied: [], disconnected: [], notApplied: [] };
     if (this.stopping) return result;
     const previous = this.currentConfig;
-    const changed = (before: unknown, after: unknown) => JSON.stringify(before) !== JSON.stringify(after);
     for (const section of ['gateway', 'topics', 'http', 'simulators'] as const) {
       if (changed(previous[section], next[section])) result.notApplied.push(section);
     }
@@ -364,12 +368,12 @@ export class Gateway {
   private async reloadUplink(previous: Config['uplink'], next: Config['uplink'], result: ReloadResult): Promise<void> {
     const old = this.currentUplink;
     if (!previous || !next || !old) {
-      if (JSON.stringify(previous) !== JSON.stringify(next)) result.notApplied.push('uplink');
+      if (changed(previous, next)) result.notApplied.push('uplink');
       return;
     }
-    if (JSON.stringify(previous.outbox) !== JSON.stringify(next.outbox)) result.notApplied.push('uplink.outbox');
+    if (changed(previous.outbox, next.outbox)) result.notApplied.push('uplink.outbox');
     const wanted = { ...next, outbox: previous.outbox };
-    if (JSON.stringify(previous) === JSON.stringify(wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
+    if (!changed(previous, wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
     let uplink: Uplink;
     try {
       uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log);

@@ -536,15 +536,21 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  * same. Compared with Uplink.tlsFingerprint, which is of the bytes that connection uses.
  */
 export function tlsFilesFingerprint(tls: UplinkConfig['tls']): string {
-  const hash = createHash('sha256');
-  for (const path of [tls?.ca, tls?.cert, tls?.key]) {
-    if (path === undefined) continue;
+  const contents = [tls?.ca, tls?.cert, tls?.key].flatMap((path): Array<Buffer | string> => {
+    if (path === undefined) return [];
     try {
-      hash.update(readFileSync(path));
+      return [readFileSync(path)];
     } catch {
-      hash.update(`unreadable ${path}`);
+      return [`unreadable ${path}`];
     }
-  }
+  });
+  return fingerprintOf(contents);
+}
+
+/** One hash over the CA, certificate and key contents, in that order (both sides of the comparison). */
+function fingerprintOf(contents: ReadonlyArray<Buffer | string>): string {
+  const hash = createHash('sha256');
+  for (const content of contents) hash.update(content);
   return hash.digest('base64');
 }
 
@@ -554,14 +560,11 @@ export function tlsFilesFingerprint(tls: UplinkConfig['tls']): string {
  * at every connection attempt.
  */
 function readTls(tls: UplinkConfig['tls']): { options: Partial<IClientOptions>; fingerprint: string } {
-  const hash = createHash('sha256');
-  if (!tls) return { options: {}, fingerprint: hash.digest('base64') };
+  if (!tls) return { options: {}, fingerprint: fingerprintOf([]) };
   const read = (what: string, path: string | undefined): Buffer | undefined => {
     if (path === undefined) return undefined;
     try {
-      const bytes = readFileSync(path);
-      hash.update(bytes);
-      return bytes;
+      return readFileSync(path);
     } catch (error) {
       throw new Error(`uplink.tls.${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? errorMessage(error)}`);
     }
@@ -580,7 +583,7 @@ function readTls(tls: UplinkConfig['tls']): { options: Partial<IClientOptions>; 
   } catch (error) {
     throw new Error(`uplink.tls: ${tls.cert ?? ''} ${tls.key ?? ''}: ${errorMessage(error)} (a certificate and its own key, in PEM, and the passphrase of an encrypted key)`);
   }
-  return { options, fingerprint: hash.digest('base64') };
+  return { options, fingerprint: fingerprintOf([ca, cert, key].filter((content) => content !== undefined)) };
 }
 
 /** The URL without user:password, for logs. */
