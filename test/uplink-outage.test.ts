@@ -169,6 +169,8 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     gateway.thaw();
     const ackedAtFreeze = publisher.acked.length;
     await waitFor(() => publisher.acked.length >= Math.min(total, ackedAtFreeze + 500), 20_000, 'local publishing to go on while the cloud hangs');
+    // On a loaded machine the gateway may still be filling its window: kill only once it is full.
+    await waitFor(async () => (await gateway.uplinkStatus()).inFlight === 100, 20_000, 'the in-flight window to fill');
     await cloud.kill('SIGKILL');
     await waitFor(() => gateway.findLogs(/^disconnected from the cloud broker/).length >= 2, 10_000, 'the second disconnect');
     const frozen = gateway.findLogs(/^disconnected from the cloud broker/)[1]!;

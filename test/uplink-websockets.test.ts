@@ -44,6 +44,8 @@ describe('uplink over WebSockets', () => {
     gateway.thaw();
     const ackedAtFreeze = publisher.acked.length;
     await waitFor(() => publisher.acked.length >= ackedAtFreeze + 300, 20_000, 'local publishing to go on while the cloud hangs');
+    // On a loaded machine the gateway may still be filling its window: kill only once it is full.
+    await waitFor(async () => (await gateway.uplinkStatus()).inFlight === 100, 20_000, 'the in-flight window to fill');
     await cloud.kill('SIGKILL');
     const disconnected = await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
     assert.equal(disconnected.inFlight, 100, `the whole window was unacknowledged when the cloud died: ${JSON.stringify(disconnected)}`);

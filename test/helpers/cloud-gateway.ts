@@ -150,6 +150,13 @@ export class GatewayProcess {
     return found!;
   }
 
+  /** The uplink's figures from the operations endpoint (/api/status) of the running gateway. */
+  async uplinkStatus(): Promise<UplinkStatsLine> {
+    const url = (await this.waitForLog('operations endpoint listening', 10_000)).url as string;
+    const status = (await (await fetch(`${url}/api/status?tags=0`)).json()) as { uplink: UplinkStatsLine };
+    return status.uplink;
+  }
+
   /** SIGSTOP: the gateway stops mid-stream, its sockets stay open. `thaw()` lets it go on. */
   freeze(): void {
     if (this.running) this.child.kill('SIGSTOP');
