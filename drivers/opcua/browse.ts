@@ -9,11 +9,11 @@ import {
   ReferenceTypeIds,
   resolveNodeId,
   type BrowseResult,
-  type ClientSession,
   type DataValue,
   type ReferenceDescription,
 } from 'node-opcua-client';
 import { DriverError } from '../../src/driver.js';
+import type { OpcUaConnection } from './connection.js';
 import { statusName, statusReason } from './values.js';
 
 export interface BrowseEntry {
@@ -31,8 +31,8 @@ export interface BrowseEntry {
 
 const MAX_CHILDREN = 100_000;
 
-/** The hierarchical children (Organizes, HasComponent, HasProperty …) of `nodeIdText`. */
-export async function browseChildren(session: ClientSession, nodeIdText: string, maxNodesPerRead: number): Promise<BrowseEntry[]> {
+/** The hierarchical children (Organizes, HasComponent, HasProperty …) of `nodeIdText`. Each request is bounded by requestTimeout. */
+export async function browseChildren(connection: OpcUaConnection, nodeIdText: string, maxNodesPerRead: number): Promise<BrowseEntry[]> {
   let nodeId;
   try {
     nodeId = resolveNodeId(nodeIdText);
@@ -40,19 +40,23 @@ export async function browseChildren(session: ClientSession, nodeIdText: string,
     throw new DriverError(`invalid NodeId "${nodeIdText}": ${(error as Error).message}`, { code: 'BadNodeIdInvalid' });
   }
   const references: ReferenceDescription[] = [];
-  let result: BrowseResult = await session.browse({
-    nodeId,
-    browseDirection: BrowseDirection.Forward,
-    referenceTypeId: resolveNodeId(ReferenceTypeIds.HierarchicalReferences),
-    includeSubtypes: true,
-    nodeClassMask: 0,
-    resultMask: 0x3f,
-  });
+  const what = `browsing ${nodeIdText}`;
+  let result: BrowseResult = await connection.request(what, (session) =>
+    session.browse({
+      nodeId,
+      browseDirection: BrowseDirection.Forward,
+      referenceTypeId: resolveNodeId(ReferenceTypeIds.HierarchicalReferences),
+      includeSubtypes: true,
+      nodeClassMask: 0,
+      resultMask: 0x3f,
+    }),
+  );
   if (result.statusCode.isNotGood()) throw new DriverError(`browsing ${nodeIdText} failed: ${statusReason(result.statusCode)}`, { code: statusName(result.statusCode) });
   references.push(...(result.references ?? []));
   // Servers hand out long child lists in parts.
   while (result.continuationPoint && result.continuationPoint.length > 0 && references.length < MAX_CHILDREN) {
-    result = await session.browseNext(result.continuationPoint, false);
+    const continuationPoint = result.continuationPoint;
+    result = await connection.request(what, (session) => session.browseNext(continuationPoint, false));
     references.push(...(result.references ?? []));
   }
 
@@ -69,7 +73,10 @@ export async function browseChildren(session: ClientSession, nodeIdText: string,
   const perRequest = Math.max(attributes.length, Math.floor(maxNodesPerRead / attributes.length) * attributes.length);
   const nodesToRead = variables.flatMap((entry) => attributes.map((attributeId) => ({ nodeId: entry.nodeId, attributeId })));
   const values: DataValue[] = [];
-  for (let start = 0; start < nodesToRead.length; start += perRequest) values.push(...(await session.read(nodesToRead.slice(start, start + perRequest))));
+  for (let start = 0; start < nodesToRead.length; start += perRequest) {
+    const part = nodesToRead.slice(start, start + perRequest);
+    values.push(...(await connection.request(`reading the attributes of ${nodeIdText}'s children`, (session) => session.read(part))));
+  }
   const dataTypeIds = new Map<string, string>();
   variables.forEach((entry, index) => {
     const [dataType, valueRank, access] = values.slice(index * attributes.length, (index + 1) * attributes.length);
@@ -83,7 +90,7 @@ export async function browseChildren(session: ClientSession, nodeIdText: string,
   const unknown = [...new Set(dataTypeIds.values())].filter((id) => builtInName(id) === undefined);
   for (let start = 0; start < unknown.length; start += maxNodesPerRead) {
     const part = unknown.slice(start, start + maxNodesPerRead);
-    const browseNames = await session.read(part.map((id) => ({ nodeId: id, attributeId: AttributeIds.BrowseName })));
+    const browseNames = await connection.request(`reading the names of ${nodeIdText}'s children's DataTypes`, (session) => session.read(part.map((id) => ({ nodeId: id, attributeId: AttributeIds.BrowseName }))));
     part.forEach((id, index) => {
       const name = browseNames[index]?.statusCode.isGood() ? (browseNames[index]!.value.value as { name?: string }).name : undefined;
       names.set(id, name ?? id);

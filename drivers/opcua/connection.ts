@@ -7,6 +7,10 @@
 // sign of trouble (channel closed, keep-alive read failed, session closed, subscription gone)
 // marks the connection lost, the driver reports `connected = false`, and the core closes it and
 // connects again with back-off: a fresh channel, session, subscriptions and monitored items.
+//
+// requestTimeout is enforced here, not by node-opcua: its client secure channel raises every
+// transaction timeout below 5 s to 5 s (minTransactionTimeout), so a Read with "1s" configured
+// would wait 5 s for a hung server. Every service call of the driver goes through request().
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
@@ -53,14 +57,17 @@ const CONNECTION_STATUSES = new Set([
   'BadTcpInternalError',
 ]);
 
-/** Rejects with `message` when `promise` takes longer than `ms`. The timer never holds the process. */
+/** What withTimeout() rejects with when the time is up. */
+export class TimeoutError extends Error {}
+
+/** Rejects with a TimeoutError(`message`) when `promise` takes longer than `ms`. The timer never holds the process. */
 export async function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
       promise,
       new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error(message)), ms);
+        timer = setTimeout(() => reject(new TimeoutError(message)), ms);
         timer.unref();
       }),
     ]);
@@ -93,6 +100,9 @@ export class OpcUaConnection {
   private readonly options: ConnectionOptions;
   private lostReason: string | undefined;
   private closing: Promise<void> | undefined;
+  /** Rejects when the connection is lost or closed: requests still waiting give up at once. */
+  private readonly ended: Promise<never>;
+  private end!: (reason: string) => void;
 
   private constructor(options: ConnectionOptions, client: OPCUAClient, manager: OPCUACertificateManager, session: ClientSession, info: ServerInfo) {
     this.options = options;
@@ -101,6 +111,10 @@ export class OpcUaConnection {
     this.session = session;
     this.limits = info.limits;
     this.namespaces = info.namespaces;
+    this.ended = new Promise<never>((_resolve, reject) => {
+      this.end = (reason) => reject(new Error(reason));
+    });
+    this.ended.catch(() => undefined);
   }
 
   /** Why the connection is unusable, or undefined while it works. */
@@ -112,7 +126,28 @@ export class OpcUaConnection {
   markLost(reason: string): void {
     if (this.lostReason !== undefined || this.closing) return;
     this.lostReason = reason;
+    this.end(reason);
     this.options.onLost(reason);
+  }
+
+  /**
+   * One service call on the session, bounded by requestTimeout. No answer in time marks the
+   * connection lost (a server that hangs on one request gets no second one on that session) and
+   * rejects with code "timeout"; a loss noticed elsewhere meanwhile ends the wait at once. A call
+   * that makes several requests (getBuiltInDataType walks the type tree) gets requestTimeout for
+   * all of them.
+   */
+  async request<T>(what: string, call: (session: ClientSession) => Promise<T>): Promise<T> {
+    if (this.lost !== undefined) throw new DriverError(`${what} failed: ${this.lost}`, { code: 'connection-lost', connectionLost: true });
+    const timeout = this.options.device.connection.requestTimeout;
+    try {
+      return await withTimeout(Promise.race([call(this.session), this.ended]), timeout, `no answer within ${timeout} ms (requestTimeout)`);
+    } catch (error) {
+      if (!(error instanceof TimeoutError)) throw this.failure(error, what);
+      const reason = `${what} failed: ${error.message}`;
+      this.markLost(reason);
+      throw new DriverError(reason, { code: 'timeout', connectionLost: true, cause: error });
+    }
   }
 
   /**
@@ -141,6 +176,7 @@ export class OpcUaConnection {
       requestedSessionTimeout: connection.sessionTimeout,
       keepSessionAlive: true,
       keepAliveInterval: connection.keepAliveInterval,
+      // Sent to the server as the timeoutHint (raised to 5 s by node-opcua); request() enforces it.
       defaultTransactionTimeout: connection.requestTimeout,
     });
     // Until the connection object exists, a loss during open() surfaces as open()'s rejection.
@@ -173,6 +209,7 @@ export class OpcUaConnection {
   /** Closes session and channel, bounded: a dead server gets no more than requestTimeout. Never rejects. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.end('closed');
       const timeout = this.options.device.connection.requestTimeout;
       // Deleting the subscriptions with the session frees the server at once; over a broken
       // channel it would only wait for the timeout.

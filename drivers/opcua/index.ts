@@ -150,15 +150,12 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const perRequest = connection.limits.maxNodesPerRead > 0 ? connection.limits.maxNodesPerRead : this.device.polling.maxNodesPerRead;
     for (let start = 0; start < usable.length; start += perRequest) {
       const batch = usable.slice(start, start + perRequest);
-      let values;
-      try {
-        values = await connection.session.read(
+      const values = await connection.request(`reading ${batch.length} nodes`, (session) =>
+        session.read(
           batch.map((item) => ({ nodeId: item.nodeId!, attributeId: AttributeIds.Value })),
           this.device.polling.maxAge,
-        );
-      } catch (error) {
-        throw connection.failure(error, `reading ${batch.length} nodes`);
-      }
+        ),
+      );
       batch.forEach((item, index) => {
         const dataValue = values[index];
         results.set(item.tag.name, dataValue ? readingOf(item.tag.name, dataValue) : { tag: item.tag.name, quality: 'bad', reason: 'the server returned no result', code: 'no-result' });
@@ -178,12 +175,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     } catch (error) {
       throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}, ${dataTypeName(type.dataType)}): ${(error as Error).message}`, { code: 'invalid-value', cause: error });
     }
-    let status;
-    try {
-      status = await connection.session.write({ nodeId: item.nodeId, attributeId: AttributeIds.Value, value: { value: variant } });
-    } catch (error) {
-      throw connection.failure(error, `writing "${tag.name}"`);
-    }
+    const status = await connection.request(`writing "${tag.name}"`, (session) => session.write({ nodeId: item.nodeId!, attributeId: AttributeIds.Value, value: { value: variant } }));
     if (status.isGood()) return;
     const name = statusName(status);
     const hint =
@@ -214,7 +206,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const start = withNamespaceIndex(nodeId, connection.namespaces);
     if ('problem' in start) throw new DriverError(start.problem, { code: 'BadNodeIdUnknown' });
     try {
-      const entries = await browseChildren(connection.session, start.nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
+      const entries = await browseChildren(connection, start.nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
       return options.namespaceUris ? entries.map((entry) => ({ ...entry, nodeId: withNamespaceUri(entry.nodeId, connection.namespaces) })) : entries;
     } catch (error) {
       if (error instanceof DriverError) throw error;
@@ -225,27 +217,19 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
   private async nodeType(connection: OpcUaConnection, tag: OpcUaTag, nodeId: NodeId): Promise<NodeTypeInfo> {
     const cached = this.nodeTypes.get(tag.nodeId);
     if (cached) return cached;
-    let values;
-    try {
-      values = await connection.session.read([
+    const values = await connection.request(`reading the DataType of "${tag.name}"`, (session) =>
+      session.read([
         { nodeId, attributeId: AttributeIds.DataType },
         { nodeId, attributeId: AttributeIds.ValueRank },
-      ]);
-    } catch (error) {
-      throw connection.failure(error, `reading the DataType of "${tag.name}"`);
-    }
+      ]),
+    );
     const [dataTypeValue, rankValue] = values;
     if (!dataTypeValue || !dataTypeValue.statusCode.isGood()) {
       const status = dataTypeValue?.statusCode;
       throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, { code: status ? statusName(status) : 'no-datatype' });
     }
-    let dataType: DataType;
-    try {
-      // Resolves subtypes (Duration → Double, enumerations → Int32 …) to the built-in type.
-      dataType = await connection.session.getBuiltInDataType(nodeId);
-    } catch (error) {
-      throw connection.failure(error, `resolving the DataType of "${tag.name}"`);
-    }
+    // Resolves subtypes (Duration → Double, enumerations → Int32 …) to the built-in type.
+    const dataType = await connection.request(`resolving the DataType of "${tag.name}"`, (session) => session.getBuiltInDataType(nodeId));
     const rank: unknown = rankValue?.statusCode.isGood() ? rankValue.value.value : -1;
     const info = { dataType, valueRank: typeof rank === 'number' ? rank : -1 };
     // (Only for the connection it was read on: a reconnect meanwhile cleared the cache.)
