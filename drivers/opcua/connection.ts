@@ -10,7 +10,8 @@
 //
 // requestTimeout is enforced here, not by node-opcua: its client secure channel raises every
 // transaction timeout below 5 s to 5 s (minTransactionTimeout), so a Read with "1s" configured
-// would wait 5 s for a hung server. Every service call of the driver goes through request().
+// would wait 5 s for a hung server. Every service call of the driver goes through request(), and
+// the keep-alive read is ours too (node-opcua's keep-alive has the same floor).
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { OPCUACertificateManager } from 'node-opcua-certificate-manager';
@@ -103,6 +104,7 @@ export class OpcUaConnection {
   /** Rejects when the connection is lost or closed: requests still waiting give up at once. */
   private readonly ended: Promise<never>;
   private end!: (reason: string) => void;
+  private keepAliveTimer: NodeJS.Timeout | undefined;
 
   private constructor(options: ConnectionOptions, client: OPCUAClient, manager: OPCUACertificateManager, session: ClientSession, info: ServerInfo) {
     this.options = options;
@@ -112,7 +114,10 @@ export class OpcUaConnection {
     this.limits = info.limits;
     this.namespaces = info.namespaces;
     this.ended = new Promise<never>((_resolve, reject) => {
-      this.end = (reason) => reject(new Error(reason));
+      this.end = (reason) => {
+        clearInterval(this.keepAliveTimer);
+        reject(new Error(reason));
+      };
     });
     this.ended.catch(() => undefined);
   }
@@ -151,6 +156,26 @@ export class OpcUaConnection {
   }
 
   /**
+   * Reads the server state whenever nothing was heard from the server for half the keep-alive
+   * interval (publish responses and answers to polls count), checked twice per interval: a dead
+   * link or a hung server is noticed within keepAliveInterval + requestTimeout in either mode.
+   * It also keeps an idle session from timing out on the server.
+   */
+  private startKeepAlive(): void {
+    const half = Math.max(50, Math.floor(this.options.device.connection.keepAliveInterval / 2));
+    let reading = false;
+    this.keepAliveTimer = setInterval(() => {
+      if (reading || this.lost !== undefined || Date.now() - this.session.lastResponseReceivedTime.getTime() < half) return;
+      reading = true;
+      // A failure that means the connection is gone has marked it lost; a ServiceFault is an answer.
+      this.request('the keep-alive read', (session) => session.read({ nodeId: `i=${VariableIds.Server_ServerStatus_State}`, attributeId: AttributeIds.Value }))
+        .catch(() => undefined)
+        .finally(() => (reading = false));
+    }, half);
+    this.keepAliveTimer.unref();
+  }
+
+  /**
    * Opens channel and session, bounded by connectTimeout. `isCancelled` is checked between the
    * steps so a close() during a slow connect does not leave a session behind.
    */
@@ -174,8 +199,8 @@ export class OpcUaConnection {
       connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 1000 },
       clientCertificateManager: manager,
       requestedSessionTimeout: connection.sessionTimeout,
-      keepSessionAlive: true,
-      keepAliveInterval: connection.keepAliveInterval,
+      // The keep-alive is startKeepAlive(): node-opcua's waits at least 5 s for its read.
+      keepSessionAlive: false,
       // Sent to the server as the timeoutHint (raised to 5 s by node-opcua); request() enforces it.
       defaultTransactionTimeout: connection.requestTimeout,
     });
@@ -194,9 +219,9 @@ export class OpcUaConnection {
       if (!certificateExisted) log.info({ certificate: applicationCertificateFile(dataDir) }, 'created the gateway\'s OPC UA application certificate; servers that check clients must trust it');
       const session = await withTimeout(client.createSession(userIdentity(device)), remaining(), `no session from ${connection.endpointUrl} within ${connection.connectTimeout} ms`);
       session.on('session_closed', (status: StatusCode) => lost(`session closed (${statusName(status)})`));
-      session.on('keepalive_failure', () => lost('the server did not answer the keep-alive read'));
       const info = await withTimeout(readServerInfo(session), remaining(), 'no answer to reading the operation limits and namespaces');
       opened = new OpcUaConnection(options, client, manager, session, info);
+      opened.startKeepAlive();
       return opened;
     } catch (error) {
       // Also aborts a handshake in progress: a server that never answers HEL keeps no socket
