@@ -1,5 +1,6 @@
 // The OPC UA driver through the real CLI: `browse` (table and ready-to-paste tag entries that
-// validate), `run` with an OPC UA device publishing into the integrated broker, and proof that a
+// validate), `read` of a node the server never answers for (it gives up after requestTimeout),
+// `run` with an OPC UA device publishing into the integrated broker, and proof that a
 // gateway with only Modbus devices never loads node-opcua (while one with OPC UA devices does).
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -10,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Recorder } from './helpers/mqtt.js';
 import { freePort, waitFor } from './helpers/net.js';
-import { LINE2_NAMESPACE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
+import { LINE2_NAMESPACE, startTestServer, STUCK_NODE, type RunningTestServer } from './helpers/opcua-server.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(ROOT, 'dist/src/cli.js');
@@ -153,6 +154,24 @@ describe('OPC UA through the CLI', () => {
     const unknown = await cli(['browse', '-c', configFile, 'press', 'ns=1;s=Nope']);
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /BadNodeIdUnknown/);
+  });
+
+  it('read: a node the server never answers for fails after requestTimeout (1s), naming it, not after node-opcua\'s 5 s', async () => {
+    const stuck = join(folder, 'stuck.json');
+    writeFileSync(
+      stuck,
+      JSON.stringify({
+        gateway: { name: 'ua', dataDir: join(folder, 'data') },
+        devices: [{ name: 'slow', driver: 'opcua', mode: 'polling', connection: { endpointUrl: server.endpointUrl, requestTimeout: '1s' }, tags: [{ name: 'stuck', nodeId: STUCK_NODE }, { name: 'speed', nodeId: 'ns=1;s=Line1.Double' }] }],
+      }),
+    );
+    const good = await cli(['read', '-c', stuck, 'slow', 'speed']);
+    assert.equal(good.status, 0, good.stderr);
+    assert.match(good.stdout, /^slow\/speed = [-\d.e]+ {2}quality=good$/m);
+    // The message is the proof: only the gateway's own timer, set to requestTimeout, says this.
+    const result = await cli(['read', '-c', stuck, 'slow', 'stuck']);
+    assert.equal(result.status, 1, result.stdout);
+    assert.match(result.stderr, /^plc2mqtt: reading slow\/stuck failed: reading 1 nodes failed: no answer within 1000 ms \(requestTimeout\)$/m);
   });
 
   it('validate explains a malformed NodeId', async () => {

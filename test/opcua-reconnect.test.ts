@@ -1,7 +1,9 @@
-// Self-healing: the server process is killed and started again on the same port, and the link
-// goes silent (no FIN, no RST) for longer than the session timeout. In both cases every tag goes bad
-// within bounded time, and values resume by themselves: same DeviceRunner, same driver instance,
-// a fresh session, subscription and monitored items.
+// Self-healing: the server process is killed and started again on the same port, it hangs
+// (SIGSTOP: the socket stays up, nothing answers) and resumes, and the link goes silent (no FIN, no
+// RST) for longer than the session timeout. In every case every tag goes bad within bounded time
+// (a hung server within requestTimeout, which node-opcua alone would raise to 5 s), and values
+// resume by themselves: same DeviceRunner, same driver instance, a fresh session, subscription and
+// monitored items.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -14,6 +16,7 @@ import { freePort, waitFor } from './helpers/net.js';
 import { startLink, type Link } from './helpers/opcua-link.js';
 import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
 import { LINE2_NAMESPACE } from './helpers/opcua-server.js';
+import { DriverError } from '../src/driver.js';
 import { createDriver } from '../drivers/opcua/index.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/opcua-server-child.js', import.meta.url));
@@ -197,6 +200,95 @@ describe('OPC UA self-healing', () => {
       await driver.close();
       for (const socket of open) socket.destroy();
       await new Promise((resolve) => blackhole.close(resolve));
+    }
+  });
+
+  it('a hung server (SIGSTOP): requestTimeout 1s is honoured by the poll\'s Read and by the keep-alive read, not raised to node-opcua\'s 5 s; both recover when the server resumes', async () => {
+    const running = await server(0);
+    const connection = { endpointUrl: `opc.tcp://127.0.0.1:${running.port}`, connectTimeout: '2s', requestTimeout: '1s', sessionTimeout: '30s' };
+    // Polling with a long keep-alive interval: the poll's own Read must notice the hang.
+    const polled = runDevice({ name: 'hung-polled', mode: 'polling', pollInterval: '200ms', connection: { ...connection, keepAliveInterval: '10s' }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    // A subscription publishing every second with 10 keep-alive counts: its silence watchdog would
+    // take over 20 s, so the keep-alive read (every 1 s of silence, answered within 1 s) must notice.
+    const subscribed = runDevice({ name: 'hung-subscribed', pollInterval: '1s', connection: { ...connection, keepAliveInterval: '1s' }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    devices.push(polled, subscribed);
+    try {
+      for (const device of [polled, subscribed]) await waitFor(() => device.last('counter')?.quality === 'good', 15_000, `${device.device.name}: good values`);
+
+      const stoppedAt = Date.now();
+      running.child.kill('SIGSTOP');
+      const firstBad = (device: RunningDevice, tag: string) => device.history(tag).find((reading) => reading.at >= stoppedAt && reading.quality === 'bad');
+      for (const device of [polled, subscribed]) {
+        await waitFor(() => firstBad(device, 'counter') !== undefined && firstBad(device, 'text') !== undefined, 10_000, `${device.device.name}: bad quality while the server is hung`);
+        const bad = firstBad(device, 'counter')!;
+        // requestTimeout plus a poll interval (or the keep-alive interval) and scheduling slack;
+        // node-opcua alone waits at least 5 s. A behaviour bound, not a benchmark.
+        const noticedAfter = bad.at - stoppedAt;
+        assert.ok(noticedAfter < 4000, `${device.device.name}: noticed after ${noticedAfter} ms: ${bad.reason}`);
+        assert.match(bad.reason!, /no answer within 1000 ms \(requestTimeout\)/, device.device.name);
+      }
+      assert.match(firstBad(polled, 'counter')!.reason!, /^reading 2 nodes failed: no answer within 1000 ms \(requestTimeout\)$/);
+      assert.equal(firstBad(polled, 'counter')!.code, 'timeout');
+      assert.match(firstBad(subscribed, 'counter')!.reason!, /^connection lost: the keep-alive read failed: no answer within 1000 ms \(requestTimeout\)$/);
+
+      const resumedAt = Date.now();
+      running.child.kill('SIGCONT');
+      for (const device of [polled, subscribed]) {
+        await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > resumedAt), 15_000, `${device.device.name}: values again after the server resumed`);
+        const tick = tickOf(device);
+        await waitFor(() => tickOf(device) > tick + 2, 5_000, `${device.device.name}: changes after the server resumed`);
+        assert.equal(device.runner.health.state, 'connected');
+      }
+    } finally {
+      running.child.kill('SIGCONT');
+      await polled.stop();
+      await subscribed.stop();
+      running.child.kill('SIGTERM');
+      await running.exited;
+    }
+  });
+
+  it('a hung server (SIGSTOP): a write and a browse give up after requestTimeout 1s too, and the next connect works once the server resumes', async () => {
+    const running = await server(0);
+    const tags = [{ name: 'setpoint', nodeId: 'ns=1;s=Line1.W.Double', writable: true }];
+    const device = parseDevice({ connection: { endpointUrl: `opc.tcp://127.0.0.1:${running.port}`, connectTimeout: '2s', requestTimeout: '1s', keepAliveInterval: '10s', sessionTimeout: '30s' }, tags });
+    const driver = createDriver(device, { log: testLog, dataDir: join(folder, 'gw') });
+    const setpoint = device.tags[0]!;
+    /** Runs `action` against the frozen server; it must fail with the timeout well before node-opcua's 5 s. */
+    const whileHung = async (what: string, action: () => Promise<unknown>, message: RegExp) => {
+      running.child.kill('SIGSTOP');
+      try {
+        const started = Date.now();
+        await assert.rejects(action(), (error: unknown) => {
+          assert.ok(error instanceof DriverError, String(error));
+          assert.match(error.message, message);
+          assert.deepEqual([error.code, error.connectionLost], ['timeout', true]);
+          return true;
+        });
+        const elapsed = Date.now() - started;
+        assert.ok(elapsed < 4000, `${what} gave up after ${elapsed} ms`);
+        assert.equal(driver.connected, false, `${what}: the connection is thrown away`);
+      } finally {
+        running.child.kill('SIGCONT');
+      }
+    };
+    try {
+      await driver.connect();
+      await driver.write(setpoint, 1.5); // the DataType is known now: the next write is one Write request
+      await whileHung('the write', () => driver.write(setpoint, 2.5), /^writing "setpoint" failed: no answer within 1000 ms \(requestTimeout\)$/);
+
+      await driver.connect();
+      await whileHung('the browse', () => driver.browse('ns=1;s=Line1'), /^browsing ns=1;s=Line1 failed: no answer within 1000 ms \(requestTimeout\)$/);
+
+      // Resumed: a fresh connection writes and browses again.
+      await driver.connect();
+      await driver.write(setpoint, 3.5);
+      assert.ok((await driver.browse('ns=1;s=Line1')).some((entry) => entry.browseName === 'Double'));
+    } finally {
+      running.child.kill('SIGCONT');
+      await driver.close();
+      running.child.kill('SIGTERM');
+      await running.exited;
     }
   });
 

@@ -55,6 +55,11 @@ export const NS = 'ns=1';
 export const GUID_NODE = `${NS};g=72962b91-fa75-4ae6-8d28-b404dc7daf63`;
 export const OPAQUE_NODE = `${NS};b=M/RbKBsRVkePCePcx24oRA==`;
 export const NUMERIC_NODE = `${NS};i=1001`;
+/**
+ * A variable whose Value the server never finishes reading (a device behind the server that
+ * hangs): a Read of it with maxAge 0 gets no answer, while the rest of the server keeps working.
+ */
+export const STUCK_NODE = `${NS};s=Stuck.Value`;
 
 interface Changing {
   name: string;
@@ -164,6 +169,9 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
   namespace.addVariable({ componentOf: line, browseName: 'ByGuid', nodeId: GUID_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 11) });
   namespace.addVariable({ componentOf: line, browseName: 'ByOpaque', nodeId: OPAQUE_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 22) });
   namespace.addVariable({ componentOf: line, browseName: 'ByNumber', nodeId: NUMERIC_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 33) });
+
+  const stuck = namespace.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'Stuck', nodeId: 's=Stuck' });
+  namespace.addVariable({ componentOf: stuck, browseName: 'Value', nodeId: STUCK_NODE.replace(`${NS};`, ''), dataType: 'Double', minimumSamplingInterval: 0, value: { refreshFunc: () => undefined } });
 
   const writable = namespace.addObject({ componentOf: line, browseName: 'W', nodeId: 's=Line1.W' });
   for (const spec of WRITABLE) {
