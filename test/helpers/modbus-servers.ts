@@ -1,7 +1,9 @@
-// Real Modbus peers for the driver tests: modbus-serial's ServerTCP in-process, and pymodbus
-// (Debian's python3-pymodbus, an independent implementation) as a child process.
+// Real Modbus peers for the driver tests: modbus-serial's ServerTCP in-process, pymodbus
+// (Debian's python3-pymodbus, an independent implementation) as a child process, and a raw-socket
+// device written byte by byte that can send any malformed reply.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { existsSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -269,4 +271,122 @@ export async function startPtyPair(dir: string): Promise<PtyPair> {
     throw error;
   }
   return { a, b, stop };
+}
+
+/** One read request as a raw server parsed it. */
+export interface RawRequest {
+  /** 1-based number of the request since the server started. */
+  n: number;
+  /** MBAP transaction id (0 for RTU framing). */
+  transactionId: number;
+  unit: number;
+  fc: number;
+  start: number;
+  count: number;
+}
+
+/** CRC-16/MODBUS, written here again so the test servers do not lean on the code they test. */
+export function modbusCrc(bytes: Uint8Array): number {
+  let crc = 0xffff;
+  for (const byte of bytes) {
+    crc ^= byte;
+    for (let i = 0; i < 8; i++) crc = crc & 1 ? (crc >>> 1) ^ 0xa001 : crc >>> 1;
+  }
+  return crc;
+}
+
+/** Appends the CRC to unit id + PDU. */
+export function withCrc(frame: Buffer): Buffer {
+  const crc = Buffer.alloc(2);
+  crc.writeUInt16LE(modbusCrc(frame));
+  return Buffer.concat([frame, crc]);
+}
+
+/**
+ * A Modbus device on a raw socket (or serial port), written byte by byte so it can misbehave in
+ * any way a real device does: `misbehave(request, proper)` may return other bytes to send instead
+ * of the proper reply, or null for no reply at all. Reads only (FC1–4): register a holds
+ * 1000 + a, coil/discrete a is on when a is divisible by 3. Framing: MBAP (Modbus TCP) or RTU.
+ */
+export class RawModbusServer {
+  readonly framing: 'mbap' | 'rtu';
+  /** Requests parsed so far. */
+  readonly requests: RawRequest[] = [];
+  /** Connections accepted so far. */
+  accepted = 0;
+  misbehave: (request: RawRequest, proper: Buffer) => Buffer | null | undefined = () => undefined;
+  port = 0;
+  private server: net.Server | undefined;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(framing: 'mbap' | 'rtu') {
+    this.framing = framing;
+  }
+
+  async start(): Promise<void> {
+    const server = net.createServer((socket) => {
+      this.accepted++;
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+      socket.on('error', () => undefined);
+      this.serve(socket, (bytes) => socket.write(bytes));
+    });
+    this.server = server;
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    this.port = typeof address === 'object' && address ? address.port : 0;
+  }
+
+  /** Answers requests arriving on any byte stream (a socket, a serial port). */
+  serve(stream: NodeJS.EventEmitter, write: (bytes: Buffer) => void): void {
+    let buffer = Buffer.alloc(0);
+    stream.on('data', (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      for (;;) {
+        const size = this.framing === 'mbap' ? (buffer.length >= 6 ? 6 + buffer.readUInt16BE(4) : Infinity) : 8;
+        if (buffer.length < size) return;
+        const frame = buffer.subarray(0, size);
+        buffer = buffer.subarray(size);
+        const pdu = this.framing === 'mbap' ? frame.subarray(6) : frame.subarray(0, 6);
+        const request: RawRequest = {
+          n: this.requests.length + 1,
+          transactionId: this.framing === 'mbap' ? frame.readUInt16BE(0) : 0,
+          unit: pdu[0]!,
+          fc: pdu[1]!,
+          start: pdu.readUInt16BE(2),
+          count: pdu.readUInt16BE(4),
+        };
+        this.requests.push(request);
+        const proper = this.reply(request);
+        const sent = this.misbehave(request, proper);
+        if (sent === null) continue;
+        write(sent ?? proper);
+      }
+    });
+  }
+
+  /** The correct reply to a request, framed. */
+  reply(request: RawRequest): Buffer {
+    let data: Buffer;
+    if (request.fc === 3 || request.fc === 4) {
+      data = Buffer.alloc(2 * request.count);
+      for (let i = 0; i < request.count; i++) data.writeUInt16BE((1000 + request.start + i) & 0xffff, 2 * i);
+    } else {
+      data = Buffer.alloc(Math.ceil(request.count / 8));
+      for (let i = 0; i < request.count; i++) if ((request.start + i) % 3 === 0) data[i >> 3]! |= 1 << (i & 7);
+    }
+    const body = Buffer.concat([Buffer.from([request.unit, request.fc, data.length]), data]);
+    if (this.framing === 'rtu') return withCrc(body);
+    const header = Buffer.alloc(6);
+    header.writeUInt16BE(request.transactionId, 0);
+    header.writeUInt16BE(body.length, 4);
+    return Buffer.concat([header, body]);
+  }
+
+  async stop(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
 }
