@@ -405,7 +405,7 @@ describe('modbus tcp driver against ServerTCP', () => {
     assert.deepEqual(await driver.read(plan), [{ tag: 'u16', value: 0x1234, quality: 'good' }]);
   });
 
-  it('mangled frames are retried and then reported as bad responses, not as a lost connection', async (t) => {
+  it('rtu over tcp: frames with a wrong CRC are retried on the same connection and then reported as bad replies', async (t) => {
     const defer = cleanup(t);
     // A "device" on an RTU-over-TCP link that answers every request with a frame whose CRC is wrong.
     let frames = 0;
@@ -428,7 +428,7 @@ describe('modbus tcp driver against ServerTCP', () => {
     defer(() => driver.close());
     await driver.connect();
     const readings = await driver.read(driver.plan(config.tags));
-    assert.deepEqual(readings, [{ tag: 'u16', quality: 'bad', reason: 'bad response: CRC error', code: 'garbage' }]);
+    assert.deepEqual(readings, [{ tag: 'u16', quality: 'bad', reason: 'bad reply: CRC error', code: 'bad-reply' }]);
     assert.equal(frames, 3, 'one request and two retries');
     assert.equal(driver.connected, true);
   });

@@ -241,8 +241,9 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       try {
         await this.request(line, part);
       } catch (error) {
-        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', String(error));
+        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('bad-reply', String(error));
         if (failure.kind === 'connection') throw this.connectionLost(failure);
+        if (failure.kind === 'bad-reply' && failure.dropped) throw this.badReplyLost(failure);
         const code = failureCode(failure);
         throw new DriverError(`writing "${tag.name}" (${formatAddress(tag.address)}) failed: ${failure.message}`, { code, cause: failure });
       }
@@ -266,6 +267,17 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     return new DriverError(failure.message, { code: 'connection-lost', connectionLost: true, cause: failure });
   }
 
+  /** A reply on a TCP link that did not fit its request: the line closed the connection; the core opens a new one. */
+  private badReplyLost(failure: ModbusFailure): DriverError {
+    const label = this.line?.label ?? 'the line';
+    const problem = failure.message.replace(/^bad reply: /, '');
+    this.log.warn(
+      { line: label, unitId: this.connection.unitId, bytes: failure.bytes },
+      `bad reply from unit ${this.connection.unitId} on ${label}: ${problem}; connection closed so the next one starts clean`,
+    );
+    return new DriverError(failure.message, { code: 'bad-reply', connectionLost: true, cause: failure });
+  }
+
   /** One request with the configured retries; each attempt queues separately so other devices interleave. */
   private async request<T>(line: Line, job: (client: ModbusClient) => Promise<T>): Promise<T> {
     const attempts = this.connection.retries + 1;
@@ -273,9 +285,10 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       try {
         return await line.run(this.connection.unitId, this.connection.timeout, job);
       } catch (error) {
-        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', `bad response: ${String(error)}`);
-        // Timeouts and mangled frames are worth another try; an exception is the device's final word.
-        if ((failure.kind === 'timeout' || failure.kind === 'garbage') && attempt < attempts) continue;
+        const failure = error instanceof ModbusFailure ? error : new ModbusFailure('bad-reply', `bad reply: ${String(error)}`);
+        // Timeouts and mangled frames are worth another try (on a serial line: a TCP link that got a
+        // bad reply is closed already); an exception is the device's final word.
+        if ((failure.kind === 'timeout' || (failure.kind === 'bad-reply' && !failure.dropped)) && attempt < attempts) continue;
         if (failure.kind === 'timeout') {
           const tries = attempts === 1 ? '' : ` (${attempts} attempts)`;
           throw new ModbusFailure('timeout', `timeout: no response within ${this.connection.timeout} ms${tries}`, { cause: failure });
@@ -290,8 +303,10 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     const bits: boolean[] = [];
     for (const { start, count } of block.requests) {
       const result = await this.request(line, (client) => (block.area === 'coil' ? client.readCoils(start, count) : client.readDiscreteInputs(start, count)));
-      if (result.data.length < count) throw new ModbusFailure('garbage', `bad response: ${result.data.length} bits instead of ${count}`);
-      // Bits come padded to whole bytes.
+      // Bits come padded to whole bytes. modbus-serial takes the byte count on trust (serial lines;
+      // TCP links check it in ports.ts).
+      const bytes = Math.ceil(count / 8);
+      if (result.data.length !== bytes * 8) throw byteCountMismatch(result.buffer.length, `${count} bit${count === 1 ? '' : 's'}`, bytes);
       bits.push(...result.data.slice(0, count));
     }
     return bits;
@@ -304,7 +319,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       const result = await this.request(line, (client) =>
         block.area === 'holding' ? client.readHoldingRegisters(start, count) : client.readInputRegisters(start, count),
       );
-      if (result.data.length < count) throw new ModbusFailure('garbage', `bad response: ${result.data.length} registers instead of ${count}`);
+      if (result.data.length !== count) throw byteCountMismatch(result.buffer.length, `${count} register${count === 1 ? '' : 's'}`, 2 * count);
       registers.push(...result.data);
     }
     return registers;
@@ -322,8 +337,12 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
         decode = (from, to, tag) => decodeRegisters(registers.slice(from, to), this.layoutOf(tag));
       }
     } catch (error) {
-      const failure = error instanceof ModbusFailure ? error : new ModbusFailure('garbage', `bad response: ${String(error)}`);
+      const failure = error instanceof ModbusFailure ? error : new ModbusFailure('bad-reply', `bad reply: ${String(error)}`);
       if (failure.kind === 'connection') throw this.connectionLost(failure);
+      if (failure.kind === 'bad-reply') {
+        if (failure.dropped) throw this.badReplyLost(failure);
+        poll.answered = true; // something answered, however mangled: not a silent device
+      }
       if (failure.kind === 'exception') {
         poll.answered = true;
         if (failure.exceptionCode === 2) return this.locateIllegalAddress(line, block, failure, results, poll);
@@ -441,9 +460,13 @@ function bad(tag: ModbusTag, reason: string, code: string): TagReading {
   return { tag: tag.name, quality: 'bad', reason, code };
 }
 
-/** Stable short codes for counting failures per device: timeout, garbage, connection, exception-N. */
+/** Stable short codes for counting failures per device: timeout, bad-reply, connection, exception-N. */
 function failureCode(failure: ModbusFailure): string {
   return failure.kind === 'exception' ? `exception-${failure.exceptionCode ?? 0}` : failure.kind;
+}
+
+function byteCountMismatch(got: number, asked: string, expected: number): ModbusFailure {
+  return new ModbusFailure('bad-reply', `bad reply: byte count ${got} for ${asked} asked (expected ${expected})`);
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {

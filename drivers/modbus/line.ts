@@ -7,6 +7,7 @@
 
 import modbusSerial from 'modbus-serial';
 import type { ModbusConnection } from './config.js';
+import { MbapPort, RtuOverTcpPort, type StrictPort } from './ports.js';
 
 const ModbusRTU = modbusSerial.default;
 export type ModbusClient = InstanceType<typeof ModbusRTU>;
@@ -24,17 +25,28 @@ export const EXCEPTION_NAMES: Readonly<Record<number, string>> = {
   11: 'gateway target device failed to respond',
 };
 
-export type FailureKind = 'exception' | 'timeout' | 'garbage' | 'connection';
+/**
+ * exception: the device answered with a Modbus exception. timeout: nothing came back in time.
+ * bad-reply: something came back that does not fit the request (CRC, length, byte count, ids).
+ * connection: the link itself is gone.
+ */
+export type FailureKind = 'exception' | 'timeout' | 'bad-reply' | 'connection';
 
 /** Every failure of a request, classified so callers can decide per kind. */
 export class ModbusFailure extends Error {
   readonly kind: FailureKind;
   readonly exceptionCode: number | undefined;
-  constructor(kind: FailureKind, message: string, options: { exceptionCode?: number; cause?: unknown } = {}) {
+  /** For a bad reply: the line closed the connection because of it (TCP links), so it must be opened again. */
+  readonly dropped: boolean;
+  /** For a bad reply: the bytes received, in hex, for the log. */
+  readonly bytes: string | undefined;
+  constructor(kind: FailureKind, message: string, options: { exceptionCode?: number; cause?: unknown; dropped?: boolean; bytes?: string } = {}) {
     super(message, { cause: options.cause });
     this.name = 'ModbusFailure';
     this.kind = kind;
     this.exceptionCode = options.exceptionCode;
+    this.dropped = options.dropped ?? false;
+    this.bytes = options.bytes;
   }
 }
 
@@ -61,8 +73,8 @@ export function classifyError(error: unknown): ModbusFailure {
     return new ModbusFailure('connection', message || String(code), { cause: error });
   }
   // "CRC error", "Data length error, expected 9 got 7", "Unexpected data error, expected address 1 got 2":
-  // noise on the line or two masters talking; the request can be retried.
-  return new ModbusFailure('garbage', `bad response: ${message}`, { cause: error });
+  // noise on the line or two masters talking; on a serial line the request can be retried.
+  return new ModbusFailure('bad-reply', `bad reply: ${message}`, { cause: error });
 }
 
 export function endpointOf(connection: ModbusConnection): { key: string; label: string; settings: string } {
@@ -90,6 +102,8 @@ export class Line {
   private readonly connection: ModbusConnection;
   private readonly users = new Set<LineUser>();
   private client: ModbusClient | undefined;
+  /** The strict port under the client on TCP links (see ports.ts); undefined on serial lines. */
+  private port: StrictPort | undefined;
   private opening: Promise<void> | undefined;
   /** Rejects when the current client's connection goes away, so in-flight requests fail at once. */
   private lost: Promise<never> = new Promise<never>(() => undefined);
@@ -100,6 +114,8 @@ export class Line {
   requestCount = 0;
   /** Why the last connection went away, for the drivers' messages. */
   lossReason: string | undefined;
+  /** When anything on this line last answered (data, an exception, a reply however late), ms since the epoch. */
+  lastReplyAt = 0;
 
   constructor(connection: ModbusConnection) {
     const endpoint = endpointOf(connection);
@@ -139,27 +155,29 @@ export class Line {
   private async doOpen(): Promise<void> {
     // A client whose socket died without a 'close' event (see execute) is still referenced: drop it.
     if (this.client) this.markLost(this.client, 'connection no longer open');
-    const client = new ModbusRTU();
+    const c = this.connection;
+    // Connect timeout: a little more generous than a request timeout, TCP handshakes over VPNs are slow.
+    const connectTimeout = Math.max(c.timeout, 3000);
+    // TCP links run on our strict ports (ports.ts: MBAP for Modbus TCP, plain RTU frames for
+    // serial device servers in transparent mode); serial lines on modbus-serial's buffered RTU port.
+    const port = c.transport === 'tcp' ? new MbapPort({ host: c.host, port: c.port, connectTimeout }) : c.transport === 'rtu-over-tcp' ? new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout }) : undefined;
+    const client = port ? new ModbusRTU(port) : new ModbusRTU();
     // modbus-serial re-emits serial port errors; an 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
     client.on('close', () => this.markLost(client, 'connection closed'));
-    const c = this.connection;
-    // Connect timeout: a little more generous than a request timeout, TCP handshakes over VPNs are slow.
-    client.setTimeout(Math.max(c.timeout, 3000));
+    if (port) {
+      port.onData = () => {
+        this.lastReplyAt = Date.now();
+      };
+      port.onBadReply = (problem, bytes) =>
+        this.markLost(client, `bad reply: ${problem}`, new ModbusFailure('bad-reply', `bad reply: ${problem}`, { dropped: true, bytes }));
+    }
+    client.setTimeout(connectTimeout);
     try {
-      switch (c.transport) {
-        case 'tcp':
-          await client.connectTCP(c.host, { port: c.port });
-          break;
-        case 'rtu-over-tcp':
-          // Raw RTU frames (with CRC) over a socket. modbus-serial's "TcpRTUBuffered" port sends
-          // MBAP-framed Modbus TCP despite its name; its "Telnet" port is the one that writes plain
-          // RTU frames, which is what serial device servers in transparent mode expect.
-          await client.connectTelnet(c.host, { port: c.port });
-          break;
-        case 'rtu':
-          await client.connectRTUBuffered(c.path, { baudRate: c.baudRate, parity: c.parity, dataBits: c.dataBits, stopBits: c.stopBits });
-          break;
+      if (c.transport === 'rtu') {
+        await client.connectRTUBuffered(c.path, { baudRate: c.baudRate, parity: c.parity, dataBits: c.dataBits, stopBits: c.stopBits });
+      } else {
+        await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
       }
     } catch (error) {
       void disposeClient(client, c.transport);
@@ -177,6 +195,7 @@ export class Line {
       throw new Error(`cannot open ${this.label}: the line was closed while connecting`);
     }
     this.client = client;
+    this.port = port;
     this.lost = new Promise<never>((_, reject) => {
       this.rejectLost = reject;
     });
@@ -185,11 +204,16 @@ export class Line {
     this.lossReason = undefined;
   }
 
-  private markLost(client: ModbusClient, why: string): void {
+  /**
+   * Forgets the current connection and fails the request in flight with `failure` (a lost
+   * connection by default). Devices on the line see it closed and their runners reconnect.
+   */
+  private markLost(client: ModbusClient, why: string, failure?: ModbusFailure): void {
     if (client !== this.client) return;
     this.client = undefined;
-    this.lossReason = `connection to ${this.label} lost: ${why}`;
-    this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} lost: ${why}`));
+    this.port = undefined;
+    this.lossReason = failure ? `connection to ${this.label} closed after a ${why}` : `connection to ${this.label} lost: ${why}`;
+    this.rejectLost(failure ?? new ModbusFailure('connection', this.lossReason));
     void disposeClient(client, this.connection.transport);
   }
 
@@ -198,6 +222,7 @@ export class Line {
     const client = this.client;
     if (!client) return;
     this.client = undefined;
+    this.port = undefined;
     this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} closed`));
     await disposeClient(client, this.connection.transport);
   }
@@ -220,16 +245,17 @@ export class Line {
     const wait = this.lastRequestEnd + delay - Date.now();
     if (wait > 0) await sleep(wait);
     const client = this.client;
+    const port = this.port;
     if (!client || !client.isOpen) throw new ModbusFailure('connection', `not connected to ${this.label}`);
     // A timeout of 0 would mean "wait forever" in modbus-serial and freeze every device on the line.
     const ms = Math.max(timeout, 10);
     client.setID(unitId);
     client.setTimeout(ms);
-    if (this.connection.transport !== 'tcp') flushReceiveBuffer(client);
+    if (this.connection.transport === 'rtu') flushReceiveBuffer(client);
     this.requestCount++;
     let guard: NodeJS.Timeout | undefined;
     try {
-      return await Promise.race([
+      const result = await Promise.race([
         job(client),
         this.lost,
         // Safety net in case the library never calls back (it should time out by itself first).
@@ -237,8 +263,17 @@ export class Line {
           guard = setTimeout(() => reject(new ModbusFailure('timeout', 'timeout')), ms * 2 + 1000);
         }),
       ]);
+      this.lastReplyAt = Date.now();
+      return result;
     } catch (error) {
       const failure = classifyError(error);
+      if (failure.kind === 'exception' || failure.kind === 'bad-reply') this.lastReplyAt = Date.now();
+      if (failure.kind === 'bad-reply' && failure.dropped) throw failure;
+      if (failure.kind === 'timeout' && port) {
+        // Half a reply and then silence: the stream has lost its framing, the port dropped it.
+        const problem = port.abandon();
+        if (problem) throw new ModbusFailure('bad-reply', `bad reply: ${problem}`, { dropped: true, cause: error });
+      }
       // A socket reset closes the port without a 'close' event from modbus-serial; the request then
       // merely times out. Report it as what it is so the core reconnects.
       if (failure.kind !== 'connection' && !client.isOpen) {
