@@ -214,3 +214,21 @@ describe('a reply that does not fit its request is bad, and says why', () => {
     assert.equal(device.runner.health.connectAttempts, 1, 'a serial line is not reopened for a bad reply');
   });
 });
+
+describe('a TCP connection on which nothing answers any more', () => {
+  it('is renewed after backoffAfterTimeouts silent polls, and the device reads good on the new one', async (t) => {
+    const defer = cleanup(t);
+    // A peer that stops answering on its first connection (half-open, or it lost track of it) but
+    // serves new connections fine.
+    const raw = new RawModbusServer('mbap');
+    raw.misbehave = (request) => (request.connection === 1 && request.n >= 3 ? null : undefined);
+    await raw.start();
+    defer(() => raw.stop());
+    const device = run(t, tcp(raw.port, { timeout: 200, backoffAfterTimeouts: 3 }), TWO_REGISTERS);
+    const bad = await recovers(device, 3);
+    assert.deepEqual({ code: bad.code, reason: bad.reason }, { code: 'timeout', reason: 'timeout: no response within 200 ms (2 attempts)' });
+    assert.equal(raw.accepted, 2);
+    const messages = device.logs.map((line) => line.msg);
+    assert.ok(messages.some((msg) => /: no reply at all in 3 polls of unit 1; reconnecting in case the connection is stuck$/.test(msg)), messages.join('\n'));
+  });
+});

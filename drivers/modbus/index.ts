@@ -6,7 +6,9 @@
 //   - holes: address ranges the device answered "illegal data address" for. Found by bisecting
 //     the failed request, remembered so later polls do not pay for them, re-probed now and then;
 //   - back-off: a device that stopped answering is skipped for a growing while, so the other
-//     devices on its line keep their poll rate instead of waiting for its timeouts.
+//     devices on its line keep their poll rate instead of waiting for its timeouts. On a TCP link
+//     where nothing at all answers any more, the connection is renewed once before that (a
+//     half-open or stuck connection looks exactly like a silent device).
 
 import type { Logger } from 'pino';
 import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/driver.js';
@@ -92,6 +94,10 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   private holes: StoredHole[] = [];
   private holesVersion = 0;
   private consecutiveTimeouts = 0;
+  /** When the first poll of the current run of timed-out polls started. */
+  private silentSince = 0;
+  /** The connection was renewed during the current run of timed-out polls. */
+  private renewed = false;
   private skipInterval = 0;
   private skipUntil = 0;
 
@@ -175,6 +181,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     }
     this.expireHoles(now);
     const compiled = plan.current();
+    const started = now;
 
     const results = new Map<string, TagReading>();
     for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'exception-2'));
@@ -186,7 +193,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       }
       await this.readBlock(line, block, results, poll);
     }
-    this.accountPoll(poll);
+    this.accountPoll(poll, line, started);
     return plan.tags.map((tag) => results.get(tag.name) ?? bad(tag, 'not read', 'internal'));
   }
 
@@ -428,17 +435,30 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   }
 
   /** Back-off bookkeeping once per poll: only polls where nothing answered and something timed out count. */
-  private accountPoll(poll: PollState): void {
+  private accountPoll(poll: PollState, line: Line, started: number): void {
     if (poll.answered) {
       if (this.consecutiveTimeouts >= this.backoffThreshold) this.log.info(`unit ${this.connection.unitId} answers again`);
       this.consecutiveTimeouts = 0;
+      this.renewed = false;
       this.skipInterval = 0;
       this.skipUntil = 0;
       return;
     }
     if (!poll.timedOut) return;
+    if (this.consecutiveTimeouts === 0) this.silentSince = started;
     this.consecutiveTimeouts++;
     if (this.consecutiveTimeouts < this.backoffThreshold) return;
+    if (this.connection.transport !== 'rtu' && !this.renewed && line.lastReplyAt < this.silentSince) {
+      // Not a byte from anyone on this connection for all these polls: it may be stuck (half-open,
+      // or a peer that lost track of it) rather than the device gone. Renew it once and let the
+      // next poll probe the device on the new one before skipping it.
+      this.renewed = true;
+      const why = `no reply at all in ${this.consecutiveTimeouts} poll${this.consecutiveTimeouts === 1 ? '' : 's'} of unit ${this.connection.unitId}; reconnecting in case the connection is stuck`;
+      if (line.reset(why)) {
+        this.log.warn({ line: line.label }, `${line.label}: ${why}`);
+        return;
+      }
+    }
     const first = this.skipInterval === 0;
     this.skipInterval = first ? BACKOFF_START_MS : Math.min(this.skipInterval * 2, BACKOFF_MAX_MS);
     this.skipUntil = Date.now() + this.skipInterval;

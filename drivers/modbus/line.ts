@@ -217,6 +217,18 @@ export class Line {
     void disposeClient(client, this.connection.transport);
   }
 
+  /**
+   * Closes the connection although the socket looks fine (nothing on it answers any more); the
+   * devices' runners open a new one. Returns false when there was no connection to close.
+   */
+  reset(why: string): boolean {
+    const client = this.client;
+    if (!client) return false;
+    this.markLost(client, why);
+    this.lossReason = `connection to ${this.label} closed: ${why}`;
+    return true;
+  }
+
   /** Closes the link (last user gone). In-flight requests fail as connection losses. */
   async shutdown(): Promise<void> {
     const client = this.client;

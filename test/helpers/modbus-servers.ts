@@ -277,6 +277,8 @@ export async function startPtyPair(dir: string): Promise<PtyPair> {
 export interface RawRequest {
   /** 1-based number of the request since the server started. */
   n: number;
+  /** 1-based number of the connection it came on (0 for a serial port). */
+  connection: number;
   /** MBAP transaction id (0 for RTU framing). */
   transactionId: number;
   unit: number;
@@ -329,7 +331,7 @@ export class RawModbusServer {
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
       socket.on('error', () => undefined);
-      this.serve(socket, (bytes) => socket.write(bytes));
+      this.serve(socket, (bytes) => socket.write(bytes), this.accepted);
     });
     this.server = server;
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -338,7 +340,7 @@ export class RawModbusServer {
   }
 
   /** Answers requests arriving on any byte stream (a socket, a serial port). */
-  serve(stream: NodeJS.EventEmitter, write: (bytes: Buffer) => void): void {
+  serve(stream: NodeJS.EventEmitter, write: (bytes: Buffer) => void, connection = 0): void {
     let buffer = Buffer.alloc(0);
     stream.on('data', (chunk: Buffer) => {
       buffer = Buffer.concat([buffer, chunk]);
@@ -350,6 +352,7 @@ export class RawModbusServer {
         const pdu = this.framing === 'mbap' ? frame.subarray(6) : frame.subarray(0, 6);
         const request: RawRequest = {
           n: this.requests.length + 1,
+          connection,
           transactionId: this.framing === 'mbap' ? frame.readUInt16BE(0) : 0,
           unit: pdu[0]!,
           fc: pdu[1]!,
