@@ -17,6 +17,11 @@ export interface DeviceHealth {
   state: 'connecting' | 'connected' | 'disconnected' | 'stopped';
   lastError?: string;
   connectAttempts: number;
+  /**
+   * While the gateway backs off from the device: when it tries again (the next reconnect, or the
+   * next probe of a device its driver skips after timeouts), ms since the epoch. Absent otherwise.
+   */
+  nextTryAt?: number;
   /** Polls that failed as a whole (the driver threw). */
   pollErrors: number;
   /** Polls with at least one bad tag, by failure code ("timeout", "exception-2", "not-connected", …). */
@@ -138,6 +143,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       const started = performance.now();
       try {
         readings = await this.options.driver.read(plan);
+        this.setNextTry(this.options.driver.nextTryAt);
         this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, true);
         // Only a completed read proves the link works; a connect alone may be reset at once.
         this.consecutiveFailures = 0;
@@ -212,6 +218,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     try {
       await driver.connect();
       this.health.state = 'connected';
+      this.setNextTry(undefined);
       if (this.consecutiveFailures === 0 && !this.health.lastError) log.info({ device: this.name }, 'device connected');
       else if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) log.info({ device: this.name, failures: this.consecutiveFailures }, 'device connected again');
       delete this.health.lastError;
@@ -220,6 +227,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       this.consecutiveFailures++;
       const delay = backoffDelay(this.consecutiveFailures);
       this.nextConnectAt = this.clock.now() + delay;
+      this.setNextTry(this.nextConnectAt);
       const reason = errorMessage(error);
       this.health.state = 'disconnected';
       // Log when the reason changes, not on every retry of a device that stays down.
@@ -228,6 +236,11 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       await driver.close();
       return false;
     }
+  }
+
+  private setNextTry(at: number | undefined): void {
+    if (at === undefined) delete this.health.nextTryAt;
+    else this.health.nextTryAt = at;
   }
 
   private async lostConnection(reason: string): Promise<void> {
@@ -239,6 +252,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     // connect (a peer that accepts and resets) backs off like a failed connect.
     const delay = this.consecutiveFailures > 1 ? backoffDelay(this.consecutiveFailures - 1) : 0;
     this.nextConnectAt = this.clock.now() + delay;
+    this.setNextTry(delay > 0 ? this.nextConnectAt : undefined);
     // A flapping link logs its first drops, then every 50th, not every cycle.
     if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) {
       this.options.log.warn({ device: this.name, error: reason, retryInMs: delay }, 'device connection lost');

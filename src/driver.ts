@@ -79,6 +79,11 @@ export interface Driver<Tag extends DriverTag = DriverTag> {
   close(): Promise<void>;
   /** True while the driver believes its connection is usable. */
   readonly connected: boolean;
+  /**
+   * While the driver skips polls of an unresponsive device (its own back-off): when it tries the
+   * device again, ms since the epoch. Shown in /api/status, so tag reasons need not count down.
+   */
+  readonly nextTryAt?: number | undefined;
 }
 
 /** What the core gives a driver when it creates one. */

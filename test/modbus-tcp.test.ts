@@ -360,10 +360,11 @@ describe('modbus tcp driver against ServerTCP', () => {
       // The second block is not even asked for once the first one timed out.
       assert.equal(silentReadings[1]!.reason, silentReadings[0]!.reason);
     }
-    assert.equal(reasons[0], 'timeout: no response within 150 ms (2 attempts)');
-    assert.equal(reasons[1], 'timeout: no response within 150 ms (2 attempts)');
-    assert.match(reasons[2]!, /^device skipped after 2 timeouts; next try in \d+s$/);
-    assert.match(reasons[3]!, /^device skipped after 2 timeouts; next try in \d+s$/);
+    // From the poll that starts the back-off on, one reason for the whole episode (the next try is in nextTryAt).
+    const skipped = 'device skipped: no reply in 2 polls in a row; tried again with growing pauses until it answers';
+    assert.deepEqual(reasons, ['timeout: no response within 150 ms (2 attempts)', skipped, skipped, skipped]);
+    assert.ok((silent as ModbusDriver).nextTryAt! > Date.now());
+    assert.equal((live as ModbusDriver).nextTryAt, undefined);
     // Skipped polls do not touch the line.
     const sent = (silent as ModbusDriver).lineRequestCount;
     await silent.read(silentPlan);
@@ -388,26 +389,30 @@ describe('modbus tcp driver against ServerTCP', () => {
     defer(() => driver.close());
     await driver.connect();
     const plan = driver.plan(config.tags);
-    const reason = async (): Promise<string | undefined> => {
+    const reading = async (): Promise<string> => {
       // What the core does when the driver dropped its connection.
       if (!driver.connected) {
         await driver.close();
         await driver.connect();
       }
-      return (await driver.read(plan))[0]!.reason;
+      const [result] = await driver.read(plan);
+      return `${result!.code}: ${result!.reason}`;
     };
 
-    assert.equal(await reason(), 'timeout: no response within 100 ms');
+    assert.equal(await reading(), 'timeout: timeout: no response within 100 ms');
     // Nothing answered on the connection: it is renewed once, the device probed on the new one.
     assert.equal(driver.connected, false);
-    assert.equal(await reason(), 'timeout: no response within 100 ms');
-    const skips: string[] = [];
+    // Still silent: skipped from here on, with one reason for the whole episode, probes included.
+    const skipped = 'device skipped: no reply in 1 poll in a row; tried again with growing pauses until it answers';
+    const pauses: number[] = [];
     for (let probe = 0; probe < 6; probe++) {
-      skips.push((await reason())!.replace(/after \d+ timeouts/, 'after N timeouts'));
+      assert.equal(await reading(), `timeout: ${skipped}`); // a probe that timed out
+      pauses.push((driver as ModbusDriver).nextTryAt! - Date.now());
+      assert.equal(await reading(), `skipped: ${skipped}`);
       t.mock.timers.tick(61_000); // past any skip interval: the next read probes the device
-      assert.equal(await reason(), 'timeout: no response within 100 ms');
     }
-    assert.deepEqual(skips, [5, 10, 20, 40, 60, 60].map((s) => `device skipped after N timeouts; next try in ${s}s`));
+    assert.deepEqual(pauses, [5, 10, 20, 40, 60, 60].map((s) => s * 1000));
+    assert.equal((driver as ModbusDriver).nextTryAt, undefined, 'due now');
 
     server.silentUnits.delete(11);
     t.mock.timers.tick(61_000);

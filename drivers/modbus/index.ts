@@ -174,11 +174,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     }
     const line = this.requireLine();
     const now = Date.now();
-    if (now < this.skipUntil) {
-      const seconds = Math.ceil((this.skipUntil - now) / 1000);
-      const reason = `device skipped after ${this.consecutiveTimeouts} timeouts; next try in ${seconds}s`;
-      return plan.tags.map((tag) => bad(tag, reason, 'skipped'));
-    }
+    if (now < this.skipUntil) return plan.tags.map((tag) => bad(tag, this.skipReason, 'skipped'));
     this.expireHoles(now);
     const compiled = plan.current();
     const started = now;
@@ -194,7 +190,24 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       await this.readBlock(line, block, results, poll);
     }
     this.accountPoll(poll, line, started);
-    return plan.tags.map((tag) => results.get(tag.name) ?? bad(tag, 'not read', 'internal'));
+    // While skipped, a probe that times out reads like the skipped polls around it: one reason for
+    // the whole episode, so report-by-exception publishes it once.
+    const skipping = this.skipInterval > 0;
+    return plan.tags.map((tag) => {
+      const reading = results.get(tag.name) ?? bad(tag, 'not read', 'internal');
+      return skipping && reading.code === 'timeout' ? { ...reading, reason: this.skipReason } : reading;
+    });
+  }
+
+  /** While the device is skipped (back-off after timeouts): when it is tried again, ms since the epoch. */
+  get nextTryAt(): number | undefined {
+    return this.skipUntil > Date.now() ? this.skipUntil : undefined;
+  }
+
+  /** The same text for a whole back-off episode; when the next try is due is in nextTryAt (/api/status). */
+  private get skipReason(): string {
+    const polls = this.backoffThreshold;
+    return `device skipped: no reply in ${polls} poll${polls === 1 ? '' : 's'} in a row; tried again with growing pauses until it answers`;
   }
 
   async write(tag: ModbusTag, value: TagValue): Promise<void> {
