@@ -28,6 +28,8 @@ export interface DeviceHealth {
   errorsByCode: Record<string, number>;
   overruns: number;
   cycles: number;
+  /** Per poll group, what one poll costs as it runs now (the driver's plan.describe(): requests, ranges, learnt holes). */
+  plans: Record<string, string>;
 }
 
 export interface ReadingsEvent {
@@ -53,7 +55,7 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
 
 export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   readonly name: string;
-  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, errorsByCode: {}, overruns: 0, cycles: 0 };
+  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, errorsByCode: {}, overruns: 0, cycles: 0, plans: {} };
   private readonly options: DeviceRunnerOptions<Tag>;
   private readonly clock: Clock;
   private readonly jobs: PollJob[] = [];
@@ -75,7 +77,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     const { driver, groups, log } = this.options;
     for (const group of groups) {
       const plan = driver.plan(group.tags);
-      log.info({ device: this.name, group: group.name, interval: group.interval, tags: group.tags.length, plan: plan.describe() }, 'poll group planned');
+      this.health.plans[group.name] = plan.describe();
+      log.info({ device: this.name, group: group.name, interval: group.interval, tags: group.tags.length, plan: this.health.plans[group.name] }, 'poll group planned');
       const job = new PollJob({
         interval: group.interval,
         phase: this.options.phaseOf(group),
@@ -144,6 +147,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       try {
         readings = await this.options.driver.read(plan);
         this.setNextTry(this.options.driver.nextTryAt);
+        this.notePlan(group, plan);
         this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, true);
         // Only a completed read proves the link works; a connect alone may be reset at once.
         this.consecutiveFailures = 0;
@@ -236,6 +240,14 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       await driver.close();
       return false;
     }
+  }
+
+  /** A driver may re-plan as it learns (Modbus: illegal-address holes); status and log follow. */
+  private notePlan(group: PollGroup<Tag>, plan: ReadPlan): void {
+    const now = plan.describe();
+    if (now === this.health.plans[group.name]) return;
+    this.health.plans[group.name] = now;
+    this.options.log.info({ device: this.name, group: group.name, plan: now }, 'poll group re-planned');
   }
 
   private setNextTry(at: number | undefined): void {

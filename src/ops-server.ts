@@ -90,7 +90,7 @@ function status(gateway: Gateway, version: string, query: URLSearchParams): unkn
       samples: gateway.stats.samples,
       published: gateway.stats.published,
     },
-    devices: devices.map((entry) => ({ name: entry.name, driver: entry.driver, state: entry.health.state, lastError: entry.health.lastError ?? null, tags: entry.tags, samples: entry.samples, connectAttempts: entry.health.connectAttempts, nextTryAt: entry.health.nextTryAt === undefined ? null : new Date(entry.health.nextTryAt).toISOString(), pollErrors: entry.health.pollErrors, errorsByCode: entry.health.errorsByCode, overruns: entry.health.overruns, cycles: entry.health.cycles })),
+    devices: devices.map((entry) => ({ name: entry.name, driver: entry.driver, state: entry.health.state, lastError: entry.health.lastError ?? null, tags: entry.tags, samples: entry.samples, connectAttempts: entry.health.connectAttempts, nextTryAt: entry.health.nextTryAt === undefined ? null : new Date(entry.health.nextTryAt).toISOString(), pollErrors: entry.health.pollErrors, errorsByCode: entry.health.errorsByCode, overruns: entry.health.overruns, cycles: entry.health.cycles, plans: entry.health.plans })),
     ...(withTags ? { tags: gateway.tagStatus(device) } : {}),
     outbox: gateway.outbox ? { ...gateway.outbox.stats, oldestAgeSeconds: gateway.outbox.oldestAge() / 1000 } : null,
     uplink: gateway.uplink?.stats ?? null,

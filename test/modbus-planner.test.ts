@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ModbusArea } from '../drivers/modbus/address.js';
 import type { ModbusType } from '../drivers/modbus/config.js';
-import { blockOf, chunkRange, describeBlocks, planRequests, splitBlock, tagRange, type Hole, type PlannableTag, type PlannerOptions } from '../drivers/modbus/planner.js';
+import { blockOf, chunkRange, describePlan, planRequests, splitBlock, tagRange, type Hole, type PlannableTag, type PlannerOptions } from '../drivers/modbus/planner.js';
 
 function tag(name: string, area: ModbusArea, address: number, type: ModbusType = area === 'coil' || area === 'discrete' ? 'bool' : 'uint16', extra: { length?: number; count?: number; bit?: number } = {}): PlannableTag {
   const { bit, ...rest } = extra;
@@ -16,7 +16,7 @@ interface Case {
   tags: PlannableTag[];
   options?: Partial<PlannerOptions>;
   holes?: Hole[];
-  /** describeBlocks() of the result. */
+  /** describePlan() of the result. */
   expect: string;
   /** Tag names per block, when the grouping matters. */
   groups?: string[][];
@@ -105,20 +105,20 @@ const CASES: Case[] = [
     name: 'a tag covering a known hole is excluded',
     tags: [tag('a', 'holding', 0), tag('bad', 'holding', 3, 'uint32'), tag('c', 'holding', 6)],
     holes: [{ area: 'holding', start: 3, end: 5, reason: 'exception 2: illegal data address' }],
-    expect: '2 requests: holding 0..0 (1 reg), holding 6..6 (1 reg); 1 tag not requested (known illegal addresses)',
+    expect: '2 requests: holding 0..0 (1 reg), holding 6..6 (1 reg); known illegal addresses: holding 3..4 (1 tag not requested)',
     excluded: ['bad'],
   },
   {
     name: 'a request is never stretched over a known hole',
     tags: [tag('a', 'holding', 0), tag('b', 'holding', 6)],
     holes: [{ area: 'holding', start: 2, end: 4, reason: 'exception 2: illegal data address' }],
-    expect: '2 requests: holding 0..0 (1 reg), holding 6..6 (1 reg)',
+    expect: '2 requests: holding 0..0 (1 reg), holding 6..6 (1 reg); known illegal addresses: holding 2..3 (not read across)',
   },
   {
     name: 'a short tag inside a failing long tag is still read',
     tags: [tag('long', 'holding', 4, 'float64'), tag('short', 'holding', 4)],
     holes: [{ area: 'holding', start: 4, end: 8, reason: 'exception 2: illegal data address' }],
-    expect: '1 request: holding 4..4 (1 reg); 1 tag not requested (known illegal addresses)',
+    expect: '1 request: holding 4..4 (1 reg); known illegal addresses: holding 4..7 (1 tag not requested)',
     excluded: ['long'],
   },
   {
@@ -127,6 +127,12 @@ const CASES: Case[] = [
     holes: [{ area: 'holding', start: 2, end: 4, reason: 'x' }],
     expect: '1 request: input 0..6 (7 regs)',
   },
+  {
+    name: 'a hole outside the tags of the plan is not mentioned',
+    tags: [tag('a', 'holding', 0), tag('b', 'holding', 1)],
+    holes: [{ area: 'holding', start: 100, end: 102, reason: 'exception 2: illegal data address' }],
+    expect: '1 request: holding 0..1 (2 regs)',
+  },
   { name: 'no tags', tags: [], expect: '0 requests' },
 ];
 
@@ -134,7 +140,7 @@ describe('planner: tag sets -> requests', () => {
   for (const c of CASES) {
     it(c.name, () => {
       const plan = planRequests(c.tags, { ...DEFAULTS, ...c.options }, c.holes);
-      assert.equal(describeBlocks(plan.blocks, plan.excluded.length), c.expect);
+      assert.equal(describePlan(plan, c.holes ?? []), c.expect);
       if (c.groups) assert.deepEqual(plan.blocks.map((b) => b.tags.map((t) => t.tag.name)), c.groups);
       assert.deepEqual(plan.excluded.map((e) => e.tag.name), c.excluded ?? []);
       if (c.excluded) for (const e of plan.excluded) assert.match(e.reason, /illegal data address/);

@@ -1,13 +1,13 @@
 // What the gateway (the real CLI) tells about Modbus devices that misbehave, on MQTT and in
 // /api/status: a device in back-off publishes one bad message per episode and shows when it is
-// tried next.
+// tried next; a device with illegal addresses shows the plan it runs once it learnt them.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
-import { RawModbusServer } from './helpers/modbus-servers.js';
+import { RawModbusServer, TcpTestServer } from './helpers/modbus-servers.js';
 import type { Recorder } from './helpers/mqtt.js';
 import { freePort, waitFor } from './helpers/net.js';
 
@@ -19,6 +19,7 @@ interface DeviceStatus {
   pollErrors: number;
   errorsByCode: Record<string, number>;
   cycles: number;
+  plans: Record<string, string>;
 }
 
 interface Status {
@@ -35,6 +36,7 @@ interface TagMessage {
 describe('modbus devices in /api/status and on MQTT', () => {
   const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-modbus-status-'));
   const silent = new RawModbusServer('mbap');
+  const holes = new TcpTestServer();
   let gateway: RunningGateway;
   let recorder: Recorder;
   let base = '';
@@ -51,6 +53,8 @@ describe('modbus devices in /api/status and on MQTT', () => {
   before(async () => {
     silent.misbehave = () => null; // accepts connections, never answers
     await silent.start();
+    holes.illegal.set('holding', new Set([45]));
+    await holes.start();
     const brokerPort = await freePort();
     const httpPort = await freePort();
     const file = join(folder, 'gateway.json');
@@ -68,6 +72,17 @@ describe('modbus devices in /api/status and on MQTT', () => {
             pollInterval: '100ms',
             tags: [{ name: 'x', address: '40001' }],
           },
+          {
+            name: 'holes',
+            driver: 'modbus',
+            connection: { transport: 'tcp', host: '127.0.0.1', port: holes.port, timeout: 500 },
+            pollInterval: '100ms',
+            tags: [
+              { name: 'a', area: 'holding', address: 40 },
+              { name: 'gone', area: 'holding', address: 45 },
+              { name: 'c', area: 'holding', address: 47 },
+            ],
+          },
         ],
       }),
     );
@@ -81,6 +96,7 @@ describe('modbus devices in /api/status and on MQTT', () => {
     gateway?.child.kill('SIGTERM');
     await gateway?.exited;
     await silent.stop();
+    await holes.stop();
     rmSync(folder, { recursive: true, force: true });
   });
 
@@ -107,5 +123,19 @@ describe('modbus devices in /api/status and on MQTT', () => {
     const tag = (await status()).tags.find((entry) => entry.device === 'silent' && entry.tag === 'x')!;
     assert.equal(tag.reason, reason);
     assert.ok(logLines().some((line) => /^unit 1 did not answer in 3 consecutive polls; skipping it for 5s/.test(line.msg)));
+  });
+
+  it('illegal addresses: the plan as it runs after learning them, in /api/status and the log; the exception counted once', async () => {
+    const learnt = '2 requests: holding 40..40 (1 reg), holding 47..47 (1 reg); known illegal addresses: holding 45..45 (1 tag not requested)';
+    await waitFor(async () => (await deviceStatus('holes')).plans?.['default'] === learnt, 10_000, 'the learnt plan');
+    const replanned = logLines().filter((line) => line['device'] === 'holes' && line.msg === 'poll group re-planned');
+    assert.deepEqual(replanned.map((line) => line['plan']), [learnt]);
+    // The exception came back once; later polls do not ask for address 45 and count it apart.
+    const known = async (): Promise<number> => (await deviceStatus('holes')).errorsByCode['known-illegal-address'] ?? 0;
+    const before = await known();
+    await waitFor(async () => (await known()) >= before + 5, 10_000, 'five more polls');
+    assert.equal((await deviceStatus('holes')).errorsByCode['exception-2'], 1);
+    const gone = (await status()).tags.find((entry) => entry.device === 'holes' && entry.tag === 'gone')!;
+    assert.deepEqual({ quality: gone.quality, reason: gone.reason }, { quality: 'bad', reason: 'exception 2: illegal data address' });
   });
 });

@@ -227,7 +227,8 @@ describe('modbus tcp driver against ServerTCP', () => {
     assert.deepEqual(values(second), values(first));
     assert.ok(secondCost < firstCost, `second poll used ${secondCost} requests, first ${firstCost}`);
     assert.equal(secondCost, 2);
-    assert.equal(plan.describe(), '2 requests: holding 40..43 (4 regs), holding 47..49 (3 regs); 1 tag not requested (known illegal addresses)');
+    assert.equal(plan.describe(), '2 requests: holding 40..43 (4 regs), holding 47..49 (3 regs); known illegal addresses: holding 45..45 (1 tag not requested)');
+    assert.deepEqual(byName(second)['hole'], { tag: 'hole', quality: 'bad', reason: 'exception 2: illegal data address', code: 'known-illegal-address' });
     // Nothing on the wire touches address 45 any more.
     assert.ok(server.requests.slice(-secondCost).every((r) => r.start > 45 || r.start + r.count <= 45));
   });
@@ -251,7 +252,7 @@ describe('modbus tcp driver against ServerTCP', () => {
     const first = await driver.read(plan);
     assert.deepEqual(first.map((r) => r.quality), ['good', 'good']);
     await driver.read(plan);
-    assert.equal(plan.describe(), '2 requests: input 200..201 (2 regs), input 206..206 (1 reg)');
+    assert.equal(plan.describe(), '2 requests: input 200..201 (2 regs), input 206..206 (1 reg); known illegal addresses: input 202..205 (not read across)');
   });
 
   it('maps exception responses to readable reasons per tag', async (t) => {

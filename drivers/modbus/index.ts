@@ -16,10 +16,10 @@ import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
 import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
-import { describeBlocks, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
+import { describePlan, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
 
 export { ModbusFailure, classifyError, EXCEPTION_NAMES, openLineCount } from './line.js';
-export { planRequests, describeBlocks, type Block, type Hole, type Plan } from './planner.js';
+export { planRequests, describeBlocks, describePlan, type Block, type Hole, type Plan } from './planner.js';
 
 /** A device's first skip after backoffAfterTimeouts timed-out polls; doubled on each failed probe. */
 export const BACKOFF_START_MS = 5_000;
@@ -50,6 +50,7 @@ export class ModbusReadPlan implements ReadPlan {
   private readonly options: PlannerOptions;
   private compiled: Plan<ModbusTag>;
   private version: number;
+  private description: string | undefined;
 
   constructor(owner: ModbusDriver, tags: readonly ModbusTag[], options: PlannerOptions) {
     this.owner = owner;
@@ -66,6 +67,7 @@ export class ModbusReadPlan implements ReadPlan {
     if (version !== this.version) {
       this.compiled = planRequests(this.tags, this.options, holes);
       this.version = version;
+      this.description = undefined;
     }
     return this.compiled;
   }
@@ -79,9 +81,11 @@ export class ModbusReadPlan implements ReadPlan {
     return this.current().blocks.reduce((sum, block) => sum + block.requests.length, 0);
   }
 
+  /** The requests one poll sends now, and the learnt holes that shaped them (the core asks after every poll). */
   describe(): string {
     const plan = this.current();
-    return describeBlocks(plan.blocks, plan.excluded.length);
+    this.description ??= describePlan(plan, this.owner.knownHoles.holes);
+    return this.description;
   }
 }
 
@@ -180,7 +184,9 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     const started = now;
 
     const results = new Map<string, TagReading>();
-    for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'exception-2'));
+    // Not requested at all (an exception 2 earlier): bad with the device's word, counted apart
+    // from exceptions this poll actually received.
+    for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'known-illegal-address'));
     const poll: PollState = { answered: false, timedOut: false };
     for (const block of compiled.blocks) {
       if (poll.abortReason !== undefined) {

@@ -171,7 +171,7 @@ export function splitBlock<T>(block: Block<T>, max: number): [Block<T>, Block<T>
 const AREA_LABEL: Record<ModbusArea, string> = { holding: 'holding', input: 'input', coil: 'coils', discrete: 'discrete' };
 
 /** "3 requests: holding 0..24 (25 regs), input 100..101 (2 regs), coils 0..15 (16 bits)". */
-export function describeBlocks(blocks: readonly Block<unknown>[], excludedCount = 0): string {
+export function describeBlocks(blocks: readonly Block<unknown>[]): string {
   const parts: string[] = [];
   for (const block of blocks) {
     for (const request of block.requests) {
@@ -182,6 +182,39 @@ export function describeBlocks(blocks: readonly Block<unknown>[], excludedCount 
   }
   let text = `${parts.length} request${parts.length === 1 ? '' : 's'}`;
   if (parts.length > 0) text += `: ${parts.join(', ')}`;
-  if (excludedCount > 0) text += `; ${excludedCount} tag${excludedCount === 1 ? '' : 's'} not requested (known illegal addresses)`;
   return text;
+}
+
+/**
+ * The plan as it runs, with the known holes that shape it: "2 requests: holding 40..43 (4 regs),
+ * holding 47..49 (3 regs); known illegal addresses: holding 45..45 (1 tag not requested)". A hole
+ * counts when it lies within the range of this plan's tags in its area.
+ */
+export function describePlan<T extends PlannableTag>(plan: Plan<T>, holes: readonly Hole[]): string {
+  const text = describeBlocks(plan.blocks);
+  const spans = new Map<ModbusArea, { start: number; end: number }>();
+  const widen = (area: ModbusArea, start: number, end: number): void => {
+    const span = spans.get(area);
+    spans.set(area, span ? { start: Math.min(span.start, start), end: Math.max(span.end, end) } : { start, end });
+  };
+  for (const block of plan.blocks) widen(block.area, block.start, block.end);
+  for (const { tag } of plan.excluded) {
+    const range = tagRange(tag);
+    widen(tag.address.area, range.start, range.end);
+  }
+  const notes = holes
+    .filter((hole) => {
+      const span = spans.get(hole.area);
+      return span !== undefined && hole.start < span.end && span.start < hole.end;
+    })
+    .sort((a, b) => AREA_ORDER.indexOf(a.area) - AREA_ORDER.indexOf(b.area) || a.start - b.start)
+    .map((hole) => {
+      const excluded = plan.excluded.filter(({ tag }) => {
+        const range = tagRange(tag);
+        return tag.address.area === hole.area && covers(range.start, range.end, hole);
+      }).length;
+      const effect = excluded > 0 ? `${excluded} tag${excluded === 1 ? '' : 's'} not requested` : 'not read across';
+      return `${AREA_LABEL[hole.area]} ${hole.start}..${hole.end - 1} (${effect})`;
+    });
+  return notes.length > 0 ? `${text}; known illegal addresses: ${notes.join(', ')}` : text;
 }
