@@ -22,9 +22,16 @@ export interface DeviceHealth {
    * next probe of a device its driver skips after timeouts), ms since the epoch. Absent otherwise.
    */
   nextTryAt?: number;
-  /** Polls that failed as a whole (the driver threw). */
+  /**
+   * Poll cycles with at least one bad tag, whatever the cause: not connected, the read failed as a
+   * whole, or single tags bad (for subscriptions: deliveries with a bad tag).
+   */
   pollErrors: number;
-  /** Polls with at least one bad tag, by failure code ("timeout", "exception-2", "not-connected", …). */
+  /**
+   * The same cycles by failure code ("timeout", "exception-2", "not-connected", …): a cycle counts
+   * once under each code among its bad tags, so each count is at most pollErrors, and the counts
+   * add up to pollErrors unless a cycle had bad tags of different codes.
+   */
   errorsByCode: Record<string, number>;
   overruns: number;
   cycles: number;
@@ -155,7 +162,6 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         if (this.stopped) return; // stop() closed the connection under this read
         this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, false);
         const reason = errorMessage(error);
-        this.health.pollErrors++;
         this.health.lastError = reason;
         readings = allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error');
         if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
@@ -190,7 +196,6 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     } catch (error) {
       if (this.stopped) return;
       const reason = errorMessage(error);
-      this.health.pollErrors++;
       this.health.lastError = reason;
       this.emit(group, this.clock.now(), allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error'));
       if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
@@ -200,6 +205,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   private countErrors(readings: readonly TagReading[]): void {
     const codes = new Set<string>();
     for (const reading of readings) if (reading.quality === 'bad') codes.add(reading.code ?? 'error');
+    if (codes.size > 0) this.health.pollErrors++;
     for (const code of codes) this.health.errorsByCode[code] = (this.health.errorsByCode[code] ?? 0) + 1;
   }
 

@@ -1,6 +1,7 @@
 // What the gateway (the real CLI) tells about Modbus devices that misbehave, on MQTT and in
 // /api/status: a device in back-off publishes one bad message per episode and shows when it is
-// tried next; a device with illegal addresses shows the plan it runs once it learnt them.
+// tried next; a device with illegal addresses shows the plan it runs once it learnt them; the
+// error counters agree with each other.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -55,6 +56,7 @@ describe('modbus devices in /api/status and on MQTT', () => {
     await silent.start();
     holes.illegal.set('holding', new Set([45]));
     await holes.start();
+    const deadPort = await freePort(); // nobody listens
     const brokerPort = await freePort();
     const httpPort = await freePort();
     const file = join(folder, 'gateway.json');
@@ -71,6 +73,13 @@ describe('modbus devices in /api/status and on MQTT', () => {
             connection: { transport: 'tcp', host: '127.0.0.1', port: silent.port, timeout: 100, retries: 0, backoffAfterTimeouts: 2 },
             pollInterval: '100ms',
             tags: [{ name: 'x', address: '40001' }],
+          },
+          {
+            name: 'dead',
+            driver: 'modbus',
+            connection: { transport: 'tcp', host: '127.0.0.1', port: deadPort, timeout: 200 },
+            pollInterval: '100ms',
+            tags: [{ name: 'y', address: '40001' }],
           },
           {
             name: 'holes',
@@ -137,5 +146,19 @@ describe('modbus devices in /api/status and on MQTT', () => {
     assert.equal((await deviceStatus('holes')).errorsByCode['exception-2'], 1);
     const gone = (await status()).tags.find((entry) => entry.device === 'holes' && entry.tag === 'gone')!;
     assert.deepEqual({ quality: gone.quality, reason: gone.reason }, { quality: 'bad', reason: 'exception 2: illegal data address' });
+  });
+
+  it('pollErrors counts the cycles with a bad tag; errorsByCode the same cycles by code', async () => {
+    await waitFor(async () => ((await deviceStatus('dead')).errorsByCode['not-connected'] ?? 0) >= 3, 10_000, 'a few cycles of the dead device');
+    const { devices } = await status();
+    for (const entry of devices) {
+      // In these devices no cycle has bad tags of two different codes: the counts add up exactly.
+      const sum = Object.values(entry.errorsByCode).reduce((total, count) => total + count, 0);
+      assert.equal(entry.pollErrors, sum, `${entry.name}: pollErrors ${entry.pollErrors}, errorsByCode ${JSON.stringify(entry.errorsByCode)}`);
+      assert.ok(entry.pollErrors <= entry.cycles, entry.name);
+    }
+    const dead = devices.find((entry) => entry.name === 'dead')!;
+    assert.deepEqual(Object.keys(dead.errorsByCode), ['not-connected']);
+    assert.ok(dead.pollErrors >= 3);
   });
 });
