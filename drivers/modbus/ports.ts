@@ -138,7 +138,7 @@ abstract class SocketPort extends EventEmitter {
   // ModbusRTU reads and writes these two (it keys its transactions by them); only the MBAP port uses them.
   _transactionIdRead = 1;
   _transactionIdWrite = 1;
-  /** Called once when a reply does not fit; the socket is destroyed right after. */
+  /** Called once when a reply does not fit, with the socket already destroyed. */
   onBadReply: BadReplyHandler | undefined;
   /** Called whenever bytes arrive (the peer is alive, whatever they turn out to be). */
   onData: (() => void) | undefined;
