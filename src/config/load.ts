@@ -1,7 +1,8 @@
-// Reading a config file: JSON → ${ENV} interpolation → zod → semantic checks.
+// Reading a config file: JSON with comments (JSONC) → ${ENV} interpolation → zod → semantic checks.
 // Every problem is reported on its own line with its JSON path, what is wrong and what is expected.
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
 import type { z } from 'zod';
 import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
 import { configJsonSchema, configSchema, type Config } from './schema.js';
@@ -33,25 +34,22 @@ export interface LoadedConfig {
 
 /** Reads, interpolates, validates and checks a config file. Throws ConfigError listing every problem. */
 export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
-  let text: string;
+  const config = parseConfigText(readConfigText(file), file, env);
+  return { file, config, dataDir: resolve(dirname(resolve(file)), config.gateway.dataDir) };
+}
+
+function readConfigText(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(error);
     throw new ConfigError(file, [{ path: [], message: `cannot read the file: ${why}` }]);
   }
-  const config = parseConfigText(text, file, env);
-  return { file, config, dataDir: resolve(dirname(resolve(file)), config.gateway.dataDir) };
 }
 
 export function parseConfigText(text: string, file = '<config>', env: NodeJS.ProcessEnv = process.env): Config {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (error) {
-    throw new ConfigError(file, [{ path: [], message: `not valid JSON: ${jsonErrorWhere(text, error)}` }]);
-  }
+  const raw = parseJsonc(text, file);
   const envProblems: ConfigProblem[] = [];
   const interpolated = interpolateEnv(raw, env, [], envProblems);
   if (envProblems.length > 0) throw new ConfigError(file, envProblems);
@@ -65,6 +63,92 @@ export function parseConfigText(text: string, file = '<config>', env: NodeJS.Pro
   const problems = checkSemantics(result.data);
   if (problems.length > 0) throw new ConfigError(file, problems);
   return result.data;
+}
+
+// ---------------------------------------------------------------- JSON with comments
+
+const PARSE_OPTIONS = { allowTrailingComma: true, disallowComments: false, allowEmptyContent: false } as const;
+
+/**
+ * Parses JSON with comments and trailing commas (JSONC, as VS Code's settings and the README's
+ * examples). Throws a ConfigError naming line and column of the first syntax error.
+ */
+export function parseJsonc(text: string, file: string): unknown {
+  const errors: ParseError[] = [];
+  // A byte order mark (Windows editors write one) becomes a space, so columns stay as the editor shows them.
+  const tree = parseTree(text.replace(/^\uFEFF/, ' '), errors, PARSE_OPTIONS);
+  const first = errors[0];
+  if (first !== undefined) throw new ConfigError(file, [{ path: [], message: `not valid JSON: ${describeSyntaxError(text, first)} at ${lineAndColumn(text, first.offset)}` }]);
+  return tree === undefined ? undefined : nodeValue(tree);
+}
+
+/**
+ * The value of a parsed node. Keys become own properties, as with JSON.parse: a "__proto__" key is
+ * a key like any other (and reported as unknown), never the prototype of the object.
+ */
+function nodeValue(node: JsonNode): unknown {
+  switch (node.type) {
+    case 'object': {
+      const object: Record<string, unknown> = {};
+      for (const property of node.children ?? []) {
+        const [key, value] = property.children ?? [];
+        if (key === undefined || value === undefined) continue;
+        Object.defineProperty(object, String(key.value), { value: nodeValue(value), enumerable: true, writable: true, configurable: true });
+      }
+      return object;
+    }
+    case 'array':
+      return (node.children ?? []).map(nodeValue);
+    default:
+      return node.value as unknown;
+  }
+}
+
+function describeSyntaxError(text: string, error: ParseError): string {
+  const found = text.slice(error.offset, error.offset + Math.max(1, error.length));
+  switch (error.error) {
+    case ParseErrorCode.InvalidSymbol:
+      return `unexpected ${JSON.stringify(found)}${found.startsWith("'") ? ': names and strings take double quotes' : ''}`;
+    case ParseErrorCode.InvalidNumberFormat:
+    case ParseErrorCode.UnexpectedEndOfNumber:
+      return 'not a valid number';
+    case ParseErrorCode.PropertyNameExpected:
+      return 'expected a name in double quotes';
+    case ParseErrorCode.ValueExpected:
+      return text.trim() === '' ? 'the file is empty; expected a JSON object' : 'expected a value';
+    case ParseErrorCode.ColonExpected:
+      return 'expected a colon (:) after the name';
+    case ParseErrorCode.CommaExpected:
+      return 'expected a comma (,) between two entries';
+    case ParseErrorCode.CloseBraceExpected:
+      return 'expected } to close the object';
+    case ParseErrorCode.CloseBracketExpected:
+      return 'expected ] to close the array';
+    case ParseErrorCode.EndOfFileExpected:
+      return 'unexpected text after the end of the config';
+    case ParseErrorCode.InvalidCommentToken:
+      return 'invalid comment';
+    case ParseErrorCode.UnexpectedEndOfComment:
+      return 'a /* comment is not closed with */';
+    case ParseErrorCode.UnexpectedEndOfString:
+      return 'a string is not closed (expected ")';
+    case ParseErrorCode.InvalidUnicode:
+      return 'invalid \\u escape in a string (expected 4 hex digits)';
+    case ParseErrorCode.InvalidEscapeCharacter:
+      return 'invalid escape in a string (after \\ come only " \\ / b f n r t or uXXXX)';
+    case ParseErrorCode.InvalidCharacter:
+      return 'a control character (line break, tab) inside a string; write it as \\n or \\t';
+    default:
+      return `unexpected ${JSON.stringify(found)}`;
+  }
+}
+
+/** "line 3, column 7" (both 1-based; columns count characters). */
+function lineAndColumn(text: string, offset: number): string {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  const column = offset - before.lastIndexOf('\n');
+  return `line ${line}, column ${column}`;
 }
 
 // ---------------------------------------------------------------- environment interpolation
@@ -229,17 +313,6 @@ function editDistance(a: string, b: string): number {
     }
   }
   return d[a.length]![b.length]!;
-}
-
-function jsonErrorWhere(text: string, error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const position = /position (\d+)/.exec(message);
-  if (!position) return message;
-  const offset = Number(position[1]);
-  const before = text.slice(0, offset);
-  const line = before.split('\n').length;
-  const column = offset - before.lastIndexOf('\n');
-  return `${message.replace(/ in JSON at position \d+.*$/, '').replace(/\s*\(line \d+ column \d+\)/, '')} at line ${line}, column ${column}`;
 }
 
 // ---------------------------------------------------------------- checks zod can't express
