@@ -32,7 +32,7 @@ function problemsOf(config: unknown, env: NodeJS.ProcessEnv = {}): string[] {
 
 describe('config errors: each bad file gets the exact report', () => {
   const cases: Array<[string, unknown, string[]]> = [
-    ['not JSON', '{"gateway": {"name": "x",}}', ['(top level): not valid JSON: Expected double-quoted property name at line 1, column 26']],
+    ['not JSON', '{"gateway": {"name": "x" "dataDir": "d"}}', ['(top level): not valid JSON: expected a comma (,) between two entries at line 1, column 26']],
     ['unknown top-level key', { devics: [] }, ['devics: unknown key "devics"; did you mean "devices"?']],
     [
       'typo in a nested key',
@@ -143,6 +143,15 @@ describe('config errors: each bad file gets the exact report', () => {
       ],
     ],
     ['a plain password where a hash belongs', { broker: { users: [{ username: 'hmi', passwordHash: 'secret' }] } }, ['broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got "secret"']],
+    ['http.port on a broker listener\'s port', { broker: { listeners: [{ type: 'tcp', host: '0.0.0.0', port: 1883 }] }, http: { port: 1883 } }, ['http.port: 1883 is also the port of broker.listeners[0] (tcp on 0.0.0.0:1883): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener\'s port']],
+    [
+      'writable input register and discrete input',
+      { devices: [device({}, [{ name: 'a', address: '30001', writable: true }, { name: 'b', area: 'discrete', address: 0, writable: true }, { name: 'c', address: '30002' }])] },
+      [
+        'devices[0].tags[0].writable: input registers (30001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address the holding register (40001…) if the device offers the value there',
+        'devices[0].tags[1].writable: discrete inputs (10001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address a coil (00001…) if the device offers one',
+      ],
+    ],
     ['uplink url without a scheme', { uplink: { url: 'cloud.example.com:8883' } }, ['uplink.url: expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883", got "cloud.example.com:8883"']],
     ['outbox size with a typo in the unit', { uplink: { url: 'mqtt://c', outbox: { maxBytes: '500 mb' } } }, ['uplink.outbox.maxBytes: expected a size such as "500MB", "2GB" or a number of bytes, got "500 mb"']],
   ];
@@ -246,5 +255,87 @@ describe('plc2mqtt validate', () => {
     const result = spawnSync(process.execPath, [CLI, 'validate', '-c', '/nonexistent/gw.json'], { encoding: 'utf8' });
     assert.equal(result.status, 2);
     assert.equal(result.stderr, '/nonexistent/gw.json: 1 problem\n  (top level): cannot read the file: no such file\n');
+  });
+});
+
+describe('config: ports and read-only areas (checked by validate, not found at run time)', () => {
+  it('http.port may equal a listener port on another address, or when http is off', () => {
+    assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'tcp', host: '10.0.0.5', port: 1883 }] }, http: { host: '127.0.0.1', port: 1883 } }), []);
+    assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'tcp', port: 1883 }] }, http: { enabled: false, port: 1883 } }), []);
+    assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'ws', host: '127.0.0.1', port: 8080 }] }, http: { host: '0.0.0.0', port: 8080 } }), [
+      'http.port: 8080 is also the port of broker.listeners[0] (ws on 127.0.0.1:8080): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener\'s port',
+    ]);
+  });
+
+  it('plc2mqtt validate refuses both with their JSON paths and exit 2', () => {
+    const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-validate-'));
+    const validate = (config: unknown) => {
+      const file = join(folder, 'gw.json');
+      writeFileSync(file, JSON.stringify(config));
+      return spawnSync(process.execPath, [CLI, 'validate', '-c', file], { encoding: 'utf8' });
+    };
+    const port = validate({ http: { port: 1883 }, devices: [device()] });
+    assert.equal(port.status, 2, port.stdout);
+    assert.match(port.stderr, /^ {2}http\.port: 1883 is also the port of broker\.listeners\[0\] \(tcp on 127\.0\.0\.1:1883\)/m);
+    const writable = validate({ devices: [device({}, [{ name: 'in', address: '30001', writable: true }, { name: 'di', address: '10001', writable: true }])] });
+    assert.equal(writable.status, 2, writable.stdout);
+    assert.match(writable.stderr, /^ {2}devices\[0\]\.tags\[0\]\.writable: input registers \(30001…\) are read-only in Modbus/m);
+    assert.match(writable.stderr, /^ {2}devices\[0\]\.tags\[1\]\.writable: discrete inputs \(10001…\) are read-only in Modbus/m);
+  });
+});
+
+describe('config: JSON with comments (JSONC), as in the README', () => {
+  it('accepts // and /* */ comments and trailing commas in objects and arrays', () => {
+    const config = parseConfigText(`{
+      // the gateway
+      "gateway": { "name": "edge-7", /* inline */ "logLevel": "debug", },
+      "devices": [
+        { "name": "plc1", "driver": "modbus", "connection": { "transport": "tcp", "host": "127.0.0.1" },
+          "tags": [{ "name": "t", "address": "40001" }, { "name": "u", "address": "40002" },], },
+      ],
+    }`, 'x.jsonc', {});
+    assert.equal(config.gateway.name, 'edge-7');
+    assert.equal(config.gateway.logLevel, 'debug');
+    assert.deepEqual(config.devices[0]!.tags.map((tag) => tag.name), ['t', 'u']);
+  });
+
+  it('a byte order mark at the start is ignored', () => {
+    assert.equal(parseConfigText('\uFEFF{"gateway": {"name": "bom"}}', 'x', {}).gateway.name, 'bom');
+  });
+
+  it('a "__proto__" key is an unknown key, as with JSON.parse, not the prototype of the section', () => {
+    assert.deepEqual(problemsOf('{"gateway": {"__proto__": {"name": "x"}}}'), ['gateway.__proto__: unknown key "__proto__"; allowed here: name, dataDir, logLevel, shutdownTimeout']);
+  });
+
+  // Every syntax error names its line and column (JSON.parse gives none for some, e.g. "[1,]" or a single quote).
+  const syntax: Array<[string, string, string]> = [
+    ['a missing comma', '{\n  "gateway": {"name": "x"}\n  "devices": []\n}', 'expected a comma (,) between two entries at line 3, column 3'],
+    ['single quotes', "{\n  'gateway': {}\n}", 'unexpected "\'gateway\'": names and strings take double quotes at line 2, column 3'],
+    ['a missing value', '{"gateway": {"name": }}', 'expected a value at line 1, column 22'],
+    ['a missing colon', '{"gateway" {}}', 'expected a colon (:) after the name at line 1, column 12'],
+    ['an unclosed array', '{"devices": [\n', 'expected ] to close the array at line 2, column 1'],
+    ['an unclosed object', '{"gateway": {"name": "x"}', 'expected } to close the object at line 1, column 26'],
+    ['an unclosed string', '{"gateway": {"name": "x}}\n', 'a string is not closed (expected ") at line 1, column 22'],
+    ['an unclosed comment', '{} /* note', 'a /* comment is not closed with */ at line 1, column 4'],
+    ['text after the end', '{}\n}', 'unexpected text after the end of the config at line 2, column 1'],
+    ['an empty file', '', 'the file is empty; expected a JSON object at line 1, column 1'],
+    ['a bad number', '{"topics": {"qos": 1.}}', 'not a valid number at line 1, column 20'],
+    ['a bare word', '{"http": {"enabled": tru}}', 'unexpected "tru" at line 1, column 22'],
+  ];
+  for (const [title, text, message] of syntax) {
+    it(`syntax error with line and column: ${title}`, () => assert.deepEqual(problemsOf(text), [`(top level): not valid JSON: ${message}`]));
+  }
+
+  it('the README\'s configuration example, copied into a file, passes plc2mqtt validate', () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const example = /## Configuration[\s\S]*?```jsonc\n([\s\S]*?)\n```/.exec(readme)?.[1];
+    assert.ok(example?.includes('//'), 'the example is JSONC with comments');
+    const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-readme-'));
+    const file = join(folder, 'gateway.json');
+    writeFileSync(file, example!);
+    const result = spawnSync(process.execPath, [CLI, 'validate', '-c', file], { encoding: 'utf8' });
+    assert.equal(result.stderr, '');
+    assert.equal(result.status, 0);
+    assert.match(result.stdout, /valid — 1 device \(1 enabled\), 4 tags/);
   });
 });

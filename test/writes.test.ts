@@ -76,7 +76,6 @@ describe('writes from MQTT', () => {
             { name: 'pulses', area: 'holding', address: 40, type: 'uint16', writable: true },
             { name: 'flow', area: 'holding', address: 42, type: 'float32', writable: true },
             { name: 'fixed', area: 'holding', address: 20, type: 'int16' },
-            { name: 'sensor', area: 'input', address: 0, type: 'int16', writable: true },
           ],
         },
         {
@@ -172,7 +171,6 @@ describe('writes from MQTT', () => {
       ['i16', '', /empty payload/],
       ['coil', '2', /expected a bool/],
       ['mode', '7', /not one of the allowed values \[0,1,2\]/],
-      ['sensor', '1', /input registers are read-only/],
       ['nope', '1', /unknown tag/],
     ];
     for (const [tag, payload, reason] of cases) {

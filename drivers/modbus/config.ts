@@ -54,6 +54,12 @@ const tagSchema = z
     if (!resolved) return;
     const type = tag.type ?? defaultType(resolved);
     const bitArea = resolved.area === 'coil' || resolved.area === 'discrete';
+    if (tag.writable && resolved.area === 'input') {
+      ctx.addIssue({ code: 'custom', path: ['writable'], message: 'input registers (30001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address the holding register (40001…) if the device offers the value there' });
+    }
+    if (tag.writable && resolved.area === 'discrete') {
+      ctx.addIssue({ code: 'custom', path: ['writable'], message: 'discrete inputs (10001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address a coil (00001…) if the device offers one' });
+    }
     if (bitArea && tag.bit !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['bit'], message: `"bit" selects a bit inside a register; a ${resolved.area} is a single bit already` });
     }

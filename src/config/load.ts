@@ -336,6 +336,7 @@ export function checkSemantics(config: Config): ConfigProblem[] {
 
   if (config.uplink) checkUplink(config.uplink, add);
   checkBroker(config.broker, add);
+  checkHttpPort(config, add);
 
   const deviceNames = new Map<string, number>();
   const topicOwners = new Map<string, string>();
@@ -461,6 +462,17 @@ function checkBroker(broker: Config['broker'], add: (path: JsonPath, message: st
       });
     }
   });
+}
+
+/** The operations endpoint on a broker listener's port would fail only at start; say so now. */
+function checkHttpPort(config: Config, add: (path: JsonPath, message: string) => void): void {
+  const { http } = config;
+  if (!http.enabled || http.port === 0) return;
+  const wildcard = (host: string) => host === '0.0.0.0' || host === '::';
+  const index = config.broker.listeners.findIndex((listener) => listener.port === http.port && (listener.host === http.host || wildcard(listener.host) || wildcard(http.host)));
+  if (index < 0) return;
+  const listener = config.broker.listeners[index]!;
+  add(['http', 'port'], `${http.port} is also the port of broker.listeners[${index}] (${listener.type} on ${listener.host}:${listener.port}): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener's port`);
 }
 
 function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath, message: string) => void): void {
