@@ -4,7 +4,7 @@ import { readFileSync, watchFile } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { ConfigError, formatPath, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { ConfigError, formatPath, loadConfigFile, loadHttpSection, type LoadedConfig } from './config/load.js';
 import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
 import { hashPassword } from './broker-security.js';
 import { errorMessage } from './errors.js';
@@ -261,14 +261,14 @@ program
 
 program
   .command('health')
-  .description('exit 0 if the gateway of this config answers /healthz (for Docker HEALTHCHECK and monitoring scripts)')
+  .description('exit 0 if the running gateway answers /healthz, else 1 (for Docker HEALTHCHECK and monitoring scripts); reads only the http section of the config')
   .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
+  .option('--url <url>', 'ask this address instead of the config\'s http section, e.g. http://127.0.0.1:9180')
   .option('--timeout <ms>', 'give up after this long', (text) => Number(text), 3000)
-  .action(async (options: { config: string; timeout: number }) => {
-    const { http } = loadOrExit(options.config).config;
-    if (!http.enabled) fail('http.enabled is false in this config: there is no health endpoint to ask');
-    const host = http.host === '0.0.0.0' || http.host === '::' ? '127.0.0.1' : http.host;
-    const url = `http://${host.includes(':') ? `[${host}]` : host}:${http.port}/healthz`;
+  .action(async (options: { config: string; url?: string; timeout: number }) => {
+    // Health depends on the running gateway only: not on whether the file on disk is valid now
+    // (an edit in progress), nor on the environment variables of its other sections.
+    const url = options.url !== undefined ? healthUrl(options.url) : healthUrlOf(options.config);
     try {
       const response = await fetch(url, { signal: AbortSignal.timeout(options.timeout) });
       const body = (await response.text()).trim();
@@ -278,6 +278,32 @@ program
       fail(`${url}: ${errorMessage(error)}`);
     }
   });
+
+/** The /healthz URL of the config's http section; a problem there exits 1 (a Docker health check reserves 2). */
+function healthUrlOf(file: string): string {
+  let http: ReturnType<typeof loadHttpSection>;
+  try {
+    http = loadHttpSection(file);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    fail(`cannot tell the gateway's address from its config:\n${error.message}\n(give it with --url http://HOST:PORT instead)`);
+  }
+  if (!http.enabled) fail(`http.enabled is false in ${file}: there is no health endpoint to ask`);
+  const host = http.host === '0.0.0.0' || http.host === '::' ? '127.0.0.1' : http.host;
+  return `http://${host.includes(':') ? `[${host}]` : host}:${http.port}/healthz`;
+}
+
+/** --url with or without the path: http://host:port means http://host:port/healthz. */
+function healthUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    fail(`--url: not a URL: ${text} (expected e.g. http://127.0.0.1:9180)`);
+  }
+  if (url.pathname === '/' || url.pathname === '') url.pathname = '/healthz';
+  return url.href;
+}
 
 program
   .command('passwd')

@@ -179,6 +179,50 @@ describe('operations endpoint and hot reload', () => {
     assert.match(unhealthy.stderr, new RegExp(`plc2mqtt: http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
   });
 
+  it('plc2mqtt health reads only the http section: a bad edit elsewhere or a missing ${ENV} does not make a healthy gateway unhealthy', () => {
+    // Run as a cron job would: without the service's environment.
+    const bare = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+    const health = (args: string[], env: NodeJS.ProcessEnv = bare) => spawnSync(process.execPath, [CLI, 'health', ...args], { encoding: 'utf8', timeout: 20_000, env });
+    const edited = join(dir, 'edited.json');
+    writeFileSync(
+      edited,
+      `{
+        // being edited: a device with a typo and a syntax error, a cloud password from the service's environment
+        "gateway": { "name": "ops", "dataDir": "${join(dir, 'data')}" },
+        "http": { "host": "127.0.0.1", "port": ${httpPort} },   // the running gateway's endpoint
+        "uplink": { "url": "mqtt://cloud:1883", "password": "\${CLOUD_PASSWORD}" },
+        "devices": [{ "name": "plc", "driver": "modbsu", "tags": [{ "name": "x" "address": "40001" }] }],
+      }`,
+    );
+    const healthy = health(['-c', edited]);
+    assert.equal(healthy.stderr, '');
+    assert.equal(healthy.status, 0);
+    assert.equal(healthy.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
+    // ${ENV} inside the http section is still resolved, with its default too.
+    writeFileSync(edited, JSON.stringify({ http: { host: '${OPS_HOST:-0.0.0.0}', port: httpPort }, devices: 'not even a list' }));
+    assert.equal(health(['-c', edited]).status, 0, 'the default of ${OPS_HOST:-…}; 0.0.0.0 is asked on 127.0.0.1');
+    writeFileSync(edited, JSON.stringify({ http: { host: '${OPS_HOST}', port: httpPort } }));
+    assert.equal(health(['-c', edited], { ...bare, OPS_HOST: '127.0.0.1' }).status, 0);
+    const unset = health(['-c', edited]);
+    assert.equal(unset.status, 1);
+    assert.match(unset.stderr, /http\.host: environment variable OPS_HOST is not set/);
+    // The http section itself wrong: its problem and the way out.
+    writeFileSync(edited, JSON.stringify({ http: { port: 'ninety' } }));
+    const broken = health(['-c', edited]);
+    assert.equal(broken.status, 1);
+    assert.match(broken.stderr, /http\.port: expected number, got "ninety"/);
+    assert.match(broken.stderr, /--url/);
+    // --url: no config file at all.
+    for (const url of [`http://127.0.0.1:${httpPort}`, `http://127.0.0.1:${httpPort}/healthz`]) {
+      const byUrl = health(['--url', url]);
+      assert.equal(byUrl.status, 0, byUrl.stderr);
+      assert.equal(byUrl.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
+    }
+    const down = health(['--url', `http://127.0.0.1:${deadPort}`, '--timeout', '2000']);
+    assert.equal(down.status, 1);
+    assert.match(down.stderr, new RegExp(`http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
+  });
+
   it('unknown paths get 404, other methods 405', async () => {
     assert.equal((await get('/nope')).status, 404);
     assert.equal((await get('/api/status', { method: 'POST' })).status, 405);

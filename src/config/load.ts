@@ -2,10 +2,10 @@
 // Every problem is reported on its own line with its JSON path, what is wrong and what is expected.
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
-import type { z } from 'zod';
+import { findNodeAtLocation, ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
+import { z } from 'zod';
 import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
-import { configJsonSchema, configSchema, type Config } from './schema.js';
+import { configJsonSchema, configSchema, httpSection, type Config } from './schema.js';
 
 export type JsonPath = ReadonlyArray<string | number>;
 
@@ -63,6 +63,29 @@ export function parseConfigText(text: string, file = '<config>', env: NodeJS.Pro
   const problems = checkSemantics(result.data);
   if (problems.length > 0) throw new ConfigError(file, problems);
   return result.data;
+}
+
+/**
+ * Only the `http` section of a config file, with its defaults: all `plc2mqtt health` needs to find
+ * the running gateway. Problems elsewhere in the file — invalid values, a syntax error the parser
+ * can step over, `${ENV}` variables of other sections that are unset (a cron job lacks the
+ * service's environment) — say nothing about the running gateway and are ignored.
+ */
+export function loadHttpSection(file: string, env: NodeJS.ProcessEnv = process.env): Config['http'] {
+  const text = readConfigText(file).replace(/^\uFEFF/, ' ');
+  const errors: ParseError[] = [];
+  const tree = parseTree(text, errors, PARSE_OPTIONS);
+  const node = tree?.type === 'object' ? findNodeAtLocation(tree, ['http']) : undefined;
+  const property = node?.parent;
+  // A syntax error inside the section, or one that may have hidden it, leaves its address unknown.
+  const spoiling = errors.find((error) => property === undefined || (error.offset >= property.offset && error.offset <= property.offset + property.length));
+  if (spoiling !== undefined) throw new ConfigError(file, [{ path: property === undefined ? [] : ['http'], message: `not valid JSON: ${describeSyntaxError(text, spoiling)} at ${lineAndColumn(text, spoiling.offset)}` }]);
+  const problems: ConfigProblem[] = [];
+  const raw = { http: interpolateEnv(node === undefined ? undefined : nodeValue(node), env, ['http'], problems) };
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  const result = z.object({ http: httpSection }).safeParse(raw, { reportInput: true });
+  if (!result.success) throw new ConfigError(file, result.error.issues.flatMap((issue) => describeIssue(issue, raw)));
+  return result.data.http;
 }
 
 // ---------------------------------------------------------------- JSON with comments
