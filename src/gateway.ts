@@ -18,7 +18,6 @@
 //     → answer               on "<command topic>/result" or the MQTT 5 response topic, plus an audit line
 //
 // Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ACCESS_SETTINGS, IntegratedBroker } from './broker.js';
@@ -34,6 +33,7 @@ import { TagNormalizer, type Sample } from './normalize.js';
 import { encodeBatchPayload, encodeTagPayload } from './payload.js';
 import { startPhase } from './scheduler.js';
 import { startSimulator, type RunningSimulator } from './simulator.js';
+import { ensureDataDir } from './sqlite-file.js';
 import { compileTopicTemplate } from './topics.js';
 import { Outbox } from './outbox.js';
 import { tlsFilesFingerprint, Uplink, type CloudRoute } from './uplink.js';
@@ -197,7 +197,7 @@ export class Gateway {
 
   static async start(loaded: LoadedConfig, log: Logger, hooks: GatewayHooks = {}): Promise<Gateway> {
     const { config } = loaded;
-    mkdirSync(loaded.dataDir, { recursive: true });
+    ensureDataDir(loaded.dataDir);
 
     // 1. Simulated PLCs first, so the devices that poll them connect on their first cycle.
     const simulators: RunningSimulator[] = [];

@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
 import { errorMessage } from './errors.js';
+import { openSqliteFile } from './sqlite-file.js';
 
 export type OutboxOptions = NonNullable<Config['uplink']>['outbox'];
 
@@ -411,7 +412,7 @@ export class Outbox {
 }
 
 function openDatabase(file: string, options: OutboxOptions): Database.Database {
-  const db = new Database(file);
+  const db = openSqliteFile(file);
   try {
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);

@@ -5,6 +5,7 @@ import { existsSync, renameSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { errorMessage } from './errors.js';
+import { isDamage, openSqliteFile } from './sqlite-file.js';
 
 export interface RetainedMessage {
   topic: string;
@@ -30,11 +31,15 @@ export class RetainedStore {
     this.remove = db.prepare('DELETE FROM retained WHERE topic = ?');
   }
 
-  /** Opens the store; a damaged file is moved aside (retained values are a cache, not data). */
+  /**
+   * Opens the store; a damaged file is moved aside (retained values are a cache, not data). A file
+   * or folder the gateway may not write is not damage: that is an error naming the path and the fix.
+   */
   static open(file: string, log: Logger): RetainedStore {
     try {
       return new RetainedStore(openDatabase(file), log);
     } catch (error) {
+      if (!isDamage(error)) throw new Error(`cannot open the retained message store ${file}: ${errorMessage(error)}`, { cause: error });
       const aside = `${file}.corrupt-${Date.now()}`;
       for (const suffix of ['', '-wal', '-shm']) if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
       log.error({ file, movedTo: aside, error: errorMessage(error) }, 'retained message store damaged: moved aside, starting empty');
@@ -79,7 +84,7 @@ export class RetainedStore {
 }
 
 function openDatabase(file: string): Database.Database {
-  const db = new Database(file);
+  const db = openSqliteFile(file);
   try {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
