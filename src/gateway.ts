@@ -71,8 +71,11 @@ export interface DeviceStatus {
 export interface TagStatus {
   device: string;
   tag: string;
+  /** Where its values are published: its own topic, or its poll group's batch topic (publish: "batch"). */
   topic: string;
   writable: boolean;
+  /** Where writes are received, for writable tags. */
+  commandTopic?: string;
   /** Absent until the first reading. */
   value?: TagValue | null;
   quality?: Quality;
@@ -453,7 +456,10 @@ export class Gateway {
       if (deviceName !== undefined && device.config.name !== deviceName) continue;
       for (const tagConfig of device.config.tags as TagConfig[]) {
         const tag = device.tags.get(tagConfig.name)!;
-        const status: TagStatus = { device: device.config.name, tag: tagConfig.name, topic: tag.topic, writable: tagConfig.writable };
+        // A batch device publishes its tags only inside its groups' batch messages.
+        const batch = device.config.publish === 'batch' ? device.batchTopics.get(tagConfig.group ?? 'default') : undefined;
+        const status: TagStatus = { device: device.config.name, tag: tagConfig.name, topic: batch?.topic ?? tag.topic, writable: tagConfig.writable };
+        if (tagConfig.writable) status.commandTopic = tag.topic + this.config.topics.command;
         if (tag.last) {
           status.value = tag.last.value;
           status.quality = tag.last.quality;

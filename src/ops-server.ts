@@ -3,7 +3,8 @@
 //   /readyz      readiness: the gateway started (config loaded, devices running) and every broker listener listens
 //   /metrics     Prometheus text format (prom-client)
 //   /api/status  JSON: gateway, devices with state and last error, tags with their latest sample,
-//                outbox, uplink, broker and writes (?device=NAME for one device's tags, ?tags=0 for none)
+//                outbox, uplink, broker and writes (?device=NAME for one device's tags, 404 for a
+//                device the config does not have; ?tags=0 for none)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -61,8 +62,14 @@ async function handle(request: IncomingMessage, response: ServerResponse, gatewa
     }
     case '/metrics':
       return send(response, 200, metrics.registry.contentType, await metrics.registry.metrics());
-    case '/api/status':
+    case '/api/status': {
+      const device = url.searchParams.get('device');
+      const names = gateway.config.devices.map((entry) => entry.name);
+      if (device !== null && !names.includes(device)) {
+        return send(response, 404, 'application/json', json({ error: `no device ${JSON.stringify(device)}; devices: ${names.join(', ') || '(none)'}` }));
+      }
       return send(response, 200, 'application/json', json(status(gateway, version, url.searchParams)));
+    }
     default:
       return send(response, 404, 'text/plain', 'not found; try /healthz, /readyz, /metrics or /api/status\n');
   }

@@ -1,13 +1,15 @@
 // First contact and operations, against the real CLI and real files: a data directory the
-// gateway's user cannot write (run as `nobody`).
+// gateway's user cannot write (run as `nobody`), a config in JSONC re-read on SIGHUP, and what
+// /api/status says about unknown devices and batch-published tags.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { makeTempDir, removeDir } from './helpers/cloud-broker.js';
-import { CLI, runGateway } from './helpers/gateway-cli.js';
-import { waitFor } from './helpers/net.js';
+import { CLI, connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
+import type { Recorder } from './helpers/mqtt.js';
+import { freePort, waitFor } from './helpers/net.js';
 
 interface LogLine {
   msg: string;
@@ -106,5 +108,110 @@ describe('a data directory the gateway cannot write', { skip: asNobody }, () => 
     const fatal = logLines(run.output).find((line) => line.msg === 'gateway failed to start');
     assert.ok(fatal, run.output);
     assert.match(String(fatal.error), new RegExp(`cannot create the data directory ${data}: permission denied.*mkdir -p ${data} && chown ${NOBODY} ${data}`));
+  });
+});
+
+describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
+  const dir = makeTempDir('plc2mqtt-jsonc-');
+  const configFile = join(dir, 'gateway.json');
+  let gateway: RunningGateway;
+  let recorder: Recorder | undefined;
+  let base = '';
+  let plcPort = 0;
+  let httpPort = 0;
+
+  // Comments and trailing commas as in the README; the batch device has a writable tag.
+  const writeConfig = (extraTag: string) =>
+    writeFileSync(
+      configFile,
+      `{
+  // the gateway under test
+  "gateway": { "name": "fc", "dataDir": "${join(dir, 'data')}", },
+  "broker": { "listeners": [{ "type": "tcp", "host": "127.0.0.1", "port": 0 }], "allowAnonymous": true },
+  "http": { "host": "127.0.0.1", "port": ${httpPort} },   /* /healthz, /api/status */
+  "simulators": [{ "name": "sim", "type": "modbus-tcp", "host": "127.0.0.1", "port": ${plcPort} }],
+  "devices": [
+    {
+      "name": "single", "driver": "modbus",
+      "connection": { "transport": "tcp", "host": "127.0.0.1", "port": ${plcPort} },
+      "pollInterval": "200ms",
+      "tags": [{ "name": "ramp", "address": "40002" }${extraTag}],
+    },
+    {
+      "name": "batched", "driver": "modbus", "publish": "batch",
+      "connection": { "transport": "tcp", "host": "127.0.0.1", "port": ${plcPort} },
+      "pollInterval": "200ms",
+      "pollGroups": { "fast": { "interval": "100ms" } },
+      "tags": [
+        { "name": "sine", "address": "40001", "type": "int16" },
+        { "name": "counter", "address": "40003", "type": "uint32", "group": "fast" },
+        { "name": "setpoint", "address": "40011", "type": "int16", "writable": true },  // a command topic, not published
+      ],
+    },
+  ],
+}
+`,
+    );
+
+  before(async () => {
+    plcPort = await freePort();
+    httpPort = await freePort();
+    writeConfig('');
+    gateway = runGateway(configFile);
+    await waitFor(() => logLines(gateway.output()).some((line) => line.msg === 'operations endpoint listening'), 20_000, () => `the operations endpoint:\n${gateway.output()}`);
+    base = `http://127.0.0.1:${httpPort}`;
+    const listener = String(logLines(gateway.output()).find((line) => line.msg.startsWith('integrated broker listening'))!.listener);
+    recorder = await connectWhenUp(listener);
+  });
+
+  after(async () => {
+    await recorder?.close();
+    gateway?.child.kill('SIGTERM');
+    await gateway?.exited;
+    removeDir(dir);
+  });
+
+  it('/api/status?device=<unknown> answers 404 with a JSON error naming the device', async () => {
+    const response = await fetch(`${base}/api/status?device=nope`);
+    assert.equal(response.status, 404);
+    assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
+    assert.deepEqual(await response.json(), { error: 'no device "nope"; devices: single, batched' });
+    assert.equal((await fetch(`${base}/api/status?device=single`)).status, 200);
+  });
+
+  it('tags of a batch device list the batch topic they are published on, as the broker shows', async () => {
+    const status = (await (await fetch(`${base}/api/status?device=batched`)).json()) as { tags: Array<{ tag: string; topic: string; commandTopic?: string }> };
+    assert.deepEqual(
+      status.tags.map((tag) => [tag.tag, tag.topic, tag.commandTopic]),
+      [
+        ['sine', 'plc2mqtt/fc/batched/default', undefined],
+        ['counter', 'plc2mqtt/fc/batched/fast', undefined],
+        ['setpoint', 'plc2mqtt/fc/batched/default', 'plc2mqtt/fc/batched/setpoint/set'],
+      ],
+    );
+    await waitFor(() => recorder!.topics().has('plc2mqtt/fc/batched/default') && recorder!.topics().has('plc2mqtt/fc/batched/fast'), 10_000, 'both batches');
+    const published = [...recorder!.topics()].filter((topic) => topic.startsWith('plc2mqtt/fc/batched'));
+    for (const tag of status.tags) assert.ok(published.includes(tag.topic), `${tag.topic} is published`);
+    assert.deepEqual(published.sort(), ['plc2mqtt/fc/batched/default', 'plc2mqtt/fc/batched/fast']);
+  });
+
+  it('SIGHUP re-reads the JSONC file (comments, trailing commas) and applies it', async () => {
+    writeConfig(`,
+        // added while running
+        { "name": "counter", "address": "40003", "type": "uint32", },`);
+    gateway.child.kill('SIGHUP');
+    await waitFor(() => logLines(gateway.output()).some((line) => line.msg === 'config reloaded' || line.msg.startsWith('reload refused')), 10_000, 'the reload');
+    const reload = logLines(gateway.output()).find((line) => line.msg === 'config reloaded' || line.msg.startsWith('reload refused'))!;
+    assert.equal(reload.msg, 'config reloaded', JSON.stringify(reload));
+    assert.deepEqual(reload.restarted, ['single']);
+    await waitFor(() => recorder!.topics().has('plc2mqtt/fc/single/counter'), 10_000, 'the added tag');
+  });
+
+  it('validate and health read the same JSONC file', () => {
+    const validate = spawnSync(process.execPath, [CLI, 'validate', '-c', configFile], { encoding: 'utf8' });
+    assert.equal(validate.status, 0, validate.stderr);
+    const health = spawnSync(process.execPath, [CLI, 'health', '-c', configFile], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(health.status, 0, health.stderr);
+    assert.equal(health.stdout, `${base}/healthz: ok\n`);
   });
 });

@@ -139,7 +139,7 @@ describe('operations endpoint and hot reload', () => {
     assert.notEqual(dead.state, 'connected');
     assert.match(dead.lastError ?? '', /ECONNREFUSED|refused/i);
     const level = current.tags!.find((tag) => tag.tag === 'level')!;
-    assert.deepEqual({ ...level, ts: typeof level.ts }, { device: 'plc', tag: 'level', topic: 'plc2mqtt/ops/plc/level', writable: true, value: 1234, quality: 'good', ts: 'number' });
+    assert.deepEqual({ ...level, ts: typeof level.ts }, { device: 'plc', tag: 'level', topic: 'plc2mqtt/ops/plc/level', writable: true, commandTopic: 'plc2mqtt/ops/plc/level/set', value: 1234, quality: 'good', ts: 'number' });
     assert.equal(current.tags!.find((tag) => tag.device === 'dead')!.quality, 'bad');
     assert.equal(current.uplink.connected, false);
     assert.ok(current.outbox.messages > 0, 'the cloud is down: messages wait in the outbox');
