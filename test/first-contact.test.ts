@@ -215,3 +215,42 @@ describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
     assert.equal(health.stdout, `${base}/healthz: ok\n`);
   });
 });
+
+describe('the systemd unit (docs/plc2mqtt.service)', () => {
+  const unit = readFileSync(new URL('../../docs/plc2mqtt.service', import.meta.url), 'utf8');
+
+  it('does not restart an invalid config: the exit code of `run` with one is in RestartPreventExitStatus', () => {
+    const service = /^\[Service\]\n([\s\S]*?)(?=^\[)/m.exec(unit)?.[1] ?? '';
+    assert.match(service, /^Restart=always$/m);
+    const prevented = /^RestartPreventExitStatus=(.*)$/m.exec(service)?.[1]?.split(/\s+/) ?? [];
+    const dir = makeTempDir('plc2mqtt-unit-');
+    try {
+      const file = join(dir, 'gateway.json');
+      writeFileSync(file, '{ "devices": [{ "name": "x" }] }');
+      const run = spawnSync(process.execPath, [CLI, 'run', '-c', file], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(run.status, 2, run.stderr);
+      assert.ok(prevented.includes(String(run.status)), `RestartPreventExitStatus=${prevented.join(' ')} lacks ${run.status}`);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('install notes name every step: Node 24, clone, npm ci, user, config, data directory owner', () => {
+    const notes = unit.slice(0, unit.indexOf('[Unit]'));
+    for (const step of [/npm install --prefix \/opt\/node24 node@24/, /git clone \S+ \/opt\/plc2mqtt/, /npm ci/, /useradd --system .*plc2mqtt/, /\/etc\/plc2mqtt\/gateway\.json/, /validate -c \/etc\/plc2mqtt\/gateway\.json/, /-o plc2mqtt -g plc2mqtt .*\/var\/lib\/plc2mqtt/, /systemctl enable --now plc2mqtt/]) {
+      assert.match(notes, step);
+    }
+  });
+
+  it('systemd-analyze verify finds nothing to complain about', { skip: existsSync('/usr/bin/systemd-analyze') ? false : 'needs systemd-analyze' }, () => {
+    const dir = makeTempDir('plc2mqtt-unit-');
+    try {
+      writeFileSync(join(dir, 'plc2mqtt.service'), unit);
+      const verify = spawnSync('/usr/bin/systemd-analyze', ['verify', join(dir, 'plc2mqtt.service')], { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(verify.stderr, '');
+      assert.equal(verify.status, 0);
+    } finally {
+      removeDir(dir);
+    }
+  });
+});
