@@ -2,6 +2,8 @@
 #   docker build -t plc2mqtt .
 #   docker run -d --name plc2mqtt -v /etc/plc2mqtt:/config:ro -v plc2mqtt-data:/data \
 #     -p 1883:1883 -p 9180:9180 --device /dev/ttyUSB0 --group-add dialout plc2mqtt
+# Published ports reach the gateway only if the config binds them to 0.0.0.0 (broker listeners and
+# http.host): 127.0.0.1 inside the container is the container's own loopback.
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
 # Compilers only in the build stage, for a native module (better-sqlite3, serialport) without a
