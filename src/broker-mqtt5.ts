@@ -45,6 +45,8 @@ const DISCONNECT_WITH_WILL = 0x04;
 /** MQTT 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
 const CONNACK_REASONS: Record<number, number> = { 0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: BAD_USER_NAME_OR_PASSWORD, 5: NOT_AUTHORIZED };
 const UNSPECIFIED_ERROR = 0x80;
+/** PUBACK reason for a publish the gateway did not keep (its outbox dropped it). */
+export const QUOTA_EXCEEDED = 0x97;
 
 /**
  * Hands a new client connection to aedes: `stream` itself for MQTT 3.1/3.1.1, a translating
@@ -108,6 +110,18 @@ export function connectProtocolLevel(bytes: Buffer): number | 'more' | undefined
 
 const pendingProperties = new WeakMap<object, Fifo<PublishProperties>>();
 const receiveMaximums = new WeakMap<object, number>();
+const refusals = new WeakMap<object, Map<number, number>>();
+
+/**
+ * Makes aedes' coming PUBACK for `messageId` on this connection a negative one with `reasonCode`.
+ * False for 3.1/3.1.1 connections, which have no negative PUBACK.
+ */
+export function refuseMqtt5Publish(conn: object, messageId: number, reasonCode: number): boolean {
+  const refused = refusals.get(conn);
+  if (!refused) return false;
+  refused.set(messageId, reasonCode);
+  return true;
+}
 
 /** The Receive Maximum an MQTT 5 client announced in its CONNECT (unacknowledged QoS 1/2 it accepts), if any. */
 export function clientReceiveMaximum(conn: object): number | undefined {
@@ -196,6 +210,8 @@ class Mqtt5Bridge {
   /** QoS 2 deliveries dropped for the client's Maximum Packet Size: their PUBREL is answered here. */
   private readonly droppedQos2 = new Set<number>();
   private readonly properties = new Fifo<PublishProperties>();
+  /** Publishes the gateway refused: message id → the reason code their PUBACK carries. */
+  private readonly refused = new Map<number, number>();
   private clientMaximumPacketSize = Infinity;
   private assignedClientId: string | undefined;
   private connackSent = false;
@@ -225,6 +241,7 @@ class Mqtt5Bridge {
       },
     });
     pendingProperties.set(this.aedesSide, this.properties);
+    refusals.set(this.aedesSide, this.refused);
     this.fromClient.on('packet', (packet: Packet) => this.onClientPacket(packet));
     this.fromClient.on('error', () => this.refuse(MALFORMED_PACKET));
     this.fromAedes.on('packet', (packet: Packet) => this.onAedesPacket(packet));
@@ -386,7 +403,11 @@ class Mqtt5Bridge {
       case 'pubrel':
         if (packet.messageId !== undefined && this.droppedQos2.delete(packet.messageId)) return this.toAedes({ cmd: 'pubcomp', messageId: packet.messageId });
         return this.toClient({ cmd: 'pubrel', messageId: packet.messageId, reasonCode: 0 });
-      case 'puback':
+      case 'puback': {
+        const refused = packet.messageId === undefined ? undefined : this.refused.get(packet.messageId);
+        if (refused !== undefined) this.refused.delete(packet.messageId!);
+        return this.toClient({ cmd: 'puback', messageId: packet.messageId, reasonCode: refused ?? 0 });
+      }
       case 'pubrec':
       case 'pubcomp':
         return this.toClient({ cmd: packet.cmd, messageId: packet.messageId, reasonCode: 0 });

@@ -11,7 +11,7 @@ import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
 import { InboundQoS2, OutboundWindow } from './broker-inflight.js';
-import { clientReceiveMaximum, handleConnection, takePublishProperties } from './broker-mqtt5.js';
+import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './broker-mqtt5.js';
 import { Acl, verifyPassword, type Identity } from './broker-security.js';
 import type { CommandOrigin } from './commands.js';
 import type { Config, ListenerConfig } from './config/schema.js';
@@ -27,6 +27,20 @@ interface QoS2Store {
 type AuthErrorCode = 4 | 5;
 const AUTH_BAD_CREDENTIALS: AuthErrorCode = 4;
 const AUTH_NOT_AUTHORIZED: AuthErrorCode = 5;
+
+/**
+ * What a clientPublishHook rejects with when the message must not be acknowledged (the outbox
+ * dropped it before it was on disk). MQTT 5 clients get PUBACK 0x97 Quota exceeded and stay
+ * connected; MQTT 3.1.1 has no negative PUBACK, so those clients are disconnected.
+ */
+export class PublishRefused extends Error {}
+
+/**
+ * aedes 1.2 cannot drop a publish without closing the connection. A QoS 1 publish refused with a
+ * negative PUBACK is therefore turned into this topic before aedes goes on, which no delivery
+ * passes (authorizeForward), not retained and without payload.
+ */
+const REFUSED_TOPIC = '$SYS/plc2mqtt/refused-publish';
 
 export interface PublishOptions {
   qos: 0 | 1;
@@ -211,10 +225,23 @@ export class IntegratedBroker {
           }
         }
         const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
-        if (!hook) return callback(null);
+        if (!hook || !client) return callback(null);
         hook.then(
           () => callback(null),
-          (error: unknown) => callback(error instanceof Error ? error : new Error(String(error))),
+          (error: unknown) => {
+            if (!(error instanceof PublishRefused)) return callback(error instanceof Error ? error : new Error(String(error)));
+            const mqtt5 = packet.qos === 1 && packet.messageId !== undefined && refuseMqtt5Publish(client.conn, packet.messageId, QUOTA_EXCEEDED);
+            broker?.warnOnce(`refused:${client.id}`, { clientId: client.id, topic: packet.topic, qos: packet.qos, why: error.message, answer: mqtt5 ? 'PUBACK 0x97 quota exceeded' : 'disconnected (MQTT 3.1.1 has no negative PUBACK)' }, 'publish refused: not acknowledged, because the outbox did not keep it');
+            // Closing the connection at once would discard the PUBACKs of the messages kept in the
+            // same commit, which aedes has written but not yet flushed.
+            if (!mqtt5) return void setImmediate(() => callback(error));
+            // The client gets PUBACK 0x97 (the bridge answers for this message id) and stays;
+            // the message itself reaches no subscriber and is not retained.
+            packet.topic = REFUSED_TOPIC;
+            packet.payload = Buffer.alloc(0);
+            packet.retain = false;
+            callback(null);
+          },
         );
       },
       authorizeSubscribe: (client, subscription, callback) => {
@@ -224,6 +251,7 @@ export class IntegratedBroker {
         callback(null, null);
       },
       authorizeForward: (client, packet) => {
+        if (packet.topic === REFUSED_TOPIC) return null;
         // Messages queued for a persistent session were matched against whoever subscribed; the
         // client now holding that session id may be someone else: check its own rights again.
         // (And after a reload, existing subscriptions get only what the new rules allow.)
@@ -306,6 +334,11 @@ export class IntegratedBroker {
   /** Logs a refusal or denial once per key (client and topic), never with a payload. */
   private noteOnce(key: string, fields: Record<string, unknown>, message: string): void {
     this.stats.denied++;
+    this.warnOnce(key, fields, message);
+  }
+
+  /** A warning once per key (until a reload), never with a payload. */
+  private warnOnce(key: string, fields: Record<string, unknown>, message: string): void {
     if (this.noted.has(key)) return;
     if (this.noted.size > 10_000) this.noted.clear();
     this.noted.add(key);

@@ -20,7 +20,7 @@
 // Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ACCESS_SETTINGS, IntegratedBroker } from './broker.js';
+import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker.js';
 import { attachOutgoingProperties } from './broker-mqtt5.js';
 import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
 import type { LoadedConfig } from './config/load.js';
@@ -168,8 +168,11 @@ export class Gateway {
           uplink.enqueue(route, payload, retain);
           return undefined;
         }
-        // A QoS 1 publisher gets its PUBACK only once the message is on disk.
-        return new Promise<void>((resolve) => uplink.enqueue(route, payload, retain, resolve));
+        // A QoS 1 publisher gets its PUBACK only once the message is on disk, and none at all
+        // when the outbox drops it instead (the broker refuses the publish).
+        return new Promise<void>((resolve, reject) =>
+          uplink.enqueue(route, payload, retain, (droppedBecause) => (droppedBecause === undefined ? resolve() : reject(new PublishRefused(`the outbox dropped it: ${droppedBecause}`)))),
+        );
       };
       this.useUplink(cloud.uplink, config.uplink!);
     }

@@ -67,10 +67,26 @@ const CORRUPTION = /SQLITE_CORRUPT|SQLITE_NOTADB|quick_check/;
 /** Appends waiting in memory beyond this while the disk is full are dropped by the policy. */
 const MAX_PENDING_WHILE_FULL = 100_000;
 
+/**
+ * Told once what became of an appended message: called without an argument once it is on disk,
+ * or with the reason when the outbox dropped it before it got there (a bound, the in-memory
+ * limit of a full disk). A dropped message must never be acknowledged to its publisher.
+ */
+export type Settled = (droppedBecause?: string) => void;
+
 interface Pending {
   message: OutboxMessage;
   created: number;
-  onCommitted: (() => void) | undefined;
+  onSettled: Settled | undefined;
+}
+
+/** What one transaction did with its appends. */
+interface WriteResult {
+  written: Pending[];
+  /** Appends that were not kept, each with the reason (never acknowledged). */
+  refused: Array<{ item: Pending; why: string }>;
+  /** Messages stored before this transaction that drop-oldest dropped to make room. */
+  droppedStored: number;
 }
 
 export class Outbox {
@@ -150,17 +166,21 @@ export class Outbox {
 
   /**
    * Appends a message. It is committed with the others of this interval in one transaction;
-   * `onCommitted` runs once it is on disk (to acknowledge a QoS 1 publisher only then).
+   * `onSettled` runs once it is on disk (to acknowledge a QoS 1 publisher only then), or with the
+   * reason when it was dropped instead (the publisher must be refused, never acknowledged).
    */
-  append(message: OutboxMessage, onCommitted?: () => void): void {
+  append(message: OutboxMessage, onSettled?: Settled): void {
     if (this.closed) throw new Error('the outbox is closed');
-    this.pending.push({ message, created: Date.now(), onCommitted });
+    this.pending.push({ message, created: Date.now(), onSettled });
     this.totals.appended++;
     if (this.diskFull && this.pending.length > MAX_PENDING_WHILE_FULL) {
-      // Disk full for a long while: memory is the next thing to run out. The policy decides who goes.
+      // Disk full for a long while: memory is the next thing to run out. The policy decides who
+      // goes; either way it is a message that is not on disk, so its publisher is still waiting
+      // and is refused.
       const victim = this.options.policy === 'drop-newest' ? this.pending.pop()! : this.pending.shift()!;
-      victim.onCommitted?.();
-      this.noteDropped(1, 'the disk is full and the in-memory buffer is at its limit');
+      const why = `the disk is full and the in-memory buffer is at its limit (${MAX_PENDING_WHILE_FULL} messages, ${this.options.policy})`;
+      victim.onSettled?.(why);
+      this.noteDropped(1, why);
     }
     this.timer ??= setTimeout(() => this.commit(), this.options.commitInterval);
   }
@@ -173,9 +193,9 @@ export class Outbox {
     const batch = this.pending;
     // The transaction may fail half way (disk full): the counters follow only a commit that happened.
     const before = { count: this.count, bytes: this.bytes, lastId: this.lastCommittedId };
-    let dropped: { count: number; why: string } | undefined;
+    let result: WriteResult;
     try {
-      dropped = this.db.transaction(() => this.writeBatch(batch))();
+      result = this.db.transaction(() => this.writeBatch(batch))();
     } catch (error) {
       this.count = before.count;
       this.bytes = before.bytes;
@@ -190,25 +210,39 @@ export class Outbox {
       throw error;
     }
     this.pending = [];
-    if (dropped) this.noteDropped(dropped.count, dropped.why);
     if (this.diskFull) {
       this.diskFull = false;
       this.log.info({ committed: batch.length }, 'outbox: disk space is back, buffered messages committed');
     }
-    for (const item of batch) item.onCommitted?.();
+    this.settle(result);
+  }
+
+  /** After a transaction committed: publishers are told, drops counted, the reader handed the new rows. */
+  private settle(result: WriteResult): void {
+    const dropped = result.refused.length + result.droppedStored;
+    if (dropped > 0) this.noteDropped(dropped, result.refused[0]?.why ?? `the outbox is full (${this.options.policy})`);
+    for (const item of result.written) item.onSettled?.();
+    for (const { item, why } of result.refused) item.onSettled?.(why);
     // The rows just written, for a reader that is caught up (saves reading them back). Not when
-    // a bound dropped rows in this commit: some of these may be among them.
-    const committed = dropped ? [] : this.committedRows;
+    // a bound dropped rows in this commit: the reader may hold some of them.
+    const committed = dropped > 0 ? [] : this.committedRows;
     this.committedRows = [];
     this.onCommit?.(committed);
   }
 
-  /** Inserts a batch inside the caller's transaction; returns what a bound dropped. */
-  private writeBatch(batch: readonly Pending[]): { count: number; why: string } | undefined {
+  /**
+   * Inserts a batch inside the caller's transaction and applies the bounds. Says which appends
+   * are stored and which were dropped before anyone was told they were stored.
+   */
+  private writeBatch(batch: readonly Pending[]): WriteResult {
     const { maxMessages, maxBytes, policy } = this.options;
+    const refused: WriteResult['refused'] = [];
     // A message bigger than the whole outbox can never fit; dropping the backlog for it would be worse.
-    const oversize = batch.filter((item) => sizeOf(item.message) > maxBytes);
-    let accepted = oversize.length > 0 ? batch.filter((item) => sizeOf(item.message) <= maxBytes) : batch;
+    let accepted: Pending[] = [];
+    for (const item of batch) {
+      if (sizeOf(item.message) > maxBytes) refused.push({ item, why: `the message is larger than maxBytes (${maxBytes} bytes)` });
+      else accepted.push(item);
+    }
     if (policy === 'drop-newest') {
       // Keep what is stored; take new messages only while they fit.
       let count = this.count;
@@ -216,49 +250,68 @@ export class Outbox {
       const fits: Pending[] = [];
       for (const item of accepted) {
         const size = sizeOf(item.message);
-        if (count + 1 > maxMessages || bytes + size > maxBytes) continue;
+        if (count + 1 > maxMessages || bytes + size > maxBytes) {
+          refused.push({ item, why: 'the outbox is full (drop-newest)' });
+          continue;
+        }
         fits.push(item);
         count++;
         bytes += size;
       }
       accepted = fits;
     }
+    const ids: number[] = [];
     for (const item of accepted) {
       const { topic, payload, qos, retain } = item.message;
       const size = sizeOf(item.message);
       this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size).lastInsertRowid);
+      ids.push(this.lastCommittedId);
       if (this.onCommit) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size });
       this.count++;
       this.bytes += size;
     }
-    if (policy === 'drop-newest') {
-      return accepted.length < batch.length ? { count: batch.length - accepted.length, why: oversize.length > 0 ? 'a message is larger than maxBytes, or the outbox is full (drop-newest)' : 'the outbox is full (drop-newest)' } : undefined;
-    }
-    const dropped = this.dropOldestOverBounds(maxMessages, maxBytes) + oversize.length;
-    return dropped > 0 ? { count: dropped, why: oversize.length > 0 ? 'a message is larger than maxBytes, or the outbox is full (drop-oldest)' : 'the outbox is full (drop-oldest)' } : undefined;
+    if (policy === 'drop-newest' || ids.length === 0) return { written: accepted, refused, droppedStored: 0 };
+    // drop-oldest: room is made by dropping the oldest stored messages. Those the reader holds are
+    // spared as long as others can go, so this very batch may be what goes (a bound smaller than
+    // what is in flight plus this batch): those were never acknowledged and are refused.
+    const droppedOfBatch = new Set<number>();
+    const dropped = this.dropOldestOverBounds(maxMessages, maxBytes, ids[0]!, droppedOfBatch);
+    if (droppedOfBatch.size === 0) return { written: accepted, refused, droppedStored: dropped };
+    const written: Pending[] = [];
+    accepted.forEach((item, index) => {
+      if (droppedOfBatch.has(ids[index]!)) refused.push({ item, why: 'the outbox is full (drop-oldest) and the older messages are being sent' });
+      else written.push(item);
+    });
+    return { written, refused, droppedStored: dropped - droppedOfBatch.size };
   }
 
-  /** Drops exactly as many of the oldest messages as it takes to get back within both bounds. */
-  private dropOldestOverBounds(maxMessages: number, maxBytes: number): number {
+  /**
+   * Drops exactly as many of the oldest messages as it takes to get back within both bounds.
+   * Ids from `watchFrom` on that it drops are added to `watched` (the batch being written).
+   */
+  private dropOldestOverBounds(maxMessages: number, maxBytes: number, watchFrom: number, watched: Set<number>): number {
     let dropped = 0;
     // The oldest messages the reader has not taken yet go first: those it holds are being sent,
     // and dropping them would count as lost what the cloud then receives. Only when that is not
     // enough (a bound smaller than the send window) do they go too.
     for (const after of this.readerThrough > 0 ? [this.readerThrough, 0] : [0]) {
       if (this.count <= maxMessages) break;
-      const rows = this.statements.dropOldest.all(after, this.count - maxMessages) as Array<{ size: number }>;
-      for (const row of rows) this.bytes -= row.size;
+      const rows = this.statements.dropOldest.all(after, this.count - maxMessages) as Array<{ id: number; size: number }>;
+      for (const row of rows) {
+        this.bytes -= row.size;
+        if (row.id >= watchFrom) watched.add(row.id);
+      }
       this.count -= rows.length;
       dropped += rows.length;
     }
     for (const after of this.readerThrough > 0 ? [this.readerThrough, 0] : [0]) {
-      if (this.bytes > maxBytes) dropped += this.dropBytesAfter(after, maxBytes);
+      if (this.bytes > maxBytes) dropped += this.dropBytesAfter(after, maxBytes, watchFrom, watched);
     }
     return dropped;
   }
 
   /** Drops the oldest messages with an id above `after` until the bytes fit (or none are left). */
-  private dropBytesAfter(after: number, maxBytes: number): number {
+  private dropBytesAfter(after: number, maxBytes: number, watchFrom: number, watched: Set<number>): number {
     let dropped = 0;
     while (this.bytes > maxBytes) {
       const rows = this.statements.oldestSizes.all(after, 1000) as Array<{ id: number; size: number }>;
@@ -270,6 +323,7 @@ export class Outbox {
         freed += row.size;
         through = row.id;
         taken++;
+        if (row.id >= watchFrom) watched.add(row.id);
         if (this.bytes - freed <= maxBytes) break;
       }
       this.statements.dropRange.run(after, through);
@@ -442,7 +496,7 @@ function prepare(db: Database.Database) {
     peek: db.prepare('SELECT id, topic, payload, qos, retain, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
-    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?) RETURNING size'),
+    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?) RETURNING id, size'),
     oldestSizes: db.prepare('SELECT id, size FROM messages WHERE id > ? ORDER BY id LIMIT ?'),
     dropRange: db.prepare('DELETE FROM messages WHERE id > ? AND id <= ?'),
     expire: db.prepare('DELETE FROM messages WHERE created < ? RETURNING size'),

@@ -11,7 +11,7 @@ import type { IntegratedBroker } from './broker.js';
 import type { Config } from './config/schema.js';
 import { errorMessage } from './errors.js';
 import { Fifo } from './fifo.js';
-import type { Outbox, OutboxMessage, StoredMessage } from './outbox.js';
+import type { Outbox, OutboxMessage, Settled, StoredMessage } from './outbox.js';
 import { compileTopicTemplate, topicMatches } from './topics.js';
 
 export type UplinkConfig = NonNullable<Config['uplink']>;
@@ -158,10 +158,13 @@ export class Uplink {
     return undefined;
   }
 
-  /** Appends a message for the cloud to the outbox. `onCommitted` runs once it is on disk. */
-  enqueue(route: CloudRoute, payload: Buffer, retain: boolean, onCommitted?: () => void): void {
+  /**
+   * Appends a message for the cloud to the outbox. `onSettled` runs once it is on disk, or with
+   * the reason when the outbox dropped it first (see Outbox.append).
+   */
+  enqueue(route: CloudRoute, payload: Buffer, retain: boolean, onSettled?: Settled): void {
     const message: OutboxMessage = { topic: route.topic, payload, qos: route.qos, retain };
-    this.outbox.append(message, onCommitted);
+    this.outbox.append(message, onSettled);
   }
 
   /** Rows just committed to the outbox: straight into the send buffer when they fit (adopt). */

@@ -76,6 +76,34 @@ describe('outbox', () => {
     outbox.close();
   });
 
+  it('drop-newest: an append that does not fit is reported dropped, never stored', (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 5, policy: 'drop-newest' }), log);
+    const fates = new Map<number, string>();
+    for (let n = 1; n <= 8; n++) outbox.append(message(n), (droppedBecause?: string) => fates.set(n, droppedBecause ?? 'stored'));
+    outbox.commit();
+    assert.deepEqual([...fates.keys()].sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8], 'every append is told');
+    assert.deepEqual([1, 2, 3, 4, 5].map((n) => fates.get(n)), Array(5).fill('stored'));
+    for (const n of [6, 7, 8]) assert.match(fates.get(n)!, /full \(drop-newest\)/);
+    assert.deepEqual(seqs(outbox), [1, 2, 3, 4, 5]);
+    assert.equal(outbox.stats.dropped, 3);
+    outbox.close();
+  });
+
+  it('drop-oldest: appends that the bound drops in their own commit (the reader holds the older ones) are reported dropped', (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 5, policy: 'drop-oldest' }), log);
+    for (let n = 1; n <= 5; n++) outbox.append(message(n));
+    outbox.commit();
+    // The uplink has taken all five to send: drop-oldest spares them while newer ones can go.
+    outbox.readerThrough = outbox.lastId;
+    const fates = new Map<number, string>();
+    for (let n = 6; n <= 8; n++) outbox.append(message(n), (droppedBecause?: string) => fates.set(n, droppedBecause ?? 'stored'));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), [1, 2, 3, 4, 5]);
+    for (const n of [6, 7, 8]) assert.match(fates.get(n) ?? 'not told', /drop-oldest/, `message ${n} was dropped in its own commit`);
+    assert.equal(outbox.stats.dropped, 3);
+    outbox.close();
+  });
+
   it('maxBytes drops exactly as many of the oldest as it takes to fit', (t) => {
     // Each message: topic "t" (1 byte) + {"seq":NNN} (11 bytes for 3 digits) = 12 bytes.
     const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxBytes: 120 }), log);

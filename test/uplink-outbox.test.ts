@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, readFileSync, writeSync, closeSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
-import { assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, range, SeqPublisher } from './helpers/cloud-clients.js';
+import type { IClientOptions } from 'mqtt';
+import { assertComplete, assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, range, SeqPublisher } from './helpers/cloud-clients.js';
 import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type UplinkInput } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
@@ -29,15 +30,15 @@ function suite(name: string, body: (context: { dir: string; closers: Array<() =>
  * With the cloud down, publishes `published` messages into a gateway whose outbox has `outbox` bounds,
  * then brings the cloud up and returns what arrived once the gateway says it has nothing left.
  */
-async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox: UplinkInput['outbox'], published: number, expectedKept: number) {
+async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox: UplinkInput['outbox'], published: number, expectedKept: number, publisherOptions: IClientOptions = {}) {
   const cloud = await Mosquitto.create(dir, { persistence: true });
   await cloud.seedSession(RECORDER, ['up/#']);
   const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { outbox }));
   const gateway = GatewayProcess.start(setup);
-  const publisher = await SeqPublisher.connect(setup.brokerUrl);
+  const publisher = await SeqPublisher.connect(setup.brokerUrl, 20_000, publisherOptions);
   closers.push(() => publisher.close());
   await publisher.publishRange(0, published);
-  assert.equal(publisher.acked.length, published, 'every publish is acknowledged, kept or dropped');
+  const publisherClosed = publisher.isClosed;
 
   await cloud.start();
   const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
@@ -48,14 +49,18 @@ async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox
   // The gateway stopped after its outbox was empty: nothing more can arrive than what is here.
   assert.equal(stopped.outbox.messages, 0, `outbox at stop: ${JSON.stringify(stopped.outbox)}`);
   await waitFor(() => recorder.messages.length >= stopped.uplink.acknowledged, 5000, 'the last acknowledged messages at the recorder');
-  return { gateway, stopped, recorder, report: deliveryReport(recorder.data()) };
+  return { gateway, stopped, recorder, report: deliveryReport(recorder.data()), publisher, publisherClosed };
 }
+
+const ascending = (seqs: readonly number[]): number[] => [...seqs].sort((a, b) => a - b);
 
 suite('outbox bound: maxMessages with drop-oldest', ({ dir, closers }) => {
   it('keeps and delivers exactly the newest N; drops are counted and logged once', async () => {
     const bound = 1000;
     const extra = 500;
-    const { gateway, stopped, recorder, report } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-oldest' }, bound + extra, bound);
+    const { gateway, stopped, recorder, report, publisher } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-oldest' }, bound + extra, bound);
+    // drop-oldest takes every new message (acknowledged once on disk) and drops acknowledged old ones.
+    assert.equal(publisher.acked.length, bound + extra, 'every publish is acknowledged');
     assertExactly(report, range(extra, bound));
     assertOrderPerTopic(report);
     assertTopics(recorder.data());
@@ -76,10 +81,14 @@ suite('outbox bound: maxMessages with drop-oldest', ({ dir, closers }) => {
 });
 
 suite('outbox bound: maxMessages with drop-newest', ({ dir, closers }) => {
-  it('keeps and delivers exactly the first N; drops are counted and logged once', async () => {
+  it('MQTT 5 publisher: exactly the first N are acknowledged and delivered, the rest get PUBACK 0x97; drops are counted and logged once', async () => {
     const bound = 1000;
     const extra = 500;
-    const { gateway, stopped, recorder, report } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound);
+    const { gateway, stopped, recorder, report, publisher, publisherClosed } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound, { protocolVersion: 5 });
+    assert.deepEqual(ascending(publisher.acked), range(0, bound), 'acknowledged: exactly the messages the outbox kept');
+    assert.deepEqual(ascending(publisher.refused.map((refusal) => refusal.seq)), range(bound, extra), 'refused: exactly the messages the outbox dropped');
+    assert.deepEqual([...new Set(publisher.refused.map((refusal) => refusal.reasonCode))], [0x97], 'PUBACK reason 0x97 quota exceeded');
+    assert.equal(publisherClosed, false, 'the MQTT 5 publisher stays connected');
     assertExactly(report, range(0, bound));
     assertOrderPerTopic(report);
     assertTopics(recorder.data());
@@ -88,9 +97,29 @@ suite('outbox bound: maxMessages with drop-newest', ({ dir, closers }) => {
     const warnings = gateway.findLogs('outbox: dropping messages');
     assert.equal(warnings.length, 1, `one warning per episode: ${JSON.stringify(warnings)}`);
     assert.match(warnings[0]!.msg, /drop-newest/);
+    const refusals = gateway.findLogs(/^publish refused/);
+    assert.equal(refusals.length, 1, `one line per client: ${JSON.stringify(refusals)}`);
+    assert.match(String(refusals[0]!.answer), /0x97/);
     assert.equal(stopped.outbox.dropped, extra, `stats at stop: ${JSON.stringify(stopped.outbox)}`);
     assert.equal(stopped.outbox.delivered, bound);
     assert.equal(stopped.uplink.sent, bound);
+  });
+
+  it('MQTT 3.1.1 publisher: no PUBACK for a dropped message (disconnected instead); every acknowledged message is delivered', async () => {
+    const bound = 1000;
+    const extra = 500;
+    const { gateway, stopped, report, publisher, publisherClosed } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound);
+    assert.equal(publisherClosed, true, 'MQTT 3.1.1 has no negative PUBACK: the publisher is disconnected');
+    const notKept = publisher.acked.filter((seq) => seq >= bound);
+    assert.deepEqual(notKept, [], 'no message the outbox dropped is acknowledged');
+    assertComplete(report, publisher.acked);
+    assertExactly(report, range(0, bound));
+    const refusals = gateway.findLogs(/^publish refused/);
+    assert.equal(refusals.length, 1, JSON.stringify(refusals));
+    assert.match(String(refusals[0]!.answer), /disconnected/);
+    assert.equal(stopped.outbox.delivered, bound);
+    assert.equal(stopped.outbox.dropped, stopped.outbox.appended - bound, `stats at stop: ${JSON.stringify(stopped.outbox)}`);
+    assert.ok(stopped.outbox.dropped > 0);
   });
 });
 

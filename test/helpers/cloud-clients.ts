@@ -76,6 +76,8 @@ async function connectWithRetry(url: string, options: IClientOptions, timeoutMs:
 export class SeqPublisher {
   readonly client: MqttClient;
   readonly acked: number[] = [];
+  /** Sequence numbers the broker refused with an MQTT 5 PUBACK reason code (≥ 0x80), with the code. */
+  readonly refused: Array<{ seq: number; reasonCode: number }> = [];
   sent = 0;
   private closed = false;
   private readonly closedWaiters: Array<() => void> = [];
@@ -89,8 +91,8 @@ export class SeqPublisher {
   }
 
   /** Connects once the gateway's broker listens (the gateway may still be starting). */
-  static async connect(url: string, timeoutMs = 20_000): Promise<SeqPublisher> {
-    return new SeqPublisher(await connectWithRetry(url, { clean: true }, timeoutMs));
+  static async connect(url: string, timeoutMs = 20_000, options: IClientOptions = {}): Promise<SeqPublisher> {
+    return new SeqPublisher(await connectWithRetry(url, { clean: true, ...options }, timeoutMs));
   }
 
   get isClosed(): boolean {
@@ -123,6 +125,7 @@ export class SeqPublisher {
           this.client.publish(topicOf(seq), payloadOf(seq), { qos: 1 }, (error) => {
             outstanding--;
             if (!error) this.acked.push(seq);
+            else if (typeof (error as { code?: unknown }).code === 'number') this.refused.push({ seq, reasonCode: (error as unknown as { code: number }).code });
             if (next >= end && outstanding === 0) {
               this.closedWaiters.splice(this.closedWaiters.indexOf(onClose), 1);
               resolve();

@@ -157,6 +157,13 @@ export class GatewayProcess {
     return status.uplink;
   }
 
+  /** The outbox's figures from the operations endpoint (/api/status) of the running gateway. */
+  async outboxStatus(): Promise<OutboxStatsLine & { oldestAgeSeconds: number }> {
+    const url = (await this.waitForLog('operations endpoint listening', 10_000)).url as string;
+    const status = (await (await fetch(`${url}/api/status?tags=0`)).json()) as { outbox: OutboxStatsLine & { oldestAgeSeconds: number } };
+    return status.outbox;
+  }
+
   /** SIGSTOP: the gateway stops mid-stream, its sockets stay open. `thaw()` lets it go on. */
   freeze(): void {
     if (this.running) this.child.kill('SIGSTOP');

@@ -1,0 +1,86 @@
+// The outbox on a full disk, with the real gateway (CLI) keeping its data on a small tmpfs, local
+// publishers (mqtt.js, MQTT 3.1.1 and 5) and mosquitto as the cloud: what is acknowledged, what is
+// refused, how the outbox recovers when space comes back, and what a shutdown on a full disk says.
+import assert from 'node:assert/strict';
+import { after, describe, it, type TestContext } from 'node:test';
+import mqtt from 'mqtt';
+import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
+import { range, SeqPublisher } from './helpers/cloud-clients.js';
+import { GatewayProcess, testUplink, writeGatewayConfig, type GatewaySetup, type UplinkInput } from './helpers/cloud-gateway.js';
+import { waitFor } from './helpers/net.js';
+import { SmallDisk } from './helpers/small-disk.js';
+
+/** Appends the outbox keeps in memory while the disk is full (src/outbox.ts MAX_PENDING_WHILE_FULL). */
+const MEMORY_LIMIT = 100_000;
+
+function smallDisk(t: TestContext, megabytes: number): SmallDisk | undefined {
+  const disk = SmallDisk.mount(megabytes);
+  if (!disk) {
+    t.skip(`needs permission to mount a ${megabytes} MB tmpfs (run as root)`);
+    return undefined;
+  }
+  t.after(() => disk.unmount());
+  return disk;
+}
+
+/** A gateway whose data directory (outbox.db, retained.db) is on `disk`. */
+async function gatewayOn(dir: string, disk: SmallDisk, uplink: UplinkInput): Promise<GatewaySetup> {
+  return writeGatewayConfig(dir, uplink, { gateway: { name: 'gw', dataDir: disk.path, logLevel: 'info', shutdownTimeout: '20s' } });
+}
+
+/** Publishes `count` QoS 0 messages on a forwarded topic and waits until the gateway has them all. */
+async function flood(gateway: GatewayProcess, url: string, count: number): Promise<void> {
+  const before = (await gateway.outboxStatus()).appended;
+  const client = await mqtt.connectAsync(url, { reconnectPeriod: 0, clean: true });
+  try {
+    const payload = Buffer.from('{"flood":true}');
+    for (let n = 0; n < count; n++) client.publish('line/flood', payload, { qos: 0 });
+    await waitFor(async () => (await gateway.outboxStatus()).appended >= before + count, 60_000, 'the gateway to take the flood');
+  } finally {
+    await client.endAsync();
+  }
+}
+
+describe('outbox: a full disk', () => {
+  const dir = makeTempDir('plc2mqtt-disk-full-');
+  after(async () => {
+    await killAllChildren();
+    removeDir(dir);
+  });
+
+  for (const policy of ['drop-oldest', 'drop-newest'] as const) {
+    it(`${policy}: beyond the in-memory limit, the messages dropped are refused (PUBACK 0x97), never acknowledged`, async (t) => {
+      const disk = smallDisk(t, 4);
+      if (!disk) return;
+      const cloud = await Mosquitto.create(dir); // never started: the cloud is down throughout
+      const setup = await gatewayOn(dir, disk, testUplink(cloud.url, { outbox: { policy } }));
+      const gateway = GatewayProcess.start(setup);
+      t.after(() => gateway.kill());
+      await gateway.outboxStatus(); // up, outbox open
+      disk.fill();
+      const publisher = await SeqPublisher.connect(setup.brokerUrl, 20_000, { protocolVersion: 5 });
+      t.after(() => publisher.close());
+      let waiting: Promise<void> | undefined;
+      if (policy === 'drop-oldest') {
+        // Ten messages wait for the disk; the flood then pushes them out of memory, oldest first.
+        waiting = publisher.publishRange(0, 10);
+        await waitFor(async () => (await gateway.outboxStatus()).diskFull, 20_000, 'the outbox to find the disk full');
+        await flood(gateway, setup.brokerUrl, MEMORY_LIMIT);
+      } else {
+        // The memory is full first; drop-newest then refuses each new message.
+        await flood(gateway, setup.brokerUrl, 1000);
+        await waitFor(async () => (await gateway.outboxStatus()).diskFull, 20_000, 'the outbox to find the disk full');
+        await flood(gateway, setup.brokerUrl, MEMORY_LIMIT);
+        waiting = publisher.publishRange(0, 10);
+      }
+      await waiting;
+      assert.deepEqual(publisher.acked, [], 'not one of them is on disk: none may be acknowledged');
+      assert.deepEqual(publisher.refused.map((refusal) => refusal.seq).sort((a, b) => a - b), range(0, 10));
+      assert.deepEqual([...new Set(publisher.refused.map((refusal) => refusal.reasonCode))], [0x97]);
+      const status = await gateway.outboxStatus();
+      assert.equal(status.diskFull, true);
+      assert.equal(status.pending, MEMORY_LIMIT, JSON.stringify(status));
+      assert.equal(status.dropped, status.appended - MEMORY_LIMIT, `every message beyond the limit is counted: ${JSON.stringify(status)}`);
+    });
+  }
+});
