@@ -23,6 +23,10 @@ const runs: Array<[string, string[]]> = [
   ['replay.js', ['--messages', '1000000']],
   // node dist/bench/idle.js
   ['idle.js', []],
+  // what outbox.db, its WAL and retained.db take on disk: node dist/bench/disk-usage.js [--payload 80]
+  ['disk-usage.js', []],
+  ['disk-usage.js', ['--payload', '20']],
+  ['disk-usage.js', ['--payload', '1000']],
 ];
 for (const [script, args] of runs) {
   const result = spawnSync(process.execPath, [join(here, script), ...args], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15 * 60_000 });

@@ -1,7 +1,8 @@
 // The store-and-forward outbox: every message bound for the cloud is appended here (SQLite, WAL)
 // before it can be sent, and deleted only once the cloud acknowledged it. Bounded by count, bytes
 // and age; what a bound drops is counted and logged, never silent.
-import { existsSync, renameSync } from 'node:fs';
+import { existsSync, renameSync, statfsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
@@ -67,6 +68,22 @@ const CORRUPTION = /SQLITE_CORRUPT|SQLITE_NOTADB|quick_check/;
 /** Appends waiting in memory beyond this while the disk is full are dropped by the policy. */
 const MAX_PENDING_WHILE_FULL = 100_000;
 
+/** Most messages per transaction. */
+const CHUNK = 1000;
+
+/**
+ * While the disk is full, writing stops this far short of the end of the free space: deleting
+ * acknowledged messages and checkpointing the WAL need room too, and an outbox that took the last
+ * byte could neither (it would stay stuck until someone freed space).
+ */
+const RESERVE_BYTES = 256 * 1024;
+
+/** SQLite's bytes per row beyond topic + payload (record header, row id, cell pointer), estimated high. */
+const ROW_OVERHEAD = 40;
+
+/** How often the WAL is truncated when the outbox runs empty (see remove). */
+const DRAIN_TRUNCATE_INTERVAL_MS = 10_000;
+
 /**
  * Told once what became of an appended message: called without an argument once it is on disk,
  * or with the reason when the outbox dropped it before it got there (a bound, the in-memory
@@ -106,6 +123,12 @@ export class Outbox {
   private unremoved: Array<{ id: number; outcome: 'delivered' | 'rejected' }> = [];
   private droppedInEpisode = 0;
   private diskFull = false;
+  private diskFullSince = 0;
+  private writtenWhileFull = 0;
+  /** Messages per transaction; smaller after a transaction did not fit, until the disk is fine. */
+  private chunk = CHUNK;
+  private readonly pageSize: number;
+  private lastTruncate = 0;
   private closed = false;
   /**
    * The highest id the reader (the uplink) has taken to send, 0 when it holds none (disconnected).
@@ -121,6 +144,7 @@ export class Outbox {
     this.options = options;
     this.log = log;
     this.statements = prepare(db);
+    this.pageSize = db.pragma('page_size', { simple: true }) as number;
     const totals = this.statements.totals.get() as { count: number; bytes: number | null };
     this.count = totals.count;
     this.bytes = totals.bytes ?? 0;
@@ -185,36 +209,119 @@ export class Outbox {
     this.timer ??= setTimeout(() => this.commit(), this.options.commitInterval);
   }
 
-  /** Writes every pending append in one transaction, applying the bounds. */
+  /**
+   * Writes the pending appends, applying the bounds, in transactions of at most CHUNK messages:
+   * a backlog that waited in memory for disk space needs only room for one piece at a time.
+   * While the disk is full, each piece must fit into the free space with RESERVE_BYTES to spare,
+   * and the WAL is checkpointed and truncated after it, so the space it took goes back at once.
+   */
   commit(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.pending.length === 0 || this.closed) return;
+    if (this.closed || (this.pending.length === 0 && !this.diskFull)) return;
+    if (this.diskFull) {
+      // Space the WAL holds (also the frames of a transaction that failed) goes back first, then
+      // the deletions that failed meanwhile, which make room inside the database file.
+      this.truncateWal();
+      if (this.unremoved.length > 0) this.remove([]);
+    }
     const batch = this.pending;
-    // The transaction may fail half way (disk full): the counters follow only a commit that happened.
-    const before = { count: this.count, bytes: this.bytes, lastId: this.lastCommittedId };
-    let result: WriteResult;
+    this.pending = [];
+    let written = 0;
     try {
-      result = this.db.transaction(() => this.writeBatch(batch))();
+      while (written < batch.length) {
+        let size = Math.min(this.chunk, batch.length - written);
+        if (this.diskFull) size = this.fitToFreeSpace(batch, written, size);
+        if (size === 0) break;
+        const result = this.writeTransaction(batch.slice(written, written + size), batch.length - written);
+        if (result === 'disk full') break;
+        written += size;
+        if (this.diskFull) {
+          this.writtenWhileFull += size;
+          this.truncateWal();
+        }
+        this.settle(result);
+      }
+    } finally {
+      // Appends cannot arrive while this runs (it is synchronous): what is left goes back in order.
+      if (written < batch.length) this.pending = written === 0 ? batch : batch.slice(written);
+    }
+    if (this.pending.length > 0 || this.unremoved.length > 0) {
+      if (this.diskFull) this.timer ??= setTimeout(() => this.commit(), 1000);
+      return;
+    }
+    if (this.diskFull) {
+      this.log.info({ committed: this.writtenWhileFull, seconds: Math.round((Date.now() - this.diskFullSince) / 1000) }, 'outbox: disk space is back, buffered messages committed');
+      this.diskFull = false;
+      this.chunk = CHUNK;
+      this.writtenWhileFull = 0;
+    }
+  }
+
+  /** One transaction; 'disk full' when it did not fit (nothing of it happened then). */
+  private writeTransaction(chunk: readonly Pending[], waiting: number): WriteResult | 'disk full' {
+    // The counters follow only a commit that happened.
+    const before = { count: this.count, bytes: this.bytes, lastId: this.lastCommittedId };
+    try {
+      return this.db.transaction(() => this.writeBatch(chunk))();
     } catch (error) {
       this.count = before.count;
       this.bytes = before.bytes;
       this.lastCommittedId = before.lastId;
       this.committedRows = [];
-      if (isDiskFull(error)) {
-        if (!this.diskFull) this.log.error({ pending: batch.length, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory and retrying every second');
-        this.diskFull = true;
-        this.timer = setTimeout(() => this.commit(), 1000);
-        return;
-      }
-      throw error;
+      if (!isDiskFull(error)) throw error;
+      if (!this.diskFull) this.log.error({ pending: waiting, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back');
+      this.noteDiskFull();
+      // The estimate of fitToFreeSpace was too hopeful: smaller pieces from now on.
+      this.chunk = Math.max(1, Math.floor(chunk.length / 2));
+      this.truncateWal();
+      return 'disk full';
     }
-    this.pending = [];
-    if (this.diskFull) {
-      this.diskFull = false;
-      this.log.info({ committed: batch.length }, 'outbox: disk space is back, buffered messages committed');
+  }
+
+  /** From now on writes fit themselves to the free space, and commit() retries every second. */
+  private noteDiskFull(): void {
+    if (!this.diskFull) {
+      this.diskFull = true;
+      this.diskFullSince = Date.now();
     }
-    this.settle(result);
+    this.timer ??= setTimeout(() => this.commit(), 1000);
+  }
+
+  /**
+   * How many of batch[from…] to write next (at most `max`) so that the transaction and the
+   * checkpoint after it fit into the free space with RESERVE_BYTES left over: new pages take room
+   * twice for a moment (in the WAL, then in the database file), unless they reuse free pages of
+   * the database file. 0 when not even one message fits yet.
+   */
+  private fitToFreeSpace(batch: readonly Pending[], from: number, max: number): number {
+    let free: number;
+    let reusable: number;
+    try {
+      const disk = statfsSync(dirname(this.file));
+      free = disk.bavail * disk.bsize;
+      reusable = (this.db.pragma('freelist_count', { simple: true }) as number) * this.pageSize;
+    } catch {
+      return max; // no figures: try, and halve on failure
+    }
+    for (let count = max; ; count = Math.ceil(count / 2)) {
+      let bytes = 2 * this.pageSize;
+      for (let index = from; index < from + count; index++) bytes += sizeOf(batch[index]!.message) + ROW_OVERHEAD;
+      bytes = Math.ceil(bytes * 1.25);
+      if (RESERVE_BYTES + bytes + Math.max(0, bytes - reusable) <= free) return count;
+      if (count === 1) return 0;
+    }
+  }
+
+  /** Copies the WAL into the database file and truncates it to zero bytes, giving its space back. */
+  private truncateWal(): void {
+    this.lastTruncate = Date.now();
+    try {
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    } catch (error) {
+      // Copying needs room where the database file grows; it is tried again later.
+      this.log.debug({ error: errorMessage(error) }, 'outbox: WAL checkpoint failed');
+    }
   }
 
   /** After a transaction committed: publishers are told, drops counted, the reader handed the new rows. */
@@ -388,38 +495,64 @@ export class Outbox {
     // Removals that failed earlier (disk full: a DELETE needs WAL space too) go first.
     const all = this.unremoved.length > 0 ? [...this.unremoved.splice(0), ...ids.map((id) => ({ id, outcome }))] : ids.map((id) => ({ id, outcome }));
     if (all.length === 0) return;
-    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0 };
+    let removed: ReturnType<Outbox['deleteIds']>;
     try {
-      this.db.transaction(() => {
-        // Acknowledgements come mostly in id order: one DELETE per run of consecutive ids, not per id.
-        for (const how of ['delivered', 'rejected'] as const) {
-          const ids = all.filter((entry) => entry.outcome === how).map((entry) => entry.id).sort((a, b) => a - b);
-          for (let start = 0; start < ids.length; ) {
-            let end = start;
-            while (end + 1 < ids.length && ids[end + 1]! <= ids[end]! + 1) end++;
-            // Ids a bound dropped while they were in flight are simply not there any more.
-            const rows = this.statements.removeRange.all(ids[start]!, ids[end]!) as Array<{ size: number }>;
-            for (const row of rows) {
-              removed.count++;
-              removed.bytes += row.size;
-              removed[how]++;
-            }
-            start = end + 1;
-          }
-        }
-      })();
+      removed = this.deleteIds(all);
     } catch (error) {
-      // Never throw into the uplink's PUBACK path: keep the ids and try again with the next ones.
-      this.unremoved = all;
-      if (!this.diskFull) this.log.error({ error: errorMessage(error), ids: all.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
-      return;
+      let failure = error;
+      if (isDiskFull(error)) {
+        // The WAL took the last free space (SQLite checkpoints only after a transaction that
+        // succeeded): give it back and try once more. A DELETE adds no pages to the file.
+        this.truncateWal();
+        try {
+          removed = this.deleteIds(all);
+          failure = undefined;
+        } catch (again) {
+          failure = again;
+        }
+      }
+      if (failure !== undefined) {
+        // Never throw into the uplink's PUBACK path: keep the ids and try again (with the next
+        // ones, and every second while the disk is full).
+        this.unremoved = all;
+        if (!this.diskFull) this.log.error({ error: errorMessage(failure), ids: all.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
+        if (isDiskFull(failure)) this.noteDiskFull();
+        return;
+      }
     }
-    this.count -= removed.count;
-    this.bytes -= removed.bytes;
-    this.totals.delivered += removed.delivered;
-    this.totals.rejected += removed.rejected;
+    this.count -= removed!.count;
+    this.bytes -= removed!.bytes;
+    this.totals.delivered += removed!.delivered;
+    this.totals.rejected += removed!.rejected;
+    // While the disk is full, deletions must not keep the WAL's space: the next piece of the
+    // backlog needs it. When the outbox has drained, the WAL an outage grew goes back too.
+    if (this.diskFull || (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS)) this.truncateWal();
     // The episode ends only well below the bound, or draining at the bound would log every commit.
     if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9) this.endDropEpisode();
+  }
+
+  /** Deletes the rows of `entries` in one transaction; what it deleted, by outcome. */
+  private deleteIds(entries: ReadonlyArray<{ id: number; outcome: 'delivered' | 'rejected' }>): { count: number; bytes: number; delivered: number; rejected: number } {
+    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0 };
+    this.db.transaction(() => {
+      // Acknowledgements come mostly in id order: one DELETE per run of consecutive ids, not per id.
+      for (const how of ['delivered', 'rejected'] as const) {
+        const ids = entries.filter((entry) => entry.outcome === how).map((entry) => entry.id).sort((a, b) => a - b);
+        for (let start = 0; start < ids.length; ) {
+          let end = start;
+          while (end + 1 < ids.length && ids[end + 1]! <= ids[end]! + 1) end++;
+          // Ids a bound dropped while they were in flight are simply not there any more.
+          const rows = this.statements.removeRange.all(ids[start]!, ids[end]!) as Array<{ size: number }>;
+          for (const row of rows) {
+            removed.count++;
+            removed.bytes += row.size;
+            removed[how]++;
+          }
+          start = end + 1;
+        }
+      }
+    })();
+    return removed;
   }
 
   /** Moves a message the cloud will not take into the dead-letter table. Returns false if it was gone. */

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it, type TestContext } from 'node:test';
 import mqtt from 'mqtt';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
-import { range, SeqPublisher } from './helpers/cloud-clients.js';
+import { assertExactly, CloudRecorder, deliveryReport, localTopicOf, payloadOf, range, SeqPublisher } from './helpers/cloud-clients.js';
 import { GatewayProcess, testUplink, writeGatewayConfig, type GatewaySetup, type UplinkInput } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 import { SmallDisk } from './helpers/small-disk.js';
@@ -41,11 +41,70 @@ async function flood(gateway: GatewayProcess, url: string, count: number): Promi
   }
 }
 
+/** Publishes seq from..from+count-1 at QoS 0 (no PUBACK to wait for) and waits until the gateway has them. */
+async function publishQoS0(gateway: GatewayProcess, url: string, from: number, count: number): Promise<void> {
+  const before = (await gateway.outboxStatus()).appended;
+  const client = await mqtt.connectAsync(url, { reconnectPeriod: 0, clean: true });
+  try {
+    for (let seq = from; seq < from + count; seq++) client.publish(localTopicOf(seq), payloadOf(seq), { qos: 0 });
+    await waitFor(async () => (await gateway.outboxStatus()).appended >= before + count, 60_000, 'the gateway to take the messages');
+  } finally {
+    await client.endAsync();
+  }
+}
+
 describe('outbox: a full disk', () => {
   const dir = makeTempDir('plc2mqtt-disk-full-');
   after(async () => {
     await killAllChildren();
     removeDir(dir);
+  });
+
+  it('recovers as soon as space comes back, with a backlog far larger than the space freed: all of it reaches the cloud', async (t) => {
+    const disk = smallDisk(t, 4);
+    if (!disk) return;
+    const cloud = await Mosquitto.startNew(dir);
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: 'recorder-recovery', filters: ['up/#'] });
+    t.after(() => recorder.close());
+    const setup = await gatewayOn(dir, disk, testUplink(cloud.url));
+    const gateway = GatewayProcess.start(setup);
+    t.after(() => gateway.kill());
+    await gateway.waitForLog(/^connected to the cloud broker/, 20_000);
+    disk.fill();
+    // About 2.5 MB in SQLite: more than the megabyte that is freed below, so it can only get
+    // there in pieces, while the cloud takes what is written and frees room for the rest.
+    const backlog = 70_000;
+    await publishQoS0(gateway, setup.brokerUrl, 0, backlog);
+    const full = await gateway.outboxStatus();
+    assert.equal(full.diskFull, true, JSON.stringify(full));
+    assert.ok(full.pending > 0, JSON.stringify(full));
+    disk.release(1024 * 1024);
+    let outbox = '';
+    await waitFor(
+      async () => {
+        outbox = JSON.stringify(await gateway.outboxStatus());
+        return recorder.uniqueCount() >= backlog;
+      },
+      120_000,
+      () => `all ${backlog} messages on the cloud (have ${recorder.uniqueCount()}; outbox ${outbox})`,
+    );
+    assertExactly(deliveryReport(recorder.data()), range(0, backlog));
+    // Delivered and deleted: the outbox is empty and writes again.
+    await waitFor(
+      async () => {
+        outbox = JSON.stringify(await gateway.outboxStatus());
+        const status = JSON.parse(outbox) as { messages: number; pending: number; diskFull: boolean };
+        return status.messages === 0 && status.pending === 0 && !status.diskFull;
+      },
+      30_000,
+      () => `an empty outbox that is no longer disk-full: ${outbox}`,
+    );
+    const status = await gateway.outboxStatus();
+    assert.equal(status.dropped, 0, JSON.stringify(status));
+    assert.equal(status.delivered, backlog);
+    const lines = gateway.findLogs(/^outbox/).map((line) => JSON.stringify(line)).join('\n');
+    assert.ok(gateway.findLogs(/^outbox: disk space is back/).length >= 1, lines);
+    assert.equal(gateway.findLogs(/^outbox: could not delete/).length, 0, lines);
   });
 
   for (const policy of ['drop-oldest', 'drop-newest'] as const) {
