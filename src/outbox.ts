@@ -129,6 +129,8 @@ export class Outbox {
   private chunk = CHUNK;
   private readonly pageSize: number;
   private lastTruncate = 0;
+  /** close() is writing for the last time. */
+  private closing = false;
   private closed = false;
   /**
    * The highest id the reader (the uplink) has taken to send, 0 when it holds none (disconnected).
@@ -232,9 +234,14 @@ export class Outbox {
       while (written < batch.length) {
         let size = Math.min(this.chunk, batch.length - written);
         if (this.diskFull) size = this.fitToFreeSpace(batch, written, size);
+        // The last write before a shutdown tries down to a single message: what stays in memory is lost.
+        if (size === 0 && this.closing) size = 1;
         if (size === 0) break;
         const result = this.writeTransaction(batch.slice(written, written + size), batch.length - written);
-        if (result === 'disk full') break;
+        if (result === 'disk full') {
+          if (this.closing && size > 1) continue; // with a smaller piece (writeTransaction halved it)
+          break;
+        }
         written += size;
         if (this.diskFull) {
           this.writtenWhileFull += size;
@@ -308,7 +315,9 @@ export class Outbox {
       let bytes = 2 * this.pageSize;
       for (let index = from; index < from + count; index++) bytes += sizeOf(batch[index]!.message) + ROW_OVERHEAD;
       bytes = Math.ceil(bytes * 1.25);
-      if (RESERVE_BYTES + bytes + Math.max(0, bytes - reusable) <= free) return count;
+      // At shutdown the reserve is used too: messages on disk are worth more than room to delete
+      // at the next start (which waits for space then, without losing anything).
+      if ((this.closing ? 0 : RESERVE_BYTES) + bytes + Math.max(0, bytes - reusable) <= free) return count;
       if (count === 1) return 0;
     }
   }
@@ -587,10 +596,21 @@ export class Outbox {
   /** Commits what is pending and closes the database. Messages not yet delivered stay for the next start. */
   close(): void {
     if (this.closed) return;
+    // The last write: in pieces, while the disk is full down to a single message.
+    this.closing = true;
+    let failure: unknown;
     try {
       this.commit();
     } catch (error) {
-      this.log.error({ error: errorMessage(error), lost: this.pending.length }, 'outbox: last commit failed at shutdown');
+      failure = error;
+    }
+    if (this.pending.length > 0) {
+      const lost = this.pending;
+      this.pending = [];
+      const why = this.diskFull ? 'the disk is full' : `the last commit failed: ${errorMessage(failure)}`;
+      this.log.error({ lost: lost.length, diskFull: this.diskFull, error: failure === undefined ? undefined : errorMessage(failure) }, `outbox: ${lost.length} messages could not be written before the shutdown (${why}) and are lost`);
+      this.totals.dropped += lost.length;
+      for (const item of lost) item.onSettled?.(`lost at shutdown: ${why}`);
     }
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);

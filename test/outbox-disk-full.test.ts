@@ -6,7 +6,7 @@ import { after, describe, it, type TestContext } from 'node:test';
 import mqtt from 'mqtt';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { assertExactly, CloudRecorder, deliveryReport, localTopicOf, payloadOf, range, SeqPublisher } from './helpers/cloud-clients.js';
-import { GatewayProcess, testUplink, writeGatewayConfig, type GatewaySetup, type UplinkInput } from './helpers/cloud-gateway.js';
+import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type GatewaySetup, type UplinkInput } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 import { SmallDisk } from './helpers/small-disk.js';
 
@@ -105,6 +105,47 @@ describe('outbox: a full disk', () => {
     const lines = gateway.findLogs(/^outbox/).map((line) => JSON.stringify(line)).join('\n');
     assert.ok(gateway.findLogs(/^outbox: disk space is back/).length >= 1, lines);
     assert.equal(gateway.findLogs(/^outbox: could not delete/).length, 0, lines);
+  });
+
+  it('SIGTERM with the disk full: a last write in pieces, then an error with the count of messages lost', async (t) => {
+    const disk = smallDisk(t, 4);
+    if (!disk) return;
+    const cloud = await Mosquitto.create(dir); // down until the restart
+    const setup = await gatewayOn(dir, disk, testUplink(cloud.url));
+    const gateway = GatewayProcess.start(setup);
+    t.after(() => gateway.kill());
+    await gateway.outboxStatus();
+    disk.fill();
+    // About 1.4 MB in SQLite; half a megabyte is freed just before the shutdown.
+    const waiting = 40_000;
+    await publishQoS0(gateway, setup.brokerUrl, 0, waiting);
+    assert.equal((await gateway.outboxStatus()).diskFull, true);
+    disk.release(512 * 1024);
+    const { code, stopped } = await gateway.stop();
+    assert.equal(code, 0, gateway.output());
+    const lostLines = gateway.findLogs(/^outbox: .* lost/);
+    assert.equal(lostLines.length, 1, gateway.findLogs(/^outbox/).map((line) => JSON.stringify(line)).join('\n'));
+    const lostLine = lostLines[0]!;
+    assert.equal(lostLine.level, LEVEL.error);
+    const lost = lostLine.lost as number;
+    const stored = stopped.outbox.messages;
+    assert.ok(stored > 0, `the last write stored what fitted: ${JSON.stringify(stopped.outbox)}`);
+    assert.ok(lost > 0, 'more than fitted was waiting');
+    assert.equal(stored + lost, waiting, `stored ${stored} + lost ${lost}`);
+    assert.equal(stopped.outbox.pending, 0);
+    assert.equal(stopped.outbox.dropped, lost, 'the lost messages are counted as dropped');
+
+    // What was stored is delivered after the restart (once someone made room on the disk).
+    disk.release(Number.MAX_SAFE_INTEGER);
+    await cloud.start();
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: 'recorder-shutdown', filters: ['up/#'] });
+    t.after(() => recorder.close());
+    const second = GatewayProcess.start(setup);
+    t.after(() => second.kill());
+    await waitFor(() => recorder.uniqueCount() >= stored, 60_000, () => `${stored} messages on the cloud (have ${recorder.uniqueCount()})`);
+    const { stopped: stopped2 } = await second.stop();
+    assert.equal(stopped2.outbox.messages, 0);
+    assert.equal(recorder.uniqueCount(), stored);
   });
 
   for (const policy of ['drop-oldest', 'drop-newest'] as const) {
