@@ -22,6 +22,8 @@ export interface StoredMessage extends OutboxMessage {
   id: number;
   /** Bytes it counts for against maxBytes (topic + payload). */
   size: number;
+  /** When it was appended (ms since the epoch): maxAge counts from here. */
+  created: number;
 }
 
 export interface OutboxStats {
@@ -38,6 +40,12 @@ export interface OutboxStats {
   pending: number;
   diskFull: boolean;
 }
+
+/**
+ * Why a stored message is deleted: the cloud acknowledged it, the cloud refused it for good, or
+ * it was older than maxAge when the uplink was about to send it (counted as dropped).
+ */
+export type Removal = 'delivered' | 'rejected' | 'expired';
 
 /** Schema migrations, numbered by PRAGMA user_version. Append, never edit. */
 const MIGRATIONS = [
@@ -120,7 +128,7 @@ export class Outbox {
   private committedRows: StoredMessage[] = [];
   private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0 };
   private droppingSince: number | undefined;
-  private unremoved: Array<{ id: number; outcome: 'delivered' | 'rejected' }> = [];
+  private unremoved: Array<{ id: number; outcome: Removal }> = [];
   private droppedInEpisode = 0;
   private diskFull = false;
   private diskFullSince = 0;
@@ -355,8 +363,11 @@ export class Outbox {
     const refused: WriteResult['refused'] = [];
     // A message bigger than the whole outbox can never fit; dropping the backlog for it would be worse.
     let accepted: Pending[] = [];
+    // One that waited in memory longer than maxAge (a full disk) would be deleted as soon as it is stored.
+    const tooOld = this.expiredBefore();
     for (const item of batch) {
       if (sizeOf(item.message) > maxBytes) refused.push({ item, why: `the message is larger than maxBytes (${maxBytes} bytes)` });
+      else if (item.created < tooOld) refused.push({ item, why: `older than maxAge (${this.options.maxAge} ms) before it could be written` });
       else accepted.push(item);
     }
     if (policy === 'drop-newest') {
@@ -382,7 +393,7 @@ export class Outbox {
       const size = sizeOf(item.message);
       this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size).lastInsertRowid);
       ids.push(this.lastCommittedId);
-      if (this.onCommit) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size });
+      if (this.onCommit) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size, created: item.created });
       this.count++;
       this.bytes += size;
     }
@@ -488,8 +499,13 @@ export class Outbox {
 
   /** Committed messages with id > afterId (and < beforeId), oldest first. */
   peek(afterId: number, limit: number, beforeId = Number.MAX_SAFE_INTEGER): StoredMessage[] {
-    const rows = this.statements.peek.all(afterId, beforeId, limit) as Array<{ id: number; topic: string; payload: Buffer; qos: number; retain: number; size: number }>;
-    return rows.map((row) => ({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size }));
+    const rows = this.statements.peek.all(afterId, beforeId, limit) as Array<{ id: number; topic: string; payload: Buffer; qos: number; retain: number; size: number; created: number }>;
+    return rows.map((row) => ({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size, created: row.created }));
+  }
+
+  /** Messages appended before this time are too old to send (maxAge); -Infinity without maxAge. */
+  expiredBefore(now = Date.now()): number {
+    return this.options.maxAge > 0 ? now - this.options.maxAge : Number.NEGATIVE_INFINITY;
   }
 
   /** The id the next committed message will get at the earliest (everything below exists already). */
@@ -499,7 +515,7 @@ export class Outbox {
   }
 
   /** Deletes messages the cloud acknowledged (or refused, with `rejected`). */
-  remove(ids: readonly number[], outcome: 'delivered' | 'rejected' = 'delivered'): void {
+  remove(ids: readonly number[], outcome: Removal = 'delivered'): void {
     if (this.closed) return;
     // Removals that failed earlier (disk full: a DELETE needs WAL space too) go first.
     const all = this.unremoved.length > 0 ? [...this.unremoved.splice(0), ...ids.map((id) => ({ id, outcome }))] : ids.map((id) => ({ id, outcome }));
@@ -533,6 +549,7 @@ export class Outbox {
     this.bytes -= removed!.bytes;
     this.totals.delivered += removed!.delivered;
     this.totals.rejected += removed!.rejected;
+    if (removed!.expired > 0) this.noteDropped(removed!.expired, `older than maxAge (${this.options.maxAge} ms) when it was to be sent`);
     // While the disk is full, deletions must not keep the WAL's space: the next piece of the
     // backlog needs it. When the outbox has drained, the WAL an outage grew goes back too.
     if (this.diskFull || (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS)) this.truncateWal();
@@ -541,11 +558,11 @@ export class Outbox {
   }
 
   /** Deletes the rows of `entries` in one transaction; what it deleted, by outcome. */
-  private deleteIds(entries: ReadonlyArray<{ id: number; outcome: 'delivered' | 'rejected' }>): { count: number; bytes: number; delivered: number; rejected: number } {
-    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0 };
+  private deleteIds(entries: ReadonlyArray<{ id: number; outcome: Removal }>): Record<'count' | 'bytes' | Removal, number> {
+    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0, expired: 0 };
     this.db.transaction(() => {
       // Acknowledgements come mostly in id order: one DELETE per run of consecutive ids, not per id.
-      for (const how of ['delivered', 'rejected'] as const) {
+      for (const how of ['delivered', 'rejected', 'expired'] as const) {
         const ids = entries.filter((entry) => entry.outcome === how).map((entry) => entry.id).sort((a, b) => a - b);
         for (let start = 0; start < ids.length; ) {
           let end = start;
@@ -646,7 +663,7 @@ function migrate(db: Database.Database): void {
 function prepare(db: Database.Database) {
   return {
     insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, ?, ?, ?, ?)'),
-    peek: db.prepare('SELECT id, topic, payload, qos, retain, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
+    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
     dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?) RETURNING id, size'),

@@ -43,6 +43,8 @@ const STABLE_AFTER_MS = 10_000;
 /** How long a message sent to the cloud is recognized when the cloud sends it back (3.1.1). */
 const ECHO_TTL_MS = 60_000;
 const MAX_ECHOES = 10_000;
+/** Messages found older than maxAge that one pump() skips before it lets the event loop go on. */
+const MAX_EXPIRED_PER_PUMP = 10_000;
 /** Connections lost under the same lone message before it is set aside. */
 const PROBE_STRIKES = 3;
 
@@ -343,12 +345,21 @@ export class Uplink {
     // While probing, the suspect goes out alone, and only once the status PUBACK proved the link.
     if (this.probe !== undefined && !this.statusAcked) return;
     const window = this.probe !== undefined ? 1 : this.window;
+    // Nothing older than maxAge leaves, however long it waited in the outbox or in the send buffer.
+    const tooOld = this.outbox.expiredBefore();
+    const expired: number[] = [];
     // (mqtt-packet corks the socket per packet until the next tick, so one loop is one write.)
     while (this.inFlight.size + this.acked.length < window) {
       const next = this.nextMessage(window);
       if (!next) break;
-      this.send(next.message, next.live);
+      if (next.message.created >= tooOld) this.send(next.message, next.live);
+      else if (expired.push(next.message.id) >= MAX_EXPIRED_PER_PUMP) {
+        // A long outage may have left a backlog that is all too old: in slices, not one long turn.
+        setImmediate(() => this.pump());
+        break;
+      }
     }
+    if (expired.length > 0) this.outbox.remove(expired, 'expired');
   }
 
   private nextMessage(window: number): { message: StoredMessage; live: boolean } | undefined {

@@ -165,6 +165,47 @@ suite('outbox bound: maxAge', ({ dir, closers }) => {
   });
 });
 
+suite('outbox bound: maxAge at send time', ({ dir, closers }) => {
+  it('a message older than maxAge is not sent when the cloud comes back before the periodic check; it is counted as dropped', async () => {
+    const cloud = await Mosquitto.create(dir, { persistence: true });
+    await cloud.seedSession(RECORDER, ['up/#']);
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { outbox: { maxAge: '3s' } }));
+    const gateway = GatewayProcess.start(setup);
+    const publisher = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher.close());
+    await publisher.publishRange(0, 300);
+    assert.equal(publisher.acked.length, 300);
+    // Older than maxAge by the time the cloud is back (a wait on the clock; no duration is asserted).
+    await new Promise((resolve) => setTimeout(resolve, 3500));
+    await cloud.start();
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
+    closers.push(() => recorder.close());
+    await gateway.waitForLog(/^connected to the cloud broker/, 20_000);
+    await publisher.publishRange(1000, 100);
+    // Everything is accounted for: delivered, or dropped for its age.
+    let outbox = '';
+    await waitFor(
+      async () => {
+        const status = await gateway.outboxStatus();
+        outbox = JSON.stringify(status);
+        return status.messages === 0 && status.delivered + status.dropped === status.appended;
+      },
+      20_000,
+      () => `an empty outbox: ${outbox}`,
+    );
+    const { stopped } = await gateway.stop();
+    await waitFor(() => recorder.uniqueCount() >= stopped.outbox.delivered, 10_000, 'the delivered messages at the recorder');
+    const arrived = deliveryReport(recorder.data());
+    const tooOld = [...arrived.unique].filter((seq) => seq < 1000);
+    assert.deepEqual(tooOld, [], `${tooOld.length} messages older than maxAge left the gateway`);
+    assert.ok(stopped.outbox.dropped >= 300, JSON.stringify(stopped.outbox));
+    assert.equal(stopped.outbox.delivered + stopped.outbox.dropped, stopped.outbox.appended);
+    assert.equal(arrived.unique.size, stopped.outbox.delivered, 'what was not dropped arrived');
+    const drops = gateway.findLogs('outbox: dropping messages');
+    assert.ok(drops.length >= 1 && /maxAge/.test(drops[0]!.msg), JSON.stringify(drops));
+  });
+});
+
 suite('outbox: a corrupt file at start', ({ dir, closers }) => {
   it('garbage bytes: logs an error naming the moved-aside file, starts a fresh outbox and works', async () => {
     const cloud = await Mosquitto.startNew(dir);

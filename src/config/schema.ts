@@ -137,7 +137,7 @@ export const outboxSection = z
   .strictObject({
     maxMessages: z.number().int().positive().default(1_000_000).meta({ description: 'Most messages the outbox holds; beyond it the policy drops.' }),
     maxBytes: byteSize('Most bytes (topic + payload) the outbox holds; on disk it takes 1.2–1.35× that, plus up to 4 MB of WAL (README: Disk space).').default(512 * 1024 ** 2),
-    maxAge: duration('Messages older than this are dropped (counted). 0 = keep until delivered or pushed out by the bounds.').default(0),
+    maxAge: duration('Messages older than this are dropped (counted) and never sent, also when the cloud comes back in between. 0 = keep until delivered or pushed out by the bounds.').default(0),
     policy: z.enum(['drop-oldest', 'drop-newest']).default('drop-oldest').meta({ description: 'What goes when a bound is reached: the oldest buffered messages (default) or the new ones.' }),
     synchronous: z.enum(['normal', 'full']).default('normal').meta({ description: 'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.' }),
     commitInterval: duration('Appends are committed in one transaction per interval (also the most a power cut can lose with synchronous "normal"). With synchronous "full" every commit is an fsync: on slow flash raise it, e.g. to "50ms".', 1).default(5),
