@@ -43,6 +43,13 @@ const STABLE_AFTER_MS = 10_000;
 /** How long a message sent to the cloud is recognized when the cloud sends it back (3.1.1). */
 const ECHO_TTL_MS = 60_000;
 const MAX_ECHOES = 10_000;
+/**
+ * Messages waiting this long for a PUBACK, with not one PUBACK in between, make the cloud "stalled"
+ * (a warning, once): the keep-alive, at most 30 s. A broker that answers pings but takes no
+ * messages keeps the connection up forever; a frozen one is dropped by mqtt.js after 1.5
+ * keep-alives, so the warning comes first.
+ */
+const STALL_AFTER_MAX_MS = 30_000;
 /** Messages found older than maxAge that one pump() skips before it lets the event loop go on. */
 const MAX_EXPIRED_PER_PUMP = 10_000;
 /** Connections lost under the same lone message before it is set aside. */
@@ -108,6 +115,12 @@ export class Uplink {
   /** The message suspected of making the broker close the connection, sent alone until it passes. */
   private probe: { id: number; strikes: number } | undefined;
   private statusAcked = false;
+  /** Since when the messages in flight have waited without any PUBACK (undefined: none in flight). */
+  private waitingSince: number | undefined;
+  /** A stall that was logged: when it began. Cleared (with an info line) by the next PUBACK. */
+  private stalledSince: number | undefined;
+  private readonly stallAfterMs: number;
+  private stallTimer: NodeJS.Timeout | undefined;
 
   constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger) {
     const tls = readTls(config.tls);
@@ -138,6 +151,7 @@ export class Uplink {
     };
     this.tlsFingerprint = tls.fingerprint;
     this.window = config.inFlight;
+    this.stallAfterMs = Math.min(config.keepalive, STALL_AFTER_MAX_MS);
   }
 
   /**
@@ -186,6 +200,28 @@ export class Uplink {
     client.on('message', (topic, payload, packet) => this.onCloudMessage(topic, payload, packet.retain));
     this.maintenanceTimer = setInterval(() => this.outbox.expire(Date.now()), 10_000);
     this.maintenanceTimer.unref();
+    this.stallTimer = setInterval(() => this.checkStall(), 1000);
+    this.stallTimer.unref();
+  }
+
+  /** Logs once when messages have waited longer than stallAfterMs without a single PUBACK. */
+  private checkStall(now = Date.now()): void {
+    if (this.stalledSince !== undefined || this.waitingSince === undefined || this.inFlight.size === 0) return;
+    if (now - this.waitingSince < this.stallAfterMs) return;
+    this.stalledSince = this.waitingSince;
+    this.log.warn(
+      { seconds: Math.round((now - this.waitingSince) / 1000), inFlight: this.inFlight.size, window: this.window, backlog: this.outbox.stats.messages, connected: this.connected },
+      `the cloud broker has acknowledged nothing for ${Math.round((now - this.waitingSince) / 1000)} s while ${this.inFlight.size} messages wait for their PUBACK${this.inFlight.size >= this.window ? ' (the in-flight window is full)' : ''}: it holds the connection but takes no messages; they stay in the outbox`,
+    );
+  }
+
+  /** A PUBACK (positive or not) from the cloud: it is taking messages. */
+  private noteAck(): void {
+    const now = Date.now();
+    this.waitingSince = this.inFlight.size > 0 ? now : undefined;
+    if (this.stalledSince === undefined) return;
+    this.log.info({ stalledSeconds: Math.round((now - this.stalledSince) / 1000) }, 'the cloud broker acknowledges again');
+    this.stalledSince = undefined;
   }
 
   get stats(): UplinkStats {
@@ -234,6 +270,9 @@ export class Uplink {
     this.flushAcks();
     const inFlight = this.inFlight.size;
     if (wasConnected && inFlight > 0 && this.ackedOnConnection === 0 && this.statusAcked) this.suspectHead();
+    // A stall that reached the threshold is said before the disconnect that may end it.
+    this.checkStall();
+    this.waitingSince = undefined;
     this.inFlight.clear();
     this.liveInFlight = 0;
     // Nothing is being sent now: the outbox bound may drop the oldest of everything again.
@@ -476,6 +515,7 @@ export class Uplink {
       this.expectEcho(message.topic, message.payload);
     }
     const epoch = this.epoch;
+    if (this.inFlight.size === 0) this.waitingSince = Date.now();
     this.inFlight.set(message.id, message);
     if (live) this.liveInFlight++;
     this.counters.sent++;
@@ -484,8 +524,9 @@ export class Uplink {
       if (epoch !== this.epoch) return; // a callback of a connection that is gone; the message is resent
       this.inFlight.delete(message.id);
       if (live) this.liveInFlight--;
+      const reasonCode = (error as { code?: unknown } | undefined)?.code;
+      if (!error || (typeof reasonCode === 'number' && reasonCode >= 0x80)) this.noteAck();
       if (error) {
-        const reasonCode = (error as { code?: unknown }).code;
         if (typeof reasonCode === 'number' && reasonCode >= 0x80) {
           // The broker refused this message for good (MQTT 5 reason code): it would block the queue forever.
           this.counters.rejected++;
@@ -525,6 +566,7 @@ export class Uplink {
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.stableTimer);
     clearInterval(this.maintenanceTimer);
+    clearInterval(this.stallTimer);
     if (this.outbox.onCommit === this.onCommit) this.outbox.onCommit = undefined;
     const client = this.client;
     if (client && this.connected) {
