@@ -67,6 +67,7 @@ export class GatewayMetrics {
     gauge(this.registry, 'plc2mqtt_outbox_disk_full', '1 while the outbox cannot write because the disk is full.', [], () => [[{}, outbox()?.stats.diskFull ? 1 : 0]]);
     mirroredCounter(this.registry, 'plc2mqtt_outbox_appended_total', 'Messages appended to the outbox.', [], () => [[{}, outbox()?.stats.appended ?? 0]]);
     mirroredCounter(this.registry, 'plc2mqtt_outbox_dropped_total', 'Messages dropped by an outbox bound (count, bytes, age) or a disk full for too long.', [], () => [[{}, outbox()?.stats.dropped ?? 0]]);
+    mirroredCounter(this.registry, 'plc2mqtt_outbox_damaged_total', 'Messages read back from outbox.db not as the gateway wrote them (checksum mismatch): set aside in dead_letters, not sent.', [], () => [[{}, outbox()?.stats.damaged ?? 0]]);
     mirroredCounter(this.registry, 'plc2mqtt_outbox_delivered_total', 'Messages deleted from the outbox after the cloud acknowledged them.', [], () => [[{}, outbox()?.stats.delivered ?? 0]]);
 
     const uplink = () => this.gateway?.uplink?.stats;

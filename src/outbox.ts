@@ -2,6 +2,7 @@
 // before it can be sent, and deleted only once the cloud acknowledged it. Bounded by count, bytes
 // and age; what a bound drops is counted and logged, never silent.
 import { existsSync, renameSync, statfsSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
@@ -36,6 +37,8 @@ export interface OutboxStats {
   delivered: number;
   /** The cloud refused them (e.g. MQTT 5 "not authorized"); deleted so they don't block the queue. */
   rejected: number;
+  /** Read back from disk not as they were written (checksum mismatch): set aside, not sent. */
+  damaged: number;
   /** Appended but not yet committed (waiting for the next transaction, or for disk space). */
   pending: number;
   diskFull: boolean;
@@ -46,6 +49,18 @@ export interface OutboxStats {
  * it was older than maxAge when the uplink was about to send it (counted as dropped).
  */
 export type Removal = 'delivered' | 'rejected' | 'expired';
+
+/** A row of `messages` as SQLite returns it: from a damaged file, a column may hold anything. */
+interface RawRow {
+  id: number;
+  topic: string;
+  payload: Buffer;
+  qos: number;
+  retain: number;
+  size: number;
+  created: number;
+  crc: number | null;
+}
 
 /** Schema migrations, numbered by PRAGMA user_version. Append, never edit. */
 const MIGRATIONS = [
@@ -68,6 +83,9 @@ const MIGRATIONS = [
      reason  TEXT    NOT NULL,
      moved   INTEGER NOT NULL
    )`,
+  // CRC-32 of what the row says about its message (see checksum), checked when it is read back.
+  // NULL in rows written before.
+  `ALTER TABLE messages ADD COLUMN crc INTEGER`,
 ];
 
 /** SQLite errors that mean the file itself is damaged (as opposed to a full disk or a permission). */
@@ -126,7 +144,7 @@ export class Outbox {
   private bytes: number;
   private lastCommittedId: number;
   private committedRows: StoredMessage[] = [];
-  private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0 };
+  private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0, damaged: 0 };
   private droppingSince: number | undefined;
   private unremoved: Array<{ id: number; outcome: Removal }> = [];
   private droppedInEpisode = 0;
@@ -391,7 +409,7 @@ export class Outbox {
     for (const item of accepted) {
       const { topic, payload, qos, retain } = item.message;
       const size = sizeOf(item.message);
-      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size).lastInsertRowid);
+      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size, checksum(topic, payload, qos, retain, item.created, size)).lastInsertRowid);
       ids.push(this.lastCommittedId);
       if (this.onCommit) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size, created: item.created });
       this.count++;
@@ -499,8 +517,54 @@ export class Outbox {
 
   /** Committed messages with id > afterId (and < beforeId), oldest first. */
   peek(afterId: number, limit: number, beforeId = Number.MAX_SAFE_INTEGER): StoredMessage[] {
-    const rows = this.statements.peek.all(afterId, beforeId, limit) as Array<{ id: number; topic: string; payload: Buffer; qos: number; retain: number; size: number; created: number }>;
-    return rows.map((row) => ({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size, created: row.created }));
+    const messages: StoredMessage[] = [];
+    for (let after = afterId; ; ) {
+      const rows = this.statements.peek.all(after, beforeId, limit) as RawRow[];
+      let damaged: RawRow[] | undefined;
+      for (const row of rows) {
+        if (intact(row)) messages.push({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size, created: row.created });
+        else (damaged ??= []).push(row);
+      }
+      if (damaged) this.setAsideDamaged(damaged);
+      // A page of nothing but damaged rows is not the end of the outbox.
+      if (messages.length > 0 || rows.length < limit) return messages;
+      after = rows.at(-1)!.id;
+    }
+  }
+
+  /**
+   * Rows that are not what the gateway wrote (their checksum does not match: bytes changed on the
+   * disk, which quick_check does not look at) are not sent: a changed value or topic would look
+   * valid to the cloud. They go to the dead-letter table for inspection, logged and counted.
+   */
+  private setAsideDamaged(rows: readonly RawRow[]): void {
+    const reason = 'damaged: the row does not match the checksum written with it';
+    let moved = 0;
+    try {
+      this.db.transaction(() => {
+        for (const row of rows) {
+          try {
+            this.statements.deadLetter.get(reason, Date.now(), row.id);
+          } catch {
+            // A column too damaged for the dead-letter table (NULL, wrong type): deleted all the same.
+          }
+          if (this.statements.remove.get(row.id) === undefined) continue;
+          moved++;
+          this.count--;
+          this.bytes -= typeof row.size === 'number' && row.size >= 0 ? row.size : 0;
+        }
+      })();
+    } catch (error) {
+      // Not even that could be written (a full disk): they stay, are found again, and never sent.
+      this.log.error({ error: errorMessage(error), ids: rows.map((row) => row.id) }, 'outbox: could not set damaged messages aside; they are not sent');
+      return;
+    }
+    this.bytes = Math.max(0, this.bytes);
+    this.totals.damaged += moved;
+    this.log.error(
+      { count: moved, ids: rows.map((row) => row.id), topics: rows.slice(0, 10).map((row) => (typeof row.topic === 'string' ? row.topic.slice(0, 200) : null)), table: 'dead_letters', totalDamaged: this.totals.damaged },
+      'outbox: messages in outbox.db are not what the gateway wrote (checksum mismatch: the file was changed on the disk); not sent, set aside in the dead_letters table',
+    );
   }
 
   /** Messages appended before this time are too old to send (maxAge); -Infinity without maxAge. */
@@ -662,8 +726,8 @@ function migrate(db: Database.Database): void {
 
 function prepare(db: Database.Database) {
   return {
-    insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, ?, ?, ?, ?)'),
-    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
+    insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created, crc FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
     dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?) RETURNING id, size'),
@@ -675,6 +739,25 @@ function prepare(db: Database.Database) {
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
   };
+}
+
+const checksumHeader = Buffer.alloc(14);
+
+/** CRC-32 over a row's QoS, retain flag, time, size, topic and payload, as the gateway wrote them. */
+function checksum(topic: string, payload: Buffer, qos: number, retain: boolean, created: number, size: number): number {
+  checksumHeader.writeDoubleLE(created, 0);
+  checksumHeader.writeUInt32LE(size, 8);
+  checksumHeader[12] = qos;
+  checksumHeader[13] = retain ? 1 : 0;
+  return crc32(payload, crc32(topic, crc32(checksumHeader)));
+}
+
+/** True when a row read back is what was written (rows from before checksums cannot be told). */
+function intact(row: RawRow): boolean {
+  if (row.crc === null) return true;
+  if (typeof row.topic !== 'string' || !Buffer.isBuffer(row.payload) || typeof row.created !== 'number' || typeof row.size !== 'number') return false;
+  if ((row.qos !== 0 && row.qos !== 1) || (row.retain !== 0 && row.retain !== 1) || row.size < 0 || row.size > 0xffffffff) return false;
+  return checksum(row.topic, row.payload, row.qos, row.retain === 1, row.created, row.size) === row.crc;
 }
 
 function sizeOf(message: OutboxMessage): number {

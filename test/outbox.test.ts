@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
+import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
 import { Outbox, type OutboxOptions } from '../src/outbox.js';
@@ -160,6 +161,42 @@ describe('outbox', () => {
     outbox.remove(inFlight); // their PUBACKs arrive late
     assert.equal(outbox.stats.messages, 5);
     assert.equal(outbox.stats.delivered, 0);
+    outbox.close();
+  });
+
+  it('rows changed after they were written are not returned for sending: set aside, counted, also pages of nothing else', (t) => {
+    const file = join(folder(t), 'outbox.db');
+    const outbox = Outbox.open(file, options(), log);
+    for (let n = 1; n <= 20; n++) outbox.append(message(n));
+    outbox.commit();
+    outbox.close();
+    const db = new Database(file);
+    db.prepare("UPDATE messages SET payload = CAST('{\"seq\":99}' AS BLOB) WHERE id <= 12").run();
+    db.close();
+    const reopened = Outbox.open(file, options(), log);
+    assert.deepEqual(reopened.peek(0, 5).map((row) => row.id), [13, 14, 15], 'past two pages of damaged rows');
+    assert.equal(reopened.stats.damaged, 12);
+    assert.equal(reopened.stats.messages, 8);
+    assert.deepEqual(seqs(reopened), [13, 14, 15, 16, 17, 18, 19, 20]);
+    reopened.close();
+    const check = new Database(file);
+    assert.equal((check.prepare('SELECT count(*) AS count FROM dead_letters').get() as { count: number }).count, 12);
+    check.close();
+  });
+
+  it('an outbox of the previous schema (no checksums) opens, and its rows are sent unchecked', (t) => {
+    const file = join(folder(t), 'outbox.db');
+    const db = new Database(file);
+    db.exec('CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL)');
+    db.exec('CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)');
+    db.pragma('user_version = 2');
+    db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, 1, 0, ?, ?)').run('t', Buffer.from('{"seq":1}'), Date.now(), 10);
+    db.close();
+    const outbox = Outbox.open(file, options(), log);
+    outbox.append(message(2));
+    outbox.commit();
+    assert.deepEqual(seqs(outbox), [1, 2]);
+    assert.equal(outbox.stats.damaged, 0);
     outbox.close();
   });
 

@@ -7,7 +7,7 @@ import { existsSync, openSync, readFileSync, writeSync, closeSync, writeFileSync
 import { after, describe, it } from 'node:test';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import type { IClientOptions } from 'mqtt';
-import { assertComplete, assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, range, SeqPublisher } from './helpers/cloud-clients.js';
+import { assertComplete, assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, payloadOf, range, SeqPublisher } from './helpers/cloud-clients.js';
 import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type UplinkInput } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
@@ -236,6 +236,46 @@ suite('outbox: a corrupt file at start', ({ dir, closers }) => {
     assert.equal(code, 0, gateway.output());
     assert.equal(gateway.findLogs(/^the outbox file is damaged/).length, 1);
     assert.equal(gateway.findLogs('gateway failed to start').length, 0);
+  });
+
+  it('bytes changed inside rows (quick_check cannot see it): those rows are not sent, logged and counted; the rest is delivered', async () => {
+    const cloud = await Mosquitto.create(dir, { persistence: true });
+    const recorderId = `${RECORDER}-damaged-rows`;
+    await cloud.seedSession(recorderId, ['up/#']);
+    const setup = await writeGatewayConfig(dir, testUplink(cloud.url));
+    const first = GatewayProcess.start(setup);
+    const publisher = await SeqPublisher.connect(setup.brokerUrl);
+    closers.push(() => publisher.close());
+    await publisher.publishRange(0, 3000);
+    const { stopped } = await first.stop();
+    assert.equal(stopped.outbox.messages, 3000);
+    // Damage as a flash cell would: one digit of a value (still valid JSON), and garbage in another row.
+    const file = readFileSync(setup.outboxFile);
+    const digit = file.indexOf(Buffer.from(payloadOf(1234)));
+    const garbage = file.indexOf(Buffer.from(payloadOf(2000)));
+    assert.ok(digit > 0 && garbage > 0, 'both payloads are in outbox.db');
+    file.write(payloadOf(7234), digit);
+    file.write('\u0000\u00ff\u0013 not json', garbage, 'latin1');
+    writeFileSync(setup.outboxFile, file);
+
+    await cloud.start();
+    const recorder = await CloudRecorder.connect(cloud.url, { clientId: recorderId, filters: ['up/#'] });
+    closers.push(() => recorder.close());
+    const second = GatewayProcess.start(setup);
+    await waitFor(async () => (await second.outboxStatus()).messages === 0, 20_000, 'the outbox to be sent');
+    const status = await second.outboxStatus();
+    assert.equal((status as { damaged?: number }).damaged, 2, JSON.stringify(status));
+    const metrics = await (await fetch(`${(await second.waitForLog('operations endpoint listening', 10_000)).url as string}/metrics`)).text();
+    assert.match(metrics, /^plc2mqtt_outbox_damaged_total 2$/m);
+    const { stopped: stopped2 } = await second.stop();
+    await waitFor(() => recorder.messages.length >= stopped2.uplink.acknowledged - 2, 10_000, 'the acknowledged messages at the recorder');
+    assert.equal(second.findLogs(/^the outbox file is damaged/).length, 0, 'quick_check passes: the file is not moved aside');
+    const report = deliveryReport(recorder.data());
+    assertExactly(report, range(0, 3000).filter((seq) => seq !== 1234 && seq !== 2000));
+    assert.equal(recorder.messages.filter((message) => message.payload.includes('not json')).length, 0);
+    const damaged = second.findLogs(/^outbox: .*not what the gateway wrote/);
+    assert.equal(damaged.length >= 1 ? damaged.reduce((sum, line) => sum + (line.count as number), 0) : 0, 2, JSON.stringify(damaged));
+    assert.equal(damaged[0]!.level, LEVEL.error);
   });
 
   it('a real outbox damaged in the middle: moved aside, its messages are not sent, new ones are', async () => {
