@@ -151,6 +151,19 @@ describe('outbox', () => {
     outbox.close();
   });
 
+  it('an append that waited longer than maxAge before its commit (a full disk) is reported dropped, not stored', async (t) => {
+    const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxAge: 50, commitInterval: 10_000 }), log);
+    let fate: string | undefined;
+    outbox.append(message(1), (droppedBecause?: string) => (fate = droppedBecause ?? 'stored'));
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    outbox.append(message(2));
+    outbox.commit();
+    assert.match(fate ?? 'not told', /older than maxAge/);
+    assert.deepEqual(seqs(outbox), [2]);
+    assert.equal(outbox.stats.dropped, 1);
+    outbox.close();
+  });
+
   it('a message removed after a bound already dropped it is not counted twice', (t) => {
     const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 5 }), log);
     for (let n = 1; n <= 5; n++) outbox.append(message(n));
