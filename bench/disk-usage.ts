@@ -20,8 +20,11 @@ const log = pino({ level: 'silent' });
 const options = outboxSection.parse({ maxBytes: args['max-bytes'], maxMessages: 100_000_000 });
 const payloadBytes = Number(args.payload);
 const topicOf = (seq: number) => `acme/plant1/line${seq % 10}/press${seq % 100}/tag${seq % 1000}`;
-// A tag payload, padded to the requested size.
-const payloadOf = (seq: number) => Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq}}`.padEnd(payloadBytes, ' '));
+// A tag payload padded to the requested size, or a bare value where that is smaller.
+const payloadOf = (seq: number) => {
+  const tag = `{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq}}`;
+  return Buffer.from((tag.length <= payloadBytes ? tag : String(seq % 1000)).padEnd(payloadBytes, ' '));
+};
 
 /** Bytes a file takes on disk (allocated blocks), 0 when it does not exist. */
 const onDisk = (file: string) => (existsSync(file) ? statSync(file).blocks * 512 : 0);
@@ -42,8 +45,7 @@ const sample = () => {
 
 // 1. Fill to the bound and go on for half as much again (drop-oldest at work), committing every
 //    100 messages: 5 ms (commitInterval) of appends at 20k msg/s.
-const messageBytes = topicOf(1).length + payloadBytes;
-const toFill = Math.ceil((options.maxBytes / messageBytes) * 1.5);
+const toFill = Math.ceil((options.maxBytes / (topicOf(1).length + payloadBytes)) * 1.5);
 let seq = 0;
 for (; seq < toFill; seq++) {
   outbox.append({ topic: topicOf(seq), payload: payloadOf(seq), qos: 1, retain: false });
@@ -93,7 +95,7 @@ console.log(
   JSON.stringify({
     bench: 'disk-usage',
     maxBytesMb: mb(options.maxBytes),
-    messageBytes,
+    averageMessageBytes: Math.round(atBound.bytes / atBound.messages),
     atBound: { ...atBound, bytesMb: mb(atBound.bytes) },
     peakMb: { db: mb(peak.db), wal: mb(peak.wal), shm: mb(peak.shm), total: mb(peak.total) },
     peakTotalPerMaxBytes: Math.round((peak.total / options.maxBytes) * 100) / 100,

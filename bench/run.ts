@@ -25,7 +25,7 @@ const runs: Array<[string, string[]]> = [
   ['idle.js', []],
   // what outbox.db, its WAL and retained.db take on disk: node dist/bench/disk-usage.js [--payload 80]
   ['disk-usage.js', []],
-  ['disk-usage.js', ['--payload', '20']],
+  ['disk-usage.js', ['--payload', '12']],
   ['disk-usage.js', ['--payload', '1000']],
 ];
 for (const [script, args] of runs) {

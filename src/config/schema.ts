@@ -136,7 +136,7 @@ const bridgeRule = (direction: 'out' | 'in') =>
 export const outboxSection = z
   .strictObject({
     maxMessages: z.number().int().positive().default(1_000_000).meta({ description: 'Most messages the outbox holds; beyond it the policy drops.' }),
-    maxBytes: byteSize('Most bytes (topic + payload) the outbox holds; on disk it takes 1.2–1.35× that, plus up to 4 MB of WAL (README: Disk space).').default(512 * 1024 ** 2),
+    maxBytes: byteSize('Most bytes (topic + payload) the outbox holds; on disk it takes 1.3–1.7× that (more for small messages), plus up to 4 MB of WAL (README: Disk space).').default(512 * 1024 ** 2),
     maxAge: duration('Messages older than this are dropped (counted) and never sent, also when the cloud comes back in between. 0 = keep until delivered or pushed out by the bounds.').default(0),
     policy: z.enum(['drop-oldest', 'drop-newest']).default('drop-oldest').meta({ description: 'What goes when a bound is reached: the oldest buffered messages (default) or the new ones.' }),
     synchronous: z.enum(['normal', 'full']).default('normal').meta({ description: 'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.' }),
