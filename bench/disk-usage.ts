@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
-import { Outbox } from '../src/outbox.js';
-import { RetainedStore } from '../src/retained-store.js';
+import { Outbox } from '../src/cloud/outbox.js';
+import { RetainedStore } from '../src/broker/retained-store.js';
 import { tempFolder } from './lib.js';
 
 const { values: args } = parseArgs({ options: { 'max-bytes': { type: 'string', default: '64MB' }, payload: { type: 'string', default: '80' }, tags: { type: 'string', default: '10000' } } });

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
-import { Outbox } from '../src/outbox.js';
+import { Outbox } from '../src/cloud/outbox.js';
 import { peakRssMb, rssMb, start, startMosquitto, tempFolder } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));

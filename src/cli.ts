@@ -6,17 +6,17 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { ConfigError, formatPath, loadConfigFile, loadHttpSection, type LoadedConfig } from './config/load.js';
 import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
-import { hashPassword } from './broker-security.js';
-import { errorMessage } from './errors.js';
-import type { DriverTag } from './driver.js';
-import { DRIVERS, type DriverModule } from './drivers.js';
+import { hashPassword } from './broker/security.js';
+import { errorMessage } from './util/errors.js';
+import type { DriverTag } from './pipeline/driver.js';
+import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { Gateway } from './gateway.js';
-import { GatewayMetrics } from './metrics.js';
-import { OpsServer } from './ops-server.js';
-import { createLogger } from './log.js';
-import { TagNormalizer } from './normalize.js';
-import { encodeTagPayload } from './payload.js';
-import { startSimulator, type RunningSimulator } from './simulator.js';
+import { GatewayMetrics } from './ops/metrics.js';
+import { OpsServer } from './ops/http-server.js';
+import { createLogger } from './ops/log.js';
+import { TagNormalizer } from './pipeline/normalize.js';
+import { encodeTagPayload } from './northbound/json-payload.js';
+import { startSimulator, type RunningSimulator } from './demo/simulator.js';
 
 /** The demo config shipped with the package: what `npm start` runs. */
 const DEMO_CONFIG = fileURLToPath(new URL('../../config/demo.json', import.meta.url));

@@ -20,23 +20,23 @@
 // Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker.js';
-import { attachOutgoingProperties } from './broker-mqtt5.js';
-import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands.js';
+import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker/broker.js';
+import { attachOutgoingProperties } from './broker/mqtt5.js';
+import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
-import { DeviceRunner, type DeviceHealth, type PollGroup, type ReadingsEvent } from './device.js';
-import { errorMessage } from './errors.js';
-import type { DriverTag, Quality, TagValue } from './driver.js';
-import { DRIVERS, type DriverModule } from './drivers.js';
-import { TagNormalizer, type Sample } from './normalize.js';
-import { encodeBatchPayload, encodeTagPayload } from './payload.js';
-import { startPhase } from './scheduler.js';
-import { startSimulator, type RunningSimulator } from './simulator.js';
-import { ensureDataDir } from './sqlite-file.js';
-import { compileTopicTemplate } from './topics.js';
-import { Outbox } from './outbox.js';
-import { tlsFilesFingerprint, Uplink, type CloudRoute } from './uplink.js';
+import { DeviceRunner, type DeviceHealth, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
+import { errorMessage } from './util/errors.js';
+import type { DriverTag, Quality, TagValue } from './pipeline/driver.js';
+import { DRIVERS, type DriverModule } from './pipeline/registry.js';
+import { TagNormalizer, type Sample } from './pipeline/normalize.js';
+import { encodeBatchPayload, encodeTagPayload } from './northbound/json-payload.js';
+import { startPhase } from './pipeline/scheduler.js';
+import { startSimulator, type RunningSimulator } from './demo/simulator.js';
+import { ensureDataDir } from './util/sqlite-file.js';
+import { compileTopicTemplate } from './northbound/topics.js';
+import { Outbox } from './cloud/outbox.js';
+import { tlsFilesFingerprint, Uplink, type CloudRoute } from './cloud/uplink.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
 interface CompiledTag {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, recordMessages, subscribeGranted, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { hashPassword, verifyPassword } from '../src/broker-security.js';
+import { hashPassword, verifyPassword } from '../src/broker/security.js';
 import { brokerSection } from '../src/config/schema.js';
 import { BrokerUnderTest, CLI, connectClient, endAll, passwdHash, RawClient, recordMessages, roundTrip, run, tryConnect } from './helpers/broker-harness.js';
 

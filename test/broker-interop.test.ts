@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from 'aedes';
 import type { MqttClient } from 'mqtt';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { BrokerUnderTest, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 

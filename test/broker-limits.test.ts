@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { BrokerUnderTest, closedWithin, connectClient, endAll, RawClient, recordMessages, roundTrip, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 

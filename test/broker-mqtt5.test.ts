@@ -9,9 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import type { Client } from 'aedes';
 import mqtt, { type IClientOptions, type IConnackPacket as MqttJsConnack, type MqttClient } from 'mqtt';
 import { generate, parser, type IConnectPacket, type IPublishPacket, type Packet } from 'mqtt-packet';
-import { attachOutgoingProperties, connectProtocolLevel, handleConnection, takePublishProperties } from '../src/broker-mqtt5.js';
-import { hashPassword } from '../src/broker-security.js';
-import type { CommandOrigin } from '../src/commands.js';
+import { attachOutgoingProperties, connectProtocolLevel, handleConnection, takePublishProperties } from '../src/broker/mqtt5.js';
+import { hashPassword } from '../src/broker/security.js';
+import type { CommandOrigin } from '../src/commands/command-handler.js';
 import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, RawClient, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 

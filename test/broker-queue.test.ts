@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { pino } from 'pino';
-import { IntegratedBroker } from '../src/broker.js';
+import { IntegratedBroker } from '../src/broker/broker.js';
 import { brokerSection } from '../src/config/schema.js';
 import { Recorder } from './helpers/mqtt.js';
 import { waitFor } from './helpers/net.js';

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { brokerSection } from '../src/config/schema.js';
 import { BrokerUnderTest, closedWithin, connectClient, endAll, recordMessages, subscribeGranted, tryConnect, type BrokerInput, type Message } from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';

@@ -3,10 +3,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { generate, type Packet } from 'mqtt-packet';
-import { PacketSizeGuard } from '../src/broker.js';
-import { Acl, filterCovers, hashPassword, verifyPassword, type Identity } from '../src/broker-security.js';
+import { PacketSizeGuard } from '../src/broker/broker.js';
+import { Acl, filterCovers, hashPassword, verifyPassword, type Identity } from '../src/broker/security.js';
 import { brokerSection } from '../src/config/schema.js';
-import { topicMatches } from '../src/topics.js';
+import { topicMatches } from '../src/northbound/topics.js';
 
 describe('filterCovers(allowed, requested)', () => {
   const table: Array<[allowed: string, requested: string, covered: boolean]> = [

@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pino from 'pino';
-import { CommandHandler, parseCommand, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands.js';
+import { CommandHandler, parseCommand, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands/command-handler.js';
 import type { TagConfig } from '../src/config/schema.js';
-import { DriverError, type TagValue } from '../src/driver.js';
+import { DriverError, type TagValue } from '../src/pipeline/driver.js';
 
 describe('command payloads', () => {
   const accepted: Array<[string, TagValue]> = [

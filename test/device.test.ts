@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createDriver } from '../drivers/modbus/index.js';
-import { DeviceRunner, type ReadingsEvent } from '../src/device.js';
-import type { DriverTag } from '../src/driver.js';
+import { DeviceRunner, type ReadingsEvent } from '../src/pipeline/device-runner.js';
+import type { DriverTag } from '../src/pipeline/driver.js';
 import { cleanup, device, freePort, TcpTestServer, testContext, testLogger } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 

@@ -10,8 +10,8 @@ import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import pino from 'pino';
 import { createDriver } from '../drivers/modbus/index.js';
-import { DeviceRunner } from '../src/device.js';
-import type { DriverTag, TagReading } from '../src/driver.js';
+import { DeviceRunner } from '../src/pipeline/device-runner.js';
+import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
 import { cleanup, device, RawModbusServer, withCrc, type RawRequest } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { DriverError, type TagReading } from '../src/driver.js';
+import { DriverError, type TagReading } from '../src/pipeline/driver.js';
 import { createDriver, type ModbusDriver } from '../drivers/modbus/index.js';
 import type { ModbusTag } from '../drivers/modbus/config.js';
 import { cleanup, device, startPtyPair, startPymodbus, testContext } from './helpers/modbus-servers.js';

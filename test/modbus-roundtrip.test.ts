@@ -2,7 +2,7 @@
 // driver (FC6/FC16 out, FC3 in), plus coils and register bits.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { TagValue } from '../src/driver.js';
+import type { TagValue } from '../src/pipeline/driver.js';
 import { BYTE_ORDERS, type ModbusTag } from '../drivers/modbus/config.js';
 import { createDriver } from '../drivers/modbus/index.js';
 import { device, TcpTestServer, testContext } from './helpers/modbus-servers.js';

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { DriverError, type TagReading } from '../src/driver.js';
+import { DriverError, type TagReading } from '../src/pipeline/driver.js';
 import { createDriver, ModbusDriver, ModbusReadPlan, openLineCount } from '../drivers/modbus/index.js';
 import type { ModbusTag } from '../drivers/modbus/config.js';
 import { cleanup, device, sleep, TcpTestServer, testContext, waitFor } from './helpers/modbus-servers.js';

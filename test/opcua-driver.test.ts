@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DriverError } from '../src/driver.js';
+import { DriverError } from '../src/pipeline/driver.js';
 import { createDriver } from '../drivers/opcua/index.js';
 import { waitFor } from './helpers/net.js';
 import { GUID_NODE, LINE2_NAMESPACE, NUMERIC_NODE, OPAQUE_NODE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';

@@ -16,7 +16,7 @@ import { freePort, waitFor } from './helpers/net.js';
 import { startLink, type Link } from './helpers/opcua-link.js';
 import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
 import { LINE2_NAMESPACE } from './helpers/opcua-server.js';
-import { DriverError } from '../src/driver.js';
+import { DriverError } from '../src/pipeline/driver.js';
 import { createDriver } from '../drivers/opcua/index.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/opcua-server-child.js', import.meta.url));

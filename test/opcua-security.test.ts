@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OPCUACertificateManager } from 'node-opcua-certificate-manager';
 import { parseConfigText } from '../src/config/load.js';
-import { DriverError } from '../src/driver.js';
+import { DriverError } from '../src/pipeline/driver.js';
 import type { OpcUaDeviceConfig } from '../drivers/opcua/config.js';
 import { applicationCertificateFile, createDriver, rejectedCertificatesFolder, trustedCertificatesFolder } from '../drivers/opcua/index.js';
 import { waitFor } from './helpers/net.js';

@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import mqtt from 'mqtt';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { CLI, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';

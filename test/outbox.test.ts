@@ -9,7 +9,7 @@ import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import { outboxSection } from '../src/config/schema.js';
-import { Outbox, type OutboxOptions } from '../src/outbox.js';
+import { Outbox, type OutboxOptions } from '../src/cloud/outbox.js';
 import { waitFor } from './helpers/net.js';
 
 const log = pino({ level: 'silent' });

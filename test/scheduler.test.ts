@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { backoffDelay } from '../src/backoff.js';
-import { nextSlot, PollJob, startPhase } from '../src/scheduler.js';
+import { backoffDelay } from '../src/util/backoff.js';
+import { nextSlot, PollJob, startPhase } from '../src/pipeline/scheduler.js';
 import { FakeClock } from './helpers/fake-clock.js';
 
 describe('grid arithmetic', () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { compileTopicTemplate, topicProblem } from '../src/topics.js';
+import { compileTopicTemplate, topicProblem } from '../src/northbound/topics.js';
 
 describe('topic templates', () => {
   const cases: Array<[string, Record<string, string>, string]> = [

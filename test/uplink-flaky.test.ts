@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import mqttPacket from 'mqtt-packet';
 import { pino } from 'pino';
-import { IntegratedBroker } from '../src/broker.js';
+import { IntegratedBroker } from '../src/broker/broker.js';
 import { brokerSection, uplinkSection } from '../src/config/schema.js';
-import { Outbox } from '../src/outbox.js';
-import { Uplink } from '../src/uplink.js';
+import { Outbox } from '../src/cloud/outbox.js';
+import { Uplink } from '../src/cloud/uplink.js';
 import { waitFor } from './helpers/net.js';
 
 /**

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
 import { Gateway } from '../src/gateway.js';
 import { parseConfigText } from '../src/config/load.js';
-import { hashPassword } from '../src/broker-security.js';
+import { hashPassword } from '../src/broker/security.js';
 import { CapturedLog, RawClient } from './helpers/broker-harness.js';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';

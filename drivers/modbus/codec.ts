@@ -8,7 +8,7 @@
 // 64-bit values follow the same two rules over four registers (CDAB = GH EF CD AB, etc.).
 // 16-bit values only feel the byte swap: BADC and DCBA read "AB" as 0xBA.. like Telegraf does.
 
-import type { TagValue } from '../../src/driver.js';
+import type { TagValue } from '../../src/pipeline/driver.js';
 import type { ByteOrder, ModbusType } from './config.js';
 import { registersPerElement } from './config.js';
 

@@ -11,7 +11,7 @@
 //     half-open or stuck connection looks exactly like a silent device).
 
 import type { Logger } from 'pino';
-import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/driver.js';
+import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
 import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';

@@ -12,7 +12,7 @@ import {
   type DataValue,
   type ReferenceDescription,
 } from 'node-opcua-client';
-import { DriverError } from '../../src/driver.js';
+import { DriverError } from '../../src/pipeline/driver.js';
 import type { OpcUaConnection } from './connection.js';
 import { statusName, statusReason } from './values.js';
 

@@ -26,7 +26,7 @@ import {
   type StatusCode,
   type UserIdentityInfo,
 } from 'node-opcua-client';
-import { DriverError } from '../../src/driver.js';
+import { DriverError } from '../../src/pipeline/driver.js';
 import type { OpcUaDeviceConfig } from './config.js';
 import { applicationCertificateFile, openCertificateManager, readPrivateKeyPem, readUserCertificate, rejectedCertificatesFolder, trustedCertificatesFolder } from './pki.js';
 import { statusName } from './values.js';

@@ -11,7 +11,7 @@
 import { format } from 'node:util';
 import type { Logger } from 'pino';
 import { AttributeIds, DataType, resolveNodeId, setErrorLogger, setWarningLogger, type NodeId } from 'node-opcua-client';
-import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/driver.js';
+import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
 import { browseChildren, type BrowseEntry } from './browse.js';
 import type { OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { OpcUaConnection } from './connection.js';

@@ -16,7 +16,7 @@ import {
   type NodeId,
   type ReadValueIdOptions,
 } from 'node-opcua-client';
-import { DriverError, type TagReading } from '../../src/driver.js';
+import { DriverError, type TagReading } from '../../src/pipeline/driver.js';
 import type { DataChangeFilterConfig, OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { withTimeout, type OpcUaConnection } from './connection.js';
 import { withNamespaceIndex } from './nodeid.js';

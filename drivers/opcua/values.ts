@@ -2,7 +2,7 @@
 // quality from the StatusCode's severity, source timestamp). Writing: a gateway value is coerced
 // to the node's built-in DataType, with a readable error when it does not fit.
 import { DataType, Variant, VariantArrayType, type DataValue, type StatusCode } from 'node-opcua-client';
-import type { Quality, ScalarValue, TagReading, TagValue } from '../../src/driver.js';
+import type { Quality, ScalarValue, TagReading, TagValue } from '../../src/pipeline/driver.js';
 
 /** Quality from the two severity bits of a StatusCode (OPC 10000-4 §7.39): 00 good, 01 uncertain, 1x bad. */
 export function qualityOf(status: StatusCode): Quality {

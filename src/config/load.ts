@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { findNodeAtLocation, ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
 import { z } from 'zod';
-import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../topics.js';
+import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../northbound/topics.js';
 import { configJsonSchema, configSchema, httpSection, type Config } from './schema.js';
 
 export type JsonPath = ReadonlyArray<string | number>;

@@ -1,7 +1,7 @@
 // The one source of truth for the config file: types (z.output), validation, defaults,
 // descriptions and the JSON Schema shipped in config/schema.json all come from here.
 import { z } from 'zod';
-import { DRIVERS } from '../drivers.js';
+import { DRIVERS } from '../pipeline/registry.js';
 import { duration, name } from './common.js';
 
 const host = z.string().min(1).meta({ description: 'Bind address: 127.0.0.1 for this box only, 0.0.0.0 for every interface.' });

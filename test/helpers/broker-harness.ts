@@ -11,7 +11,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { generate, parser, type IConnectPacket, type Packet } from 'mqtt-packet';
 import { pino, type LevelWithSilent, type Logger } from 'pino';
 import type { z } from 'zod';
-import { IntegratedBroker, type ListenerAddress } from '../../src/broker.js';
+import { IntegratedBroker, type ListenerAddress } from '../../src/broker/broker.js';
 import { brokerSection } from '../../src/config/schema.js';
 import { waitFor } from './net.js';
 

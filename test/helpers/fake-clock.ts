@@ -1,5 +1,5 @@
 // A manual clock for testing timing *logic* (which slot fires, what is skipped) without sleeping.
-import type { Clock } from '../../src/scheduler.js';
+import type { Clock } from '../../src/pipeline/scheduler.js';
 
 export class FakeClock implements Clock {
   private time: number;

@@ -9,7 +9,7 @@ import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ServerTCP } from 'modbus-serial';
 import pino, { type Logger } from 'pino';
-import type { DriverContext } from '../../src/driver.js';
+import type { DriverContext } from '../../src/pipeline/driver.js';
 import { modbusDevice, type ModbusDeviceConfig } from '../../drivers/modbus/config.js';
 
 // ServerTCP treats port 0 as "use 502": tests take a port that was free a moment ago instead.

@@ -1,8 +1,8 @@
 // Runs one OPC UA device the way the gateway does (DeviceRunner + the real driver) and records
 // every reading, for tests that look at what the core would publish.
 import pino from 'pino';
-import { DeviceRunner, type PollGroup } from '../../src/device.js';
-import type { TagReading } from '../../src/driver.js';
+import { DeviceRunner, type PollGroup } from '../../src/pipeline/device-runner.js';
+import type { TagReading } from '../../src/pipeline/driver.js';
 import { opcuaDevice, type OpcUaDeviceConfig, type OpcUaTag } from '../../drivers/opcua/config.js';
 import { createDriver, type OpcUaDriver } from '../../drivers/opcua/index.js';
 

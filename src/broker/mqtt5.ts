@@ -9,7 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
 import type { Aedes } from 'aedes';
 import { generate, parser, type IConnackPacket, type IConnectPacket, type IPublishPacket, type ISubscribePacket, type Packet } from 'mqtt-packet';
-import { Fifo } from './fifo.js';
+import { Fifo } from '../util/fifo.js';
 
 /** Properties of an MQTT 5 PUBLISH: responseTopic, correlationData, contentType, userProperties… */
 export type PublishProperties = NonNullable<IPublishPacket['properties']>;

@@ -1,6 +1,6 @@
 // The wire format of samples: JSON per tag, or one JSON batch per poll cycle of a device.
-import type { ScalarValue, TagValue } from './driver.js';
-import type { Sample } from './normalize.js';
+import type { ScalarValue, TagValue } from '../pipeline/driver.js';
+import type { Sample } from '../pipeline/normalize.js';
 
 export type TimestampFormat = 'ms' | 'iso';
 

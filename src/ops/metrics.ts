@@ -2,7 +2,7 @@
 // (collect callbacks), so the hot path pays nothing for metrics except the poll duration
 // histogram, which needs every observation.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Gateway } from './gateway.js';
+import type { Gateway } from '../gateway.js';
 
 /** A counter whose total lives elsewhere: set to that total at every scrape. */
 function mirroredCounter<Label extends string>(registry: Registry, name: string, help: string, labelNames: readonly Label[], read: () => Array<[Partial<Record<Label, string>>, number]>): void {

@@ -14,7 +14,7 @@
 //   coil 1         [00002]    writable flag (initially false)
 //   discrete 0     [10001]    door open, true for 3 s of every 15 s
 import { ServerTCP } from 'modbus-serial';
-import type { SimulatorConfig } from './config/schema.js';
+import type { SimulatorConfig } from '../config/schema.js';
 
 export interface RunningSimulator {
   name: string;

@@ -2,8 +2,8 @@
 // become bad-quality readings (never silence) and reconnects back off with jitter. Each device
 // fails alone: nothing here throws into the gateway.
 import type { Logger } from 'pino';
-import { backoffDelay } from './backoff.js';
-import { errorMessage } from './errors.js';
+import { backoffDelay } from '../util/backoff.js';
+import { errorMessage } from '../util/errors.js';
 import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading, type TagValue } from './driver.js';
 import { PollJob, type Clock, systemClock } from './scheduler.js';
 

@@ -7,10 +7,10 @@
 // write writes nothing. Every attempt, refused or not, is answered (the MQTT 5 response topic, or
 // the command topic plus "/result") and leaves one audit line in the log.
 import type { Logger } from 'pino';
-import { errorMessage } from './errors.js';
-import { DriverError, type ScalarValue, type TagReading, type TagValue } from './driver.js';
-import type { TagConfig } from './config/schema.js';
-import { topicMatches } from './topics.js';
+import { errorMessage } from '../util/errors.js';
+import { DriverError, type ScalarValue, type TagReading, type TagValue } from '../pipeline/driver.js';
+import type { TagConfig } from '../config/schema.js';
+import { topicMatches } from '../northbound/topics.js';
 
 /** Who asked for a write, for the audit line and the answer. */
 export interface CommandOrigin {

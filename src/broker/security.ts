@@ -1,8 +1,8 @@
 // Who may connect to the integrated broker and what they may do there: scrypt password hashes
 // and ACL rules with MQTT wildcards and %u/%c substitution. Pure functions, tested by tables.
 import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
-import type { Config } from './config/schema.js';
-import { topicMatches } from './topics.js';
+import type { Config } from '../config/schema.js';
+import { topicMatches } from '../northbound/topics.js';
 
 const SCRYPT = { N: 16384, r: 8, p: 1, keyLength: 32 } as const;
 

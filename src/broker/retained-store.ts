@@ -4,8 +4,8 @@
 import { existsSync, renameSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import { errorMessage } from './errors.js';
-import { isDamage, openSqliteFile } from './sqlite-file.js';
+import { errorMessage } from '../util/errors.js';
+import { isDamage, openSqliteFile } from '../util/sqlite-file.js';
 
 export interface RetainedMessage {
   topic: string;

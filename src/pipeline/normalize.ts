@@ -1,7 +1,7 @@
 // Normalization: a driver's raw reading → a typed, scaled sample with quality and timestamp,
 // and the report-by-exception decision (deadband, quality change, maxSilence heartbeat).
 import type { Quality, ScalarValue, TagReading, TagValue } from './driver.js';
-import type { Deadband } from './config/common.js';
+import type { Deadband } from '../config/common.js';
 
 export interface Sample {
   device: string;

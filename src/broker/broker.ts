@@ -10,12 +10,12 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
-import { InboundQoS2, OutboundWindow } from './broker-inflight.js';
-import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './broker-mqtt5.js';
-import { Acl, verifyPassword, type Identity } from './broker-security.js';
-import type { CommandOrigin } from './commands.js';
-import type { Config, ListenerConfig } from './config/schema.js';
-import { Fifo } from './fifo.js';
+import { InboundQoS2, OutboundWindow } from './inflight.js';
+import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './mqtt5.js';
+import { Acl, verifyPassword, type Identity } from './security.js';
+import type { CommandOrigin } from '../commands/command-handler.js';
+import type { Config, ListenerConfig } from '../config/schema.js';
+import { Fifo } from '../util/fifo.js';
 import { RetainedStore } from './retained-store.js';
 
 /** aedes' store of incoming QoS 2 messages waiting for PUBREL (resolves when it holds this one). */

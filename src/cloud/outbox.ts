@@ -6,9 +6,9 @@ import { crc32 } from 'node:zlib';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import type { Config } from './config/schema.js';
-import { errorMessage } from './errors.js';
-import { openSqliteFile } from './sqlite-file.js';
+import type { Config } from '../config/schema.js';
+import { errorMessage } from '../util/errors.js';
+import { openSqliteFile } from '../util/sqlite-file.js';
 
 export type OutboxOptions = NonNullable<Config['uplink']>['outbox'];
 

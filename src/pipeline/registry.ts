@@ -2,8 +2,8 @@
 // and its implementation (loaded lazily, so a gateway without OPC UA devices never loads node-opcua).
 import type { z } from 'zod';
 import type { Driver, DriverContext, DriverTag } from './driver.js';
-import { modbusDevice } from '../drivers/modbus/config.js';
-import { opcuaDevice } from '../drivers/opcua/config.js';
+import { modbusDevice } from '../../drivers/modbus/config.js';
+import { opcuaDevice } from '../../drivers/opcua/config.js';
 
 export interface DriverModule<Device> {
   createDriver(device: Device, context: DriverContext): Driver<DriverTag>;
@@ -12,12 +12,12 @@ export interface DriverModule<Device> {
 export const DRIVERS = {
   modbus: {
     schema: modbusDevice,
-    load: async (): Promise<DriverModule<z.output<typeof modbusDevice>>> => import('../drivers/modbus/index.js'),
+    load: async (): Promise<DriverModule<z.output<typeof modbusDevice>>> => import('../../drivers/modbus/index.js'),
   },
   opcua: {
     schema: opcuaDevice,
     // node-opcua is loaded here and only here: ~65 MB that a gateway without OPC UA devices never pays.
-    load: async () => import('../drivers/opcua/index.js'),
+    load: async () => import('../../drivers/opcua/index.js'),
   },
 } as const;
 

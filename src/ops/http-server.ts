@@ -8,9 +8,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import type { Config } from './config/schema.js';
-import { errorMessage } from './errors.js';
-import type { Gateway } from './gateway.js';
+import type { Config } from '../config/schema.js';
+import { errorMessage } from '../util/errors.js';
+import type { Gateway } from '../gateway.js';
 import type { GatewayMetrics } from './metrics.js';
 
 export class OpsServer {

@@ -7,7 +7,7 @@
 // max_queued_messages do (except that mosquitto drops silently). A persistent session keeps its
 // messages in aedes' persistence for when it comes back.
 import type { Client, PublishPacket } from 'aedes';
-import { Fifo } from './fifo.js';
+import { Fifo } from '../util/fifo.js';
 
 /** The parts of aedes' Client this relies on: its per-client delivery functions, its subscriptions and its parser. */
 interface AedesClientInternals {
