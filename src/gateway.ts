@@ -1,19 +1,19 @@
 // The life of a sample, top to bottom:
 //
-//   poll job (scheduler.ts)  fires on its fixed-rate grid for one device and poll group
+//   poll job (pipeline/scheduler.ts) fires on its fixed-rate grid for one device and poll group
 //     → driver.read(plan)    (drivers/<name>) returns raw readings; failures become bad quality
-//     → TagNormalizer        (normalize.ts) types, scales, stamps, decides report-by-exception
-//     → topic + payload      (topics.ts, payload.ts) compiled once at start
-//     → integrated broker    (broker.ts) where local subscribers see it, retained
-//     → outbox               (outbox.ts) SQLite, when a forward rule sends the topic to the cloud
-//     → uplink               (uplink.ts) to the cloud broker at QoS 1; deleted from the outbox on PUBACK
+//     → TagNormalizer        (pipeline/normalize.ts) types, scales, stamps, decides report-by-exception
+//     → topic + payload      (northbound/) compiled once at start
+//     → integrated broker    (broker/) where local subscribers see it, retained
+//     → outbox               (cloud/outbox.ts) SQLite, when a forward rule sends the topic to the cloud
+//     → uplink               (cloud/uplink.ts) to the cloud broker at QoS 1; deleted from the outbox on PUBACK
 //
 // Messages that MQTT clients publish into the integrated broker on forwarded topics take the
 // same outbox → uplink path (broker.clientPublishHook), and cloud commands come back down.
 //
 // The way back to the PLC: a message on a tag's command topic ("<tag topic>/set"), from a local
 // client the ACL let through (broker.commandHook) or from the cloud (uplink.downlinkHook)
-//     → CommandHandler       (commands.ts) parse, writable?, type, min/max, rate limit
+//     → CommandHandler       (commands/) parse, writable?, type, min/max, rate limit
 //     → DeviceRunner.write   → driver.write; optional read-back
 //     → answer               on "<command topic>/result" or the MQTT 5 response topic, plus an audit line
 //

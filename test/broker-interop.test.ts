@@ -1,6 +1,6 @@
 // Interoperability of the integrated broker: Debian's mosquitto_pub/mosquitto_sub (with -u/-P)
 // and mqtt.js (MQTT 3.1.1, 3.1 and 5) exchange messages through it. aedes speaks 3.1/3.1.1 only;
-// MQTT 5 clients go through the protocol adapter (src/broker-mqtt5.ts, tested in depth in
+// MQTT 5 clients go through the protocol adapter (src/broker/mqtt5.ts, tested in depth in
 // broker-mqtt5.test.ts).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -95,7 +95,7 @@ describe('interoperability: mosquitto clients and mqtt.js', () => {
     assert.match(anonymous.stderr, /not authorised/);
   });
 
-  describe('MQTT 5 (aedes speaks 3.1.1: src/broker-mqtt5.ts translates for MQTT 5 clients)', () => {
+  describe('MQTT 5 (aedes speaks 3.1.1: src/broker/mqtt5.ts translates for MQTT 5 clients)', () => {
     it('mqtt.js with protocolVersion 5 connects and exchanges messages with 3.1.1 clients both ways', async () => {
       const client5 = await connectClient(broker.url(), { ...USER, protocolVersion: 5, clientId: 'mqttjs-v5' });
       clients.push(client5);

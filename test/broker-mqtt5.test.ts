@@ -1,4 +1,4 @@
-// MQTT 5 on the integrated broker: aedes speaks 3.1.1, src/broker-mqtt5.ts translates for MQTT 5
+// MQTT 5 on the integrated broker: aedes speaks 3.1.1, src/broker/mqtt5.ts translates for MQTT 5
 // clients. Real mqtt.js clients (protocolVersion 5 and 4), Debian's mosquitto_sub/mosquitto_pub
 // with -V mqttv5, and a raw MQTT 5 socket for what clients don't normally send (topic aliases,
 // malformed packets, a CONNECT in pieces). Plus the two side channels of the command path.

@@ -10,7 +10,7 @@ import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type GatewaySetu
 import { waitFor } from './helpers/net.js';
 import { SmallDisk } from './helpers/small-disk.js';
 
-/** Appends the outbox keeps in memory while the disk is full (src/outbox.ts MAX_PENDING_WHILE_FULL). */
+/** Appends the outbox keeps in memory while the disk is full (src/cloud/outbox.ts MAX_PENDING_WHILE_FULL). */
 const MEMORY_LIMIT = 100_000;
 
 function smallDisk(t: TestContext, megabytes: number): SmallDisk | undefined {

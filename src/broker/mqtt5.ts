@@ -309,7 +309,7 @@ class Mqtt5Bridge {
     // MQTT 5 allows a password without a user name; 3.1.1 and our user list don't.
     if (connect.password !== undefined && connect.username === undefined) return this.refuse(BAD_USER_NAME_OR_PASSWORD);
     if (properties.maximumPacketSize !== undefined) this.clientMaximumPacketSize = properties.maximumPacketSize;
-    // The broker's flow control (broker-inflight.ts) reads it in preConnect, right after this CONNECT reaches aedes.
+    // The broker's flow control (inflight.ts) reads it in preConnect, right after this CONNECT reaches aedes.
     if (properties.receiveMaximum !== undefined) receiveMaximums.set(this.aedesSide, properties.receiveMaximum);
     let clientId = connect.clientId;
     // MQTT 5 lets the server assign an id and tell the client (CONNACK Assigned Client Identifier).
