@@ -16,6 +16,7 @@ import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
 import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
+import { whenInStep } from './ports.js';
 import { describePlan, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
 
 export { ModbusFailure, classifyError, EXCEPTION_NAMES, openLineCount } from './line.js';
@@ -309,7 +310,12 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     const attempts = this.connection.retries + 1;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await line.run(this.connection.unitId, this.connection.timeout, job);
+        return await line.run(this.connection.unitId, this.connection.timeout, (client) => {
+          // RTU over TCP after a timeout: the late reply may still be on its way (ports.ts); the
+          // request waits for the line to be back in step before its own timeout starts.
+          const wait = whenInStep(client, this.connection.timeout);
+          return wait ? wait.then(() => job(client)) : job(client);
+        });
       } catch (error) {
         const failure = error instanceof ModbusFailure ? error : new ModbusFailure('bad-reply', `bad reply: ${String(error)}`);
         // Timeouts and mangled frames are worth another try (on a serial line: a TCP link that got a

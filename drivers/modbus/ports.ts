@@ -311,29 +311,96 @@ export class MbapPort extends SocketPort {
   }
 }
 
-/** RTU frames (unit id, PDU, CRC) over a socket, as serial device servers in transparent mode pass them. */
+/**
+ * RTU frames (unit id, PDU, CRC) over a socket, as serial device servers in transparent mode pass them.
+ *
+ * RTU has no transaction id: a reply is known only by its place in the stream. A serial device
+ * answers strictly in order, so after a timeout the late reply to the request that timed out may
+ * still be on its way, and it looks exactly like the reply to the next request of the same shape
+ * (same unit id, function and byte count). Sent at once, the next request would take the late
+ * reply for its own, its own reply would go to the request after it, and so on: tags published
+ * with another block's values, quality good. So after a timeout nothing is sent until the line is
+ * back in step: until the late reply has arrived (it is dropped), or until the line has stayed
+ * quiet for one more timeout (the device dropped the request, or is gone). The connection is kept
+ * (device servers often take only one connection and are slow to free it). The driver waits for
+ * that before it starts a request's clock (`whenInStep`); a request handed over earlier anyway is
+ * held back until then.
+ */
 export class RtuOverTcpPort extends SocketPort {
   private pending: Expectation | undefined;
-  /** The request that timed out last: a reply to it that arrives before the next request is dropped. */
+  /** When the pending request went out. */
+  private sentAt = 0;
+  /** The request that timed out last, while its reply may still come: no request goes out meanwhile. */
   private late: Expectation | undefined;
+  /** When the line counts as quiet if the late reply has not come by then (one more timeout). */
+  private quietAt = 0;
+  private quietTimer: NodeJS.Timeout | undefined;
+  /** A request handed over while the line was not back in step: sent once it is. */
+  private held: Buffer | undefined;
+  /** Waiting for the line to be back in step (whenInStep). */
+  private readonly waiters = new Set<() => void>();
+
+  constructor(options: SocketPortOptions) {
+    super(options);
+    // The connection is gone: nothing to wait for any more.
+    this.on('close', () => {
+      clearTimeout(this.quietTimer);
+      this.late = undefined;
+      this.held = undefined;
+      this.releaseWaiters();
+    });
+  }
+
+  /**
+   * Undefined when a request may go out now; after a timeout, a promise that resolves once the
+   * late reply has arrived, the line has been quiet for one more timeout, the connection is gone,
+   * or after `limit` ms at most (so a request never waits longer than its own timeout; if it is
+   * then handed over early, write() holds it back).
+   */
+  whenInStep(limit: number): Promise<void> | undefined {
+    if (this.late === undefined) return undefined;
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, limit);
+      this.waiters.add(done);
+    });
+  }
 
   write(request: Buffer): void {
-    // Bytes still here belong to no request (a late reply cut short, noise): RTU has no framing
-    // to tell where the next reply would start, so the connection is started afresh.
-    if (this.buffer.length > 0) return this.fail(`${this.buffer.length} stray byte${this.buffer.length === 1 ? '' : 's'} before the request`);
-    this.late = undefined;
-    this.pending = expectationOf(request);
-    this.send(request);
+    this.held = undefined; // (one request at a time: one that was held has been abandoned)
+    if (this.late !== undefined) {
+      if (Date.now() < this.quietAt) {
+        this.held = request;
+        return;
+      }
+      this.inStep(); // quiet for a whole timeout (its timer is about to fire)
+    }
+    this.transmit(request);
   }
 
   abandon(): string | undefined {
-    this.late = this.pending;
+    if (this.held !== undefined) {
+      // Timed out before it was ever sent (the late reply is still awaited): it is simply not sent.
+      this.held = undefined;
+      return undefined;
+    }
+    const pending = this.pending;
     this.pending = undefined;
-    return this.incompleteProblem();
+    const problem = this.incompleteProblem();
+    if (problem || !pending) return problem;
+    const now = Date.now();
+    this.late = pending;
+    this.quietAt = now + (now - this.sentAt);
+    clearTimeout(this.quietTimer);
+    this.quietTimer = setTimeout(() => this.quiet(), this.quietAt - now);
+    return undefined;
   }
 
   protected receive(): void {
-    const late = !this.pending;
     const expected = this.pending ?? this.late;
     if (!expected) return this.fail('bytes while no request was outstanding');
     if (this.buffer.length < 2) return;
@@ -351,13 +418,58 @@ export class RtuOverTcpPort extends SocketPort {
     if (problem) return this.fail(problem);
     const whole = this.buffer;
     this.buffer = Buffer.alloc(0);
-    if (late) {
-      this.late = undefined; // the late answer to a request that timed out: dropped
+    if (!this.pending) {
+      // The late answer to the request that timed out: dropped, and the line is in step again.
+      this.inStep();
       return;
     }
     this.pending = undefined;
     this.emit('data', whole);
   }
+
+  private transmit(request: Buffer): void {
+    // Bytes still here belong to no request (a late reply cut short, noise): RTU has no framing
+    // to tell where the next reply would start, so the connection is started afresh.
+    if (this.buffer.length > 0) return this.fail(`${this.buffer.length} stray byte${this.buffer.length === 1 ? '' : 's'} before the request`);
+    this.pending = expectationOf(request);
+    this.sentAt = Date.now();
+    this.send(request);
+  }
+
+  /** One more timeout has passed since the timeout without the late reply. */
+  private quiet(): void {
+    this.quietTimer = undefined;
+    if (!this.isOpen || this.late === undefined) return;
+    // Part of a reply, then nothing for a whole timeout: the stream has lost its framing.
+    if (this.buffer.length > 0) return this.fail(`incomplete late reply: ${this.buffer.length} byte${this.buffer.length === 1 ? '' : 's'}, then nothing for another timeout`);
+    this.inStep();
+  }
+
+  /** The late reply came, or will not come: requests may go out again. */
+  private inStep(): void {
+    if (this.late === undefined) return;
+    this.late = undefined;
+    clearTimeout(this.quietTimer);
+    this.quietTimer = undefined;
+    const held = this.held;
+    this.held = undefined;
+    this.releaseWaiters();
+    if (held !== undefined) this.transmit(held);
+  }
+
+  private releaseWaiters(): void {
+    for (const done of [...this.waiters]) done();
+  }
+}
+
+/**
+ * Resolves when a request may go out on this client's connection; undefined when it may go at
+ * once (always, except on RTU over TCP right after a timeout: see RtuOverTcpPort). Waits at most
+ * `limit` ms. Reaches into modbus-serial's private `_port` on purpose: only the port knows.
+ */
+export function whenInStep(client: object, limit: number): Promise<void> | undefined {
+  const port: unknown = Reflect.get(client, '_port');
+  return port instanceof RtuOverTcpPort ? port.whenInStep(limit) : undefined;
 }
 
 export type StrictPort = MbapPort | RtuOverTcpPort;

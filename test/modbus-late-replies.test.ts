@@ -1,0 +1,157 @@
+// Late replies on RTU over TCP, which has no transaction ids (review of issue 12): a reply is known
+// only by its place in the stream. After a timeout the next request waits until the late reply has
+// arrived, or until the line has been quiet for one more timeout, on the same connection.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { it } from 'node:test';
+import pino from 'pino';
+import { createDriver } from '../drivers/modbus/index.js';
+import { RtuOverTcpPort } from '../drivers/modbus/ports.js';
+import { DeviceRunner } from '../src/pipeline/device-runner.js';
+import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
+import { cleanup, device, RawModbusServer, withCrc } from './helpers/modbus-servers.js';
+import { waitFor } from './helpers/net.js';
+
+/** A DeviceRunner polling the device every 100 ms (timeout 300 ms); returns the cycles it reads. */
+function poll(defer: (fn: () => unknown) => void, port: number, retries: number, tags: Record<string, unknown>[]): TagReading[][] {
+  const log = pino({ level: 'silent' });
+  const config = device({ connection: { transport: 'rtu-over-tcp', host: '127.0.0.1', port, timeout: 300, retries }, tags });
+  const cycles: TagReading[][] = [];
+  const runner = new DeviceRunner({
+    name: 'dev',
+    driver: createDriver(config, { log, dataDir: '/nonexistent' }),
+    groups: [{ name: 'default', interval: 100, tags: config.tags as DriverTag[] }],
+    log,
+    phaseOf: () => 0,
+    onReadings: (event) => cycles.push(event.readings),
+  });
+  runner.start();
+  defer(() => runner.stop());
+  return cycles;
+}
+
+/** An RTU request for `count` registers at `start` (FC3, unit 1). */
+const readRequest = (start: number, count: number): Buffer => {
+  const pdu = Buffer.from([1, 3, 0, 0, 0, 0]);
+  pdu.writeUInt16BE(start, 2);
+  pdu.writeUInt16BE(count, 4);
+  return withCrc(pdu);
+};
+
+/** The reply to readRequest: register r holds 1000 + r. */
+const readReply = (request: Buffer): Buffer => {
+  const start = request.readUInt16BE(2);
+  const count = request.readUInt16BE(4);
+  const data = Buffer.alloc(2 * count);
+  for (let i = 0; i < count; i++) data.writeUInt16BE(1000 + start + i, 2 * i);
+  return withCrc(Buffer.concat([Buffer.from([request[0]!, request[1]!, data.length]), data]));
+};
+
+it('rtu over tcp: a late reply to block A is not taken as the reply to block B', async (t) => {
+  const defer = cleanup(t);
+  // A serial device: requests answered strictly in order; the 3rd request (block A, 2nd poll) takes
+  // 450 ms, 150 ms past the timeout.
+  let n = 0;
+  let accepted = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    accepted++;
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    let busyUntil = 0;
+    let buffer = Buffer.alloc(0);
+    socket.on('data', (chunk) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      while (buffer.length >= 8) {
+        const frame = buffer.subarray(0, 8);
+        buffer = buffer.subarray(8);
+        n++;
+        const reply = readReply(frame);
+        const now = Date.now();
+        const at = Math.max(now, busyUntil) + (n === 3 ? 450 : 5);
+        busyUntil = at;
+        setTimeout(() => socket.destroyed || socket.write(reply), at - now);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  defer(() => new Promise<void>((resolve) => { for (const s of sockets) s.destroy(); server.close(() => resolve()); }));
+  const port = (server.address() as net.AddressInfo).port;
+
+  const cycles = poll(defer, port, 0, [
+    { name: 'a', address: '40001' },
+    { name: 'b', address: '40201' },
+  ]);
+  await waitFor(() => cycles.length >= 12, 15_000, 'twelve cycles');
+  const wrong = cycles.flat().filter((r) => r.quality === 'good' && r.tag === 'b' && r.value !== 1200);
+  assert.deepEqual(wrong, [], `tag b (register 200 = 1200) got another register's value:\n${JSON.stringify(cycles)}`);
+  // One cycle timed out; the next waited for the late reply and read both blocks, on the same connection.
+  assert.deepEqual(cycles[1]!.map((r) => r.code), ['timeout', 'timeout']);
+  for (const cycle of cycles.slice(2, 12)) {
+    assert.deepEqual(cycle, [
+      { tag: 'a', value: 1000, quality: 'good' },
+      { tag: 'b', value: 1200, quality: 'good' },
+    ]);
+  }
+  assert.equal(accepted, 1, 'the connection was kept');
+});
+
+it('rtu over tcp: a request the device never answers: the retry goes out after one more quiet timeout, with its full timeout', async (t) => {
+  const defer = cleanup(t);
+  const raw = new RawModbusServer('rtu');
+  const times: number[] = [];
+  raw.misbehave = (request) => {
+    times.push(Date.now());
+    return request.n === 3 ? null : undefined;
+  };
+  await raw.start();
+  defer(() => raw.stop());
+  const cycles = poll(defer, raw.port, 1, [{ name: 'a', address: '40001' }]);
+  await waitFor(() => cycles.length >= 6, 15_000, 'six cycles');
+  // The retry of request 3 is request 4: sent when the line has been quiet for 300 ms after the
+  // 300 ms timeout, and answered (not counted against its own timeout).
+  assert.ok(times[3]! - times[2]! >= 550, `the retry went out ${times[3]! - times[2]!} ms after the request`);
+  for (const cycle of cycles.slice(0, 6)) assert.deepEqual(cycle, [{ tag: 'a', value: 1000, quality: 'good' }]);
+  assert.equal(raw.accepted, 1, 'the connection was kept');
+});
+
+it('RtuOverTcpPort on its own: a request handed over while a late reply is owed goes out only once it has arrived', async (t) => {
+  const defer = cleanup(t);
+  const arrivals: { at: number; start: number }[] = [];
+  let lateSentAt = 0;
+  const server = net.createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.on('data', (frame: Buffer) => {
+      const start = frame.readUInt16BE(2);
+      arrivals.push({ at: Date.now(), start });
+      // The first request is answered after 150 ms (50 ms past the timeout), the second at once.
+      if (arrivals.length === 1) {
+        setTimeout(() => {
+          lateSentAt = Date.now();
+          socket.write(readReply(frame));
+        }, 150);
+      } else {
+        socket.write(readReply(frame));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  defer(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const port = new RtuOverTcpPort({ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port, connectTimeout: 2000 });
+  await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
+  defer(() => port.destroy());
+  const received: Buffer[] = [];
+  port.on('data', (frame: Buffer) => received.push(frame));
+
+  port.write(readRequest(0, 2));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(port.abandon(), undefined, 'nothing had arrived: no problem');
+  // Handed over at once (no whenInStep): held back until the late reply is in.
+  port.write(readRequest(0, 2));
+  await waitFor(() => received.length >= 1, 5_000, 'the reply to the second request');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(arrivals.length, 2);
+  assert.ok(arrivals[1]!.at >= lateSentAt && lateSentAt > 0, 'the second request went out after the late reply');
+  assert.deepEqual(received, [readReply(readRequest(0, 2))]);
+  assert.equal(port.isOpen, true);
+});
