@@ -2,7 +2,7 @@
 // Every problem is reported on its own line with its JSON path, what is wrong and what is expected.
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { findNodeAtLocation, ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
+import { ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
 import { z } from 'zod';
 import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../northbound/topics.js';
 import { configJsonSchema, configSchema, httpSection, type Config } from './schema.js';
@@ -49,7 +49,12 @@ function readConfigText(file: string): string {
 }
 
 export function parseConfigText(text: string, file = '<config>', env: NodeJS.ProcessEnv = process.env): Config {
-  const raw = parseJsonc(text, file);
+  const tree = parseJsoncTree(text, file);
+  // A key written twice (a block pasted into a file that has it already) would silently replace
+  // the first: refused, with where each one is.
+  const duplicates = duplicateKeys(tree, text);
+  if (duplicates.length > 0) throw new ConfigError(file, duplicates);
+  const raw = tree === undefined ? undefined : nodeValue(tree);
   const envProblems: ConfigProblem[] = [];
   const interpolated = interpolateEnv(raw, env, [], envProblems);
   if (envProblems.length > 0) throw new ConfigError(file, envProblems);
@@ -75,8 +80,10 @@ export function loadHttpSection(file: string, env: NodeJS.ProcessEnv = process.e
   const text = readConfigText(file).replace(/^\uFEFF/, ' ');
   const errors: ParseError[] = [];
   const tree = parseTree(text, errors, PARSE_OPTIONS);
-  const node = tree?.type === 'object' ? findNodeAtLocation(tree, ['http']) : undefined;
-  const property = node?.parent;
+  // With "http" written twice (a gateway started before such files were refused, or the file
+  // edited since), the gateway took the last one, as JSON.parse does: so does health.
+  const property = tree?.type === 'object' ? tree.children?.findLast((child) => child.children?.[0]?.value === 'http') : undefined;
+  const node = property?.children?.[1];
   // A syntax error inside the section, or one that may have hidden it, leaves its address unknown.
   const spoiling = errors.find((error) => property === undefined || (error.offset >= property.offset && error.offset <= property.offset + property.length));
   if (spoiling !== undefined) throw new ConfigError(file, [{ path: property === undefined ? [] : ['http'], message: `not valid JSON: ${describeSyntaxError(text, spoiling)} at ${lineAndColumn(text, spoiling.offset)}` }]);
@@ -97,12 +104,50 @@ const PARSE_OPTIONS = { allowTrailingComma: true, disallowComments: false, allow
  * examples). Throws a ConfigError naming line and column of the first syntax error.
  */
 export function parseJsonc(text: string, file: string): unknown {
+  const tree = parseJsoncTree(text, file);
+  return tree === undefined ? undefined : nodeValue(tree);
+}
+
+function parseJsoncTree(text: string, file: string): JsonNode | undefined {
   const errors: ParseError[] = [];
   // A byte order mark (Windows editors write one) becomes a space, so columns stay as the editor shows them.
   const tree = parseTree(text.replace(/^\uFEFF/, ' '), errors, PARSE_OPTIONS);
   const first = errors[0];
   if (first !== undefined) throw new ConfigError(file, [{ path: [], message: `not valid JSON: ${describeSyntaxError(text, first)} at ${lineAndColumn(text, first.offset)}` }]);
-  return tree === undefined ? undefined : nodeValue(tree);
+  return tree;
+}
+
+/**
+ * Keys written more than once in one object, anywhere in the file. JSON.parse (and nodeValue)
+ * keep the last one without a word, so a section pasted from the README into a file that has it
+ * already would silently replace the first one.
+ */
+function duplicateKeys(tree: JsonNode | undefined, text: string): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const walk = (node: JsonNode, path: JsonPath): void => {
+    if (node.type === 'array') {
+      (node.children ?? []).forEach((item, index) => walk(item, [...path, index]));
+      return;
+    }
+    if (node.type !== 'object') return;
+    const firstKeys = new Map<string, JsonNode>();
+    for (const property of node.children ?? []) {
+      const [key, value] = property.children ?? [];
+      if (key === undefined) continue;
+      const name = String(key.value);
+      const first = firstKeys.get(name);
+      if (first === undefined) firstKeys.set(name, key);
+      else {
+        problems.push({
+          path: [...path, name],
+          message: `"${name}" written again at ${lineAndColumn(text, key.offset)} (first at ${lineAndColumn(text, first.offset)}); a key may appear only once in an object: merge the two or remove one (otherwise the last would silently replace the first)`,
+        });
+      }
+      if (value !== undefined) walk(value, [...path, name]);
+    }
+  };
+  if (tree !== undefined) walk(tree, []);
+  return problems;
 }
 
 /**
