@@ -7,7 +7,7 @@
 // and the final flush at exit gives up after about two seconds, or at once when stdout is gone.
 import { writeSync } from 'node:fs';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import pretty from 'pino-pretty';
+import { prettyFactory } from 'pino-pretty';
 
 export type { Logger };
 
@@ -64,7 +64,16 @@ function boundedFinalFlush(destination: PendingWrites): void {
 export function createLogger(level: LevelWithSilent = 'info', options: { pretty?: boolean } = {}): Logger {
   const human = options.pretty ?? process.stdout.isTTY === true;
   const base = { level, base: { pid: process.pid }, redact: { paths: ['*.password', '*.passphrase', '*.key', 'password'], censor: '[secret]' } };
-  if (human) return pino(base, pretty({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }));
+  const destination = stdoutDestination();
+  if (!human) return pino(base, destination);
+  // Human-readable lines are formatted here and go to the same destination. pino-pretty's own
+  // destination writes synchronously and retries EAGAIN without end (a gateway run with --pretty
+  // into a pipe nobody read froze), and its stream pipeline would buffer without bound.
+  const prettify = prettyFactory({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
+  return pino(base, { write: (line: string) => destination.write(prettify(line)) });
+}
+
+function stdoutDestination(): Destination {
   // While running, EAGAIN is retried by a timer, without blocking (sonic-boom's default).
   const destination: Destination = pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
   // pino replaces this with a no-op itself once an asynchronous write has failed with EPIPE. A
@@ -72,5 +81,5 @@ export function createLogger(level: LevelWithSilent = 'info', options: { pretty?
   if (hasPendingWrites(destination)) destination.flushSync = () => boundedFinalFlush(destination);
   // A write error (stdout gone) must not become an uncaught exception.
   destination.on('error', () => undefined);
-  return pino(base, destination);
+  return destination;
 }
