@@ -39,6 +39,8 @@ function hasPendingWrites(destination: object): destination is PendingWrites {
  * about EAGAIN/EBUSY only). This writes what is pending like its `flushSync` does, but gives up at
  * the first other error and after FINAL_FLUSH_MS of EAGAIN, and never throws: the exit goes on.
  * A write in flight (`_writing`) is left out, as sonic-boom does: its thread may have written it.
+ * (Forcing sonic-boom 5 through npm overrides was tried: its flushSync throws on EPIPE, so the
+ * gateway exits 1 after SIGTERM, and a stdout nobody reads still held the exit past 15 s.)
  */
 function boundedFinalFlush(destination: PendingWrites): void {
   const pending = [...(destination._writing || destination._writingBuf.length === 0 ? [] : [destination._writingBuf]), ...destination._bufs];
