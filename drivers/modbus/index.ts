@@ -11,7 +11,7 @@
 //     half-open or stuck connection looks exactly like a silent device).
 
 import type { Logger } from 'pino';
-import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
+import { DriverError, type Driver, type DriverContext, type DriverErrorCode, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
 import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
@@ -501,13 +501,20 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   }
 }
 
-function bad(tag: ModbusTag, reason: string, code: string): TagReading {
+function bad(tag: ModbusTag, reason: string, code: DriverErrorCode): TagReading {
   return { tag: tag.name, quality: 'bad', reason, code };
 }
 
-/** Stable short codes for counting failures per device: timeout, bad-reply, connection, exception-N. */
-function failureCode(failure: ModbusFailure): string {
-  return failure.kind === 'exception' ? `exception-${failure.exceptionCode ?? 0}` : failure.kind;
+/** Stable short codes for counting failures per device: timeout, bad-reply, connection-lost, exception-N. */
+function failureCode(failure: ModbusFailure): DriverErrorCode {
+  switch (failure.kind) {
+    case 'exception':
+      return `exception-${failure.exceptionCode ?? 0}`;
+    case 'connection':
+      return 'connection-lost';
+    default:
+      return failure.kind;
+  }
 }
 
 function byteCountMismatch(got: number, asked: string, expected: number): ModbusFailure {

@@ -14,7 +14,7 @@ import {
 } from 'node-opcua-client';
 import { DriverError } from '../../src/pipeline/driver.js';
 import type { OpcUaConnection } from './connection.js';
-import { statusName, statusReason } from './values.js';
+import { failureName, statusReason } from './values.js';
 
 export interface BrowseEntry {
   browseName: string;
@@ -51,7 +51,7 @@ export async function browseChildren(connection: OpcUaConnection, nodeIdText: st
       resultMask: 0x3f,
     }),
   );
-  if (result.statusCode.isNotGood()) throw new DriverError(`browsing ${nodeIdText} failed: ${statusReason(result.statusCode)}`, { code: statusName(result.statusCode) });
+  if (result.statusCode.isNotGood()) throw new DriverError(`browsing ${nodeIdText} failed: ${statusReason(result.statusCode)}`, { code: failureName(result.statusCode) });
   references.push(...(result.references ?? []));
   // Servers hand out long child lists in parts.
   while (result.continuationPoint && result.continuationPoint.length > 0 && references.length < MAX_CHILDREN) {

@@ -29,7 +29,7 @@ import {
 import { DriverError } from '../../src/pipeline/driver.js';
 import type { OpcUaDeviceConfig } from './config.js';
 import { applicationCertificateFile, openCertificateManager, readPrivateKeyPem, readUserCertificate, rejectedCertificatesFolder, trustedCertificatesFolder } from './pki.js';
-import { statusName } from './values.js';
+import { failureName, isStatusCodeName, statusName } from './values.js';
 
 /** The server's operation limits that matter here; 0 = the server states none. */
 export interface OperationLimits {
@@ -249,7 +249,7 @@ export class OpcUaConnection {
   /** A DriverError for a failed service call; marks the connection lost when the failure says so. */
   failure(error: unknown, what: string): DriverError {
     const status = serviceResultOf(error);
-    const name = status ? statusName(status) : undefined;
+    const name = status ? failureName(status) : undefined;
     const message = error instanceof Error ? error.message : String(error);
     const connectionLost = this.lost !== undefined || name === undefined || CONNECTION_STATUSES.has(name);
     if (connectionLost) this.markLost(`${what} failed: ${message}`);
@@ -308,7 +308,8 @@ async function readServerInfo(session: ClientSession): Promise<ServerInfo> {
 function connectError(error: unknown, device: OpcUaDeviceConfig, dataDir: string): DriverError {
   const status = serviceResultOf(error);
   const raw = error instanceof Error ? error.message : String(error);
-  const name = status ? statusName(status) : (/\b(Bad[A-Za-z]+)\b/.exec(raw)?.[1] ?? undefined);
+  const named = /\b(Bad[A-Za-z]+)\b/.exec(raw)?.[1];
+  const name = status ? failureName(status) : named !== undefined && isStatusCodeName(named) ? named : undefined;
   const { endpointUrl, securityMode, securityPolicy } = device.connection;
   let message: string;
   if (name === 'BadCertificateUntrusted' || /certificate.*(untrusted|not trusted)|untrusted.*certificate/i.test(raw)) {

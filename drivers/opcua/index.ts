@@ -17,7 +17,7 @@ import type { OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { OpcUaConnection } from './connection.js';
 import { splitNamespaceUri, withNamespaceIndex, withNamespaceUri } from './nodeid.js';
 import { ActiveSubscription, itemSettings, notConnected, resolveItem, type PlannedItem } from './subscription.js';
-import { dataTypeName, readingOf, statusName, statusReason, variantFor } from './values.js';
+import { dataTypeName, failureName, readingOf, statusReason, variantFor } from './values.js';
 
 export { browseChildren, formatBrowseTable, tagEntries, type BrowseEntry } from './browse.js';
 export { applicationCertificateFile, pkiFolder, rejectedCertificatesFolder, trustedCertificatesFolder } from './pki.js';
@@ -177,7 +177,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     }
     const status = await connection.request(`writing "${tag.name}"`, (session) => session.write({ nodeId: item.nodeId!, attributeId: AttributeIds.Value, value: { value: variant } }));
     if (status.isGood()) return;
-    const name = statusName(status);
+    const name = failureName(status);
     const hint =
       name === 'BadNotWritable'
         ? 'the node is read-only (its AccessLevel has no CurrentWrite)'
@@ -226,7 +226,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const [dataTypeValue, rankValue] = values;
     if (!dataTypeValue || !dataTypeValue.statusCode.isGood()) {
       const status = dataTypeValue?.statusCode;
-      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, { code: status ? statusName(status) : 'no-datatype' });
+      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, { code: status ? failureName(status) : 'no-datatype' });
     }
     // Resolves subtypes (Duration → Double, enumerations → Int32 …) to the built-in type.
     const dataType = await connection.request(`resolving the DataType of "${tag.name}"`, (session) => session.getBuiltInDataType(nodeId));

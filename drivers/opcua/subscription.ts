@@ -16,11 +16,11 @@ import {
   type NodeId,
   type ReadValueIdOptions,
 } from 'node-opcua-client';
-import { DriverError, type TagReading } from '../../src/pipeline/driver.js';
+import { DriverError, type DriverErrorCode, type StatusCodeName, type TagReading } from '../../src/pipeline/driver.js';
 import type { DataChangeFilterConfig, OpcUaDeviceConfig, OpcUaTag } from './config.js';
 import { withTimeout, type OpcUaConnection } from './connection.js';
 import { withNamespaceIndex } from './nodeid.js';
-import { readingOf, statusName, statusReason } from './values.js';
+import { failureName, readingOf, statusName, statusReason } from './values.js';
 
 /** Monitored items per CreateMonitoredItems call when the server states no limit. */
 const DEFAULT_ITEMS_PER_CALL = 1000;
@@ -31,7 +31,7 @@ export interface PlannedItem {
   nodeId: NodeId | undefined;
   problem?: string;
   /** Status name for the bad reading when there is no NodeId (default BadNodeIdInvalid). */
-  code?: string;
+  code?: StatusCodeName;
   /** An "nsu=" NodeId: its namespace index is looked up per connection by resolveItem(). */
   byNamespaceUri?: true;
 }
@@ -193,7 +193,7 @@ export class ActiveSubscription {
     group.monitoredItems.forEach((monitoredItem, index) => {
       const status = monitoredItem.statusCode;
       const item = items[index];
-      if (item && status && status.isNotGood()) failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: statusName(status) });
+      if (item && status && status.isNotGood()) failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: failureName(status) });
     });
     return failed;
   }
@@ -213,7 +213,7 @@ export class ActiveSubscription {
   }
 
   /** Stops delivering. With a reason, every tag is reported bad at once rather than going silent. */
-  deactivate(reason?: { text: string; code: string }): void {
+  deactivate(reason?: { text: string; code: DriverErrorCode }): void {
     if (!this.active) return;
     this.active = false;
     this.pending = [];

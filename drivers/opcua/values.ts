@@ -2,7 +2,7 @@
 // quality from the StatusCode's severity, source timestamp). Writing: a gateway value is coerced
 // to the node's built-in DataType, with a readable error when it does not fit.
 import { DataType, Variant, VariantArrayType, type DataValue, type StatusCode } from 'node-opcua-client';
-import type { Quality, ScalarValue, TagReading, TagValue } from '../../src/pipeline/driver.js';
+import type { Quality, ScalarValue, StatusCodeName, TagReading, TagValue } from '../../src/pipeline/driver.js';
 
 /** Quality from the two severity bits of a StatusCode (OPC 10000-4 §7.39): 00 good, 01 uncertain, 1x bad. */
 export function qualityOf(status: StatusCode): Quality {
@@ -13,6 +13,20 @@ export function qualityOf(status: StatusCode): Quality {
 /** "BadNodeIdUnknown" — the status name without the info bits node-opcua appends after "#". */
 export function statusName(status: StatusCode): string {
   return status.name.split('#')[0] ?? status.name;
+}
+
+/** True for the names of Bad and Uncertain StatusCodes, the ones that are failure codes. */
+export function isStatusCodeName(name: string): name is StatusCodeName {
+  return name.startsWith('Bad') || name.startsWith('Uncertain');
+}
+
+/**
+ * The status name as a failure code, for a StatusCode that is not Good. (node-opcua names every
+ * code, unknown ones "Bad"; a Good one here would be a bug, reported as BadUnexpectedError.)
+ */
+export function failureName(status: StatusCode): StatusCodeName {
+  const name = statusName(status);
+  return isStatusCodeName(name) ? name : 'BadUnexpectedError';
 }
 
 /** Readable reason: the status name, then what it means. */
@@ -107,7 +121,7 @@ export function readingOf(tag: string, dataValue: DataValue): TagReading {
   if (sourceTs !== undefined) reading.sourceTs = sourceTs;
   if (quality !== 'good') {
     reading.reason = statusReason(status);
-    reading.code = statusName(status);
+    reading.code = failureName(status);
   }
   // A bad value carries no value; an uncertain one does (e.g. UncertainLastUsableValue).
   if (quality === 'bad') return reading;

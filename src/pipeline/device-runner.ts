@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import { backoffDelay } from '../util/backoff.js';
 import { errorMessage } from '../util/errors.js';
-import { DriverError, type Driver, type DriverTag, type ReadPlan, type TagReading, type TagValue } from './driver.js';
+import { DriverError, type Driver, type DriverErrorCode, type DriverTag, type ReadPlan, type TagReading, type TagValue } from './driver.js';
 import { PollJob, type Clock, systemClock } from './scheduler.js';
 
 export interface PollGroup<Tag extends DriverTag = DriverTag> {
@@ -278,6 +278,6 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   }
 }
 
-function allBad(tags: readonly DriverTag[], reason: string, code: string): TagReading[] {
+function allBad(tags: readonly DriverTag[], reason: string, code: DriverErrorCode): TagReading[] {
   return tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason, code }));
 }

@@ -19,7 +19,7 @@ export interface TagReading {
   /** Why the quality is not good (human readable, e.g. "exception 2: illegal data address"). */
   reason?: string;
   /** A short stable code for the failure ("timeout", "exception-2", …), counted per device. */
-  code?: string;
+  code?: DriverErrorCode;
   /** Milliseconds since the epoch, when the device itself stamps its values. */
   sourceTs?: number;
 }
@@ -45,14 +45,51 @@ export interface ReadPlan {
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
+/** An OPC UA StatusCode name used as a failure code: "BadNodeIdUnknown", "UncertainLastUsableValue". */
+export type StatusCodeName = `Bad${string}` | `Uncertain${string}`;
+
+/**
+ * Every failure code a driver may put on a bad reading or a DriverError, and that the core matches
+ * on. Counted per device in /api/status and /metrics (errorsByCode), so each is short and stable.
+ * A code that is not here does not compile: add it here, with a word on what it means.
+ */
+export type DriverErrorCode =
+  // Raised by the core (src/pipeline/device-runner.ts); the command path refuses writes with these.
+  | 'not-connected' // the device has no working connection (also: a driver used before connect or after close)
+  | 'stopped' // the device is being stopped
+  | 'no-result' // the driver returned no reading for a tag
+  | 'error' // a failure that came without a code (not a DriverError)
+  // Writes refused before anything reaches the device (the command path answers them as refusals).
+  | 'invalid-value' // the value does not fit the tag's type
+  | 'read-only' // the tag cannot be written by the protocol
+  // The link, any driver.
+  | 'connect-failed' // connect() failed (unreachable, refused, no such serial port, handshake failed)
+  | 'connection-lost' // the connection went away under a request
+  | 'closed' // the driver (or its share of a serial port) was closed while a request waited
+  | 'line-conflict' // a serial port is open with other line settings for another device
+  | 'timeout' // no (complete) answer within the configured time
+  | 'bad-reply' // an answer that does not fit the request (framing, CRC, length, ids)
+  | 'foreign-plan' // read() got a plan another driver instance made
+  // Modbus.
+  | `exception-${number}` // the device answered with a Modbus exception code
+  | 'known-illegal-address' // not requested: the device answered "illegal data address" for it earlier
+  | 'skipped' // the device is skipped for a while after timeouts (its back-off)
+  | 'decode' // the registers could not be decoded into the tag's type
+  | 'internal' // a tag the driver did not read (a bug)
+  // OPC UA.
+  | StatusCodeName // the server's status for a node, a service or the connection
+  | 'no-value' // a good status without a value
+  | 'unsupported-type' // a value of a DataType the gateway does not map
+  | 'no-datatype'; // a node whose DataType could not be read (writes)
+
 /**
  * Thrown (or rejected) by `read`/`write` when the failure concerns the whole device, not one tag.
  * `connectionLost` tells the core to reconnect (with back-off) before the next cycle.
  */
 export class DriverError extends Error {
-  readonly code: string;
+  readonly code: DriverErrorCode;
   readonly connectionLost: boolean;
-  constructor(message: string, options: { code: string; connectionLost?: boolean; cause?: unknown }) {
+  constructor(message: string, options: { code: DriverErrorCode; connectionLost?: boolean; cause?: unknown }) {
     super(message, { cause: options.cause });
     this.name = 'DriverError';
     this.code = options.code;
