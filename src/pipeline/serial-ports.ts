@@ -1,0 +1,472 @@
+// The serial-port registry: one owner per serial port, shared by every device on it, whatever its
+// driver. An RS-485 line carries one conversation at a time, so several devices on one port (Modbus
+// RTU unit ids, serial-line instruments, both) must never talk over each other:
+//
+//   - the port is opened once, with its line settings; a device asking for other settings is
+//     refused with both settings and the path (a second owner would just garble the line);
+//   - every device holds a lease (reference counted); the last one released closes the port;
+//   - exchanges of all leases run one after another in arrival order (a FIFO), each after the
+//     quiet time the slowest device on the line needs. An exchange is exclusive: inside it a driver
+//     writes requests and collects replies (until its own framing says the reply is complete, or a
+//     timeout), and bytes received before each request are dropped, so a late answer to an earlier
+//     request is never taken for the next one;
+//   - a device that stops answering costs the others only its own timeouts: its exchanges queue
+//     like anyone's, and the driver's own back-off decides how often it is tried;
+//   - when the port fails (USB adapter unplugged, pty closed) every lease is told and requests in
+//     flight fail as a lost connection; the next open() of any lease opens it again.
+//
+// Protocol knowledge stays in the drivers: the registry moves bytes and knows no framing but the
+// function each request comes with.
+
+import { realpathSync } from 'node:fs';
+import { SerialPort } from 'serialport';
+import { DriverError, type DriverErrorCode } from './driver.js';
+
+export type Parity = 'none' | 'even' | 'odd' | 'mark' | 'space';
+
+export interface SerialLineSettings {
+  baudRate: number;
+  dataBits: 5 | 6 | 7 | 8;
+  parity: Parity;
+  stopBits: 1 | 1.5 | 2;
+  /** RTS/CTS hardware flow control. */
+  rtscts?: boolean;
+}
+
+/** "9600 8N1", "19200 7E2 RTS/CTS". */
+export function describeLineSettings(settings: SerialLineSettings): string {
+  const parity = { none: 'N', even: 'E', odd: 'O', mark: 'M', space: 'S' }[settings.parity];
+  return `${settings.baudRate} ${settings.dataBits}${parity}${settings.stopBits}${settings.rtscts ? ' RTS/CTS' : ''}`;
+}
+
+/** What the registry knows about a device on a port. */
+export interface SerialPortUser {
+  /** The device's name, for messages. */
+  readonly name: string;
+  /** Quiet time (ms) the device needs between two exchanges; the line waits the largest of its users'. */
+  readonly interRequestDelay?: number;
+  /** Told when the port fails under its users (adapter unplugged, pty closed). Any lease's open() reopens it. */
+  onPortLost?(reason: string): void;
+}
+
+/**
+ * The framing of one reply, given every byte received since its request: 'more' while it is not
+ * complete, the reply itself once it is (a driver may skip noise before it), or what is wrong.
+ */
+export type ReplyFraming = (received: Buffer) => FrameVerdict;
+export type FrameVerdict = 'more' | { reply: Buffer } | { problem: string };
+
+export interface ReplyOptions {
+  /** Milliseconds from the request to the complete reply. */
+  timeout: number;
+  frame: ReplyFraming;
+  /** Most bytes a reply may take before it is refused as a bad reply (bounded memory). Default 4096. */
+  maxBytes?: number;
+}
+
+/** The port while an exchange holds it. */
+export interface SerialExchange {
+  /**
+   * Drops whatever was received and not claimed, writes `request` and collects the reply.
+   * Rejects with a SerialLineError: `timeout`, `bad-reply` (the framing said so, or too long), or
+   * `connection-lost` when the port fails meanwhile; `closed` when the exchange or lease ended.
+   */
+  transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer>;
+}
+
+/** One device's share of a serial port. */
+export interface SerialPortLease {
+  readonly path: string;
+  /** "9600 8N1". */
+  readonly settings: string;
+  /** "serial /dev/ttyUSB0 (9600 8N1)". */
+  readonly label: string;
+  /** The port is open and this lease not released. */
+  readonly isOpen: boolean;
+  /** Devices holding the port, this one included. */
+  readonly userCount: number;
+  /** Requests written on the port so far, by every device on it. */
+  readonly requestCount: number;
+  /** Why the port last went away, while it is closed. */
+  readonly lossReason: string | undefined;
+  /** Opens the port unless it is open; concurrent callers of every lease share one attempt. Rejects with code `connect-failed`. */
+  open(): Promise<void>;
+  /**
+   * Runs `work` with the port to itself, after every exchange queued before it (of any device)
+   * and the line's quiet time. Several requests inside one exchange (a read-modify-write) cannot
+   * be split by another device. Rejects with `not-connected` when the port is not open, `closed`
+   * once the lease is released (also while `work` runs: a release never waits for a reply).
+   */
+  exclusive<T>(work: (exchange: SerialExchange) => Promise<T>): Promise<T>;
+  /** One request and its reply as an exchange of its own. */
+  transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer>;
+  /** Gives the share back; the last one closes the port. Fails an exchange of this lease at once. Never rejects. */
+  release(): Promise<void>;
+}
+
+/** A failed exchange, with the bytes that did arrive. */
+export class SerialLineError extends DriverError {
+  readonly received: Buffer;
+  constructor(message: string, code: DriverErrorCode, received: Buffer = Buffer.alloc(0), connectionLost = false) {
+    super(message, { code, connectionLost });
+    this.name = 'SerialLineError';
+    this.received = received;
+  }
+}
+
+const DEFAULT_MAX_REPLY = 4096;
+const CLOSE_TIMEOUT_MS = 2000;
+
+/** Received bytes in hex for messages, cut after 64. */
+export function hexBytes(bytes: Uint8Array): string {
+  const shown = Buffer.from(bytes.subarray(0, 64)).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+  return bytes.length > 64 ? `${shown} … (${bytes.length} bytes)` : shown;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Pending {
+  buffer: Buffer;
+  options: ReplyOptions;
+  resolve: (reply: Buffer) => void;
+  reject: (error: SerialLineError) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** The exchange handed to one `exclusive` call; dead once it returns. */
+class Section implements SerialExchange {
+  active = true;
+  readonly lease: Lease;
+  private readonly port: SharedPort;
+
+  constructor(port: SharedPort, lease: Lease) {
+    this.port = port;
+    this.lease = lease;
+  }
+
+  transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
+    return this.port.transact(this, request, options);
+  }
+}
+
+class SharedPort {
+  readonly key: string;
+  readonly path: string;
+  readonly settings: string;
+  readonly label: string;
+  readonly leases = new Set<Lease>();
+  private readonly lineSettings: SerialLineSettings;
+  private port: SerialPort | undefined;
+  private opening: Promise<void> | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private lastExchangeEnd = 0;
+  private pending: Pending | undefined;
+  private holder: Section | undefined;
+  requestCount = 0;
+  lossReason: string | undefined;
+
+  constructor(key: string, path: string, settings: SerialLineSettings) {
+    this.key = key;
+    this.path = path;
+    this.lineSettings = settings;
+    this.settings = describeLineSettings(settings);
+    this.label = `serial ${path} (${this.settings})`;
+  }
+
+  get isOpen(): boolean {
+    return this.port?.isOpen === true;
+  }
+
+  open(): Promise<void> {
+    if (this.isOpen) return Promise.resolve();
+    this.opening ??= this.doOpen().finally(() => {
+      this.opening = undefined;
+    });
+    return this.opening;
+  }
+
+  private async doOpen(): Promise<void> {
+    const { baudRate, dataBits, parity, stopBits, rtscts } = this.lineSettings;
+    const port = new SerialPort({ path: this.path, baudRate, dataBits, parity, stopBits, rtscts: rtscts ?? false, autoOpen: false });
+    // Without an 'error' listener a port error would crash the process.
+    port.on('error', (error: Error) => this.lost(port, `port error: ${error.message}`));
+    port.on('close', (error?: Error | null) => this.lost(port, error ? `port closed: ${error.message}` : 'port closed'));
+    port.on('data', (chunk: Buffer) => this.receive(port, chunk));
+    try {
+      await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
+    } catch (error) {
+      // serialport's messages read "Error: No such file or directory, cannot open /dev/ttyUSB0".
+      const message = (error instanceof Error ? error.message : String(error)).replace(/^Error: /, '');
+      throw new DriverError(`cannot open ${this.label}: ${message}`, { code: 'connect-failed', cause: error });
+    }
+    if (this.leases.size === 0) {
+      // Every device let go while the port was opening (gateway stopping): nobody would close it.
+      void closePort(port);
+      throw new DriverError(`cannot open ${this.label}: released while opening`, { code: 'closed' });
+    }
+    this.port = port;
+    this.lossReason = undefined;
+    this.lastExchangeEnd = 0;
+  }
+
+  /** The port failed or closed by itself: fail the request in flight, tell every device. */
+  private lost(port: SerialPort, why: string): void {
+    if (port !== this.port) return;
+    this.port = undefined;
+    this.lossReason = `${this.label} lost: ${why}`;
+    this.settle(new SerialLineError(this.lossReason, 'connection-lost', this.pending?.buffer, true));
+    void closePort(port);
+    for (const lease of [...this.leases]) lease.portLost(this.lossReason);
+  }
+
+  private receive(port: SerialPort, chunk: Buffer): void {
+    const pending = this.pending;
+    // Bytes nobody waits for (a late reply, noise) are dropped: the next request starts clean.
+    if (port !== this.port || !pending) return;
+    pending.buffer = pending.buffer.length === 0 ? chunk : Buffer.concat([pending.buffer, chunk]);
+    let verdict: FrameVerdict;
+    try {
+      verdict = pending.options.frame(pending.buffer);
+    } catch (error) {
+      verdict = { problem: `framing failed: ${error instanceof Error ? error.message : String(error)}` };
+    }
+    if (verdict === 'more') {
+      const max = pending.options.maxBytes ?? DEFAULT_MAX_REPLY;
+      if (pending.buffer.length > max) this.settle(new SerialLineError(`bad reply: more than ${max} bytes without a complete reply`, 'bad-reply', pending.buffer));
+      return;
+    }
+    if ('problem' in verdict) {
+      this.settle(new SerialLineError(`bad reply: ${verdict.problem}`, 'bad-reply', pending.buffer));
+      return;
+    }
+    this.settle(undefined, verdict.reply);
+  }
+
+  /** Ends the request waiting for its reply, if any, with `error` or the reply. */
+  private settle(error: SerialLineError | undefined, reply?: Buffer): void {
+    const pending = this.pending;
+    if (!pending) return;
+    this.pending = undefined;
+    clearTimeout(pending.timer);
+    if (error) pending.reject(error);
+    else pending.resolve(reply ?? Buffer.alloc(0));
+  }
+
+  exclusive<T>(lease: Lease, work: (exchange: SerialExchange) => Promise<T>): Promise<T> {
+    const result = this.queue.then(() => this.runExclusive(lease, work));
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  private async runExclusive<T>(lease: Lease, work: (exchange: SerialExchange) => Promise<T>): Promise<T> {
+    if (lease.released) throw lease.closedError();
+    // On a shared bus the slowest device dictates the quiet time between any two exchanges.
+    let delay = 0;
+    for (const other of this.leases) delay = Math.max(delay, other.user.interRequestDelay ?? 0);
+    const wait = this.lastExchangeEnd + delay - Date.now();
+    if (wait > 0) await sleep(wait);
+    if (lease.released) throw lease.closedError();
+    if (!this.isOpen) throw new SerialLineError(this.lossReason ?? `not connected to ${this.label}`, 'not-connected', undefined, true);
+    const section = new Section(this, lease);
+    this.holder = section;
+    try {
+      return await Promise.race([work(section), lease.whenReleased()]);
+    } finally {
+      section.active = false;
+      this.holder = undefined;
+      // A request of this exchange still waiting (its driver gave up first, or the lease went):
+      // its reply, if any, is dropped with the rest.
+      this.settle(lease.released ? lease.closedError() : new SerialLineError('the exchange ended before the reply', 'closed'));
+      this.lastExchangeEnd = Date.now();
+    }
+  }
+
+  transact(section: Section, request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
+    if (!section.active || this.holder !== section) return Promise.reject(new SerialLineError('the exchange has ended', 'closed'));
+    if (section.lease.released) return Promise.reject(section.lease.closedError());
+    const port = this.port;
+    if (!port?.isOpen) return Promise.reject(new SerialLineError(this.lossReason ?? `not connected to ${this.label}`, 'connection-lost', undefined, true));
+    if (this.pending) return Promise.reject(new Error('transact() while the previous request of this exchange still waits for its reply'));
+    return new Promise<Buffer>((resolve, reject) => {
+      const timeout = Math.max(1, options.timeout);
+      const pending: Pending = {
+        buffer: Buffer.alloc(0),
+        options,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          if (this.pending !== pending) return;
+          const got = pending.buffer.length;
+          const what = got === 0 ? 'no reply' : `no complete reply (${got} byte${got === 1 ? '' : 's'}: ${hexBytes(pending.buffer)})`;
+          this.settle(new SerialLineError(`timeout: ${what} within ${timeout} ms`, 'timeout', pending.buffer));
+        }, timeout),
+      };
+      this.pending = pending;
+      this.requestCount++;
+      port.write(Buffer.from(request), (error) => {
+        if (error) this.lost(port, `write failed: ${error.message}`);
+      });
+    });
+  }
+
+  /** Drops a lease; the last one out closes the port and unregisters it. */
+  async release(lease: Lease): Promise<void> {
+    if (!this.leases.delete(lease)) return;
+    if (this.holder?.lease === lease) this.settle(lease.closedError());
+    if (this.leases.size > 0) return;
+    if (ports.get(this.key) === this) ports.delete(this.key);
+    const port = this.port;
+    this.port = undefined;
+    this.lossReason = `${this.label} closed`;
+    if (port) await closePort(port);
+  }
+}
+
+class Lease implements SerialPortLease {
+  readonly user: SerialPortUser;
+  released = false;
+  private readonly shared: SharedPort;
+  private releasedSignal: Promise<never> | undefined;
+  private signalRelease: ((error: SerialLineError) => void) | undefined;
+
+  constructor(shared: SharedPort, user: SerialPortUser) {
+    this.shared = shared;
+    this.user = user;
+  }
+
+  get path(): string {
+    return this.shared.path;
+  }
+
+  get settings(): string {
+    return this.shared.settings;
+  }
+
+  get label(): string {
+    return this.shared.label;
+  }
+
+  get isOpen(): boolean {
+    return !this.released && this.shared.isOpen;
+  }
+
+  get userCount(): number {
+    return this.shared.leases.size;
+  }
+
+  get requestCount(): number {
+    return this.shared.requestCount;
+  }
+
+  get lossReason(): string | undefined {
+    return this.shared.lossReason;
+  }
+
+  open(): Promise<void> {
+    if (this.released) return Promise.reject(this.closedError());
+    return this.shared.open();
+  }
+
+  exclusive<T>(work: (exchange: SerialExchange) => Promise<T>): Promise<T> {
+    if (this.released) return Promise.reject(this.closedError());
+    return this.shared.exclusive(this, work);
+  }
+
+  transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
+    return this.exclusive((exchange) => exchange.transact(request, options));
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    this.signalRelease?.(this.closedError());
+    try {
+      await this.shared.release(this);
+    } catch {
+      // never rejects
+    }
+  }
+
+  /** Rejects once the lease is released (an exchange in progress ends at once). */
+  whenReleased(): Promise<never> {
+    if (!this.releasedSignal) {
+      this.releasedSignal = new Promise<never>((_, reject) => {
+        this.signalRelease = reject;
+      });
+      this.releasedSignal.catch(() => undefined);
+      if (this.released) this.signalRelease?.(this.closedError());
+    }
+    return this.releasedSignal;
+  }
+
+  closedError(): SerialLineError {
+    return new SerialLineError(`${this.shared.label}: closed by "${this.user.name}"`, 'closed');
+  }
+
+  portLost(reason: string): void {
+    if (this.released) return;
+    try {
+      this.user.onPortLost?.(reason);
+    } catch {
+      // a user's listener must not keep the others from hearing it
+    }
+  }
+}
+
+const ports = new Map<string, SharedPort>();
+
+/** Two names of one device (a /dev/serial/by-id link and its /dev/ttyUSB0) are one port. */
+function portKey(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
+/**
+ * A share of the serial port at `path` for one device, registering the port on first use. Throws
+ * a DriverError with code `line-conflict` when the port is registered with other line settings.
+ * The port is opened by the lease's open().
+ */
+export function acquireSerialPort(path: string, settings: SerialLineSettings, user: SerialPortUser): SerialPortLease {
+  const key = portKey(path);
+  let shared = ports.get(key);
+  const wanted = describeLineSettings(settings);
+  if (shared && shared.settings !== wanted) {
+    const holders = [...shared.leases].map((lease) => `"${lease.user.name}"`).join(', ');
+    const same = shared.path === path ? '' : ` (as ${shared.path})`;
+    throw new DriverError(
+      `serial port ${path}${same} is in use at ${shared.settings} by ${holders}; "${user.name}" asks for ${wanted}. All devices on one serial port must use the same line settings`,
+      { code: 'line-conflict' },
+    );
+  }
+  if (!shared) {
+    shared = new SharedPort(key, path, settings);
+    ports.set(key, shared);
+  }
+  const lease = new Lease(shared, user);
+  shared.leases.add(lease);
+  return lease;
+}
+
+/** Serial ports currently registered (tests, diagnostics). */
+export function registeredSerialPorts(): number {
+  return ports.size;
+}
+
+function closePort(port: SerialPort): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
+    const done = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    if (!port.isOpen) return done();
+    try {
+      port.close(() => done());
+    } catch {
+      done();
+    }
+  });
+}
