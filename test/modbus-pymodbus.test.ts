@@ -1,14 +1,17 @@
 // The driver against pymodbus 3.0 (an independent implementation): Modbus TCP, RTU on a serial
-// line (a socat pty pair) with two unit ids on one line, and RTU framing over TCP.
+// line (a socat pty pair) with two unit ids on one line, the same line shared with another driver
+// through the serial-port registry, and RTU framing over TCP.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { DriverError, type TagReading } from '../src/pipeline/driver.js';
+import { acquireSerialPort } from '../src/pipeline/serial-ports.js';
 import { createDriver, type ModbusDriver } from '../drivers/modbus/index.js';
 import type { ModbusTag } from '../drivers/modbus/config.js';
-import { cleanup, device, startPtyPair, startPymodbus, testContext } from './helpers/modbus-servers.js';
+import { rtuRequests, startSerialLink } from './helpers/links.js';
+import { cleanup, device, startPtyPair, startPymodbus, testContext, withCrc } from './helpers/modbus-servers.js';
 
 function values(readings: TagReading[]): Record<string, unknown> {
   return Object.fromEntries(readings.map((r) => [r.tag, r.quality === 'good' ? r.value : `BAD: ${r.reason}`]));
@@ -134,5 +137,52 @@ describe('modbus driver against pymodbus', () => {
     assert.equal(after['b1'], true);
     assert.equal(after['bit2'], true);
     assert.equal(after['bit15'], true);
+  });
+  it('rtu on a serial line shared with another driver: each gets its own replies, requests never interleave on the wire', async (t) => {
+    const defer = cleanup(t);
+    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-rtu-'));
+    defer(() => rmSync(dir, { recursive: true, force: true }));
+    // The cable records every byte the gateway sends.
+    const link = await startSerialLink(dir);
+    defer(() => link.stop());
+    const server = await startPymodbus('rtu', { serialPath: link.devicePath, units: [1] });
+    defer(() => server.stop());
+
+    const serial = { transport: 'rtu', path: link.path, baudRate: 9600 };
+    const liveConfig = device({ name: 'live', connection: { ...serial, unitId: 1, timeout: 1000 }, tags: TAGS });
+    const silentConfig = device({ name: 'silent', connection: { ...serial, unitId: 2, timeout: 200, retries: 0, backoffAfterTimeouts: 100 }, tags: [{ name: 's', address: '40001' }] });
+    const live = createDriver(liveConfig, testContext());
+    const silent = createDriver(silentConfig, testContext());
+    defer(async () => {
+      await live.close();
+      await silent.close();
+    });
+    await live.connect();
+    await silent.connect();
+
+    // Another driver on the same port: raw requests through the registry, framed by itself.
+    const other = acquireSerialPort(link.path, { baudRate: 9600, dataBits: 8, parity: 'none', stopBits: 1 }, { name: 'other driver' });
+    defer(() => other.release());
+    await other.open();
+    const readU16 = withCrc(Buffer.from([1, 3, 0, 0, 0, 1])); // unit 1, FC3, holding 0, 1 register
+    const expectedReply = withCrc(Buffer.from([1, 3, 2, 0x12, 0x34]));
+    const replyOf7 = { timeout: 1000, frame: (received: Buffer) => (received.length >= 7 ? { reply: received.subarray(0, 7) } : 'more' as const) };
+
+    const livePlan = live.plan(liveConfig.tags);
+    const silentPlan = silent.plan(silentConfig.tags);
+    for (let round = 0; round < 3; round++) {
+      const [liveReadings, silentReadings, ...replies] = await Promise.all([
+        live.read(livePlan),
+        silent.read(silentPlan),
+        ...Array.from({ length: 5 }, () => other.transact(readU16, replyOf7)),
+      ]);
+      assert.deepEqual(values(liveReadings), EXPECTED, `round ${round}`);
+      assert.equal(silentReadings[0]!.code, 'timeout');
+      for (const reply of replies) assert.equal(reply.toString('hex'), expectedReply.toString('hex'));
+    }
+    const requests = rtuRequests(link.sent());
+    assert.equal(requests.length, (live as ModbusDriver).lineRequestCount);
+    assert.equal(requests.filter((frame) => frame.equals(readU16)).length, 15);
+    assert.ok(requests.some((frame) => frame[0] === 2), 'the silent unit was asked');
   });
 });

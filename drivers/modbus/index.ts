@@ -1,8 +1,9 @@
 // The Modbus driver: Modbus TCP, RTU on serial lines and RTU framing over TCP.
 //
-// One driver instance serves one device (one unit id). Devices behind the same serial port or
-// host:port share one line (see line.ts) whose requests run strictly one at a time. On top of
-// that the driver keeps, per device:
+// One driver instance serves one device (one unit id). Devices behind the same host:port share
+// one line (see line.ts), devices on the same serial port share the port through the pipeline's
+// serial-port registry; either way requests run strictly one at a time. On top of that the driver
+// keeps, per device:
 //   - holes: address ranges the device answered "illegal data address" for. Found by bisecting
 //     the failed request, remembered so later polls do not pay for them, re-probed now and then;
 //   - back-off: a device that stopped answering is skipped for a growing while, so the other
@@ -144,7 +145,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       }
     }
     const line = this.line;
-    const wasOpen = line.isOpen;
+    const wasOpen = line.linkOpen;
     try {
       await line.open();
     } catch (error) {

@@ -1,13 +1,22 @@
-// A "line" is one physical or logical Modbus link: a serial port, or one TCP connection to a
-// host:port. Several devices (unit ids) behind an RS-485 bus or a TCP gateway share it, and Modbus
-// allows only one outstanding request on a serial bus (and many TCP gateways behave the same), so
-// a line owns exactly one modbus-serial client and runs requests strictly one after another.
-// Lines live in a module-level registry keyed by the endpoint and are reference counted by the
-// drivers attached to them.
+// A "line" is one Modbus link with its modbus-serial client, running requests strictly one after
+// another (Modbus allows one outstanding request on a serial bus, and many TCP gateways behave
+// the same).
+//
+// TCP links (Modbus TCP, RTU over TCP): one TCP connection to a host:port, shared by every device
+// (unit id) behind it. These lines live in a module-level registry keyed by the endpoint and are
+// reference counted by the drivers attached to them.
+//
+// Serial lines: each device has a line of its own on its share (lease) of the serial port. The
+// port itself belongs to the pipeline's serial-port registry (src/pipeline/serial-ports.ts), which
+// opens it once, serializes the requests of every device and every driver on it, keeps the line's
+// quiet time, drops stray bytes before each request and reopens the port after it failed.
 
 import modbusSerial from 'modbus-serial';
+import { DriverError } from '../../src/pipeline/driver.js';
+import { acquireSerialPort, type SerialExchange, type SerialPortLease } from '../../src/pipeline/serial-ports.js';
 import type { ModbusConnection } from './config.js';
 import { MbapPort, RtuOverTcpPort, type StrictPort } from './ports.js';
+import { SerialRtuPort } from './serial-port.js';
 
 const ModbusRTU = modbusSerial.default;
 export type ModbusClient = InstanceType<typeof ModbusRTU>;
@@ -59,6 +68,12 @@ function field(value: unknown, key: string): unknown {
 /** Maps whatever modbus-serial (or the socket below it) threw to a readable, classified failure. */
 export function classifyError(error: unknown): ModbusFailure {
   if (error instanceof ModbusFailure) return error;
+  // The serial-port registry's own failures (the port gone, this device's share released).
+  if (error instanceof DriverError) {
+    if (error.code === 'timeout') return new ModbusFailure('timeout', 'timeout', { cause: error });
+    if (error.code === 'bad-reply') return new ModbusFailure('bad-reply', error.message, { cause: error });
+    return new ModbusFailure('connection', error.message, { cause: error });
+  }
   const modbusCode = field(error, 'modbusCode');
   if (typeof modbusCode === 'number') {
     const name = EXCEPTION_NAMES[modbusCode] ?? 'unknown exception';
@@ -104,33 +119,55 @@ export class Line {
   private client: ModbusClient | undefined;
   /** The strict port under the client on TCP links (see ports.ts); undefined on serial lines. */
   private port: StrictPort | undefined;
+  /** Serial lines: this device's share of the serial port, and the client's port on it. */
+  private readonly lease: SerialPortLease | undefined;
+  private serialPort: SerialRtuPort | undefined;
   private opening: Promise<void> | undefined;
   /** Rejects when the current client's connection goes away, so in-flight requests fail at once. */
   private lost: Promise<never> = new Promise<never>(() => undefined);
   private rejectLost: (failure: ModbusFailure) => void = () => undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private lastRequestEnd = 0;
-  /** Requests sent since the line was created (tests and diagnostics). */
-  requestCount = 0;
+  private requests = 0;
   /** Why the last connection went away, for the drivers' messages. */
   lossReason: string | undefined;
   /** When anything on this line last answered (data, an exception, a reply however late), ms since the epoch. */
   lastReplyAt = 0;
 
-  constructor(connection: ModbusConnection) {
+  /** `user` is the device of a serial line, which gets its share of the port here (throws `line-conflict`). */
+  constructor(connection: ModbusConnection, user?: LineUser) {
     const endpoint = endpointOf(connection);
     this.key = endpoint.key;
     this.label = endpoint.label;
     this.settings = endpoint.settings;
     this.connection = connection;
+    if (connection.transport === 'rtu') {
+      const { path, baudRate, dataBits, parity, stopBits } = connection;
+      this.lease = acquireSerialPort(
+        path,
+        { baudRate, dataBits, parity, stopBits },
+        { name: user?.name ?? path, interRequestDelay: user?.interRequestDelay ?? 0, onPortLost: (reason) => this.serialPortLost(reason) },
+      );
+    }
   }
 
   get isOpen(): boolean {
     return this.client?.isOpen === true;
   }
 
+  /** The link is open, for this device or (serial port) for another one on it. */
+  get linkOpen(): boolean {
+    return this.lease ? this.lease.isOpen : this.isOpen;
+  }
+
+  /** Devices on the link (on a serial port: of every driver). */
   get userCount(): number {
-    return this.users.size;
+    return this.lease ? this.lease.userCount : this.users.size;
+  }
+
+  /** Requests sent on the link since it was created, by every device on it (tests and diagnostics). */
+  get requestCount(): number {
+    return this.lease ? this.lease.requestCount : this.requests;
   }
 
   attach(user: LineUser): void {
@@ -156,12 +193,13 @@ export class Line {
     // A client whose socket died without a 'close' event (see execute) is still referenced: drop it.
     if (this.client) this.markLost(this.client, 'connection no longer open');
     const c = this.connection;
+    if (c.transport === 'rtu') return this.openSerial(this.lease!);
     // Connect timeout: a little more generous than a request timeout, TCP handshakes over VPNs are slow.
     const connectTimeout = Math.max(c.timeout, 3000);
     // TCP links run on our strict ports (ports.ts: MBAP for Modbus TCP, plain RTU frames for
-    // serial device servers in transparent mode); serial lines on modbus-serial's buffered RTU port.
-    const port = c.transport === 'tcp' ? new MbapPort({ host: c.host, port: c.port, connectTimeout }) : c.transport === 'rtu-over-tcp' ? new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout }) : undefined;
-    const client = port ? new ModbusRTU(port) : new ModbusRTU();
+    // serial device servers in transparent mode).
+    const port = c.transport === 'tcp' ? new MbapPort({ host: c.host, port: c.port, connectTimeout }) : new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout });
+    const client = new ModbusRTU(port);
     // modbus-serial re-emits serial port errors; an 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
     client.on('close', () => this.markLost(client, 'connection closed'));
@@ -174,34 +212,59 @@ export class Line {
     }
     client.setTimeout(connectTimeout);
     try {
-      if (c.transport === 'rtu') {
-        await client.connectRTUBuffered(c.path, { baudRate: c.baudRate, parity: c.parity, dataBits: c.dataBits, stopBits: c.stopBits });
-      } else {
-        await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
-      }
+      await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
     } catch (error) {
-      void disposeClient(client, c.transport);
+      void disposeClient(client);
       const message = String(field(error, 'message') ?? error) || String(field(error, 'code') ?? 'unknown error');
       throw new Error(`cannot open ${this.label}: ${message}`, { cause: error });
     }
     if (!client.isOpen) {
-      void disposeClient(client, c.transport);
+      void disposeClient(client);
       throw new Error(`cannot open ${this.label}: the connection closed while opening`);
     }
     if (this.users.size === 0) {
       // Every device let go of the line while the connect was under way (gateway stopping):
       // nobody would ever close this socket.
-      void disposeClient(client, c.transport);
+      void disposeClient(client);
       throw new Error(`cannot open ${this.label}: the line was closed while connecting`);
     }
-    this.client = client;
+    this.adopt(client);
     this.port = port;
+  }
+
+  /** A serial line: the registry opens the port (shared with every device on it), the client runs on this device's lease. */
+  private async openSerial(lease: SerialPortLease): Promise<void> {
+    // The registry's error already reads "cannot open serial /dev/ttyUSB0 (9600 8N1): …".
+    await lease.open();
+    const port = new SerialRtuPort(lease);
+    const client = new ModbusRTU(port);
+    client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
+    client.on('close', () => this.markLost(client, 'connection closed'));
+    await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
+    if (this.users.size === 0) {
+      void disposeClient(client);
+      throw new Error(`cannot open ${this.label}: the line was closed while connecting`);
+    }
+    this.adopt(client);
+    this.serialPort = port;
+  }
+
+  private adopt(client: ModbusClient): void {
+    this.client = client;
     this.lost = new Promise<never>((_, reject) => {
       this.rejectLost = reject;
     });
     this.lost.catch(() => undefined);
     this.lastRequestEnd = 0;
     this.lossReason = undefined;
+  }
+
+  /** The registry says the serial port failed (it reopens it when a device connects again). */
+  private serialPortLost(reason: string): void {
+    const client = this.client;
+    if (!client) return;
+    this.markLost(client, reason);
+    this.lossReason = reason;
   }
 
   /**
@@ -212,9 +275,10 @@ export class Line {
     if (client !== this.client) return;
     this.client = undefined;
     this.port = undefined;
+    this.serialPort = undefined;
     this.lossReason = failure ? `connection to ${this.label} closed after a ${why}` : `connection to ${this.label} lost: ${why}`;
     this.rejectLost(failure ?? new ModbusFailure('connection', this.lossReason));
-    void disposeClient(client, this.connection.transport);
+    void disposeClient(client);
   }
 
   /**
@@ -229,14 +293,17 @@ export class Line {
     return true;
   }
 
-  /** Closes the link (last user gone). In-flight requests fail as connection losses. */
+  /** Closes the link (last user gone; on a serial port: gives this device's share back). In-flight requests fail as connection losses. */
   async shutdown(): Promise<void> {
     const client = this.client;
-    if (!client) return;
     this.client = undefined;
     this.port = undefined;
-    this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} closed`));
-    await disposeClient(client, this.connection.transport);
+    this.serialPort = undefined;
+    if (client) {
+      this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} closed`));
+      await disposeClient(client);
+    }
+    await this.lease?.release();
   }
 
   /**
@@ -245,31 +312,49 @@ export class Line {
    * timeout already set.
    */
   run<T>(unitId: number, timeout: number, job: (client: ModbusClient) => Promise<T>): Promise<T> {
-    const result = this.queue.then(() => this.execute(unitId, timeout, job));
+    const lease = this.lease;
+    const result = this.queue.then(() =>
+      lease
+        ? // One exchange on the serial port: no other device's request between this job's requests.
+          lease.exclusive((exchange) => this.execute(unitId, timeout, job, exchange)).catch((error: unknown) => Promise.reject(classifyError(error)))
+        : this.execute(unitId, timeout, job),
+    );
     this.queue = result.catch(() => undefined);
     return result;
   }
 
-  private async execute<T>(unitId: number, timeout: number, job: (client: ModbusClient) => Promise<T>): Promise<T> {
-    // On a shared bus the slowest device dictates the quiet time between any two frames.
-    let delay = 0;
-    for (const user of this.users) delay = Math.max(delay, user.interRequestDelay);
-    const wait = this.lastRequestEnd + delay - Date.now();
-    if (wait > 0) await sleep(wait);
+  private async execute<T>(unitId: number, timeout: number, job: (client: ModbusClient) => Promise<T>, exchange?: SerialExchange): Promise<T> {
+    if (!exchange) {
+      // On a shared link the slowest device dictates the quiet time between any two frames
+      // (the serial-port registry keeps it on serial lines).
+      let delay = 0;
+      for (const user of this.users) delay = Math.max(delay, user.interRequestDelay);
+      const wait = this.lastRequestEnd + delay - Date.now();
+      if (wait > 0) await sleep(wait);
+    }
     const client = this.client;
     const port = this.port;
-    if (!client || !client.isOpen) throw new ModbusFailure('connection', `not connected to ${this.label}`);
+    const serialPort = this.serialPort;
+    if (!client || !client.isOpen) throw new ModbusFailure('connection', this.lossReason ?? `not connected to ${this.label}`);
     // A timeout of 0 would mean "wait forever" in modbus-serial and freeze every device on the line.
     const ms = Math.max(timeout, 10);
     client.setID(unitId);
     client.setTimeout(ms);
-    if (this.connection.transport === 'rtu') flushReceiveBuffer(client);
-    this.requestCount++;
+    let refused: Promise<never> | undefined;
+    if (serialPort && exchange) {
+      serialPort.exchange = exchange;
+      serialPort.timeout = ms;
+      refused = new Promise<never>((_, reject) => {
+        serialPort.onBadReply = (message) => reject(new ModbusFailure('bad-reply', message));
+      });
+    }
+    this.requests++;
     let guard: NodeJS.Timeout | undefined;
     try {
       const result = await Promise.race([
         job(client),
         this.lost,
+        ...(refused ? [refused] : []),
         // Safety net in case the library never calls back (it should time out by itself first).
         new Promise<never>((_, reject) => {
           guard = setTimeout(() => reject(new ModbusFailure('timeout', 'timeout')), ms * 2 + 1000);
@@ -295,24 +380,16 @@ export class Line {
       throw failure;
     } finally {
       clearTimeout(guard);
+      if (serialPort) {
+        serialPort.exchange = undefined;
+        serialPort.onBadReply = undefined;
+      }
       this.lastRequestEnd = Date.now();
     }
   }
 }
 
-/**
- * The buffered RTU ports keep unmatched bytes (a late answer to a timed-out request, line noise)
- * and scan them when the next answer arrives; drop them so a stale frame is never taken as the
- * answer to a new request. Reaches into a private field of modbus-serial on purpose.
- */
-function flushReceiveBuffer(client: ModbusClient): void {
-  const port = field(client, '_port');
-  if (typeof port === 'object' && port !== null && Buffer.isBuffer(Reflect.get(port, '_buffer'))) {
-    Reflect.set(port, '_buffer', Buffer.alloc(0));
-  }
-}
-
-function disposeClient(client: ModbusClient, transport: ModbusConnection['transport']): Promise<void> {
+function disposeClient(client: ModbusClient): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, 2000);
     const done = (): void => {
@@ -320,10 +397,9 @@ function disposeClient(client: ModbusClient, transport: ModbusConnection['transp
       resolve();
     };
     try {
-      // Sockets are destroyed (no lingering half-closed TCP); the serial port has no destroy in
-      // modbus-serial's buffered port, so it is closed.
-      if (transport === 'rtu') client.close(done);
-      else client.destroy(done);
+      // Sockets are destroyed (no lingering half-closed TCP); a serial line's port has no destroy:
+      // closing it lets go of the client only, the port belongs to the serial-port registry.
+      client.destroy(done);
     } catch {
       done();
     }
@@ -332,15 +408,19 @@ function disposeClient(client: ModbusClient, transport: ModbusConnection['transp
 
 const lines = new Map<string, Line>();
 
-/** The shared line for this endpoint, created on first use. Throws when serial settings disagree. */
+/**
+ * The line for this device: on a TCP link the one shared by every device on that host:port,
+ * created on first use; on a serial line one of its own, on a share of the registry's serial port
+ * (which throws `line-conflict` when the port is in use with other settings).
+ */
 export function acquireLine(connection: ModbusConnection, user: LineUser): Line {
+  if (connection.transport === 'rtu') {
+    const own = new Line(connection, user);
+    own.attach(user);
+    return own;
+  }
   const endpoint = endpointOf(connection);
   let line = lines.get(endpoint.key);
-  if (line && line.settings !== endpoint.settings) {
-    throw new Error(
-      `${endpoint.key} is already used at ${line.settings} by another device; "${user.name}" asks for ${endpoint.settings}. All devices on one serial line must use the same settings`,
-    );
-  }
   if (!line) {
     line = new Line(connection);
     lines.set(endpoint.key, line);
@@ -356,7 +436,7 @@ export async function releaseLine(line: Line, user: LineUser): Promise<void> {
   await line.shutdown();
 }
 
-/** Number of lines currently registered (tests). */
+/** Number of TCP lines currently registered (tests; serial ports are counted by the serial-port registry). */
 export function openLineCount(): number {
   return lines.size;
 }
