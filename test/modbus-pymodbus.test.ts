@@ -12,6 +12,7 @@ import { createDriver, type ModbusDriver } from '../drivers/modbus/index.js';
 import type { ModbusTag } from '../drivers/modbus/config.js';
 import { rtuRequests, startSerialLink } from './helpers/links.js';
 import { cleanup, device, startPtyPair, startPymodbus, testContext, withCrc } from './helpers/modbus-servers.js';
+import { waitFor } from './helpers/net.js';
 
 function values(readings: TagReading[]): Record<string, unknown> {
   return Object.fromEntries(readings.map((r) => [r.tag, r.quality === 'good' ? r.value : `BAD: ${r.reason}`]));
@@ -184,5 +185,36 @@ describe('modbus driver against pymodbus', () => {
     assert.equal(requests.length, (live as ModbusDriver).lineRequestCount);
     assert.equal(requests.filter((frame) => frame.equals(readU16)).length, 15);
     assert.ok(requests.some((frame) => frame[0] === 2), 'the silent unit was asked');
+  });
+  it('rtu: the serial port disappears (adapter unplugged) and comes back: the loss is reported, the next connect reopens it', async (t) => {
+    const defer = cleanup(t);
+    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-rtu-'));
+    defer(() => rmSync(dir, { recursive: true, force: true }));
+    const plug = async () => {
+      const pty = await startPtyPair(dir);
+      const server = await startPymodbus('rtu', { serialPath: pty.b, units: [1] });
+      return async () => {
+        await server.stop();
+        await pty.stop();
+      };
+    };
+    let unplug = await plug();
+    defer(() => unplug());
+    const config = device({ connection: { transport: 'rtu', path: `${dir}/ttyA`, baudRate: 9600, timeout: 500 }, tags: TAGS });
+    const driver = createDriver(config, testContext());
+    defer(() => driver.close());
+    await driver.connect();
+    const plan = driver.plan(config.tags);
+    assert.deepEqual(values(await driver.read(plan)), EXPECTED);
+
+    await unplug();
+    await waitFor(() => !driver.connected, 5000, 'the driver to notice');
+    await assert.rejects(driver.read(plan), (error: unknown) => error instanceof DriverError && error.connectionLost && /lost: port closed/.test(error.message));
+    await driver.close();
+    await assert.rejects(driver.connect(), (error: unknown) => error instanceof DriverError && error.code === 'connect-failed');
+
+    unplug = await plug();
+    await driver.connect();
+    assert.deepEqual(values(await driver.read(plan)), EXPECTED);
   });
 });

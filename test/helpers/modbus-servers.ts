@@ -273,7 +273,7 @@ export async function startPtyPair(dir: string): Promise<PtyPair> {
   return { a, b, stop };
 }
 
-/** One read request as a raw server parsed it. */
+/** One request as a raw server parsed it. */
 export interface RawRequest {
   /** 1-based number of the request since the server started. */
   n: number;
@@ -284,7 +284,17 @@ export interface RawRequest {
   unit: number;
   fc: number;
   start: number;
+  /** Quantity read or written (1 for FC5/FC6). */
   count: number;
+  /** Written registers (FC6, FC16) or coils as 0/1 (FC5, FC15). */
+  values?: number[];
+}
+
+/** Bytes of the RTU request at the start of `buffer` (Infinity until its length is known). */
+function rtuRequestSize(buffer: Buffer): number {
+  const fc = buffer[1];
+  if (fc === 15 || fc === 16) return buffer.length >= 7 ? 9 + buffer[6]! : Infinity;
+  return 8;
 }
 
 /** CRC-16/MODBUS, written here again so the test servers do not lean on the code they test. */
@@ -307,13 +317,19 @@ export function withCrc(frame: Buffer): Buffer {
 /**
  * A Modbus device on a raw socket (or serial port), written byte by byte so it can misbehave in
  * any way a real device does: `misbehave(request, proper)` may return other bytes to send instead
- * of the proper reply, or null for no reply at all. Reads only (FC1–4): register a holds
- * 1000 + a, coil/discrete a is on when a is divisible by 3. Framing: MBAP (Modbus TCP) or RTU.
+ * of the proper reply, or null for no reply at all. Reads (FC1–4): register a holds 1000 + a
+ * until written, coil/discrete a is on when a is divisible by 3 until written. Writes: FC5, FC6,
+ * FC15, FC16. Addresses from `illegalFrom` on answer exception 2. Framing: MBAP (Modbus TCP) or RTU.
  */
 export class RawModbusServer {
   readonly framing: 'mbap' | 'rtu';
   /** Requests parsed so far. */
   readonly requests: RawRequest[] = [];
+  /** Holding registers and coils written so far. */
+  readonly holding = new Map<number, number>();
+  readonly coils = new Map<number, boolean>();
+  /** First address that does not exist (exception 2), for every area. */
+  illegalFrom: number | undefined;
   /** Connections accepted so far. */
   accepted = 0;
   misbehave: (request: RawRequest, proper: Buffer) => Buffer | null | undefined = () => undefined;
@@ -345,20 +361,25 @@ export class RawModbusServer {
     stream.on('data', (chunk: Buffer) => {
       buffer = Buffer.concat([buffer, chunk]);
       for (;;) {
-        const size = this.framing === 'mbap' ? (buffer.length >= 6 ? 6 + buffer.readUInt16BE(4) : Infinity) : 8;
+        const size = this.framing === 'mbap' ? (buffer.length >= 6 ? 6 + buffer.readUInt16BE(4) : Infinity) : rtuRequestSize(buffer);
         if (buffer.length < size) return;
         const frame = buffer.subarray(0, size);
         buffer = buffer.subarray(size);
-        const pdu = this.framing === 'mbap' ? frame.subarray(6) : frame.subarray(0, 6);
+        const pdu = this.framing === 'mbap' ? frame.subarray(6) : frame.subarray(0, size - 2);
+        const fc = pdu[1]!;
         const request: RawRequest = {
           n: this.requests.length + 1,
           connection,
           transactionId: this.framing === 'mbap' ? frame.readUInt16BE(0) : 0,
           unit: pdu[0]!,
-          fc: pdu[1]!,
+          fc,
           start: pdu.readUInt16BE(2),
-          count: pdu.readUInt16BE(4),
+          count: fc === 5 || fc === 6 ? 1 : pdu.readUInt16BE(4),
         };
+        if (fc === 5) request.values = [pdu.readUInt16BE(4) === 0xff00 ? 1 : 0];
+        if (fc === 6) request.values = [pdu.readUInt16BE(4)];
+        if (fc === 15) request.values = Array.from({ length: request.count }, (_, i) => (pdu[7 + (i >> 3)]! >> (i & 7)) & 1);
+        if (fc === 16) request.values = Array.from({ length: request.count }, (_, i) => pdu.readUInt16BE(7 + 2 * i));
         this.requests.push(request);
         const proper = this.reply(request);
         const sent = this.misbehave(request, proper);
@@ -368,17 +389,31 @@ export class RawModbusServer {
     });
   }
 
-  /** The correct reply to a request, framed. */
+  /** The correct reply to a request, framed (a write is carried out here). */
   reply(request: RawRequest): Buffer {
-    let data: Buffer;
-    if (request.fc === 3 || request.fc === 4) {
-      data = Buffer.alloc(2 * request.count);
-      for (let i = 0; i < request.count; i++) data.writeUInt16BE((1000 + request.start + i) & 0xffff, 2 * i);
+    const { fc, start, count } = request;
+    let body: Buffer;
+    if (this.illegalFrom !== undefined && start + count > this.illegalFrom) {
+      body = Buffer.from([request.unit, fc | 0x80, 2]);
+    } else if (fc === 5 || fc === 6 || fc === 15 || fc === 16) {
+      const values = request.values ?? [];
+      values.forEach((value, i) => (fc === 5 || fc === 15 ? this.coils.set(start + i, value === 1) : this.holding.set(start + i, value)));
+      body = Buffer.alloc(6);
+      body.writeUInt8(request.unit, 0);
+      body.writeUInt8(fc, 1);
+      body.writeUInt16BE(start, 2);
+      body.writeUInt16BE(fc === 5 ? (values[0] ? 0xff00 : 0) : fc === 6 ? (values[0] ?? 0) : count, 4);
     } else {
-      data = Buffer.alloc(Math.ceil(request.count / 8));
-      for (let i = 0; i < request.count; i++) if ((request.start + i) % 3 === 0) data[i >> 3]! |= 1 << (i & 7);
+      let data: Buffer;
+      if (fc === 3 || fc === 4) {
+        data = Buffer.alloc(2 * count);
+        for (let i = 0; i < count; i++) data.writeUInt16BE((fc === 3 ? (this.holding.get(start + i) ?? 1000 + start + i) : 1000 + start + i) & 0xffff, 2 * i);
+      } else {
+        data = Buffer.alloc(Math.ceil(count / 8));
+        for (let i = 0; i < count; i++) if ((fc === 1 ? this.coils.get(start + i) : undefined) ?? (start + i) % 3 === 0) data[i >> 3]! |= 1 << (i & 7);
+      }
+      body = Buffer.concat([Buffer.from([request.unit, fc, data.length]), data]);
     }
-    const body = Buffer.concat([Buffer.from([request.unit, request.fc, data.length]), data]);
     if (this.framing === 'rtu') return withCrc(body);
     const header = Buffer.alloc(6);
     header.writeUInt16BE(request.transactionId, 0);
