@@ -200,16 +200,14 @@ export class Line {
     // serial device servers in transparent mode).
     const port = c.transport === 'tcp' ? new MbapPort({ host: c.host, port: c.port, connectTimeout }) : new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout });
     const client = new ModbusRTU(port);
-    // modbus-serial re-emits serial port errors; an 'error' event without a listener would crash the process.
+    // modbus-serial re-emits its port's errors; an 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
     client.on('close', () => this.markLost(client, 'connection closed'));
-    if (port) {
-      port.onData = () => {
-        this.lastReplyAt = Date.now();
-      };
-      port.onBadReply = (problem, bytes) =>
-        this.markLost(client, `bad reply: ${problem}`, new ModbusFailure('bad-reply', `bad reply: ${problem}`, { dropped: true, bytes }));
-    }
+    port.onData = () => {
+      this.lastReplyAt = Date.now();
+    };
+    port.onBadReply = (problem, bytes) =>
+      this.markLost(client, `bad reply: ${problem}`, new ModbusFailure('bad-reply', `bad reply: ${problem}`, { dropped: true, bytes }));
     client.setTimeout(connectTimeout);
     try {
       await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
@@ -238,8 +236,9 @@ export class Line {
     await lease.open();
     const port = new SerialRtuPort(lease);
     const client = new ModbusRTU(port);
+    // The port's failures come from the registry (serialPortLost); the listener only keeps an
+    // 'error' without one from crashing the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
-    client.on('close', () => this.markLost(client, 'connection closed'));
     await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
     if (this.users.size === 0) {
       void disposeClient(client);
