@@ -209,7 +209,8 @@ describe('modbus driver against pymodbus', () => {
 
     await unplug();
     await waitFor(() => !driver.connected, 5000, 'the driver to notice');
-    await assert.rejects(driver.read(plan), (error: unknown) => error instanceof DriverError && error.connectionLost && /lost: port closed/.test(error.message));
+    // "serial …/ttyA (9600 8N1) lost: port closed: …" (or, read in the moment before the port's close event, "not connected to serial …").
+    await assert.rejects(driver.read(plan), (error: unknown) => error instanceof DriverError && error.connectionLost && error.message.includes(`serial ${dir}/ttyA (9600 8N1)`));
     await driver.close();
     await assert.rejects(driver.connect(), (error: unknown) => error instanceof DriverError && error.code === 'connect-failed');
 
