@@ -57,6 +57,8 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
   phaseOf: (group: PollGroup<Tag>) => number;
   /** Told how long each read of a poll group took (metrics); not called for push groups. */
   onPollDone?: (group: string, seconds: number, ok: boolean) => void;
+  /** Told every change of `health.state`, with the reason it is not connected (if any). */
+  onStateChange?: (state: DeviceHealth['state'], lastError: string | undefined) => void;
   clock?: Clock;
 }
 
@@ -116,7 +118,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([cycles, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
     clearTimeout(timer);
-    this.health.state = 'stopped';
+    this.setState('stopped');
   }
 
   /**
@@ -223,15 +225,15 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
 
   private async connect(): Promise<boolean> {
     const { driver, log } = this.options;
-    this.health.state = 'connecting';
+    this.setState('connecting');
     this.health.connectAttempts++;
     try {
       await driver.connect();
-      this.health.state = 'connected';
       this.setNextTry(undefined);
       if (this.consecutiveFailures === 0 && !this.health.lastError) log.info({ device: this.name }, 'device connected');
       else if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) log.info({ device: this.name, failures: this.consecutiveFailures }, 'device connected again');
       delete this.health.lastError;
+      this.setState('connected');
       return true;
     } catch (error) {
       this.consecutiveFailures++;
@@ -239,10 +241,10 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       this.nextConnectAt = this.clock.now() + delay;
       this.setNextTry(this.nextConnectAt);
       const reason = errorMessage(error);
-      this.health.state = 'disconnected';
       // Log when the reason changes, not on every retry of a device that stays down.
       if (reason !== this.health.lastError) log.warn({ device: this.name, error: reason, retryInMs: delay }, 'device connect failed');
       this.health.lastError = reason;
+      this.setState('disconnected');
       await driver.close();
       return false;
     }
@@ -256,6 +258,12 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     this.options.log.info({ device: this.name, group: group.name, plan: now }, 'poll group re-planned');
   }
 
+  private setState(state: DeviceHealth['state']): void {
+    if (this.health.state === state) return;
+    this.health.state = state;
+    this.options.onStateChange?.(state, this.health.lastError);
+  }
+
   private setNextTry(at: number | undefined): void {
     if (at === undefined) delete this.health.nextTryAt;
     else this.health.nextTryAt = at;
@@ -264,7 +272,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   private async lostConnection(reason: string): Promise<void> {
     this.consecutiveFailures++;
     this.subscribed.clear();
-    this.health.state = 'disconnected';
+    this.setState('disconnected');
     await this.options.driver.close();
     // A link that worked reconnects on the next cycle; one that keeps dropping right after the
     // connect (a peer that accepts and resets) backs off like a failed connect.
