@@ -11,8 +11,6 @@ import { errorMessage } from './util/errors.js';
 import type { DriverTag } from './pipeline/driver.js';
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { Gateway } from './gateway.js';
-import { GatewayMetrics } from './ops/metrics.js';
-import { OpsServer } from './ops/http-server.js';
 import { createLogger } from './ops/log.js';
 import { TagNormalizer } from './pipeline/normalize.js';
 import { encodeTagPayload } from './northbound/json-payload.js';
@@ -67,22 +65,14 @@ program
     // reload handler below is in place, it is ignored.
     const ignoreEarlyReload = () => log.warn('SIGHUP during start ignored; send it again once the gateway runs');
     process.on('SIGHUP', ignoreEarlyReload);
-    const metrics = new GatewayMetrics();
     let gateway: Gateway;
-    let ops: OpsServer | undefined;
     try {
-      gateway = await Gateway.start(loaded, log, { onPoll: (device, group, seconds, ok) => metrics.observePoll(device, group, seconds, ok) });
-      metrics.attach(gateway);
+      // Everything, the operations endpoint last (without it the data still flows: a taken port
+      // is an error to fix, not a reason to stop collecting; a device that cannot start neither).
+      gateway = await Gateway.start(loaded, log, { version: VERSION, ops: true });
     } catch (error) {
       log.fatal({ error: errorMessage(error) }, 'gateway failed to start');
       process.exit(EXIT_FAILURE);
-    }
-    if (loaded.config.http.enabled) {
-      // Without it the data still flows: a taken port is an error to fix, not a reason to stop collecting.
-      ops = await OpsServer.start(loaded.config.http, gateway, metrics, log, VERSION).catch((error: unknown) => {
-        log.error({ error: errorMessage(error) }, 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it');
-        return undefined;
-      });
     }
     // Hot reload: a valid new config restarts only the devices whose definition changed; an
     // invalid one is reported and the running config stays.
@@ -101,7 +91,7 @@ program
         (result) => {
           log.info({ config: loaded.file, trigger, ...result }, 'config reloaded');
           if (result.notApplied.length > 0) log.warn({ settings: result.notApplied }, 'changes to these settings need a restart of the gateway; they were not applied');
-          if (result.failed.length > 0) log.error({ devices: result.failed }, 'devices that could not be started after the reload stay stopped');
+          if (result.failed.length > 0) log.error({ devices: result.failed }, 'devices that could not be started after the reload are tried again with back-off');
         },
         (error: unknown) => log.error({ error: errorMessage(error) }, 'reload failed'),
       );
@@ -127,7 +117,7 @@ program
         process.exit(EXIT_FAILURE);
       }, loaded.config.gateway.shutdownTimeout);
       deadline.unref();
-      Promise.all([ops?.close(), gateway.stop()]).then(
+      gateway.stop().then(
         () => process.exit(0),
         (error: unknown) => {
           log.error({ error: errorMessage(error) }, 'shutdown failed');

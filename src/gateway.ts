@@ -7,27 +7,42 @@
 //     → integrated broker    (broker/) where local subscribers see it, retained
 //     → outbox               (cloud/outbox.ts) SQLite, when a forward rule sends the topic to the cloud
 //     → uplink               (cloud/uplink.ts) to the cloud broker at QoS 1; deleted from the outbox on PUBACK
+//     (→ the event bus       (app/event-bus.ts) a "sample" event, built only while someone listens)
 //
 // Messages that MQTT clients publish into the integrated broker on forwarded topics take the
-// same outbox → uplink path (broker.clientPublishHook), and cloud commands come back down.
+// same outbox → uplink path (the broker's clientPublish handler, given at its start: a QoS 1
+// PUBACK waits for the outbox commit), and cloud commands come back down.
 //
 // The way back to the PLC: a message on a tag's command topic ("<tag topic>/set"), from a local
-// client the ACL let through (broker.commandHook) or from the cloud (uplink.downlinkHook)
+// client the ACL let through (the broker's command handler) or from the cloud (uplink.downlinkHook)
 //     → CommandHandler       (commands/) parse, writable?, type, min/max, rate limit
 //     → DeviceRunner.write   → driver.write; optional read-back
 //     → answer               on "<command topic>/result" or the MQTT 5 response topic, plus an audit line
+//                            and a "write" event on the bus
 //
-// Everything a device does is isolated in its DeviceRunner: one failing device never stops another.
+// Each part runs as a feature of the supervisor (app/supervisor.ts), started in this order and
+// stopped in reverse: simulators, outbox, broker, uplink, commands, status topic, each device,
+// operations endpoint. A device whose driver cannot be loaded or created is reported ("failed",
+// its tags bad) and started again with back-off while everything else runs; a device that starts
+// but cannot connect is its DeviceRunner's business. Everything a device does is isolated: one
+// failing device never stops another. What happens is announced on the event bus (samples,
+// device and uplink states, polls, outbox depth, writes); status() is the one snapshot that
+// /api/status and /metrics read.
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { EventBus } from './app/event-bus.js';
+import type { GatewayEvents } from './app/events.js';
+import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from './app/status.js';
+import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
 import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker/broker.js';
 import { attachOutgoingProperties } from './broker/mqtt5.js';
 import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
-import { DeviceRunner, type DeviceHealth, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
+import { DeviceRunner, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
 import { errorMessage } from './util/errors.js';
-import type { DriverTag, Quality, TagValue } from './pipeline/driver.js';
+import type { BackoffOptions } from './util/backoff.js';
+import type { Driver, DriverTag, TagReading } from './pipeline/driver.js';
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { TagNormalizer, type Sample } from './pipeline/normalize.js';
 import { encodeBatchPayload, encodeTagPayload } from './northbound/json-payload.js';
@@ -37,6 +52,10 @@ import { ensureDataDir } from './util/sqlite-file.js';
 import { compileTopicTemplate } from './northbound/topics.js';
 import { Outbox } from './cloud/outbox.js';
 import { tlsFilesFingerprint, Uplink, type CloudRoute } from './cloud/uplink.js';
+import { GatewayMetrics } from './ops/metrics.js';
+import { OpsServer } from './ops/http-server.js';
+
+export type { TagStatus } from './app/status.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
 interface CompiledTag {
@@ -55,32 +74,10 @@ interface CompiledDevice {
   tags: Map<string, CompiledTag>;
   /** Rendered batch topic per poll group (publish: "batch") and its cloud route. */
   batchTopics: Map<string, { topic: string; cloud: CloudRoute | undefined }>;
-  runner: DeviceRunner;
+  /** Absent while its driver is being loaded and created, or when that failed (then it is tried again). */
+  runner?: DeviceRunner | undefined;
   /** Readings normalized into samples, for the metrics. */
   samples: number;
-}
-
-export interface DeviceStatus {
-  name: string;
-  driver: string;
-  tags: number;
-  samples: number;
-  health: DeviceHealth;
-}
-
-export interface TagStatus {
-  device: string;
-  tag: string;
-  /** Where its values are published: its own topic, or its poll group's batch topic (publish: "batch"). */
-  topic: string;
-  writable: boolean;
-  /** Where writes are received, for writable tags. */
-  commandTopic?: string;
-  /** Absent until the first reading. */
-  value?: TagValue | null;
-  quality?: Quality;
-  reason?: string;
-  ts?: number;
 }
 
 export interface GatewayStats {
@@ -90,9 +87,18 @@ export interface GatewayStats {
   published: number;
 }
 
-/** Hooks for the operations side (metrics), given at start so the first poll is counted too. */
-export interface GatewayHooks {
-  onPoll?: (device: string, group: string, seconds: number, ok: boolean) => void;
+export interface GatewayOptions {
+  /** The version /api/status shows. */
+  version?: string;
+  /**
+   * Serve the config's http section (when enabled): /healthz, /readyz, /metrics, /api/status.
+   * The CLI does; a gateway started in-process (tests) has none unless asked.
+   */
+  ops?: boolean;
+  /** Where a device's driver module comes from (default: the registry). Tests give drivers that fail here. */
+  loadDriver?: (device: DeviceConfig) => Promise<DriverModule<DeviceConfig>>;
+  /** Back-off between start attempts of a device whose driver cannot be loaded or created (default 1 s doubling up to 30 s). */
+  deviceRetry?: BackoffOptions;
 }
 
 /** What a reload did. */
@@ -101,7 +107,7 @@ export interface ReloadResult {
   removed: string[];
   restarted: string[];
   unchanged: number;
-  /** Devices that could not be started with their new definition (see the log); they stay stopped. */
+  /** Devices that could not be started with their new definition (see the log); they are tried again with back-off. */
   failed: string[];
   /** Other settings the reload applied: "writes", "broker.users", "broker.acl", "broker.allowAnonymous", "uplink". */
   applied: string[];
@@ -116,33 +122,55 @@ function changed(before: unknown, after: unknown): boolean {
   return JSON.stringify(before) !== JSON.stringify(after);
 }
 
+/** How often the uplink's state and the outbox's depth are looked at for the event bus. */
+const CLOUD_WATCH_INTERVAL_MS = 1000;
+/** How long stopping the write path waits for writes in progress to be answered. */
+const COMMANDS_STOP_GRACE_MS = 1000;
+
+const deviceFeature = (name: string) => `device ${name}`;
+
 export class Gateway {
   private currentConfig: Config;
-  readonly broker: IntegratedBroker;
-  readonly outbox: Outbox | undefined;
-  private currentUplink: Uplink | undefined;
+  /** What happens in the gateway, for whoever listens (metrics, a web console). */
+  readonly bus: EventBus<GatewayEvents>;
   readonly commands: CommandHandler;
   readonly stats: GatewayStats = { samples: 0, published: 0 };
   readonly startedAt = Date.now();
+  readonly version: string;
   private readonly log: Logger;
+  private readonly supervisor: Supervisor;
   private readonly devices = new Map<string, CompiledDevice>();
-  private readonly simulators: RunningSimulator[];
+  /** Every device the supervisor runs or tries to start, by name, with its config as JSON (to see on reload whether it changed). */
+  private readonly supervisedDevices = new Map<string, string>();
+  private simulators: RunningSimulator[] = [];
+  private runningBroker: IntegratedBroker | undefined;
+  private currentOutbox: Outbox | undefined;
+  private currentUplink: Uplink | undefined;
+  private ops: OpsServer | undefined;
+  private readonly metrics: GatewayMetrics | undefined;
   private readonly statusTopic: string;
   private readonly dataDir: string;
-  private readonly hooks: GatewayHooks;
+  private readonly loadDriver: (device: DeviceConfig) => Promise<DriverModule<DeviceConfig>>;
+  /** Commands are taken while the commands feature runs; the answers of those in progress are awaited at its stop. */
+  private commandsOpen = false;
+  private readonly commandsInProgress = new Set<Promise<void>>();
+  /** Looks at the uplink's state and the outbox's depth for the bus (see watchCloud), with what it saw last. */
+  private cloudWatch: NodeJS.Timeout | undefined;
+  private lastUplinkState: GatewayEvents['uplink-state'] | undefined;
+  private lastOutboxDepth: GatewayEvents['outbox-depth'] | undefined;
   private stopping: Promise<void> | undefined;
   /** Reloads run one at a time. */
   private reloading: Promise<unknown> = Promise.resolve();
 
-  private constructor(loaded: LoadedConfig, broker: IntegratedBroker, simulators: RunningSimulator[], log: Logger, hooks: GatewayHooks, cloud?: { outbox: Outbox; uplink: Uplink }) {
+  private constructor(loaded: LoadedConfig, log: Logger, options: GatewayOptions) {
     const { config } = loaded;
     this.currentConfig = config;
     this.dataDir = loaded.dataDir;
-    this.hooks = hooks;
-    this.broker = broker;
-    this.outbox = cloud?.outbox;
-    this.simulators = simulators;
     this.log = log;
+    this.version = options.version ?? '0.0.0';
+    this.bus = new EventBus<GatewayEvents>(log.child({ module: 'events' }));
+    this.supervisor = new Supervisor({ log, backoff: options.deviceRetry });
+    this.loadDriver = options.loadDriver ?? ((device) => DRIVERS[device.driver].load() as Promise<DriverModule<DeviceConfig>>);
     this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
     // Any topic shaped like a tag topic plus the command suffix is a command, so a write to an
     // unknown tag is answered too, instead of vanishing.
@@ -155,41 +183,88 @@ export class Gateway {
       log: log.child({ module: 'commands' }),
       answer: (topic, answer, origin) => this.answerCommand(topic, answer, origin),
     });
-    broker.commandHook = (topic, payload, retain, origin) => {
-      if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, origin);
-    };
-    if (cloud) {
-      // What MQTT clients publish on a forwarded topic takes the same outbox → uplink path.
-      broker.clientPublishHook = (topic, payload, qos, retain) => {
-        const uplink = this.uplink!;
-        const route = uplink.route(topic);
-        if (!route) return undefined;
-        if (qos === 0) {
-          uplink.enqueue(route, payload, retain);
-          return undefined;
-        }
-        // A QoS 1 publisher gets its PUBACK only once the message is on disk, and none at all
-        // when the outbox drops it instead (the broker refuses the publish).
-        return new Promise<void>((resolve, reject) =>
-          uplink.enqueue(route, payload, retain, (droppedBecause) => (droppedBecause === undefined ? resolve() : reject(new PublishRefused(`the outbox dropped it: ${droppedBecause}`)))),
-        );
-      };
-      this.useUplink(cloud.uplink, config.uplink!);
+    // The metrics listen from the start, so the first poll is counted too.
+    if (options.ops && config.http.enabled) this.metrics = new GatewayMetrics(() => this.status({ tags: false }), this.bus);
+    this.addFeatures(options);
+  }
+
+  /**
+   * The features in start order. Between the broker's start and the commands' (uplink and
+   * commands in between) nothing waits for I/O: no client publish or command comes before the
+   * outbox path and the write path are in place.
+   */
+  private addFeatures(options: GatewayOptions): void {
+    const { config } = this;
+    // (Before the supervisor runs, add() only registers: nothing to wait for.)
+    const supervise = (feature: Feature, featureOptions?: FeatureOptions) => void this.supervisor.add(feature, featureOptions);
+    // 1. Simulated PLCs first, so the devices that poll them connect on their first cycle.
+    if (config.simulators.length > 0) supervise({ name: 'simulators', start: () => this.startSimulators(), stop: () => this.stopSimulators() });
+    // 2. The outbox, closed last: local clients may publish into it until the broker is closed,
+    //    and it keeps whatever was not delivered for the next start.
+    const uplinkConfig = config.uplink;
+    if (uplinkConfig) {
+      supervise({
+        name: 'outbox',
+        start: () => {
+          this.currentOutbox = Outbox.open(join(this.dataDir, 'outbox.db'), uplinkConfig.outbox, this.log.child({ module: 'outbox' }));
+        },
+        stop: () => this.currentOutbox?.close(),
+      });
     }
+    // 3. The integrated broker every sample is published into.
+    supervise({ name: 'broker', start: () => this.startBroker(), stop: () => this.runningBroker?.close() });
+    // 4. The cloud connection.
+    if (uplinkConfig) supervise({ name: 'uplink', start: () => this.startUplink(uplinkConfig), stop: () => this.stopUplink() });
+    // 5. The write path takes commands from the broker and the cloud.
+    supervise({ name: 'commands', start: () => void (this.commandsOpen = true), stop: () => this.stopCommands() });
+    // 6. The retained status topic: "online", and "offline" once the devices have stopped.
+    supervise({
+      name: 'status topic',
+      start: () => this.publishStatus('online'),
+      stop: async () => {
+        await this.broker.flush(1000);
+        await this.publishStatus('offline').catch(() => undefined);
+      },
+    });
+    // 7. Devices: each gets its driver, compiled tags and poll jobs, spread over their intervals.
+    const enabled = config.devices.filter((device) => device.enabled);
+    const jobCount = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
+    let jobIndex = 0;
+    for (const device of enabled) {
+      const firstJob = jobIndex;
+      jobIndex += pollGroupsOf(device).length;
+      void this.superviseDevice(device, (index, interval) => startPhase(firstJob + index, jobCount, interval));
+    }
+    // 8. The operations endpoint; a port that is taken is logged, not fatal: the data keeps flowing.
+    if (options.ops && config.http.enabled) {
+      const metrics = this.metrics!;
+      supervise(
+        {
+          name: 'operations endpoint',
+          start: async () => {
+            this.ops = await OpsServer.start(config.http, this, metrics, this.log);
+          },
+          stop: () => this.ops?.close(),
+        },
+        { onStartFailure: 'continue', failureMessage: 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it' },
+      );
+    }
+  }
+
+  /** The integrated broker (there is one from the end of start() on). */
+  get broker(): IntegratedBroker {
+    if (!this.runningBroker) throw new Error('the integrated broker is not running');
+    return this.runningBroker;
+  }
+
+  /** The outbox, when there is an uplink. */
+  get outbox(): Outbox | undefined {
+    return this.currentOutbox;
   }
 
   /** The cloud connection in use (a reload may replace it). */
   get uplink(): Uplink | undefined {
     return this.currentUplink;
-  }
-
-  /** Makes `uplink` the cloud connection: commands from the cloud go to the write path. */
-  private useUplink(uplink: Uplink, config: NonNullable<Config['uplink']>): void {
-    const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
-    uplink.downlinkHook = (topic, payload, retain) => {
-      if (this.commands.isCommand(topic)) void this.commands.handle(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
-    };
-    this.currentUplink = uplink;
   }
 
   /** The config in effect (devices change with reload). */
@@ -201,102 +276,225 @@ export class Gateway {
     return this.stopping !== undefined;
   }
 
-  static async start(loaded: LoadedConfig, log: Logger, hooks: GatewayHooks = {}): Promise<Gateway> {
-    const { config } = loaded;
+  /** Every feature the supervisor runs, with its state (starting, running, failed, …), in start order. */
+  features(): FeatureStatus[] {
+    return this.supervisor.list();
+  }
+
+  /**
+   * Starts every feature in order. Fails (after stopping what was started) only when one that
+   * the gateway cannot run without fails: a simulator, the outbox, the broker, the uplink's
+   * settings. A device that cannot start is reported and tried again while the rest runs.
+   */
+  static async start(loaded: LoadedConfig, log: Logger, options: GatewayOptions = {}): Promise<Gateway> {
     ensureDataDir(loaded.dataDir);
-
-    // 1. Simulated PLCs first, so the devices that poll them connect on their first cycle.
-    const simulators: RunningSimulator[] = [];
-    let broker: IntegratedBroker | undefined;
-    try {
-      for (const simulator of config.simulators) {
-        simulators.push(await startSimulator(simulator));
-        log.info({ simulator: simulator.name, address: `${simulator.host}:${simulator.port}` }, 'simulated PLC listening');
-      }
-      // 2. The integrated broker every sample is published into.
-      broker = await IntegratedBroker.start(config.broker, log, loaded.dataDir);
-    } catch (error) {
-      await Promise.all(simulators.map((simulator) => simulator.close()));
-      throw error;
-    }
-    // 3. The outbox and the cloud uplink, when there is a cloud.
-    let cloud: { outbox: Outbox; uplink: Uplink } | undefined;
-    if (config.uplink) {
-      let outbox: Outbox | undefined;
-      try {
-        outbox = Outbox.open(join(loaded.dataDir, 'outbox.db'), config.uplink.outbox, log.child({ module: 'outbox' }));
-        cloud = { outbox, uplink: new Uplink(config.uplink, config.gateway.name, config.topics.status, outbox, broker, log) };
-      } catch (error) {
-        outbox?.close();
-        await broker.close();
-        await Promise.all(simulators.map((simulator) => simulator.close()));
-        throw error;
-      }
-    }
-    // (Wires the broker's hooks to the uplink, in the same turn: no client publish comes between.)
-    const gateway = new Gateway(loaded, broker, simulators, log, hooks, cloud);
-    cloud?.uplink.start();
-    for (const address of broker.addresses()) {
-      const credentials = config.broker.allowAnonymous ? '' : ' -u USER -P PASSWORD';
-      const hint = address.type === 'tcp' ? `; try: mosquitto_sub -h ${address.host} -p ${address.port}${credentials} -t '#' -v` : '';
-      log.info({ listener: address.url }, `integrated broker listening${hint}`);
-    }
-    await gateway.publishStatus('online');
-
-    // 4. Devices: each gets its driver, compiled tags and poll jobs.
-    try {
-      await gateway.startDevices(config.devices);
-    } catch (error) {
-      await gateway.stop();
-      throw error;
-    }
+    const gateway = new Gateway(loaded, log, options);
+    await gateway.supervisor.start();
+    const enabled = gateway.config.devices.filter((device) => device.enabled);
+    const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
+    const pollJobs = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
+    const failed = enabled.filter((device) => gateway.supervisor.status(deviceFeature(device.name))?.state === 'failed').map((device) => device.name);
+    log.info({ devices: enabled.length, tags, pollJobs, ...(failed.length > 0 ? { failed } : {}) }, 'polling started');
     return gateway;
   }
 
-  private async startDevices(devices: readonly DeviceConfig[]): Promise<void> {
-    const enabled = devices.filter((device) => device.enabled);
-    const jobCount = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
-    let jobIndex = 0;
-    for (const device of enabled) {
-      const firstJob = jobIndex;
-      jobIndex += pollGroupsOf(device).length;
-      await this.startDevice(device, (index, interval) => startPhase(firstJob + index, jobCount, interval));
+  private async startSimulators(): Promise<void> {
+    try {
+      for (const simulator of this.config.simulators) {
+        this.simulators.push(await startSimulator(simulator));
+        this.log.info({ simulator: simulator.name, address: `${simulator.host}:${simulator.port}` }, 'simulated PLC listening');
+      }
+    } catch (error) {
+      await this.stopSimulators();
+      throw error;
     }
-    const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
-    this.log.info({ devices: enabled.length, tags, pollJobs: jobCount }, 'polling started');
   }
 
-  /** One device: its driver (loaded on first use), compiled tags, command topics and poll jobs. */
+  private async stopSimulators(): Promise<void> {
+    const running = this.simulators;
+    this.simulators = [];
+    await Promise.all(running.map((simulator) => simulator.close()));
+  }
+
+  private async startBroker(): Promise<void> {
+    const { config } = this;
+    this.runningBroker = await IntegratedBroker.start(config.broker, this.log, this.dataDir, {
+      clientPublish: (topic, payload, qos, retain) => this.forwardClientPublish(topic, payload, qos, retain),
+      command: (topic, payload, retain, origin) => this.takeCommand(topic, payload, retain, origin),
+    });
+    for (const address of this.runningBroker.addresses()) {
+      const credentials = config.broker.allowAnonymous ? '' : ' -u USER -P PASSWORD';
+      const hint = address.type === 'tcp' ? `; try: mosquitto_sub -h ${address.host} -p ${address.port}${credentials} -t '#' -v` : '';
+      this.log.info({ listener: address.url }, `integrated broker listening${hint}`);
+    }
+  }
+
+  /**
+   * What MQTT clients publish on a forwarded topic takes the same outbox → uplink path. A QoS 1
+   * publisher gets its PUBACK only once the message is on disk, and none at all when the outbox
+   * drops it instead (the broker refuses the publish).
+   */
+  private forwardClientPublish(topic: string, payload: Buffer, qos: number, retain: boolean): Promise<void> | undefined {
+    const uplink = this.currentUplink;
+    const route = uplink?.route(topic);
+    if (!uplink || !route) return undefined;
+    if (qos === 0) {
+      uplink.enqueue(route, payload, retain);
+      return undefined;
+    }
+    return new Promise<void>((resolve, reject) =>
+      uplink.enqueue(route, payload, retain, (droppedBecause) => (droppedBecause === undefined ? resolve() : reject(new PublishRefused(`the outbox dropped it: ${droppedBecause}`)))),
+    );
+  }
+
+  private startUplink(config: NonNullable<Config['uplink']>): void {
+    const uplink = new Uplink(config, this.config.gateway.name, this.config.topics.status, this.currentOutbox!, this.broker, this.log);
+    this.useUplink(uplink, config);
+    uplink.start();
+    this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
+    this.cloudWatch.unref();
+  }
+
+  private async stopUplink(): Promise<void> {
+    clearInterval(this.cloudWatch);
+    this.cloudWatch = undefined;
+    await this.currentUplink?.stop();
+  }
+
+  /**
+   * The uplink's state and the outbox's depth for the bus, looked at once a second and announced
+   * when they changed (and only while someone listens). (The uplink has no state callback of its
+   * own yet: it reports through its stats.)
+   */
+  private watchCloud(): void {
+    const uplink = this.currentUplink;
+    if (uplink && this.bus.has('uplink-state')) {
+      const stats = uplink.stats;
+      const state: GatewayEvents['uplink-state'] = { state: stats.connected ? 'connected' : 'disconnected', reason: stats.connected ? undefined : stats.lastError };
+      if (state.state !== this.lastUplinkState?.state || state.reason !== this.lastUplinkState.reason) {
+        this.lastUplinkState = state;
+        this.bus.emit('uplink-state', state);
+      }
+    }
+    const outbox = this.currentOutbox;
+    if (outbox && this.bus.has('outbox-depth')) {
+      const { messages, bytes } = outbox.stats;
+      if (messages !== this.lastOutboxDepth?.messages || bytes !== this.lastOutboxDepth.bytes) {
+        this.lastOutboxDepth = { messages, bytes };
+        this.bus.emit('outbox-depth', this.lastOutboxDepth);
+      }
+    }
+  }
+
+  /** Makes `uplink` the cloud connection: commands from the cloud go to the write path. */
+  private useUplink(uplink: Uplink, config: NonNullable<Config['uplink']>): void {
+    const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
+    uplink.downlinkHook = (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+    this.currentUplink = uplink;
+  }
+
+  /** A message from a local client (the broker's command handler) or the cloud: a command, when it is on a command topic. */
+  private takeCommand(topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin): void {
+    if (!this.commandsOpen || !this.commands.isCommand(topic)) return;
+    const handled = this.commands.handle(topic, payload, retain, origin);
+    this.commandsInProgress.add(handled);
+    void handled.finally(() => this.commandsInProgress.delete(handled));
+  }
+
+  /** Takes no more commands; writes in progress (their devices are stopped by now) are answered first. */
+  private async stopCommands(): Promise<void> {
+    this.commandsOpen = false;
+    if (this.commandsInProgress.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.commandsInProgress), new Promise((resolve) => (timer = setTimeout(resolve, COMMANDS_STOP_GRACE_MS)))]);
+    clearTimeout(timer);
+  }
+
+  /** Adds a device to the supervisor (started at once when the gateway runs); resolves with whether it started. */
+  private superviseDevice(device: DeviceConfig, phaseOf: (groupIndex: number, interval: number) => number): Promise<boolean> {
+    const name = device.name;
+    this.supervisedDevices.set(name, JSON.stringify(device));
+    return this.supervisor.add(
+      { name: deviceFeature(name), start: () => this.startDevice(device, phaseOf), stop: () => this.stopDevice(name) },
+      {
+        onStartFailure: 'retry',
+        stopGroup: 'devices',
+        failureMessage: 'device could not be started (its driver failed to load or to be created); trying again with back-off',
+        onState: (status) => {
+          if (status.state === 'starting' || status.state === 'failed') this.bus.emit('device-state', { device: name, state: status.state, lastError: status.lastError });
+          else if (status.state === 'running') {
+            const health = this.devices.get(name)?.runner?.health;
+            if (health) this.bus.emit('device-state', { device: name, state: health.state, lastError: health.lastError });
+          }
+        },
+      },
+    );
+  }
+
+  /**
+   * One device: compiled tags first (a device that cannot start is still listed with them), then
+   * its driver (loaded on first use), its runner and poll jobs, and its command topics. When the
+   * driver cannot be loaded or created, its tags go bad with the reason and the error is thrown
+   * for the supervisor, which tries again later.
+   */
   private async startDevice(device: DeviceConfig, phaseOf: (groupIndex: number, interval: number) => number): Promise<void> {
+    let compiled = this.devices.get(device.name);
+    if (!compiled) {
+      compiled = {
+        config: device,
+        fingerprint: JSON.stringify(device),
+        tags: this.compileTags(device),
+        samples: 0,
+        batchTopics: new Map(
+          pollGroupsOf(device).map((group) => {
+            const topic = this.render(this.config.topics.batch, device, group.name);
+            return [group.name, { topic, cloud: this.uplink?.route(topic) }];
+          }),
+        ),
+      };
+      this.devices.set(device.name, compiled);
+    }
+    const entry = compiled;
     const groups = pollGroupsOf(device);
-    const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
-    const driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir: this.dataDir });
     const phases = new Map(groups.map((group, index) => [group.name, phaseOf(index, group.interval)]));
-    const onPoll = this.hooks.onPoll;
-    const compiled: CompiledDevice = {
-      config: device,
-      fingerprint: JSON.stringify(device),
-      tags: this.compileTags(device),
-      samples: 0,
-      batchTopics: new Map(
-        groups.map((group) => {
-          const topic = this.render(this.config.topics.batch, device, group.name);
-          return [group.name, { topic, cloud: this.uplink?.route(topic) }];
-        }),
-      ),
-      runner: new DeviceRunner({
+    let driver: Driver<DriverTag> | undefined;
+    let runner: DeviceRunner | undefined;
+    try {
+      const driverModule = await this.loadDriver(device);
+      driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir: this.dataDir });
+      runner = new DeviceRunner({
         name: device.name,
         driver,
         groups,
         log: this.log,
         phaseOf: (group) => phases.get(group.name) ?? 0,
-        onReadings: (event) => this.onReadings(compiled, event),
-        onPollDone: onPoll ? (group, seconds, ok) => onPoll(device.name, group, seconds, ok) : undefined,
-      }),
-    };
-    this.devices.set(device.name, compiled);
-    this.registerCommands(compiled);
-    compiled.runner.start();
+        onReadings: (event) => this.onReadings(entry, event),
+        onPollDone: (group, seconds, ok) => this.bus.emit('poll', { device: device.name, group, seconds, ok }),
+        onStateChange: (state, lastError) => this.bus.emit('device-state', { device: device.name, state, lastError }),
+      });
+      runner.start();
+    } catch (error) {
+      await (runner ? runner.stop() : driver?.close())?.catch(() => undefined);
+      if (this.devices.get(device.name) === entry) this.reportStartFailure(entry, groups, errorMessage(error));
+      throw error;
+    }
+    entry.runner = runner;
+    this.registerCommands(entry, runner);
+  }
+
+  /** A device that cannot start: every tag goes bad with the reason (never silent, never a stale "good"). */
+  private reportStartFailure(device: CompiledDevice, groups: readonly PollGroup<DriverTag>[], reason: string): void {
+    const now = Date.now();
+    for (const group of groups) {
+      const readings: TagReading[] = group.tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason: `the device could not be started: ${reason}`, code: 'start-failed' }));
+      this.onReadings(device, { device: device.config.name, group: group.name, cycleTs: now, readings });
+    }
+  }
+
+  /** Stops a device (or its attempts to start) and forgets it. */
+  private async unsuperviseDevice(name: string): Promise<void> {
+    this.supervisedDevices.delete(name);
+    await this.supervisor.remove(deviceFeature(name));
   }
 
   /** Stops a device's polls and closes its driver; its command topics answer "unknown tag" from then on. */
@@ -305,6 +503,10 @@ export class Gateway {
     if (!device) return;
     this.devices.delete(name);
     for (const tag of device.tags.values()) this.commands.unregister(tag.topic);
+    if (!device.runner) {
+      this.bus.emit('device-state', { device: name, state: 'stopped', lastError: undefined });
+      return;
+    }
     await device.runner.stop().catch((error: unknown) => this.log.warn({ device: name, error: errorMessage(error) }, 'device did not stop cleanly'));
   }
 
@@ -339,28 +541,26 @@ export class Gateway {
     if (result.applied.some((setting) => setting.startsWith('broker.'))) result.disconnected = this.broker.reloadAccess(access);
     await this.reloadUplink(previous.uplink, next.uplink, result);
     const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
-    for (const name of [...this.devices.keys()]) {
-      const running = this.devices.get(name)!;
+    for (const [name, fingerprint] of [...this.supervisedDevices]) {
       const replacement = wanted.get(name);
       if (!replacement) {
-        await this.stopDevice(name);
+        await this.unsuperviseDevice(name);
         result.removed.push(name);
-      } else if (JSON.stringify(replacement) !== running.fingerprint) {
-        await this.stopDevice(name);
+      } else if (JSON.stringify(replacement) !== fingerprint) {
+        await this.unsuperviseDevice(name);
         result.restarted.push(name);
       } else result.unchanged++;
     }
     for (const [name, device] of wanted) {
-      if (this.devices.has(name)) continue;
+      if (this.supervisedDevices.has(name)) continue;
       // Spread its groups over their interval as if it were the only device; close enough for a few.
-      try {
-        await this.startDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval));
+      // One device that cannot start (its driver failed to load) must not keep the others down:
+      // it is reported, and the supervisor tries again with back-off.
+      if (await this.superviseDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval))) {
         if (!result.restarted.includes(name)) result.added.push(name);
-      } catch (error) {
-        // One device that cannot start (its driver failed to load) must not keep the others down.
+      } else {
         result.failed.push(name);
         result.restarted = result.restarted.filter((restarted) => restarted !== name);
-        this.log.error({ device: name, error: errorMessage(error) }, 'device could not be started after the reload; it stays stopped');
       }
     }
     return result;
@@ -430,8 +630,7 @@ export class Gateway {
   }
 
   /** Every tag of a device gets a command topic; the handler refuses writes to tags that are not writable. */
-  private registerCommands(device: CompiledDevice): void {
-    const runner = device.runner;
+  private registerCommands(device: CompiledDevice, runner: DeviceRunner): void {
     for (const tagConfig of device.config.tags as TagConfig[]) {
       const tag = device.tags.get(tagConfig.name)!;
       this.commands.register(tag.topic, {
@@ -447,13 +646,71 @@ export class Gateway {
     }
   }
 
-  /** Every running device with its health, for the status API and the metrics. */
-  deviceStatus(): DeviceStatus[] {
-    return [...this.devices.values()].map((device) => ({ name: device.config.name, driver: device.config.driver, tags: device.tags.size, samples: device.samples, health: device.runner.health }));
+  /**
+   * The status snapshot: gateway, devices (running, starting or failed to start), tags with their
+   * latest samples, outbox, uplink, broker and writes, read from the live counters now. The one
+   * source of /api/status and /metrics.
+   */
+  status(options: StatusOptions = {}): StatusSnapshot {
+    const broker = this.broker;
+    const outbox = this.currentOutbox;
+    return {
+      gateway: {
+        name: this.config.gateway.name,
+        version: this.version,
+        startedAt: new Date(this.startedAt).toISOString(),
+        uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+        samples: this.stats.samples,
+        published: this.stats.published,
+      },
+      devices: [...this.devices.values()].map((device) => this.deviceSnapshot(device)),
+      ...(options.tags !== false ? { tags: this.tagStatus(options.device) } : {}),
+      outbox: outbox ? { ...outbox.stats, oldestAgeSeconds: outbox.oldestAge() / 1000 } : null,
+      uplink: this.currentUplink?.stats ?? null,
+      broker: { clients: broker.clientCount, listeners: broker.addresses().map((address) => address.url), ...broker.stats, queued: broker.queued },
+      writes: this.commands.stats,
+    };
   }
 
-  /** Every tag with its latest sample (optionally of one device), for the status API. */
-  tagStatus(deviceName?: string): TagStatus[] {
+  private deviceSnapshot(device: CompiledDevice): DeviceSnapshot {
+    const { name, driver } = device.config;
+    const base = { name, driver };
+    const counts = { tags: device.tags.size, samples: device.samples };
+    const health = device.runner?.health;
+    if (health) {
+      return {
+        ...base,
+        state: health.state,
+        lastError: health.lastError ?? null,
+        ...counts,
+        connectAttempts: health.connectAttempts,
+        nextTryAt: health.nextTryAt === undefined ? null : new Date(health.nextTryAt).toISOString(),
+        pollErrors: health.pollErrors,
+        errorsByCode: health.errorsByCode,
+        overruns: health.overruns,
+        cycles: health.cycles,
+        plans: health.plans,
+      };
+    }
+    // Not running: its driver is being loaded and created, or that failed and is tried again.
+    const feature = this.supervisor.status(deviceFeature(name));
+    return {
+      ...base,
+      state: feature?.state === 'failed' ? 'failed' : 'starting',
+      lastError: feature?.lastError ?? null,
+      ...counts,
+      connectAttempts: 0,
+      nextTryAt: feature?.nextTryAt === undefined ? null : new Date(feature.nextTryAt).toISOString(),
+      pollErrors: 0,
+      errorsByCode: {},
+      overruns: 0,
+      cycles: 0,
+      plans: {},
+    };
+  }
+
+  /** Every tag with its latest sample (optionally of one device). */
+  private tagStatus(deviceName?: string): TagStatus[] {
     const result: TagStatus[] = [];
     for (const device of this.devices.values()) {
       if (deviceName !== undefined && device.config.name !== deviceName) continue;
@@ -477,6 +734,7 @@ export class Gateway {
 
   /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
   private answerCommand(resultTopic: string, answer: CommandAnswer, origin: CommandOrigin): void {
+    this.bus.emit('write', { topic: resultTopic.slice(0, -'/result'.length), answer, origin });
     const payload = Buffer.from(encodeAnswer(answer));
     const responseTopic = origin.responseTopic;
     // MQTT 5 request/response: to the requester's response topic (the broker checked the ACL),
@@ -515,6 +773,9 @@ export class Gateway {
     const now = Date.now();
     const { topics } = this.config;
     const batch: Sample[] = [];
+    const batchTopic = device.config.publish === 'batch' ? device.batchTopics.get(event.group)! : undefined;
+    // Asked once per poll cycle: without a listener, a sample costs the bus nothing.
+    const announce = this.bus.has('sample');
     for (const reading of event.readings) {
       const tag = device.tags.get(reading.tag);
       if (!tag) continue;
@@ -522,13 +783,15 @@ export class Gateway {
       tag.last = sample;
       this.stats.samples++;
       device.samples++;
-      if (device.config.publish === 'batch') batch.push(sample);
+      let reported = true;
+      if (batchTopic) batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
         this.publish(tag.topic, tag.cloud, encodeTagPayload(sample, topics.timestamp), topics.retain);
-      }
+      } else reported = false;
+      if (announce) this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
     }
-    if (batch.length > 0) {
-      const { topic, cloud } = device.batchTopics.get(event.group)!;
+    if (batchTopic && batch.length > 0) {
+      const { topic, cloud } = batchTopic;
       this.publish(topic, cloud, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
     }
   }
@@ -545,21 +808,12 @@ export class Gateway {
     return this.broker.publishNow(this.statusTopic, status, { qos: 1, retain: true });
   }
 
-  /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything. */
+  /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything, in reverse order of start. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await this.reloading;
-      await Promise.all([...this.devices.keys()].map((name) => this.stopDevice(name)));
-      // The cloud connection ends first, so no command from the cloud arrives at a closed broker;
-      // local clients may still publish meanwhile, into the outbox, which is closed last and keeps
-      // whatever was not delivered for the next start.
-      await this.broker.flush(1000);
-      await this.uplink?.stop();
-      await this.publishStatus('offline').catch(() => undefined);
-      await this.broker.close();
-      this.outbox?.close();
-      await Promise.all(this.simulators.map((simulator) => simulator.close()));
-      this.log.info({ ...this.stats, outbox: this.outbox?.stats, uplink: this.uplink?.stats }, 'gateway stopped');
+      await this.supervisor.stop();
+      this.log.info({ ...this.stats, outbox: this.currentOutbox?.stats, uplink: this.currentUplink?.stats }, 'gateway stopped');
     })();
     return this.stopping;
   }

@@ -81,6 +81,9 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     await waitFor(() => into.some((message) => message.payload === text), 3000, text);
   };
 
+  /** What the broker's command handler (given at start) passes each command to, while a test wants them. */
+  let onCommand: ((topic: string, origin: CommandOrigin) => void) | undefined;
+
   before(async () => {
     const [admin, alice] = await Promise.all([hashPassword(PASSWORDS.admin), hashPassword(PASSWORDS.alice)]);
     broker = await BrokerUnderTest.start({
@@ -97,7 +100,7 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
         { user: 'alice', publish: ['public/#'], subscribe: ['public/#', 'marker'] },
       ],
       limits: { maxPacketSize: MAX_PACKET_SIZE, maxInflight: MAX_INFLIGHT },
-    });
+    }, { handlers: { command: (topic, _payload, _retain, origin) => onCommand?.(topic, origin) } });
     broker.broker.aedes.on('subscribe', (_subscriptions, client: Client) => subscribed.push(client.id));
     broker.broker.aedes.on('client', (client: Client) => connected.push(client.id));
     watcher = await v4({ clientId: 'watcher' });
@@ -401,7 +404,7 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
 
   it('the broker takes the properties of each v5 PUBLISH in order: the command hook sees response topic and correlation data', async () => {
     const origins: Array<{ topic: string; origin: CommandOrigin }> = [];
-    broker.broker.commandHook = (topic, _payload, _retain, origin) => {
+    onCommand = (topic, origin) => {
       if (topic.startsWith('props/')) origins.push({ topic, origin });
     };
     try {
@@ -423,7 +426,7 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
         ['props/old', undefined, undefined],
       ]);
     } finally {
-      broker.broker.commandHook = undefined;
+      onCommand = undefined;
     }
   });
 

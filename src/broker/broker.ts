@@ -29,7 +29,7 @@ const AUTH_BAD_CREDENTIALS: AuthErrorCode = 4;
 const AUTH_NOT_AUTHORIZED: AuthErrorCode = 5;
 
 /**
- * What a clientPublishHook rejects with when the message must not be acknowledged (the outbox
+ * What the clientPublish handler rejects with when the message must not be acknowledged (the outbox
  * dropped it before it was on disk). MQTT 5 clients get PUBACK 0x97 Quota exceeded and stay
  * connected; MQTT 3.1.1 has no negative PUBACK, so those clients are disconnected.
  */
@@ -45,6 +45,26 @@ const REFUSED_TOPIC = '$SYS/plc2mqtt/refused-publish';
 export interface PublishOptions {
   qos: 0 | 1;
   retain: boolean;
+}
+
+/**
+ * What the broker asks the rest of the gateway, given once at start (never changed afterwards).
+ * Both are called from aedes' authorizePublish, for messages of MQTT clients only (never for the
+ * gateway's own publishes).
+ */
+export interface BrokerHandlers {
+  /**
+   * Every message an MQTT client publishes, after the ACL allowed it, before the broker takes it
+   * (and before a QoS 1 PUBACK): a request, not an event. The cloud leg appends forwarded
+   * messages to the outbox here and returns a promise that holds the PUBACK until the message is
+   * on disk; rejecting with PublishRefused refuses it. Undefined: nothing to wait for.
+   */
+  clientPublish?: (topic: string, payload: Buffer, qos: number, retain: boolean) => Promise<void> | undefined;
+  /**
+   * Every message an MQTT client publishes, after the ACL allowed it (not a last will, not a QoS 2
+   * repeat): the write path picks its command topics.
+   */
+  command?: (topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin) => void;
 }
 
 export interface ListenerAddress {
@@ -130,16 +150,8 @@ export class IntegratedBroker {
     this.logins = logins;
   }
 
-  /**
-   * Called for every message an MQTT client publishes, before the broker takes it (and before a
-   * QoS 1 PUBACK): the uplink appends bridged messages to the outbox here, so a PUBACK means "on disk".
-   */
-  clientPublishHook: ((topic: string, payload: Buffer, qos: number, retain: boolean) => Promise<void> | undefined) | undefined;
-
-  /** Called for every message an MQTT client publishes, after the ACL allowed it: the write path picks its command topics. */
-  commandHook: ((topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin) => void) | undefined;
-
-  static async start(config: Config['broker'], log: Logger, dataDir: string): Promise<IntegratedBroker> {
+  static async start(config: Config['broker'], log: Logger, dataDir: string, handlers: BrokerHandlers = {}): Promise<IntegratedBroker> {
+    const { clientPublish, command: onCommand } = handlers;
     let broker: IntegratedBroker | undefined;
     const initialAccess = accessOf(config);
     // Always the access in effect now (a reload replaces it).
@@ -207,7 +219,7 @@ export class IntegratedBroker {
           // After the ACL: who may publish on a command topic may ask for a write (the write path decides the rest).
           // Not for a last will (aedes publishes it as the closing client: a dropped HMI must not
           // write to a PLC) nor for a QoS 2 repeat of a message already seen.
-          const command = broker?.commandHook !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
+          const command = onCommand !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
           if (command) {
             const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernameOf(client) };
             // MQTT 5 request/response: answered where the client asked, if it may both read and
@@ -217,14 +229,14 @@ export class IntegratedBroker {
               origin.responseTopic = responseTopic;
               origin.correlationData = properties?.correlationData;
             }
-            const fire = () => broker!.commandHook!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+            const fire = () => onCommand!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
             // A persistent session may resend a QoS 2 message after a reconnect (before its PUBREL):
             // aedes still holds it then, and it is not a new command.
             if (packet.qos === 2 && !client.clean) (aedes as unknown as QoS2Store).persistence.incomingGetPacket(client, packet).then(() => undefined, fire);
             else fire();
           }
         }
-        const hook = client ? broker?.clientPublishHook?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
+        const hook = client ? clientPublish?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
         if (!hook || !client) return callback(null);
         hook.then(
           () => callback(null),

@@ -2,9 +2,10 @@
 //   /healthz     liveness: the process answers (503 once it is shutting down)
 //   /readyz      readiness: the gateway started (config loaded, devices running) and every broker listener listens
 //   /metrics     Prometheus text format (prom-client)
-//   /api/status  JSON: gateway, devices with state and last error, tags with their latest sample,
-//                outbox, uplink, broker and writes (?device=NAME for one device's tags, 404 for a
-//                device the config does not have; ?tags=0 for none)
+//   /api/status  JSON: the gateway's status snapshot (src/app/status.ts): gateway, devices with state
+//                and last error, tags with their latest sample, outbox, uplink, broker and writes
+//                (?device=NAME for one device's tags, 404 for a device the config does not have;
+//                ?tags=0 for none)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -12,6 +13,7 @@ import type { Config } from '../config/schema.js';
 import { errorMessage } from '../util/errors.js';
 import type { Gateway } from '../gateway.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { StatusSnapshot } from '../app/status.js';
 
 export class OpsServer {
   private constructor(
@@ -19,9 +21,9 @@ export class OpsServer {
     readonly url: string,
   ) {}
 
-  static async start(config: Config['http'], gateway: Gateway, metrics: GatewayMetrics, log: Logger, version: string): Promise<OpsServer> {
+  static async start(config: Config['http'], gateway: Gateway, metrics: GatewayMetrics, log: Logger): Promise<OpsServer> {
     const server = createServer((request, response) => {
-      handle(request, response, gateway, metrics, version).catch((error: unknown) => {
+      handle(request, response, gateway, metrics).catch((error: unknown) => {
         log.error({ url: request.url, error: errorMessage(error) }, 'operations endpoint failed');
         if (!response.headersSent) send(response, 500, 'text/plain', 'internal error\n');
         else response.destroy();
@@ -47,7 +49,7 @@ export class OpsServer {
   }
 }
 
-async function handle(request: IncomingMessage, response: ServerResponse, gateway: Gateway, metrics: GatewayMetrics, version: string): Promise<void> {
+async function handle(request: IncomingMessage, response: ServerResponse, gateway: Gateway, metrics: GatewayMetrics): Promise<void> {
   const url = new URL(request.url ?? '/', 'http://localhost');
   if (request.method !== 'GET' && request.method !== 'HEAD') {
     response.setHeader('Allow', 'GET, HEAD');
@@ -61,14 +63,14 @@ async function handle(request: IncomingMessage, response: ServerResponse, gatewa
       return send(response, problems.length === 0 ? 200 : 503, 'application/json', json({ ready: problems.length === 0, problems }));
     }
     case '/metrics':
-      return send(response, 200, metrics.registry.contentType, await metrics.registry.metrics());
+      return send(response, 200, metrics.registry.contentType, await metrics.scrape());
     case '/api/status': {
       const device = url.searchParams.get('device');
       const names = gateway.config.devices.map((entry) => entry.name);
       if (device !== null && !names.includes(device)) {
         return send(response, 404, 'application/json', json({ error: `no device ${JSON.stringify(device)}; devices: ${names.join(', ') || '(none)'}` }));
       }
-      return send(response, 200, 'application/json', json(status(gateway, version, url.searchParams)));
+      return send(response, 200, 'application/json', json(apiStatus(gateway.status({ tags: url.searchParams.get('tags') !== '0', device: device ?? undefined }))));
     }
     default:
       return send(response, 404, 'text/plain', 'not found; try /healthz, /readyz, /metrics or /api/status\n');
@@ -84,26 +86,10 @@ function readinessProblems(gateway: Gateway): string[] {
   return problems;
 }
 
-function status(gateway: Gateway, version: string, query: URLSearchParams): unknown {
-  const devices = gateway.deviceStatus();
-  const withTags = query.get('tags') !== '0';
-  const device = query.get('device') ?? undefined;
-  return {
-    gateway: {
-      name: gateway.config.gateway.name,
-      version,
-      startedAt: new Date(gateway.startedAt).toISOString(),
-      uptimeSeconds: Math.round((Date.now() - gateway.startedAt) / 1000),
-      samples: gateway.stats.samples,
-      published: gateway.stats.published,
-    },
-    devices: devices.map((entry) => ({ name: entry.name, driver: entry.driver, state: entry.health.state, lastError: entry.health.lastError ?? null, tags: entry.tags, samples: entry.samples, connectAttempts: entry.health.connectAttempts, nextTryAt: entry.health.nextTryAt === undefined ? null : new Date(entry.health.nextTryAt).toISOString(), pollErrors: entry.health.pollErrors, errorsByCode: entry.health.errorsByCode, overruns: entry.health.overruns, cycles: entry.health.cycles, plans: entry.health.plans })),
-    ...(withTags ? { tags: gateway.tagStatus(device) } : {}),
-    outbox: gateway.outbox ? { ...gateway.outbox.stats, oldestAgeSeconds: gateway.outbox.oldestAge() / 1000 } : null,
-    uplink: gateway.uplink?.stats ?? null,
-    broker: { clients: gateway.broker.clientCount, listeners: gateway.broker.addresses().map((address) => address.url), ...gateway.broker.stats },
-    writes: gateway.commands.stats,
-  };
+/** /api/status: the status snapshot as it is, but for the broker's queue, which only the metrics show. */
+function apiStatus(snapshot: StatusSnapshot): unknown {
+  const { queued: _queued, ...broker } = snapshot.broker;
+  return { ...snapshot, broker };
 }
 
 /** JSON with 64-bit values as strings. */

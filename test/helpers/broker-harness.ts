@@ -11,7 +11,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { generate, parser, type IConnectPacket, type Packet } from 'mqtt-packet';
 import { pino, type LevelWithSilent, type Logger } from 'pino';
 import type { z } from 'zod';
-import { IntegratedBroker, type ListenerAddress } from '../../src/broker/broker.js';
+import { IntegratedBroker, type BrokerHandlers, type ListenerAddress } from '../../src/broker/broker.js';
 import { brokerSection } from '../../src/config/schema.js';
 import { waitFor } from './net.js';
 
@@ -72,12 +72,12 @@ export class BrokerUnderTest {
     this.ownsDir = ownsDir;
   }
 
-  static async start(input: BrokerInput, options: { dataDir?: string; logs?: CapturedLog } = {}): Promise<BrokerUnderTest> {
+  static async start(input: BrokerInput, options: { dataDir?: string; logs?: CapturedLog; handlers?: BrokerHandlers } = {}): Promise<BrokerUnderTest> {
     const config = brokerSection.parse(input);
     const dataDir = options.dataDir ?? tempDir('plc2mqtt-broker-');
     const logs = options.logs ?? new CapturedLog();
     try {
-      return new BrokerUnderTest(await IntegratedBroker.start(config, logs.log, dataDir), logs, dataDir, options.dataDir === undefined);
+      return new BrokerUnderTest(await IntegratedBroker.start(config, logs.log, dataDir, options.handlers), logs, dataDir, options.dataDir === undefined);
     } catch (error) {
       if (options.dataDir === undefined) removeDir(dataDir);
       throw error;
