@@ -23,6 +23,8 @@ const runs: Array<[string, string[]]> = [
   ['replay.js', ['--messages', '1000000']],
   // node dist/bench/idle.js
   ['idle.js', []],
+  // what the event bus costs a sample: node dist/bench/event-bus.js
+  ['event-bus.js', []],
   // what outbox.db, its WAL and retained.db take on disk: node dist/bench/disk-usage.js [--payload 80]
   ['disk-usage.js', []],
   ['disk-usage.js', ['--payload', '12']],
