@@ -185,7 +185,7 @@ export class Gateway {
     });
     // The metrics listen from the start, so the first poll is counted too.
     if (options.ops && config.http.enabled) this.metrics = new GatewayMetrics(() => this.status({ tags: false }), this.bus);
-    this.addFeatures(options);
+    this.addFeatures();
   }
 
   /**
@@ -193,7 +193,7 @@ export class Gateway {
    * commands in between) nothing waits for I/O: no client publish or command comes before the
    * outbox path and the write path are in place.
    */
-  private addFeatures(options: GatewayOptions): void {
+  private addFeatures(): void {
     const { config } = this;
     // (Before the supervisor runs, add() only registers: nothing to wait for.)
     const supervise = (feature: Feature, featureOptions?: FeatureOptions) => void this.supervisor.add(feature, featureOptions);
@@ -235,20 +235,21 @@ export class Gateway {
       jobIndex += pollGroupsOf(device).length;
       void this.superviseDevice(device, (index, interval) => startPhase(firstJob + index, jobCount, interval));
     }
-    // 8. The operations endpoint; a port that is taken is logged, not fatal: the data keeps flowing.
-    if (options.ops && config.http.enabled) {
-      const metrics = this.metrics!;
-      supervise(
-        {
-          name: 'operations endpoint',
-          start: async () => {
-            this.ops = await OpsServer.start(config.http, this, metrics, this.log);
-          },
-          stop: () => this.ops?.close(),
+    // 8. The operations endpoint, once polling started (see start()).
+  }
+
+  /** The operations endpoint; a port that is taken is logged, not fatal: the data keeps flowing. */
+  private superviseOps(metrics: GatewayMetrics): Promise<boolean> {
+    return this.supervisor.add(
+      {
+        name: 'operations endpoint',
+        start: async () => {
+          this.ops = await OpsServer.start(this.config.http, this, metrics, this.log);
         },
-        { onStartFailure: 'continue', failureMessage: 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it' },
-      );
-    }
+        stop: () => this.ops?.close(),
+      },
+      { onStartFailure: 'continue', failureMessage: 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it' },
+    );
   }
 
   /** The integrated broker (there is one from the end of start() on). */
@@ -295,6 +296,7 @@ export class Gateway {
     const pollJobs = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
     const failed = enabled.filter((device) => gateway.supervisor.status(deviceFeature(device.name))?.state === 'failed').map((device) => device.name);
     log.info({ devices: enabled.length, tags, pollJobs, ...(failed.length > 0 ? { failed } : {}) }, 'polling started');
+    if (gateway.metrics) await gateway.superviseOps(gateway.metrics);
     return gateway;
   }
 
