@@ -56,6 +56,7 @@ export type StatusCodeName = `Bad${string}` | `Uncertain${string}`;
 export type DriverErrorCode =
   // Raised by the core (src/pipeline/device-runner.ts); the command path refuses writes with these.
   | 'not-connected' // the device has no working connection (also: a driver used before connect or after close)
+  | 'start-failed' // the device's driver could not be loaded or created; the gateway retries with back-off
   | 'stopped' // the device is being stopped
   | 'no-result' // the driver returned no reading for a tag
   | 'error' // a failure that came without a code (not a DriverError)
