@@ -2,7 +2,7 @@
 // right content; SIGHUP with a changed device restarts only that device and loses no outbox
 // message; broker users and ACL rules apply at once; an invalid config on SIGHUP keeps the running one.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -38,6 +38,16 @@ interface Status {
   uplink: { connected: boolean; acknowledged: number };
   broker: { clients: number; listeners: string[] };
   writes: { received: number };
+}
+
+/** `plc2mqtt health …` in a child process, without blocking this process's event loop (spawnSync
+ * would: the keep-alive connections of this process's fetches would be closed under it). */
+function runHealth(args: string[], env?: NodeJS.ProcessEnv): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, 'health', ...args], { encoding: 'utf8', timeout: 20_000, ...(env ? { env } : {}) }, (error, stdout, stderr) => {
+      resolve({ status: error ? (typeof error.code === 'number' ? error.code : null) : 0, stdout, stderr });
+    });
+  });
 }
 
 describe('operations endpoint and hot reload', () => {
@@ -168,21 +178,21 @@ describe('operations endpoint and hot reload', () => {
     assert.match(metrics.body, /^# HELP plc2mqtt_writes_total /m);
   });
 
-  it('plc2mqtt health (the Docker HEALTHCHECK) exits 0 against the running gateway, 1 when nothing answers', () => {
-    const healthy = spawnSync(process.execPath, [CLI, 'health', '-c', configFile], { encoding: 'utf8', timeout: 20_000 });
+  it('plc2mqtt health (the Docker HEALTHCHECK) exits 0 against the running gateway, 1 when nothing answers', async () => {
+    const healthy = await runHealth(['-c', configFile]);
     assert.equal(healthy.status, 0, healthy.stderr);
     assert.equal(healthy.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
     const elsewhere = join(dir, 'elsewhere.json');
     writeFileSync(elsewhere, JSON.stringify({ http: { port: deadPort } }));
-    const unhealthy = spawnSync(process.execPath, [CLI, 'health', '-c', elsewhere, '--timeout', '2000'], { encoding: 'utf8', timeout: 20_000 });
+    const unhealthy = await runHealth(['-c', elsewhere, '--timeout', '2000']);
     assert.equal(unhealthy.status, 1);
     assert.match(unhealthy.stderr, new RegExp(`plc2mqtt: http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
   });
 
-  it('plc2mqtt health reads only the http section: a bad edit elsewhere or a missing ${ENV} does not make a healthy gateway unhealthy', () => {
+  it('plc2mqtt health reads only the http section: a bad edit elsewhere or a missing ${ENV} does not make a healthy gateway unhealthy', async () => {
     // Run as a cron job would: without the service's environment.
     const bare = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
-    const health = (args: string[], env: NodeJS.ProcessEnv = bare) => spawnSync(process.execPath, [CLI, 'health', ...args], { encoding: 'utf8', timeout: 20_000, env });
+    const health = (args: string[], env: NodeJS.ProcessEnv = bare) => runHealth(args, env);
     const edited = join(dir, 'edited.json');
     writeFileSync(
       edited,
@@ -194,31 +204,31 @@ describe('operations endpoint and hot reload', () => {
         "devices": [{ "name": "plc", "driver": "modbsu", "tags": [{ "name": "x" "address": "40001" }] }],
       }`,
     );
-    const healthy = health(['-c', edited]);
+    const healthy = await health(['-c', edited]);
     assert.equal(healthy.stderr, '');
     assert.equal(healthy.status, 0);
     assert.equal(healthy.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
     // ${ENV} inside the http section is still resolved, with its default too.
     writeFileSync(edited, JSON.stringify({ http: { host: '${OPS_HOST:-0.0.0.0}', port: httpPort }, devices: 'not even a list' }));
-    assert.equal(health(['-c', edited]).status, 0, 'the default of ${OPS_HOST:-…}; 0.0.0.0 is asked on 127.0.0.1');
+    assert.equal((await health(['-c', edited])).status, 0, 'the default of ${OPS_HOST:-…}; 0.0.0.0 is asked on 127.0.0.1');
     writeFileSync(edited, JSON.stringify({ http: { host: '${OPS_HOST}', port: httpPort } }));
-    assert.equal(health(['-c', edited], { ...bare, OPS_HOST: '127.0.0.1' }).status, 0);
-    const unset = health(['-c', edited]);
+    assert.equal((await health(['-c', edited], { ...bare, OPS_HOST: '127.0.0.1' })).status, 0);
+    const unset = await health(['-c', edited]);
     assert.equal(unset.status, 1);
     assert.match(unset.stderr, /http\.host: environment variable OPS_HOST is not set/);
     // The http section itself wrong: its problem and the way out.
     writeFileSync(edited, JSON.stringify({ http: { port: 'ninety' } }));
-    const broken = health(['-c', edited]);
+    const broken = await health(['-c', edited]);
     assert.equal(broken.status, 1);
     assert.match(broken.stderr, /http\.port: expected number, got "ninety"/);
     assert.match(broken.stderr, /--url/);
     // --url: no config file at all.
     for (const url of [`http://127.0.0.1:${httpPort}`, `http://127.0.0.1:${httpPort}/healthz`]) {
-      const byUrl = health(['--url', url]);
+      const byUrl = await health(['--url', url]);
       assert.equal(byUrl.status, 0, byUrl.stderr);
       assert.equal(byUrl.stdout, `http://127.0.0.1:${httpPort}/healthz: ok\n`);
     }
-    const down = health(['--url', `http://127.0.0.1:${deadPort}`, '--timeout', '2000']);
+    const down = await health(['--url', `http://127.0.0.1:${deadPort}`, '--timeout', '2000']);
     assert.equal(down.status, 1);
     assert.match(down.stderr, new RegExp(`http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
   });
