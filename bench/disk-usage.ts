@@ -64,7 +64,7 @@ let next = outbox.peek(0, 1)[0]?.id ?? 1;
 while (outbox.stats.messages > 0) {
   const rows = outbox.peek(next - 1, 250);
   if (rows.length === 0) break;
-  outbox.remove(rows.map((row) => row.id));
+  outbox.settle({ acknowledged: rows.map((row) => row.id) });
   next = rows.at(-1)!.id + 1;
   if (outbox.stats.messages > 10_000) {
     for (let i = 0; i < 50; i++, seq++) outbox.append({ topic: topicOf(seq), payload: payloadOf(seq), qos: 1, retain: false });

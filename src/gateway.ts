@@ -14,7 +14,7 @@
 // PUBACK waits for the outbox commit), and cloud commands come back down.
 //
 // The way back to the PLC: a message on a tag's command topic ("<tag topic>/set"), from a local
-// client the ACL let through (the broker's command handler) or from the cloud (uplink.downlinkHook)
+// client the ACL let through (the broker's command handler) or from the cloud (the uplink's downlink handler)
 //     → CommandHandler       (commands/) parse, writable?, type, min/max, rate limit
 //     → DeviceRunner.write   → driver.write; optional read-back
 //     → answer               on "<command topic>/result" or the MQTT 5 response topic, plus an audit line
@@ -51,7 +51,7 @@ import { startSimulator, type RunningSimulator } from './demo/simulator.js';
 import { ensureDataDir } from './util/sqlite-file.js';
 import { compileTopicTemplate } from './northbound/topics.js';
 import { Outbox } from './cloud/outbox.js';
-import { tlsFilesFingerprint, Uplink, type CloudRoute } from './cloud/uplink.js';
+import { tlsFilesFingerprint, Uplink, type CloudRoute, type Downlink } from './cloud/uplink.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { OpsServer } from './ops/http-server.js';
 
@@ -350,8 +350,8 @@ export class Gateway {
   }
 
   private startUplink(config: NonNullable<Config['uplink']>): void {
-    const uplink = new Uplink(config, this.config.gateway.name, this.config.topics.status, this.currentOutbox!, this.broker, this.log);
-    this.useUplink(uplink, config);
+    const uplink = new Uplink(config, this.config.gateway.name, this.config.topics.status, this.currentOutbox!, this.broker, this.log, this.downlinkFor(config));
+    this.useUplink(uplink);
     uplink.start();
     this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
     this.cloudWatch.unref();
@@ -388,10 +388,14 @@ export class Gateway {
     }
   }
 
-  /** Makes `uplink` the cloud connection: commands from the cloud go to the write path. */
-  private useUplink(uplink: Uplink, config: NonNullable<Config['uplink']>): void {
+  /** The uplink's downlink: commands from the cloud go to the write path, audited with the uplink's client id. */
+  private downlinkFor(config: NonNullable<Config['uplink']>): Downlink {
     const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
-    uplink.downlinkHook = (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+    return (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+  }
+
+  /** Makes `uplink` the cloud connection. */
+  private useUplink(uplink: Uplink): void {
     this.currentUplink = uplink;
   }
 
@@ -584,7 +588,7 @@ export class Gateway {
     if (!changed(previous, wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
     let uplink: Uplink;
     try {
-      uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log);
+      uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log, this.downlinkFor(wanted));
     } catch (error) {
       // (An unreadable certificate, say: the running connection stays.)
       this.log.error({ error: errorMessage(error) }, 'the new uplink settings cannot be used; the cloud connection stays as it was');
@@ -596,7 +600,7 @@ export class Gateway {
     // is not left believing the gateway is online.
     await old.stop();
     uplink.continueFrom(old);
-    this.useUplink(uplink, wanted);
+    this.useUplink(uplink);
     this.currentConfig = { ...this.currentConfig, uplink: wanted };
     // Forward rules may have changed: every tag's and batch's cloud route is looked up again.
     for (const device of this.devices.values()) {

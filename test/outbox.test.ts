@@ -31,7 +31,7 @@ describe('outbox', () => {
     outbox.commit();
     assert.deepEqual(seqs(outbox), Array.from({ length: 100 }, (_, i) => i + 1));
     const first10 = outbox.peek(0, 10);
-    outbox.remove(first10.map((row) => row.id));
+    outbox.settle({ acknowledged: first10.map((row) => row.id) });
     assert.equal(outbox.stats.messages, 90);
     assert.equal(outbox.stats.delivered, 10);
     outbox.close();
@@ -94,8 +94,8 @@ describe('outbox', () => {
     const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxMessages: 5, policy: 'drop-oldest' }), log);
     for (let n = 1; n <= 5; n++) outbox.append(message(n));
     outbox.commit();
-    // The uplink has taken all five to send: drop-oldest spares them while newer ones can go.
-    outbox.readerThrough = outbox.lastId;
+    // The sender has taken all five to send: drop-oldest spares them while newer ones can go.
+    assert.equal(outbox.take(5).length, 5);
     const fates = new Map<number, string>();
     for (let n = 6; n <= 8; n++) outbox.append(message(n), (droppedBecause?: string) => fates.set(n, droppedBecause ?? 'stored'));
     outbox.commit();
@@ -171,7 +171,7 @@ describe('outbox', () => {
     const inFlight = outbox.peek(0, 2).map((row) => row.id);
     for (let n = 6; n <= 10; n++) outbox.append(message(n));
     outbox.commit(); // drops 1..5, including the two "in flight"
-    outbox.remove(inFlight); // their PUBACKs arrive late
+    outbox.settle({ acknowledged: inFlight }); // their PUBACKs arrive late
     assert.equal(outbox.stats.messages, 5);
     assert.equal(outbox.stats.delivered, 0);
     outbox.close();
@@ -259,11 +259,11 @@ describe('outbox', () => {
     assert.ok(outbox.stats.pending > 0, 'the messages that did not fit wait in memory');
     // Acknowledgements while the disk is full: deleting needs WAL space too; it must not throw.
     const acknowledged = outbox.peek(0, 20).map((row) => row.id);
-    assert.doesNotThrow(() => outbox.remove(acknowledged));
+    assert.doesNotThrow(() => outbox.settle({ acknowledged }));
     outbox.expire(Date.now());
     unlinkSync(ballast);
     await waitFor(() => !outbox.stats.diskFull && outbox.stats.pending === 0, 10_000, 'the retry after space came back');
-    outbox.remove([]); // the removals that failed are retried with the next ones
+    outbox.settle({}); // the removals that failed are retried with the next ones
     assert.equal(outbox.stats.messages, appended - acknowledged.length);
     assert.equal(outbox.stats.delivered, acknowledged.length);
     assert.equal(outbox.stats.dropped, 0);

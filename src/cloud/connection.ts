@@ -1,0 +1,196 @@
+// The mqtt.js client of the cloud connection and its life: connect, reconnect with capped
+// exponential back-off and jitter (instead of mqtt.js's fixed period), back-off and error log
+// reset only once a connection proved itself, and connection errors logged once per outage.
+// What flows over it is not its business: uplink.ts hands the events on.
+import mqtt, { Store, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+import type { Logger } from 'pino';
+import { backoffDelay } from '../util/backoff.js';
+import { errorMessage } from '../util/errors.js';
+import type { CloudSubscriptions, UplinkConfig } from './bridge-rules.js';
+
+/** A connection that stays up this long without trouble resets the back-off. */
+const STABLE_AFTER_MS = 10_000;
+
+/** What a CONNACK said, and whether connections failed before this one. */
+export interface Connack {
+  sessionPresent: boolean;
+  /** MQTT 5: the most unacknowledged QoS 1 messages the broker accepts from us. */
+  receiveMaximum: number | undefined;
+  /** Attempts failed (or connections were lost) before this one. */
+  afterFailure: boolean;
+}
+
+export interface ConnectionEvents {
+  connected(connack: Connack): void;
+  /** The connection (or an attempt) ended; a reconnect is scheduled after this returns. */
+  closed(wasConnected: boolean): void;
+  message(topic: string, payload: Buffer, retain: boolean): void;
+  /** The connection stayed up STABLE_AFTER_MS (see stable()). */
+  stable(): void;
+}
+
+export interface ConnectionOptions {
+  clientId: string;
+  /** The last will: published by the broker when the connection dies without a DISCONNECT. */
+  will: { topic: string; payload: Buffer };
+  tls: Partial<IClientOptions>;
+}
+
+/**
+ * mqtt.js keeps its own in-memory copy of unacknowledged messages and resends them after a
+ * reconnect. The outbox already does that (durably), so mqtt.js keeps nothing: one source of truth.
+ */
+class NoStore extends Store {
+  override put(_packet: Packet, cb: () => void): this {
+    cb();
+    return this;
+  }
+  override del(_packet: Pick<Packet, 'messageId'>, cb: (error?: Error, packet?: Packet) => void): this {
+    cb();
+    return this;
+  }
+}
+
+export class CloudConnection {
+  private readonly url: string;
+  private readonly clientOptions: IClientOptions;
+  private readonly reconnect: UplinkConfig['reconnect'];
+  private readonly log: Logger;
+  private readonly events: ConnectionEvents;
+  private client: MqttClient | undefined;
+  private isConnected = false;
+  private stopping = false;
+  private failedAttempts = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private stableTimer: NodeJS.Timeout | undefined;
+  private error: string | undefined;
+  private readonly loggedErrors = new Set<string>();
+
+  constructor(config: UplinkConfig, options: ConnectionOptions, log: Logger, events: ConnectionEvents) {
+    this.url = config.url;
+    this.reconnect = config.reconnect;
+    this.log = log;
+    this.events = events;
+    this.clientOptions = {
+      clientId: options.clientId,
+      protocolVersion: config.protocolVersion,
+      clean: config.cleanSession,
+      // MQTT 5 ends a session when the connection closes unless it asks for an expiry interval.
+      ...(config.protocolVersion === 5 && !config.cleanSession ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } } : {}),
+      keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
+      // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
+      reconnectPeriod: 0,
+      connectTimeout: 15_000,
+      queueQoSZero: false,
+      outgoingStore: new NoStore(),
+      resubscribe: false,
+      will: { topic: options.will.topic, payload: options.will.payload, qos: 1, retain: true },
+      // mqtt.js logs every packet through `debug`, which costs ~5% CPU even when off; DEBUG=mqttjs* still works.
+      ...(process.env.DEBUG === undefined ? { log: () => undefined } : {}),
+      ...(config.username !== undefined ? { username: config.username } : {}),
+      ...(config.password !== undefined ? { password: config.password } : {}),
+      ...options.tls,
+    };
+  }
+
+  get clientId(): string {
+    return this.clientOptions.clientId!;
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  /** The last connection error, until the connection proved itself. */
+  get lastError(): string | undefined {
+    return this.error;
+  }
+
+  start(): void {
+    const client = mqtt.connect(this.url, this.clientOptions);
+    this.client = client;
+    client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
+    client.on('close', () => this.onClose());
+    client.on('error', (error) => this.noteError(errorMessage(error)));
+    client.on('message', (topic, payload, packet) => this.events.message(topic, payload, packet.retain));
+  }
+
+  /** Publishes on the connection (mqtt.js queues it while there is none). */
+  publish(topic: string, payload: Buffer | string, options: { qos: 0 | 1; retain: boolean }, done: (error?: Error) => void): void {
+    this.client?.publish(topic, payload, options, done);
+  }
+
+  subscribe(subscriptions: CloudSubscriptions): void {
+    this.client?.subscribe(subscriptions, (error) => {
+      if (error) this.noteError(`subscribing to ${Object.keys(subscriptions).join(', ')} failed: ${errorMessage(error)}`);
+    });
+  }
+
+  /** The connection has carried data (or stayed up quietly): now back-off and error logging start over. */
+  stable(): void {
+    clearTimeout(this.stableTimer);
+    this.failedAttempts = 0;
+    this.loggedErrors.clear();
+    this.error = undefined;
+  }
+
+  noteError(message: string): void {
+    this.error = message;
+    // Once per distinct error per outage: a broker that stays down must not flood the log.
+    if (this.loggedErrors.has(message)) return;
+    this.loggedErrors.add(message);
+    // Certificates, credentials and authorization need a person; a broker that is down does not.
+    const needsFix = /certificate|ssl|tls|auth|not authori[sz]ed|bad user ?name|password|identifier rejected|self.signed/i.test(message);
+    if (needsFix) this.log.error({ error: message, hint: 'check the uplink credentials, certificates and the broker policy' }, 'cloud broker connection error');
+    else this.log.warn({ error: message }, 'cloud broker connection error');
+  }
+
+  /**
+   * No reconnects and no events from here on. While the connection is up, `lastWords` is
+   * published first (the retained "offline"), waiting at most `timeoutMs` for its PUBACK; then the
+   * connection is closed, forced: no waiting for mqtt.js' record of messages in flight (it keeps
+   * those of connections that broke); they are in the outbox and the next connection sends them.
+   */
+  async stop(timeoutMs: number, lastWords: { topic: string; payload: string }): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.stableTimer);
+    const client = this.client;
+    if (client && this.isConnected) {
+      await Promise.race([client.publishAsync(lastWords.topic, lastWords.payload, { qos: 1, retain: true }).catch(() => undefined), sleep(timeoutMs)]);
+    }
+    if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
+    this.isConnected = false;
+  }
+
+  private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
+    // A handshake that completed after stop(): that connection is not used.
+    if (this.stopping) return void this.client?.end(true);
+    this.isConnected = true;
+    // Back-off and logged errors are reset only once the connection proved itself (stable()), not
+    // at CONNACK: a broker that accepts and then drops us must not get a reconnect storm.
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      this.stable();
+      this.events.stable();
+    }, STABLE_AFTER_MS);
+    this.events.connected({ sessionPresent, receiveMaximum, afterFailure: this.failedAttempts > 0 });
+  }
+
+  private onClose(): void {
+    if (this.stopping) return;
+    const wasConnected = this.isConnected;
+    this.isConnected = false;
+    clearTimeout(this.stableTimer);
+    this.events.closed(wasConnected);
+    if (this.stopping) return;
+    this.failedAttempts++;
+    const delay = backoffDelay(this.failedAttempts, { initial: this.reconnect.initial, max: this.reconnect.max });
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      if (!this.stopping) this.client?.reconnect();
+    }, delay);
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
