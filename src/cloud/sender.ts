@@ -197,7 +197,10 @@ export class Sender {
     this.cancel(this.stallTimer);
     this.cancel(this.expiredTimer);
     this.stallTimer = this.expiredTimer = undefined;
-    this.forgetInFlight();
+    this.waitingSince = undefined;
+    this.inFlight.clear();
+    this.liveInFlight = 0;
+    // Detaching rewinds the buffer, unless another sender took it over meanwhile.
     this.detach?.();
     this.detach = undefined;
   }
