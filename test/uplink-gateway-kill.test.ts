@@ -135,7 +135,7 @@ describe('uplink: the gateway is SIGKILLed while draining a 20k backlog, then re
   });
 
   // Acknowledged ids are deleted from the outbox in batches (ACK_FLUSH_SIZE 500 / ACK_FLUSH_INTERVAL_MS
-  // 20 in src/cloud/uplink.ts), so at a kill up to 499 messages the cloud already acknowledged are still in
+  // 20 in src/cloud/sender.ts), so at a kill up to 499 messages the cloud already acknowledged are still in
   // the outbox and are sent again on top of the in-flight window.
   it(`duplicates are bounded by the in-flight window (${inFlight})`, () => {
     assert.ok(report.duplicates <= inFlight, `${report.duplicates} duplicates, more than inFlight = ${inFlight}`);
