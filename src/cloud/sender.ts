@@ -234,7 +234,7 @@ export class Sender {
     // a window's worth of messages is sent twice.
     // (mqtt-packet corks the socket per packet until the next tick, so one loop is one write.)
     for (let free = window - this.inFlight.size - this.acked.length; free > 0 && this.link !== undefined; free = window - this.inFlight.size - this.acked.length) {
-      const next = this.take(free, window);
+      const next = this.next(free, window);
       if (next.messages.length === 0) break;
       for (const message of next.messages) {
         if (message.created < tooOld) expired.push(message.id);
@@ -260,7 +260,7 @@ export class Sender {
   }
 
   /** Up to n messages: live ones while they have less than their share of the window, then the backlog, then live ones. */
-  private take(n: number, window: number): { messages: StoredMessage[]; live: boolean } {
+  private next(n: number, window: number): { messages: StoredMessage[]; live: boolean } {
     const { liveShare } = this.options;
     if (liveShare > 0) {
       const liveSlots = Math.floor(window * liveShare) - this.liveInFlight;

@@ -8,10 +8,9 @@ import type { IntegratedBroker } from '../broker/broker.js';
 import { compileTopicTemplate } from '../northbound/topics.js';
 import { errorMessage } from '../util/errors.js';
 import { BridgeRules, type CloudRoute, type UplinkConfig } from './bridge-rules.js';
-import type { OutboxMessage, Settled } from './buffer.js';
+import type { MessageBuffer, OutboxMessage, Settled } from './buffer.js';
 import { CloudConnection, type Connack } from './connection.js';
 import { EchoFilter } from './echo.js';
-import type { Outbox } from './outbox.js';
 import { Sender, type Link } from './sender.js';
 import { readTls } from './tls.js';
 
@@ -45,7 +44,7 @@ export class Uplink {
   readonly statusTopic: string;
   /** Of the TLS files this uplink's connections use (see tlsFilesFingerprint). */
   readonly tlsFingerprint: string;
-  private readonly outbox: Outbox;
+  private readonly outbox: MessageBuffer;
   private readonly broker: IntegratedBroker;
   private readonly log: Logger;
   private readonly rules: BridgeRules;
@@ -57,7 +56,7 @@ export class Uplink {
   private stopping = false;
   private readonly counters = { reconnects: 0, received: 0 };
 
-  constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: Outbox, broker: IntegratedBroker, log: Logger, downlink?: Downlink) {
+  constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: MessageBuffer, broker: IntegratedBroker, log: Logger, downlink?: Downlink) {
     const tls = readTls(config.tls);
     this.tlsFingerprint = tls.fingerprint;
     this.outbox = outbox;
@@ -107,7 +106,7 @@ export class Uplink {
 
   /**
    * Appends a message for the cloud to the outbox. `onSettled` runs once it is on disk, or with
-   * the reason when the outbox dropped it first (see Outbox.append).
+   * the reason when the outbox dropped it first (see MessageBuffer.append).
    */
   enqueue(route: CloudRoute, payload: Buffer, retain: boolean, onSettled?: Settled): void {
     const message: OutboxMessage = { topic: route.topic, payload, qos: route.qos, retain };
@@ -116,12 +115,14 @@ export class Uplink {
 
   start(): void {
     this.sender.start();
-    this.log.info({ clientId: this.connection.clientId, backlog: this.outbox.stats.messages }, 'connecting to the cloud broker');
+    this.log.info({ clientId: this.connection.clientId, backlog: this.outbox.length }, 'connecting to the cloud broker');
     this.connection.start();
   }
 
   get stats(): UplinkStats {
-    const stats: UplinkStats = { connected: this.connection.connected, ...this.sender.stats, ...this.counters };
+    const { sent, acknowledged, rejected, inFlight } = this.sender.stats;
+    // (In the order of before the split: /api/status and the "gateway stopped" line show it.)
+    const stats: UplinkStats = { connected: this.connection.connected, sent, acknowledged, rejected, ...this.counters, inFlight };
     const lastError = this.connection.lastError;
     if (lastError !== undefined) stats.lastError = lastError;
     return stats;
@@ -129,7 +130,7 @@ export class Uplink {
 
   private onConnected(connack: Connack): void {
     if (connack.afterFailure || this.counters.reconnects > 0) this.counters.reconnects++;
-    const backlog = this.outbox.stats.messages;
+    const backlog = this.outbox.length;
     // A link per connection: answers of a connection that is gone are told apart.
     const link: Link = {
       publish: (message, done) => {
@@ -153,7 +154,7 @@ export class Uplink {
     const inFlight = this.sender.stats.inFlight;
     // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
     this.sender.disconnected();
-    if (wasConnected) this.log.warn({ inFlight, backlog: this.outbox.stats.messages, error: this.connection.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
+    if (wasConnected) this.log.warn({ inFlight, backlog: this.outbox.length, error: this.connection.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
   }
 
   /** A message from the cloud on a "receive" topic: into the integrated broker under its local name. */
