@@ -1,21 +1,30 @@
-// Late replies on RTU over TCP, which has no transaction ids (review of issue 12): a reply is known
-// only by its place in the stream. After a timeout the next request waits until the late reply has
-// arrived, or until the line has been quiet for one more timeout, on the same connection.
+// Late replies on RTU, which has no transaction ids (review of issue 12): a reply is known only by
+// its place in the stream. After a timeout the next request waits until the late reply has
+// arrived, or until the line has been quiet for one more timeout: on RTU over TCP on the same
+// connection (ports.ts), on a serial line in the serial-port registry (src/pipeline/serial-ports.ts).
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
-import { it } from 'node:test';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { it, type TestContext } from 'node:test';
 import pino from 'pino';
+import { SerialPort } from 'serialport';
 import { createDriver } from '../drivers/modbus/index.js';
 import { RtuOverTcpPort } from '../drivers/modbus/ports.js';
 import { DeviceRunner } from '../src/pipeline/device-runner.js';
 import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
-import { cleanup, device, RawModbusServer, withCrc } from './helpers/modbus-servers.js';
+import { cleanup, device, RawModbusServer, startPtyPair, withCrc } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 
-/** A DeviceRunner polling the device every 100 ms (timeout 300 ms); returns the cycles it reads. */
-function poll(defer: (fn: () => unknown) => void, port: number, retries: number, tags: Record<string, unknown>[]): TagReading[][] {
+/**
+ * A DeviceRunner polling the device every 100 ms (timeout 300 ms); returns the cycles it reads.
+ * `link` is a TCP port (RTU over TCP) or the path of a serial port (RTU).
+ */
+function poll(defer: (fn: () => unknown) => void, link: number | string, retries: number, tags: Record<string, unknown>[]): TagReading[][] {
   const log = pino({ level: 'silent' });
-  const config = device({ connection: { transport: 'rtu-over-tcp', host: '127.0.0.1', port, timeout: 300, retries }, tags });
+  const connection = typeof link === 'number' ? { transport: 'rtu-over-tcp', host: '127.0.0.1', port: link } : { transport: 'rtu', path: link, baudRate: 9600 };
+  const config = device({ connection: { ...connection, timeout: 300, retries }, tags });
   const cycles: TagReading[][] = [];
   const runner = new DeviceRunner({
     name: 'dev',
@@ -154,4 +163,73 @@ it('RtuOverTcpPort on its own: a request handed over while a late reply is owed 
   assert.ok(arrivals[1]!.at >= lateSentAt && lateSentAt > 0, 'the second request went out after the late reply');
   assert.deepEqual(received, [readReply(readRequest(0, 2))]);
   assert.equal(port.isOpen, true);
+});
+
+/**
+ * A raw RTU device on the far end of a socat pty pair, answering strictly in order as a serial
+ * device does: request n is answered `delay(n)` ms after it arrived (or after the reply before
+ * it went out), or never when `delay` returns null. Returns the driver's end and when each
+ * request arrived.
+ */
+async function serialDevice(t: TestContext, delay: (n: number) => number | null): Promise<{ path: string; arrivals: number[]; defer: (fn: () => unknown) => void }> {
+  const defer = cleanup(t);
+  const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-late-'));
+  defer(() => rmSync(dir, { recursive: true, force: true }));
+  const pty = await startPtyPair(dir);
+  defer(() => pty.stop());
+  const port = new SerialPort({ path: pty.b, baudRate: 9600, autoOpen: false });
+  port.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
+  defer(() => new Promise<void>((resolve) => (port.isOpen ? port.close(() => resolve()) : resolve())));
+  const raw = new RawModbusServer('rtu');
+  const arrivals: number[] = [];
+  let busyUntil = 0;
+  raw.misbehave = (request, proper) => {
+    const now = Date.now();
+    arrivals.push(now);
+    const ms = delay(request.n);
+    if (ms === null) return null;
+    const at = Math.max(now, busyUntil) + ms;
+    busyUntil = at;
+    setTimeout(() => port.isOpen && port.write(proper), at - now);
+    return null; // sent by the timer above
+  };
+  raw.serve(port, () => undefined);
+  return { path: pty.a, arrivals, defer };
+}
+
+it('rtu on a serial line: a late reply to block A is not taken as the reply to block B', async (t) => {
+  // The reviewer's case: the 3rd request (block A, 2nd poll) is answered after 450 ms, 150 ms
+  // past the timeout, the others after 5 ms, strictly in order.
+  const { path, defer } = await serialDevice(t, (n) => (n === 3 ? 450 : 5));
+  const cycles = poll(defer, path, 0, [
+    { name: 'a', address: '40001' },
+    { name: 'b', address: '40201' },
+  ]);
+  await waitFor(() => cycles.length >= 12, 15_000, 'twelve cycles');
+  const wrong = cycles.flat().filter((r) => r.quality === 'good' && ((r.tag === 'a' && r.value !== 1000) || (r.tag === 'b' && r.value !== 1200)));
+  assert.deepEqual(wrong, [], `a tag got another register's value:\n${JSON.stringify(cycles)}`);
+  // One cycle timed out; the next waited for the late reply and read both blocks.
+  assert.deepEqual(cycles[1]!.map((r) => r.code), ['timeout', 'timeout']);
+  for (const cycle of [cycles[0]!, ...cycles.slice(2, 12)]) {
+    assert.deepEqual(cycle, [
+      { tag: 'a', value: 1000, quality: 'good' },
+      { tag: 'b', value: 1200, quality: 'good' },
+    ]);
+  }
+});
+
+it('rtu on a serial line: a device that never answers still gets its retries, each after one more quiet timeout and with its full timeout', async (t) => {
+  // The first poll's request and both retries are never answered; later requests are answered
+  // after 200 ms, within their 300 ms timeout only if it starts when the request goes out.
+  const { path, arrivals, defer } = await serialDevice(t, (n) => (n <= 3 ? null : 200));
+  const cycles = poll(defer, path, 2, [{ name: 'a', address: '40001' }]);
+  await waitFor(() => cycles.length >= 4, 15_000, 'four cycles');
+  const first = cycles[0]!.map(({ tag, quality, code, reason }) => ({ tag, quality, code, reason }));
+  assert.deepEqual(first, [{ tag: 'a', quality: 'bad', code: 'timeout', reason: 'timeout: no response within 300 ms (3 attempts)' }]);
+  // Each retry and the next poll's request went out once the line had been quiet for another
+  // timeout after the timeout (600 ms, less a few ms of pty latency; without the wait: 300).
+  const gaps = arrivals.slice(1, 4).map((at, i) => at - arrivals[i]!);
+  assert.ok(gaps.every((gap) => gap >= 570), `requests went out ${gaps.join(', ')} ms after the one before`);
+  for (const cycle of cycles.slice(1, 4)) assert.deepEqual(cycle, [{ tag: 'a', value: 1000, quality: 'good' }]);
 });

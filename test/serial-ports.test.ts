@@ -35,6 +35,8 @@ interface Instrument {
   late: Map<string, number>;
   /** Devices that get this instead of their reply. */
   garbage: Map<string, Buffer>;
+  /** Sends bytes of its own accord (noise, an unsolicited frame). */
+  send(bytes: Buffer): void;
   stop(): Promise<void>;
 }
 
@@ -51,6 +53,9 @@ async function instrument(path: string, delay = 2): Promise<Instrument> {
     silent: new Set(),
     late: new Map(),
     garbage: new Map(),
+    send: (bytes) => {
+      if (port.isOpen) port.write(bytes);
+    },
     stop: () => new Promise<void>((resolve) => (port.isOpen ? port.close(() => resolve()) : resolve())),
   };
   port.on('data', (chunk: Buffer) => {
@@ -175,6 +180,65 @@ describe('serial-port registry', () => {
     assert.equal(text(await next), 'live 9 ok\r');
   });
 
+  it('a late reply that arrives after the next request went out is dropped: the next request waits for it', async (t) => {
+    const { far, lease } = await line(t);
+    const slow = lease('slow');
+    const live = lease('live');
+    await slow.open();
+    far.late.set('slow', 150);
+    far.late.set('live', 80);
+    // "slow 1 ok" comes 150 ms after its request, 50 ms after its timeout; live's request is
+    // queued at once. Sent then, it would take "slow 1 ok" for its own reply.
+    const timedOut = slow.transact(ask('slow', 1), lineFraming(100));
+    const next = live.transact(ask('live', 1), lineFraming(200));
+    await assert.rejects(timedOut, (error: unknown) => error instanceof DriverError && error.code === 'timeout');
+    assert.equal(text(await next), 'live 1 ok\r');
+    const [slowAsked, liveAsked] = far.arrivals;
+    assert.ok(liveAsked!.at - slowAsked!.at >= 150, `live's request went out ${liveAsked!.at - slowAsked!.at} ms after slow's, before its late reply`);
+
+    // A device that never answers: the next request goes out once the line has been quiet for
+    // another timeout after the timeout, and then has its full timeout.
+    far.late.delete('slow');
+    far.silent.add('slow');
+    far.late.set('live', 150);
+    const silent = slow.transact(ask('slow', 2), lineFraming(100));
+    const after = live.transact(ask('live', 2), lineFraming(200));
+    await assert.rejects(silent, (error: unknown) => error instanceof DriverError && error.code === 'timeout');
+    assert.equal(text(await after), 'live 2 ok\r');
+    const [silentAsked, afterAsked] = far.arrivals.slice(2);
+    assert.ok(afterAsked!.at - silentAsked!.at >= 190, `live's request went out ${afterAsked!.at - silentAsked!.at} ms after the silent one`);
+  });
+
+  it('bytes that arrive while no exchange is in progress are dropped', async (t) => {
+    const { far, lease } = await line(t);
+    const dev = lease('dev');
+    await dev.open();
+    assert.equal(text(await dev.transact(ask('dev', 1), lineFraming())), 'dev 1 ok\r');
+    far.send(Buffer.from('dev 0 ok\r')); // unsolicited, in the very format of a reply
+    await sleep(50);
+    assert.equal(text(await dev.transact(ask('dev', 2), lineFraming())), 'dev 2 ok\r');
+  });
+
+  it('a line that never goes quiet after a timeout holds the next request back for at most twice the timeout', async (t) => {
+    const { far, lease } = await line(t);
+    const dev = lease('dev');
+    await dev.open();
+    far.silent.add('dev');
+    const started = Date.now();
+    await assert.rejects(dev.transact(ask('dev', 1), lineFraming(100)), (error: unknown) => error instanceof DriverError && error.code === 'timeout');
+    const noise = setInterval(() => far.send(Buffer.from('~')), 5);
+    t.after(() => clearInterval(noise));
+    far.silent.delete('dev');
+    far.late.set('dev', 50);
+    const reply = dev.transact(ask('dev', 2), lineFraming(300));
+    await waitFor(() => far.arrivals.length === 2, 2000, 'the second request');
+    clearInterval(noise);
+    const sentAfter = far.arrivals[1]!.at - started;
+    assert.ok(sentAfter >= 290 && sentAfter < 600, `sent ${sentAfter} ms after the first request`);
+    // The noise before the reply is part of what the framing sees, not a reply of its own.
+    assert.match(text(await reply), /dev 2 ok\r$/);
+  });
+
   it('bad replies: the framing says so, or a reply grows past maxBytes (bounded memory)', async (t) => {
     const { far, lease } = await line(t);
     const dev = lease('dev');
@@ -233,13 +297,16 @@ describe('serial-port registry', () => {
     await a.open();
     far.silent.add('a');
     const started = Date.now();
-    const pending = a.transact(ask('a', 1), lineFraming(5000));
+    const pending = a.transact(ask('a', 1), lineFraming(1000));
     const queued = b.transact(ask('b', 1), lineFraming());
     await sleep(50);
     await a.release();
     await assert.rejects(pending, (error: unknown) => error instanceof DriverError && error.code === 'closed');
-    assert.ok(Date.now() - started < 2000, 'the release did not wait for the timeout');
+    assert.ok(Date.now() - started < 500, 'the release did not wait for the timeout');
     assert.equal(text(await queued), 'b 1 ok\r');
+    // a's reply could still have come within its timeout: b's request waited for a quiet line.
+    const [aAsked, bAsked] = far.arrivals;
+    assert.ok(bAsked!.at - aAsked!.at >= 1000, `b's request went out ${bAsked!.at - aAsked!.at} ms after a's`);
     assert.equal(a.isOpen, false);
     await assert.rejects(a.transact(ask('a', 2), lineFraming()), (error: unknown) => error instanceof DriverError && error.code === 'closed');
     assert.equal(registeredSerialPorts(), before + 1);

@@ -313,7 +313,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       try {
         return await line.run(this.connection.unitId, this.connection.timeout, (client) => {
           // RTU over TCP after a timeout: the late reply may still be on its way (ports.ts); the
-          // request waits for the line to be back in step before its own timeout starts.
+          // request waits for the line to be back in step before its own timeout starts. (On a
+          // serial line the serial-port registry waits so before the exchange begins.)
           const wait = whenInStep(client, this.connection.timeout);
           return wait ? wait.then(() => job(client)) : job(client);
         });

@@ -9,7 +9,8 @@
 // Serial lines: each device has a line of its own on its share (lease) of the serial port. The
 // port itself belongs to the pipeline's serial-port registry (src/pipeline/serial-ports.ts), which
 // opens it once, serializes the requests of every device and every driver on it, keeps the line's
-// quiet time, drops stray bytes before each request and reopens the port after it failed.
+// quiet time, drops stray bytes before each request, holds requests back after a timeout until the
+// late reply is in or the line stayed quiet, and reopens the port after it failed.
 
 import modbusSerial from 'modbus-serial';
 import { DriverError } from '../../src/pipeline/driver.js';

@@ -8,10 +8,22 @@
 //   - exchanges of all leases run one after another in arrival order (a FIFO), each after the
 //     quiet time the slowest device on the line needs. An exchange is exclusive: inside it a driver
 //     writes requests and collects replies (until its own framing says the reply is complete, or a
-//     timeout), and bytes received before each request are dropped, so a late answer to an earlier
-//     request is never taken for the next one;
-//   - a device that stops answering costs the others only its own timeouts: its exchanges queue
-//     like anyone's, and the driver's own back-off decides how often it is tried;
+//     timeout). Bytes nobody waits for (between exchanges, between requests) are dropped, and the
+//     port's input is flushed before each request;
+//   - a late answer is never taken for the next request. Serial devices answer strictly in order
+//     and many protocols (Modbus RTU, most text instruments) carry no transaction id: a reply that
+//     comes after its request timed out, while the next request already waits, looks exactly like
+//     the next reply, and every reply after it would be one request off. So after a request ended
+//     without its reply (it timed out, its driver gave up on it, its device let go of the port),
+//     no request goes out on the port until the line is back in step: the late reply has arrived
+//     (the line was busy, then quiet for the inter-frame gap), or the line has been quiet for as
+//     long again as the request was waited for (the device dropped it, or is gone). What arrives
+//     meanwhile is dropped. A line that never goes quiet (noise, a device that streams) holds
+//     requests back for at most twice that time. A reply later than that cannot be told from the
+//     next one;
+//   - a device that stops answering costs the others only its own timeouts (each followed by as
+//     long again of quiet line, see above): its exchanges queue like anyone's, and the driver's own
+//     back-off decides how often it is tried;
 //   - when the port fails (USB adapter unplugged, pty closed) every lease is told and requests in
 //     flight fail as a lost connection; the next open() of any lease opens it again.
 //
@@ -67,7 +79,9 @@ export interface ReplyOptions {
 /** The port while an exchange holds it. */
 export interface SerialExchange {
   /**
-   * Drops whatever was received and not claimed, writes `request` and collects the reply.
+   * Waits until the line is back in step if a request ended without its reply (see the top of
+   * this file), drops whatever was received and not claimed (the port's input is flushed), writes
+   * `request` and collects the reply; the timeout starts when the request is written.
    * Rejects with a SerialLineError: `timeout`, `bad-reply` (the framing said so, or too long), or
    * `connection-lost` when the port fails meanwhile; `closed` when the exchange or lease ended.
    */
@@ -92,8 +106,9 @@ export interface SerialPortLease {
   /** Opens the port unless it is open; concurrent callers of every lease share one attempt. Rejects with code `connect-failed`. */
   open(): Promise<void>;
   /**
-   * Runs `work` with the port to itself, after every exchange queued before it (of any device)
-   * and the line's quiet time. Several requests inside one exchange (a read-modify-write) cannot
+   * Runs `work` with the port to itself, after every exchange queued before it (of any device),
+   * once the line is back in step after a request that ended without its reply, and after the
+   * line's quiet time. Several requests inside one exchange (a read-modify-write) cannot
    * be split by another device. Rejects with `not-connected` when the port is not open, `closed`
    * once the lease is released (also while `work` runs: a release never waits for a reply).
    */
@@ -116,6 +131,18 @@ export class SerialLineError extends DriverError {
 
 const DEFAULT_MAX_REPLY = 4096;
 const CLOSE_TIMEOUT_MS = 2000;
+/**
+ * Shortest silence (ms) that ends a late reply. Modbus RTU's 3.5 character times are 4 ms at
+ * 9600 baud, but USB serial adapters hand received bytes over in bursts (an FTDI's latency timer is
+ * 16 ms), so a shorter silence inside one reply is common.
+ */
+const MIN_FRAME_GAP_MS = 20;
+
+/** The silence that ends a frame on this line: 3.5 character times, at least MIN_FRAME_GAP_MS. */
+function frameGap(settings: SerialLineSettings): number {
+  const bitsPerCharacter = 1 + settings.dataBits + (settings.parity === 'none' ? 0 : 1) + settings.stopBits;
+  return Math.max(MIN_FRAME_GAP_MS, Math.ceil((3.5 * bitsPerCharacter * 1000) / settings.baudRate));
+}
 
 /** Received bytes in hex for messages, cut after 64. */
 export function hexBytes(bytes: Uint8Array): string {
@@ -128,14 +155,32 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 interface Pending {
   buffer: Buffer;
   options: ReplyOptions;
+  /**
+   * When the request was about to go out (before the flush): a driver that times requests itself
+   * (modbus-serial) starts its clock when it hands the request over, so this is what it waited.
+   */
+  sentAt: number;
   resolve: (reply: Buffer) => void;
   reject: (error: SerialLineError) => void;
   timer: NodeJS.Timeout;
 }
 
+/** A request ended without its reply while the port stayed open: the reply may still come. */
+interface LateReply {
+  /** When the request ended. */
+  since: number;
+  /** Silence (ms) after `since` that says no reply is coming: as long as the request was waited for. */
+  quiet: number;
+  /** When the last byte arrived since then; 0 while none has. */
+  lastByteAt: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
 /** The exchange handed to one `exclusive` call; dead once it returns. */
 class Section implements SerialExchange {
   active = true;
+  /** A request of this exchange is on its way out (waiting for the line to be in step, flushing). */
+  sending = false;
   readonly lease: Lease;
   private readonly port: SharedPort;
 
@@ -162,6 +207,12 @@ class SharedPort {
   private lastExchangeEnd = 0;
   private pending: Pending | undefined;
   private holder: Section | undefined;
+  /** The silence that ends a frame on this line (ms). */
+  private readonly gap: number;
+  /** Set while the reply to a request that ended without it may still arrive: nothing is sent meanwhile. */
+  private late: LateReply | undefined;
+  /** Waiting for the line to be back in step (whenInStep). */
+  private readonly inStepWaiters = new Set<() => void>();
   requestCount = 0;
   lossReason: string | undefined;
 
@@ -171,6 +222,7 @@ class SharedPort {
     this.lineSettings = settings;
     this.settings = describeLineSettings(settings);
     this.label = `serial ${path} (${this.settings})`;
+    this.gap = frameGap(settings);
   }
 
   get isOpen(): boolean {
@@ -207,6 +259,7 @@ class SharedPort {
     this.port = port;
     this.lossReason = undefined;
     this.lastExchangeEnd = 0;
+    this.inStep();
   }
 
   /** The port failed or closed by itself: fail the request in flight, tell every device. */
@@ -215,14 +268,27 @@ class SharedPort {
     this.port = undefined;
     this.lossReason = `${this.label} lost: ${why}`;
     this.settle(new SerialLineError(this.lossReason, 'connection-lost', this.pending?.buffer, true));
+    this.inStep(); // nothing more comes from this port
     void closePort(port);
     for (const lease of [...this.leases]) lease.portLost(this.lossReason);
   }
 
   private receive(port: SerialPort, chunk: Buffer): void {
+    if (port !== this.port) return;
     const pending = this.pending;
-    // Bytes nobody waits for (a late reply, noise) are dropped: the next request starts clean.
-    if (port !== this.port || !pending) return;
+    if (!pending) {
+      // Bytes nobody waits for (a late reply, noise) are dropped: the next request starts clean.
+      // After a request ended without its reply they may be that reply: the line is busy.
+      const late = this.late;
+      if (late) {
+        const first = late.lastByteAt === 0;
+        late.lastByteAt = Date.now();
+        // The first byte brings the end forward to one gap from now; later ones push it back
+        // (checkLate looks again when its timer fires).
+        if (first) this.scheduleLate(late, this.gap);
+      }
+      return;
+    }
     pending.buffer = pending.buffer.length === 0 ? chunk : Buffer.concat([pending.buffer, chunk]);
     let verdict: FrameVerdict;
     try {
@@ -242,14 +308,71 @@ class SharedPort {
     this.settle(undefined, verdict.reply);
   }
 
-  /** Ends the request waiting for its reply, if any, with `error` or the reply. */
-  private settle(error: SerialLineError | undefined, reply?: Buffer): void {
+  /**
+   * Ends the request waiting for its reply, if any, with `error` or the reply. `owed` says its
+   * reply may still come, so the line is out of step until it has or the line stayed quiet for
+   * as long as the request was `waited` for, or for its `full` timeout (a device that let go of
+   * the port never waited for it).
+   */
+  private settle(error: SerialLineError | undefined, reply?: Buffer, owed?: 'waited' | 'full'): void {
     const pending = this.pending;
     if (!pending) return;
     this.pending = undefined;
     clearTimeout(pending.timer);
+    if (owed && this.isOpen) {
+      const waited = Date.now() - pending.sentAt;
+      this.outOfStep(owed === 'full' ? Math.max(waited, pending.options.timeout) : waited);
+    }
     if (error) pending.reject(error);
     else pending.resolve(reply ?? Buffer.alloc(0));
+  }
+
+  /** A request ended without its reply: nothing is sent until the late reply is in or will not come. */
+  private outOfStep(waited: number): void {
+    if (this.late) clearTimeout(this.late.timer);
+    const late: LateReply = { since: Date.now(), quiet: Math.max(this.gap, waited), lastByteAt: 0, timer: undefined };
+    this.late = late;
+    this.scheduleLate(late, late.quiet);
+  }
+
+  private scheduleLate(late: LateReply, ms: number): void {
+    clearTimeout(late.timer);
+    late.timer = setTimeout(() => this.checkLate(late), Math.max(1, ms));
+  }
+
+  /** Back in step when the late reply is in (busy, then a gap of silence), the line stayed quiet, or it never went quiet for twice that long. */
+  private checkLate(late: LateReply): void {
+    if (this.late !== late) return;
+    const now = Date.now();
+    const giveUpAt = late.since + 2 * late.quiet;
+    const quietAt = late.lastByteAt === 0 ? late.since + late.quiet : late.lastByteAt + this.gap;
+    const next = Math.min(quietAt, giveUpAt);
+    if (now >= next) this.inStep();
+    else this.scheduleLate(late, next - now);
+  }
+
+  /** The line is back in step (or the port went away): requests may go out again. */
+  private inStep(): void {
+    const late = this.late;
+    if (late) {
+      clearTimeout(late.timer);
+      this.late = undefined;
+      // The late reply is line traffic too: the quiet time between exchanges counts from it.
+      this.lastExchangeEnd = Math.max(this.lastExchangeEnd, late.lastByteAt);
+    }
+    for (const done of [...this.inStepWaiters]) done();
+  }
+
+  /** Resolves once no late reply is owed on the line (at once when none is). */
+  private whenInStep(): Promise<void> {
+    if (!this.late) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.inStepWaiters.delete(done);
+        resolve();
+      };
+      this.inStepWaiters.add(done);
+    });
   }
 
   exclusive<T>(lease: Lease, work: (exchange: SerialExchange) => Promise<T>): Promise<T> {
@@ -260,6 +383,9 @@ class SharedPort {
 
   private async runExclusive<T>(lease: Lease, work: (exchange: SerialExchange) => Promise<T>): Promise<T> {
     if (lease.released) throw lease.closedError();
+    // After a request that ended without its reply, the exchange (and the clocks of its driver's
+    // requests) starts only once the line is back in step.
+    if (this.late) await Promise.race([this.whenInStep(), lease.whenReleased()]);
     // On a shared bus the slowest device dictates the quiet time between any two exchanges.
     let delay = 0;
     for (const other of this.leases) delay = Math.max(delay, other.user.interRequestDelay ?? 0);
@@ -275,30 +401,46 @@ class SharedPort {
       section.active = false;
       this.holder = undefined;
       // A request of this exchange still waiting (its driver gave up first, or the lease went):
-      // its reply, if any, is dropped with the rest.
-      this.settle(lease.released ? lease.closedError() : new SerialLineError('the exchange ended before the reply', 'closed'));
+      // its reply, if any, is dropped with the rest, and the line waits for it (outOfStep).
+      if (lease.released) this.settle(lease.closedError(), undefined, 'full');
+      else this.settle(new SerialLineError('the exchange ended before the reply', 'closed'), undefined, 'waited');
       this.lastExchangeEnd = Date.now();
     }
   }
 
-  transact(section: Section, request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
-    if (!section.active || this.holder !== section) return Promise.reject(new SerialLineError('the exchange has ended', 'closed'));
-    if (section.lease.released) return Promise.reject(section.lease.closedError());
-    const port = this.port;
-    if (!port?.isOpen) return Promise.reject(new SerialLineError(this.lossReason ?? `not connected to ${this.label}`, 'connection-lost', undefined, true));
-    if (this.pending) return Promise.reject(new Error('transact() while the previous request of this exchange still waits for its reply'));
+  async transact(section: Section, request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
+    if (this.pending || section.sending) throw new Error('transact() while the previous request of this exchange still waits for its reply');
+    section.sending = true;
+    let port: SerialPort;
+    let sentAt: number;
+    try {
+      // A request of this exchange that timed out (the driver retries inside one exchange): the
+      // next one waits for the line to be back in step, like the next exchange would.
+      if (this.late) {
+        this.usable(section);
+        await this.whenInStep();
+      }
+      port = this.usable(section);
+      sentAt = Date.now();
+      // Whatever the OS received and nobody read yet is not the reply to this request.
+      await new Promise<void>((resolve) => port.flush(() => resolve()));
+      port = this.usable(section);
+    } finally {
+      section.sending = false;
+    }
     return new Promise<Buffer>((resolve, reject) => {
       const timeout = Math.max(1, options.timeout);
       const pending: Pending = {
         buffer: Buffer.alloc(0),
-        options,
+        options: { ...options, timeout },
+        sentAt,
         resolve,
         reject,
         timer: setTimeout(() => {
           if (this.pending !== pending) return;
           const got = pending.buffer.length;
           const what = got === 0 ? 'no reply' : `no complete reply (${got} byte${got === 1 ? '' : 's'}: ${hexBytes(pending.buffer)})`;
-          this.settle(new SerialLineError(`timeout: ${what} within ${timeout} ms`, 'timeout', pending.buffer));
+          this.settle(new SerialLineError(`timeout: ${what} within ${timeout} ms`, 'timeout', pending.buffer), undefined, 'waited');
         }, timeout),
       };
       this.pending = pending;
@@ -309,15 +451,25 @@ class SharedPort {
     });
   }
 
+  /** The open port while `section` may still send on it; throws why not. */
+  private usable(section: Section): SerialPort {
+    if (!section.active || this.holder !== section) throw new SerialLineError('the exchange has ended', 'closed');
+    if (section.lease.released) throw section.lease.closedError();
+    const port = this.port;
+    if (!port?.isOpen) throw new SerialLineError(this.lossReason ?? `not connected to ${this.label}`, 'connection-lost', undefined, true);
+    return port;
+  }
+
   /** Drops a lease; the last one out closes the port and unregisters it. */
   async release(lease: Lease): Promise<void> {
     if (!this.leases.delete(lease)) return;
-    if (this.holder?.lease === lease) this.settle(lease.closedError());
+    if (this.holder?.lease === lease) this.settle(lease.closedError(), undefined, 'full');
     if (this.leases.size > 0) return;
     if (ports.get(this.key) === this) ports.delete(this.key);
     const port = this.port;
     this.port = undefined;
     this.lossReason = `${this.label} closed`;
+    this.inStep();
     if (port) await closePort(port);
   }
 }
