@@ -2,7 +2,8 @@
 // before it can be sent, and deleted only once the cloud acknowledged it. Bounded by count, bytes
 // and age; what a bound drops is counted and logged, never silent. It is the sender's buffer
 // (buffer.ts): the reader's cursors, its read-ahead and which rows a bound spares live here.
-import { existsSync, renameSync, statfsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, renameSync, statfsSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { randomFillSync } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -88,11 +89,32 @@ const MAX_PENDING_WHILE_FULL = 100_000;
 const CHUNK = 1000;
 
 /**
- * While the disk is full, writing stops this far short of the end of the free space: deleting
- * acknowledged messages and checkpointing the WAL need room too, and an outbox that took the last
- * byte could neither (it would stay stuck until someone freed space).
+ * Free space the outbox always leaves on its partition, beyond the room a checkpoint of its WAL
+ * needs (Space.growth): deleting what the cloud acknowledged needs WAL space too, and the WAL is
+ * then checkpointed and truncated to give it back. Deletions go in transactions of at most CHUNK
+ * ids (measured: 124 KB of WAL for 1,000 consecutive ids, 218 KB for every other id). An outbox
+ * that took the last byte could neither delete nor checkpoint: it would stay stuck until someone
+ * freed space, and the cloud would get its messages again and again.
  */
 const RESERVE_BYTES = 256 * 1024;
+
+/**
+ * The reserve file, `<outbox file>-reserve`: given back when the disk fills up all the same
+ * (another program took the space, or an estimate was wrong), so that the WAL can be checkpointed
+ * and acknowledged messages deleted. A checkpoint needs room for the pages the WAL holds beyond the
+ * end of the database file: at most the 1,000 pages after which SQLite checkpoints by itself plus
+ * one transaction (measured: 4.2 MB while the outbox filled its partition).
+ */
+const RESERVE_FILE_BYTES = 4.5 * 1024 * 1024;
+
+/** The reserve file is (re)created only while at least this much is free, so it never takes the last space. */
+const RESERVE_FILE_WHEN_FREE = 2 * RESERVE_FILE_BYTES + RESERVE_BYTES;
+
+/** How long after the reserve file was given back (or could not be created) before it is tried again. */
+const RESERVE_FILE_RETRY_MS = 60_000;
+
+/** SQLite cuts the WAL file back to this size when it restarts it (PRAGMA journal_size_limit). */
+const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
 
 /** SQLite's bytes per row beyond topic + payload (record header, row id, cell pointer), estimated high. */
 const ROW_OVERHEAD = 40;
@@ -105,6 +127,24 @@ const EXPIRE_INTERVAL_MS = 10_000;
 
 /** "No upper bound" for id ranges. */
 const NO_END = Number.MAX_SAFE_INTEGER;
+
+/** The outbox's partition, in bytes, as measured before a write and after a deletion. */
+interface Space {
+  /** Free for the gateway's user (statfs). */
+  free: number;
+  /** What a checkpoint now adds to the database file: the pages the WAL holds beyond its end. */
+  growth: number;
+  /** The size of the WAL file, given back by a truncating checkpoint. */
+  wal: number;
+  /** Free pages inside the database file, which new rows reuse. */
+  reusable: number;
+}
+
+/** How many appends the next transaction takes, and whether the WAL is truncated right after it. */
+interface Fit {
+  count: number;
+  truncate: boolean;
+}
 
 interface Pending {
   message: OutboxMessage;
@@ -150,6 +190,10 @@ export class Outbox implements MessageBuffer {
   private chunk = CHUNK;
   private readonly pageSize: number;
   private lastTruncate = 0;
+  /** The reserve file (RESERVE_FILE_BYTES) is there to be given back. */
+  private reserveFile = false;
+  private reserveFileRetry = 0;
+  private reserveFileWarned = false;
   /** close() is writing for the last time. */
   private closing = false;
   private closed = false;
@@ -201,6 +245,7 @@ export class Outbox implements MessageBuffer {
       db = openDatabase(file, options);
     }
     const outbox = new Outbox(file, db, options, log);
+    outbox.openReserveFile();
     if (outbox.count > 0) log.info({ messages: outbox.count, bytes: outbox.bytes }, 'outbox holds messages from before the restart; they will be sent first');
     outbox.expire(Date.now());
     return outbox;
@@ -230,8 +275,10 @@ export class Outbox implements MessageBuffer {
   /**
    * Writes the pending appends, applying the bounds, in transactions of at most CHUNK messages:
    * a backlog that waited in memory for disk space needs only room for one piece at a time.
-   * While the disk is full, each piece must fit into the free space with RESERVE_BYTES to spare,
-   * and the WAL is checkpointed and truncated after it, so the space it took goes back at once.
+   * Each piece must fit into the free space with room for a checkpoint of the WAL and
+   * RESERVE_BYTES to spare (fitToFreeSpace); when none does, the disk is full as far as the
+   * outbox is concerned. While the disk is full, the WAL is checkpointed and truncated after each
+   * piece, so the space it took goes back at once.
    */
   commit(): void {
     if (this.timer) clearTimeout(this.timer);
@@ -248,21 +295,23 @@ export class Outbox implements MessageBuffer {
     let written = 0;
     try {
       while (written < batch.length) {
-        let size = Math.min(this.chunk, batch.length - written);
-        if (this.diskFull) size = this.fitToFreeSpace(batch, written, size);
+        const fit = this.fitToFreeSpace(batch, written, Math.min(this.chunk, batch.length - written));
+        let size = fit.count;
         // The last write before a shutdown tries down to a single message: what stays in memory is lost.
         if (size === 0 && this.closing) size = 1;
-        if (size === 0) break;
+        if (size === 0) {
+          if (!this.diskFull) this.log.error({ pending: batch.length - written, reserveBytes: RESERVE_BYTES }, 'outbox: the disk is full (writing more would take the space kept for checkpoints and deletions); keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back');
+          this.noteDiskFull();
+          break;
+        }
         const result = this.writeTransaction(batch.slice(written, written + size), batch.length - written);
         if (result === 'disk full') {
           if (this.closing && size > 1) continue; // with a smaller piece (writeTransaction halved it)
           break;
         }
         written += size;
-        if (this.diskFull) {
-          this.writtenWhileFull += size;
-          this.truncateWal();
-        }
+        if (this.diskFull) this.writtenWhileFull += size;
+        if (this.diskFull || fit.truncate) this.truncateWal();
         this.afterCommit(result);
       }
     } finally {
@@ -312,40 +361,160 @@ export class Outbox implements MessageBuffer {
   }
 
   /**
-   * How many of batch[from…] to write next (at most `max`) so that the transaction and the
-   * checkpoint after it fit into the free space with RESERVE_BYTES left over: new pages take room
-   * twice for a moment (in the WAL, then in the database file), unless they reuse free pages of
-   * the database file. 0 when not even one message fits yet.
+   * How many of batch[from…] to write next (at most `max`) so that RESERVE_BYTES stay free once
+   * they are written, with room left for a checkpoint of everything in the WAL; the reserve is kept
+   * all the time, not only once the disk is full (then the first failed write would find the WAL
+   * holding megabytes no checkpoint could copy, and no room for a deletion either). New pages take
+   * room twice (in the WAL, then in the database file), unless they reuse free pages of the
+   * database file. When that leaves too little, the piece may still be written if the WAL is
+   * checkpointed and truncated right after it: its frames then need room only for a moment (this is
+   * how new messages go into pages the cloud's acknowledgements freed on a full partition). 0 when
+   * not even one message fits yet.
    */
-  private fitToFreeSpace(batch: readonly Pending[], from: number, max: number): number {
-    let free: number;
-    let reusable: number;
-    try {
-      const disk = statfsSync(dirname(this.file));
-      free = disk.bavail * disk.bsize;
-      reusable = (this.db.pragma('freelist_count', { simple: true }) as number) * this.pageSize;
-    } catch {
-      return max; // no figures: try, and halve on failure
-    }
-    for (let count = max; ; count = Math.ceil(count / 2)) {
-      let bytes = 2 * this.pageSize;
-      for (let index = from; index < from + count; index++) bytes += sizeOf(batch[index]!.message) + ROW_OVERHEAD;
-      bytes = Math.ceil(bytes * 1.25);
-      // At shutdown the reserve is used too: messages on disk are worth more than room to delete
-      // at the next start (which waits for space then, without losing anything).
-      if ((this.closing ? 0 : RESERVE_BYTES) + bytes + Math.max(0, bytes - reusable) <= free) return count;
-      if (count === 1) return 0;
+  private fitToFreeSpace(batch: readonly Pending[], from: number, max: number): Fit {
+    // At shutdown the reserve is used too: messages on disk are worth more than room to delete
+    // at the next start. Room for the checkpoint is not: without it the next start could neither
+    // checkpoint nor delete.
+    const reserve = this.closing ? 0 : RESERVE_BYTES;
+    for (let truncated = false; ; truncated = true) {
+      const space = this.measureSpace();
+      if (space === undefined) return { count: max, truncate: this.diskFull }; // no figures: try, and halve on failure
+      for (let count = max; ; count = Math.ceil(count / 2)) {
+        const wal = this.walBytes(batch, from, count);
+        const grows = Math.max(0, wal - space.reusable);
+        // Left in the WAL until SQLite checkpoints it.
+        if (reserve + space.growth + wal + grows <= space.free) return { count, truncate: false };
+        // Checkpointed and truncated right after: the WAL file's space comes back.
+        if (space.growth + wal + grows <= space.free && reserve + space.growth + grows <= space.free + space.wal) return { count, truncate: true };
+        if (count === 1) break;
+      }
+      // Not even one: the space the WAL holds goes back first, then once more.
+      if (truncated || space.wal === 0 || !this.truncateWal()) return { count: 0, truncate: false };
     }
   }
 
-  /** Copies the WAL into the database file and truncates it to zero bytes, giving its space back. */
-  private truncateWal(): void {
-    this.lastTruncate = Date.now();
+  /** WAL bytes a transaction of batch[from…from+count) adds, estimated high. */
+  private walBytes(batch: readonly Pending[], from: number, count: number): number {
+    let size = 0;
+    for (let index = from; index < from + count; index++) size += sizeOf(batch[index]!.message);
+    let bytes = 2 * this.pageSize + size + count * ROW_OVERHEAD;
+    // At a bound, drop-oldest deletes in the same transaction about as much as it writes.
+    if (this.options.policy === 'drop-oldest' && (this.count + count > this.options.maxMessages || this.bytes + size > this.options.maxBytes)) bytes *= 2;
+    return Math.ceil(bytes * 1.25);
+  }
+
+  /**
+   * The outbox's partition now (see Space); undefined when it cannot be measured. Gives the
+   * reserve file back when not even a checkpoint fits any more, and creates it again once there
+   * is plenty of room.
+   */
+  private measureSpace(): Space | undefined {
+    let space: Space;
     try {
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
+      const disk = statfsSync(dirname(this.file));
+      const pages = this.statements.pageCount.get() as number;
+      const reusable = (this.statements.freelistCount.get() as number) * this.pageSize;
+      const wal = statSync(`${this.file}-wal`, { throwIfNoEntry: false })?.size ?? 0;
+      space = { free: disk.bavail * disk.bsize, growth: Math.max(0, pages * this.pageSize - statSync(this.file).size), wal, reusable };
+    } catch {
+      return undefined;
+    }
+    if (space.free < space.growth && this.releaseReserveFile()) return this.measureSpace();
+    if (!this.reserveFile && !this.diskFull && space.free >= RESERVE_FILE_WHEN_FREE + space.growth && Date.now() >= this.reserveFileRetry) {
+      if (this.createReserveFile()) space.free -= RESERVE_FILE_BYTES;
+    }
+    return space;
+  }
+
+  /**
+   * After a deletion, whose frames took WAL space: the WAL is checkpointed and truncated when the
+   * free space went below the reserve (always while the disk is full: the next piece of the
+   * backlog needs that space).
+   */
+  private keepReserve(): void {
+    if (this.diskFull) {
+      this.truncateWal();
+      return;
+    }
+    const space = this.measureSpace();
+    if (space !== undefined && space.free < RESERVE_BYTES + space.growth) this.truncateWal();
+  }
+
+  /**
+   * Copies the WAL into the database file and truncates it to zero bytes, giving its space back.
+   * When there is no room for the copy, the reserve file is given back for it. False when it failed.
+   */
+  private truncateWal(): boolean {
+    this.lastTruncate = Date.now();
+    for (;;) {
+      try {
+        this.db.pragma('wal_checkpoint(TRUNCATE)');
+        return true;
+      } catch (error) {
+        if (isDiskFull(error) && this.releaseReserveFile()) continue;
+        // Copying needs room where the database file grows; it is tried again later.
+        this.log.debug({ error: errorMessage(error) }, 'outbox: WAL checkpoint failed');
+        return false;
+      }
+    }
+  }
+
+  private get reserveFilePath(): string {
+    return `${this.file}-reserve`;
+  }
+
+  /** At open: a reserve file of the right size is kept; one cut short (a crash while writing it) is made again. */
+  private openReserveFile(): void {
+    try {
+      const size = statSync(this.reserveFilePath, { throwIfNoEntry: false })?.size;
+      if (size === RESERVE_FILE_BYTES) this.reserveFile = true;
+      else if (size !== undefined) this.removeReserveFile();
+    } catch {
+      // Not readable: written anew below, or the outbox goes without one.
+    }
+    this.measureSpace(); // creates it when there is room
+  }
+
+  /**
+   * Writes the reserve file. Random bytes: a file system that compresses (or leaves holes for
+   * zeros) would otherwise keep less than it says. False when it could not be written.
+   */
+  private createReserveFile(): boolean {
+    this.reserveFileRetry = Date.now() + RESERVE_FILE_RETRY_MS;
+    const piece = randomFillSync(Buffer.allocUnsafe(256 * 1024));
+    let fd: number | undefined;
+    try {
+      fd = openSync(this.reserveFilePath, 'w');
+      for (let written = 0; written < RESERVE_FILE_BYTES; written += piece.length) writeSync(fd, piece);
+      closeSync(fd);
+      fd = undefined;
+      this.reserveFile = true;
+      this.log.debug({ file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES }, 'outbox: reserve file written');
+      return true;
     } catch (error) {
-      // Copying needs room where the database file grows; it is tried again later.
-      this.log.debug({ error: errorMessage(error) }, 'outbox: WAL checkpoint failed');
+      if (fd !== undefined) closeSync(fd);
+      this.removeReserveFile();
+      this.log[this.reserveFileWarned ? 'debug' : 'warn']({ file: this.reserveFilePath, error: errorMessage(error) }, 'outbox: could not write the reserve file; trying again every minute');
+      this.reserveFileWarned = true;
+      return false;
+    }
+  }
+
+  /** The disk is full: the reserve file's space goes to the checkpoint and the deletions. False when there was none. */
+  private releaseReserveFile(): boolean {
+    if (!this.reserveFile) return false;
+    this.removeReserveFile();
+    this.reserveFileRetry = Date.now() + RESERVE_FILE_RETRY_MS;
+    this.log.warn({ file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES }, 'outbox: the disk is full; gave back the reserve file so that the WAL can be checkpointed and acknowledged messages deleted (it is written again once there is room)');
+    return true;
+  }
+
+  private removeReserveFile(): void {
+    this.reserveFile = false;
+    try {
+      unlinkSync(this.reserveFilePath);
+    } catch {
+      // not there
     }
   }
 
@@ -512,20 +681,26 @@ export class Outbox implements MessageBuffer {
   /** Drops messages older than maxAge; runs every EXPIRE_INTERVAL_MS. */
   expire(now: number): void {
     if (this.options.maxAge <= 0 || this.closed) return;
-    let rows: Array<{ size: number }>;
-    try {
-      rows = this.statements.expire.all(now - this.options.maxAge) as Array<{ size: number }>;
-    } catch (error) {
-      // Even a DELETE needs WAL space; on a full disk it waits for the next round.
-      this.log.warn({ error: errorMessage(error) }, 'outbox: could not drop expired messages');
-      return;
+    // CHUNK rows per transaction, like any deletion (RESERVE_BYTES is room for one).
+    let dropped = 0;
+    for (;;) {
+      let rows: Array<{ size: number }>;
+      try {
+        rows = this.onFullDisk(() => this.statements.expire.all(now - this.options.maxAge, CHUNK) as Array<{ size: number }>);
+      } catch (error) {
+        // Even a DELETE needs WAL space; on a full disk it waits for the next round.
+        this.log.warn({ error: errorMessage(error) }, 'outbox: could not drop expired messages');
+        break;
+      }
+      for (const row of rows) {
+        this.count--;
+        this.bytes -= row.size;
+      }
+      dropped += rows.length;
+      if (rows.length > 0) this.keepReserve();
+      if (rows.length < CHUNK) break;
     }
-    if (rows.length === 0) return;
-    for (const row of rows) {
-      this.count--;
-      this.bytes -= row.size;
-    }
-    this.noteDropped(rows.length, `older than maxAge (${this.options.maxAge} ms)`);
+    if (dropped > 0) this.noteDropped(dropped, `older than maxAge (${this.options.maxAge} ms)`);
   }
 
   private noteDropped(count: number, why: string): void {
@@ -666,41 +841,55 @@ export class Outbox implements MessageBuffer {
     // Removals that failed earlier (disk full: a DELETE needs WAL space too) go first.
     const all = this.unremoved.length > 0 ? [...this.unremoved.splice(0), ...entries] : entries;
     if (all.length === 0) return;
-    let removed: ReturnType<Outbox['deleteIds']>;
-    try {
-      removed = this.deleteIds(all);
-    } catch (error) {
-      let failure = error;
-      if (isDiskFull(error)) {
-        // The WAL took the last free space (SQLite checkpoints only after a transaction that
-        // succeeded): give it back and try once more. A DELETE adds no pages to the file.
-        this.truncateWal();
-        try {
-          removed = this.deleteIds(all);
-          failure = undefined;
-        } catch (again) {
-          failure = again;
-        }
-      }
-      if (failure !== undefined) {
+    // In transactions of at most CHUNK ids: a DELETE needs WAL space, and RESERVE_BYTES is room
+    // for one such transaction (ids retried after a full disk can be many).
+    const removed = { count: 0, bytes: 0, delivered: 0, rejected: 0, expired: 0 };
+    for (let start = 0; start < all.length; start += CHUNK) {
+      const part = all.slice(start, start + CHUNK);
+      let done: ReturnType<Outbox['deleteIds']> | undefined;
+      try {
+        done = this.onFullDisk(() => this.deleteIds(part));
+      } catch (failure) {
         // Never throw into the sender's PUBACK path: keep the ids and try again (with the next
         // ones, and every second while the disk is full).
-        this.unremoved = [...all];
-        if (!this.diskFull) this.log.error({ error: errorMessage(failure), ids: all.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
+        this.unremoved = all.slice(start);
+        if (!this.diskFull) this.log.error({ error: errorMessage(failure), ids: this.unremoved.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
         if (isDiskFull(failure)) this.noteDiskFull();
-        return;
+        break;
       }
+      for (const key of ['count', 'bytes', 'delivered', 'rejected', 'expired'] as const) removed[key] += done[key];
+      this.keepReserve();
     }
-    this.count -= removed!.count;
-    this.bytes -= removed!.bytes;
-    this.totals.delivered += removed!.delivered;
-    this.totals.rejected += removed!.rejected;
-    if (removed!.expired > 0) this.noteDropped(removed!.expired, `older than maxAge (${this.options.maxAge} ms) when it was to be sent`);
-    // While the disk is full, deletions must not keep the WAL's space: the next piece of the
-    // backlog needs it. When the outbox has drained, the WAL an outage grew goes back too.
-    if (this.diskFull || (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS)) this.truncateWal();
+    this.count -= removed.count;
+    this.bytes -= removed.bytes;
+    this.totals.delivered += removed.delivered;
+    this.totals.rejected += removed.rejected;
+    if (removed.expired > 0) this.noteDropped(removed.expired, `older than maxAge (${this.options.maxAge} ms) when it was to be sent`);
+    // (keepReserve gave the WAL's space back after each transaction when it was needed.) When the
+    // outbox has drained, the WAL an outage grew goes back too.
+    if (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS) this.truncateWal();
     // The episode ends only well below the bound, or draining at the bound would log every commit.
     if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9) this.endDropEpisode();
+  }
+
+  /**
+   * Runs a deletion; when the disk is full, gives the WAL's space back (a checkpoint, for which the
+   * reserve file is given back if need be) and runs it once more, then once more after giving back
+   * the reserve file. A DELETE adds no pages to the file: it needs room in the WAL only.
+   */
+  private onFullDisk<T>(run: () => T): T {
+    try {
+      return run();
+    } catch (error) {
+      if (!isDiskFull(error)) throw error;
+    }
+    this.truncateWal();
+    try {
+      return run();
+    } catch (error) {
+      if (!isDiskFull(error) || !this.releaseReserveFile()) throw error;
+    }
+    return run();
   }
 
   /** Deletes the rows of `entries` in one transaction; what it deleted, by outcome. */
@@ -787,6 +976,8 @@ function openDatabase(file: string, options: OutboxOptions): Database.Database {
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
     db.pragma('busy_timeout = 5000');
+    // A WAL that grew beyond its usual size (a large transaction) gives the space back when it restarts.
+    db.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT}`);
     const check = db.pragma('quick_check', { simple: true });
     if (check !== 'ok') throw new Error(`quick_check: ${String(check)}`);
     migrate(db);
@@ -815,11 +1006,14 @@ function prepare(db: Database.Database) {
     dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?) RETURNING id, size'),
     oldestSizes: db.prepare('SELECT id, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     dropRange: db.prepare('DELETE FROM messages WHERE id > ? AND id <= ?'),
-    expire: db.prepare('DELETE FROM messages WHERE created < ? RETURNING size'),
+    expire: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created < ? ORDER BY id LIMIT ?) RETURNING size'),
     totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
     deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved) SELECT id, topic, payload, qos, retain, created, ?, ? FROM messages WHERE id = ? RETURNING id'),
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
+    // Measured before each write and after each deletion (db.pragma prepares anew: 7 µs each).
+    pageCount: db.prepare('PRAGMA page_count').pluck(),
+    freelistCount: db.prepare('PRAGMA freelist_count').pluck(),
   };
 }
 
