@@ -7,7 +7,7 @@
 import { parseArgs } from 'node:util';
 import { EventBus } from '../src/app/event-bus.js';
 import type { GatewayEvents } from '../src/app/events.js';
-import { encodeTagPayload } from '../src/northbound/json-payload.js';
+import { encodeTagPayload } from '../src/northbound/json/payload.js';
 import { TagNormalizer, type Sample } from '../src/pipeline/normalize.js';
 
 const { values: args } = parseArgs({ options: { samples: { type: 'string', default: '2000000' } } });

@@ -13,7 +13,7 @@ import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { Gateway } from './gateway.js';
 import { createLogger } from './ops/log.js';
 import { TagNormalizer } from './pipeline/normalize.js';
-import { encodeTagPayload } from './northbound/json-payload.js';
+import { encodeTagPayload } from './northbound/json/payload.js';
 import { startSimulator, type RunningSimulator } from './demo/simulator.js';
 
 /** The demo config shipped with the package: what `npm start` runs. */

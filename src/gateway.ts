@@ -36,7 +36,7 @@ import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from '.
 import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
 import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker/broker.js';
 import { attachOutgoingProperties } from './broker/mqtt5.js';
-import { CommandHandler, encodeAnswer, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
+import { CommandHandler, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
 import { DeviceRunner, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
@@ -45,13 +45,15 @@ import type { BackoffOptions } from './util/backoff.js';
 import type { Driver, DriverTag, TagReading } from './pipeline/driver.js';
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { TagNormalizer, type Sample } from './pipeline/normalize.js';
-import { encodeBatchPayload, encodeTagPayload } from './northbound/json-payload.js';
 import { startPhase } from './pipeline/scheduler.js';
 import { startSimulator, type RunningSimulator } from './demo/simulator.js';
 import { ensureDataDir } from './util/sqlite-file.js';
-import { compileTopicTemplate } from './northbound/topics.js';
+import type { Recorder } from './northbound/format.js';
+import { JsonFormat } from './northbound/json/format.js';
+import { encodeAnswer, encodeBatchPayload, encodeTagPayload } from './northbound/json/payload.js';
+import { GatewayTopics } from './northbound/json/topics.js';
 import { Outbox } from './cloud/outbox.js';
-import { tlsFilesFingerprint, Uplink, type CloudRoute, type Downlink } from './cloud/uplink.js';
+import { tlsFilesFingerprint, Uplink, type DownlinkHandlers } from './cloud/uplink.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { OpsServer } from './ops/http-server.js';
 
@@ -61,8 +63,8 @@ export type { TagStatus } from './app/status.js';
 interface CompiledTag {
   normalizer: TagNormalizer;
   topic: string;
-  /** Where the tag's messages go on the cloud, when a forward rule takes its topic. */
-  cloud?: CloudRoute | undefined;
+  /** How the northbound format records the tag's samples for the cloud (JSON: when a forward rule takes its topic). */
+  cloud?: Recorder | undefined;
   /** The latest sample, published or not (previous value for writes). */
   last?: Sample | undefined;
 }
@@ -72,8 +74,8 @@ interface CompiledDevice {
   /** The device's config as JSON, to see on reload whether it changed. */
   fingerprint: string;
   tags: Map<string, CompiledTag>;
-  /** Rendered batch topic per poll group (publish: "batch") and its cloud route. */
-  batchTopics: Map<string, { topic: string; cloud: CloudRoute | undefined }>;
+  /** Rendered batch topic per poll group (publish: "batch") and how the format records it for the cloud. */
+  batchTopics: Map<string, { topic: string; cloud: Recorder | undefined }>;
   /** Absent while its driver is being loaded and created, or when that failed (then it is tried again). */
   runner?: DeviceRunner | undefined;
   /** Readings normalized into samples, for the metrics. */
@@ -148,7 +150,8 @@ export class Gateway {
   private currentUplink: Uplink | undefined;
   private ops: OpsServer | undefined;
   private readonly metrics: GatewayMetrics | undefined;
-  private readonly statusTopic: string;
+  /** The gateway's JSON topics (tag, batch, status, command, result) in the integrated broker. */
+  readonly topics: GatewayTopics;
   private readonly dataDir: string;
   private readonly loadDriver: (device: DeviceConfig) => Promise<DriverModule<DeviceConfig>>;
   /** Commands are taken while the commands feature runs; the answers of those in progress are awaited at its stop. */
@@ -171,14 +174,12 @@ export class Gateway {
     this.bus = new EventBus<GatewayEvents>(log.child({ module: 'events' }));
     this.supervisor = new Supervisor({ log, backoff: options.deviceRetry });
     this.loadDriver = options.loadDriver ?? ((device) => DRIVERS[device.driver].load() as Promise<DriverModule<DeviceConfig>>);
-    this.statusTopic = compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name });
+    this.topics = new GatewayTopics(config.topics, config.gateway.name);
     // Any topic shaped like a tag topic plus the command suffix is a command, so a write to an
     // unknown tag is answered too, instead of vanishing.
-    const tagTemplate = compileTopicTemplate(config.topics.tag);
-    const anyTag = Object.fromEntries(tagTemplate.placeholders.map((placeholder) => [placeholder, placeholder === 'gateway' ? config.gateway.name : '+']));
     this.commands = new CommandHandler({
       suffix: config.topics.command,
-      tagTopicFilters: [tagTemplate.render(anyTag)],
+      tagTopicFilters: [this.topics.anyTagFilter()],
       limits: config.writes,
       log: log.child({ module: 'commands' }),
       answer: (topic, answer, origin) => this.answerCommand(topic, answer, origin),
@@ -350,7 +351,7 @@ export class Gateway {
   }
 
   private startUplink(config: NonNullable<Config['uplink']>): void {
-    const uplink = new Uplink(config, this.config.gateway.name, this.config.topics.status, this.currentOutbox!, this.broker, this.log, this.downlinkFor(config));
+    const uplink = new Uplink(config, this.config.gateway.name, new JsonFormat(config, this.config.gateway.name, this.config.topics.status), this.currentOutbox!, this.broker, this.log, this.downlinkFor(config));
     this.useUplink(uplink);
     uplink.start();
     this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
@@ -389,9 +390,9 @@ export class Gateway {
   }
 
   /** The uplink's downlink: commands from the cloud go to the write path, audited with the uplink's client id. */
-  private downlinkFor(config: NonNullable<Config['uplink']>): Downlink {
+  private downlinkFor(config: NonNullable<Config['uplink']>): DownlinkHandlers {
     const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
-    return (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient });
+    return { local: (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient }) };
   }
 
   /** Makes `uplink` the cloud connection. */
@@ -453,8 +454,8 @@ export class Gateway {
         samples: 0,
         batchTopics: new Map(
           pollGroupsOf(device).map((group) => {
-            const topic = this.render(this.config.topics.batch, device, group.name);
-            return [group.name, { topic, cloud: this.uplink?.route(topic) }];
+            const topic = this.topics.batch(device, group.name);
+            return [group.name, { topic, cloud: this.uplink?.recorder(topic) }];
           }),
         ),
       };
@@ -588,7 +589,7 @@ export class Gateway {
     if (!changed(previous, wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
     let uplink: Uplink;
     try {
-      uplink = new Uplink(wanted, this.config.gateway.name, this.config.topics.status, this.outbox!, this.broker, this.log, this.downlinkFor(wanted));
+      uplink = new Uplink(wanted, this.config.gateway.name, new JsonFormat(wanted, this.config.gateway.name, this.config.topics.status), this.outbox!, this.broker, this.log, this.downlinkFor(wanted));
     } catch (error) {
       // (An unreadable certificate, say: the running connection stays.)
       this.log.error({ error: errorMessage(error) }, 'the new uplink settings cannot be used; the cloud connection stays as it was');
@@ -602,10 +603,10 @@ export class Gateway {
     uplink.continueFrom(old);
     this.useUplink(uplink);
     this.currentConfig = { ...this.currentConfig, uplink: wanted };
-    // Forward rules may have changed: every tag's and batch's cloud route is looked up again.
+    // Forward rules may have changed: every tag's and batch's recorder is looked up again.
     for (const device of this.devices.values()) {
-      for (const tag of device.tags.values()) tag.cloud = uplink.route(tag.topic);
-      for (const batch of device.batchTopics.values()) batch.cloud = uplink.route(batch.topic);
+      for (const tag of device.tags.values()) tag.cloud = uplink.recorder(tag.topic);
+      for (const batch of device.batchTopics.values()) batch.cloud = uplink.recorder(batch.topic);
     }
     uplink.start();
     result.applied.push('uplink');
@@ -615,10 +616,10 @@ export class Gateway {
     const compiled = new Map<string, CompiledTag>();
     for (const tag of device.tags as TagConfig[]) {
       const group = tag.group ?? 'default';
-      const topic = this.render(tag.topic ?? this.config.topics.tag, device, group, tag.name);
+      const topic = this.topics.tag(device, group, tag);
       compiled.set(tag.name, {
         topic,
-        cloud: this.uplink?.route(topic),
+        cloud: this.uplink?.recorder(topic),
         normalizer: new TagNormalizer({
           device: device.name,
           group,
@@ -725,7 +726,7 @@ export class Gateway {
         // A batch device publishes its tags only inside its groups' batch messages.
         const batch = device.config.publish === 'batch' ? device.batchTopics.get(tagConfig.group ?? 'default') : undefined;
         const status: TagStatus = { device: device.config.name, tag: tagConfig.name, topic: batch?.topic ?? tag.topic, writable: tagConfig.writable };
-        if (tagConfig.writable) status.commandTopic = tag.topic + this.config.topics.command;
+        if (tagConfig.writable) status.commandTopic = this.topics.command(tag.topic);
         if (tag.last) {
           status.value = tag.last.value;
           status.quality = tag.last.quality;
@@ -740,7 +741,7 @@ export class Gateway {
 
   /** The answer to a write: to whoever asked, and to the cloud when the topic is forwarded. */
   private answerCommand(resultTopic: string, answer: CommandAnswer, origin: CommandOrigin): void {
-    this.bus.emit('write', { topic: resultTopic.slice(0, -'/result'.length), answer, origin });
+    this.bus.emit('write', { topic: this.topics.commandOfResult(resultTopic) ?? resultTopic, answer, origin });
     const payload = Buffer.from(encodeAnswer(answer));
     const responseTopic = origin.responseTopic;
     // MQTT 5 request/response: to the requester's response topic (the broker checked the ACL),
@@ -752,26 +753,22 @@ export class Gateway {
       return;
     }
     this.broker.publish(resultTopic, payload, { qos: 1, retain: false });
-    const cloud = this.uplink?.route(resultTopic);
-    if (cloud) this.uplink!.enqueue(cloud, payload, false);
+    const uplink = this.uplink;
+    const recorder = uplink?.recorder(resultTopic);
+    if (recorder) uplink!.record(recorder, { kind: 'answer', device: answer.device, tag: answer.tag, ok: answer.ok, local: { topic: resultTopic, payload, retain: false } });
   }
 
   /** Topics the gateway publishes or listens on: tag, batch, command, result and status topics. */
   private ownsTopic(topic: string): boolean {
-    if (topic === this.statusTopic) return true;
+    if (topic === this.topics.status) return true;
     if (this.commands.isCommand(topic)) return true;
-    if (topic.endsWith('/result') && this.commands.isCommand(topic.slice(0, -'/result'.length))) return true;
+    const answered = this.topics.commandOfResult(topic);
+    if (answered !== undefined && this.commands.isCommand(answered)) return true;
     for (const device of this.devices.values()) {
       for (const tag of device.tags.values()) if (tag.topic === topic) return true;
       for (const batch of device.batchTopics.values()) if (batch.topic === topic) return true;
     }
     return false;
-  }
-
-  private render(template: string, device: DeviceConfig, group: string, tag?: string): string {
-    const variables: Record<string, string> = { ...device.meta, gateway: this.config.gateway.name, device: device.name, group };
-    if (tag !== undefined) variables.tag = tag;
-    return compileTopicTemplate(template).render(variables);
   }
 
   /** Raw readings of one poll cycle → samples → the integrated broker. */
@@ -792,26 +789,28 @@ export class Gateway {
       let reported = true;
       if (batchTopic) batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
-        this.publish(tag.topic, tag.cloud, encodeTagPayload(sample, topics.timestamp), topics.retain);
+        const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
+        if (tag.cloud) this.uplink!.record(tag.cloud, { kind: 'tag', device: event.device, group: event.group, tag: reading.tag, sample, local: { topic: tag.topic, payload, retain: topics.retain } });
       } else reported = false;
       if (announce) this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
     }
     if (batchTopic && batch.length > 0) {
       const { topic, cloud } = batchTopic;
-      this.publish(topic, cloud, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
+      const payload = this.publish(topic, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
+      if (cloud) this.uplink!.record(cloud, { kind: 'batch', device: event.device, group: event.group, cycleTs: event.cycleTs, samples: batch, local: { topic, payload, retain: topics.retain } });
     }
   }
 
-  /** Local subscribers get the message at once; the cloud gets it through the outbox. */
-  private publish(topic: string, cloud: CloudRoute | undefined, text: string, retain: boolean): void {
+  /** Local subscribers get the message at once (the cloud gets what the format records of it, through the outbox). */
+  private publish(topic: string, text: string, retain: boolean): Buffer {
     const payload = Buffer.from(text);
     this.stats.published++;
     this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain });
-    if (cloud) this.uplink!.enqueue(cloud, payload, retain);
+    return payload;
   }
 
   private publishStatus(status: 'online' | 'offline'): Promise<void> {
-    return this.broker.publishNow(this.statusTopic, status, { qos: 1, retain: true });
+    return this.broker.publishNow(this.topics.status, status, { qos: 1, retain: true });
   }
 
   /** Graceful shutdown: stop polling (waiting for cycles in progress), say offline, close everything, in reverse order of start. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { TagReading } from '../src/pipeline/driver.js';
 import { TagNormalizer, type TagNormalizerOptions } from '../src/pipeline/normalize.js';
-import { encodeBatchPayload, encodeTagPayload } from '../src/northbound/json-payload.js';
+import { encodeBatchPayload, encodeTagPayload } from '../src/northbound/json/payload.js';
 
 const base: TagNormalizerOptions = { device: 'd', group: 'default', tag: 't', report: 'change', maxSilence: 0 };
 const good = (value: TagReading['value']): TagReading => ({ tag: 't', value, quality: 'good' });

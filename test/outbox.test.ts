@@ -213,6 +213,54 @@ describe('outbox', () => {
     outbox.close();
   });
 
+  it("a format's record keeps its kind on disk and across a reopen; a finished message has none", (t) => {
+    const file = join(folder(t), 'outbox.db');
+    const outbox = Outbox.open(file, options(), log);
+    outbox.append(message(1));
+    outbox.append({ ...message(2), kind: 7 });
+    outbox.commit();
+    assert.deepEqual(outbox.peek(0, 10).map((row) => row.kind), [undefined, 7]);
+    outbox.close();
+    const reopened = Outbox.open(file, options(), log);
+    assert.deepEqual(reopened.take(10).map((row) => [row.kind, (JSON.parse(row.payload.toString()) as { seq: number }).seq]), [[undefined, 1], [7, 2]]);
+    assert.equal(reopened.stats.damaged, 0);
+    reopened.close();
+    // The kind is under the checksum: a record whose kind changed on the disk is not sent.
+    const db = new Database(file);
+    db.prepare('UPDATE messages SET kind = 8 WHERE kind = 7').run();
+    db.close();
+    const changed = Outbox.open(file, options(), log);
+    assert.deepEqual(seqs(changed), [1]);
+    assert.equal(changed.stats.damaged, 1);
+    changed.close();
+  });
+
+  it('an outbox of schema 3 (checksums, no kind) opens: its rows are finished messages, their checksums unchanged', (t) => {
+    const dir = folder(t);
+    // A row as this version writes a finished message...
+    const current = Outbox.open(join(dir, 'current.db'), options(), log);
+    current.append(message(1));
+    current.commit();
+    current.close();
+    const written = new Database(join(dir, 'current.db'));
+    const row = written.prepare('SELECT topic, payload, qos, retain, created, size, crc FROM messages').get() as Record<string, unknown>;
+    written.close();
+    // ...is what schema 3 wrote: same checksum.
+    const file = join(dir, 'outbox.db');
+    const db = new Database(file);
+    db.exec('CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER)');
+    db.exec('CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)');
+    db.pragma('user_version = 3');
+    db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc) VALUES (@topic, @payload, @qos, @retain, @created, @size, @crc)').run(row);
+    db.close();
+    const outbox = Outbox.open(file, options(), log);
+    outbox.append(message(2));
+    outbox.commit();
+    assert.deepEqual(outbox.take(10).map((stored) => [stored.kind, (JSON.parse(stored.payload.toString()) as { seq: number }).seq]), [[undefined, 1], [undefined, 2]]);
+    assert.equal(outbox.stats.damaged, 0);
+    outbox.close();
+  });
+
   it('a corrupt file is moved aside loudly and a fresh outbox starts', (t) => {
     const dir = folder(t);
     const file = join(dir, 'outbox.db');

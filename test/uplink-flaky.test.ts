@@ -13,6 +13,7 @@ import { IntegratedBroker } from '../src/broker/broker.js';
 import { brokerSection, uplinkSection } from '../src/config/schema.js';
 import { Outbox } from '../src/cloud/outbox.js';
 import { Uplink } from '../src/cloud/uplink.js';
+import { JsonFormat } from '../src/northbound/json/format.js';
 import { waitFor } from './helpers/net.js';
 
 /**
@@ -55,7 +56,7 @@ async function uplinkTo(t: TestContext, port: number, messages: number) {
   for (let n = 0; n < messages; n++) outbox.append({ topic: 't/a', payload: Buffer.from(`m${n}`), qos: 1, retain: false });
   outbox.commit();
   const broker = await IntegratedBroker.start(brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }), log, dir);
-  const uplink = new Uplink(config, 'gw', 'gw/status', outbox, broker, log);
+  const uplink = new Uplink(config, 'gw', new JsonFormat(config, 'gw', 'gw/status'), outbox, broker, log);
   uplink.start();
   const stop = async () => {
     await uplink.stop(500);
@@ -128,7 +129,7 @@ it('a cloud slower than the plant: the backlog stays in SQLite, and what the out
   const config = uplinkSection.parse({ url: `mqtt://127.0.0.1:${(cloud.address() as { port: number }).port}`, inFlight: 20, outbox: { maxMessages: 5000, policy: 'drop-oldest' } });
   const outbox = Outbox.open(join(dir, 'outbox.db'), config.outbox, log);
   const broker = await IntegratedBroker.start(brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }), log, dir);
-  const uplink = new Uplink(config, 'gw', 'gw/status', outbox, broker, log);
+  const uplink = new Uplink(config, 'gw', new JsonFormat(config, 'gw', 'gw/status'), outbox, broker, log);
   uplink.start();
   try {
     await waitFor(() => uplink.stats.connected, 10_000, 'connected');

@@ -3,7 +3,10 @@
 // rule's pattern; the prefix is then swapped for the other side's. "forward" rules send local
 // topics up, "receive" rules bring cloud topics down. The first matching rule wins.
 import type { Config } from '../config/schema.js';
+import type { CloudSubscriptions } from '../northbound/format.js';
 import { topicMatches } from '../northbound/topics.js';
+
+export type { CloudSubscriptions } from '../northbound/format.js';
 
 export type UplinkConfig = NonNullable<Config['uplink']>;
 type BridgeRule = UplinkConfig['forward'][number];
@@ -13,9 +16,6 @@ export interface CloudRoute {
   topic: string;
   qos: 0 | 1;
 }
-
-/** A subscription on the cloud broker: filter → options, as mqtt.js takes them. */
-export type CloudSubscriptions = Record<string, { qos: 0 | 1; nl?: boolean }>;
 
 export class BridgeRules {
   private readonly forward: readonly BridgeRule[];

@@ -3,12 +3,18 @@
 // leave for good with settle. Which rows are out for sending, and so which ones a drop-oldest bound
 // spares, is the buffer's own business: the sender only takes, settles and rewinds.
 
-/** A message for the cloud, as the gateway hands it over. */
+/**
+ * A message for the cloud, as the gateway hands it over: a finished MQTT message (kind 0, sent as
+ * it is), or a record of the northbound format (another kind, see RecordKind in
+ * northbound/format.ts) that the format encodes at send time. The buffer stores both alike.
+ */
 export interface OutboxMessage {
   topic: string;
   payload: Buffer;
   qos: 0 | 1;
   retain: boolean;
+  /** What the row holds; absent or 0: a finished MQTT message. */
+  kind?: number;
 }
 
 /** A message as stored: ids grow in append order. */

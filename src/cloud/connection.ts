@@ -6,6 +6,7 @@ import mqtt, { Store, type IClientOptions, type MqttClient, type Packet } from '
 import type { Logger } from 'pino';
 import { backoffDelay } from '../util/backoff.js';
 import { errorMessage } from '../util/errors.js';
+import type { CloudMessage } from '../northbound/format.js';
 import type { CloudSubscriptions, UplinkConfig } from './bridge-rules.js';
 
 /** A connection that stays up this long without trouble resets the back-off. */
@@ -31,8 +32,11 @@ export interface ConnectionEvents {
 
 export interface ConnectionOptions {
   clientId: string;
-  /** The last will: published by the broker when the connection dies without a DISCONNECT. */
-  will: { topic: string; payload: Buffer };
+  /**
+   * The last will of each connect attempt (asked again before every one: a format may number its
+   * sessions in it): published by the broker when the connection dies without a DISCONNECT.
+   */
+  will: () => CloudMessage;
   tls: Partial<IClientOptions>;
 }
 
@@ -55,6 +59,7 @@ export class CloudConnection {
   private readonly url: string;
   private readonly clientOptions: IClientOptions;
   private readonly reconnect: UplinkConfig['reconnect'];
+  private readonly will: () => CloudMessage;
   private readonly log: Logger;
   private readonly events: ConnectionEvents;
   private client: MqttClient | undefined;
@@ -71,6 +76,7 @@ export class CloudConnection {
     this.reconnect = config.reconnect;
     this.log = log;
     this.events = events;
+    this.will = options.will;
     this.clientOptions = {
       clientId: options.clientId,
       protocolVersion: config.protocolVersion,
@@ -84,7 +90,6 @@ export class CloudConnection {
       queueQoSZero: false,
       outgoingStore: new NoStore(),
       resubscribe: false,
-      will: { topic: options.will.topic, payload: options.will.payload, qos: 1, retain: true },
       // mqtt.js logs every packet through `debug`, which costs ~5% CPU even when off; DEBUG=mqttjs* still works.
       ...(process.env.DEBUG === undefined ? { log: () => undefined } : {}),
       ...(config.username !== undefined ? { username: config.username } : {}),
@@ -107,7 +112,7 @@ export class CloudConnection {
   }
 
   start(): void {
-    const client = mqtt.connect(this.url, this.clientOptions);
+    const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption() });
     this.client = client;
     client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
@@ -147,20 +152,25 @@ export class CloudConnection {
 
   /**
    * No reconnects and no events from here on. While the connection is up, `lastWords` is
-   * published first (the retained "offline"), waiting at most `timeoutMs` for its PUBACK; then the
+   * published first (the format's goodbye: JSON's retained "offline"), waiting at most `timeoutMs` for its PUBACK; then the
    * connection is closed, forced: no waiting for mqtt.js' record of messages in flight (it keeps
    * those of connections that broke); they are in the outbox and the next connection sends them.
    */
-  async stop(timeoutMs: number, lastWords: { topic: string; payload: string }): Promise<void> {
+  async stop(timeoutMs: number, lastWords: CloudMessage | undefined): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.stableTimer);
     const client = this.client;
-    if (client && this.isConnected) {
-      await Promise.race([client.publishAsync(lastWords.topic, lastWords.payload, { qos: 1, retain: true }).catch(() => undefined), sleep(timeoutMs)]);
+    if (client && this.isConnected && lastWords) {
+      await Promise.race([client.publishAsync(lastWords.topic, lastWords.payload, { qos: lastWords.qos, retain: lastWords.retain }).catch(() => undefined), sleep(timeoutMs)]);
     }
     if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
     this.isConnected = false;
+  }
+
+  private willOption(): NonNullable<IClientOptions['will']> {
+    const { topic, payload, qos, retain } = this.will();
+    return { topic, payload, qos, retain };
   }
 
   private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
@@ -188,7 +198,9 @@ export class CloudConnection {
     const delay = backoffDelay(this.failedAttempts, { initial: this.reconnect.initial, max: this.reconnect.max });
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => {
-      if (!this.stopping) this.client?.reconnect();
+      if (this.stopping || !this.client) return;
+      this.client.options.will = this.willOption();
+      this.client.reconnect();
     }, delay);
   }
 }

@@ -36,7 +36,7 @@ export class EchoFilter {
   }
 
   /** A message is about to be sent to the cloud. */
-  sending(message: StoredMessage): void {
+  sending(message: Pick<StoredMessage, 'id' | 'topic' | 'payload'>): void {
     if (!this.enabled || !this.receivesOwn(message.topic) || this.sentIds.has(message.id)) return;
     if (this.sentIds.size >= MAX_ECHOES) this.sentIds.delete(this.sentIds.values().next().value!);
     this.sentIds.add(message.id);

@@ -51,6 +51,7 @@ interface RawRow {
   size: number;
   created: number;
   crc: number | null;
+  kind: number;
 }
 
 /** Schema migrations, numbered by PRAGMA user_version. Append, never edit. */
@@ -77,6 +78,10 @@ const MIGRATIONS = [
   // CRC-32 of what the row says about its message (see checksum), checked when it is read back.
   // NULL in rows written before.
   `ALTER TABLE messages ADD COLUMN crc INTEGER`,
+  // What a row holds: 0 a finished MQTT message (all rows before), another kind a northbound
+  // format's record that the format encodes at send time (see RecordKind in northbound/format.ts).
+  `ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE dead_letters ADD COLUMN kind INTEGER NOT NULL DEFAULT 0`,
 ];
 
 /** SQLite errors that mean the file itself is damaged (as opposed to a full disk or a permission). */
@@ -583,10 +588,11 @@ export class Outbox implements MessageBuffer {
     const ids: number[] = [];
     for (const item of accepted) {
       const { topic, payload, qos, retain } = item.message;
+      const kind = item.message.kind ?? 0;
       const size = sizeOf(item.message);
-      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size, checksum(topic, payload, qos, retain, item.created, size)).lastInsertRowid);
+      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size, checksum(topic, payload, qos, retain, item.created, size, kind), kind).lastInsertRowid);
       ids.push(this.lastCommittedId);
-      if (this.reading) this.committedRows.push({ id: this.lastCommittedId, topic, payload, qos, retain, size, created: item.created });
+      if (this.reading) this.committedRows.push(stored(this.lastCommittedId, topic, payload, qos, retain, size, item.created, kind));
       this.count++;
       this.bytes += size;
     }
@@ -790,7 +796,7 @@ export class Outbox implements MessageBuffer {
       const rows = this.statements.peek.all(after, beforeId, limit) as RawRow[];
       let damaged: RawRow[] | undefined;
       for (const row of rows) {
-        if (intact(row)) messages.push({ id: row.id, topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0, retain: row.retain === 1, size: row.size, created: row.created });
+        if (intact(row)) messages.push(stored(row.id, row.topic, row.payload, row.qos === 1 ? 1 : 0, row.retain === 1, row.size, row.created, row.kind));
         else (damaged ??= []).push(row);
       }
       if (damaged) this.setAsideDamaged(damaged);
@@ -999,8 +1005,8 @@ function migrate(db: Database.Database): void {
 
 function prepare(db: Database.Database) {
   return {
-    insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created, crc FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
+    insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created, crc, kind FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
     dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?) RETURNING id, size'),
@@ -1008,7 +1014,7 @@ function prepare(db: Database.Database) {
     dropRange: db.prepare('DELETE FROM messages WHERE id > ? AND id <= ?'),
     expire: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created < ? ORDER BY id LIMIT ?) RETURNING size'),
     totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
-    deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved) SELECT id, topic, payload, qos, retain, created, ?, ? FROM messages WHERE id = ? RETURNING id'),
+    deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved, kind) SELECT id, topic, payload, qos, retain, created, ?, ?, kind FROM messages WHERE id = ? RETURNING id'),
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
     // Measured before each write and after each deletion (db.pragma prepares anew: 7 µs each).
@@ -1018,14 +1024,28 @@ function prepare(db: Database.Database) {
 }
 
 const checksumHeader = Buffer.alloc(14);
+const kindHeader = Buffer.alloc(4);
 
-/** CRC-32 over a row's QoS, retain flag, time, size, topic and payload, as the gateway wrote them. */
-function checksum(topic: string, payload: Buffer, qos: number, retain: boolean, created: number, size: number): number {
+/**
+ * CRC-32 over a row's QoS, retain flag, time, size, topic and payload, as the gateway wrote them,
+ * and its kind when that is not 0 (so rows of finished messages keep the checksum they always had).
+ */
+function checksum(topic: string, payload: Buffer, qos: number, retain: boolean, created: number, size: number, kind: number): number {
   checksumHeader.writeDoubleLE(created, 0);
   checksumHeader.writeUInt32LE(size, 8);
   checksumHeader[12] = qos;
   checksumHeader[13] = retain ? 1 : 0;
-  return crc32(payload, crc32(topic, crc32(checksumHeader)));
+  const crc = crc32(payload, crc32(topic, crc32(checksumHeader)));
+  if (kind === 0) return crc;
+  kindHeader.writeUInt32LE(kind, 0);
+  return crc32(kindHeader, crc);
+}
+
+/** A stored message; `kind` is set only on a format's record (a finished message has none: see OutboxMessage). */
+function stored(id: number, topic: string, payload: Buffer, qos: 0 | 1, retain: boolean, size: number, created: number, kind: number): StoredMessage {
+  const message: StoredMessage = { id, topic, payload, qos, retain, size, created };
+  if (kind !== 0) message.kind = kind;
+  return message;
 }
 
 /** True when a row read back is what was written (rows from before checksums cannot be told). */
@@ -1033,7 +1053,8 @@ function intact(row: RawRow): boolean {
   if (row.crc === null) return true;
   if (typeof row.topic !== 'string' || !Buffer.isBuffer(row.payload) || typeof row.created !== 'number' || typeof row.size !== 'number') return false;
   if ((row.qos !== 0 && row.qos !== 1) || (row.retain !== 0 && row.retain !== 1) || row.size < 0 || row.size > 0xffffffff) return false;
-  return checksum(row.topic, row.payload, row.qos, row.retain === 1, row.created, row.size) === row.crc;
+  if (!Number.isInteger(row.kind) || row.kind < 0 || row.kind > 0xffffffff) return false;
+  return checksum(row.topic, row.payload, row.qos, row.retain === 1, row.created, row.size, row.kind) === row.crc;
 }
 
 function sizeOf(message: OutboxMessage): number {

@@ -1,14 +1,18 @@
 // The cloud uplink, composed: messages for the cloud go into the outbox (outbox.ts); the sender
 // (sender.ts) drains it at QoS 1 over the connection (connection.ts), each message deleted only
-// after its PUBACK; birth ("online") after every connect, the will and "offline" on the status
-// topic; cloud topics of the receive rules (bridge-rules.ts) come down into the integrated
-// broker, without the gateway's own messages coming back (echo.ts).
+// after its PUBACK. What the messages look like is the northbound format's business
+// (northbound/format.ts): its records are encoded here, between the sender and the connection,
+// at send time and in the connection's session; its births go out after every connect before the
+// backlog, its will with every CONNECT, its goodbye at stop; what comes down from the cloud is
+// decoded by it into local publishes (into the integrated broker, without the gateway's own
+// messages coming back: echo.ts), writes, or a rebirth. Messages of local clients on forwarded
+// topics (bridge-rules.ts) pass through untouched.
 import type { Logger } from 'pino';
 import type { IntegratedBroker } from '../broker/broker.js';
-import { compileTopicTemplate } from '../northbound/topics.js';
+import { RecordKind, type CloudMessage, type DownlinkAction, type FormatSession, type NorthboundFormat, type Recorder, type Report } from '../northbound/format.js';
 import { errorMessage } from '../util/errors.js';
 import { BridgeRules, type CloudRoute, type UplinkConfig } from './bridge-rules.js';
-import type { MessageBuffer, OutboxMessage, Settled } from './buffer.js';
+import type { MessageBuffer, OutboxMessage, Settled, StoredMessage } from './buffer.js';
 import { CloudConnection, type Connack } from './connection.js';
 import { EchoFilter } from './echo.js';
 import { Sender, type Link } from './sender.js';
@@ -32,6 +36,36 @@ export interface UplinkStats {
 /** Sees every cloud message under its local topic before it goes into the integrated broker (the write path picks its commands). */
 export type Downlink = (localTopic: string, payload: Buffer, retain: boolean) => void;
 
+/** A write the format decoded from a cloud command (not a local topic: Sparkplug's DCMD). */
+export type DownlinkWrite = Extract<DownlinkAction, { kind: 'write' }>;
+
+/** Where the uplink hands what comes down from the cloud (given at construction: the write path). */
+export interface DownlinkHandlers {
+  local?: Downlink;
+  write?: (write: DownlinkWrite) => void;
+}
+
+/** The session of one connect attempt (see FormatSession). */
+class ConnectionSession implements FormatSession {
+  connectedAt = 0;
+  private seq = 0;
+
+  constructor(readonly attempt: number) {}
+
+  nextSeq(): number {
+    return this.seq++;
+  }
+
+  historical(stored: StoredMessage): boolean {
+    return stored.created < this.connectedAt;
+  }
+}
+
+/** A row the format cannot encode is refused for good (a reason code ≥ 0x80, as an MQTT 5 refusal): never sent, it would block the queue. */
+function unencodable(format: NorthboundFormat, stored: StoredMessage): Error {
+  return Object.assign(new Error(`the ${format.name} format cannot encode outbox row ${stored.id} (kind ${stored.kind ?? RecordKind.MESSAGE})`), { code: 0x80 });
+}
+
 /**
  * Messages waiting this long for a PUBACK, with not one PUBACK in between, make the cloud "stalled"
  * (a warning, once): the keep-alive, at most 30 s. A broker that answers pings but takes no
@@ -41,7 +75,8 @@ export type Downlink = (localTopic: string, payload: Buffer, retain: boolean) =>
 const STALL_AFTER_MAX_MS = 30_000;
 
 export class Uplink {
-  readonly statusTopic: string;
+  /** The northbound format of this uplink's connections. */
+  readonly format: NorthboundFormat;
   /** Of the TLS files this uplink's connections use (see tlsFilesFingerprint). */
   readonly tlsFingerprint: string;
   private readonly outbox: MessageBuffer;
@@ -52,24 +87,27 @@ export class Uplink {
   private readonly echo: EchoFilter;
   private readonly connection: CloudConnection;
   private readonly sender: Sender;
-  private readonly downlink: Downlink | undefined;
+  private readonly downlink: DownlinkHandlers;
+  /** The session of the current connect attempt (a new one before every CONNECT). */
+  private session: ConnectionSession | undefined;
+  private attempts = 0;
   private stopping = false;
   private readonly counters = { reconnects: 0, received: 0 };
 
-  constructor(config: UplinkConfig, gatewayName: string, defaultStatusTopic: string, outbox: MessageBuffer, broker: IntegratedBroker, log: Logger, downlink?: Downlink) {
+  constructor(config: UplinkConfig, gatewayName: string, format: NorthboundFormat, outbox: MessageBuffer, broker: IntegratedBroker, log: Logger, downlink: DownlinkHandlers = {}) {
     const tls = readTls(config.tls);
     this.tlsFingerprint = tls.fingerprint;
+    this.format = format;
     this.outbox = outbox;
     this.broker = broker;
     this.downlink = downlink;
     this.log = log.child({ uplink: redactUrl(config.url) });
-    this.statusTopic = compileTopicTemplate(config.statusTopic ?? defaultStatusTopic).render({ gateway: gatewayName });
     this.rules = new BridgeRules(config);
     this.protocolVersion = config.protocolVersion;
     this.echo = new EchoFilter(this.rules, config.protocolVersion);
     this.connection = new CloudConnection(
       config,
-      { clientId: config.clientId ?? `plc2mqtt-${gatewayName}`, will: { topic: this.statusTopic, payload: Buffer.from('offline') }, tls: tls.options },
+      { clientId: config.clientId ?? `plc2mqtt-${gatewayName}`, will: () => this.format.will(this.newSession()), tls: tls.options },
       this.log,
       {
         connected: (connack) => this.onConnected(connack),
@@ -99,18 +137,33 @@ export class Uplink {
     this.echo.continueFrom(previous.echo);
   }
 
-  /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
+  /**
+   * The cloud topic and QoS of a local client's message on `localTopic` (first matching forward
+   * rule), if any: such messages pass through as they are, whatever the format.
+   */
   route(localTopic: string): CloudRoute | undefined {
     return this.rules.route(localTopic);
   }
 
   /**
-   * Appends a message for the cloud to the outbox. `onSettled` runs once it is on disk, or with
-   * the reason when the outbox dropped it first (see MessageBuffer.append).
+   * Appends a local client's message for the cloud to the outbox, as a finished message.
+   * `onSettled` runs once it is on disk, or with the reason when the outbox dropped it first (see
+   * MessageBuffer.append).
    */
   enqueue(route: CloudRoute, payload: Buffer, retain: boolean, onSettled?: Settled): void {
     const message: OutboxMessage = { topic: route.topic, payload, qos: route.qos, retain };
     this.outbox.append(message, onSettled);
+  }
+
+  /** How the gateway's reports on a local topic are recorded (see NorthboundFormat.recorder); look it up once per topic. */
+  recorder(localTopic: string): Recorder | undefined {
+    return this.format.recorder(localTopic);
+  }
+
+  /** Appends what the format records for a report, if anything. */
+  record(recorder: Recorder, report: Report): void {
+    const record = recorder(report);
+    if (record) this.outbox.append(record);
   }
 
   start(): void {
@@ -128,21 +181,37 @@ export class Uplink {
     return stats;
   }
 
+  /** A connect attempt begins: its session (the will of its CONNECT is the format's for it). */
+  private newSession(): ConnectionSession {
+    this.session = new ConnectionSession(++this.attempts);
+    return this.session;
+  }
+
   private onConnected(connack: Connack): void {
     if (connack.afterFailure || this.counters.reconnects > 0) this.counters.reconnects++;
     const backlog = this.outbox.length;
-    // A link per connection: answers of a connection that is gone are told apart.
+    const session = this.session ?? this.newSession();
+    session.connectedAt = Date.now();
+    const format = this.format;
+    // A link per connection: answers of a connection that is gone are told apart. Between the
+    // sender and the connection, a format's record becomes its message now, in this session;
+    // finished messages (kind 0) pass through untouched.
     const link: Link = {
-      publish: (message, done) => {
-        this.echo.sending(message);
+      publish: (stored, done) => {
+        let message: CloudMessage = stored;
+        if (stored.kind !== undefined && stored.kind !== RecordKind.MESSAGE) {
+          const encoded = format.encode(stored, session);
+          if (!encoded) return done(unencodable(format, stored));
+          message = encoded;
+          this.echo.sending({ id: stored.id, topic: encoded.topic, payload: encoded.payload });
+        } else this.echo.sending(stored);
         this.connection.publish(message.topic, message.payload, { qos: message.qos, retain: message.retain }, done);
       },
     };
-    // Birth first, before the backlog. Its PUBACK proves the link carries traffic (see Sender.linkProven).
-    this.connection.publish(this.statusTopic, 'online', { qos: 1, retain: true }, (error) => {
-      if (!error) this.sender.linkProven(link);
-    });
-    if (this.rules.receives) this.connection.subscribe(this.rules.subscriptions(this.protocolVersion));
+    // Births first, before the backlog. The first one's PUBACK proves the link carries traffic (see Sender.linkProven).
+    this.publishBirths(session, link);
+    const subscriptions = format.subscriptions(this.protocolVersion);
+    if (Object.keys(subscriptions).length > 0) this.connection.subscribe(subscriptions);
     this.sender.connected(link, connack.receiveMaximum);
     this.log.info(
       { backlog, sessionPresent: connack.sessionPresent, window: this.sender.window, probing: this.sender.probing },
@@ -157,26 +226,44 @@ export class Uplink {
     if (wasConnected) this.log.warn({ inFlight, backlog: this.outbox.length, error: this.connection.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
   }
 
-  /** A message from the cloud on a "receive" topic: into the integrated broker under its local name. */
+  private publishBirths(session: ConnectionSession, link?: Link): void {
+    this.format.births(session).forEach((birth, index) => {
+      this.connection.publish(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain }, (error) => {
+        if (!error && index === 0 && link) this.sender.linkProven(link);
+      });
+    });
+  }
+
+  /** A message from the cloud on one of the format's subscriptions: what the format says it means. */
   private onCloudMessage(topic: string, payload: Buffer, retain: boolean): void {
     if (this.stopping || this.echo.isEcho(topic, payload)) return;
-    const localTopic = this.rules.localTopic(topic);
-    if (localTopic === undefined) return;
+    const actions = this.format.decodeDownlink(topic, payload, retain);
+    if (actions.length === 0) return;
     this.counters.received++;
-    this.downlink?.(localTopic, payload, retain);
-    // Published by the gateway itself (no client), so the forward path never sends it back up.
-    this.broker.publishNow(localTopic, payload, { qos: 1, retain }).catch((error: unknown) => this.log.error({ topic: localTopic, error: errorMessage(error) }, 'could not publish a cloud message locally'));
+    for (const action of actions) {
+      if (action.kind === 'local') {
+        this.downlink.local?.(action.topic, action.payload, action.retain);
+        // Published by the gateway itself (no client), so the forward path never sends it back up.
+        this.broker.publishNow(action.topic, action.payload, { qos: 1, retain: action.retain }).catch((error: unknown) => this.log.error({ topic: action.topic, error: errorMessage(error) }, 'could not publish a cloud message locally'));
+      } else if (action.kind === 'write') {
+        if (this.downlink.write) this.downlink.write(action);
+        else this.log.warn({ device: action.device, tag: action.tag }, 'a write from the cloud, but nothing takes writes from this uplink');
+      } else if (this.session && this.connection.connected) {
+        this.log.info({ format: this.format.name }, 'the cloud asked for a rebirth');
+        this.publishBirths(this.session);
+      }
+    }
   }
 
   /**
-   * Says "offline" on the cloud, closes the connection. Unacknowledged messages stay in the outbox.
+   * Says the format's goodbye (JSON: "offline") on the cloud, closes the connection. Unacknowledged messages stay in the outbox.
    * Afterwards this uplink touches neither the outbox nor the broker again, so another one can
    * take over the same outbox (a reload).
    */
   async stop(timeoutMs = 2000): Promise<void> {
     this.stopping = true;
     this.sender.pause();
-    await this.connection.stop(timeoutMs, { topic: this.statusTopic, payload: 'offline' });
+    await this.connection.stop(timeoutMs, this.session && this.format.goodbye(this.session));
     this.sender.stop();
   }
 }

@@ -5,12 +5,13 @@
 // for a write; this module decides whether it happens: the tag must be writable, the value must
 // parse, fit the tag's type and its write checks, and the rate limit must allow it. A refused
 // write writes nothing. Every attempt, refused or not, is answered (the MQTT 5 response topic, or
-// the command topic plus "/result") and leaves one audit line in the log.
+// the command topic plus "/result", see northbound/json/topics.ts) and leaves one audit line in the log.
 import type { Logger } from 'pino';
 import { errorMessage } from '../util/errors.js';
 import { DriverError, type ScalarValue, type TagReading, type TagValue } from '../pipeline/driver.js';
 import type { TagConfig } from '../config/schema.js';
 import { topicMatches } from '../northbound/topics.js';
+import { RESULT_SUFFIX } from '../northbound/json/topics.js';
 
 /** Who asked for a write, for the audit line and the answer. */
 export interface CommandOrigin {
@@ -225,7 +226,7 @@ export class CommandHandler {
       },
       answer.ok ? 'write done' : 'write refused or failed',
     );
-    this.answer(`${topic}/result`, answer, origin);
+    this.answer(topic + RESULT_SUFFIX, answer, origin);
   }
 }
 
@@ -333,9 +334,4 @@ function jsonSafe(value: TagValue | null): unknown {
   if (typeof value === 'bigint') return value.toString();
   if (Array.isArray(value)) return value.map((item) => (typeof item === 'bigint' ? item.toString() : item));
   return value;
-}
-
-/** JSON text of an answer (bigints as strings). */
-export function encodeAnswer(answer: CommandAnswer): string {
-  return JSON.stringify(answer, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
 }

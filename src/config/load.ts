@@ -5,6 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { ParseErrorCode, parseTree, type Node as JsonNode, type ParseError } from 'jsonc-parser';
 import { z } from 'zod';
 import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../northbound/topics.js';
+import { commandTopic, renderStatusTopic, tagTopicSource, topicVariables } from '../northbound/json/topics.js';
 import { configJsonSchema, configSchema, httpSection, type Config } from './schema.js';
 
 export type JsonPath = ReadonlyArray<string | number>;
@@ -415,7 +416,7 @@ export function checkSemantics(config: Config): ConfigProblem[] {
   };
   // The retained status topic is taken first: a tag publishing there would overwrite online/offline.
   try {
-    claimTopic(compileTopicTemplate(config.topics.status).render({ gateway: config.gateway.name }), 'the gateway status (topics.status)', ['topics', 'status']);
+    claimTopic(renderStatusTopic(config.topics.status, config.gateway.name), 'the gateway status (topics.status)', ['topics', 'status']);
   } catch {
     // reported above
   }
@@ -429,7 +430,6 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     for (const key of Object.keys(device.meta)) {
       if ((RESERVED_PLACEHOLDERS as readonly string[]).includes(key)) add([...devicePath, 'meta', key], `"${key}" is a built-in placeholder; choose another meta key`);
     }
-    const variables = { gateway: config.gateway.name, device: device.name, ...device.meta };
 
     const tagNames = new Map<string, number>();
     device.tags.forEach((tag, tagIndex) => {
@@ -445,10 +445,11 @@ export function checkSemantics(config: Config): ConfigProblem[] {
       }
       const where = tag.topic !== undefined ? [...tagPath, 'topic'] : ['topics', 'tag'];
       if (device.publish === 'per-tag' || tag.topic !== undefined || tag.writable) {
-        const topic = renderChecked({ source: tag.topic ?? config.topics.tag, variables: { ...variables, group, tag: tag.name }, path: where, device: device.name, add });
+        // Rendered as the gateway renders it (northbound/json/topics.ts), with the problems reported.
+        const topic = renderChecked({ source: tagTopicSource(config.topics, tag), variables: topicVariables(config.gateway.name, device, group, tag.name), path: where, device: device.name, add });
         if (topic !== undefined && (device.publish === 'per-tag' || tag.topic !== undefined)) claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
         // A command topic that is another tag's data topic would turn its values into writes.
-        if (topic !== undefined && tag.writable) claimTopic(topic + config.topics.command, `the command topic of devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+        if (topic !== undefined && tag.writable) claimTopic(commandTopic(config.topics, topic), `the command topic of devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
       }
       if (tag.write !== undefined) {
         if (!tag.writable) add([...tagPath, 'write'], 'write checks apply to writable tags only; add "writable": true or remove "write"');
@@ -459,7 +460,7 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     if (device.publish === 'batch') {
       const groups = new Set(device.tags.map((tag) => tag.group ?? 'default'));
       for (const group of groups) {
-        const topic = renderChecked({ source: config.topics.batch, variables: { ...variables, group }, path: ['topics', 'batch'], device: device.name, add });
+        const topic = renderChecked({ source: config.topics.batch, variables: topicVariables(config.gateway.name, device, group), path: ['topics', 'batch'], device: device.name, add });
         if (topic !== undefined) claimTopic(topic, `the batch of devices[${deviceIndex}] group "${group}"`, devicePath);
       }
     }

@@ -1,6 +1,7 @@
-// The wire format of samples: JSON per tag, or one JSON batch per poll cycle of a device.
-import type { ScalarValue, TagValue } from '../pipeline/driver.js';
-import type { Sample } from '../pipeline/normalize.js';
+// The JSON wire format of samples: JSON per tag, or one JSON batch per poll cycle of a device; and the answers to writes.
+import type { ScalarValue, TagValue } from '../../pipeline/driver.js';
+import type { Sample } from '../../pipeline/normalize.js';
+import type { CommandAnswer } from '../../commands/command-handler.js';
 
 export type TimestampFormat = 'ms' | 'iso';
 
@@ -44,4 +45,9 @@ export function encodeBatchPayload(device: string, group: string, cycleTs: numbe
   const values: Record<string, TagPayload> = {};
   for (const sample of samples) values[sample.tag] = tagPayloadObject(sample, format);
   return JSON.stringify({ device, group, ts: timestamp(cycleTs, format), values });
+}
+
+/** `{"ok":true,"device":"press1","tag":"speed","value":42,"ts":…}`: the answer to a write (bigints as strings). */
+export function encodeAnswer(answer: CommandAnswer): string {
+  return JSON.stringify(answer, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
 }
