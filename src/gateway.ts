@@ -3,15 +3,20 @@
 //   poll job (pipeline/scheduler.ts) fires on its fixed-rate grid for one device and poll group
 //     → driver.read(plan)    (drivers/<name>) returns raw readings; failures become bad quality
 //     → TagNormalizer        (pipeline/normalize.ts) types, scales, stamps, decides report-by-exception
-//     → topic + payload      (northbound/) compiled once at start
+//     → topic + payload      (northbound/json/) the JSON topic compiled once at start, the JSON payload
 //     → integrated broker    (broker/) where local subscribers see it, retained
-//     → outbox               (cloud/outbox.ts) SQLite, when a forward rule sends the topic to the cloud
-//     → uplink               (cloud/uplink.ts) to the cloud broker at QoS 1; deleted from the outbox on PUBACK
+//     → format.record        (northbound/format.ts) what the cloud's format keeps of it, looked up once per
+//                            topic (JSON: the same bytes, when a forward rule takes the topic)
+//     → outbox               (cloud/outbox.ts) SQLite: a finished message, or a format's record
+//     → uplink               (cloud/uplink.ts) the sender takes it; a record is encoded now, in the
+//                            connection's session (sequence numbers, replayed history), after that
+//                            connection's births; to the cloud broker at QoS 1; deleted on PUBACK
 //     (→ the event bus       (app/event-bus.ts) a "sample" event, built only while someone listens)
 //
 // Messages that MQTT clients publish into the integrated broker on forwarded topics take the
-// same outbox → uplink path (the broker's clientPublish handler, given at its start: a QoS 1
-// PUBACK waits for the outbox commit), and cloud commands come back down.
+// same outbox → uplink path as finished messages the format does not touch (the broker's
+// clientPublish handler, given at its start: a QoS 1 PUBACK waits for the outbox commit), and
+// cloud commands come back down, decoded by the format (JSON: into the integrated broker).
 //
 // The way back to the PLC: a message on a tag's command topic ("<tag topic>/set"), from a local
 // client the ACL let through (the broker's command handler) or from the cloud (the uplink's downlink handler)
