@@ -525,7 +525,12 @@ describe('handleConnection on its own', () => {
 
   it('a socket that never sends a whole CONNECT header is closed after connectTimeoutMs, without reaching aedes', async () => {
     let handled = 0;
-    const fakeAedes = { handle: () => (handled++, {} as Client) };
+    const fakeAedes = {
+      handle: () => {
+        handled++;
+        return {} as Client;
+      },
+    };
     const server = createServer((socket) => handleConnection(fakeAedes, socket, { maxPacketSize: 1024, connectTimeoutMs: 200 }));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as { port: number }).port;

@@ -68,9 +68,9 @@ describe('modbus driver against pymodbus', () => {
     await driver.write(config.tags.find((tag) => tag.name === 'w')!, -42);
     await driver.write(config.tags.find((tag) => tag.name === 'coils')!, [false, true, false, false, false, false, false, false]);
     const again = values(await driver.read(plan));
-    assert.equal(again['w'], -42);
-    assert.deepEqual(again['coils'], [false, true, false, false, false, false, false, false]);
-    assert.equal(again['u16'], 0x1234);
+    assert.equal(again.w, -42);
+    assert.deepEqual(again.coils, [false, true, false, false, false, false, false, false]);
+    assert.equal(again.u16, 0x1234);
   });
 
   it('rtu-over-tcp: raw RTU frames over a socket', async (t) => {
@@ -135,9 +135,9 @@ describe('modbus driver against pymodbus', () => {
     const bit = device({ connection: { ...serial, unitId: 1 }, tags: [{ name: 'b1', address: '40014.1', writable: true }] }).tags[0]! as ModbusTag;
     await live.write(bit, true);
     const after = values(await live.read(live.plan([...liveConfig.tags, bit])));
-    assert.equal(after['b1'], true);
-    assert.equal(after['bit2'], true);
-    assert.equal(after['bit15'], true);
+    assert.equal(after.b1, true);
+    assert.equal(after.bit2, true);
+    assert.equal(after.bit15, true);
   });
   it('rtu on a serial line shared with another driver: each gets its own replies, requests never interleave on the wire', async (t) => {
     const defer = cleanup(t);

@@ -116,8 +116,8 @@ describe('modbus devices in /api/status and on MQTT', () => {
     // Into the episode, then past its first probe (5 s later), which times out as well.
     await waitFor(async () => /^device skipped/.test((await tagStatus()).reason ?? ''), 10_000, 'the device to be skipped');
     const skippedAt = Date.now();
-    const timeouts = (await deviceStatus('silent')).errorsByCode['timeout'] ?? 0;
-    await waitFor(async () => ((await deviceStatus('silent')).errorsByCode['timeout'] ?? 0) > timeouts, 10_000, 'the probe after the first pause');
+    const timeouts = (await deviceStatus('silent')).errorsByCode.timeout ?? 0;
+    await waitFor(async () => ((await deviceStatus('silent')).errorsByCode.timeout ?? 0) > timeouts, 10_000, 'the probe after the first pause');
     await new Promise((resolve) => setTimeout(resolve, 1500));
 
     const messages = recorder.messages.filter((message) => message.topic === topic).map((message) => JSON.parse(message.payload) as TagMessage);
@@ -136,9 +136,9 @@ describe('modbus devices in /api/status and on MQTT', () => {
 
   it('illegal addresses: the plan as it runs after learning them, in /api/status and the log; the exception counted once', async () => {
     const learnt = '2 requests: holding 40..40 (1 reg), holding 47..47 (1 reg); known illegal addresses: holding 45..45 (1 tag not requested)';
-    await waitFor(async () => (await deviceStatus('holes')).plans?.['default'] === learnt, 10_000, 'the learnt plan');
-    const replanned = logLines().filter((line) => line['device'] === 'holes' && line.msg === 'poll group re-planned');
-    assert.deepEqual(replanned.map((line) => line['plan']), [learnt]);
+    await waitFor(async () => (await deviceStatus('holes')).plans?.default === learnt, 10_000, 'the learnt plan');
+    const replanned = logLines().filter((line) => line.device === 'holes' && line.msg === 'poll group re-planned');
+    assert.deepEqual(replanned.map((line) => line.plan), [learnt]);
     // The exception came back once; later polls do not ask for address 45 and count it apart.
     const known = async (): Promise<number> => (await deviceStatus('holes')).errorsByCode['known-illegal-address'] ?? 0;
     const before = await known();

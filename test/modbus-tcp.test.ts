@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { DriverError, type TagReading } from '../src/pipeline/driver.js';
-import { createDriver, ModbusDriver, ModbusReadPlan, openLineCount } from '../drivers/modbus/index.js';
+import { createDriver, type ModbusDriver, ModbusReadPlan, openLineCount } from '../drivers/modbus/index.js';
 import type { ModbusTag } from '../drivers/modbus/config.js';
 import { cleanup, device, sleep, TcpTestServer, testContext, waitFor } from './helpers/modbus-servers.js';
 
@@ -152,36 +152,36 @@ describe('modbus tcp driver against ServerTCP', () => {
     await driver.connect();
     server.writes.length = 0;
 
-    await driver.write(tags['coil']!, true);
+    await driver.write(tags.coil!, true);
     assert.equal(server.coils[500], true);
-    await driver.write(tags['coil']!, false);
+    await driver.write(tags.coil!, false);
     assert.equal(server.coils[500], false);
     const pattern = [true, false, false, true, true, false, true, false, false, true];
-    await driver.write(tags['coils']!, pattern);
+    await driver.write(tags.coils!, pattern);
     assert.deepEqual(server.coils.slice(510, 520), pattern);
 
-    await driver.write(tags['u16']!, 54321);
+    await driver.write(tags.u16!, 54321);
     assert.deepEqual(server.writes.at(-1), { fc: 6, address: 500, values: [54321] });
-    await driver.write(tags['i16arr']!, [-1, 2]);
+    await driver.write(tags.i16arr!, [-1, 2]);
     assert.deepEqual(server.writes.at(-1), { fc: 16, address: 501, values: [0xffff, 2] });
-    await driver.write(tags['f32']!, 1.5); // device order CDAB
+    await driver.write(tags.f32!, 1.5); // device order CDAB
     assert.deepEqual(server.holding.slice(503, 505), [0x0000, 0x3fc0]);
-    await driver.write(tags['f32abcd']!, 1.5);
+    await driver.write(tags.f32abcd!, 1.5);
     assert.deepEqual(server.holding.slice(505, 507), [0x3fc0, 0x0000]);
-    await driver.write(tags['i64']!, 0x0102030405060708n);
+    await driver.write(tags.i64!, 0x0102030405060708n);
     assert.deepEqual(server.holding.slice(507, 511), [0x0807, 0x0605, 0x0403, 0x0201]);
-    await driver.write(tags['f64']!, 1);
+    await driver.write(tags.f64!, 1);
     assert.deepEqual(server.holding.slice(511, 515), [0xf03f, 0, 0, 0]);
-    await driver.write(tags['u32arr']!, [1, 0x10002]);
+    await driver.write(tags.u32arr!, [1, 0x10002]);
     assert.deepEqual(server.holding.slice(515, 519), [1, 0, 2, 1]);
-    await driver.write(tags['text']!, 'Hello');
+    await driver.write(tags.text!, 'Hello');
     assert.deepEqual(server.holding.slice(520, 523), [0x4865, 0x6c6c, 0x6f00]);
 
     server.holding[530] = 0xff00;
-    await driver.write(tags['bit3']!, true);
+    await driver.write(tags.bit3!, true);
     assert.equal(server.holding[530], 0xff08);
-    await driver.write(tags['bit0']!, true);
-    await driver.write(tags['bit3']!, false);
+    await driver.write(tags.bit0!, true);
+    await driver.write(tags.bit3!, false);
     assert.equal(server.holding[530], 0xff01, 'read-modify-write keeps the other bits');
 
     // Every written value reads back identically.
@@ -191,10 +191,10 @@ describe('modbus tcp driver against ServerTCP', () => {
       { coil: false, coils: pattern, u16: 54321, i16arr: [-1, 2], f32: 1.5, f32abcd: 1.5, i64: 0x0102030405060708n, f64: 1, u32arr: [1, 0x10002], text: 'Hello', bit3: false, bit0: true },
     );
 
-    await assert.rejects(driver.write(tags['in']!, 1), (error: unknown) => error instanceof DriverError && error.code === 'read-only' && /read-only/.test(error.message));
-    await assert.rejects(driver.write(tags['di']!, true), (error: unknown) => error instanceof DriverError && error.code === 'read-only');
-    await assert.rejects(driver.write(tags['u16']!, 70000), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value' && /out of range/.test(error.message));
-    await assert.rejects(driver.write(tags['text']!, 'far too long'), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value');
+    await assert.rejects(driver.write(tags.in!, 1), (error: unknown) => error instanceof DriverError && error.code === 'read-only' && /read-only/.test(error.message));
+    await assert.rejects(driver.write(tags.di!, true), (error: unknown) => error instanceof DriverError && error.code === 'read-only');
+    await assert.rejects(driver.write(tags.u16!, 70000), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value' && /out of range/.test(error.message));
+    await assert.rejects(driver.write(tags.text!, 'far too long'), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value');
   });
 
   it('an illegal address inside a block only spoils its tag, and later polls avoid it', async (t) => {
@@ -229,7 +229,7 @@ describe('modbus tcp driver against ServerTCP', () => {
     assert.ok(secondCost < firstCost, `second poll used ${secondCost} requests, first ${firstCost}`);
     assert.equal(secondCost, 2);
     assert.equal(plan.describe(), '2 requests: holding 40..43 (4 regs), holding 47..49 (3 regs); known illegal addresses: holding 45..45 (1 tag not requested)');
-    assert.deepEqual(byName(second)['hole'], { tag: 'hole', quality: 'bad', reason: 'exception 2: illegal data address', code: 'known-illegal-address' });
+    assert.deepEqual(byName(second).hole, { tag: 'hole', quality: 'bad', reason: 'exception 2: illegal data address', code: 'known-illegal-address' });
     // Nothing on the wire touches address 45 any more.
     assert.ok(server.requests.slice(-secondCost).every((r) => r.start > 45 || r.start + r.count <= 45));
   });
@@ -280,7 +280,7 @@ describe('modbus tcp driver against ServerTCP', () => {
       assert.equal(readings[`t${address}`]!.quality, 'bad');
       assert.equal(readings[`t${address}`]!.reason, reason);
     }
-    assert.deepEqual(readings['fine'], { tag: 'fine', value: 0x1234, quality: 'good' });
+    assert.deepEqual(readings.fine, { tag: 'fine', value: 0x1234, quality: 'good' });
 
     // The same for a write.
     await assert.rejects(

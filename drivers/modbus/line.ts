@@ -335,7 +335,7 @@ export class Line {
     const client = this.client;
     const port = this.port;
     const serialPort = this.serialPort;
-    if (!client || !client.isOpen) throw new ModbusFailure('connection', this.lossReason ?? `not connected to ${this.label}`);
+    if (!client?.isOpen) throw new ModbusFailure('connection', this.lossReason ?? `not connected to ${this.label}`);
     // A timeout of 0 would mean "wait forever" in modbus-serial and freeze every device on the line.
     const ms = Math.max(timeout, 10);
     client.setID(unitId);

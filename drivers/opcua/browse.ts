@@ -33,7 +33,7 @@ const MAX_CHILDREN = 100_000;
 
 /** The hierarchical children (Organizes, HasComponent, HasProperty …) of `nodeIdText`. Each request is bounded by requestTimeout. */
 export async function browseChildren(connection: OpcUaConnection, nodeIdText: string, maxNodesPerRead: number): Promise<BrowseEntry[]> {
-  let nodeId;
+  let nodeId: ReturnType<typeof resolveNodeId>;
   try {
     nodeId = resolveNodeId(nodeIdText);
   } catch (error) {

@@ -10,7 +10,7 @@
 // which builds everything anew. While a connection is down every tag reports bad.
 import { format } from 'node:util';
 import type { Logger } from 'pino';
-import { AttributeIds, DataType, resolveNodeId, setErrorLogger, setWarningLogger, type NodeId } from 'node-opcua-client';
+import { AttributeIds, type DataType, resolveNodeId, setErrorLogger, setWarningLogger, type NodeId } from 'node-opcua-client';
 import { DriverError, type Driver, type DriverContext, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
 import { browseChildren, type BrowseEntry } from './browse.js';
 import type { OpcUaDeviceConfig, OpcUaTag } from './config.js';
@@ -169,7 +169,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const item = resolveItem(parseItem(tag), connection.namespaces);
     if (!item.nodeId) throw new DriverError(`cannot write "${tag.name}": ${item.problem}`, { code: item.code ?? 'BadNodeIdInvalid' });
     const type = await this.nodeType(connection, tag, item.nodeId);
-    let variant;
+    let variant: ReturnType<typeof variantFor>;
     try {
       variant = variantFor(value, type.dataType, type.valueRank);
     } catch (error) {
@@ -224,7 +224,7 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
       ]),
     );
     const [dataTypeValue, rankValue] = values;
-    if (!dataTypeValue || !dataTypeValue.statusCode.isGood()) {
+    if (!dataTypeValue?.statusCode.isGood()) {
       const status = dataTypeValue?.statusCode;
       throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, { code: status ? failureName(status) : 'no-datatype' });
     }

@@ -193,7 +193,7 @@ export class ActiveSubscription {
     group.monitoredItems.forEach((monitoredItem, index) => {
       const status = monitoredItem.statusCode;
       const item = items[index];
-      if (item && status && status.isNotGood()) failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: failureName(status) });
+      if (item && status?.isNotGood()) failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: failureName(status) });
     });
     return failed;
   }

@@ -93,7 +93,7 @@ function scalarOf(dataType: DataType, item: unknown): ScalarValue {
 }
 
 /** A Variant as a gateway value: scalars, or arrays (matrices flattened, row by row). */
-export function valueOf(variant: Variant): TagValue {
+export function gatewayValueOf(variant: Variant): TagValue {
   const { dataType, arrayType } = variant;
   if (arrayType === VariantArrayType.Scalar) return scalarOf(dataType, variant.value);
   // Typed arrays (Float32Array, Int32Array …) and plain arrays alike.
@@ -130,7 +130,7 @@ export function readingOf(tag: string, dataValue: DataValue): TagReading {
     return { tag, quality: 'bad', reason: `the server sent no value (${statusName(status)})`, code: 'no-value', ...(sourceTs === undefined ? {} : { sourceTs }) };
   }
   try {
-    reading.value = valueOf(variant);
+    reading.value = gatewayValueOf(variant);
   } catch (error) {
     return { tag, quality: 'bad', reason: (error as Error).message, code: 'unsupported-type', ...(sourceTs === undefined ? {} : { sourceTs }) };
   }

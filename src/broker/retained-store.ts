@@ -2,7 +2,7 @@
 // last values and the status topic are still there for subscribers after a gateway restart.
 // aedes keeps them in memory; this mirrors changes to disk once a second (latest per topic).
 import { existsSync, renameSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { errorMessage } from '../util/errors.js';
 import { isDamage, openSqliteFile } from '../util/sqlite-file.js';

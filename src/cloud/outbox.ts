@@ -6,7 +6,7 @@ import { closeSync, existsSync, openSync, renameSync, statfsSync, statSync, unli
 import { randomFillSync } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { dirname } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import { errorMessage } from '../util/errors.js';

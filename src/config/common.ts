@@ -23,7 +23,7 @@ export const duration = (description: string, minimum = 0) =>
     .meta({ description: `${description} Milliseconds, or a string such as "500ms", "1s", "5m", "7d".` });
 
 /** Names end up inside MQTT topics: no wildcards, no separators, nothing invisible. */
-export const NAME_PATTERN = /^[A-Za-z0-9_.\-]+$/;
+export const NAME_PATTERN = /^[A-Za-z0-9_.-]+$/;
 export const name = (what: string) =>
   z
     .string()

@@ -48,7 +48,7 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs = 10
 }
 
 export function testLogger(): Logger {
-  return pino({ level: process.env['MODBUS_TEST_LOG'] ?? 'silent' });
+  return pino({ level: process.env.MODBUS_TEST_LOG ?? 'silent' });
 }
 
 export function testContext(): DriverContext {
