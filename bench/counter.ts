@@ -30,6 +30,8 @@ const timer = setTimeout(finish, Number(timeoutText));
 
 function finish(): void {
   clearTimeout(timer);
-  process.stdout.write(`${JSON.stringify({ distinct, total, duplicates: total - distinct, outOfOrder, firstAt: first, doneAt: Date.now() })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ distinct, total, duplicates: total - distinct, outOfOrder, firstAt: first, doneAt: Date.now() })}\n`,
+  );
   void client.endAsync(true).then(() => process.exit(0));
 }

@@ -14,7 +14,13 @@ import { Outbox } from '../src/cloud/outbox.js';
 import { RetainedStore } from '../src/broker/retained-store.js';
 import { tempFolder } from './lib.js';
 
-const { values: args } = parseArgs({ options: { 'max-bytes': { type: 'string', default: '64MB' }, payload: { type: 'string', default: '80' }, tags: { type: 'string', default: '10000' } } });
+const { values: args } = parseArgs({
+  options: {
+    'max-bytes': { type: 'string', default: '64MB' },
+    payload: { type: 'string', default: '80' },
+    tags: { type: 'string', default: '10000' },
+  },
+});
 const folder = tempFolder('plc2mqtt-disk-usage-');
 const log = pino({ level: 'silent' });
 const options = outboxSection.parse({ maxBytes: args['max-bytes'], maxMessages: 100_000_000 });
@@ -81,7 +87,8 @@ const retainedFile = join(folder, 'retained.db');
 const retained = RetainedStore.open(retainedFile, log);
 const retainedPeak = { db: 0, wal: 0, total: 0 };
 for (let round = 0; round < 20; round++) {
-  for (let tag = 0; tag < Number(args.tags); tag++) retained.record({ topic: `acme/plant1/line${tag % 10}/press${tag % 100}/tag${tag}`, payload: payloadOf(tag + round), qos: 1 });
+  for (let tag = 0; tag < Number(args.tags); tag++)
+    retained.record({ topic: `acme/plant1/line${tag % 10}/press${tag % 100}/tag${tag}`, payload: payloadOf(tag + round), qos: 1 });
   retained.flush();
   const db = onDisk(retainedFile);
   const wal = onDisk(`${retainedFile}-wal`);
@@ -101,6 +108,12 @@ console.log(
     peakTotalPerMaxBytes: Math.round((peak.total / options.maxBytes) * 100) / 100,
     dbPerMaxBytes: Math.round((peak.db / options.maxBytes) * 100) / 100,
     afterDrainMb: { db: mb(drained.db), wal: mb(drained.wal), shm: mb(drained.shm) },
-    retainedPeakMb: { tags: Number(args.tags), db: mb(retainedPeak.db), wal: mb(retainedPeak.wal), total: mb(retainedPeak.total), closedDb: mb(onDisk(retainedFile)) },
+    retainedPeakMb: {
+      tags: Number(args.tags),
+      db: mb(retainedPeak.db),
+      wal: mb(retainedPeak.wal),
+      total: mb(retainedPeak.total),
+      closedDb: mb(onDisk(retainedFile)),
+    },
   }),
 );

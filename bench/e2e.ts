@@ -21,7 +21,19 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { writeFileSync } from 'node:fs';
-import { cpuSeconds, exited, freePort, peakRssMb, rssMb, sleep, start, startModbusServer, startMosquitto, tempFolder, waitForOutput } from './lib.js';
+import {
+  cpuSeconds,
+  exited,
+  freePort,
+  peakRssMb,
+  rssMb,
+  sleep,
+  start,
+  startModbusServer,
+  startMosquitto,
+  tempFolder,
+  waitForOutput,
+} from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({
@@ -84,20 +96,45 @@ const config = {
     pollInterval: interval,
     report,
     publish: format,
-    tags: Array.from({ length: tagsOf.get(`plc${unit}`)! }, (_, index) => ({ name: `t${index}`, area: 'holding', address: index, type: 'uint16' })),
+    tags: Array.from({ length: tagsOf.get(`plc${unit}`)! }, (_, index) => ({
+      name: `t${index}`,
+      area: 'holding',
+      address: index,
+      type: 'uint16',
+    })),
   })),
 };
 const configFile = join(folder, 'bench.json');
 writeFileSync(configFile, JSON.stringify(config));
 
 const subscriberArgs = (port: number, qos: number) => [
-  join(ROOT, 'dist/bench/subscriber.js'), '--url', `mqtt://127.0.0.1:${port}`, '--filter', 'plc2mqtt/bench/+/+', '--qos', String(qos), '--interval', String(interval), '--grace', args.grace,
+  join(ROOT, 'dist/bench/subscriber.js'),
+  '--url',
+  `mqtt://127.0.0.1:${port}`,
+  '--filter',
+  'plc2mqtt/bench/+/+',
+  '--qos',
+  String(qos),
+  '--interval',
+  String(interval),
+  '--grace',
+  args.grace,
 ];
 // On the cloud the subscriber is there before the gateway, so its totals cover every message.
-let subscriber = mosquitto ? await start(process.execPath, subscriberArgs(mosquitto.port, 1), /SUBSCRIBED/, 30_000, { stdin: true }) : undefined;
+let subscriber = mosquitto
+  ? await start(process.execPath, subscriberArgs(mosquitto.port, 1), /SUBSCRIBED/, 30_000, { stdin: true })
+  : undefined;
 
-const nodeFlags = [...(args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? []), ...(args.prof ? ['--cpu-prof', '--cpu-prof-dir', args.prof] : [])];
-const gateway = await start(process.execPath, [...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile], /polling started/, 120_000);
+const nodeFlags = [
+  ...(args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? []),
+  ...(args.prof ? ['--cpu-prof', '--cpu-prof-dir', args.prof] : []),
+];
+const gateway = await start(
+  process.execPath,
+  [...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile],
+  /polling started/,
+  120_000,
+);
 const pid = gateway.child.pid!;
 subscriber ??= await start(process.execPath, subscriberArgs(brokerPort, 0), /SUBSCRIBED/, 30_000, { stdin: true });
 
@@ -105,7 +142,11 @@ const t0 = Date.now() + warmupMs;
 const t1 = t0 + windowMs;
 subscriber.child.stdin!.write(`window ${t0} ${t1}\n`);
 const others = { mosquitto: mosquitto?.child.pid, subscriber: subscriber.child.pid, modbusServer: modbus.child.pid };
-const cpuOf = () => ({ gateway: cpuSeconds(pid), ...Object.fromEntries(Object.entries(others).flatMap(([name, id]) => (id === undefined ? [] : [[name, cpuSeconds(id)]]))) }) as Record<string, number>;
+const cpuOf = () =>
+  ({
+    gateway: cpuSeconds(pid),
+    ...Object.fromEntries(Object.entries(others).flatMap(([name, id]) => (id === undefined ? [] : [[name, cpuSeconds(id)]]))),
+  }) as Record<string, number>;
 
 await sleep(t0 - Date.now());
 const cpuStart = cpuOf();
@@ -113,7 +154,9 @@ const rssStart = rssMb(pid);
 await sleep(t1 - Date.now());
 const cpuEnd = cpuOf();
 const seconds = (Date.now() - t0) / 1000;
-const cpuPercent = Object.fromEntries(Object.keys(cpuEnd).map((name) => [name, Math.round(((cpuEnd[name]! - cpuStart[name]!) / seconds) * 100)]));
+const cpuPercent = Object.fromEntries(
+  Object.keys(cpuEnd).map((name) => [name, Math.round(((cpuEnd[name]! - cpuStart[name]!) / seconds) * 100)]),
+);
 const rssEnd = rssMb(pid);
 const peakRss = peakRssMb(pid);
 
@@ -130,7 +173,9 @@ interface WindowFigures {
   lastArrivalAfterWindowMs: number;
   timedOut: boolean;
 }
-const received = JSON.parse((await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, Number(args.grace) * 1000 + 10_000))[1]!) as WindowFigures;
+const received = JSON.parse(
+  (await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, Number(args.grace) * 1000 + 10_000))[1]!,
+) as WindowFigures;
 
 // Expected: every slot of every device in the window (window / interval each), all its tags.
 const nominalCycles = windowMs / interval;
@@ -146,7 +191,13 @@ gateway.child.kill('SIGTERM');
 await Promise.race([exited(gateway.child), sleep(20_000)]);
 const stoppedLine = /^\{.*"msg":"gateway stopped".*\}$/m.exec(gateway.output())?.[0];
 if (args['gateway-log']) writeFileSync(args['gateway-log'], gateway.output());
-const stopped = stoppedLine ? (JSON.parse(stoppedLine) as { published: number; outbox?: { messages: number; dropped?: number }; uplink?: { acknowledged: number; reconnects: number; rejected: number } }) : undefined;
+const stopped = stoppedLine
+  ? (JSON.parse(stoppedLine) as {
+      published: number;
+      outbox?: { messages: number; dropped?: number };
+      uplink?: { acknowledged: number; reconnects: number; rejected: number };
+    })
+  : undefined;
 let accounting: Record<string, number> | null = null;
 if (mosquitto && stopped) {
   // Messages still in flight through mosquitto when the gateway stopped arrive a moment later.
@@ -167,31 +218,33 @@ if (mosquitto && stopped) {
 }
 
 const valuesPerMessage = format === 'batch' ? tags / devices : 1;
-console.log(JSON.stringify({
-  bench: `e2e-${format}`,
-  at: cloud ? 'cloud (mosquitto, QoS 1, through the outbox)' : 'integrated broker (QoS 0, no uplink)',
-  tags,
-  intervalMs: interval,
-  devices,
-  report,
-  windowSeconds: seconds,
-  expectedMessagesPerSecond: Math.round((tags / valuesPerMessage) * (1000 / interval)),
-  deliveredMessagesPerSecond: received.messagesPerSecond,
-  expectedValuesPerSecond: Math.round(tags * (1000 / interval)),
-  deliveredValuesPerSecond: received.valuesPerSecond,
-  // Messages that reached the subscriber during the window, whatever their poll time: the throughput.
-  arrivedMessagesPerSecond: received.arrivedPerSecond,
-  deliveredPercent: expectedValues === 0 ? 0 : Math.floor((received.values / expectedValues) * 10_000) / 100,
-  pollCycles: { delivered: cyclesSeen, expected: nominalCycles * devices },
-  badValues: received.badValues,
-  latencyMs: received.latencyMs,
-  lastArrivalAfterWindowMs: received.lastArrivalAfterWindowMs,
-  gatewayCpuPercent: cpuPercent.gateway,
-  gatewayRssMb: { atWindowStart: rssStart, atWindowEnd: rssEnd, peak: peakRss },
-  otherCpuPercent: { mosquitto: cpuPercent.mosquitto, subscriber: cpuPercent.subscriber, modbusServer: cpuPercent.modbusServer },
-  accounting,
-  ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
-  ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
-  ...(args['commit-interval'] !== undefined ? { outboxCommitIntervalMs: Number(args['commit-interval']) } : {}),
-}));
+console.log(
+  JSON.stringify({
+    bench: `e2e-${format}`,
+    at: cloud ? 'cloud (mosquitto, QoS 1, through the outbox)' : 'integrated broker (QoS 0, no uplink)',
+    tags,
+    intervalMs: interval,
+    devices,
+    report,
+    windowSeconds: seconds,
+    expectedMessagesPerSecond: Math.round((tags / valuesPerMessage) * (1000 / interval)),
+    deliveredMessagesPerSecond: received.messagesPerSecond,
+    expectedValuesPerSecond: Math.round(tags * (1000 / interval)),
+    deliveredValuesPerSecond: received.valuesPerSecond,
+    // Messages that reached the subscriber during the window, whatever their poll time: the throughput.
+    arrivedMessagesPerSecond: received.arrivedPerSecond,
+    deliveredPercent: expectedValues === 0 ? 0 : Math.floor((received.values / expectedValues) * 10_000) / 100,
+    pollCycles: { delivered: cyclesSeen, expected: nominalCycles * devices },
+    badValues: received.badValues,
+    latencyMs: received.latencyMs,
+    lastArrivalAfterWindowMs: received.lastArrivalAfterWindowMs,
+    gatewayCpuPercent: cpuPercent.gateway,
+    gatewayRssMb: { atWindowStart: rssStart, atWindowEnd: rssEnd, peak: peakRss },
+    otherCpuPercent: { mosquitto: cpuPercent.mosquitto, subscriber: cpuPercent.subscriber, modbusServer: cpuPercent.modbusServer },
+    accounting,
+    ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
+    ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
+    ...(args['commit-interval'] !== undefined ? { outboxCommitIntervalMs: Number(args['commit-interval']) } : {}),
+  }),
+);
 process.exit(0);

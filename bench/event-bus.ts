@@ -13,7 +13,10 @@ import { TagNormalizer, type Sample } from '../src/pipeline/normalize.js';
 const { values: args } = parseArgs({ options: { samples: { type: 'string', default: '2000000' } } });
 const total = Number(args.samples);
 const CYCLE = 1000;
-const normalizers = Array.from({ length: CYCLE }, (_, index) => new TagNormalizer({ device: 'plc', group: 'default', tag: `t${index}`, report: 'always', maxSilence: 0 }));
+const normalizers = Array.from(
+  { length: CYCLE },
+  (_, index) => new TagNormalizer({ device: 'plc', group: 'default', tag: `t${index}`, report: 'always', maxSilence: 0 }),
+);
 
 /** ns per sample of the gateway's per-sample work, with the bus as `listening` makes it. */
 function run(bus: EventBus<GatewayEvents>, withPayload: boolean): number {

@@ -10,7 +10,19 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { cpuSeconds, exited, freePort, peakRssMb, rssMb, sleep, start, startModbusServer, startMosquitto, tempFolder, waitForOutput } from './lib.js';
+import {
+  cpuSeconds,
+  exited,
+  freePort,
+  peakRssMb,
+  rssMb,
+  sleep,
+  start,
+  startModbusServer,
+  startMosquitto,
+  tempFolder,
+  waitForOutput,
+} from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({
@@ -44,7 +56,21 @@ async function measure(name: string, devices: unknown[]) {
   const file = join(folder, `${name}.json`);
   writeFileSync(file, JSON.stringify(config));
   // Counts what reaches the cloud in the window (should be nothing once the first cycle is out).
-  const subscriber = await start(process.execPath, [join(ROOT, 'dist/bench/subscriber.js'), '--url', `mqtt://127.0.0.1:${cloud.port}`, '--filter', 'plc2mqtt/bench/+/+', '--interval', String(INTERVAL)], /SUBSCRIBED/, 30_000, { stdin: true });
+  const subscriber = await start(
+    process.execPath,
+    [
+      join(ROOT, 'dist/bench/subscriber.js'),
+      '--url',
+      `mqtt://127.0.0.1:${cloud.port}`,
+      '--filter',
+      'plc2mqtt/bench/+/+',
+      '--interval',
+      String(INTERVAL),
+    ],
+    /SUBSCRIBED/,
+    30_000,
+    { stdin: true },
+  );
   const gateway = await start(process.execPath, [...flags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', file], /polling started/, 120_000);
   const pid = gateway.child.pid!;
   const t0 = Date.now() + warmupMs;
@@ -76,11 +102,19 @@ const tags = await measure(
   })),
 );
 
-console.log(JSON.stringify({
-  bench: 'idle',
-  windowSeconds: windowMs / 1000,
-  noDevices,
-  tags10kAt1s: { tags: TAGS, devices: DEVICES, intervalMs: INTERVAL, report: 'change (default; deadband 0, maxSilence 60 s; the values never change)', ...tags },
-  ...(flags.length > 0 ? { gatewayNodeFlags: flags.join(' ') } : {}),
-}));
+console.log(
+  JSON.stringify({
+    bench: 'idle',
+    windowSeconds: windowMs / 1000,
+    noDevices,
+    tags10kAt1s: {
+      tags: TAGS,
+      devices: DEVICES,
+      intervalMs: INTERVAL,
+      report: 'change (default; deadband 0, maxSilence 60 s; the values never change)',
+      ...tags,
+    },
+    ...(flags.length > 0 ? { gatewayNodeFlags: flags.join(' ') } : {}),
+  }),
+);
 process.exit(0);

@@ -37,8 +37,16 @@ export interface Started {
 }
 
 /** Starts a child and resolves once its output matches `ready`; rejects if it exits or takes too long. */
-export function start(command: string, argv: string[], ready: RegExp, timeoutMs = 60_000, options: { stdin?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Started> {
-  const child = track(spawn(command, argv, { stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: options.env ?? process.env }));
+export function start(
+  command: string,
+  argv: string[],
+  ready: RegExp,
+  timeoutMs = 60_000,
+  options: { stdin?: boolean; env?: NodeJS.ProcessEnv } = {},
+): Promise<Started> {
+  const child = track(
+    spawn(command, argv, { stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: options.env ?? process.env }),
+  );
   let output = '';
   let started = false;
   return new Promise((resolve, reject) => {
@@ -113,7 +121,8 @@ export async function waitForOutput(started: Started, pattern: RegExp, timeoutMs
   for (;;) {
     const match = pattern.exec(started.output());
     if (match) return match;
-    if (started.child.exitCode !== null || started.child.signalCode !== null) throw new Error(`child exited before printing ${pattern}: ${started.output().slice(-500)}`);
+    if (started.child.exitCode !== null || started.child.signalCode !== null)
+      throw new Error(`child exited before printing ${pattern}: ${started.output().slice(-500)}`);
     if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms: ${started.output().slice(-500)}`);
     await sleep(50);
   }
@@ -135,7 +144,10 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => set
 export async function startMosquitto(folder: string): Promise<{ port: number; child: ChildProcess }> {
   const port = await freePort();
   const file = join(folder, 'mosquitto.conf');
-  writeFileSync(file, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`);
+  writeFileSync(
+    file,
+    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`,
+  );
   const child = track(spawn('/usr/sbin/mosquitto', ['-c', file], { stdio: 'ignore' }));
   await waitForPort(port);
   return { port, child };

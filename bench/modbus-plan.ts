@@ -9,14 +9,22 @@ import { createDriver } from '../drivers/modbus/index.js';
 import { startModbusServer } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const { values: args } = parseArgs({ options: { registers: { type: 'string', default: '10000' }, cycles: { type: 'string', default: '5' } } });
+const { values: args } = parseArgs({
+  options: { registers: { type: 'string', default: '10000' }, cycles: { type: 'string', default: '5' } },
+});
 const targetRegisters = Number(args.registers);
 const cycles = Number(args.cycles);
 
 // A deterministic scatter: tags of 1, 2 or 4 registers with gaps of 0..15 unused registers between them.
 let seed = 42;
-const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
-const types = [['uint16', 1], ['int16', 1], ['float32', 2], ['uint32', 2], ['float64', 4]] as const;
+const random = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
+const types = [
+  ['uint16', 1],
+  ['int16', 1],
+  ['float32', 2],
+  ['uint32', 2],
+  ['float64', 4],
+] as const;
 const tags: Array<Record<string, unknown>> = [];
 let address = 0;
 let registers = 0;
@@ -30,7 +38,12 @@ while (registers < targetRegisters && address < 65_000) {
 const { port } = await startModbusServer(ROOT, [1]);
 
 function driverWith(maxGap: number) {
-  const config = modbusDevice.parse({ name: 'bench', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 2000, maxGap }, tags });
+  const config = modbusDevice.parse({
+    name: 'bench',
+    driver: 'modbus',
+    connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 2000, maxGap },
+    tags,
+  });
   return { driver: createDriver(config, { log: pino({ level: 'silent' }), dataDir: '/tmp' }), tags: config.tags as ModbusTag[] };
 }
 
@@ -57,15 +70,17 @@ const coalescedNoGaps = await measure(0, false);
 const coalesced = await measure(10, false);
 const coalescedWide = await measure(32, false);
 
-console.log(JSON.stringify({
-  bench: 'modbus-plan',
-  tags: tags.length,
-  registers,
-  addressSpan: address,
-  onePerTag,
-  coalescedMaxGap0: coalescedNoGaps,
-  coalescedMaxGap10: coalesced,
-  coalescedMaxGap32: coalescedWide,
-  speedupDefault: Math.round((onePerTag.cycleMs / coalesced.cycleMs) * 10) / 10,
-}));
+console.log(
+  JSON.stringify({
+    bench: 'modbus-plan',
+    tags: tags.length,
+    registers,
+    addressSpan: address,
+    onePerTag,
+    coalescedMaxGap0: coalescedNoGaps,
+    coalescedMaxGap10: coalesced,
+    coalescedMaxGap32: coalescedWide,
+    speedupDefault: Math.round((onePerTag.cycleMs / coalesced.cycleMs) * 10) / 10,
+  }),
+);
 process.exit(0);

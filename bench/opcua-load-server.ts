@@ -20,20 +20,32 @@ const server = new OPCUAServer({
   securityModes: [MessageSecurityMode.None],
   securityPolicies: [SecurityPolicy.None],
   maxConnectionsPerEndpoint: 10,
-  serverCapabilities: { maxMonitoredItems: 200_000, maxMonitoredItemsPerSubscription: 200_000, operationLimits: { maxMonitoredItemsPerCall: 10_000, maxNodesPerRead: 10_000 } },
+  serverCapabilities: {
+    maxMonitoredItems: 200_000,
+    maxMonitoredItemsPerSubscription: 200_000,
+    operationLimits: { maxMonitoredItemsPerCall: 10_000, maxNodesPerRead: 10_000 },
+  },
 });
 await server.initialize();
 const addressSpace = server.engine.addressSpace!;
 const namespace = addressSpace.getOwnNamespace();
 const folder = namespace.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'Load', nodeId: 's=Load' });
 const variables = Array.from({ length: count }, (_, index) =>
-  namespace.addVariable({ componentOf: folder, browseName: `v${index}`, nodeId: `s=Load.v${index}`, dataType: 'Double', minimumSamplingInterval: 0, value: new Variant({ dataType: DataType.Double, value: 0 }) }),
+  namespace.addVariable({
+    componentOf: folder,
+    browseName: `v${index}`,
+    nodeId: `s=Load.v${index}`,
+    dataType: 'Double',
+    minimumSamplingInterval: 0,
+    value: new Variant({ dataType: DataType.Double, value: 0 }),
+  }),
 );
 let tick = 0;
 setInterval(() => {
   tick++;
   const now = new Date();
-  for (let index = 0; index < count; index++) variables[index]!.setValueFromSource(new Variant({ dataType: DataType.Double, value: tick + index / 100_000 }), StatusCodes.Good, now);
+  for (let index = 0; index < count; index++)
+    variables[index]!.setValueFromSource(new Variant({ dataType: DataType.Double, value: tick + index / 100_000 }), StatusCodes.Good, now);
 }, period);
 await server.start();
 process.stdout.write(`READY ${server.endpoints[0]!.port}\n`);

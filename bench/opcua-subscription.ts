@@ -29,7 +29,11 @@ const windowMs = Number(args.window) * 1000;
 const warmupMs = Number(args.warmup) * 1000;
 
 const folder = tempFolder('plc2mqtt-opcua-bench-');
-const server = await start(process.execPath, [join(ROOT, 'dist/bench/opcua-load-server.js'), join(folder, 'server-pki'), String(items), String(period)], /READY (\d+)/);
+const server = await start(
+  process.execPath,
+  [join(ROOT, 'dist/bench/opcua-load-server.js'), join(folder, 'server-pki'), String(items), String(period)],
+  /READY (\d+)/,
+);
 const opcuaPort = Number(server.match[1]);
 const brokerPort = await freePort();
 const config = {
@@ -55,7 +59,23 @@ writeFileSync(configFile, JSON.stringify(config));
 
 const gateway = await start(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile], /polling started/);
 const pid = gateway.child.pid!;
-const subscriber = await start(process.execPath, [join(ROOT, 'dist/bench/subscriber.js'), '--url', `mqtt://127.0.0.1:${brokerPort}`, '--filter', 'plc2mqtt/#', '--qos', '0', '--interval', String(period)], /SUBSCRIBED/, 30_000, { stdin: true });
+const subscriber = await start(
+  process.execPath,
+  [
+    join(ROOT, 'dist/bench/subscriber.js'),
+    '--url',
+    `mqtt://127.0.0.1:${brokerPort}`,
+    '--filter',
+    'plc2mqtt/#',
+    '--qos',
+    '0',
+    '--interval',
+    String(period),
+  ],
+  /SUBSCRIBED/,
+  30_000,
+  { stdin: true },
+);
 // The subscriber counts what arrives in the window (notifications carry the server's source timestamps, not poll slots).
 const windowStart = Date.now() + warmupMs;
 subscriber.child.stdin!.write(`window ${windowStart} ${windowStart + windowMs}\n`);
@@ -69,7 +89,10 @@ const wall = (Date.now() - wallStart) / 1000;
 const cpuPercent = Math.round(((cpuSeconds(pid) - cpuStart) / wall) * 100);
 const serverCpuPercent = Math.round(((cpuSeconds(server.child.pid!) - serverCpuStart) / wall) * 100);
 const rss = peakRssMb(pid);
-const received = JSON.parse((await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, 60_000))[1]!) as { arrivedPerSecond: number; latencyMs: unknown };
+const received = JSON.parse((await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, 60_000))[1]!) as {
+  arrivedPerSecond: number;
+  latencyMs: unknown;
+};
 if (gateway.child.exitCode !== null) throw new Error(`the gateway exited during the run: ${gateway.output().slice(-2000)}`);
 const expected = items * (1000 / period);
 

@@ -64,7 +64,8 @@ for (const [id, us] of selfUs) {
   const place = origin(callFrame.url);
   const name = `${callFrame.functionName || '(anonymous)'} ${place}${callFrame.url ? `:${callFrame.lineNumber + 1}` : ''}`;
   byFunction.set(name, (byFunction.get(name) ?? 0) + us);
-  const group = callFrame.functionName === '(idle)' ? '(idle)' : callFrame.functionName === '(garbage collector)' ? '(garbage collector)' : place;
+  const group =
+    callFrame.functionName === '(idle)' ? '(idle)' : callFrame.functionName === '(garbage collector)' ? '(garbage collector)' : place;
   byOrigin.set(group, (byOrigin.get(group) ?? 0) + us);
 }
 // Shares are of the busy time: everything but (idle).
@@ -74,12 +75,17 @@ for (const name of [...byFunction.keys()]) if (name.startsWith('(idle)')) byFunc
 const busy = total - idle;
 const share = (us: number) => Math.round((us / busy) * 1000) / 10;
 const top = (map: Map<string, number>, count: number) =>
-  [...map].sort((a, b) => b[1] - a[1]).slice(0, count).map(([name, us]) => ({ name, selfPercent: share(us), selfMs: Math.round(us / 1000) }));
+  [...map]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count)
+    .map(([name, us]) => ({ name, selfPercent: share(us), selfMs: Math.round(us / 1000) }));
 
-console.log(JSON.stringify({
-  profile: file,
-  sampledSeconds: Math.round(total / 1e4) / 100,
-  busySeconds: Math.round(busy / 1e4) / 100,
-  topFunctions: top(byFunction, Number(args.top)),
-  byOrigin: top(byOrigin, 20),
-}));
+console.log(
+  JSON.stringify({
+    profile: file,
+    sampledSeconds: Math.round(total / 1e4) / 100,
+    busySeconds: Math.round(busy / 1e4) / 100,
+    topFunctions: top(byFunction, Number(args.top)),
+    byOrigin: top(byOrigin, 20),
+  }),
+);

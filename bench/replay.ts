@@ -14,12 +14,15 @@ import { Outbox } from '../src/cloud/outbox.js';
 import { peakRssMb, rssMb, start, startMosquitto, tempFolder } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const { values: args } = parseArgs({ options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } } });
+const { values: args } = parseArgs({
+  options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } },
+});
 const total = Number(args.messages);
 const folder = tempFolder('plc2mqtt-replay-');
 const log = pino({ level: 'silent' });
 // A payload shaped like a tag message, ~110 bytes with its topic.
-const payload = (seq: number) => Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq},"unit":"bar","seq":${seq}}`);
+const payload = (seq: number) =>
+  Buffer.from(`{"value":${(seq % 1000) / 10},"quality":"good","ts":${1_795_000_000_000 + seq},"unit":"bar","seq":${seq}}`);
 
 function appendRate(synchronous: 'normal' | 'full', count: number): number {
   const outbox = Outbox.open(join(folder, `append-${synchronous}.db`), outboxSection.parse({ synchronous, maxMessages: 10_000_000 }), log);
@@ -50,9 +53,22 @@ backlog.close();
 
 // mosquitto as the cloud (max_queued_messages 0: otherwise it drops QoS 1 messages silently).
 const { port: cloudPort } = await startMosquitto(folder);
-const counter = await start(process.execPath, [join(ROOT, 'dist/bench/counter.js'), `mqtt://127.0.0.1:${cloudPort}`, 'plc2mqtt/bench/#', String(total)], /SUBSCRIBED/);
+const counter = await start(
+  process.execPath,
+  [join(ROOT, 'dist/bench/counter.js'), `mqtt://127.0.0.1:${cloudPort}`, 'plc2mqtt/bench/#', String(total)],
+  /SUBSCRIBED/,
+);
 const result = new Promise<{ distinct: number; duplicates: number; outOfOrder: number; firstAt: number; doneAt: number }>((resolve) =>
-  counter.child.once('exit', () => resolve(JSON.parse(counter.output().split('\n').find((line) => line.startsWith('{')) ?? '{}'))),
+  counter.child.once('exit', () =>
+    resolve(
+      JSON.parse(
+        counter
+          .output()
+          .split('\n')
+          .find((line) => line.startsWith('{')) ?? '{}',
+      ),
+    ),
+  ),
 );
 
 const config = {
@@ -63,7 +79,18 @@ const config = {
 };
 writeFileSync(join(folder, 'gateway.json'), JSON.stringify(config));
 const started = Date.now();
-const gateway = await start(process.execPath, [...(process.env.GW_FLAGS ? process.env.GW_FLAGS.split(' ') : []), ...(process.env.PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE] : []), join(ROOT, 'dist/src/cli.js'), 'run', '-c', join(folder, 'gateway.json')], /polling started/);
+const gateway = await start(
+  process.execPath,
+  [
+    ...(process.env.GW_FLAGS ? process.env.GW_FLAGS.split(' ') : []),
+    ...(process.env.PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE] : []),
+    join(ROOT, 'dist/src/cli.js'),
+    'run',
+    '-c',
+    join(folder, 'gateway.json'),
+  ],
+  /polling started/,
+);
 // RSS while draining, once a second: it should stay flat, however long the backlog.
 const rssSamples: number[] = [];
 const sampler = setInterval(() => rssSamples.push(rssMb(gateway.child.pid!)), 1000);
@@ -74,19 +101,30 @@ const gatewayPeakRssMb = peakRssMb(gateway.child.pid!);
 gateway.child.kill('SIGTERM');
 await new Promise((resolve) => gateway.child.once('exit', resolve));
 
-console.log(JSON.stringify({
-  bench: 'replay',
-  outboxAppendPerSecond: { synchronousNormal: appendNormal, synchronousFull: appendFull },
-  buffered: total,
-  delivered: received.distinct,
-  lost: total - received.distinct,
-  duplicates: received.duplicates,
-  outOfOrder: received.outOfOrder,
-  drainSeconds: Math.round(seconds * 10) / 10,
-  drainPerSecond: Math.round(received.distinct / seconds),
-  inFlightWindow: Number(args.inflight),
-  gatewayPeakRssMb,
-  // Resident memory during the drain: first and last second, smallest and largest sample.
-  gatewayRssMbDuringDrain: rssSamples.length === 0 ? null : { first: rssSamples[0], min: Math.min(...rssSamples), max: Math.max(...rssSamples), last: rssSamples.at(-1), every5s: rssSamples.filter((_, index) => index % 5 === 0) },
-}));
+console.log(
+  JSON.stringify({
+    bench: 'replay',
+    outboxAppendPerSecond: { synchronousNormal: appendNormal, synchronousFull: appendFull },
+    buffered: total,
+    delivered: received.distinct,
+    lost: total - received.distinct,
+    duplicates: received.duplicates,
+    outOfOrder: received.outOfOrder,
+    drainSeconds: Math.round(seconds * 10) / 10,
+    drainPerSecond: Math.round(received.distinct / seconds),
+    inFlightWindow: Number(args.inflight),
+    gatewayPeakRssMb,
+    // Resident memory during the drain: first and last second, smallest and largest sample.
+    gatewayRssMbDuringDrain:
+      rssSamples.length === 0
+        ? null
+        : {
+            first: rssSamples[0],
+            min: Math.min(...rssSamples),
+            max: Math.max(...rssSamples),
+            last: rssSamples.at(-1),
+            every5s: rssSamples.filter((_, index) => index % 5 === 0),
+          },
+  }),
+);
 process.exit(0);

@@ -31,7 +31,10 @@ const runs: Array<[string, string[]]> = [
   ['disk-usage.js', ['--payload', '1000']],
 ];
 for (const [script, args] of runs) {
-  const result = spawnSync(process.execPath, [join(here, script), ...args], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15 * 60_000 });
+  const result = spawnSync(process.execPath, [join(here, script), ...args], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    timeout: 15 * 60_000,
+  });
   if (result.status !== 0) {
     process.exitCode = 1;
     console.error(`${script} ${args.join(' ')}: exited with ${result.status ?? result.signal}`);

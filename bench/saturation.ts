@@ -42,7 +42,21 @@ let failuresInARow = 0;
 for (const interval of args.intervals.split(',').map(Number)) {
   const run = spawnSync(
     process.execPath,
-    [join(here, 'e2e.js'), '--tags', args.tags, '--devices', args.devices, '--interval', String(interval), '--window', args.window, '--warmup', args.warmup, '--grace', '10'],
+    [
+      join(here, 'e2e.js'),
+      '--tags',
+      args.tags,
+      '--devices',
+      args.devices,
+      '--interval',
+      String(interval),
+      '--window',
+      args.window,
+      '--warmup',
+      args.warmup,
+      '--grace',
+      '10',
+    ],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 180_000 },
   );
   const line = run.stdout?.split('\n').find((text) => text.startsWith('{'));
@@ -74,17 +88,27 @@ for (const interval of args.intervals.split(',').map(Number)) {
   sustained = { intervalMs: interval, point };
 }
 
-console.log(JSON.stringify({
-  bench: 'e2e-saturation',
-  format: 'per-tag',
-  tags: Number(args.tags),
-  criterion: '>= 99.9% delivered, p99 <= 1 s, window drained within 1 s',
-  sustainedMessagesPerSecond: sustained?.point.expectedMessagesPerSecond ?? 0,
-  sustainedAtIntervalMs: sustained?.intervalMs ?? null,
-  gatewayCpuPercentAtSustained: sustained?.point.gatewayCpuPercent ?? null,
-  gatewayPeakRssMbAtSustained: sustained?.point.gatewayRssMb.peak ?? null,
-  // The first step that was not sustained: what reached the cloud per second during its window.
-  // (sustained is the fastest step that passed, even with a failed step before it.)
-  firstUnsustained: firstFailure ? { expected: firstFailure.expectedMessagesPerSecond, arrivedInWindow: firstFailure.arrivedMessagesPerSecond, deliveredPercent: firstFailure.deliveredPercent, p99: firstFailure.latencyMs.p99, gatewayCpuPercent: firstFailure.gatewayCpuPercent } : null,
-  steps,
-}));
+console.log(
+  JSON.stringify({
+    bench: 'e2e-saturation',
+    format: 'per-tag',
+    tags: Number(args.tags),
+    criterion: '>= 99.9% delivered, p99 <= 1 s, window drained within 1 s',
+    sustainedMessagesPerSecond: sustained?.point.expectedMessagesPerSecond ?? 0,
+    sustainedAtIntervalMs: sustained?.intervalMs ?? null,
+    gatewayCpuPercentAtSustained: sustained?.point.gatewayCpuPercent ?? null,
+    gatewayPeakRssMbAtSustained: sustained?.point.gatewayRssMb.peak ?? null,
+    // The first step that was not sustained: what reached the cloud per second during its window.
+    // (sustained is the fastest step that passed, even with a failed step before it.)
+    firstUnsustained: firstFailure
+      ? {
+          expected: firstFailure.expectedMessagesPerSecond,
+          arrivedInWindow: firstFailure.arrivedMessagesPerSecond,
+          deliveredPercent: firstFailure.deliveredPercent,
+          p99: firstFailure.latencyMs.p99,
+          gatewayCpuPercent: firstFailure.gatewayCpuPercent,
+        }
+      : null,
+    steps,
+  }),
+);

@@ -106,7 +106,11 @@ function onMessage(topic: string, payload: Buffer): void {
 }
 
 /** A device's cycles put on their grid slots; those in [t0, t1). */
-function windowCycles(byTs: Map<number, { messages: number; values: number }>, t0: number, t1: number): { cycles: number; messages: number; values: number } {
+function windowCycles(
+  byTs: Map<number, { messages: number; values: number }>,
+  t0: number,
+  t1: number,
+): { cycles: number; messages: number; values: number } {
   const stamps = [...byTs.keys()];
   const residues = stamps.map((ts) => ts % interval);
   // The grid's residue: the one from which the other cycles are least late in total.
@@ -125,7 +129,7 @@ function windowCycles(byTs: Map<number, { messages: number; values: number }>, t
   let messages = 0;
   let values = 0;
   for (const [ts, cycle] of byTs) {
-    const slot = ts - ((ts % interval) - anchor + interval) % interval;
+    const slot = ts - (((ts % interval) - anchor + interval) % interval);
     if (slot < t0 || slot >= t1) continue;
     slots.add(slot);
     messages += cycle.messages;

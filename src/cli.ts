@@ -83,15 +83,20 @@ program
         next = loadConfigFile(loaded.file);
         next.dataDir = loaded.dataDir;
       } catch (error) {
-        const problems = error instanceof ConfigError ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`) : [errorMessage(error)];
+        const problems =
+          error instanceof ConfigError
+            ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`)
+            : [errorMessage(error)];
         log.error({ config: loaded.file, trigger, problems }, 'reload refused: the new config is invalid; the running config stays');
         return;
       }
       gateway.reload(next).then(
         (result) => {
           log.info({ config: loaded.file, trigger, ...result }, 'config reloaded');
-          if (result.notApplied.length > 0) log.warn({ settings: result.notApplied }, 'changes to these settings need a restart of the gateway; they were not applied');
-          if (result.failed.length > 0) log.error({ devices: result.failed }, 'devices that could not be started after the reload are tried again with back-off');
+          if (result.notApplied.length > 0)
+            log.warn({ settings: result.notApplied }, 'changes to these settings need a restart of the gateway; they were not applied');
+          if (result.failed.length > 0)
+            log.error({ devices: result.failed }, 'devices that could not be started after the reload are tried again with back-off');
         },
         (error: unknown) => log.error({ error: errorMessage(error) }, 'reload failed'),
       );
@@ -144,7 +149,9 @@ program
     const { config, file } = loadOrExit(options.config);
     const tags = config.devices.reduce((count, device) => count + device.tags.length, 0);
     const enabled = config.devices.filter((device) => device.enabled).length;
-    process.stdout.write(`${file}: valid — ${config.devices.length} device${config.devices.length === 1 ? '' : 's'} (${enabled} enabled), ${tags} tag${tags === 1 ? '' : 's'}\n`);
+    process.stdout.write(
+      `${file}: valid — ${config.devices.length} device${config.devices.length === 1 ? '' : 's'} (${enabled} enabled), ${tags} tag${tags === 1 ? '' : 's'}\n`,
+    );
   });
 
 program
@@ -164,9 +171,15 @@ program
   .action(async (deviceName: string, tagName: string, options: { config: string; json?: boolean }) => {
     const { config, dataDir } = loadOrExit(options.config);
     const device = config.devices.find((candidate) => candidate.name === deviceName);
-    if (!device) fail(`no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`);
+    if (!device)
+      fail(
+        `no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`,
+      );
     const tag = (device.tags as TagConfig[]).find((candidate) => candidate.name === tagName);
-    if (!tag) fail(`device "${deviceName}" has no tag "${tagName}"; tags: ${(device.tags as TagConfig[]).map((candidate) => candidate.name).join(', ')}`);
+    if (!tag)
+      fail(
+        `device "${deviceName}" has no tag "${tagName}"; tags: ${(device.tags as TagConfig[]).map((candidate) => candidate.name).join(', ')}`,
+      );
 
     const log = createLogger('warn');
     const simulators = await Promise.all(config.simulators.map((simulator) => startSimulator(simulator).catch(() => undefined)));
@@ -176,12 +189,26 @@ program
     try {
       await driver.connect();
       const [reading] = await driver.read(driver.plan([tag as DriverTag]));
-      const normalizer = new TagNormalizer({ device: device.name, group: tag.group ?? 'default', tag: tag.name, scale: tag.scale, offset: tag.offset, unit: tag.unit, report: 'always', maxSilence: 0 });
+      const normalizer = new TagNormalizer({
+        device: device.name,
+        group: tag.group ?? 'default',
+        tag: tag.name,
+        scale: tag.scale,
+        offset: tag.offset,
+        unit: tag.unit,
+        report: 'always',
+        maxSilence: 0,
+      });
       const sample = normalizer.normalize(reading ?? { tag: tag.name, quality: 'bad', reason: 'the driver returned nothing' }, Date.now());
       if (options.json) process.stdout.write(`${encodeTagPayload(sample, config.topics.timestamp)}\n`);
       else {
-        const value = sample.value === null ? '-' : JSON.stringify(sample.value, (_key, item: unknown) => (typeof item === 'bigint' ? item.toString() : item));
-        process.stdout.write(`${device.name}/${tag.name} = ${value}${sample.unit ? ` ${sample.unit}` : ''}  quality=${sample.quality}${sample.reason ? ` (${sample.reason})` : ''}\n`);
+        const value =
+          sample.value === null
+            ? '-'
+            : JSON.stringify(sample.value, (_key, item: unknown) => (typeof item === 'bigint' ? item.toString() : item));
+        process.stdout.write(
+          `${device.name}/${tag.name} = ${value}${sample.unit ? ` ${sample.unit}` : ''}  quality=${sample.quality}${sample.reason ? ` (${sample.reason})` : ''}\n`,
+        );
       }
       if (sample.quality === 'bad') exitCode = EXIT_FAILURE;
     } catch (error) {
@@ -205,7 +232,10 @@ program
   .action(async (deviceName: string, nodeId: string, options: { config: string; tags?: boolean; nsu?: boolean }) => {
     const { config, dataDir } = loadOrExit(options.config);
     const device = config.devices.find((candidate) => candidate.name === deviceName);
-    if (!device) fail(`no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`);
+    if (!device)
+      fail(
+        `no device "${deviceName}" in ${options.config}; devices: ${config.devices.map((candidate) => candidate.name).join(', ') || '(none)'}`,
+      );
     if (device.driver !== 'opcua') fail(`device "${deviceName}" uses the ${device.driver} driver; browse is for OPC UA devices`);
     const opcua = await DRIVERS.opcua.load();
     const driver = opcua.createDriver(device, { log: createLogger('warn'), dataDir });
@@ -242,7 +272,9 @@ program
       } catch (error) {
         fail(errorMessage(error));
       }
-      process.stdout.write(`simulated PLC "${simulator.name}": Modbus TCP on ${simulator.host}:${simulator.port} (register map: README.md, "Demo PLC")\n`);
+      process.stdout.write(
+        `simulated PLC "${simulator.name}": Modbus TCP on ${simulator.host}:${simulator.port} (register map: README.md, "Demo PLC")\n`,
+      );
     }
     const stop = () => void Promise.all(running.map((simulator) => simulator.close())).then(() => process.exit(0));
     process.on('SIGINT', stop);
@@ -251,9 +283,11 @@ program
 
 program
   .command('health')
-  .description('exit 0 if the running gateway answers /healthz, else 1 (for Docker HEALTHCHECK and monitoring scripts); reads only the http section of the config')
+  .description(
+    'exit 0 if the running gateway answers /healthz, else 1 (for Docker HEALTHCHECK and monitoring scripts); reads only the http section of the config',
+  )
   .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
-  .option('--url <url>', 'ask this address instead of the config\'s http section, e.g. http://127.0.0.1:9180')
+  .option('--url <url>', "ask this address instead of the config's http section, e.g. http://127.0.0.1:9180")
   .option('--timeout <ms>', 'give up after this long', (text) => Number(text), 3000)
   .action(async (options: { config: string; url?: string; timeout: number }) => {
     // Health depends on the running gateway only: not on whether the file on disk is valid now

@@ -204,7 +204,8 @@ export class Gateway {
     // (Before the supervisor runs, add() only registers: nothing to wait for.)
     const supervise = (feature: Feature, featureOptions?: FeatureOptions) => void this.supervisor.add(feature, featureOptions);
     // 1. Simulated PLCs first, so the devices that poll them connect on their first cycle.
-    if (config.simulators.length > 0) supervise({ name: 'simulators', start: () => this.startSimulators(), stop: () => this.stopSimulators() });
+    if (config.simulators.length > 0)
+      supervise({ name: 'simulators', start: () => this.startSimulators(), stop: () => this.stopSimulators() });
     // 2. The outbox, closed last: local clients may publish into it until the broker is closed,
     //    and it keeps whatever was not delivered for the next start.
     const uplinkConfig = config.uplink;
@@ -254,7 +255,10 @@ export class Gateway {
         },
         stop: () => this.ops?.close(),
       },
-      { onStartFailure: 'continue', failureMessage: 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it' },
+      {
+        onStartFailure: 'continue',
+        failureMessage: 'operations endpoint unavailable (no /healthz, /metrics, /api/status); the gateway runs without it',
+      },
     );
   }
 
@@ -300,7 +304,9 @@ export class Gateway {
     const enabled = gateway.config.devices.filter((device) => device.enabled);
     const tags = enabled.reduce((count, device) => count + device.tags.length, 0);
     const pollJobs = enabled.reduce((count, device) => count + pollGroupsOf(device).length, 0);
-    const failed = enabled.filter((device) => gateway.supervisor.status(deviceFeature(device.name))?.state === 'failed').map((device) => device.name);
+    const failed = enabled
+      .filter((device) => gateway.supervisor.status(deviceFeature(device.name))?.state === 'failed')
+      .map((device) => device.name);
     log.info({ devices: enabled.length, tags, pollJobs, ...(failed.length > 0 ? { failed } : {}) }, 'polling started');
     if (gateway.metrics) await gateway.superviseOps(gateway.metrics);
     return gateway;
@@ -351,12 +357,22 @@ export class Gateway {
       return undefined;
     }
     return new Promise<void>((resolve, reject) =>
-      uplink.enqueue(route, payload, retain, (droppedBecause) => (droppedBecause === undefined ? resolve() : reject(new PublishRefused(`the outbox dropped it: ${droppedBecause}`)))),
+      uplink.enqueue(route, payload, retain, (droppedBecause) =>
+        droppedBecause === undefined ? resolve() : reject(new PublishRefused(`the outbox dropped it: ${droppedBecause}`)),
+      ),
     );
   }
 
   private startUplink(config: NonNullable<Config['uplink']>): void {
-    const uplink = new Uplink(config, this.config.gateway.name, new JsonFormat(config, this.config.gateway.name, this.config.topics.status), this.currentOutbox!, this.broker, this.log, this.downlinkFor(config));
+    const uplink = new Uplink(
+      config,
+      this.config.gateway.name,
+      new JsonFormat(config, this.config.gateway.name, this.config.topics.status),
+      this.currentOutbox!,
+      this.broker,
+      this.log,
+      this.downlinkFor(config),
+    );
     this.useUplink(uplink);
     uplink.start();
     this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
@@ -378,7 +394,10 @@ export class Gateway {
     const uplink = this.currentUplink;
     if (uplink && this.bus.has('uplink-state')) {
       const stats = uplink.stats;
-      const state: GatewayEvents['uplink-state'] = { state: stats.connected ? 'connected' : 'disconnected', reason: stats.connected ? undefined : stats.lastError };
+      const state: GatewayEvents['uplink-state'] = {
+        state: stats.connected ? 'connected' : 'disconnected',
+        reason: stats.connected ? undefined : stats.lastError,
+      };
       if (state.state !== this.lastUplinkState?.state || state.reason !== this.lastUplinkState.reason) {
         this.lastUplinkState = state;
         this.bus.emit('uplink-state', state);
@@ -418,7 +437,10 @@ export class Gateway {
     this.commandsOpen = false;
     if (this.commandsInProgress.size === 0) return;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(this.commandsInProgress), new Promise((resolve) => (timer = setTimeout(resolve, COMMANDS_STOP_GRACE_MS)))]);
+    await Promise.race([
+      Promise.all(this.commandsInProgress),
+      new Promise((resolve) => (timer = setTimeout(resolve, COMMANDS_STOP_GRACE_MS))),
+    ]);
     clearTimeout(timer);
   }
 
@@ -433,7 +455,8 @@ export class Gateway {
         stopGroup: 'devices',
         failureMessage: 'device could not be started (its driver failed to load or to be created); trying again with back-off',
         onState: (status) => {
-          if (status.state === 'starting' || status.state === 'failed') this.bus.emit('device-state', { device: name, state: status.state, lastError: status.lastError });
+          if (status.state === 'starting' || status.state === 'failed')
+            this.bus.emit('device-state', { device: name, state: status.state, lastError: status.lastError });
           else if (status.state === 'running') {
             const health = this.devices.get(name)?.runner?.health;
             if (health) this.bus.emit('device-state', { device: name, state: health.state, lastError: health.lastError });
@@ -498,7 +521,12 @@ export class Gateway {
   private reportStartFailure(device: CompiledDevice, groups: readonly PollGroup<DriverTag>[], reason: string): void {
     const now = Date.now();
     for (const group of groups) {
-      const readings: TagReading[] = group.tags.map((tag) => ({ tag: tag.name, quality: 'bad', reason: `the device could not be started: ${reason}`, code: 'start-failed' }));
+      const readings: TagReading[] = group.tags.map((tag) => ({
+        tag: tag.name,
+        quality: 'bad',
+        reason: `the device could not be started: ${reason}`,
+        code: 'start-failed',
+      }));
       this.onReadings(device, { device: device.config.name, group: group.name, cycleTs: now, readings });
     }
   }
@@ -519,7 +547,9 @@ export class Gateway {
       this.bus.emit('device-state', { device: name, state: 'stopped', lastError: undefined });
       return;
     }
-    await device.runner.stop().catch((error: unknown) => this.log.warn({ device: name, error: errorMessage(error) }, 'device did not stop cleanly'));
+    await device.runner
+      .stop()
+      .catch((error: unknown) => this.log.warn({ device: name, error: errorMessage(error) }, 'device did not stop cleanly'));
   }
 
   /**
@@ -535,7 +565,16 @@ export class Gateway {
   }
 
   private async applyReload(next: Config): Promise<ReloadResult> {
-    const result: ReloadResult = { added: [], removed: [], restarted: [], unchanged: 0, failed: [], applied: [], disconnected: [], notApplied: [] };
+    const result: ReloadResult = {
+      added: [],
+      removed: [],
+      restarted: [],
+      unchanged: 0,
+      failed: [],
+      applied: [],
+      disconnected: [],
+      notApplied: [],
+    };
     if (this.stopping) return result;
     const previous = this.currentConfig;
     for (const section of ['gateway', 'topics', 'http', 'simulators'] as const) {
@@ -543,7 +582,8 @@ export class Gateway {
     }
     const accessSettings = new Set<string>(ACCESS_SETTINGS);
     for (const key of Object.keys({ ...previous.broker, ...next.broker }) as Array<keyof Config['broker']>) {
-      if (changed(previous.broker[key], next.broker[key])) (accessSettings.has(key) ? result.applied : result.notApplied).push(`broker.${key}`);
+      if (changed(previous.broker[key], next.broker[key]))
+        (accessSettings.has(key) ? result.applied : result.notApplied).push(`broker.${key}`);
     }
     if (changed(previous.writes, next.writes)) result.applied.push('writes');
     // Devices, write limits and who may use the broker come from the new config; the rest stays as it runs.
@@ -594,7 +634,15 @@ export class Gateway {
     if (!changed(previous, wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
     let uplink: Uplink;
     try {
-      uplink = new Uplink(wanted, this.config.gateway.name, new JsonFormat(wanted, this.config.gateway.name, this.config.topics.status), this.outbox!, this.broker, this.log, this.downlinkFor(wanted));
+      uplink = new Uplink(
+        wanted,
+        this.config.gateway.name,
+        new JsonFormat(wanted, this.config.gateway.name, this.config.topics.status),
+        this.outbox!,
+        this.broker,
+        this.log,
+        this.downlinkFor(wanted),
+      );
     } catch (error) {
       // (An unreadable certificate, say: the running connection stays.)
       this.log.error({ error: errorMessage(error) }, 'the new uplink settings cannot be used; the cloud connection stays as it was');
@@ -679,7 +727,12 @@ export class Gateway {
       ...(options.tags !== false ? { tags: this.tagStatus(options.device) } : {}),
       outbox: outbox ? { ...outbox.stats, oldestAgeSeconds: outbox.oldestAge() / 1000 } : null,
       uplink: this.currentUplink?.stats ?? null,
-      broker: { clients: broker.clientCount, listeners: broker.addresses().map((address) => address.url), ...broker.stats, queued: broker.queued },
+      broker: {
+        clients: broker.clientCount,
+        listeners: broker.addresses().map((address) => address.url),
+        ...broker.stats,
+        queued: broker.queued,
+      },
       writes: this.commands.stats,
     };
   }
@@ -730,7 +783,12 @@ export class Gateway {
         const tag = device.tags.get(tagConfig.name)!;
         // A batch device publishes its tags only inside its groups' batch messages.
         const batch = device.config.publish === 'batch' ? device.batchTopics.get(tagConfig.group ?? 'default') : undefined;
-        const status: TagStatus = { device: device.config.name, tag: tagConfig.name, topic: batch?.topic ?? tag.topic, writable: tagConfig.writable };
+        const status: TagStatus = {
+          device: device.config.name,
+          tag: tagConfig.name,
+          topic: batch?.topic ?? tag.topic,
+          writable: tagConfig.writable,
+        };
         if (tagConfig.writable) status.commandTopic = this.topics.command(tag.topic);
         if (tag.last) {
           status.value = tag.last.value;
@@ -753,14 +811,22 @@ export class Gateway {
     // never onto a topic of the gateway's own, where an answer would pass for a sample or a command.
     if (responseTopic !== undefined && !this.ownsTopic(responseTopic)) {
       // The requester matches the answer by its correlation data, carried as a property.
-      if (origin.correlationData !== undefined) attachOutgoingProperties(responseTopic, payload, { correlationData: origin.correlationData });
+      if (origin.correlationData !== undefined)
+        attachOutgoingProperties(responseTopic, payload, { correlationData: origin.correlationData });
       this.broker.publish(responseTopic, payload, { qos: 1, retain: false });
       return;
     }
     this.broker.publish(resultTopic, payload, { qos: 1, retain: false });
     const uplink = this.uplink;
     const recorder = uplink?.recorder(resultTopic);
-    if (recorder) uplink!.record(recorder, { kind: 'answer', device: answer.device, tag: answer.tag, ok: answer.ok, local: { topic: resultTopic, payload, retain: false } });
+    if (recorder)
+      uplink!.record(recorder, {
+        kind: 'answer',
+        device: answer.device,
+        tag: answer.tag,
+        ok: answer.ok,
+        local: { topic: resultTopic, payload, retain: false },
+      });
   }
 
   /** Topics the gateway publishes or listens on: tag, batch, command, result and status topics. */
@@ -795,14 +861,35 @@ export class Gateway {
       if (batchTopic) batch.push(sample);
       else if (tag.normalizer.shouldReport(sample, now)) {
         const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
-        if (tag.cloud) this.uplink!.record(tag.cloud, { kind: 'tag', device: event.device, group: event.group, tag: reading.tag, sample, local: { topic: tag.topic, payload, retain: topics.retain } });
+        if (tag.cloud)
+          this.uplink!.record(tag.cloud, {
+            kind: 'tag',
+            device: event.device,
+            group: event.group,
+            tag: reading.tag,
+            sample,
+            local: { topic: tag.topic, payload, retain: topics.retain },
+          });
       } else reported = false;
-      if (announce) this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
+      if (announce)
+        this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
     }
     if (batchTopic && batch.length > 0) {
       const { topic, cloud } = batchTopic;
-      const payload = this.publish(topic, encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp), topics.retain);
-      if (cloud) this.uplink!.record(cloud, { kind: 'batch', device: event.device, group: event.group, cycleTs: event.cycleTs, samples: batch, local: { topic, payload, retain: topics.retain } });
+      const payload = this.publish(
+        topic,
+        encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp),
+        topics.retain,
+      );
+      if (cloud)
+        this.uplink!.record(cloud, {
+          kind: 'batch',
+          device: event.device,
+          group: event.group,
+          cycleTs: event.cycleTs,
+          samples: batch,
+          local: { topic, payload, retain: topics.retain },
+        });
     }
   }
 

@@ -6,7 +6,16 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
 import { hashPassword } from '../src/broker/security.js';
-import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, recordMessages, subscribeGranted, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  CLIENT_DEFAULTS,
+  closedWithin,
+  connectClient,
+  endAll,
+  recordMessages,
+  subscribeGranted,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const PASSWORDS = { admin: 'admin-pw', alice: 'alice-pw', bob: 'bob-pw' } as const;
@@ -37,7 +46,11 @@ describe('ACL of the integrated broker', () => {
   };
 
   before(async () => {
-    const [admin, alice, bob] = await Promise.all([hashPassword(PASSWORDS.admin), hashPassword(PASSWORDS.alice), hashPassword(PASSWORDS.bob)]);
+    const [admin, alice, bob] = await Promise.all([
+      hashPassword(PASSWORDS.admin),
+      hashPassword(PASSWORDS.alice),
+      hashPassword(PASSWORDS.bob),
+    ]);
     broker = await BrokerUnderTest.start({
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
       allowAnonymous: true,
@@ -66,22 +79,55 @@ describe('ACL of the integrated broker', () => {
 
   it('subscriptions: allowed filters granted, denied ones (also via "#" and "+") get 0x80 in the same SUBACK', async () => {
     const alice = await connectAs('alice');
-    const filters = ['plant/+/temp', 'secret/#', '#', '+/x', 'users/alice/#', 'users/+/inbox', 'users/bob/#', 'public/#', '+/+/temp', 'plant/#'];
+    const filters = [
+      'plant/+/temp',
+      'secret/#',
+      '#',
+      '+/x',
+      'users/alice/#',
+      'users/+/inbox',
+      'users/bob/#',
+      'public/#',
+      '+/+/temp',
+      'plant/#',
+    ];
     const granted = await subscribeGranted(alice, filters);
-    assert.deepEqual(
-      Object.fromEntries(filters.map((filter, index) => [filter, granted[index]])),
-      { 'plant/+/temp': 1, 'secret/#': REFUSED, '#': REFUSED, '+/x': REFUSED, 'users/alice/#': 1, 'users/+/inbox': REFUSED, 'users/bob/#': REFUSED, 'public/#': 1, '+/+/temp': REFUSED, 'plant/#': 1 },
-    );
+    assert.deepEqual(Object.fromEntries(filters.map((filter, index) => [filter, granted[index]])), {
+      'plant/+/temp': 1,
+      'secret/#': REFUSED,
+      '#': REFUSED,
+      '+/x': REFUSED,
+      'users/alice/#': 1,
+      'users/+/inbox': REFUSED,
+      'users/bob/#': REFUSED,
+      'public/#': 1,
+      '+/+/temp': REFUSED,
+      'plant/#': 1,
+    });
     assert.equal(alice.connected, true, 'a refused subscription does not disconnect');
   });
 
   it('a client with refused wildcards receives only what its allowed filters cover', async () => {
     const alice = await connectAs('alice');
     const received = recordMessages(alice);
-    assert.deepEqual(await subscribeGranted(alice, ['#', '+/x', 'users/+/inbox', 'plant/+/temp', 'users/alice/#', 'public/marker']), [REFUSED, REFUSED, REFUSED, 1, 1, 1]);
-    for (const topic of ['secret/a', 'other/x', 'users/bob/inbox', 'plant/line2/temp', 'users/alice/inbox']) await watcher.publishAsync(topic, `for ${topic}`, { qos: 1 });
+    assert.deepEqual(await subscribeGranted(alice, ['#', '+/x', 'users/+/inbox', 'plant/+/temp', 'users/alice/#', 'public/marker']), [
+      REFUSED,
+      REFUSED,
+      REFUSED,
+      1,
+      1,
+      1,
+    ]);
+    for (const topic of ['secret/a', 'other/x', 'users/bob/inbox', 'plant/line2/temp', 'users/alice/inbox'])
+      await watcher.publishAsync(topic, `for ${topic}`, { qos: 1 });
     await marker(received);
-    assert.deepEqual(received.filter((message) => message.topic !== 'public/marker').map((message) => message.topic).sort(), ['plant/line2/temp', 'users/alice/inbox']);
+    assert.deepEqual(
+      received
+        .filter((message) => message.topic !== 'public/marker')
+        .map((message) => message.topic)
+        .sort(),
+      ['plant/line2/temp', 'users/alice/inbox'],
+    );
   });
 
   it('a refused wildcard subscription does not deliver retained messages either', async () => {
@@ -89,7 +135,13 @@ describe('ACL of the integrated broker', () => {
     await watcher.publishAsync('public/retained', 'RETAINED-PUBLIC', { qos: 1, retain: true });
     const alice = await connectAs('alice');
     const received = recordMessages(alice);
-    assert.deepEqual(await subscribeGranted(alice, ['#', '+/retained', 'secret/retained', 'public/retained', 'public/marker']), [REFUSED, REFUSED, REFUSED, 1, 1]);
+    assert.deepEqual(await subscribeGranted(alice, ['#', '+/retained', 'secret/retained', 'public/retained', 'public/marker']), [
+      REFUSED,
+      REFUSED,
+      REFUSED,
+      1,
+      1,
+    ]);
     await waitFor(() => received.some((message) => message.payload === 'RETAINED-PUBLIC'), 3000, 'the allowed retained message');
     await marker(received);
     assert.ok(!received.some((message) => message.payload === 'RETAINED-SECRET'));
@@ -123,7 +175,10 @@ describe('ACL of the integrated broker', () => {
       publisher.publish(topic, payload, { qos }, () => undefined);
       assert.equal(await closedWithin(publisher, 3000), true, 'the publisher was disconnected');
       await marker(seen);
-      assert.ok(!seen.some((message) => message.payload === payload), `delivered: ${JSON.stringify(seen.filter((message) => message.payload === payload))}`);
+      assert.ok(
+        !seen.some((message) => message.payload === payload),
+        `delivered: ${JSON.stringify(seen.filter((message) => message.payload === payload))}`,
+      );
       assert.equal(watcher.connected, true, 'the watcher is still there');
     });
   }
@@ -135,7 +190,10 @@ describe('ACL of the integrated broker', () => {
     await watcher.publishAsync('users/alice/inbox', 'for alice', { qos: 1 });
     await watcher.publishAsync('users/bob/inbox', 'for bob', { qos: 1 });
     await marker(received);
-    assert.deepEqual(received.filter((message) => message.topic.startsWith('users/')).map((message) => message.payload), ['for bob']);
+    assert.deepEqual(
+      received.filter((message) => message.topic.startsWith('users/')).map((message) => message.payload),
+      ['for bob'],
+    );
   });
 
   it("taking over another user's persistent session (same client id) gives no access to its topics", async () => {
@@ -156,7 +214,10 @@ describe('ACL of the integrated broker', () => {
     await watcher.publishAsync('plant/line1/live', 'LIVE-FOR-ALICE', { qos: 1 });
     await marker(received);
     await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.deepEqual(received.filter((message) => message.topic.startsWith('plant/')).map((message) => message.payload), []);
+    assert.deepEqual(
+      received.filter((message) => message.topic.startsWith('plant/')).map((message) => message.payload),
+      [],
+    );
     await bob.endAsync();
     // Leave no persistent session behind for the other tests.
     await (await connectAs('alice', { clientId, clean: true })).endAsync();
@@ -168,9 +229,11 @@ describe('ACL of the integrated broker', () => {
     assert.equal(anonymous.connected, true);
   });
 
-  it("a will on a denied topic is not published; one on an allowed topic is", async () => {
+  it('a will on a denied topic is not published; one on an allowed topic is', async () => {
     const denied = await connectAs('alice', { will: { topic: 'secret/will', payload: Buffer.from('WILL-SECRET'), qos: 1, retain: false } });
-    const allowed = await connectAs('alice', { will: { topic: 'public/will', payload: Buffer.from('WILL-PUBLIC'), qos: 1, retain: false } });
+    const allowed = await connectAs('alice', {
+      will: { topic: 'public/will', payload: Buffer.from('WILL-PUBLIC'), qos: 1, retain: false },
+    });
     // Gone without a DISCONNECT: the broker publishes the wills (if the ACL lets it).
     denied.stream.destroy();
     allowed.stream.destroy();

@@ -6,7 +6,18 @@ import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { hashPassword, verifyPassword } from '../src/broker/security.js';
 import { brokerSection } from '../src/config/schema.js';
-import { BrokerUnderTest, CLI, connectClient, endAll, passwdHash, RawClient, recordMessages, roundTrip, run, tryConnect } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  CLI,
+  connectClient,
+  endAll,
+  passwdHash,
+  RawClient,
+  recordMessages,
+  roundTrip,
+  run,
+  tryConnect,
+} from './helpers/broker-harness.js';
 
 const ALICE_PASSWORD = 'correct horse battery staple';
 const BOB_PASSWORD = 'Tr0ub4dor&3 – ünïcödé';
@@ -102,7 +113,10 @@ describe('authentication, anonymous access off (the default)', () => {
 
   it('a user whose configured hash has an empty key is a config error, not an open door', async () => {
     await assert.rejects(
-      BrokerUnderTest.start({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], users: [{ username: 'typo', passwordHash: 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0$=' }] }),
+      BrokerUnderTest.start({
+        listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
+        users: [{ username: 'typo', passwordHash: 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0$=' }],
+      }),
       /passwordHash/,
     );
   });
@@ -110,10 +124,17 @@ describe('authentication, anonymous access off (the default)', () => {
   it('refusals are counted and logged with the username, never with the password', () => {
     assert.ok(broker.broker.stats.denied >= refusals.length + 2, `denied = ${broker.broker.stats.denied}`);
     const failures = broker.logs.withMessage('mqtt client authentication failed');
-    assert.ok(failures.some((record) => record.username === 'mallory' && record.why === 'unknown user or no password'), JSON.stringify(failures));
-    assert.ok(failures.some((record) => record.username === 'alice' && record.why === 'wrong password'), JSON.stringify(failures));
+    assert.ok(
+      failures.some((record) => record.username === 'mallory' && record.why === 'unknown user or no password'),
+      JSON.stringify(failures),
+    );
+    assert.ok(
+      failures.some((record) => record.username === 'alice' && record.why === 'wrong password'),
+      JSON.stringify(failures),
+    );
     const text = broker.logs.text();
-    for (const secret of ['wrong-password-4711', ALICE_PASSWORD, BOB_PASSWORD, ALICE_PASSWORD.toUpperCase()]) assert.ok(!text.includes(secret), `the log contains "${secret}"`);
+    for (const secret of ['wrong-password-4711', ALICE_PASSWORD, BOB_PASSWORD, ALICE_PASSWORD.toUpperCase()])
+      assert.ok(!text.includes(secret), `the log contains "${secret}"`);
   });
 });
 

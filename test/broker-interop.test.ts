@@ -7,7 +7,19 @@ import { after, before, describe, it } from 'node:test';
 import type { Client } from 'aedes';
 import type { MqttClient } from 'mqtt';
 import { hashPassword } from '../src/broker/security.js';
-import { BrokerUnderTest, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  connectClient,
+  endAll,
+  MOSQUITTO_PUB,
+  MOSQUITTO_SUB,
+  recordMessages,
+  roundTrip,
+  run,
+  subscribeGranted,
+  tryConnect,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const USER = { username: 'hmi', password: 'hmi password with spaces' };
@@ -42,13 +54,27 @@ describe('interoperability: mosquitto clients and mqtt.js', () => {
 
   it('mosquitto_pub -u/-P (QoS 0 and 1) → mqtt.js 3.1.1 subscriber', async () => {
     for (const qos of ['0', '1']) {
-      const result = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-t', `interop/from-mosquitto/${qos}`, '-m', `hello at QoS ${qos} – ünïcödé`, '-q', qos]);
+      const result = await run(MOSQUITTO_PUB, [
+        ...hostArgs(),
+        ...credentials,
+        '-t',
+        `interop/from-mosquitto/${qos}`,
+        '-m',
+        `hello at QoS ${qos} – ünïcödé`,
+        '-q',
+        qos,
+      ]);
       assert.equal(result.code, 0, result.stderr);
     }
     await waitFor(() => seen.filter((message) => message.topic.startsWith('interop/from-mosquitto/')).length === 2, 3000, 'both messages');
     assert.deepEqual(
-      seen.filter((message) => message.topic.startsWith('interop/from-mosquitto/')).map((message) => [message.topic, message.payload, message.qos]),
-      [['interop/from-mosquitto/0', 'hello at QoS 0 – ünïcödé', 0], ['interop/from-mosquitto/1', 'hello at QoS 1 – ünïcödé', 1]],
+      seen
+        .filter((message) => message.topic.startsWith('interop/from-mosquitto/'))
+        .map((message) => [message.topic, message.payload, message.qos]),
+      [
+        ['interop/from-mosquitto/0', 'hello at QoS 0 – ünïcödé', 0],
+        ['interop/from-mosquitto/1', 'hello at QoS 1 – ünïcödé', 1],
+      ],
     );
   });
 
@@ -61,16 +87,41 @@ describe('interoperability: mosquitto clients and mqtt.js', () => {
 
   it('mqtt.js 3.1.1 publishes live → a running mosquitto_sub -q 1 receives every message in order', async () => {
     // Running while the test publishes; it exits by itself after 5 messages (or -W 10 s).
-    const receiving = run(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-i', 'mosquitto-live', '-q', '1', '-t', 'interop/live/#', '-C', '5', '-W', '10', '-v']);
+    const receiving = run(MOSQUITTO_SUB, [
+      ...hostArgs(),
+      ...credentials,
+      '-i',
+      'mosquitto-live',
+      '-q',
+      '1',
+      '-t',
+      'interop/live/#',
+      '-C',
+      '5',
+      '-W',
+      '10',
+      '-v',
+    ]);
     await waitFor(() => subscribed.includes('mosquitto-live'), 5000, 'mosquitto_sub to subscribe');
-    for (let index = 1; index <= 5; index++) await listener.publishAsync(`interop/live/${index}`, `message ${index}`, { qos: index % 2 === 0 ? 0 : 1 });
+    for (let index = 1; index <= 5; index++)
+      await listener.publishAsync(`interop/live/${index}`, `message ${index}`, { qos: index % 2 === 0 ? 0 : 1 });
     const { code, stdout, stderr } = await receiving;
     assert.equal(code, 0, stderr);
     assert.equal(stdout, [1, 2, 3, 4, 5].map((index) => `interop/live/${index} message ${index}\n`).join(''));
   });
 
   it('mosquitto_pub -r (retained) → a new mqtt.js subscriber gets it with the retain flag', async () => {
-    const result = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-t', 'interop/mosquitto-retained', '-m', 'kept', '-q', '1', '-r']);
+    const result = await run(MOSQUITTO_PUB, [
+      ...hostArgs(),
+      ...credentials,
+      '-t',
+      'interop/mosquitto-retained',
+      '-m',
+      'kept',
+      '-q',
+      '1',
+      '-r',
+    ]);
     assert.equal(result.code, 0, result.stderr);
     const late = await connectClient(broker.url(), { ...USER, protocolVersion: 4 });
     clients.push(late);
@@ -114,16 +165,57 @@ describe('interoperability: mosquitto clients and mqtt.js', () => {
 
     it('mosquitto_sub -V mqttv5 receives a retained message; mosquitto_pub -V mqttv5 publishes to a 3.1.1 subscriber', async () => {
       await listener.publishAsync('interop/v5-retained', 'retained for mosquitto v5', { qos: 1, retain: true });
-      const sub = await run(MOSQUITTO_SUB, [...hostArgs(), ...credentials, '-V', 'mqttv5', '-t', 'interop/v5-retained', '-C', '1', '-W', '10', '-v']);
+      const sub = await run(MOSQUITTO_SUB, [
+        ...hostArgs(),
+        ...credentials,
+        '-V',
+        'mqttv5',
+        '-t',
+        'interop/v5-retained',
+        '-C',
+        '1',
+        '-W',
+        '10',
+        '-v',
+      ]);
       assert.equal(sub.code, 0, sub.stderr);
       assert.equal(sub.stdout, 'interop/v5-retained retained for mosquitto v5\n');
-      const pub = await run(MOSQUITTO_PUB, [...hostArgs(), ...credentials, '-V', 'mqttv5', '-t', 'interop/from-mosquitto-v5', '-m', 'hello from mosquitto v5', '-q', '1']);
+      const pub = await run(MOSQUITTO_PUB, [
+        ...hostArgs(),
+        ...credentials,
+        '-V',
+        'mqttv5',
+        '-t',
+        'interop/from-mosquitto-v5',
+        '-m',
+        'hello from mosquitto v5',
+        '-q',
+        '1',
+      ]);
       assert.equal(pub.code, 0, pub.stderr);
-      await waitFor(() => seen.some((message) => message.topic === 'interop/from-mosquitto-v5' && message.payload === 'hello from mosquitto v5'), 3000, 'the mosquitto v5 message');
+      await waitFor(
+        () => seen.some((message) => message.topic === 'interop/from-mosquitto-v5' && message.payload === 'hello from mosquitto v5'),
+        3000,
+        'the mosquitto v5 message',
+      );
     });
 
     it('mosquitto clients -V mqttv5 with a wrong password, or none, are refused (exit codes 134 and 135)', async () => {
-      const wrong = await run(MOSQUITTO_SUB, [...hostArgs(), '-u', USER.username, '-P', 'wrong', '-V', 'mqttv5', '-t', 'x', '-C', '1', '-W', '5']);
+      const wrong = await run(MOSQUITTO_SUB, [
+        ...hostArgs(),
+        '-u',
+        USER.username,
+        '-P',
+        'wrong',
+        '-V',
+        'mqttv5',
+        '-t',
+        'x',
+        '-C',
+        '1',
+        '-W',
+        '5',
+      ]);
       assert.equal(wrong.code, 0x86, wrong.stderr);
       const anonymous = await run(MOSQUITTO_PUB, [...hostArgs(), '-V', 'mqttv5', '-t', 'interop/anon', '-m', 'x']);
       assert.equal(anonymous.code, 0x87, anonymous.stderr);

@@ -5,7 +5,18 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { hashPassword } from '../src/broker/security.js';
-import { BrokerUnderTest, closedWithin, connectClient, endAll, RawClient, recordMessages, roundTrip, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  closedWithin,
+  connectClient,
+  endAll,
+  RawClient,
+  recordMessages,
+  roundTrip,
+  subscribeGranted,
+  tryConnect,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const TCP = [{ type: 'tcp' as const, host: '127.0.0.1', port: 0 }];
@@ -38,7 +49,11 @@ describe('limits.maxPacketSize', () => {
   let seen: Message[];
 
   before(async () => {
-    broker = await BrokerUnderTest.start({ listeners: [...TCP, { type: 'ws', host: '127.0.0.1', port: 0 }], allowAnonymous: true, limits: { maxPacketSize: MAX } });
+    broker = await BrokerUnderTest.start({
+      listeners: [...TCP, { type: 'ws', host: '127.0.0.1', port: 0 }],
+      allowAnonymous: true,
+      limits: { maxPacketSize: MAX },
+    });
     subscriber = pool.keep(await connectClient(broker.url()));
     seen = recordMessages(subscriber);
     assert.deepEqual(await subscribeGranted(subscriber, ['size/#']), [1]);
@@ -64,7 +79,10 @@ describe('limits.maxPacketSize', () => {
     assert.equal(subscriber.connected, true);
     const logged = broker.logs.withMessage('mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
     // The remaining length: topic length field, topic, message id, payload.
-    assert.ok(logged.some((record) => record.max === MAX && record.bytes === 2 + 'size/big'.length + 2 + MAX * 2), JSON.stringify(logged));
+    assert.ok(
+      logged.some((record) => record.max === MAX && record.bytes === 2 + 'size/big'.length + 2 + MAX * 2),
+      JSON.stringify(logged),
+    );
   });
 
   it('a bigger packet that arrives in one piece (TCP, WebSocket) is not delivered to anyone (nor retained)', async () => {
@@ -78,8 +96,18 @@ describe('limits.maxPacketSize', () => {
     await roundTrip(pool.keep(await connectClient(broker.url())), seen, 'size/after-retained', 'marker');
     assert.deepEqual(await subscribeGranted(late, ['size/big-retained/#']), [1]);
     await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.deepEqual(seen.filter((message) => message.topic.startsWith('size/big-retained/')).map((message) => `${message.topic}: ${message.payload.length} bytes`), [], 'delivered live');
-    assert.deepEqual(lateSeen.map((message) => message.topic), [], 'retained');
+    assert.deepEqual(
+      seen
+        .filter((message) => message.topic.startsWith('size/big-retained/'))
+        .map((message) => `${message.topic}: ${message.payload.length} bytes`),
+      [],
+      'delivered live',
+    );
+    assert.deepEqual(
+      lateSeen.map((message) => message.topic),
+      [],
+      'retained',
+    );
   });
 
   it('a header announcing 256 MB is cut at once, without waiting for the body', async () => {
@@ -95,7 +123,11 @@ describe('limits.maxPacketSize', () => {
     early.write(Buffer.from([0x10, 0x80, 0x80, 0x01])); // CONNECT announcing 16384 bytes
     assert.equal(await early.closedWithin(1000), true, 'oversize CONNECT');
     const subscribing = pool.keep(await connectClient(broker.url()));
-    subscribing.subscribe(Array.from({ length: 100 }, (_, index) => `size/many/filters/${index}`), { qos: 0 }, () => undefined);
+    subscribing.subscribe(
+      Array.from({ length: 100 }, (_, index) => `size/many/filters/${index}`),
+      { qos: 0 },
+      () => undefined,
+    );
     assert.equal(await closedWithin(subscribing, 3000), true, 'oversize SUBSCRIBE');
   });
 
@@ -141,11 +173,15 @@ describe('limits.maxConnections', () => {
     await waitFor(() => broker.broker.clientCount === MAX - 1, 3000, 'the slot to be freed');
     // The broker may notice the closed socket a moment after the client count drops: retry, bounded.
     let next: MqttClient | undefined;
-    await waitFor(async () => {
-      const outcome = await tryConnect(broker.url(), { clientId: 'next-in-line', connectTimeout: 500 });
-      if (outcome.ok) next = pool.keep(outcome.client);
-      return outcome.ok;
-    }, 5000, 'a connection in the freed slot');
+    await waitFor(
+      async () => {
+        const outcome = await tryConnect(broker.url(), { clientId: 'next-in-line', connectTimeout: 500 });
+        if (outcome.ok) next = pool.keep(outcome.client);
+        return outcome.ok;
+      },
+      5000,
+      'a connection in the freed slot',
+    );
     await roundTrip(next!, seen, 'conn/next', 'in the freed slot');
   });
 
@@ -153,7 +189,13 @@ describe('limits.maxConnections', () => {
     await waitFor(() => broker.broker.clientCount <= MAX, 3000, 'at most MAX clients');
     while (broker.broker.clientCount < MAX) pool.keep(await connectClient(broker.url()));
     const raw = pool.raw(await RawClient.connect(broker.port(), { clientId: 'refused-raw' }));
-    const answered = await Promise.race([raw.next('connack', 2000).then((connack) => connack.returnCode !== 0, () => false), raw.closed.then(() => true)]);
+    const answered = await Promise.race([
+      raw.next('connack', 2000).then(
+        (connack) => connack.returnCode !== 0,
+        () => false,
+      ),
+      raw.closed.then(() => true),
+    ]);
     assert.equal(answered || (await raw.closedWithin(0)), true, 'neither a CONNACK nor a close within 2 s');
   });
 });
@@ -164,7 +206,11 @@ describe('limits.maxConnections with password authentication', () => {
   const pool = clientPool();
 
   before(async () => {
-    broker = await BrokerUnderTest.start({ listeners: TCP, users: [{ username: 'u', passwordHash: await hashPassword('p') }], limits: { maxConnections: MAX } });
+    broker = await BrokerUnderTest.start({
+      listeners: TCP,
+      users: [{ username: 'u', passwordHash: await hashPassword('p') }],
+      limits: { maxConnections: MAX },
+    });
   });
 
   after(async () => {
@@ -182,11 +228,16 @@ describe('limits.maxConnections with password authentication', () => {
   });
 
   it(`a burst of ${3 * MAX} clients connecting at once: at most ${MAX} get in`, async () => {
-    const outcomes = await Promise.all(Array.from({ length: 3 * MAX }, () => tryConnect(broker.url(), { username: 'u', password: 'p', connectTimeout: 2000 })));
+    const outcomes = await Promise.all(
+      Array.from({ length: 3 * MAX }, () => tryConnect(broker.url(), { username: 'u', password: 'p', connectTimeout: 2000 })),
+    );
     for (const outcome of outcomes) if (outcome.ok) pool.keep(outcome.client);
     const connected = outcomes.filter((outcome) => outcome.ok).length;
     assert.ok(connected >= 1, 'nobody got in');
-    assert.ok(connected <= MAX && broker.broker.clientCount <= MAX, `${connected} clients connected (clientCount ${broker.broker.clientCount}) with maxConnections ${MAX}`);
+    assert.ok(
+      connected <= MAX && broker.broker.clientCount <= MAX,
+      `${connected} clients connected (clientCount ${broker.broker.clientCount}) with maxConnections ${MAX}`,
+    );
   });
 });
 
@@ -220,18 +271,31 @@ describe('limits.keepAlive', () => {
       if (outcome.ok) pool.keep(outcome.client);
       assert.equal(outcome.ok, false);
       const logged = broker.logs.records().filter((record) => record.level >= 40 && JSON.stringify(record).includes(clientId));
-      assert.ok(logged.some((record) => reason.test(JSON.stringify(record))), broker.logs.text());
+      assert.ok(
+        logged.some((record) => reason.test(JSON.stringify(record))),
+        broker.logs.text(),
+      );
     });
   }
 
   it('keep-alive above max is refused promptly: a CONNACK with a refusal code, or the connection closed', async () => {
     const raw = pool.raw(await RawClient.connect(broker.port(), { keepalive: 3600 }));
-    const answered = await Promise.race([raw.next('connack', 2000).then((connack) => connack.returnCode !== 0, () => false), raw.closed.then(() => true)]);
+    const answered = await Promise.race([
+      raw.next('connack', 2000).then(
+        (connack) => connack.returnCode !== 0,
+        () => false,
+      ),
+      raw.closed.then(() => true),
+    ]);
     assert.equal(answered || (await raw.closedWithin(0)), true, 'neither a CONNACK nor a close within 2 s');
   });
 
   it('clients refused for their keep-alive do not keep holding connection slots', async () => {
-    const small = await BrokerUnderTest.start({ listeners: TCP, allowAnonymous: true, limits: { maxConnections: 2, keepAlive: { max: '1m' } } });
+    const small = await BrokerUnderTest.start({
+      listeners: TCP,
+      allowAnonymous: true,
+      limits: { maxConnections: 2, keepAlive: { max: '1m' } },
+    });
     const raws: RawClient[] = [];
     try {
       for (let index = 0; index < 2; index++) raws.push(await RawClient.connect(small.port(), { keepalive: 3600 }));
@@ -291,10 +355,27 @@ describe('limits.maxInflight', () => {
     assert.deepEqual(await subscribeGranted(watcher, ['inflight/qos2/#']), [1]);
     const raw = pool.raw(await RawClient.connect(broker.port(), { clientId: 'never-sends-pubrel' }));
     assert.equal((await raw.next('connack')).returnCode, 0);
-    for (let index = 1; index <= MAX; index++) raw.send({ cmd: 'publish', topic: `inflight/qos2/${index}`, payload: Buffer.from(String(index)), qos: 2, messageId: index, retain: false, dup: false });
+    for (let index = 1; index <= MAX; index++)
+      raw.send({
+        cmd: 'publish',
+        topic: `inflight/qos2/${index}`,
+        payload: Buffer.from(String(index)),
+        qos: 2,
+        messageId: index,
+        retain: false,
+        dup: false,
+      });
     await waitFor(() => raw.of('pubrec').length === MAX, 3000, `${MAX} PUBRECs`);
     assert.equal(raw.isClosed, false, `${MAX} waiting messages are allowed`);
-    raw.send({ cmd: 'publish', topic: 'inflight/qos2/over', payload: Buffer.from('over'), qos: 2, messageId: MAX + 1, retain: false, dup: false });
+    raw.send({
+      cmd: 'publish',
+      topic: 'inflight/qos2/over',
+      payload: Buffer.from('over'),
+      qos: 2,
+      messageId: MAX + 1,
+      retain: false,
+      dup: false,
+    });
     assert.equal(await raw.closedWithin(3000), true, 'disconnected at maxInflight + 1');
     await roundTrip(publisher, seen, 'inflight/qos2/after', 'the others stay');
     assert.ok(!seen.some((message) => message.topic === 'inflight/qos2/over'));
@@ -317,13 +398,21 @@ describe('limits.maxInflight', () => {
       await waitFor(() => goodSeen.length > index, 5000, `m${index} at the good subscriber`);
     }
     // Everyone else carries on: the acknowledging subscriber gets all of them, the publisher stays connected.
-    await waitFor(() => goodSeen.length === count, 10_000, () => {
-      const payloads = goodSeen.map((message) => message.payload);
-      const missing = Array.from({ length: count }, (_, index) => `m${index}`).filter((payload) => !payloads.includes(payload));
-      return `every message at the good subscriber (have ${goodSeen.length} of ${count}; missing ${missing.slice(0, 10).join(' ')}; slow got ${slow.of('publish').length}, closed ${String(slow.isClosed)})`;
-    });
+    await waitFor(
+      () => goodSeen.length === count,
+      10_000,
+      () => {
+        const payloads = goodSeen.map((message) => message.payload);
+        const missing = Array.from({ length: count }, (_, index) => `m${index}`).filter((payload) => !payloads.includes(payload));
+        return `every message at the good subscriber (have ${goodSeen.length} of ${count}; missing ${missing.slice(0, 10).join(' ')}; slow got ${slow.of('publish').length}, closed ${String(slow.isClosed)})`;
+      },
+    );
     assert.equal(good.connected && publisher.connected, true);
-    assert.equal(await slow.closedWithin(3000), true, `the slow client is still connected with ${slow.of('publish').length} unacknowledged messages`);
+    assert.equal(
+      await slow.closedWithin(3000),
+      true,
+      `the slow client is still connected with ${slow.of('publish').length} unacknowledged messages`,
+    );
     assert.equal(slow.of('publish').length, MAX, 'no more than maxInflight unacknowledged messages were sent to it');
   });
 
@@ -341,7 +430,10 @@ describe('limits.maxInflight', () => {
     await waitFor(() => new Set(seen.map((message) => message.payload)).size === count, 5000, `all ${count} messages after the reconnect`);
     // Unacknowledged ones may come twice (QoS 1), but none is missing and the order holds.
     const first = seen.map((message) => Number(message.payload)).filter((value, index, all) => all.indexOf(value) === index);
-    assert.deepEqual(first, Array.from({ length: count }, (_, index) => index));
+    assert.deepEqual(
+      first,
+      Array.from({ length: count }, (_, index) => index),
+    );
   });
 
   it('QoS 0 deliveries wait behind queued QoS 1 ones (aedes would drop anything they overtook)', async () => {
@@ -361,16 +453,23 @@ describe('limits.maxInflight', () => {
     for (let index = 0; index < 2; index++) await publish(1);
     await waitFor(() => raw.of('publish').length >= MAX, 3000, 'the first deliveries');
     const acked = new Set<number>();
-    await waitFor(() => {
-      for (const packet of raw.of('publish')) {
-        if (packet.qos === 1 && packet.messageId !== undefined && !acked.has(packet.messageId)) {
-          acked.add(packet.messageId);
-          raw.send({ cmd: 'puback', messageId: packet.messageId });
+    await waitFor(
+      () => {
+        for (const packet of raw.of('publish')) {
+          if (packet.qos === 1 && packet.messageId !== undefined && !acked.has(packet.messageId)) {
+            acked.add(packet.messageId);
+            raw.send({ cmd: 'puback', messageId: packet.messageId });
+          }
         }
-      }
-      return raw.of('publish').length === sent.length;
-    }, 5000, `all ${sent.length} messages`);
-    assert.deepEqual(raw.of('publish').map((packet) => packet.payload.toString()), sent);
+        return raw.of('publish').length === sent.length;
+      },
+      5000,
+      `all ${sent.length} messages`,
+    );
+    assert.deepEqual(
+      raw.of('publish').map((packet) => packet.payload.toString()),
+      sent,
+    );
   });
 
   it('a subscriber that acknowledges gets far more than maxInflight messages and stays', async () => {
@@ -378,7 +477,9 @@ describe('limits.maxInflight', () => {
     const seen = recordMessages(good);
     assert.deepEqual(await subscribeGranted(good, ['inflight/many/#']), [1]);
     const count = 20 * MAX;
-    await Promise.all(Array.from({ length: count }, (_, index) => publisher.publishAsync(`inflight/many/${index}`, String(index), { qos: 1 })));
+    await Promise.all(
+      Array.from({ length: count }, (_, index) => publisher.publishAsync(`inflight/many/${index}`, String(index), { qos: 1 })),
+    );
     await waitFor(() => seen.length === count, 5000, `${count} messages`);
     assert.equal(good.connected, true);
   });

@@ -9,7 +9,21 @@ import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { generate } from 'mqtt-packet';
 import { WebSocket } from 'ws';
-import { BrokerUnderTest, closedWithin, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, recordMessages, removeDir, roundTrip, run, subscribeGranted, tempDir, tryConnect } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  closedWithin,
+  connectClient,
+  endAll,
+  MOSQUITTO_PUB,
+  MOSQUITTO_SUB,
+  recordMessages,
+  removeDir,
+  roundTrip,
+  run,
+  subscribeGranted,
+  tempDir,
+  tryConnect,
+} from './helpers/broker-harness.js';
 import { makePki, type Pki } from './helpers/cloud-broker.js';
 import { waitFor } from './helpers/net.js';
 
@@ -17,9 +31,39 @@ import { waitFor } from './helpers/net.js';
 function rogueClientCertificate(pki: Pki): { cert: string; key: string } {
   const file = (name: string) => join(pki.dir, name);
   const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: pki.dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  openssl('req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', file('rogue.key'), '-out', file('rogue.csr'), '-subj', '/CN=rogue');
+  openssl(
+    'req',
+    '-new',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-keyout',
+    file('rogue.key'),
+    '-out',
+    file('rogue.csr'),
+    '-subj',
+    '/CN=rogue',
+  );
   writeFileSync(file('rogue.ext'), 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');
-  openssl('x509', '-req', '-in', file('rogue.csr'), '-CA', file('other-ca.crt'), '-CAkey', file('other-ca.key'), '-CAcreateserial', '-out', file('rogue.crt'), '-days', '2', '-extfile', file('rogue.ext'));
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    file('rogue.csr'),
+    '-CA',
+    file('other-ca.crt'),
+    '-CAkey',
+    file('other-ca.key'),
+    '-CAcreateserial',
+    '-out',
+    file('rogue.crt'),
+    '-days',
+    '2',
+    '-extfile',
+    file('rogue.ext'),
+  );
   return { cert: file('rogue.crt'), key: file('rogue.key') };
 }
 
@@ -76,7 +120,10 @@ describe('TLS and WebSocket listeners', () => {
 
   it('addresses() reports every listener with its real port and URL', () => {
     const addresses = broker.broker.addresses();
-    assert.deepEqual(addresses.map((address) => address.type), ['tcp', 'tls', 'ws', 'wss']);
+    assert.deepEqual(
+      addresses.map((address) => address.type),
+      ['tcp', 'tls', 'ws', 'wss'],
+    );
     for (const address of addresses) assert.ok(address.port > 0 && address.host === '127.0.0.1', JSON.stringify(address));
     assert.equal(broker.url('tls'), `mqtts://127.0.0.1:${broker.port('tls')}`);
     assert.equal(broker.url('ws'), `ws://127.0.0.1:${broker.port('ws')}/mqtt`);
@@ -96,7 +143,10 @@ describe('TLS and WebSocket listeners', () => {
       for (const options of [{}, { ca: readFileSync(pki.otherCa) }]) {
         const outcome = await tryConnect(broker.url('tls'), options);
         assert.equal(outcome.ok, false);
-        assert.match(!outcome.ok ? `${outcome.errorCode} ${outcome.message}` : '', /SELF_SIGNED|UNABLE_TO_VERIFY|unable to (get|verify)|self.signed/i);
+        assert.match(
+          !outcome.ok ? `${outcome.errorCode} ${outcome.message}` : '',
+          /SELF_SIGNED|UNABLE_TO_VERIFY|unable to (get|verify)|self.signed/i,
+        );
       }
     });
 
@@ -107,20 +157,64 @@ describe('TLS and WebSocket listeners', () => {
 
     it('mosquitto_sub --cafile receives a retained message over TLS', async () => {
       await tcp.publishAsync('tls/retained', 'retained over TLS', { qos: 1, retain: true });
-      const result = await run(MOSQUITTO_SUB, ['-h', '127.0.0.1', '-p', String(broker.port('tls')), '--cafile', pki.ca, '-t', 'tls/retained', '-C', '1', '-W', '10', '-v']);
+      const result = await run(MOSQUITTO_SUB, [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(broker.port('tls')),
+        '--cafile',
+        pki.ca,
+        '-t',
+        'tls/retained',
+        '-C',
+        '1',
+        '-W',
+        '10',
+        '-v',
+      ]);
       assert.equal(result.code, 0, result.stderr);
       assert.equal(result.stdout, 'tls/retained retained over TLS\n');
       await tcp.publishAsync('tls/retained', '', { qos: 1, retain: true });
     });
 
     it('mosquitto_pub --cafile publishes over TLS to a TCP subscriber', async () => {
-      const result = await run(MOSQUITTO_PUB, ['-h', '127.0.0.1', '-p', String(broker.port('tls')), '--cafile', pki.ca, '-t', 'tls/from-mosquitto', '-m', 'hello from mosquitto_pub', '-q', '1']);
+      const result = await run(MOSQUITTO_PUB, [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(broker.port('tls')),
+        '--cafile',
+        pki.ca,
+        '-t',
+        'tls/from-mosquitto',
+        '-m',
+        'hello from mosquitto_pub',
+        '-q',
+        '1',
+      ]);
       assert.equal(result.code, 0, result.stderr);
-      await waitFor(() => tcpSeen.some((message) => message.topic === 'tls/from-mosquitto' && message.payload === 'hello from mosquitto_pub'), 3000, 'the message');
+      await waitFor(
+        () => tcpSeen.some((message) => message.topic === 'tls/from-mosquitto' && message.payload === 'hello from mosquitto_pub'),
+        3000,
+        'the message',
+      );
     });
 
     it('mosquitto_sub with another CA refuses the broker', async () => {
-      const result = await run(MOSQUITTO_SUB, ['-h', '127.0.0.1', '-p', String(broker.port('tls')), '--cafile', pki.otherCa, '-t', 'x', '-C', '1', '-W', '5']);
+      const result = await run(MOSQUITTO_SUB, [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(broker.port('tls')),
+        '--cafile',
+        pki.otherCa,
+        '-t',
+        'x',
+        '-C',
+        '1',
+        '-W',
+        '5',
+      ]);
       assert.notEqual(result.code, 0);
       assert.match(result.stderr, /certificate verify failed|Protocol error|TLS|Error/i);
     });
@@ -138,7 +232,10 @@ describe('TLS and WebSocket listeners', () => {
     it('a client without a certificate is refused in the handshake, and the broker logs it', async () => {
       const outcome = await tryConnect(mutual.url('tls'), { ca });
       assert.equal(outcome.ok, false);
-      assert.match(!outcome.ok ? `${outcome.errorCode} ${outcome.message}` : '', /certificate required|CERTIFICATE_REQUIRED|handshake|ECONNRESET|closed/i);
+      assert.match(
+        !outcome.ok ? `${outcome.errorCode} ${outcome.message}` : '',
+        /certificate required|CERTIFICATE_REQUIRED|handshake|ECONNRESET|closed/i,
+      );
       await waitFor(() => mutual.logs.withMessage('TLS handshake failed').length > 0, 3000, 'the log line');
       assert.match(String(mutual.logs.withMessage('TLS handshake failed')[0]!.error), /did not return a certificate/);
       assert.equal(mutual.broker.clientCount, 0);
@@ -152,7 +249,9 @@ describe('TLS and WebSocket listeners', () => {
     });
 
     it('a client with a certificate signed by the CA connects and talks', async () => {
-      const client = keep(await connectClient(mutual.url('tls'), { ca, cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) }));
+      const client = keep(
+        await connectClient(mutual.url('tls'), { ca, cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) }),
+      );
       const plain = keep(await connectClient(mutual.url('tcp')));
       const received = recordMessages(plain);
       assert.deepEqual(await subscribeGranted(plain, ['mtls/#']), [1]);
@@ -162,7 +261,21 @@ describe('TLS and WebSocket listeners', () => {
     it('mosquitto_sub with --cert/--key receives a retained message; without them it is refused', async () => {
       const plain = keep(await connectClient(mutual.url('tcp')));
       await plain.publishAsync('mtls/retained', 'retained for certified clients', { qos: 1, retain: true });
-      const base = ['-h', '127.0.0.1', '-p', String(mutual.port('tls')), '--cafile', pki.ca, '-t', 'mtls/retained', '-C', '1', '-W', '10', '-v'];
+      const base = [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(mutual.port('tls')),
+        '--cafile',
+        pki.ca,
+        '-t',
+        'mtls/retained',
+        '-C',
+        '1',
+        '-W',
+        '10',
+        '-v',
+      ];
       const withCert = await run(MOSQUITTO_SUB, [...base, '--cert', pki.clientCert, '--key', pki.clientKey]);
       assert.equal(withCert.code, 0, withCert.stderr);
       assert.equal(withCert.stdout, 'mtls/retained retained for certified clients\n');
@@ -187,7 +300,11 @@ describe('TLS and WebSocket listeners', () => {
       const client = keep(await connectClient(broker.url('ws')));
       const received = recordMessages(client);
       await client.subscribeAsync('ws/retained', { qos: 1 });
-      await waitFor(() => received.some((message) => message.payload === 'retained for the dashboard' && message.retain), 3000, 'the retained message');
+      await waitFor(
+        () => received.some((message) => message.payload === 'retained for the dashboard' && message.retain),
+        3000,
+        'the retained message',
+      );
       await tcp.publishAsync('ws/retained', '', { qos: 1, retain: true });
     });
 
@@ -226,13 +343,23 @@ describe('TLS and WebSocket listeners', () => {
         socket.on('close', () => (closed = true));
         socket.on('error', () => undefined);
         socket.send(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 60, clientId: 'ws-split' }));
-        const big = generate({ cmd: 'publish', topic: 'ws/split-big', payload: Buffer.alloc(16 * MAX_PACKET, 0x62), qos: 0, retain: false, dup: false });
+        const big = generate({
+          cmd: 'publish',
+          topic: 'ws/split-big',
+          payload: Buffer.alloc(16 * MAX_PACKET, 0x62),
+          qos: 0,
+          retain: false,
+          dup: false,
+        });
         for (let offset = 0; offset < big.length && !closed; offset += MAX_PACKET / 2) {
           socket.send(big.subarray(offset, offset + MAX_PACKET / 2));
           await new Promise((resolve) => setImmediate(resolve));
         }
         await roundTrip(tcp, tcpSeen, 'ws/after-split', 'marker after the split packet');
-        assert.ok(!tcpSeen.some((message) => message.topic === 'ws/split-big'), `a ${big.length}-byte packet went through a ${MAX_PACKET}-byte limit`);
+        assert.ok(
+          !tcpSeen.some((message) => message.topic === 'ws/split-big'),
+          `a ${big.length}-byte packet went through a ${MAX_PACKET}-byte limit`,
+        );
         await waitFor(() => closed, 3000, 'the WebSocket to be closed');
       } finally {
         socket.terminate();

@@ -12,7 +12,22 @@ import { generate, parser, type IConnectPacket, type IPublishPacket, type Packet
 import { attachOutgoingProperties, connectProtocolLevel, handleConnection, takePublishProperties } from '../src/broker/mqtt5.js';
 import { hashPassword } from '../src/broker/security.js';
 import type { CommandOrigin } from '../src/commands/command-handler.js';
-import { BrokerUnderTest, CLIENT_DEFAULTS, closedWithin, connectClient, endAll, MOSQUITTO_PUB, MOSQUITTO_SUB, RawClient, recordMessages, roundTrip, run, subscribeGranted, tryConnect, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  CLIENT_DEFAULTS,
+  closedWithin,
+  connectClient,
+  endAll,
+  MOSQUITTO_PUB,
+  MOSQUITTO_SUB,
+  RawClient,
+  recordMessages,
+  roundTrip,
+  run,
+  subscribeGranted,
+  tryConnect,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const PASSWORDS = { admin: 'admin-pw', alice: 'alice-pw' } as const;
@@ -27,7 +42,17 @@ const RawV5 = {
   open: (port: number): Promise<RawClient> => RawClient.open(port, 5),
 
   connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
-    return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 60, clientId: `raw5-${Math.random().toString(36).slice(2, 10)}`, ...ADMIN, password: Buffer.from(ADMIN.password), ...connect };
+    return {
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 5,
+      clean: true,
+      keepalive: 60,
+      clientId: `raw5-${Math.random().toString(36).slice(2, 10)}`,
+      ...ADMIN,
+      password: Buffer.from(ADMIN.password),
+      ...connect,
+    };
   },
 
   /** Opens a socket, sends an MQTT 5 CONNECT and waits for the CONNACK. */
@@ -40,7 +65,10 @@ const RawV5 = {
 };
 
 /** mqtt.js with its message log and CONNACK recorded from the start (queued messages come right after the CONNACK). */
-async function connectRecording(url: string, options: IClientOptions): Promise<{ client: MqttClient; messages: Message[]; connack: MqttJsConnack }> {
+async function connectRecording(
+  url: string,
+  options: IClientOptions,
+): Promise<{ client: MqttClient; messages: Message[]; connack: MqttJsConnack }> {
   const client = mqtt.connect(url, { ...CLIENT_DEFAULTS, ...options });
   const messages = recordMessages(client);
   client.on('error', () => undefined);
@@ -86,21 +114,24 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
 
   before(async () => {
     const [admin, alice] = await Promise.all([hashPassword(PASSWORDS.admin), hashPassword(PASSWORDS.alice)]);
-    broker = await BrokerUnderTest.start({
-      listeners: [
-        { type: 'tcp', host: '127.0.0.1', port: 0 },
-        { type: 'ws', host: '127.0.0.1', port: 0 },
-      ],
-      users: [
-        { username: 'admin', passwordHash: admin },
-        { username: 'alice', passwordHash: alice },
-      ],
-      acl: [
-        { user: 'admin', publish: ['#'], subscribe: ['#'] },
-        { user: 'alice', publish: ['public/#'], subscribe: ['public/#', 'marker'] },
-      ],
-      limits: { maxPacketSize: MAX_PACKET_SIZE, maxInflight: MAX_INFLIGHT },
-    }, { handlers: { command: (topic, _payload, _retain, origin) => onCommand?.(topic, origin) } });
+    broker = await BrokerUnderTest.start(
+      {
+        listeners: [
+          { type: 'tcp', host: '127.0.0.1', port: 0 },
+          { type: 'ws', host: '127.0.0.1', port: 0 },
+        ],
+        users: [
+          { username: 'admin', passwordHash: admin },
+          { username: 'alice', passwordHash: alice },
+        ],
+        acl: [
+          { user: 'admin', publish: ['#'], subscribe: ['#'] },
+          { user: 'alice', publish: ['public/#'], subscribe: ['public/#', 'marker'] },
+        ],
+        limits: { maxPacketSize: MAX_PACKET_SIZE, maxInflight: MAX_INFLIGHT },
+      },
+      { handlers: { command: (topic, _payload, _retain, origin) => onCommand?.(topic, origin) } },
+    );
     broker.broker.aedes.on('subscribe', (_subscriptions, client: Client) => subscribed.push(client.id));
     broker.broker.aedes.on('client', (client: Client) => connected.push(client.id));
     watcher = await v4({ clientId: 'watcher' });
@@ -131,7 +162,10 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     assert.deepEqual(text(got5).sort(), [...expected].sort(), 'the v5 client');
     assert.deepEqual(text(got4).sort(), [...expected].sort(), 'the 3.1.1 client');
     // Per publisher, order is kept.
-    assert.deepEqual(text(got4).filter((line) => line.startsWith('both/from5/')), expected.filter((line) => line.startsWith('both/from5/')));
+    assert.deepEqual(
+      text(got4).filter((line) => line.startsWith('both/from5/')),
+      expected.filter((line) => line.startsWith('both/from5/')),
+    );
   });
 
   it('over WebSocket too', async () => {
@@ -151,10 +185,10 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
       const got = recordMessages(late);
       await late.subscribeAsync('retained/#', { qos: 1 });
       await waitFor(() => got.length === 2, 3000, 'both retained messages');
-      assert.deepEqual(
-        got.map((message) => [message.topic, message.payload, message.retain]).sort(),
-        [['retained/from4', 'kept by v4', true], ['retained/from5', 'kept by v5', true]],
-      );
+      assert.deepEqual(got.map((message) => [message.topic, message.payload, message.retain]).sort(), [
+        ['retained/from4', 'kept by v4', true],
+        ['retained/from5', 'kept by v5', true],
+      ]);
     }
   });
 
@@ -198,7 +232,10 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     alice.publish('secret/plans', 'denied', { qos: 1 }, () => undefined);
     assert.equal(await closedWithin(alice, 3000), true, 'the publisher was disconnected');
     await marker(seen);
-    assert.equal(seen.some((message) => message.topic === 'secret/plans'), false);
+    assert.equal(
+      seen.some((message) => message.topic === 'secret/plans'),
+      false,
+    );
     await roundTrip(await v5(ALICE), seen, 'public/after-denial', 'still serving');
   });
 
@@ -208,12 +245,16 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     assert.equal(first.connack.sessionPresent, false);
     await first.client.subscribeAsync('session/persistent/#', { qos: 1 });
     await first.client.endAsync();
-    for (let index = 1; index <= 3; index++) await watcher.publishAsync(`session/persistent/${index}`, `while offline ${index}`, { qos: 1 });
+    for (let index = 1; index <= 3; index++)
+      await watcher.publishAsync(`session/persistent/${index}`, `while offline ${index}`, { qos: 1 });
     const second = await connectRecording(broker.url(), session);
     keep(second.client);
     assert.equal(second.connack.sessionPresent, true);
     await waitFor(() => second.messages.length === 3, 3000, 'the queued messages');
-    assert.deepEqual(second.messages.map((message) => message.payload), ['while offline 1', 'while offline 2', 'while offline 3']);
+    assert.deepEqual(
+      second.messages.map((message) => message.payload),
+      ['while offline 1', 'while offline 2', 'while offline 3'],
+    );
   });
 
   it('without a session expiry (MQTT 5 default 0) the session ends with the connection, even with Clean Start off', async () => {
@@ -227,11 +268,18 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     assert.equal(second.connack.sessionPresent, false);
     await second.client.subscribeAsync('marker', { qos: 1 });
     await marker(second.messages);
-    assert.deepEqual(second.messages.map((message) => message.topic), ['marker']);
+    assert.deepEqual(
+      second.messages.map((message) => message.topic),
+      ['marker'],
+    );
   });
 
   it('will: published when a v5 client drops the connection or disconnects with reason 0x04, not on a normal DISCONNECT', async () => {
-    const will = (name: string) => ({ ...ADMIN, ...V5, will: { topic: `will/${name}`, payload: Buffer.from(`${name} is gone`), qos: 1 as const, retain: false } });
+    const will = (name: string) => ({
+      ...ADMIN,
+      ...V5,
+      will: { topic: `will/${name}`, payload: Buffer.from(`${name} is gone`), qos: 1 as const, retain: false },
+    });
     const dropped = await v5(will('dropped'));
     dropped.stream.destroy();
     await waitFor(() => seen.some((message) => message.topic === 'will/dropped'), 3000, 'the will of the dropped client');
@@ -241,13 +289,27 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     const normal = await v5(will('normal'));
     await normal.endAsync();
     await marker(seen);
-    assert.equal(seen.some((message) => message.topic === 'will/normal'), false);
-    assert.deepEqual(seen.find((message) => message.topic === 'will/dropped'), { topic: 'will/dropped', payload: 'dropped is gone', qos: 1, retain: false });
+    assert.equal(
+      seen.some((message) => message.topic === 'will/normal'),
+      false,
+    );
+    assert.deepEqual(
+      seen.find((message) => message.topic === 'will/dropped'),
+      { topic: 'will/dropped', payload: 'dropped is gone', qos: 1, retain: false },
+    );
   });
 
   it('topic aliases from the client are resolved; an alias without a topic gets DISCONNECT 0x82', async () => {
     const raw = keepRaw(await RawV5.connect(broker.port()));
-    const publish = (topic: string, payload: string, properties: IPublishPacket['properties']): IPublishPacket => ({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 0, retain: false, dup: false, properties });
+    const publish = (topic: string, payload: string, properties: IPublishPacket['properties']): IPublishPacket => ({
+      cmd: 'publish',
+      topic,
+      payload: Buffer.from(payload),
+      qos: 0,
+      retain: false,
+      dup: false,
+      properties,
+    });
     raw.send(publish('alias/first', 'set alias 1', { topicAlias: 1 }));
     raw.send(publish('', 'used alias 1', { topicAlias: 1 }));
     raw.send(publish('alias/second', 'alias 1 redefined', { topicAlias: 1 }));
@@ -268,7 +330,14 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
 
   it('UNSUBACK carries one reason code per filter, and the filters stop delivering', async () => {
     const raw = keepRaw(await RawV5.connect(broker.port()));
-    raw.send({ cmd: 'subscribe', messageId: 7, subscriptions: [{ topic: 'unsub/a', qos: 1 }, { topic: 'unsub/b', qos: 0 }] });
+    raw.send({
+      cmd: 'subscribe',
+      messageId: 7,
+      subscriptions: [
+        { topic: 'unsub/a', qos: 1 },
+        { topic: 'unsub/b', qos: 0 },
+      ],
+    });
     assert.deepEqual((await raw.next('suback')).granted, [1, 0]);
     raw.send({ cmd: 'unsubscribe', messageId: 8, unsubscriptions: ['unsub/a', 'unsub/b'] });
     const unsuback = await raw.next('unsuback');
@@ -290,7 +359,9 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
   });
 
   it('enhanced authentication (authenticationMethod) is refused with CONNACK 0x8C', async () => {
-    const raw = keepRaw(await RawV5.connect(broker.port(), { properties: { authenticationMethod: 'SCRAM-SHA-1', authenticationData: Buffer.from('x') } }));
+    const raw = keepRaw(
+      await RawV5.connect(broker.port(), { properties: { authenticationMethod: 'SCRAM-SHA-1', authenticationData: Buffer.from('x') } }),
+    );
     assert.equal((await raw.next('connack')).reasonCode, 0x8c);
     assert.equal(await raw.closedWithin(3000), true);
   });
@@ -308,7 +379,10 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     await publisher.publishAsync('maxsize/big/2b', 'y'.repeat(500), { qos: 2 });
     await publisher.publishAsync('maxsize/small/2b', 'fits', { qos: 2 });
     await waitFor(() => got.length === 4, 3000, 'the four small messages');
-    assert.deepEqual(got.map((message) => message.topic), ['maxsize/small/0', 'maxsize/small/1', 'maxsize/small/2', 'maxsize/small/2b']);
+    assert.deepEqual(
+      got.map((message) => message.topic),
+      ['maxsize/small/0', 'maxsize/small/1', 'maxsize/small/2', 'maxsize/small/2b'],
+    );
     assert.equal(small.connected, true);
     await roundTrip(small, got, 'maxsize/after', 'still flowing');
   });
@@ -356,10 +430,22 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
   it('mosquitto_sub -V mqttv5 receives and mosquitto_pub -V mqttv5 publishes (QoS 0/1/2, retained)', async () => {
     const hostArgs = ['-h', '127.0.0.1', '-p', String(broker.port()), '-u', ADMIN.username, '-P', ADMIN.password, '-V', 'mqttv5'];
     for (const qos of ['0', '1', '2']) {
-      const result = await run(MOSQUITTO_PUB, [...hostArgs, '-t', `mosq5/pub/${qos}`, '-m', `from mosquitto_pub v5 at QoS ${qos}`, '-q', qos]);
+      const result = await run(MOSQUITTO_PUB, [
+        ...hostArgs,
+        '-t',
+        `mosq5/pub/${qos}`,
+        '-m',
+        `from mosquitto_pub v5 at QoS ${qos}`,
+        '-q',
+        qos,
+      ]);
       assert.equal(result.code, 0, result.stderr);
     }
-    await waitFor(() => seen.filter((message) => message.topic.startsWith('mosq5/pub/')).length === 3, 3000, 'the three mosquitto_pub messages');
+    await waitFor(
+      () => seen.filter((message) => message.topic.startsWith('mosq5/pub/')).length === 3,
+      3000,
+      'the three mosquitto_pub messages',
+    );
     assert.deepEqual(
       seen.filter((message) => message.topic.startsWith('mosq5/pub/')).map((message) => message.payload),
       ['from mosquitto_pub v5 at QoS 0', 'from mosquitto_pub v5 at QoS 1', 'from mosquitto_pub v5 at QoS 2'],
@@ -373,10 +459,15 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     for (const qos of [0, 1, 2] as const) await client5.publishAsync(`mosq5/live/${qos}`, `live ${qos}`, { qos });
     const live = await receiving;
     assert.equal(live.code, 0, live.stderr);
-    assert.equal(live.stdout, ['mosq5/retained retained by mosquitto_pub v5', 'mosq5/live/0 live 0', 'mosq5/live/1 live 1', 'mosq5/live/2 live 2'].map((line) => `${line}\n`).join(''));
+    assert.equal(
+      live.stdout,
+      ['mosq5/retained retained by mosquitto_pub v5', 'mosq5/live/0 live 0', 'mosq5/live/1 live 1', 'mosq5/live/2 live 2']
+        .map((line) => `${line}\n`)
+        .join(''),
+    );
   });
 
-  it('a client\'s Receive Maximum below broker.limits.maxInflight bounds what it gets unacknowledged', async () => {
+  it("a client's Receive Maximum below broker.limits.maxInflight bounds what it gets unacknowledged", async () => {
     const raw = keepRaw(await RawV5.connect(broker.port(), { properties: { receiveMaximum: 2 } }));
     raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'recvmax/#', qos: 1 }] });
     await raw.next('suback');
@@ -384,7 +475,7 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     for (let index = 0; index < 6; index++) await publisher.publishAsync(`recvmax/${index}`, String(index), { qos: 1 });
     await waitFor(() => raw.of('publish').length >= 2, 3000, 'two deliveries');
     await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.equal(raw.of('publish').length, 2, 'no more than the client\'s Receive Maximum unacknowledged');
+    assert.equal(raw.of('publish').length, 2, "no more than the client's Receive Maximum unacknowledged");
     // Acknowledging lets the rest through, in order.
     const acked = new Set<number>();
     const ackAll = () => {
@@ -395,11 +486,18 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
         }
       }
     };
-    await waitFor(() => {
-      ackAll();
-      return raw.of('publish').length === 6;
-    }, 5000, 'all six after acknowledging');
-    assert.deepEqual(raw.of('publish').map((packet) => packet.payload.toString()), ['0', '1', '2', '3', '4', '5']);
+    await waitFor(
+      () => {
+        ackAll();
+        return raw.of('publish').length === 6;
+      },
+      5000,
+      'all six after acknowledging',
+    );
+    assert.deepEqual(
+      raw.of('publish').map((packet) => packet.payload.toString()),
+      ['0', '1', '2', '3', '4', '5'],
+    );
   });
 
   it('the broker takes the properties of each v5 PUBLISH in order: the command hook sees response topic and correlation data', async () => {
@@ -411,10 +509,18 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
       const requester = await v5();
       await requester.publishAsync('props/request', 'do it', {
         qos: 1,
-        properties: { responseTopic: 'props/response', correlationData: Buffer.from('id-42'), contentType: 'text/plain', userProperties: { origin: 'test' } },
+        properties: {
+          responseTopic: 'props/response',
+          correlationData: Buffer.from('id-42'),
+          contentType: 'text/plain',
+          userProperties: { origin: 'test' },
+        },
       });
       await requester.publishAsync('props/plain', 'nothing attached', { qos: 0 });
-      await requester.publishAsync('props/second', 'again', { qos: 2, properties: { responseTopic: 'props/response-2', correlationData: Buffer.from('id-43') } });
+      await requester.publishAsync('props/second', 'again', {
+        qos: 2,
+        properties: { responseTopic: 'props/response-2', correlationData: Buffer.from('id-43') },
+      });
       const old = await v4();
       await old.publishAsync('props/old', 'from 3.1.1', { qos: 1 });
       await waitFor(() => origins.length === 4, 3000, 'four publishes');
@@ -451,7 +557,20 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     const raw = await RawV5.open((server.address() as { port: number }).port);
     try {
       raw.socket.write(generate(RawV5.connectPacket(), { protocolVersion: 5 }));
-      const packets = Array.from({ length: 10_005 }, (_, index) => generate({ cmd: 'publish', topic: 'props/flood', payload: Buffer.from('x'), qos: 0, retain: false, dup: false, properties: { userProperties: { n: String(index) } } }, { protocolVersion: 5 }));
+      const packets = Array.from({ length: 10_005 }, (_, index) =>
+        generate(
+          {
+            cmd: 'publish',
+            topic: 'props/flood',
+            payload: Buffer.from('x'),
+            qos: 0,
+            retain: false,
+            dup: false,
+            properties: { userProperties: { n: String(index) } },
+          },
+          { protocolVersion: 5 },
+        ),
+      );
       raw.socket.write(Buffer.concat(packets));
       await waitFor(() => forwarded === 10_005, 10_000, 'all publishes forwarded');
       const first = takePublishProperties(conn!);
@@ -479,10 +598,22 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
     await broker.broker.publishNow('reply/expired', 'late', { qos: 1, retain: false });
     await waitFor(() => responder5.packets.length === 3 && oldGot.length === 3, 3000, 'three deliveries each');
     assert.deepEqual(
-      responder5.packets.map((packet) => [packet.topic, packet.payload.toString(), packet.properties?.correlationData?.toString(), packet.properties?.contentType]),
-      [['reply/1', 'answer', 'id-42', 'application/json'], ['reply/1', 'another answer', undefined, undefined], ['reply/expired', 'late', undefined, undefined]],
+      responder5.packets.map((packet) => [
+        packet.topic,
+        packet.payload.toString(),
+        packet.properties?.correlationData?.toString(),
+        packet.properties?.contentType,
+      ]),
+      [
+        ['reply/1', 'answer', 'id-42', 'application/json'],
+        ['reply/1', 'another answer', undefined, undefined],
+        ['reply/expired', 'late', undefined, undefined],
+      ],
     );
-    assert.deepEqual(oldGot.map((message) => message.payload), ['answer', 'another answer', 'late']);
+    assert.deepEqual(
+      oldGot.map((message) => message.payload),
+      ['answer', 'another answer', 'late'],
+    );
   });
 
   it('closed v5 connections leave no client behind in aedes (DISCONNECT, DISCONNECT 0x04, dropped, refused)', async () => {
@@ -505,7 +636,10 @@ describe('MQTT 5 clients on the integrated broker (protocol adapter in front of 
 });
 
 /** The raw PUBLISH packets an mqtt.js client receives (with their MQTT 5 properties). */
-function recordPackets(client: MqttClient): { client: MqttClient; packets: Array<{ topic: string; payload: Buffer; properties?: IPublishPacket['properties'] }> } {
+function recordPackets(client: MqttClient): {
+  client: MqttClient;
+  packets: Array<{ topic: string; payload: Buffer; properties?: IPublishPacket['properties'] }>;
+} {
   const packets: Array<{ topic: string; payload: Buffer; properties?: IPublishPacket['properties'] }> = [];
   client.on('message', (topic, payload, packet) => packets.push({ topic, payload, properties: packet.properties }));
   return { client, packets };

@@ -8,7 +8,17 @@ import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { hashPassword } from '../src/broker/security.js';
 import { brokerSection } from '../src/config/schema.js';
-import { BrokerUnderTest, closedWithin, connectClient, endAll, recordMessages, subscribeGranted, tryConnect, type BrokerInput, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  closedWithin,
+  connectClient,
+  endAll,
+  recordMessages,
+  subscribeGranted,
+  tryConnect,
+  type BrokerInput,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 const BAD_CREDENTIALS = 4;
@@ -22,7 +32,10 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
   let sequence = 0;
 
   const connect = async (username?: string, password?: string, clientId?: string): Promise<MqttClient> => {
-    const client = await connectClient(broker.url(), { ...(username === undefined ? {} : { username, password }), ...(clientId === undefined ? {} : { clientId }) });
+    const client = await connectClient(broker.url(), {
+      ...(username === undefined ? {} : { username, password }),
+      ...(clientId === undefined ? {} : { clientId }),
+    });
     clients.push(client);
     return client;
   };
@@ -81,7 +94,10 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
     assert.deepEqual(await subscribeGranted(anonymous, ['public/#']), [1]);
     assert.equal(await outcome('carol', 'carol-pw'), BAD_CREDENTIALS, 'carol is not a user yet');
     await publishAndSettle(admin, 'plant/line2/temp', aliceSees);
-    assert.ok(aliceSees.some((message) => message.topic === 'plant/line2/temp'), 'alice sees line 2 under the old rules');
+    assert.ok(
+      aliceSees.some((message) => message.topic === 'plant/line2/temp'),
+      'alice sees line 2 under the old rules',
+    );
 
     const disconnected = broker.broker.reloadAccess(
       access(
@@ -109,7 +125,11 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
     assert.equal(await closedWithin(anonymous, 3000), true, 'the anonymous client is disconnected');
     assert.equal(await closedWithin(alice, 300), false, 'alice stays connected');
     assert.equal(admin.connected, true);
-    assert.ok(broker.logs.records().some((record) => record.msg === 'mqtt client disconnected by the reloaded broker users' && record.clientId === 'bob'));
+    assert.ok(
+      broker.logs
+        .records()
+        .some((record) => record.msg === 'mqtt client disconnected by the reloaded broker users' && record.clientId === 'bob'),
+    );
     assert.ok(!broker.logs.lines.join('\n').includes('bob-pw'), 'no password in the log');
 
     // Logins follow the new users at once.
@@ -122,8 +142,15 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
     await publishAndSettle(admin, 'plant/line1/temp', aliceSees);
     const before = aliceSees.length;
     await publishAndSettle(admin, 'plant/line2/temp', aliceSees);
-    assert.deepEqual(aliceSees.slice(before).map((message) => message.topic), ['public/marker'], 'line 2 no longer reaches alice');
-    assert.ok(aliceSees.some((message) => message.topic === 'plant/line1/temp'), 'line 1 still does');
+    assert.deepEqual(
+      aliceSees.slice(before).map((message) => message.topic),
+      ['public/marker'],
+      'line 2 no longer reaches alice',
+    );
+    assert.ok(
+      aliceSees.some((message) => message.topic === 'plant/line1/temp'),
+      'line 1 still does',
+    );
     // And a new subscription is checked against the new rules.
     assert.deepEqual(await subscribeGranted(alice, ['plant/line2/#', 'plant/line1/#']), [REFUSED, 1]);
   });
@@ -137,7 +164,9 @@ describe('integrated broker: users and ACL rules reloaded without a restart', ()
       { username: 'carol', passwordHash: hashes.carol! },
     ];
     assert.deepEqual(await subscribeGranted(carol, ['#']), [REFUSED]);
-    const disconnected = broker.broker.reloadAccess(access(config({ allowAnonymous: false, users: sameUsers, acl: [{ user: 'carol', subscribe: ['#'] }] })));
+    const disconnected = broker.broker.reloadAccess(
+      access(config({ allowAnonymous: false, users: sameUsers, acl: [{ user: 'carol', subscribe: ['#'] }] })),
+    );
     assert.deepEqual(disconnected, []);
     assert.equal(await closedWithin(carol, 300), false, 'carol keeps her connection');
     assert.deepEqual(await subscribeGranted(carol, ['#']), [1], 'and has her new rights');
@@ -150,7 +179,11 @@ describe('integrated broker: a reload while a client is logging in', () => {
   const hashes: Record<string, string> = {};
   const users = (...names: string[]) => names.map((username) => ({ username, passwordHash: hashes[username]! }));
   const access = (names: string[]) => {
-    const { users: parsed, acl, allowAnonymous } = brokerSection.parse({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users(...names) });
+    const {
+      users: parsed,
+      acl,
+      allowAnonymous,
+    } = brokerSection.parse({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users(...names) });
     return { users: parsed, acl, allowAnonymous };
   };
   /** aedes' own hooks (not in its types), replaced for one connection to reload at a chosen moment. */
@@ -158,7 +191,11 @@ describe('integrated broker: a reload while a client is logging in', () => {
 
   before(async () => {
     for (const name of ['admin', 'bob', 'carol']) hashes[name] = await hashPassword(`${name}-pw`);
-    broker = await BrokerUnderTest.start({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users('admin', 'bob', 'carol') });
+    broker = await BrokerUnderTest.start({
+      listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
+      allowAnonymous: true,
+      users: users('admin', 'bob', 'carol'),
+    });
   });
 
   after(async () => {
@@ -172,7 +209,14 @@ describe('integrated broker: a reload while a client is logging in', () => {
     const adminSees = recordMessages(admin);
     await admin.subscribeAsync('wills/#', { qos: 1 });
     // bob has a persistent MQTT 5 session with a subscription: aedes restores it across event-loop turns.
-    const session = { protocolVersion: 5 as const, clean: false, clientId: 'bob-session', username: 'bob', password: 'bob-pw', properties: { sessionExpiryInterval: 3600 } };
+    const session = {
+      protocolVersion: 5 as const,
+      clean: false,
+      clientId: 'bob-session',
+      username: 'bob',
+      password: 'bob-pw',
+      properties: { sessionExpiryInterval: 3600 },
+    };
     const seeded = await connectClient(broker.url(), session);
     await seeded.subscribeAsync('x/#', { qos: 1 });
     await seeded.endAsync();
@@ -186,14 +230,26 @@ describe('integrated broker: a reload while a client is logging in', () => {
         // The login is through; bob is not among aedes' clients yet.
         if (!error && ok) setImmediate(() => (reloadedEarly = broker.broker.reloadAccess(access(['admin', 'carol']))));
       });
-    const outcome = await tryConnect(broker.url(), { ...session, will: { topic: 'wills/bob', payload: Buffer.from('bob gone'), qos: 1, retain: false } });
+    const outcome = await tryConnect(broker.url(), {
+      ...session,
+      will: { topic: 'wills/bob', payload: Buffer.from('bob gone'), qos: 1, retain: false },
+    });
     hooks.authenticate = authenticate;
     if (outcome.ok) {
       clients.push(outcome.client);
       assert.equal(await closedWithin(outcome.client, 3000), true, 'bob is disconnected once registered');
     }
     assert.deepEqual(reloadedEarly, [], 'the reload itself could not see bob yet');
-    assert.ok(broker.logs.records().some((record) => record.msg === 'mqtt client disconnected by the reloaded broker users' && record.clientId === 'bob-session' && record.when === 'reloaded while logging in'));
+    assert.ok(
+      broker.logs
+        .records()
+        .some(
+          (record) =>
+            record.msg === 'mqtt client disconnected by the reloaded broker users' &&
+            record.clientId === 'bob-session' &&
+            record.when === 'reloaded while logging in',
+        ),
+    );
     await admin.publishAsync('wills/marker', 'marker', { qos: 1 });
     await waitFor(() => adminSees.some((message) => message.payload === 'marker'), 3000, 'the marker');
     assert.ok(!adminSees.some((message) => message.topic === 'wills/bob'), 'the will of a revoked login is not published');

@@ -7,7 +7,17 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import type { MqttClient } from 'mqtt';
-import { BrokerUnderTest, CapturedLog, connectClient, endAll, recordMessages, removeDir, ROOT, tempDir, type Message } from './helpers/broker-harness.js';
+import {
+  BrokerUnderTest,
+  CapturedLog,
+  connectClient,
+  endAll,
+  recordMessages,
+  removeDir,
+  ROOT,
+  tempDir,
+  type Message,
+} from './helpers/broker-harness.js';
 import { connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
 import { Recorder } from './helpers/mqtt.js';
 import { freePort, portIsFree, waitFor } from './helpers/net.js';
@@ -15,7 +25,12 @@ import { freePort, portIsFree, waitFor } from './helpers/net.js';
 const TCP = [{ type: 'tcp' as const, host: '127.0.0.1', port: 0 }];
 
 /** Subscribes a fresh client to `filter` and returns what arrives within `ms` (retained messages come at once). */
-async function retainedAfterSubscribe(url: string, filter: string, expected: number, ms = 3000): Promise<{ client: MqttClient; messages: Message[] }> {
+async function retainedAfterSubscribe(
+  url: string,
+  filter: string,
+  expected: number,
+  ms = 3000,
+): Promise<{ client: MqttClient; messages: Message[] }> {
   const client = await connectClient(url);
   const messages = recordMessages(client);
   await client.subscribeAsync(filter, { qos: 1 });
@@ -109,7 +124,10 @@ describe('retained messages across an in-process broker restart', () => {
       const first = await BrokerUnderTest.start({ listeners: TCP, allowAnonymous: true }, { dataDir: dir });
       try {
         assert.ok(first.logs.withMessage('retained message store damaged: moved aside, starting empty').length === 1, first.logs.text());
-        assert.ok(readdirSync(dir).some((name) => /^retained\.db\.corrupt-\d+$/.test(name)), readdirSync(dir).join(', '));
+        assert.ok(
+          readdirSync(dir).some((name) => /^retained\.db\.corrupt-\d+$/.test(name)),
+          readdirSync(dir).join(', '),
+        );
         const publisher = await connectClient(first.url());
         await publisher.publishAsync('after/damage', 'fresh', { qos: 1, retain: true });
         await publisher.endAsync();
@@ -120,7 +138,10 @@ describe('retained messages across an in-process broker restart', () => {
       try {
         const { client, messages } = await retainedAfterSubscribe(second.url(), '#', 1);
         clients.push(client);
-        assert.deepEqual(messages.map((message) => [message.topic, message.payload]), [['after/damage', 'fresh']]);
+        assert.deepEqual(
+          messages.map((message) => [message.topic, message.payload]),
+          [['after/damage', 'fresh']],
+        );
       } finally {
         await second.close();
       }
@@ -214,7 +235,11 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
     running.push(gateway);
     const recorder = await connectWhenUp(`mqtt://127.0.0.1:${brokerPort}`, 'plc2mqtt/demo/#', 15_000);
     recorders.push(recorder);
-    await waitFor(() => tags.every((tag) => recorder.topics().has(topic(tag))) && recorder.topics().has(STATUS), 2000, 'the retained values, right after subscribing');
+    await waitFor(
+      () => tags.every((tag) => recorder.topics().has(topic(tag))) && recorder.topics().has(STATUS),
+      2000,
+      'the retained values, right after subscribing',
+    );
     for (const tag of tags) {
       const message = recorder.messages.find((candidate) => candidate.topic === topic(tag))!;
       assert.equal(message.retain, true, `${tag} arrived as a retained message`);
@@ -224,12 +249,19 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
     assert.deepEqual([banner.value, banner.quality], ['PLC2MQTT DEMO', 'good']);
     assert.equal((recorder.last(topic('setpoint')) as { value: unknown }).value, 50);
     // The restored status is "offline" from the stop; the running gateway says "online".
-    await waitFor(() => recorder.messages.some((message) => message.topic === STATUS && message.payload === 'online'), 3000, 'status online');
+    await waitFor(
+      () => recorder.messages.some((message) => message.topic === STATUS && message.payload === 'online'),
+      3000,
+      'status online',
+    );
     assert.match(gateway.output(), /retained messages restored/);
     const late = await Recorder.connect(`mqtt://127.0.0.1:${brokerPort}`, STATUS);
     recorders.push(late);
     await waitFor(() => late.messages.length > 0, 2000, 'the retained status');
-    assert.deepEqual(late.messages.map((message) => [message.payload, message.retain]), [['online', true]]);
+    assert.deepEqual(
+      late.messages.map((message) => [message.payload, message.retain]),
+      [['online', true]],
+    );
     gateway.child.kill('SIGTERM');
     assert.equal(await gateway.exited, 0, gateway.output());
   });

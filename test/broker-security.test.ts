@@ -67,7 +67,8 @@ describe('filterCovers(allowed, requested)', () => {
         if (!filterCovers(allowed, requested)) continue;
         checkedPairs++;
         for (const topic of topics) {
-          if (topicMatches(requested, topic)) assert.ok(topicMatches(allowed, topic), `"${allowed}" claims to cover "${requested}" but not topic "${topic}"`);
+          if (topicMatches(requested, topic))
+            assert.ok(topicMatches(allowed, topic), `"${allowed}" claims to cover "${requested}" but not topic "${topic}"`);
         }
       }
     }
@@ -187,7 +188,14 @@ describe('hashPassword / verifyPassword', () => {
     const [, N, r, p, salt, key] = good.split('$');
     const tamperedKey = Buffer.from(key!, 'base64');
     tamperedKey[0] = tamperedKey[0]! ^ 1;
-    for (const hash of ['', 'pw', `bcrypt$${N}$${r}$${p}$${salt}$${key}`, `scrypt$${N}$${r}$${p}$${salt}`, `scrypt$${N}$${r}$${p}$$${key}`, `scrypt$${N}$${r}$${p}$${salt}$${tamperedKey.toString('base64')}`]) {
+    for (const hash of [
+      '',
+      'pw',
+      `bcrypt$${N}$${r}$${p}$${salt}$${key}`,
+      `scrypt$${N}$${r}$${p}$${salt}`,
+      `scrypt$${N}$${r}$${p}$$${key}`,
+      `scrypt$${N}$${r}$${p}$${salt}$${tamperedKey.toString('base64')}`,
+    ]) {
       assert.equal(await verifyPassword('pw', hash), false, hash);
     }
   });
@@ -238,7 +246,11 @@ describe('PacketSizeGuard', () => {
   for (const [label, lengthBytes, size] of multiByte) {
     it(`multi-byte remaining length, ${label}: in one chunk and split between every byte`, () => {
       assert.deepEqual(feedAll(320, [bytes(0x30, ...lengthBytes)]), { chunk: 0, size });
-      assert.deepEqual(feedAll(320, oneByOne(bytes(0x30, ...lengthBytes))), { chunk: lengthBytes.length, size }, 'reported on the last length byte');
+      assert.deepEqual(
+        feedAll(320, oneByOne(bytes(0x30, ...lengthBytes))),
+        { chunk: lengthBytes.length, size },
+        'reported on the last length byte',
+      );
       assert.equal(feedAll(size, [bytes(0x30, ...lengthBytes)]), undefined, 'not reported when exactly at the limit');
     });
   }

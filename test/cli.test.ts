@@ -25,10 +25,18 @@ describe('plc2mqtt simulate + read', () => {
     simulator.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     await waitFor(() => output.includes(`127.0.0.1:${simulatorPort}`), 15_000, 'the simulator to listen');
     // The demo's devices, pointed at the simulator started above (and no simulators of its own).
-    const demo = JSON.parse(readFileSync(join(ROOT, 'config/demo.json'), 'utf8')) as { simulators?: unknown; devices: Array<{ connection: { port: number } }> };
+    const demo = JSON.parse(readFileSync(join(ROOT, 'config/demo.json'), 'utf8')) as {
+      simulators?: unknown;
+      devices: Array<{ connection: { port: number } }>;
+    };
     delete demo.simulators;
     demo.devices[0]!.connection.port = simulatorPort;
-    const dead = { name: 'dead', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort(), timeout: 200 }, tags: [{ name: 'x', address: '40001' }] };
+    const dead = {
+      name: 'dead',
+      driver: 'modbus',
+      connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort(), timeout: 200 },
+      tags: [{ name: 'x', address: '40001' }],
+    };
     demo.devices.push(dead as unknown as (typeof demo.devices)[number]);
     configFile = join(folder, 'gw.json');
     // An ephemeral operations port: gateways of parallel tests must not meet on 9180.

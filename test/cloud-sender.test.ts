@@ -201,7 +201,11 @@ describe('cloud sender contract', () => {
     }
     await flushTimers();
     assert.ok(link.mostWaiting <= 10, `at most 10 unacknowledged (${link.mostWaiting})`);
-    assert.deepEqual([...buffer.acknowledged()].sort((a, b) => a - b), range(1, 100), 'each id settled exactly once');
+    assert.deepEqual(
+      [...buffer.acknowledged()].sort((a, b) => a - b),
+      range(1, 100),
+      'each id settled exactly once',
+    );
     assert.ok(
       buffer.settlements.every((settlement) => (settlement.acknowledged?.length ?? 0) <= 5),
       'acks settled in batches of at most half the window',
@@ -220,7 +224,7 @@ describe('cloud sender contract', () => {
     append(200);
     let link = connect();
     let seed = 7;
-    const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
     let reconnects = 0;
     for (let step = 0; step < 10_000 && outbox.stats.messages > 0; step++) {
       const roll = random();
@@ -271,7 +275,7 @@ describe('cloud sender contract', () => {
     const { outbox, cloud, sender, events, connect, append, flushTimers } = setup(t, { inFlight: 5 });
     append(10);
     const link = connect(3);
-    assert.equal(sender.window, 3, 'the broker\'s receive maximum');
+    assert.equal(sender.window, 3, "the broker's receive maximum");
     assert.deepEqual(link.ids(), [1, 2, 3]);
     link.answer(2, Object.assign(new Error('Not authorized'), { code: 0x87 }));
     link.answer(1, Object.assign(new Error('Connection closed'), { code: 0x10 })); // not a refusal
@@ -287,7 +291,10 @@ describe('cloud sender contract', () => {
     assert.ok(!next.ids().includes(2), 'the refused one is not');
     await drain(next, flushTimers);
     assert.equal(cloud.count(2), 1);
-    assert.deepEqual({ delivered: outbox.stats.delivered, rejected: outbox.stats.rejected, messages: outbox.stats.messages }, { delivered: 9, rejected: 1, messages: 0 });
+    assert.deepEqual(
+      { delivered: outbox.stats.delivered, rejected: outbox.stats.rejected, messages: outbox.stats.messages },
+      { delivered: 9, rejected: 1, messages: 0 },
+    );
     assertAccounted(outbox, 10);
   });
 
@@ -312,7 +319,9 @@ describe('cloud sender contract', () => {
     assert.equal(sender.stats.rejected, 1);
     const deadLetters = new Database(outbox.file, { readonly: true });
     t.after(() => deadLetters.close());
-    assert.deepEqual(deadLetters.prepare('SELECT id, reason FROM dead_letters').all(), [{ id: 1, reason: 'the cloud broker closed the connection each time it was sent' }]);
+    assert.deepEqual(deadLetters.prepare('SELECT id, reason FROM dead_letters').all(), [
+      { id: 1, reason: 'the cloud broker closed the connection each time it was sent' },
+    ]);
     assert.ok(lines.some((line) => line.level === 50 && /closed the connection every time this message was sent alone/.test(line.msg)));
     // Connection 5: the rest flows with the full window.
     link = connect();
@@ -355,7 +364,12 @@ describe('cloud sender contract', () => {
     const before = Outbox.open(file, outboxSection.parse({}), pino({ level: 'silent' }));
     for (let n = 1; n <= 100; n++) before.append(message(n));
     before.close();
-    const { outbox, cloud, sender, connect, append, flushTimers } = setup(t, { inFlight: 20 }, { maxMessages: 10, policy: 'drop-oldest' }, file);
+    const { outbox, cloud, sender, connect, append, flushTimers } = setup(
+      t,
+      { inFlight: 20 },
+      { maxMessages: 10, policy: 'drop-oldest' },
+      file,
+    );
     // A receive maximum of 5: 5 in flight, 15 more read ahead (one SELECT of the inFlight).
     const link = connect(5);
     assert.deepEqual(link.ids(), [1, 2, 3, 4, 5]);
@@ -381,7 +395,10 @@ describe('cloud sender contract', () => {
     const fates = new Map<number, string>();
     append(10, 16, fates); // 25 for 15: the 5 not taken (11..15) and 5 of the new ones go
     assert.equal(outbox.stats.dropped, 10);
-    assert.deepEqual([...fates.entries()].filter(([, fate]) => fate !== 'stored').map(([n]) => n), [16, 17, 18, 19, 20]);
+    assert.deepEqual(
+      [...fates.entries()].filter(([, fate]) => fate !== 'stored').map(([n]) => n),
+      [16, 17, 18, 19, 20],
+    );
     await drain(link, flushTimers);
     assert.deepEqual(cloud.received, [...range(1, 10), ...range(21, 5)]);
     assert.equal(outbox.stats.delivered, 15);
@@ -389,7 +406,11 @@ describe('cloud sender contract', () => {
   });
 
   it('drop-oldest with liveShare: live messages in flight are spared too; every PUBACK deletes a message that was still there', async (t) => {
-    const { outbox, cloud, sender, connect, append, flushTimers } = setup(t, { inFlight: 10, liveShare: 0.5 }, { maxMessages: 20, policy: 'drop-oldest' });
+    const { outbox, cloud, sender, connect, append, flushTimers } = setup(
+      t,
+      { inFlight: 10, liveShare: 0.5 },
+      { maxMessages: 20, policy: 'drop-oldest' },
+    );
     append(10); // the backlog
     const link = connect();
     append(5, 11); // live
@@ -399,9 +420,15 @@ describe('cloud sender contract', () => {
     const fates = new Map<number, string>();
     append(15, 16, fates); // 25 for 20: five go, not the live ones being sent but the oldest of the others
     assert.equal(outbox.stats.dropped, 5);
-    assert.deepEqual([...fates.entries()].filter(([, fate]) => fate !== 'stored').map(([n]) => n), [16, 17, 18, 19, 20]);
+    assert.deepEqual(
+      [...fates.entries()].filter(([, fate]) => fate !== 'stored').map(([n]) => n),
+      [16, 17, 18, 19, 20],
+    );
     await drain(link, flushTimers);
-    assert.deepEqual([...cloud.received].sort((a, b) => a - b), [...range(1, 15), ...range(21, 10)]);
+    assert.deepEqual(
+      [...cloud.received].sort((a, b) => a - b),
+      [...range(1, 15), ...range(21, 10)],
+    );
     assert.equal(outbox.stats.delivered, sender.stats.acknowledged, 'nothing the cloud acknowledged was counted as dropped');
     assertAccounted(outbox, 30);
   });
@@ -426,7 +453,11 @@ describe('cloud sender contract', () => {
   });
 
   it('maxAge at send time: messages that waited too long in the buffer are settled as expired, not sent', async (t) => {
-    const { outbox, buffer, cloud, clock, sender, connect, append, flushTimers } = setup(t, { inFlight: 10, maxAge: 60_000 }, { maxAge: 60_000 });
+    const { outbox, buffer, cloud, clock, sender, connect, append, flushTimers } = setup(
+      t,
+      { inFlight: 10, maxAge: 60_000 },
+      { maxAge: 60_000 },
+    );
     const first = connect();
     append(2);
     assert.deepEqual(first.ids(), [1, 2], 'young enough: sent');
@@ -436,7 +467,10 @@ describe('cloud sender contract', () => {
     await clock.advanceTo(clock.now() + 61_000); // the periodic expiry has not run yet
     const link = connect();
     assert.deepEqual(link.ids(), [], 'nothing too old leaves');
-    assert.deepEqual(buffer.settlements.flatMap((settlement) => settlement.expired ?? []), range(3, 5));
+    assert.deepEqual(
+      buffer.settlements.flatMap((settlement) => settlement.expired ?? []),
+      range(3, 5),
+    );
     assert.equal(outbox.stats.dropped, 5);
     assert.equal(outbox.stats.messages, 0);
     assert.deepEqual(cloud.received, [1, 2]);

@@ -40,13 +40,15 @@ describe('command payloads', () => {
     ['x'.repeat(70_000), /too long for a command/],
   ];
   for (const [payload, reason] of refused) {
-    it(`refuses ${payload.length > 40 ? `${payload.length} bytes` : JSON.stringify(payload)}`, () => assert.throws(() => parseCommand(Buffer.from(payload)), reason));
+    it(`refuses ${payload.length > 40 ? `${payload.length} bytes` : JSON.stringify(payload)}`, () =>
+      assert.throws(() => parseCommand(Buffer.from(payload)), reason));
   }
 });
 
 describe('CommandHandler: queueing and rate limit', () => {
   const log = pino({ level: 'silent' });
-  const tag = (write?: Record<string, unknown>): TagConfig => ({ name: 'sp', area: 'holding', address: 0, type: 'int16', writable: true, ...(write ? { write } : {}) }) as unknown as TagConfig;
+  const tag = (write?: Record<string, unknown>): TagConfig =>
+    ({ name: 'sp', area: 'holding', address: 0, type: 'int16', writable: true, ...(write ? { write } : {}) }) as unknown as TagConfig;
 
   /** A target whose writes finish when the test says so, and a handler around it. */
   function setup(limits: Partial<WriteLimits>, write?: Record<string, unknown>) {
@@ -54,7 +56,13 @@ describe('CommandHandler: queueing and rate limit', () => {
     const releases: Array<() => void> = [];
     const written: TagValue[] = [];
     let failNext: Error | undefined;
-    const handler = new CommandHandler({ suffix: '/set', tagTopicFilters: ['p/+/+'], limits: { maxAge: 60_000, maxWaiting: 10, waitTimeout: 10_000, ...limits }, log, answer: (_topic, answer) => answers.push(answer) });
+    const handler = new CommandHandler({
+      suffix: '/set',
+      tagTopicFilters: ['p/+/+'],
+      limits: { maxAge: 60_000, maxWaiting: 10, waitTimeout: 10_000, ...limits },
+      log,
+      answer: (_topic, answer) => answers.push(answer),
+    });
     const target: CommandTarget = {
       device: 'd',
       tag: tag(write),

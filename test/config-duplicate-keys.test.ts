@@ -52,7 +52,10 @@ describe('duplicate keys in a config file', () => {
       () => loadConfigFile(file, {}),
       (error: unknown) => {
         assert.ok(error instanceof ConfigError);
-        assert.deepEqual(error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`), REPORT);
+        assert.deepEqual(
+          error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`),
+          REPORT,
+        );
         return true;
       },
     );
@@ -69,14 +72,18 @@ describe('duplicate keys in a config file', () => {
   });
 
   it('the same key in different objects is fine', (t) => {
-    const file = writeConfig(t, '{ "gateway": { "name": "gw" }, "http": { "port": 9180 }, "devices": [{ "name": "a", "driver": "modbus", "connection": { "transport": "tcp", "host": "h" }, "tags": [{ "name": "t", "address": "40001" }] }, { "name": "b", "driver": "modbus", "connection": { "transport": "tcp", "host": "h", "port": 503 }, "tags": [{ "name": "t", "address": "40001" }] }] }');
+    const file = writeConfig(
+      t,
+      '{ "gateway": { "name": "gw" }, "http": { "port": 9180 }, "devices": [{ "name": "a", "driver": "modbus", "connection": { "transport": "tcp", "host": "h" }, "tags": [{ "name": "t", "address": "40001" }] }, { "name": "b", "driver": "modbus", "connection": { "transport": "tcp", "host": "h", "port": 503 }, "tags": [{ "name": "t", "address": "40001" }] }] }',
+    );
     assert.equal(loadConfigFile(file, {}).config.devices.length, 2);
   });
 });
 
 describe('plc2mqtt health with a key written twice', () => {
   it('a config with "http" twice: health reads the section the gateway uses', (t) => {
-    const text = '{\n  "http": { "port": 9180 },\n  "gateway": { "name": "gw" },\n  // pasted from the README\n  "http": { "port": 9999 }\n}\n';
+    const text =
+      '{\n  "http": { "port": 9180 },\n  "gateway": { "name": "gw" },\n  // pasted from the README\n  "http": { "port": 9999 }\n}\n';
     const file = writeConfig(t, text);
     const gatewayPort = (parseJsonc(text, file) as { http: { port: number } }).http.port;
     assert.equal(gatewayPort, 9999, 'the last one, as JSON.parse');
@@ -85,6 +92,9 @@ describe('plc2mqtt health with a key written twice', () => {
 
   it('duplicates elsewhere, or inside the section, do not make health fail; it takes the last', (t) => {
     const file = writeConfig(t, DUPLICATES.replace('"port": 9999', '"port": 9998, "port": 9999'));
-    assert.deepEqual({ ...loadHttpSection(file, {}) }, { ...loadHttpSection(writeConfig(t, '{ "http": { "host": "127.0.0.1", "port": 9999 } }'), {}) });
+    assert.deepEqual(
+      { ...loadHttpSection(file, {}) },
+      { ...loadHttpSection(writeConfig(t, '{ "http": { "host": "127.0.0.1", "port": 9999 } }'), {}) },
+    );
   });
 });

@@ -32,7 +32,11 @@ function problemsOf(config: unknown, env: NodeJS.ProcessEnv = {}): string[] {
 
 describe('config errors: each bad file gets the exact report', () => {
   const cases: Array<[string, unknown, string[]]> = [
-    ['not JSON', '{"gateway": {"name": "x" "dataDir": "d"}}', ['(top level): not valid JSON: expected a comma (,) between two entries at line 1, column 26']],
+    [
+      'not JSON',
+      '{"gateway": {"name": "x" "dataDir": "d"}}',
+      ['(top level): not valid JSON: expected a comma (,) between two entries at line 1, column 26'],
+    ],
     ['unknown top-level key', { devics: [] }, ['devics: unknown key "devics"; did you mean "devices"?']],
     [
       'typo in a nested key',
@@ -44,66 +48,172 @@ describe('config errors: each bad file gets the exact report', () => {
       { topics: { zzz: 1 } },
       ['topics.zzz: unknown key "zzz"; allowed here: tag, batch, status, command, retain, qos, timestamp'],
     ],
-    ['unknown driver', { devices: [device({ driver: 'modbsu' })] }, ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua; did you mean "modbus"?']],
+    [
+      'unknown driver',
+      { devices: [device({ driver: 'modbsu' })] },
+      ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua; did you mean "modbus"?'],
+    ],
     ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus, opcua)']],
     [
       'bad enum value with suggestion',
       { devices: [device({}, [{ name: 't', address: '40001', type: 'flaot32' }])] },
-      ['devices[0].tags[0].type: got "flaot32", expected one of "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"; did you mean "float32"?'],
+      [
+        'devices[0].tags[0].type: got "flaot32", expected one of "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"; did you mean "float32"?',
+      ],
     ],
-    ['wrong type', { devices: [device({ connection: { transport: 'tcp', host: 'h', port: '502' } })] }, ['devices[0].connection.port: expected number, got "502" (write numbers without quotes)']],
-    ['missing required field', { devices: [device({ connection: { transport: 'tcp' } })] }, ['devices[0].connection.host: is required (expected string)']],
-    ['bad duration', { devices: [device({ pollInterval: '1 sec' })] }, ['devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "1 sec"']],
+    [
+      'wrong type',
+      { devices: [device({ connection: { transport: 'tcp', host: 'h', port: '502' } })] },
+      ['devices[0].connection.port: expected number, got "502" (write numbers without quotes)'],
+    ],
+    [
+      'missing required field',
+      { devices: [device({ connection: { transport: 'tcp' } })] },
+      ['devices[0].connection.host: is required (expected string)'],
+    ],
+    [
+      'bad duration',
+      { devices: [device({ pollInterval: '1 sec' })] },
+      ['devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "1 sec"'],
+    ],
     ['too fast poll', { devices: [device({ pollInterval: 1 })] }, ['devices[0].pollInterval: must be at least 10, got 1']],
     ['qos out of range', { topics: { qos: 2 } }, ['topics.qos: got 2, expected one of 0, 1']],
     ['empty tag list', { devices: [device({}, [])] }, ['devices[0].tags: must have at least 1 item, got 0']],
     [
       'bad Modbus address',
       { devices: [device({}, [{ name: 't', address: '4000x' }])] },
-      ['devices[0].tags[0].address: "4000x" is not a Modbus address; expected conventional notation such as "40001" (holding), "30001" (input), "00001" (coil), "10001" (discrete), "400001" (6 digits) or "40010.3" (bit 3 of a register)'],
+      [
+        'devices[0].tags[0].address: "4000x" is not a Modbus address; expected conventional notation such as "40001" (holding), "30001" (input), "00001" (coil), "10001" (discrete), "400001" (6 digits) or "40010.3" (bit 3 of a register)',
+      ],
     ],
     [
       'numeric address without area',
       { devices: [device({}, [{ name: 't', address: 5 }])] },
-      ['devices[0].tags[0].area: a numeric (0-based) address needs "area": one of coil, discrete, input, holding; or write the address in conventional notation such as "40001"'],
+      [
+        'devices[0].tags[0].area: a numeric (0-based) address needs "area": one of coil, discrete, input, holding; or write the address in conventional notation such as "40001"',
+      ],
     ],
-    ['coil with a register type', { devices: [device({}, [{ name: 't', address: '00001', type: 'int16' }])] }, ['devices[0].tags[0].type: coils hold single bits: type must be bool, not int16']],
+    [
+      'coil with a register type',
+      { devices: [device({}, [{ name: 't', address: '00001', type: 'int16' }])] },
+      ['devices[0].tags[0].type: coils hold single bits: type must be bool, not int16'],
+    ],
     [
       'string without length',
       { devices: [device({}, [{ name: 't', address: '40001', type: 'string' }])] },
       ['devices[0].tags[0].length: type string needs "length": the number of registers holding the text (2 characters each)'],
     ],
-    ['tag name with a slash', { devices: [device({}, [{ name: 'a/b', address: '40001' }])] }, ['devices[0].tags[0].name: Tag names may use letters, digits, "_", "-" and "." only (they become MQTT topic levels), got "a/b"']],
-    ['duplicate device names', { devices: [device(), device()] }, ['devices[1].name: duplicate device name "plc1" (also devices[0])', 'devices[1].tags[0]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic']],
+    [
+      'tag name with a slash',
+      { devices: [device({}, [{ name: 'a/b', address: '40001' }])] },
+      ['devices[0].tags[0].name: Tag names may use letters, digits, "_", "-" and "." only (they become MQTT topic levels), got "a/b"'],
+    ],
+    [
+      'duplicate device names',
+      { devices: [device(), device()] },
+      [
+        'devices[1].name: duplicate device name "plc1" (also devices[0])',
+        'devices[1].tags[0]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic',
+      ],
+    ],
     [
       'duplicate tag names',
-      { devices: [device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
-      ['devices[0].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])', 'devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic'],
+      {
+        devices: [
+          device({}, [
+            { name: 't', address: '40001' },
+            { name: 't', address: '40002' },
+          ]),
+        ],
+      },
+      [
+        'devices[0].tags[1].name: duplicate tag name "t" in device "plc1" (also tags[0])',
+        'devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/t" is already the topic of devices[0].tags[0] (plc1/t); give one of them another name or topic',
+      ],
     ],
     [
       'write checks on a tag that is not writable, and min above max',
-      { devices: [device({}, [{ name: 'a', address: '40001', write: { min: 1 } }, { name: 'b', address: '40002', writable: true, write: { min: 10, max: 5 } }])] },
-      ['devices[0].tags[0].write: write checks apply to writable tags only; add "writable": true or remove "write"', 'devices[0].tags[1].write.min: min (10) is greater than max (5)'],
+      {
+        devices: [
+          device({}, [
+            { name: 'a', address: '40001', write: { min: 1 } },
+            { name: 'b', address: '40002', writable: true, write: { min: 10, max: 5 } },
+          ]),
+        ],
+      },
+      [
+        'devices[0].tags[0].write: write checks apply to writable tags only; add "writable": true or remove "write"',
+        'devices[0].tags[1].write.min: min (10) is greater than max (5)',
+      ],
     ],
     [
-      'a command topic that is another tag\'s topic',
-      { devices: [device({}, [{ name: 'a', address: '40001', writable: true }, { name: 'b', address: '40002', topic: 'plc2mqtt/plc2mqtt/plc1/a/set' }])] },
-      ['devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/a/set" is already the topic of the command topic of devices[0].tags[0] (plc1/a); give one of them another name or topic'],
+      "a command topic that is another tag's topic",
+      {
+        devices: [
+          device({}, [
+            { name: 'a', address: '40001', writable: true },
+            { name: 'b', address: '40002', topic: 'plc2mqtt/plc2mqtt/plc1/a/set' },
+          ]),
+        ],
+      },
+      [
+        'devices[0].tags[1]: topic "plc2mqtt/plc2mqtt/plc1/a/set" is already the topic of the command topic of devices[0].tags[0] (plc1/a); give one of them another name or topic',
+      ],
     ],
-    ['a command suffix with a wildcard', { topics: { command: '/+/set' } }, ['topics.command: expected a suffix such as "/set": starting with "/", without wildcards, not ending in "/", got "/+/set"']],
+    [
+      'a command suffix with a wildcard',
+      { topics: { command: '/+/set' } },
+      ['topics.command: expected a suffix such as "/set": starting with "/", without wildcards, not ending in "/", got "/+/set"'],
+    ],
     [
       'two tags rendering to the same topic',
-      { topics: { tag: 'site/{device}' }, devices: [device({}, [{ name: 'a', address: '40001' }, { name: 'b', address: '40002' }])] },
+      {
+        topics: { tag: 'site/{device}' },
+        devices: [
+          device({}, [
+            { name: 'a', address: '40001' },
+            { name: 'b', address: '40002' },
+          ]),
+        ],
+      },
       ['devices[0].tags[1]: topic "site/plc1" is already the topic of devices[0].tags[0] (plc1/a); give one of them another name or topic'],
     ],
-    ['unknown poll group', { devices: [device({}, [{ name: 't', address: '40001', group: 'fast' }])] }, ['devices[0].tags[0].group: unknown poll group "fast"; device "plc1" defines no pollGroups']],
-    ['placeholder without meta', { topics: { tag: 'acme/{site}/{device}/{tag}' }, devices: [device()] }, ['topics.tag: placeholder {site} is not defined for device "plc1"; add it to the device\'s "meta" or remove it from the template']],
-    ['wildcard in a topic', { devices: [device({}, [{ name: 't', address: '40001', topic: 'x/+/{tag}' }])] }, ['devices[0].tags[0].topic: for device "plc1": "x/+/t" contains an MQTT wildcard (+ or #); published topics can\'t']],
-    ['{tag} in the batch topic', { topics: { batch: 'x/{device}/{tag}' } }, ['topics.batch: a batch topic carries every tag of a group: it cannot contain {tag}']],
-    ['missing environment variable', { gateway: { name: '${GW_NAME}' } }, ['gateway.name: environment variable GW_NAME is not set (write ${GW_NAME:-default} to give a default)']],
+    [
+      'unknown poll group',
+      { devices: [device({}, [{ name: 't', address: '40001', group: 'fast' }])] },
+      ['devices[0].tags[0].group: unknown poll group "fast"; device "plc1" defines no pollGroups'],
+    ],
+    [
+      'placeholder without meta',
+      { topics: { tag: 'acme/{site}/{device}/{tag}' }, devices: [device()] },
+      ['topics.tag: placeholder {site} is not defined for device "plc1"; add it to the device\'s "meta" or remove it from the template'],
+    ],
+    [
+      'wildcard in a topic',
+      { devices: [device({}, [{ name: 't', address: '40001', topic: 'x/+/{tag}' }])] },
+      ['devices[0].tags[0].topic: for device "plc1": "x/+/t" contains an MQTT wildcard (+ or #); published topics can\'t'],
+    ],
+    [
+      '{tag} in the batch topic',
+      { topics: { batch: 'x/{device}/{tag}' } },
+      ['topics.batch: a batch topic carries every tag of a group: it cannot contain {tag}'],
+    ],
+    [
+      'missing environment variable',
+      { gateway: { name: '${GW_NAME}' } },
+      ['gateway.name: environment variable GW_NAME is not set (write ${GW_NAME:-default} to give a default)'],
+    ],
     [
       'duplicate names are listed beside schema errors in one report',
-      { devices: [device({ pollInterval: 'x' }), device({}, [{ name: 't', address: '40001' }, { name: 't', address: '40002' }])] },
+      {
+        devices: [
+          device({ pollInterval: 'x' }),
+          device({}, [
+            { name: 't', address: '40001' },
+            { name: 't', address: '40002' },
+          ]),
+        ],
+      },
       [
         'devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "x"',
         'devices[1].name: duplicate device name "plc1" (also devices[0])',
@@ -113,13 +223,30 @@ describe('config errors: each bad file gets the exact report', () => {
     [
       'a tag on the gateway status topic',
       { topics: { tag: 'plc2mqtt/{gateway}/{tag}' }, devices: [device({}, [{ name: 'status', address: '40001' }])] },
-      ['devices[0].tags[0]: topic "plc2mqtt/plc2mqtt/status" is already the topic of the gateway status (topics.status); give one of them another name or topic'],
+      [
+        'devices[0].tags[0]: topic "plc2mqtt/plc2mqtt/status" is already the topic of the gateway status (topics.status); give one of them another name or topic',
+      ],
     ],
-    ['bit on a coil', { devices: [device({}, [{ name: 't', area: 'coil', address: 0, bit: 3 }])] }, ['devices[0].tags[0].bit: "bit" selects a bit inside a register; a coil is a single bit already']],
-    ['encoding on a number', { devices: [device({}, [{ name: 't', address: '40001', encoding: 'utf8' }])] }, ['devices[0].tags[0].encoding: "encoding" is only for type string']],
+    [
+      'bit on a coil',
+      { devices: [device({}, [{ name: 't', area: 'coil', address: 0, bit: 3 }])] },
+      ['devices[0].tags[0].bit: "bit" selects a bit inside a register; a coil is a single bit already'],
+    ],
+    [
+      'encoding on a number',
+      { devices: [device({}, [{ name: 't', address: '40001', encoding: 'utf8' }])] },
+      ['devices[0].tags[0].encoding: "encoding" is only for type string'],
+    ],
     [
       'bridge rules with bad filters and TLS on a plain url',
-      { uplink: { url: 'mqtt://cloud:1883', tls: { ca: 'ca.pem' }, forward: [{ topic: 'a/#/b' }], receive: [{ topic: 'cmd/#', remotePrefix: 'x/+/' }] } },
+      {
+        uplink: {
+          url: 'mqtt://cloud:1883',
+          tls: { ca: 'ca.pem' },
+          forward: [{ topic: 'a/#/b' }],
+          receive: [{ topic: 'cmd/#', remotePrefix: 'x/+/' }],
+        },
+      },
       [
         'uplink.forward[0].topic: "a/#/b": "#" must be a whole level and the last one',
         'uplink.receive[0].remotePrefix: a prefix is plain topic text, it cannot contain + or #, got "x/+/"',
@@ -130,8 +257,14 @@ describe('config errors: each bad file gets the exact report', () => {
       'broker: duplicate users, an ACL for nobody, a bad pattern, two listeners on one port',
       {
         broker: {
-          listeners: [{ type: 'tcp', port: 1883 }, { type: 'ws', port: 1883 }],
-          users: [{ username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' }, { username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' }],
+          listeners: [
+            { type: 'tcp', port: 1883 },
+            { type: 'ws', port: 1883 },
+          ],
+          users: [
+            { username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' },
+            { username: 'hmi', passwordHash: 'scrypt$16384$8$1$HYJermLjOkDf6iUXtxD2sA==$cG8EjyAzO5bsscE07Z+Gb/ffa2/fzTtTO/GxIx4CNQ0=' },
+          ],
           acl: [{ user: 'hmii', subscribe: ['a/#/b'] }],
         },
       },
@@ -142,18 +275,46 @@ describe('config errors: each bad file gets the exact report', () => {
         'broker.acl[0].subscribe[0]: "a/#/b": "#" must be a whole level and the last one',
       ],
     ],
-    ['a plain password where a hash belongs', { broker: { users: [{ username: 'hmi', passwordHash: 'secret' }] } }, ['broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got "secret"']],
-    ['http.port on a broker listener\'s port', { broker: { listeners: [{ type: 'tcp', host: '0.0.0.0', port: 1883 }] }, http: { port: 1883 } }, ['http.port: 1883 is also the port of broker.listeners[0] (tcp on 0.0.0.0:1883): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener\'s port']],
+    [
+      'a plain password where a hash belongs',
+      { broker: { users: [{ username: 'hmi', passwordHash: 'secret' }] } },
+      ['broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got "secret"'],
+    ],
+    [
+      "http.port on a broker listener's port",
+      { broker: { listeners: [{ type: 'tcp', host: '0.0.0.0', port: 1883 }] }, http: { port: 1883 } },
+      [
+        "http.port: 1883 is also the port of broker.listeners[0] (tcp on 0.0.0.0:1883): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener's port",
+      ],
+    ],
     [
       'writable input register and discrete input',
-      { devices: [device({}, [{ name: 'a', address: '30001', writable: true }, { name: 'b', area: 'discrete', address: 0, writable: true }, { name: 'c', address: '30002' }])] },
+      {
+        devices: [
+          device({}, [
+            { name: 'a', address: '30001', writable: true },
+            { name: 'b', area: 'discrete', address: 0, writable: true },
+            { name: 'c', address: '30002' },
+          ]),
+        ],
+      },
       [
         'devices[0].tags[0].writable: input registers (30001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address the holding register (40001…) if the device offers the value there',
         'devices[0].tags[1].writable: discrete inputs (10001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address a coil (00001…) if the device offers one',
       ],
     ],
-    ['uplink url without a scheme', { uplink: { url: 'cloud.example.com:8883' } }, ['uplink.url: expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883", got "cloud.example.com:8883"']],
-    ['outbox size with a typo in the unit', { uplink: { url: 'mqtt://c', outbox: { maxBytes: '500 mb' } } }, ['uplink.outbox.maxBytes: expected a size such as "500MB", "2GB" or a number of bytes, got "500 mb"']],
+    [
+      'uplink url without a scheme',
+      { uplink: { url: 'cloud.example.com:8883' } },
+      [
+        'uplink.url: expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883", got "cloud.example.com:8883"',
+      ],
+    ],
+    [
+      'outbox size with a typo in the unit',
+      { uplink: { url: 'mqtt://c', outbox: { maxBytes: '500 mb' } } },
+      ['uplink.outbox.maxBytes: expected a size such as "500MB", "2GB" or a number of bytes, got "500 mb"'],
+    ],
   ];
   for (const [title, config, expected] of cases) {
     it(title, () => assert.deepEqual(problemsOf(config), expected));
@@ -168,7 +329,10 @@ describe('config errors: each bad file gets the exact report', () => {
 describe('config: environment interpolation', () => {
   it('replaces ${VAR} and ${VAR:-default}, and $$ is a literal $', () => {
     const config = parseConfigText(
-      JSON.stringify({ gateway: { name: '${GW}', dataDir: '${DATA:-/var/lib/plc2mqtt}' }, devices: [device({ connection: { transport: 'tcp', host: '${PLC_HOST}' }, description: 'costs $$5' })] }),
+      JSON.stringify({
+        gateway: { name: '${GW}', dataDir: '${DATA:-/var/lib/plc2mqtt}' },
+        devices: [device({ connection: { transport: 'tcp', host: '${PLC_HOST}' }, description: 'costs $$5' })],
+      }),
       'x',
       { GW: 'edge-7', PLC_HOST: '10.0.0.9' },
     );
@@ -189,21 +353,30 @@ describe('config: environment interpolation', () => {
 
 describe('config: defaults and addresses', () => {
   it('fills defaults and resolves conventional and explicit addresses', () => {
-    const config = parseConfigText(JSON.stringify({ devices: [device({}, [
-      { name: 'a', address: '40010.3' },
-      { name: 'b', area: 'input', address: 7, type: 'float32' },
-      { name: 'c', address: '400001', type: 'int32' },
-      { name: 'd', address: '00005' },
-    ])] }));
+    const config = parseConfigText(
+      JSON.stringify({
+        devices: [
+          device({}, [
+            { name: 'a', address: '40010.3' },
+            { name: 'b', area: 'input', address: 7, type: 'float32' },
+            { name: 'c', address: '400001', type: 'int32' },
+            { name: 'd', address: '00005' },
+          ]),
+        ],
+      }),
+    );
     const modbus = config.devices[0];
     assert.ok(modbus?.driver === 'modbus');
     const tags = modbus.tags;
-    assert.deepEqual(tags.map((tag) => [tag.name, tag.address, tag.type]), [
-      ['a', { area: 'holding', address: 9, bit: 3 }, 'bool'],
-      ['b', { area: 'input', address: 7 }, 'float32'],
-      ['c', { area: 'holding', address: 0 }, 'int32'],
-      ['d', { area: 'coil', address: 4 }, 'bool'],
-    ]);
+    assert.deepEqual(
+      tags.map((tag) => [tag.name, tag.address, tag.type]),
+      [
+        ['a', { area: 'holding', address: 9, bit: 3 }, 'bool'],
+        ['b', { area: 'input', address: 7 }, 'float32'],
+        ['c', { area: 'holding', address: 0 }, 'int32'],
+        ['d', { area: 'coil', address: 4 }, 'bool'],
+      ],
+    );
     assert.equal(config.devices[0]!.pollInterval, 1000);
     assert.equal(config.broker.listeners[0]!.host, '127.0.0.1');
     assert.equal(config.topics.tag, 'plc2mqtt/{gateway}/{device}/{tag}');
@@ -241,7 +414,10 @@ describe('plc2mqtt validate', () => {
     const result = spawnSync(process.execPath, [CLI, 'validate', '-c', file], { encoding: 'utf8' });
     assert.equal(result.status, 2);
     assert.equal(result.stdout, '');
-    assert.equal(result.stderr, `${file}: 2 problems\n  topics.qos: got 3, expected one of 0, 1\n  devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "soon"\n`);
+    assert.equal(
+      result.stderr,
+      `${file}: 2 problems\n  topics.qos: got 3, expected one of 0, 1\n  devices[0].pollInterval: expected a duration such as "500ms", "1s", "5m", "1h" or "7d", got "soon"\n`,
+    );
     assert.doesNotMatch(result.stderr, /at .*\.js:\d+/);
   });
 
@@ -260,11 +436,17 @@ describe('plc2mqtt validate', () => {
 
 describe('config: ports and read-only areas (checked by validate, not found at run time)', () => {
   it('http.port may equal a listener port on another address, or when http is off', () => {
-    assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'tcp', host: '10.0.0.5', port: 1883 }] }, http: { host: '127.0.0.1', port: 1883 } }), []);
+    assert.deepEqual(
+      problemsOf({ broker: { listeners: [{ type: 'tcp', host: '10.0.0.5', port: 1883 }] }, http: { host: '127.0.0.1', port: 1883 } }),
+      [],
+    );
     assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'tcp', port: 1883 }] }, http: { enabled: false, port: 1883 } }), []);
-    assert.deepEqual(problemsOf({ broker: { listeners: [{ type: 'ws', host: '127.0.0.1', port: 8080 }] }, http: { host: '0.0.0.0', port: 8080 } }), [
-      'http.port: 8080 is also the port of broker.listeners[0] (ws on 127.0.0.1:8080): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener\'s port',
-    ]);
+    assert.deepEqual(
+      problemsOf({ broker: { listeners: [{ type: 'ws', host: '127.0.0.1', port: 8080 }] }, http: { host: '0.0.0.0', port: 8080 } }),
+      [
+        "http.port: 8080 is also the port of broker.listeners[0] (ws on 127.0.0.1:8080): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener's port",
+      ],
+    );
   });
 
   it('plc2mqtt validate refuses both with their JSON paths and exit 2', () => {
@@ -277,7 +459,14 @@ describe('config: ports and read-only areas (checked by validate, not found at r
     const port = validate({ http: { port: 1883 }, devices: [device()] });
     assert.equal(port.status, 2, port.stdout);
     assert.match(port.stderr, /^ {2}http\.port: 1883 is also the port of broker\.listeners\[0\] \(tcp on 127\.0\.0\.1:1883\)/m);
-    const writable = validate({ devices: [device({}, [{ name: 'in', address: '30001', writable: true }, { name: 'di', address: '10001', writable: true }])] });
+    const writable = validate({
+      devices: [
+        device({}, [
+          { name: 'in', address: '30001', writable: true },
+          { name: 'di', address: '10001', writable: true },
+        ]),
+      ],
+    });
     assert.equal(writable.status, 2, writable.stdout);
     assert.match(writable.stderr, /^ {2}devices\[0\]\.tags\[0\]\.writable: input registers \(30001…\) are read-only in Modbus/m);
     assert.match(writable.stderr, /^ {2}devices\[0\]\.tags\[1\]\.writable: discrete inputs \(10001…\) are read-only in Modbus/m);
@@ -286,17 +475,24 @@ describe('config: ports and read-only areas (checked by validate, not found at r
 
 describe('config: JSON with comments (JSONC), as in the README', () => {
   it('accepts // and /* */ comments and trailing commas in objects and arrays', () => {
-    const config = parseConfigText(`{
+    const config = parseConfigText(
+      `{
       // the gateway
       "gateway": { "name": "edge-7", /* inline */ "logLevel": "debug", },
       "devices": [
         { "name": "plc1", "driver": "modbus", "connection": { "transport": "tcp", "host": "127.0.0.1" },
           "tags": [{ "name": "t", "address": "40001" }, { "name": "u", "address": "40002" },], },
       ],
-    }`, 'x.jsonc', {});
+    }`,
+      'x.jsonc',
+      {},
+    );
     assert.equal(config.gateway.name, 'edge-7');
     assert.equal(config.gateway.logLevel, 'debug');
-    assert.deepEqual(config.devices[0]!.tags.map((tag) => tag.name), ['t', 'u']);
+    assert.deepEqual(
+      config.devices[0]!.tags.map((tag) => tag.name),
+      ['t', 'u'],
+    );
   });
 
   it('a byte order mark at the start is ignored', () => {
@@ -304,12 +500,18 @@ describe('config: JSON with comments (JSONC), as in the README', () => {
   });
 
   it('a "__proto__" key is an unknown key, as with JSON.parse, not the prototype of the section', () => {
-    assert.deepEqual(problemsOf('{"gateway": {"__proto__": {"name": "x"}}}'), ['gateway.__proto__: unknown key "__proto__"; allowed here: name, dataDir, logLevel, shutdownTimeout']);
+    assert.deepEqual(problemsOf('{"gateway": {"__proto__": {"name": "x"}}}'), [
+      'gateway.__proto__: unknown key "__proto__"; allowed here: name, dataDir, logLevel, shutdownTimeout',
+    ]);
   });
 
   // Every syntax error names its line and column (JSON.parse gives none for some, e.g. "[1,]" or a single quote).
   const syntax: Array<[string, string, string]> = [
-    ['a missing comma', '{\n  "gateway": {"name": "x"}\n  "devices": []\n}', 'expected a comma (,) between two entries at line 3, column 3'],
+    [
+      'a missing comma',
+      '{\n  "gateway": {"name": "x"}\n  "devices": []\n}',
+      'expected a comma (,) between two entries at line 3, column 3',
+    ],
     ['single quotes', "{\n  'gateway': {}\n}", 'unexpected "\'gateway\'": names and strings take double quotes at line 2, column 3'],
     ['a missing value', '{"gateway": {"name": }}', 'expected a value at line 1, column 22'],
     ['a missing colon', '{"gateway" {}}', 'expected a colon (:) after the name at line 1, column 12'],
@@ -323,10 +525,11 @@ describe('config: JSON with comments (JSONC), as in the README', () => {
     ['a bare word', '{"http": {"enabled": tru}}', 'unexpected "tru" at line 1, column 22'],
   ];
   for (const [title, text, message] of syntax) {
-    it(`syntax error with line and column: ${title}`, () => assert.deepEqual(problemsOf(text), [`(top level): not valid JSON: ${message}`]));
+    it(`syntax error with line and column: ${title}`, () =>
+      assert.deepEqual(problemsOf(text), [`(top level): not valid JSON: ${message}`]));
   }
 
-  it('the README\'s configuration example, copied into a file, passes plc2mqtt validate', () => {
+  it("the README's configuration example, copied into a file, passes plc2mqtt validate", () => {
     const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
     const example = /## Configuration[\s\S]*?```jsonc\n([\s\S]*?)\n```/.exec(readme)?.[1];
     assert.ok(example?.includes('//'), 'the example is JSONC with comments');

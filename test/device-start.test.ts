@@ -42,7 +42,14 @@ describe('a device that cannot start, beside a healthy one', () => {
   const pressFile = join(dir, 'press.pem');
   const logs = new CapturedLog('info');
   const loads: Record<string, number> = { press: 0, ua: 0 };
-  const events: { [Type in keyof GatewayEvents]: GatewayEvents[Type][] } = { sample: [], 'device-state': [], poll: [], 'uplink-state': [], 'outbox-depth': [], write: [] };
+  const events: { [Type in keyof GatewayEvents]: GatewayEvents[Type][] } = {
+    sample: [],
+    'device-state': [],
+    poll: [],
+    'uplink-state': [],
+    'outbox-depth': [],
+    write: [],
+  };
   let gateway: Gateway;
   let recorder: Recorder;
   let base = '';
@@ -77,19 +84,43 @@ describe('a device that cannot start, beside a healthy one', () => {
     const deadCloud = await freePort();
     const connection = { transport: 'tcp', host: '127.0.0.1', port: modbus.port, unitId: 1, timeout: '500ms' };
     raw = {
-        gateway: { name: 'sup', dataDir: join(dir, 'data') },
-        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
-        http: { host: '127.0.0.1', port: httpPort },
-        // A cloud that is down: the uplink is disconnected and the outbox fills.
-        uplink: { url: `mqtt://127.0.0.1:${deadCloud}`, reconnect: { initial: 100, max: 400 } },
-        devices: [
-          { name: 'good', driver: 'modbus', connection, pollInterval: '100ms', report: 'always', tags: [{ name: 'level', area: 'holding', address: 0, type: 'uint16', writable: true }] },
-          { name: 'press', driver: 'modbus', connection, pollInterval: '100ms', tags: [{ name: 'speed', area: 'holding', address: 1, type: 'uint16' }] },
-          { name: 'ua', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://127.0.0.1:4840' }, pollInterval: '100ms', tags: [{ name: 'temp', nodeId: 'ns=1;s=Temp' }] },
-        ],
+      gateway: { name: 'sup', dataDir: join(dir, 'data') },
+      broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true },
+      http: { host: '127.0.0.1', port: httpPort },
+      // A cloud that is down: the uplink is disconnected and the outbox fills.
+      uplink: { url: `mqtt://127.0.0.1:${deadCloud}`, reconnect: { initial: 100, max: 400 } },
+      devices: [
+        {
+          name: 'good',
+          driver: 'modbus',
+          connection,
+          pollInterval: '100ms',
+          report: 'always',
+          tags: [{ name: 'level', area: 'holding', address: 0, type: 'uint16', writable: true }],
+        },
+        {
+          name: 'press',
+          driver: 'modbus',
+          connection,
+          pollInterval: '100ms',
+          tags: [{ name: 'speed', area: 'holding', address: 1, type: 'uint16' }],
+        },
+        {
+          name: 'ua',
+          driver: 'opcua',
+          connection: { endpointUrl: 'opc.tcp://127.0.0.1:4840' },
+          pollInterval: '100ms',
+          tags: [{ name: 'temp', nodeId: 'ns=1;s=Temp' }],
+        },
+      ],
     };
     const config = parseConfigText(JSON.stringify(raw));
-    gateway = await Gateway.start({ file: '<test>', config, dataDir: config.gateway.dataDir }, logs.log, { ops: true, version: '9.9.9', loadDriver, deviceRetry: { initial: 200, max: 400 } });
+    gateway = await Gateway.start({ file: '<test>', config, dataDir: config.gateway.dataDir }, logs.log, {
+      ops: true,
+      version: '9.9.9',
+      loadDriver,
+      deviceRetry: { initial: 200, max: 400 },
+    });
     for (const type of Object.keys(events) as Array<keyof GatewayEvents>) {
       gateway.bus.on(type, (event: GatewayEvents[typeof type]) => void (events[type] as unknown[]).push(event));
     }
@@ -105,8 +136,15 @@ describe('a device that cannot start, beside a healthy one', () => {
   });
 
   it('the gateway starts; the healthy device publishes from the real Modbus server', async () => {
-    await waitFor(() => (recorder.last('plc2mqtt/sup/good/level') as { value?: number } | undefined)?.value === 1234, 10_000, 'good/level = 1234');
-    assert.deepEqual(logs.withMessage('polling started').map((record) => [record.devices, record.failed]), [[3, ['press', 'ua']]]);
+    await waitFor(
+      () => (recorder.last('plc2mqtt/sup/good/level') as { value?: number } | undefined)?.value === 1234,
+      10_000,
+      'good/level = 1234',
+    );
+    assert.deepEqual(
+      logs.withMessage('polling started').map((record) => [record.devices, record.failed]),
+      [[3, ['press', 'ua']]],
+    );
     assert.equal(logs.withMessage('gateway failed to start').length, 0);
   });
 
@@ -132,7 +170,16 @@ describe('a device that cannot start, beside a healthy one', () => {
     assert.equal(message.quality, 'bad');
     assert.match(message.reason, /^the device could not be started: Cannot find package/);
     // /api/status keeps its shape: the broker's queue is for the metrics only.
-    assert.deepEqual(Object.keys(current.broker), ['clients', 'listeners', 'published', 'dropped', 'errors', 'messagesIn', 'messagesOut', 'denied']);
+    assert.deepEqual(Object.keys(current.broker), [
+      'clients',
+      'listeners',
+      'published',
+      'dropped',
+      'errors',
+      'messagesIn',
+      'messagesOut',
+      'denied',
+    ]);
   });
 
   const waitForFailed = async (name: string): Promise<DeviceStatus> => {
@@ -147,7 +194,11 @@ describe('a device that cannot start, beside a healthy one', () => {
     assert.equal(value(/^plc2mqtt_device_connected\{device="good"\} (\S+)$/m), 1);
     assert.equal(value(/^plc2mqtt_device_state\{device="good",state="connected"\} (\S+)$/m), 1);
     assert.equal(value(/^plc2mqtt_device_state\{device="ua",state="connected"\} (\S+)$/m), 0);
-    assert.equal(value(/^plc2mqtt_device_state\{device="ua",state="failed"\} (\S+)$/m) + value(/^plc2mqtt_device_state\{device="ua",state="starting"\} (\S+)$/m), 1);
+    assert.equal(
+      value(/^plc2mqtt_device_state\{device="ua",state="failed"\} (\S+)$/m) +
+        value(/^plc2mqtt_device_state\{device="ua",state="starting"\} (\S+)$/m),
+      1,
+    );
     assert.ok(value(/^plc2mqtt_poll_duration_seconds_count\{device="good",group="default",outcome="ok"\} (\S+)$/m) > 0);
     assert.ok(value(/^plc2mqtt_samples_total\{device="good"\} (\S+)$/m) > 0);
     assert.equal(value(/^plc2mqtt_uplink_connected (\S+)$/m), 0);
@@ -155,13 +206,19 @@ describe('a device that cannot start, beside a healthy one', () => {
 
   it('the failed device is tried again with back-off and runs once its cause is gone; the others never stopped', async () => {
     await waitFor(() => loads.press >= 3 && loads.ua >= 3, 10_000, 'a few attempts of each');
-    const failures = logs.withMessage('device could not be started (its driver failed to load or to be created); trying again with back-off');
+    const failures = logs.withMessage(
+      'device could not be started (its driver failed to load or to be created); trying again with back-off',
+    );
     // Logged once per device (its reason did not change), not at every attempt.
     assert.deepEqual(failures.map((record) => record.feature).sort(), ['device press', 'device ua']);
     const goodSamples = (await device('good')).samples;
     writeFileSync(pressFile, 'certificate');
     await waitFor(async () => (await device('press')).state === 'connected', 10_000, 'press connected');
-    await waitFor(() => (recorder.last('plc2mqtt/sup/press/speed') as { value?: number } | undefined)?.value === 77, 10_000, 'press/speed = 77');
+    await waitFor(
+      () => (recorder.last('plc2mqtt/sup/press/speed') as { value?: number } | undefined)?.value === 77,
+      10_000,
+      'press/speed = 77',
+    );
     assert.ok((await device('good')).samples > goodSamples, 'good kept polling');
     assert.ok(logs.records().some((record) => /^device press started after \d+ failed attempts$/.test(record.msg)));
     // The bus told the story: starting, failed, …, starting, then the runner's connection states.
@@ -169,7 +226,11 @@ describe('a device that cannot start, beside a healthy one', () => {
     assert.equal(press[0], 'starting');
     assert.ok(press.includes('failed'));
     assert.equal(press.at(-1), 'connected');
-    assert.ok(events['device-state'].some((event) => event.device === 'ua' && event.state === 'failed' && /node-opcua-client/.test(event.lastError ?? '')));
+    assert.ok(
+      events['device-state'].some(
+        (event) => event.device === 'ua' && event.state === 'failed' && /node-opcua-client/.test(event.lastError ?? ''),
+      ),
+    );
     // "ua" keeps failing, alone.
     assert.equal((await waitForFailed('ua')).lastError !== null, true);
   });
@@ -180,7 +241,10 @@ describe('a device that cannot start, beside a healthy one', () => {
     assert.match(events['uplink-state'][0]!.reason ?? '', /ECONNREFUSED|connect/);
     assert.ok(events['outbox-depth'].at(-1)!.messages > 0, 'the cloud is down: the outbox fills');
     const sample = events.sample.find((event) => event.device === 'good' && event.tag === 'level')!;
-    assert.deepEqual([sample.topic, sample.sample.value, sample.sample.quality, sample.reported], ['plc2mqtt/sup/good/level', 1234, 'good', true]);
+    assert.deepEqual(
+      [sample.topic, sample.sample.value, sample.sample.quality, sample.reported],
+      ['plc2mqtt/sup/good/level', 1234, 'good', true],
+    );
     assert.ok(events.poll.some((event) => event.device === 'good' && event.group === 'default' && event.ok));
 
     const client = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { reconnectPeriod: 0, clientId: 'hmi-7' });
@@ -191,7 +255,18 @@ describe('a device that cannot start, beside a healthy one', () => {
       await client.endAsync(true);
     }
     const [write] = events.write;
-    assert.deepEqual([write!.topic, write!.answer.ok, write!.answer.device, write!.answer.tag, write!.answer.value, write!.origin.source, write!.origin.clientId], ['plc2mqtt/sup/good/level/set', true, 'good', 'level', 42, 'local', 'hmi-7']);
+    assert.deepEqual(
+      [
+        write!.topic,
+        write!.answer.ok,
+        write!.answer.device,
+        write!.answer.tag,
+        write!.answer.value,
+        write!.origin.source,
+        write!.origin.clientId,
+      ],
+      ['plc2mqtt/sup/good/level/set', true, 'good', 'level', 42, 'local', 'hmi-7'],
+    );
     assert.equal(modbus.holding[0], 42);
   });
 
@@ -202,17 +277,23 @@ describe('a device that cannot start, beside a healthy one', () => {
     const attempts = loads.ua;
     await new Promise((resolve) => setTimeout(resolve, 1000));
     assert.equal(loads.ua, attempts, 'no attempt after the removal');
-    assert.deepEqual((await status()).devices.map((entry) => entry.name), ['good', 'press']);
-    assert.deepEqual(gateway.features().map((feature) => `${feature.name}: ${feature.state}`), [
-      'outbox: running',
-      'broker: running',
-      'uplink: running',
-      'commands: running',
-      'status topic: running',
-      'device good: running',
-      'device press: running',
-      'operations endpoint: running',
-    ]);
+    assert.deepEqual(
+      (await status()).devices.map((entry) => entry.name),
+      ['good', 'press'],
+    );
+    assert.deepEqual(
+      gateway.features().map((feature) => `${feature.name}: ${feature.state}`),
+      [
+        'outbox: running',
+        'broker: running',
+        'uplink: running',
+        'commands: running',
+        'status topic: running',
+        'device good: running',
+        'device press: running',
+        'operations endpoint: running',
+      ],
+    );
     assert.ok(existsSync(join(dir, 'data', 'outbox.db')));
   });
 });

@@ -12,7 +12,10 @@ describe('DeviceRunner', () => {
   it('reports a dead device as bad, reconnects when it comes back, and again after it drops', async (t) => {
     const defer = cleanup(t);
     const port = await freePort();
-    const config = device({ connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 200 }, tags: [{ name: 'level', address: '40001' }] });
+    const config = device({
+      connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 200 },
+      tags: [{ name: 'level', address: '40001' }],
+    });
     const events: ReadingsEvent[] = [];
     const runner = new DeviceRunner({
       name: 'dev',
@@ -59,7 +62,10 @@ describe('DeviceRunner', () => {
     const server = new TcpTestServer();
     await server.start();
     defer(() => server.stop());
-    const config = device({ connection: { transport: 'tcp', host: '127.0.0.1', port: server.port }, tags: [{ name: 'a', address: '40001' }] });
+    const config = device({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: server.port },
+      tags: [{ name: 'a', address: '40001' }],
+    });
     let cycles = 0;
     const runner = new DeviceRunner({
       name: 'dev',

@@ -28,7 +28,8 @@ function modbusDriver(connection: RawTag, tags: RawTag[]) {
 
 const modbusTag = (raw: RawTag): ModbusTag => device({ connection: { transport: 'tcp', host: 'x' }, tags: [raw] }).tags[0]!;
 
-const values = (readings: readonly TagReading[]): Record<string, unknown> => Object.fromEntries(readings.map((reading) => [reading.tag, reading.value]));
+const values = (readings: readonly TagReading[]): Record<string, unknown> =>
+  Object.fromEntries(readings.map((reading) => [reading.tag, reading.value]));
 
 /** The register map of test/helpers/modbus-pymodbus-server.py. */
 const PYMODBUS_TAGS: RawTag[] = [
@@ -46,7 +47,13 @@ const PYMODBUS_ALL = [...PYMODBUS_TAGS, PYMODBUS_BEYOND, PYMODBUS_WRITABLE];
 const pymodbusPeer = {
   good: PYMODBUS_TAGS.map(modbusTag),
   checkGood: (readings: readonly TagReading[]) =>
-    assert.deepEqual(values(readings), { u16: 0x1234, f32: 1.5, text: 'pymodbus', coils: [true, false, true, true, false, false, false, true], in: -2.25 }),
+    assert.deepEqual(values(readings), {
+      u16: 0x1234,
+      f32: 1.5,
+      text: 'pymodbus',
+      coils: [true, false, true, true, false, false, false, true],
+      in: -2.25,
+    }),
   unknown: { tag: modbusTag(PYMODBUS_BEYOND), code: /^exception-2$/ },
   write: { tag: modbusTag(PYMODBUS_WRITABLE), value: -42 },
 };
@@ -84,7 +91,10 @@ driverContract<ModbusTag>({
       silence: () => link.cut(),
       resume: () => link.restore(),
       badReplies: { start: () => link.corruptReplies(notMbap), stop: () => link.corruptReplies(undefined), code: /^bad-reply$/ },
-      nowhere: () => ({ driver: modbusDriver({ transport: 'tcp', host: '127.0.0.1', port: nothing }, PYMODBUS_ALL), names: `127.0.0.1:${nothing}` }),
+      nowhere: () => ({
+        driver: modbusDriver({ transport: 'tcp', host: '127.0.0.1', port: nothing }, PYMODBUS_ALL),
+        names: `127.0.0.1:${nothing}`,
+      }),
       stop: async () => {
         await link.stop();
         await server.stop();
@@ -106,7 +116,10 @@ driverContract<ModbusTag>({
       silence: () => link.cut(),
       resume: () => link.restore(),
       badReplies: { start: () => link.corruptReplies(noise), stop: () => link.corruptReplies(undefined), code: /^bad-reply$/ },
-      nowhere: () => ({ driver: modbusDriver({ ...serial, path: join(dir, 'no-such-tty') }, PYMODBUS_ALL), names: join(dir, 'no-such-tty') }),
+      nowhere: () => ({
+        driver: modbusDriver({ ...serial, path: join(dir, 'no-such-tty') }, PYMODBUS_ALL),
+        names: join(dir, 'no-such-tty'),
+      }),
       stop: async () => {
         await server.stop();
         await link.stop();
@@ -178,9 +191,15 @@ driverContract<OpcUaTag>({
       { name: 'setpoint', nodeId: 'ns=1;s=Line1.W.Double', writable: true },
     ];
     const parse = (endpointUrl: string, timeout: number) =>
-      parseDevice({ mode: 'polling', pollInterval: '1s', connection: { endpointUrl, connectTimeout: '5s', requestTimeout: timeout, keepAliveInterval: '30s', sessionTimeout: '60s' }, tags });
+      parseDevice({
+        mode: 'polling',
+        pollInterval: '1s',
+        connection: { endpointUrl, connectTimeout: '5s', requestTimeout: timeout, keepAliveInterval: '30s', sessionTimeout: '60s' },
+        tags,
+      });
     const byName = (name: string): OpcUaTag => parse('opc.tcp://x:1', 1000).tags.find((tag) => tag.name === name)!;
-    const driver = (endpointUrl: string, timeout: number) => createOpcUaDriver(parse(endpointUrl, timeout), { log: testLog, dataDir: join(dir, 'gateway') });
+    const driver = (endpointUrl: string, timeout: number) =>
+      createOpcUaDriver(parse(endpointUrl, timeout), { log: testLog, dataDir: join(dir, 'gateway') });
     return {
       good: ['double', 'int32', 'text'].map(byName),
       unknown: { tag: byName('unknown'), code: /^BadNodeIdUnknown$/ },

@@ -7,7 +7,19 @@ import { DriverError, type DriverErrorCode, type TagReading } from '../src/pipel
 
 describe('DriverErrorCode', () => {
   it('accepts the declared codes, Modbus exception numbers and OPC UA status names', () => {
-    const codes: DriverErrorCode[] = ['not-connected', 'stopped', 'invalid-value', 'read-only', 'timeout', 'bad-reply', 'connection-lost', 'exception-2', 'exception-11', 'BadNodeIdUnknown', 'UncertainLastUsableValue'];
+    const codes: DriverErrorCode[] = [
+      'not-connected',
+      'stopped',
+      'invalid-value',
+      'read-only',
+      'timeout',
+      'bad-reply',
+      'connection-lost',
+      'exception-2',
+      'exception-11',
+      'BadNodeIdUnknown',
+      'UncertainLastUsableValue',
+    ];
     for (const code of codes) assert.equal(new DriverError('x', { code }).code, code);
   });
 

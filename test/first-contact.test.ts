@@ -24,7 +24,12 @@ const logLines = (output: string): LogLine[] =>
 
 const NOBODY = 65534;
 const SETPRIV = '/usr/bin/setpriv';
-const asNobody = process.getuid?.() !== 0 ? 'needs root to run the gateway as another user' : !existsSync(SETPRIV) ? `needs ${SETPRIV} (util-linux)` : false;
+const asNobody =
+  process.getuid?.() !== 0
+    ? 'needs root to run the gateway as another user'
+    : !existsSync(SETPRIV)
+      ? `needs ${SETPRIV} (util-linux)`
+      : false;
 
 /**
  * `plc2mqtt run -c FILE` as uid/gid 65534 (nobody), until it exits; a gateway still running after
@@ -32,7 +37,11 @@ const asNobody = process.getuid?.() !== 0 ? 'needs root to run the gateway as an
  * ended, and pino's exit flush retries EPIPE forever.
  */
 async function runAsNobody(configFile: string): Promise<{ status: number | null; output: string }> {
-  const child = spawn(SETPRIV, [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, CLI, 'run', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    SETPRIV,
+    [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, CLI, 'run', '-c', configFile],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let output = '';
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -46,7 +55,10 @@ describe('a data directory the gateway cannot write', { skip: asNobody }, () => 
   const dir = makeTempDir('plc2mqtt-perm-');
   const write = (name: string, config: object) => {
     const file = join(dir, name);
-    writeFileSync(file, JSON.stringify({ broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }] }, http: { enabled: false }, ...config }));
+    writeFileSync(
+      file,
+      JSON.stringify({ broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }] }, http: { enabled: false }, ...config }),
+    );
     chmodSync(file, 0o644);
     return file;
   };
@@ -84,14 +96,23 @@ describe('a data directory the gateway cannot write', { skip: asNobody }, () => 
     const fatal = logLines(run.output).find((line) => line.msg === 'gateway failed to start');
     assert.ok(fatal, run.output);
     assert.match(String(fatal.error), new RegExp(`${data}/retained\\.db: permission denied: .*; fix: chown -R ${NOBODY} ${data}`));
-    assert.deepEqual(readdirSync(data).filter((name) => name.includes('corrupt')), []);
+    assert.deepEqual(
+      readdirSync(data).filter((name) => name.includes('corrupt')),
+      [],
+    );
     assert.deepEqual(readFileSync(join(data, 'retained.db')), before);
   });
 
   it('the outbox in a folder owned by root: path and fix, not "unable to open database file"', async () => {
     const data = join(dir, 'outbox-root-owned');
     mkdirSync(data, { mode: 0o755 });
-    const run = await runAsNobody(write('outbox.json', { gateway: { name: 'perm', dataDir: data }, broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], persistRetained: false }, uplink: { url: 'mqtt://127.0.0.1:1' } }));
+    const run = await runAsNobody(
+      write('outbox.json', {
+        gateway: { name: 'perm', dataDir: data },
+        broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], persistRetained: false },
+        uplink: { url: 'mqtt://127.0.0.1:1' },
+      }),
+    );
     assert.equal(run.status, 1, run.output);
     const fatal = logLines(run.output).find((line) => line.msg === 'gateway failed to start');
     assert.ok(fatal, run.output);
@@ -107,7 +128,10 @@ describe('a data directory the gateway cannot write', { skip: asNobody }, () => 
     assert.equal(run.status, 1, run.output);
     const fatal = logLines(run.output).find((line) => line.msg === 'gateway failed to start');
     assert.ok(fatal, run.output);
-    assert.match(String(fatal.error), new RegExp(`cannot create the data directory ${data}: permission denied.*mkdir -p ${data} && chown ${NOBODY} ${data}`));
+    assert.match(
+      String(fatal.error),
+      new RegExp(`cannot create the data directory ${data}: permission denied.*mkdir -p ${data} && chown ${NOBODY} ${data}`),
+    );
   });
 });
 
@@ -158,7 +182,11 @@ describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
     httpPort = await freePort();
     writeConfig('');
     gateway = runGateway(configFile);
-    await waitFor(() => logLines(gateway.output()).some((line) => line.msg === 'operations endpoint listening'), 20_000, () => `the operations endpoint:\n${gateway.output()}`);
+    await waitFor(
+      () => logLines(gateway.output()).some((line) => line.msg === 'operations endpoint listening'),
+      20_000,
+      () => `the operations endpoint:\n${gateway.output()}`,
+    );
     base = `http://127.0.0.1:${httpPort}`;
     const listener = String(logLines(gateway.output()).find((line) => line.msg.startsWith('integrated broker listening'))!.listener);
     recorder = await connectWhenUp(listener);
@@ -180,7 +208,9 @@ describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
   });
 
   it('tags of a batch device list the batch topic they are published on, as the broker shows', async () => {
-    const status = (await (await fetch(`${base}/api/status?device=batched`)).json()) as { tags: Array<{ tag: string; topic: string; commandTopic?: string }> };
+    const status = (await (await fetch(`${base}/api/status?device=batched`)).json()) as {
+      tags: Array<{ tag: string; topic: string; commandTopic?: string }>;
+    };
     assert.deepEqual(
       status.tags.map((tag) => [tag.tag, tag.topic, tag.commandTopic]),
       [
@@ -189,7 +219,11 @@ describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
         ['setpoint', 'plc2mqtt/fc/batched/default', 'plc2mqtt/fc/batched/setpoint/set'],
       ],
     );
-    await waitFor(() => recorder!.topics().has('plc2mqtt/fc/batched/default') && recorder!.topics().has('plc2mqtt/fc/batched/fast'), 10_000, 'both batches');
+    await waitFor(
+      () => recorder!.topics().has('plc2mqtt/fc/batched/default') && recorder!.topics().has('plc2mqtt/fc/batched/fast'),
+      10_000,
+      'both batches',
+    );
     const published = [...recorder!.topics()].filter((topic) => topic.startsWith('plc2mqtt/fc/batched'));
     for (const tag of status.tags) assert.ok(published.includes(tag.topic), `${tag.topic} is published`);
     assert.deepEqual(published.sort(), ['plc2mqtt/fc/batched/default', 'plc2mqtt/fc/batched/fast']);
@@ -200,7 +234,11 @@ describe('a JSONC config: run, SIGHUP reload, and /api/status', () => {
         // added while running
         { "name": "counter", "address": "40003", "type": "uint32", },`);
     gateway.child.kill('SIGHUP');
-    await waitFor(() => logLines(gateway.output()).some((line) => line.msg === 'config reloaded' || line.msg.startsWith('reload refused')), 10_000, 'the reload');
+    await waitFor(
+      () => logLines(gateway.output()).some((line) => line.msg === 'config reloaded' || line.msg.startsWith('reload refused')),
+      10_000,
+      'the reload',
+    );
     const reload = logLines(gateway.output()).find((line) => line.msg === 'config reloaded' || line.msg.startsWith('reload refused'))!;
     assert.equal(reload.msg, 'config reloaded', JSON.stringify(reload));
     assert.deepEqual(reload.restarted, ['single']);
@@ -237,16 +275,30 @@ describe('the systemd unit (docs/plc2mqtt.service)', () => {
 
   it('install notes name every step: Node 24, clone, npm ci, user, config, data directory owner', () => {
     const notes = unit.slice(0, unit.indexOf('[Unit]'));
-    for (const step of [/npm install --prefix \/opt\/node24 node@24/, /git clone \S+ \/opt\/plc2mqtt/, /npm ci/, /useradd --system .*plc2mqtt/, /\/etc\/plc2mqtt\/gateway\.json/, /validate -c \/etc\/plc2mqtt\/gateway\.json/, /-o plc2mqtt -g plc2mqtt .*\/var\/lib\/plc2mqtt/, /systemctl enable --now plc2mqtt/]) {
+    for (const step of [
+      /npm install --prefix \/opt\/node24 node@24/,
+      /git clone \S+ \/opt\/plc2mqtt/,
+      /npm ci/,
+      /useradd --system .*plc2mqtt/,
+      /\/etc\/plc2mqtt\/gateway\.json/,
+      /validate -c \/etc\/plc2mqtt\/gateway\.json/,
+      /-o plc2mqtt -g plc2mqtt .*\/var\/lib\/plc2mqtt/,
+      /systemctl enable --now plc2mqtt/,
+    ]) {
       assert.match(notes, step);
     }
   });
 
-  it('systemd-analyze verify finds nothing to complain about', { skip: existsSync('/usr/bin/systemd-analyze') ? false : 'needs systemd-analyze' }, () => {
+  it('systemd-analyze verify finds nothing to complain about', {
+    skip: existsSync('/usr/bin/systemd-analyze') ? false : 'needs systemd-analyze',
+  }, () => {
     const dir = makeTempDir('plc2mqtt-unit-');
     try {
       writeFileSync(join(dir, 'plc2mqtt.service'), unit);
-      const verify = spawnSync('/usr/bin/systemd-analyze', ['verify', join(dir, 'plc2mqtt.service')], { encoding: 'utf8', timeout: 30_000 });
+      const verify = spawnSync('/usr/bin/systemd-analyze', ['verify', join(dir, 'plc2mqtt.service')], {
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
       assert.equal(verify.stderr, '');
       assert.equal(verify.status, 0);
     } finally {

@@ -50,7 +50,13 @@ describe('gateway on the demo config', () => {
   before(async () => {
     const { file, ...rest } = await demoConfig(folder, [
       // A device nobody answers for: it must go bad with a reason and never hold up the demo PLC.
-      { name: 'dead-plc', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort(), timeout: 300 }, pollInterval: '200ms', tags: [{ name: 'level', address: '40001' }] },
+      {
+        name: 'dead-plc',
+        driver: 'modbus',
+        connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort(), timeout: 300 },
+        pollInterval: '200ms',
+        tags: [{ name: 'level', address: '40001' }],
+      },
     ]);
     ports = rest;
     gateway = runGateway(file);
@@ -64,7 +70,20 @@ describe('gateway on the demo config', () => {
   });
 
   const topic = (tag: string, device = 'demo-plc') => `plc2mqtt/demo/${device}/${tag}`;
-  const demoTags = ['sine', 'ramp', 'counter', 'temperature', 'high_temp_alarm', 'blink', 'setpoint', 'banner', 'pressure', 'motor_running', 'flag', 'door_open'];
+  const demoTags = [
+    'sine',
+    'ramp',
+    'counter',
+    'temperature',
+    'high_temp_alarm',
+    'blink',
+    'setpoint',
+    'banner',
+    'pressure',
+    'motor_running',
+    'flag',
+    'door_open',
+  ];
 
   it('publishes every demo tag with the right type, unit and good quality', async () => {
     await waitFor(() => demoTags.every((tag) => recorder.topics().has(topic(tag))), 20_000, 'all demo tags');
@@ -87,7 +106,8 @@ describe('gateway on the demo config', () => {
     assert.ok(Number.isInteger(message('ramp').value) && Number.isInteger(message('counter').value));
     assert.equal(message('setpoint').value, 50); // 500 × scale 0.1
     assert.equal(message('banner').value, 'PLC2MQTT DEMO');
-    for (const tag of ['high_temp_alarm', 'blink', 'motor_running', 'flag', 'door_open']) assert.equal(typeof message(tag).value, 'boolean', tag);
+    for (const tag of ['high_temp_alarm', 'blink', 'motor_running', 'flag', 'door_open'])
+      assert.equal(typeof message(tag).value, 'boolean', tag);
     assert.equal(message('flag').value, false);
     assert.equal(message('temperature').unit, '°C');
     assert.equal(message('pressure').unit, 'bar');
@@ -116,7 +136,11 @@ describe('gateway on the demo config', () => {
     assert.equal(dead.value, null);
     assert.match(dead.reason ?? '', /not connected: .*(ECONNREFUSED|refused)/i);
     const before = recorder.messages.filter((message) => message.topic === topic('counter')).length;
-    await waitFor(() => recorder.messages.filter((message) => message.topic === topic('counter')).length > before + 2, 10_000, 'more counter values');
+    await waitFor(
+      () => recorder.messages.filter((message) => message.topic === topic('counter')).length > before + 2,
+      10_000,
+      'more counter values',
+    );
   });
 
   it('the first log lines say where to look', () => {
@@ -142,7 +166,14 @@ describe('plc2mqtt run: startup failures are clear', () => {
     await new Promise<void>((resolve) => blocker.listen(port, '127.0.0.1', resolve));
     try {
       const file = join(folder, 'gw.json');
-      writeFileSync(file, JSON.stringify({ gateway: { dataDir: join(folder, 'data') }, broker: { listeners: [{ type: 'tcp', port }], allowAnonymous: true }, http: { port: 0 } }));
+      writeFileSync(
+        file,
+        JSON.stringify({
+          gateway: { dataDir: join(folder, 'data') },
+          broker: { listeners: [{ type: 'tcp', port }], allowAnonymous: true },
+          http: { port: 0 },
+        }),
+      );
       const run = runGateway(file);
       assert.equal(await run.exited, 1);
       assert.match(run.output(), /integrated broker cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);

@@ -91,7 +91,12 @@ describe('logging at shutdown', () => {
     const file = join(dir, `${name}.json`);
     writeFileSync(
       file,
-      JSON.stringify({ gateway: { name, dataDir: join(dir, `${name}-data`), logLevel }, broker: { allowAnonymous: true, listeners: [{ type: 'tcp', host: '127.0.0.1', port }] }, http: { enabled: false }, devices: [] }),
+      JSON.stringify({
+        gateway: { name, dataDir: join(dir, `${name}-data`), logLevel },
+        broker: { allowAnonymous: true, listeners: [{ type: 'tcp', host: '127.0.0.1', port }] },
+        http: { enabled: false },
+        devices: [],
+      }),
     );
     return file;
   };
@@ -100,7 +105,11 @@ describe('logging at shutdown', () => {
     const gateway = runGateway(writeConfig('epipe', 'info'));
     children.push(gateway.child);
     try {
-      await waitFor(() => gateway.output().includes('polling started'), 20_000, () => `the gateway to start; output:\n${gateway.output()}`);
+      await waitFor(
+        () => gateway.output().includes('polling started'),
+        20_000,
+        () => `the gateway to start; output:\n${gateway.output()}`,
+      );
       // The SIGTERM handler is installed right after that line; leave it a moment.
       await new Promise((resolve) => setTimeout(resolve, 300));
       gateway.child.stdout!.destroy();

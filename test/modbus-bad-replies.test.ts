@@ -53,7 +53,8 @@ function run(t: TestContext, connection: Record<string, unknown>, tags: Record<s
 }
 
 const good = (cycle: TagReading[]): boolean => cycle.every((reading) => reading.quality === 'good');
-const show = (cycles: TagReading[][]): string => cycles.map((cycle) => cycle.map((r) => (r.quality === 'good' ? String(r.value) : `${r.code}: ${r.reason}`)).join(' | ')).join('\n');
+const show = (cycles: TagReading[][]): string =>
+  cycles.map((cycle) => cycle.map((r) => (r.quality === 'good' ? String(r.value) : `${r.code}: ${r.reason}`)).join(' | ')).join('\n');
 
 /**
  * Waits for the bad cycle(s) the misbehaviour causes and then five good cycles in a row; returns
@@ -70,7 +71,8 @@ async function recovers(device: Run, maxBad = 3): Promise<TagReading> {
       return back >= 0 && after.slice(back, back + 5).filter(good).length === 5;
     },
     15_000,
-    () => `a bad cycle and then 5 good ones; cycles so far:\n${show(device.cycles.slice(-20))}\nhealth ${JSON.stringify(device.runner.health)}`,
+    () =>
+      `a bad cycle and then 5 good ones; cycles so far:\n${show(device.cycles.slice(-20))}\nhealth ${JSON.stringify(device.runner.health)}`,
   );
   const bad = firstBad();
   assert.ok(bad > 0, 'the device read good before it misbehaved');
@@ -80,7 +82,11 @@ async function recovers(device: Run, maxBad = 3): Promise<TagReading> {
 }
 
 /** The reply to the second request is replaced by `bytes(request, proper)`; every other reply is correct. */
-async function server(t: TestContext, framing: 'mbap' | 'rtu', bytes: (request: RawRequest, proper: Buffer) => Buffer): Promise<RawModbusServer> {
+async function server(
+  t: TestContext,
+  framing: 'mbap' | 'rtu',
+  bytes: (request: RawRequest, proper: Buffer) => Buffer,
+): Promise<RawModbusServer> {
   const defer = cleanup(t);
   const raw = new RawModbusServer(framing);
   raw.misbehave = (request, proper) => (request.n === 2 ? bytes(request, proper) : undefined);
@@ -94,12 +100,27 @@ const TWO_REGISTERS = [
   { name: 'b', address: '40002' },
 ];
 const tcp = (port: number, extra: Record<string, unknown> = {}) => ({ transport: 'tcp', host: '127.0.0.1', port, ...extra });
-const rtuOverTcp = (port: number, extra: Record<string, unknown> = {}) => ({ transport: 'rtu-over-tcp', host: '127.0.0.1', port, ...extra });
+const rtuOverTcp = (port: number, extra: Record<string, unknown> = {}) => ({
+  transport: 'rtu-over-tcp',
+  host: '127.0.0.1',
+  port,
+  ...extra,
+});
 
 describe('one malformed reply does not desynchronize the device', () => {
   const cases: { name: string; framing: 'mbap' | 'rtu'; bytes: (request: RawRequest, proper: Buffer) => Buffer; reason: RegExp }[] = [
-    { name: 'tcp: a reply cut after 5 bytes', framing: 'mbap', bytes: (_, proper) => proper.subarray(0, 5), reason: /^bad reply: incomplete reply: 5 bytes, then nothing until the timeout$/ },
-    { name: 'tcp: random bytes', framing: 'mbap', bytes: () => Buffer.from('1337deadbeef0102030405', 'hex'), reason: /^bad reply: MBAP protocol id 0xdead instead of 0$/ },
+    {
+      name: 'tcp: a reply cut after 5 bytes',
+      framing: 'mbap',
+      bytes: (_, proper) => proper.subarray(0, 5),
+      reason: /^bad reply: incomplete reply: 5 bytes, then nothing until the timeout$/,
+    },
+    {
+      name: 'tcp: random bytes',
+      framing: 'mbap',
+      bytes: () => Buffer.from('1337deadbeef0102030405', 'hex'),
+      reason: /^bad reply: MBAP protocol id 0xdead instead of 0$/,
+    },
     {
       name: 'tcp: a huge MBAP length field',
       framing: 'mbap',
@@ -111,8 +132,18 @@ describe('one malformed reply does not desynchronize the device', () => {
       reason: /^bad reply: MBAP length field 60000, more than the 254 bytes a Modbus reply can have$/,
     },
     // (RTU over TCP without retries: a retry would hide the bad reply behind a good second answer.)
-    { name: 'rtu over tcp: a reply cut after 5 bytes', framing: 'rtu', bytes: (_, proper) => proper.subarray(0, 5), reason: /^bad reply: incomplete reply: 5 bytes, then nothing until the timeout$/ },
-    { name: 'rtu over tcp: random bytes', framing: 'rtu', bytes: () => Buffer.from('1337deadbeef0102030405', 'hex'), reason: /^bad reply: unit id 19 in a reply to unit 1$/ },
+    {
+      name: 'rtu over tcp: a reply cut after 5 bytes',
+      framing: 'rtu',
+      bytes: (_, proper) => proper.subarray(0, 5),
+      reason: /^bad reply: incomplete reply: 5 bytes, then nothing until the timeout$/,
+    },
+    {
+      name: 'rtu over tcp: random bytes',
+      framing: 'rtu',
+      bytes: () => Buffer.from('1337deadbeef0102030405', 'hex'),
+      reason: /^bad reply: unit id 19 in a reply to unit 1$/,
+    },
   ];
   for (const { name, framing, bytes, reason } of cases) {
     it(`${name}: bad for a cycle or two, then good again on a new connection`, async (t) => {
@@ -130,7 +161,10 @@ describe('one malformed reply does not desynchronize the device', () => {
       ]);
       // It answered, however badly: the log names the bad reply and never claims silence.
       const messages = device.logs.map((line) => line.msg);
-      assert.ok(messages.some((msg) => /^bad reply from unit 1 on .*; connection closed so the next one starts clean$/.test(msg)), messages.join('\n'));
+      assert.ok(
+        messages.some((msg) => /^bad reply from unit 1 on .*; connection closed so the next one starts clean$/.test(msg)),
+        messages.join('\n'),
+      );
       assert.ok(!messages.some((msg) => /did not answer|no response/.test(msg)), messages.join('\n'));
     });
   }
@@ -144,7 +178,13 @@ const edited = (frame: Buffer, edit: (copy: Buffer) => void): Buffer => {
 };
 
 describe('a reply that does not fit its request is bad, and says why', () => {
-  const cases: { name: string; framing: 'mbap' | 'rtu'; tags?: Record<string, unknown>[]; bytes: (request: RawRequest, proper: Buffer) => Buffer; reason: string }[] = [
+  const cases: {
+    name: string;
+    framing: 'mbap' | 'rtu';
+    tags?: Record<string, unknown>[];
+    bytes: (request: RawRequest, proper: Buffer) => Buffer;
+    reason: string;
+  }[] = [
     {
       name: 'tcp: a byte count 2 larger than the data sent',
       framing: 'mbap',
@@ -210,7 +250,10 @@ describe('a reply that does not fit its request is bad, and says why', () => {
     await waitFor(() => existsSync(path), 10_000, 'the socat pty');
     const device = run(t, { transport: 'rtu', path, baudRate: 9600, retries: 0 }, TWO_REGISTERS);
     const bad = await recovers(device);
-    assert.deepEqual({ code: bad.code, reason: bad.reason }, { code: 'bad-reply', reason: 'bad reply: byte count 6 for 2 registers asked (expected 4)' });
+    assert.deepEqual(
+      { code: bad.code, reason: bad.reason },
+      { code: 'bad-reply', reason: 'bad reply: byte count 6 for 2 registers asked (expected 4)' },
+    );
     assert.equal(device.runner.health.connectAttempts, 1, 'a serial line is not reopened for a bad reply');
   });
 });
@@ -226,9 +269,15 @@ describe('a TCP connection on which nothing answers any more', () => {
     defer(() => raw.stop());
     const device = run(t, tcp(raw.port, { timeout: 200, backoffAfterTimeouts: 3 }), TWO_REGISTERS);
     const bad = await recovers(device, 3);
-    assert.deepEqual({ code: bad.code, reason: bad.reason }, { code: 'timeout', reason: 'timeout: no response within 200 ms (2 attempts)' });
+    assert.deepEqual(
+      { code: bad.code, reason: bad.reason },
+      { code: 'timeout', reason: 'timeout: no response within 200 ms (2 attempts)' },
+    );
     assert.equal(raw.accepted, 2);
     const messages = device.logs.map((line) => line.msg);
-    assert.ok(messages.some((msg) => /: no reply at all in 3 polls of unit 1; reconnecting in case the connection is stuck$/.test(msg)), messages.join('\n'));
+    assert.ok(
+      messages.some((msg) => /: no reply at all in 3 polls of unit 1; reconnecting in case the connection is stuck$/.test(msg)),
+      messages.join('\n'),
+    );
   });
 });

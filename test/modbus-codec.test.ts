@@ -56,7 +56,12 @@ const TABLE: Row[] = [
   {
     type: 'uint64',
     value: 0xffffffffffffffffn,
-    wire: { ABCD: [0xffff, 0xffff, 0xffff, 0xffff], CDAB: [0xffff, 0xffff, 0xffff, 0xffff], BADC: [0xffff, 0xffff, 0xffff, 0xffff], DCBA: [0xffff, 0xffff, 0xffff, 0xffff] },
+    wire: {
+      ABCD: [0xffff, 0xffff, 0xffff, 0xffff],
+      CDAB: [0xffff, 0xffff, 0xffff, 0xffff],
+      BADC: [0xffff, 0xffff, 0xffff, 0xffff],
+      DCBA: [0xffff, 0xffff, 0xffff, 0xffff],
+    },
   },
   {
     type: 'int64',
@@ -84,7 +89,12 @@ const TABLE: Row[] = [
     },
   },
   // Strings never reorder registers, only the bytes inside them; padded with NULs.
-  { type: 'string', value: 'ABC', length: 2, wire: { ABCD: [0x4142, 0x4300], CDAB: [0x4142, 0x4300], BADC: [0x4241, 0x0043], DCBA: [0x4241, 0x0043] } },
+  {
+    type: 'string',
+    value: 'ABC',
+    length: 2,
+    wire: { ABCD: [0x4142, 0x4300], CDAB: [0x4142, 0x4300], BADC: [0x4241, 0x0043], DCBA: [0x4241, 0x0043] },
+  },
   { type: 'string', value: 'Hi', length: 1, wire: { ABCD: [0x4869], CDAB: [0x4869], BADC: [0x6948], DCBA: [0x6948] } },
   { type: 'bool', value: true, wire: { ABCD: [1], CDAB: [1], BADC: [1], DCBA: [1] } },
   { type: 'bool', value: false, wire: { ABCD: [0], CDAB: [0], BADC: [0], DCBA: [0] } },
@@ -112,7 +122,10 @@ describe('codec: whole tags', () => {
   });
 
   it('decodes arrays of 64-bit values as bigints and of strings', () => {
-    assert.deepEqual(decodeRegisters([0, 0, 0, 5, 0xffff, 0xffff, 0xffff, 0xffff], { type: 'int64', byteOrder: 'ABCD', count: 2 }), [5n, -1n]);
+    assert.deepEqual(decodeRegisters([0, 0, 0, 5, 0xffff, 0xffff, 0xffff, 0xffff], { type: 'int64', byteOrder: 'ABCD', count: 2 }), [
+      5n,
+      -1n,
+    ]);
     const strings = { type: 'string', byteOrder: 'ABCD', length: 2, count: 2 } as const;
     assert.deepEqual(decodeRegisters(encodeRegisters(['ab', 'cde'], strings), strings), ['ab', 'cde']);
     assert.equal(layoutSpan(strings), 4);

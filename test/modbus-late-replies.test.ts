@@ -23,7 +23,10 @@ import { waitFor } from './helpers/net.js';
  */
 function poll(defer: (fn: () => unknown) => void, link: number | string, retries: number, tags: Record<string, unknown>[]): TagReading[][] {
   const log = pino({ level: 'silent' });
-  const connection = typeof link === 'number' ? { transport: 'rtu-over-tcp', host: '127.0.0.1', port: link } : { transport: 'rtu', path: link, baudRate: 9600 };
+  const connection =
+    typeof link === 'number'
+      ? { transport: 'rtu-over-tcp', host: '127.0.0.1', port: link }
+      : { transport: 'rtu', path: link, baudRate: 9600 };
   const config = device({ connection: { ...connection, timeout: 300, retries }, tags });
   const cycles: TagReading[][] = [];
   const runner = new DeviceRunner({
@@ -84,7 +87,13 @@ it('rtu over tcp: a late reply to block A is not taken as the reply to block B',
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  defer(() => new Promise<void>((resolve) => { for (const s of sockets) s.destroy(); server.close(() => resolve()); }));
+  defer(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
   const port = (server.address() as net.AddressInfo).port;
 
   const cycles = poll(defer, port, 0, [
@@ -95,7 +104,10 @@ it('rtu over tcp: a late reply to block A is not taken as the reply to block B',
   const wrong = cycles.flat().filter((r) => r.quality === 'good' && r.tag === 'b' && r.value !== 1200);
   assert.deepEqual(wrong, [], `tag b (register 200 = 1200) got another register's value:\n${JSON.stringify(cycles)}`);
   // One cycle timed out; the next waited for the late reply and read both blocks, on the same connection.
-  assert.deepEqual(cycles[1]!.map((r) => r.code), ['timeout', 'timeout']);
+  assert.deepEqual(
+    cycles[1]!.map((r) => r.code),
+    ['timeout', 'timeout'],
+  );
   for (const cycle of cycles.slice(2, 12)) {
     assert.deepEqual(cycle, [
       { tag: 'a', value: 1000, quality: 'good' },
@@ -171,7 +183,10 @@ it('RtuOverTcpPort on its own: a request handed over while a late reply is owed 
  * it went out), or never when `delay` returns null. Returns the driver's end and when each
  * request arrived.
  */
-async function serialDevice(t: TestContext, delay: (n: number) => number | null): Promise<{ path: string; arrivals: number[]; defer: (fn: () => unknown) => void }> {
+async function serialDevice(
+  t: TestContext,
+  delay: (n: number) => number | null,
+): Promise<{ path: string; arrivals: number[]; defer: (fn: () => unknown) => void }> {
   const defer = cleanup(t);
   const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-late-'));
   defer(() => rmSync(dir, { recursive: true, force: true }));
@@ -207,10 +222,15 @@ it('rtu on a serial line: a late reply to block A is not taken as the reply to b
     { name: 'b', address: '40201' },
   ]);
   await waitFor(() => cycles.length >= 12, 15_000, 'twelve cycles');
-  const wrong = cycles.flat().filter((r) => r.quality === 'good' && ((r.tag === 'a' && r.value !== 1000) || (r.tag === 'b' && r.value !== 1200)));
+  const wrong = cycles
+    .flat()
+    .filter((r) => r.quality === 'good' && ((r.tag === 'a' && r.value !== 1000) || (r.tag === 'b' && r.value !== 1200)));
   assert.deepEqual(wrong, [], `a tag got another register's value:\n${JSON.stringify(cycles)}`);
   // One cycle timed out; the next waited for the late reply and read both blocks.
-  assert.deepEqual(cycles[1]!.map((r) => r.code), ['timeout', 'timeout']);
+  assert.deepEqual(
+    cycles[1]!.map((r) => r.code),
+    ['timeout', 'timeout'],
+  );
   for (const cycle of [cycles[0]!, ...cycles.slice(2, 12)]) {
     assert.deepEqual(cycle, [
       { tag: 'a', value: 1000, quality: 'good' },
@@ -230,6 +250,9 @@ it('rtu on a serial line: a device that never answers still gets its retries, ea
   // Each retry and the next poll's request went out once the line had been quiet for another
   // timeout after the timeout (600 ms, less a few ms of pty latency; without the wait: 300).
   const gaps = arrivals.slice(1, 4).map((at, i) => at - arrivals[i]!);
-  assert.ok(gaps.every((gap) => gap >= 570), `requests went out ${gaps.join(', ')} ms after the one before`);
+  assert.ok(
+    gaps.every((gap) => gap >= 570),
+    `requests went out ${gaps.join(', ')} ms after the one before`,
+  );
   for (const cycle of cycles.slice(1, 4)) assert.deepEqual(cycle, [{ tag: 'a', value: 1000, quality: 'good' }]);
 });

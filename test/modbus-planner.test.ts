@@ -2,9 +2,25 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ModbusArea } from '../drivers/modbus/address.js';
 import type { ModbusType } from '../drivers/modbus/config.js';
-import { blockOf, chunkRange, describePlan, planRequests, splitBlock, tagRange, type Hole, type PlannableTag, type PlannerOptions } from '../drivers/modbus/planner.js';
+import {
+  blockOf,
+  chunkRange,
+  describePlan,
+  planRequests,
+  splitBlock,
+  tagRange,
+  type Hole,
+  type PlannableTag,
+  type PlannerOptions,
+} from '../drivers/modbus/planner.js';
 
-function tag(name: string, area: ModbusArea, address: number, type: ModbusType = area === 'coil' || area === 'discrete' ? 'bool' : 'uint16', extra: { length?: number; count?: number; bit?: number } = {}): PlannableTag {
+function tag(
+  name: string,
+  area: ModbusArea,
+  address: number,
+  type: ModbusType = area === 'coil' || area === 'discrete' ? 'bool' : 'uint16',
+  extra: { length?: number; count?: number; bit?: number } = {},
+): PlannableTag {
   const { bit, ...rest } = extra;
   return { name, address: bit === undefined ? { area, address } : { area, address, bit }, type, ...rest };
 }
@@ -31,7 +47,13 @@ const CASES: Case[] = [
   },
   {
     name: 'the example of the docs: three areas',
-    tags: [tag('x', 'holding', 0), tag('y', 'holding', 20, 'float64', { count: 1 }), tag('in', 'input', 100, 'int32'), tag('c0', 'coil', 0), tag('c15', 'coil', 15)],
+    tags: [
+      tag('x', 'holding', 0),
+      tag('y', 'holding', 20, 'float64', { count: 1 }),
+      tag('in', 'input', 100, 'int32'),
+      tag('c0', 'coil', 0),
+      tag('c15', 'coil', 15),
+    ],
     options: { maxGap: 20 },
     expect: '3 requests: holding 0..23 (24 regs), input 100..101 (2 regs), coils 0..15 (16 bits)',
   },
@@ -66,7 +88,12 @@ const CASES: Case[] = [
   },
   {
     name: 'overlapping and duplicated tags share a block',
-    tags: [tag('whole', 'holding', 10, 'uint32'), tag('low', 'holding', 11), tag('dup', 'holding', 10, 'uint32'), tag('bit', 'holding', 10, 'bool', { bit: 3 })],
+    tags: [
+      tag('whole', 'holding', 10, 'uint32'),
+      tag('low', 'holding', 11),
+      tag('dup', 'holding', 10, 'uint32'),
+      tag('bit', 'holding', 10, 'bool', { bit: 3 }),
+    ],
     options: { maxGap: 0 },
     expect: '1 request: holding 10..11 (2 regs)',
     groups: [['whole', 'dup', 'bit', 'low']],
@@ -141,8 +168,15 @@ describe('planner: tag sets -> requests', () => {
     it(c.name, () => {
       const plan = planRequests(c.tags, { ...DEFAULTS, ...c.options }, c.holes);
       assert.equal(describePlan(plan, c.holes ?? []), c.expect);
-      if (c.groups) assert.deepEqual(plan.blocks.map((b) => b.tags.map((t) => t.tag.name)), c.groups);
-      assert.deepEqual(plan.excluded.map((e) => e.tag.name), c.excluded ?? []);
+      if (c.groups)
+        assert.deepEqual(
+          plan.blocks.map((b) => b.tags.map((t) => t.tag.name)),
+          c.groups,
+        );
+      assert.deepEqual(
+        plan.excluded.map((e) => e.tag.name),
+        c.excluded ?? [],
+      );
       if (c.excluded) for (const e of plan.excluded) assert.match(e.reason, /illegal data address/);
       // Every tag is either planned exactly once or excluded.
       const planned = plan.blocks.flatMap((b) => b.tags.map((t) => t.tag.name));
@@ -150,7 +184,10 @@ describe('planner: tag sets -> requests', () => {
       // Each planned tag lies within its block, and requests tile the block.
       for (const block of plan.blocks) {
         for (const t of block.tags) assert.ok(t.start >= block.start && t.end <= block.end);
-        assert.equal(block.requests.reduce((n, r) => n + r.count, 0), block.end - block.start);
+        assert.equal(
+          block.requests.reduce((n, r) => n + r.count, 0),
+          block.end - block.start,
+        );
       }
     });
   }
@@ -172,12 +209,21 @@ describe('planner: helpers', () => {
   });
 
   it('splitBlock halves by distinct ranges and keeps identical ranges together', () => {
-    const tags = [tag('a', 'holding', 0), tag('a2', 'holding', 0), tag('b', 'holding', 2), tag('c', 'holding', 4), tag('d', 'holding', 8, 'uint32')];
+    const tags = [
+      tag('a', 'holding', 0),
+      tag('a2', 'holding', 0),
+      tag('b', 'holding', 2),
+      tag('c', 'holding', 4),
+      tag('d', 'holding', 8, 'uint32'),
+    ];
     const [block] = planRequests(tags, DEFAULTS).blocks;
     const halves = splitBlock(block!, 125);
     assert.ok(halves);
     const [left, right] = halves;
-    assert.deepEqual(left.tags.map((t) => t.tag.name), ['a', 'a2', 'b']);
+    assert.deepEqual(
+      left.tags.map((t) => t.tag.name),
+      ['a', 'a2', 'b'],
+    );
     assert.deepEqual([left.start, left.end, right.start, right.end], [0, 3, 4, 10]);
     assert.equal(splitBlock(blockOf('holding', left.tags.slice(0, 2), 125), 125), undefined);
   });

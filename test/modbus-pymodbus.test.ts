@@ -51,7 +51,11 @@ describe('modbus driver against pymodbus', () => {
     defer(() => server.stop());
     const config = device({
       connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 1000 },
-      tags: [...TAGS, { name: 'beyond', address: 48, area: 'holding', type: 'float64', writable: true }, { name: 'w', address: 20, area: 'holding', type: 'int32', writable: true }],
+      tags: [
+        ...TAGS,
+        { name: 'beyond', address: 48, area: 'holding', type: 'float64', writable: true },
+        { name: 'w', address: 20, area: 'holding', type: 'int32', writable: true },
+      ],
     });
     const driver = createDriver(config, testContext());
     defer(() => driver.close());
@@ -125,14 +129,21 @@ describe('modbus driver against pymodbus', () => {
     assert.deepEqual(silentReasons, ['timeout: no response within 200 ms (2 attempts)', skipped, skipped, skipped]);
 
     // Every device on a serial line must agree on its settings.
-    const other = createDriver(device({ name: 'other', connection: { ...serial, baudRate: 19200, unitId: 5 }, tags: [{ name: 'x', address: '40001' }] }), testContext());
-    await assert.rejects(other.connect(), (error: unknown) => error instanceof DriverError && error.code === 'line-conflict' && /19200/.test(error.message));
+    const other = createDriver(
+      device({ name: 'other', connection: { ...serial, baudRate: 19200, unitId: 5 }, tags: [{ name: 'x', address: '40001' }] }),
+      testContext(),
+    );
+    await assert.rejects(
+      other.connect(),
+      (error: unknown) => error instanceof DriverError && error.code === 'line-conflict' && /19200/.test(error.message),
+    );
 
     // One line: the request counter is shared.
     assert.equal((live as ModbusDriver).lineRequestCount, (silent as ModbusDriver).lineRequestCount);
 
     // Writes and a register bit read-modify-write over RTU.
-    const bit = device({ connection: { ...serial, unitId: 1 }, tags: [{ name: 'b1', address: '40014.1', writable: true }] }).tags[0]! as ModbusTag;
+    const bit = device({ connection: { ...serial, unitId: 1 }, tags: [{ name: 'b1', address: '40014.1', writable: true }] })
+      .tags[0]! as ModbusTag;
     await live.write(bit, true);
     const after = values(await live.read(live.plan([...liveConfig.tags, bit])));
     assert.equal(after.b1, true);
@@ -151,7 +162,11 @@ describe('modbus driver against pymodbus', () => {
 
     const serial = { transport: 'rtu', path: link.path, baudRate: 9600 };
     const liveConfig = device({ name: 'live', connection: { ...serial, unitId: 1, timeout: 1000 }, tags: TAGS });
-    const silentConfig = device({ name: 'silent', connection: { ...serial, unitId: 2, timeout: 200, retries: 0, backoffAfterTimeouts: 100 }, tags: [{ name: 's', address: '40001' }] });
+    const silentConfig = device({
+      name: 'silent',
+      connection: { ...serial, unitId: 2, timeout: 200, retries: 0, backoffAfterTimeouts: 100 },
+      tags: [{ name: 's', address: '40001' }],
+    });
     const live = createDriver(liveConfig, testContext());
     const silent = createDriver(silentConfig, testContext());
     defer(async () => {
@@ -167,7 +182,10 @@ describe('modbus driver against pymodbus', () => {
     await other.open();
     const readU16 = withCrc(Buffer.from([1, 3, 0, 0, 0, 1])); // unit 1, FC3, holding 0, 1 register
     const expectedReply = withCrc(Buffer.from([1, 3, 2, 0x12, 0x34]));
-    const replyOf7 = { timeout: 1000, frame: (received: Buffer) => (received.length >= 7 ? { reply: received.subarray(0, 7) } : 'more' as const) };
+    const replyOf7 = {
+      timeout: 1000,
+      frame: (received: Buffer) => (received.length >= 7 ? { reply: received.subarray(0, 7) } : ('more' as const)),
+    };
 
     const livePlan = live.plan(liveConfig.tags);
     const silentPlan = silent.plan(silentConfig.tags);
@@ -184,7 +202,10 @@ describe('modbus driver against pymodbus', () => {
     const requests = rtuRequests(link.sent());
     assert.equal(requests.length, (live as ModbusDriver).lineRequestCount);
     assert.equal(requests.filter((frame) => frame.equals(readU16)).length, 15);
-    assert.ok(requests.some((frame) => frame[0] === 2), 'the silent unit was asked');
+    assert.ok(
+      requests.some((frame) => frame[0] === 2),
+      'the silent unit was asked',
+    );
   });
   it('rtu: the serial port disappears (adapter unplugged) and comes back: the loss is reported, the next connect reopens it', async (t) => {
     const defer = cleanup(t);
@@ -210,7 +231,10 @@ describe('modbus driver against pymodbus', () => {
     await unplug();
     await waitFor(() => !driver.connected, 5000, 'the driver to notice');
     // "serial …/ttyA (9600 8N1) lost: port closed: …" (or, read in the moment before the port's close event, "not connected to serial …").
-    await assert.rejects(driver.read(plan), (error: unknown) => error instanceof DriverError && error.connectionLost && error.message.includes(`serial ${dir}/ttyA (9600 8N1)`));
+    await assert.rejects(
+      driver.read(plan),
+      (error: unknown) => error instanceof DriverError && error.connectionLost && error.message.includes(`serial ${dir}/ttyA (9600 8N1)`),
+    );
     await driver.close();
     await assert.rejects(driver.connect(), (error: unknown) => error instanceof DriverError && error.code === 'connect-failed');
 

@@ -29,7 +29,14 @@ describe('write then read back: every type in every word order', () => {
   for (const order of BYTE_ORDERS) {
     it(order, async () => {
       // One tag per value, 10 registers apart.
-      const tags = VALUES.map((entry, index) => ({ name: `${entry.type}${index}`, area: 'holding', address: 100 + index * 10, type: entry.type, byteOrder: order, ...entry.extra }));
+      const tags = VALUES.map((entry, index) => ({
+        name: `${entry.type}${index}`,
+        area: 'holding',
+        address: 100 + index * 10,
+        type: entry.type,
+        byteOrder: order,
+        ...entry.extra,
+      }));
       const config = device({ connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 1000 }, tags });
       const driver = createDriver(config, testContext());
       await driver.connect();
@@ -65,7 +72,10 @@ describe('write then read back: every type in every word order', () => {
       await driver.write(coils!, [true, false, true, true, false]);
       await driver.write(bit!, true);
       const readings = await driver.read(driver.plan(config.tags as ModbusTag[]));
-      assert.deepEqual(readings.map((reading) => reading.value), [true, [true, false, true, true, false], true]);
+      assert.deepEqual(
+        readings.map((reading) => reading.value),
+        [true, [true, false, true, true, false], true],
+      );
       // Read-modify-write left the other bits of the register alone.
       assert.equal(server.holding[50], 0b1010_0000_0000_0100);
     } finally {

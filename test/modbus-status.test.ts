@@ -117,10 +117,16 @@ describe('modbus devices in /api/status and on MQTT', () => {
     await waitFor(async () => /^device skipped/.test((await tagStatus()).reason ?? ''), 10_000, 'the device to be skipped');
     const skippedAt = Date.now();
     const timeouts = (await deviceStatus('silent')).errorsByCode.timeout ?? 0;
-    await waitFor(async () => ((await deviceStatus('silent')).errorsByCode.timeout ?? 0) > timeouts, 10_000, 'the probe after the first pause');
+    await waitFor(
+      async () => ((await deviceStatus('silent')).errorsByCode.timeout ?? 0) > timeouts,
+      10_000,
+      'the probe after the first pause',
+    );
     await new Promise((resolve) => setTimeout(resolve, 1500));
 
-    const messages = recorder.messages.filter((message) => message.topic === topic).map((message) => JSON.parse(message.payload) as TagMessage);
+    const messages = recorder.messages
+      .filter((message) => message.topic === topic)
+      .map((message) => JSON.parse(message.payload) as TagMessage);
     assert.deepEqual(
       messages.map((message) => message.reason),
       ['timeout: no response within 100 ms', reason],
@@ -135,10 +141,14 @@ describe('modbus devices in /api/status and on MQTT', () => {
   });
 
   it('illegal addresses: the plan as it runs after learning them, in /api/status and the log; the exception counted once', async () => {
-    const learnt = '2 requests: holding 40..40 (1 reg), holding 47..47 (1 reg); known illegal addresses: holding 45..45 (1 tag not requested)';
+    const learnt =
+      '2 requests: holding 40..40 (1 reg), holding 47..47 (1 reg); known illegal addresses: holding 45..45 (1 tag not requested)';
     await waitFor(async () => (await deviceStatus('holes')).plans?.default === learnt, 10_000, 'the learnt plan');
     const replanned = logLines().filter((line) => line.device === 'holes' && line.msg === 'poll group re-planned');
-    assert.deepEqual(replanned.map((line) => line.plan), [learnt]);
+    assert.deepEqual(
+      replanned.map((line) => line.plan),
+      [learnt],
+    );
     // The exception came back once; later polls do not ask for address 45 and count it apart.
     const known = async (): Promise<number> => (await deviceStatus('holes')).errorsByCode['known-illegal-address'] ?? 0;
     const before = await known();
@@ -149,12 +159,20 @@ describe('modbus devices in /api/status and on MQTT', () => {
   });
 
   it('pollErrors counts the cycles with a bad tag; errorsByCode the same cycles by code', async () => {
-    await waitFor(async () => ((await deviceStatus('dead')).errorsByCode['not-connected'] ?? 0) >= 3, 10_000, 'a few cycles of the dead device');
+    await waitFor(
+      async () => ((await deviceStatus('dead')).errorsByCode['not-connected'] ?? 0) >= 3,
+      10_000,
+      'a few cycles of the dead device',
+    );
     const { devices } = await status();
     for (const entry of devices) {
       // In these devices no cycle has bad tags of two different codes: the counts add up exactly.
       const sum = Object.values(entry.errorsByCode).reduce((total, count) => total + count, 0);
-      assert.equal(entry.pollErrors, sum, `${entry.name}: pollErrors ${entry.pollErrors}, errorsByCode ${JSON.stringify(entry.errorsByCode)}`);
+      assert.equal(
+        entry.pollErrors,
+        sum,
+        `${entry.name}: pollErrors ${entry.pollErrors}, errorsByCode ${JSON.stringify(entry.errorsByCode)}`,
+      );
       assert.ok(entry.pollErrors <= entry.cycles, entry.name);
     }
     const dead = devices.find((entry) => entry.name === 'dead')!;

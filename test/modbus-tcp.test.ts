@@ -92,7 +92,10 @@ describe('modbus tcp driver against ServerTCP', () => {
     await driver.connect();
     assert.equal(driver.connected, true);
     const plan = driver.plan(config.tags);
-    assert.equal(plan.describe(), '4 requests: holding 0..39 (40 regs), input 100..102 (3 regs), coils 0..15 (16 bits), discrete 0..4 (5 bits)');
+    assert.equal(
+      plan.describe(),
+      '4 requests: holding 0..39 (40 regs), input 100..102 (3 regs), coils 0..15 (16 bits), discrete 0..4 (5 bits)',
+    );
     const readings = await driver.read(plan);
     assert.deepEqual(values(readings), {
       u16: 0x1234,
@@ -121,7 +124,10 @@ describe('modbus tcp driver against ServerTCP', () => {
       di: [false, true, false, false, true],
     });
     // Readings come back in the order of the plan's tags.
-    assert.deepEqual(readings.map((r) => r.tag), config.tags.map((tag) => tag.name));
+    assert.deepEqual(
+      readings.map((r) => r.tag),
+      config.tags.map((tag) => tag.name),
+    );
   });
 
   it('writes every kind and the server memory shows it', async (t) => {
@@ -185,16 +191,37 @@ describe('modbus tcp driver against ServerTCP', () => {
     assert.equal(server.holding[530], 0xff01, 'read-modify-write keeps the other bits');
 
     // Every written value reads back identically.
-    const readings = byName(await driver.read(driver.plan(config.tags.filter((tag) => tag.address.area !== 'input' && tag.address.area !== 'discrete'))));
-    assert.deepEqual(
-      Object.fromEntries(Object.entries(readings).map(([k, r]) => [k, r.value])),
-      { coil: false, coils: pattern, u16: 54321, i16arr: [-1, 2], f32: 1.5, f32abcd: 1.5, i64: 0x0102030405060708n, f64: 1, u32arr: [1, 0x10002], text: 'Hello', bit3: false, bit0: true },
+    const readings = byName(
+      await driver.read(driver.plan(config.tags.filter((tag) => tag.address.area !== 'input' && tag.address.area !== 'discrete'))),
     );
+    assert.deepEqual(Object.fromEntries(Object.entries(readings).map(([k, r]) => [k, r.value])), {
+      coil: false,
+      coils: pattern,
+      u16: 54321,
+      i16arr: [-1, 2],
+      f32: 1.5,
+      f32abcd: 1.5,
+      i64: 0x0102030405060708n,
+      f64: 1,
+      u32arr: [1, 0x10002],
+      text: 'Hello',
+      bit3: false,
+      bit0: true,
+    });
 
-    await assert.rejects(driver.write(tags.in!, 1), (error: unknown) => error instanceof DriverError && error.code === 'read-only' && /read-only/.test(error.message));
+    await assert.rejects(
+      driver.write(tags.in!, 1),
+      (error: unknown) => error instanceof DriverError && error.code === 'read-only' && /read-only/.test(error.message),
+    );
     await assert.rejects(driver.write(tags.di!, true), (error: unknown) => error instanceof DriverError && error.code === 'read-only');
-    await assert.rejects(driver.write(tags.u16!, 70000), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value' && /out of range/.test(error.message));
-    await assert.rejects(driver.write(tags.text!, 'far too long'), (error: unknown) => error instanceof DriverError && error.code === 'invalid-value');
+    await assert.rejects(
+      driver.write(tags.u16!, 70000),
+      (error: unknown) => error instanceof DriverError && error.code === 'invalid-value' && /out of range/.test(error.message),
+    );
+    await assert.rejects(
+      driver.write(tags.text!, 'far too long'),
+      (error: unknown) => error instanceof DriverError && error.code === 'invalid-value',
+    );
   });
 
   it('an illegal address inside a block only spoils its tag, and later polls avoid it', async (t) => {
@@ -228,8 +255,16 @@ describe('modbus tcp driver against ServerTCP', () => {
     assert.deepEqual(values(second), values(first));
     assert.ok(secondCost < firstCost, `second poll used ${secondCost} requests, first ${firstCost}`);
     assert.equal(secondCost, 2);
-    assert.equal(plan.describe(), '2 requests: holding 40..43 (4 regs), holding 47..49 (3 regs); known illegal addresses: holding 45..45 (1 tag not requested)');
-    assert.deepEqual(byName(second).hole, { tag: 'hole', quality: 'bad', reason: 'exception 2: illegal data address', code: 'known-illegal-address' });
+    assert.equal(
+      plan.describe(),
+      '2 requests: holding 40..43 (4 regs), holding 47..49 (3 regs); known illegal addresses: holding 45..45 (1 tag not requested)',
+    );
+    assert.deepEqual(byName(second).hole, {
+      tag: 'hole',
+      quality: 'bad',
+      reason: 'exception 2: illegal data address',
+      code: 'known-illegal-address',
+    });
     // Nothing on the wire touches address 45 any more.
     assert.ok(server.requests.slice(-secondCost).every((r) => r.start > 45 || r.start + r.count <= 45));
   });
@@ -251,9 +286,15 @@ describe('modbus tcp driver against ServerTCP', () => {
     const plan = driver.plan(config.tags);
     assert.equal(plan.describe(), '1 request: input 200..206 (7 regs)');
     const first = await driver.read(plan);
-    assert.deepEqual(first.map((r) => r.quality), ['good', 'good']);
+    assert.deepEqual(
+      first.map((r) => r.quality),
+      ['good', 'good'],
+    );
     await driver.read(plan);
-    assert.equal(plan.describe(), '2 requests: input 200..201 (2 regs), input 206..206 (1 reg); known illegal addresses: input 202..205 (not read across)');
+    assert.equal(
+      plan.describe(),
+      '2 requests: input 200..201 (2 regs), input 206..206 (1 reg); known illegal addresses: input 202..205 (not read across)',
+    );
   });
 
   it('maps exception responses to readable reasons per tag', async (t) => {
@@ -266,11 +307,15 @@ describe('modbus tcp driver against ServerTCP', () => {
       680: 'exception 10: gateway path unavailable',
       700: 'exception 11: gateway target device failed to respond',
     };
-    for (const [address, reason] of Object.entries(codes)) server.exceptions.set(`holding:${address}`, Number(/exception (\d+)/.exec(reason)![1]));
+    for (const [address, reason] of Object.entries(codes))
+      server.exceptions.set(`holding:${address}`, Number(/exception (\d+)/.exec(reason)![1]));
     defer(() => server.exceptions.clear());
     const config = device({
       connection: tcp(server.port),
-      tags: [...Object.keys(codes).map((address) => ({ name: `t${address}`, address: Number(address), area: 'holding' })), { name: 'fine', address: '40001' }],
+      tags: [
+        ...Object.keys(codes).map((address) => ({ name: `t${address}`, address: Number(address), area: 'holding' })),
+        { name: 'fine', address: '40001' },
+      ],
     });
     const driver = createDriver(config, context);
     defer(() => driver.close());
@@ -285,7 +330,11 @@ describe('modbus tcp driver against ServerTCP', () => {
     // The same for a write.
     await assert.rejects(
       driver.write({ ...config.tags[2]!, writable: true }, 1),
-      (error: unknown) => error instanceof DriverError && error.code === 'exception-4' && /server device failure/.test(error.message) && !error.connectionLost,
+      (error: unknown) =>
+        error instanceof DriverError &&
+        error.code === 'exception-4' &&
+        /server device failure/.test(error.message) &&
+        !error.connectionLost,
     );
   });
 
@@ -331,7 +380,10 @@ describe('modbus tcp driver against ServerTCP', () => {
     server.silentUnits.add(9);
     defer(() => server.silentUnits.delete(9));
     const before = openLineCount();
-    const live = createDriver(device({ name: 'live', connection: tcp(server.port, { unitId: 1, timeout: 1000 }), tags: [{ name: 'u16', address: '40001' }] }), context);
+    const live = createDriver(
+      device({ name: 'live', connection: tcp(server.port, { unitId: 1, timeout: 1000 }), tags: [{ name: 'u16', address: '40001' }] }),
+      context,
+    );
     const silentConfig = device({
       name: 'silent',
       connection: tcp(server.port, { unitId: 9, timeout: 150, retries: 1, backoffAfterTimeouts: 2 }),
@@ -386,7 +438,10 @@ describe('modbus tcp driver against ServerTCP', () => {
     defer(() => server.silentUnits.delete(11));
     // Only the clock the driver reads is mocked; the request timeouts stay real (and short).
     t.mock.timers.enable({ apis: ['Date'], now: Date.now() });
-    const config = device({ connection: tcp(server.port, { unitId: 11, timeout: 100, backoffAfterTimeouts: 1 }), tags: [{ name: 'u16', address: '40001' }] });
+    const config = device({
+      connection: tcp(server.port, { unitId: 11, timeout: 100, backoffAfterTimeouts: 1 }),
+      tags: [{ name: 'u16', address: '40001' }],
+    });
     const driver = createDriver(config, context);
     defer(() => driver.close());
     await driver.connect();
@@ -413,7 +468,10 @@ describe('modbus tcp driver against ServerTCP', () => {
       assert.equal(await reading(), `skipped: ${skipped}`);
       t.mock.timers.tick(61_000); // past any skip interval: the next read probes the device
     }
-    assert.deepEqual(pauses, [5, 10, 20, 40, 60, 60].map((s) => s * 1000));
+    assert.deepEqual(
+      pauses,
+      [5, 10, 20, 40, 60, 60].map((s) => s * 1000),
+    );
     assert.equal((driver as ModbusDriver).nextTryAt, undefined, 'due now');
 
     server.silentUnits.delete(11);

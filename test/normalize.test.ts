@@ -29,7 +29,15 @@ describe('scaling and typing', () => {
 
   it('a bad reading has no value and carries the reason', () => {
     const sample = new TagNormalizer(base).normalize({ tag: 't', quality: 'bad', reason: 'exception 2: illegal data address' }, 5);
-    assert.deepEqual(sample, { device: 'd', group: 'default', tag: 't', value: null, quality: 'bad', reason: 'exception 2: illegal data address', ts: 5 });
+    assert.deepEqual(sample, {
+      device: 'd',
+      group: 'default',
+      tag: 't',
+      value: null,
+      quality: 'bad',
+      reason: 'exception 2: illegal data address',
+      ts: 5,
+    });
   });
 
   it('NaN from the device is bad, never a silent null', () => {
@@ -63,16 +71,44 @@ describe('report by exception', () => {
   const cases: Array<[string, Partial<TagNormalizerOptions>, TagReading[], boolean[]]> = [
     ['first value always goes out; unchanged values do not', {}, values(1, 1, 1, 2), [true, false, false, true]],
     ['report "always" publishes every poll', { report: 'always' }, values(1, 1, 1), [true, true, true]],
-    ['absolute deadband compares with the last reported value', { deadband: 0.5 }, values(10, 10.3, 10.6, 10.2, 9.9), [true, false, true, false, true]],
+    [
+      'absolute deadband compares with the last reported value',
+      { deadband: 0.5 },
+      values(10, 10.3, 10.6, 10.2, 9.9),
+      [true, false, true, false, true],
+    ],
     ['absolute deadband as an object', { deadband: { absolute: 1 } }, values(0, 0.9, 1.1), [true, false, true]],
-    ['percent deadband of the last reported value', { deadband: { percent: 10 } }, values(100, 109, 111, 121, 123), [true, false, true, false, true]],
+    [
+      'percent deadband of the last reported value',
+      { deadband: { percent: 10 } },
+      values(100, 109, 111, 121, 123),
+      [true, false, true, false, true],
+    ],
     ['percent deadband from zero reports any change', { deadband: { percent: 10 } }, values(0, 0, 0.001), [true, false, true]],
     ['slow drift is caught once it adds up', { deadband: 1 }, values(0, 0.4, 0.8, 1.2), [true, false, false, true]],
     ['maxSilence republishes an unchanged value', { maxSilence: 2000 }, values(5, 5, 5, 5, 5), [true, false, true, false, true]],
-    ['quality change always goes out, whatever the deadband', { deadband: 100 }, [good(1), { tag: 't', quality: 'bad', reason: 'timeout' }, { tag: 't', quality: 'bad', reason: 'timeout' }, good(1)], [true, true, false, true]],
-    ['a new reason for bad quality goes out', {}, [{ tag: 't', quality: 'bad', reason: 'timeout' }, { tag: 't', quality: 'bad', reason: 'connection refused' }], [true, true]],
+    [
+      'quality change always goes out, whatever the deadband',
+      { deadband: 100 },
+      [good(1), { tag: 't', quality: 'bad', reason: 'timeout' }, { tag: 't', quality: 'bad', reason: 'timeout' }, good(1)],
+      [true, true, false, true],
+    ],
+    [
+      'a new reason for bad quality goes out',
+      {},
+      [
+        { tag: 't', quality: 'bad', reason: 'timeout' },
+        { tag: 't', quality: 'bad', reason: 'connection refused' },
+      ],
+      [true, true],
+    ],
     ['booleans report on change', {}, [good(true), good(true), good(false)], [true, false, true]],
-    ['arrays report when any element moved beyond the deadband', { deadband: 1 }, [good([1, 2]), good([1.5, 2]), good([1, 3.5])], [true, false, true]],
+    [
+      'arrays report when any element moved beyond the deadband',
+      { deadband: 1 },
+      [good([1, 2]), good([1.5, 2]), good([1, 3.5])],
+      [true, false, true],
+    ],
   ];
   for (const [title, options, readings, expected] of cases) {
     it(title, () => assert.deepEqual(reported(options, readings), expected));
@@ -87,11 +123,15 @@ describe('payloads', () => {
   });
 
   it('bad quality: null value and the reason', () => {
-    assert.equal(encodeTagPayload({ device: 'd', group: 'g', tag: 't', value: null, quality: 'bad', reason: 'timeout', ts: 1 }, 'ms'), '{"value":null,"quality":"bad","ts":1,"reason":"timeout"}');
+    assert.equal(
+      encodeTagPayload({ device: 'd', group: 'g', tag: 't', value: null, quality: 'bad', reason: 'timeout', ts: 1 }, 'ms'),
+      '{"value":null,"quality":"bad","ts":1,"reason":"timeout"}',
+    );
   });
 
   it('int64 beyond 2^53 travels as a string, smaller ones as numbers', () => {
-    const payload = (value: bigint) => JSON.parse(encodeTagPayload({ device: 'd', group: 'g', tag: 't', value, quality: 'good', ts: 1 }, 'ms')) as { value: unknown };
+    const payload = (value: bigint) =>
+      JSON.parse(encodeTagPayload({ device: 'd', group: 'g', tag: 't', value, quality: 'good', ts: 1 }, 'ms')) as { value: unknown };
     assert.equal(payload(9007199254740993n).value, '9007199254740993');
     assert.equal(payload(-42n).value, -42);
   });

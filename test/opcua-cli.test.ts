@@ -49,7 +49,10 @@ interface Gateway {
 }
 
 function runGateway(configFile: string, probeFile: string): Gateway {
-  const child = spawn(process.execPath, ['--import', PROBE, CLI, 'run', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PLC2MQTT_LOAD_PROBE: probeFile } });
+  const child = spawn(process.execPath, ['--import', PROBE, CLI, 'run', '-c', configFile], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PLC2MQTT_LOAD_PROBE: probeFile },
+  });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -62,7 +65,10 @@ async function stopGateway(gateway: Gateway): Promise<void> {
   await gateway.exited;
 }
 
-const loadedOpcua = (probeFile: string) => readFileSync(probeFile, 'utf8').split('\n').filter((url) => url.includes('/node-opcua'));
+const loadedOpcua = (probeFile: string) =>
+  readFileSync(probeFile, 'utf8')
+    .split('\n')
+    .filter((url) => url.includes('/node-opcua'));
 
 describe('OPC UA through the CLI', () => {
   const folder = mkdtempSync(join(tmpdir(), 'plc2mqtt-opcua-cli-'));
@@ -92,7 +98,12 @@ describe('OPC UA through the CLI', () => {
               { name: 'missing', nodeId: 'ns=1;s=Line1.Nope' },
             ],
           },
-          { name: 'meter', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort() }, tags: [{ name: 'x', address: '40001' }] },
+          {
+            name: 'meter',
+            driver: 'modbus',
+            connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort() },
+            tags: [{ name: 'x', address: '40001' }],
+          },
         ],
       }),
     );
@@ -103,7 +114,7 @@ describe('OPC UA through the CLI', () => {
     rmSync(folder, { recursive: true, force: true });
   });
 
-  it('browse lists the Objects folder, then a node\'s children with NodeId, class, data type and access', async () => {
+  it("browse lists the Objects folder, then a node's children with NodeId, class, data type and access", async () => {
     const top = await cli(['browse', '-c', configFile, 'press']);
     assert.equal(top.status, 0, top.stderr);
     assert.match(top.stdout, /^BROWSE NAME\s+NODE ID\s+CLASS\s+DATA TYPE\s+ACCESS$/m);
@@ -126,9 +137,15 @@ describe('OPC UA through the CLI', () => {
     assert.equal(result.status, 0, result.stderr);
     const tags = JSON.parse(result.stdout) as Array<{ name: string; nodeId: string; writable?: boolean }>;
     assert.ok(tags.length >= 9);
-    assert.deepEqual(tags.find((tag) => tag.name === 'Double'), { name: 'Double', nodeId: 'ns=1;s=Line1.W.Double', writable: true });
+    assert.deepEqual(
+      tags.find((tag) => tag.name === 'Double'),
+      { name: 'Double', nodeId: 'ns=1;s=Line1.W.Double', writable: true },
+    );
     const pasted = join(folder, 'pasted.json');
-    writeFileSync(pasted, JSON.stringify({ devices: [{ name: 'press', driver: 'opcua', connection: { endpointUrl: server.endpointUrl }, tags }] }));
+    writeFileSync(
+      pasted,
+      JSON.stringify({ devices: [{ name: 'press', driver: 'opcua', connection: { endpointUrl: server.endpointUrl }, tags }] }),
+    );
     const validated = await cli(['validate', '-c', pasted]);
     assert.equal(validated.status, 0, validated.stderr);
     assert.match(validated.stdout, new RegExp(`valid — 1 device \\(1 enabled\\), ${tags.length} tags`));
@@ -141,7 +158,9 @@ describe('OPC UA through the CLI', () => {
     // A URI with ";" and "%" in it is escaped (and taken back the same way).
     const odd = await cli(['browse', '-c', configFile, 'press', 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2', '--tags', '--nsu']);
     assert.equal(odd.status, 0, odd.stderr);
-    assert.deepEqual(JSON.parse(odd.stdout), [{ name: 'Speed', nodeId: 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2.Speed', writable: true }]);
+    assert.deepEqual(JSON.parse(odd.stdout), [
+      { name: 'Speed', nodeId: 'nsu=urn:plc2mqtt:test:odd%3Bname%2520;s=Line2.Speed', writable: true },
+    ]);
     const unknown = await cli(['browse', '-c', configFile, 'press', 'nsu=urn:nowhere;s=Line2']);
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /browsing press nsu=urn:nowhere;s=Line2 failed: the server has no namespace "urn:nowhere"/);
@@ -156,13 +175,24 @@ describe('OPC UA through the CLI', () => {
     assert.match(unknown.stderr, /BadNodeIdUnknown/);
   });
 
-  it('read: a node the server never answers for fails after requestTimeout (1s), naming it, not after node-opcua\'s 5 s', async () => {
+  it("read: a node the server never answers for fails after requestTimeout (1s), naming it, not after node-opcua's 5 s", async () => {
     const stuck = join(folder, 'stuck.json');
     writeFileSync(
       stuck,
       JSON.stringify({
         gateway: { name: 'ua', dataDir: join(folder, 'data') },
-        devices: [{ name: 'slow', driver: 'opcua', mode: 'polling', connection: { endpointUrl: server.endpointUrl, requestTimeout: '1s' }, tags: [{ name: 'stuck', nodeId: STUCK_NODE }, { name: 'speed', nodeId: 'ns=1;s=Line1.Double' }] }],
+        devices: [
+          {
+            name: 'slow',
+            driver: 'opcua',
+            mode: 'polling',
+            connection: { endpointUrl: server.endpointUrl, requestTimeout: '1s' },
+            tags: [
+              { name: 'stuck', nodeId: STUCK_NODE },
+              { name: 'speed', nodeId: 'ns=1;s=Line1.Double' },
+            ],
+          },
+        ],
       }),
     );
     const good = await cli(['read', '-c', stuck, 'slow', 'speed']);
@@ -171,15 +201,39 @@ describe('OPC UA through the CLI', () => {
     // The message is the proof: only the gateway's own timer, set to requestTimeout, says this.
     const result = await cli(['read', '-c', stuck, 'slow', 'stuck']);
     assert.equal(result.status, 1, result.stdout);
-    assert.match(result.stderr, /^plc2mqtt: reading slow\/stuck failed: reading 1 nodes failed: no answer within 1000 ms \(requestTimeout\)$/m);
+    assert.match(
+      result.stderr,
+      /^plc2mqtt: reading slow\/stuck failed: reading 1 nodes failed: no answer within 1000 ms \(requestTimeout\)$/m,
+    );
   });
 
   it('validate explains a malformed NodeId', async () => {
     const bad = join(folder, 'bad.json');
-    writeFileSync(bad, JSON.stringify({ devices: [{ name: 'p', driver: 'opcua', connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' }, tags: [{ name: 'a', nodeId: 'ns=3;Line1.Speed' }, { name: 'b', nodeId: 'ns=2;g=1234' }, { name: 'c', nodeId: 'nsu=;s=Speed' }, { name: 'd', nodeId: 'nsu=urn:plant:line1;s=Speed' }, { name: 'e', nodeId: 'nsu=urn:a%ZZ;s=Speed' }] }] }));
+    writeFileSync(
+      bad,
+      JSON.stringify({
+        devices: [
+          {
+            name: 'p',
+            driver: 'opcua',
+            connection: { endpointUrl: 'opc.tcp://10.0.0.5:4840' },
+            tags: [
+              { name: 'a', nodeId: 'ns=3;Line1.Speed' },
+              { name: 'b', nodeId: 'ns=2;g=1234' },
+              { name: 'c', nodeId: 'nsu=;s=Speed' },
+              { name: 'd', nodeId: 'nsu=urn:plant:line1;s=Speed' },
+              { name: 'e', nodeId: 'nsu=urn:a%ZZ;s=Speed' },
+            ],
+          },
+        ],
+      }),
+    );
     const result = await cli(['validate', '-c', bad]);
     assert.equal(result.status, 2);
-    assert.match(result.stderr, /devices\[0\]\.tags\[0\]\.nodeId: not an OPC UA NodeId: expected \[ns=<index>;\|nsu=<namespace URI>;\]<i\|s\|g\|b>=<identifier>, such as "ns=3;s=Line1\.Speed"/);
+    assert.match(
+      result.stderr,
+      /devices\[0\]\.tags\[0\]\.nodeId: not an OPC UA NodeId: expected \[ns=<index>;\|nsu=<namespace URI>;\]<i\|s\|g\|b>=<identifier>, such as "ns=3;s=Line1\.Speed"/,
+    );
     assert.match(result.stderr, /devices\[0\]\.tags\[1\]\.nodeId: "g=" takes a GUID/);
     assert.match(result.stderr, /devices\[0\]\.tags\[2\]\.nodeId: "nsu=" needs a namespace URI/);
     assert.match(result.stderr, /devices\[0\]\.tags\[4\]\.nodeId: "nsu=urn:a%ZZ": a "%" must start an escape such as %3B/);
@@ -218,7 +272,10 @@ describe('OPC UA through the CLI', () => {
 
   it('a gateway with only Modbus devices never loads node-opcua', async () => {
     const modbusOnly = join(folder, 'modbus-only.json');
-    const config = JSON.parse(readFileSync(configFile, 'utf8')) as { broker: { listeners: Array<{ port: number }> }; devices: Array<{ driver: string }> };
+    const config = JSON.parse(readFileSync(configFile, 'utf8')) as {
+      broker: { listeners: Array<{ port: number }> };
+      devices: Array<{ driver: string }>;
+    };
     config.broker.listeners[0]!.port = await freePort();
     config.devices = config.devices.filter((device) => device.driver === 'modbus');
     writeFileSync(modbusOnly, JSON.stringify(config));
@@ -232,8 +289,14 @@ describe('OPC UA through the CLI', () => {
       await stopGateway(gateway);
     }
     const urls = readFileSync(probe, 'utf8').split('\n');
-    assert.ok(urls.some((url) => url.includes('/drivers/modbus/index.js')), 'the probe saw the Modbus driver load');
-    assert.ok(urls.some((url) => url.includes('/drivers/opcua/config.js')), 'the OPC UA schema is loaded (it is small and free of node-opcua)');
+    assert.ok(
+      urls.some((url) => url.includes('/drivers/modbus/index.js')),
+      'the probe saw the Modbus driver load',
+    );
+    assert.ok(
+      urls.some((url) => url.includes('/drivers/opcua/config.js')),
+      'the OPC UA schema is loaded (it is small and free of node-opcua)',
+    );
     assert.deepEqual(loadedOpcua(probe), []);
     assert.ok(!urls.some((url) => url.includes('/drivers/opcua/index.js')));
   });

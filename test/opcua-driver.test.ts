@@ -13,7 +13,26 @@ import { waitFor } from './helpers/net.js';
 import { GUID_NODE, LINE2_NAMESPACE, NUMERIC_NODE, OPAQUE_NODE, startTestServer, type RunningTestServer } from './helpers/opcua-server.js';
 import { parseDevice, runDevice, testLog, type RunningDevice } from './helpers/opcua-runner.js';
 
-const TYPED = ['Bool', 'SByte', 'Byte', 'Int16', 'UInt16', 'Int32', 'UInt32', 'Int64', 'UInt64', 'Float', 'Double', 'String', 'DateTime', 'ByteString', 'DoubleArray', 'Int32Array', 'StringArray', 'BoolArray'];
+const TYPED = [
+  'Bool',
+  'SByte',
+  'Byte',
+  'Int16',
+  'UInt16',
+  'Int32',
+  'UInt32',
+  'Int64',
+  'UInt64',
+  'Float',
+  'Double',
+  'String',
+  'DateTime',
+  'ByteString',
+  'DoubleArray',
+  'Int32Array',
+  'StringArray',
+  'BoolArray',
+];
 const line = (name: string) => `ns=1;s=Line1.${name}`;
 
 describe('OPC UA driver against a node-opcua server', () => {
@@ -40,10 +59,15 @@ describe('OPC UA driver against a node-opcua server', () => {
   it('subscription: every type arrives with the right JS type, good quality and the source timestamp', async () => {
     const device = start({ pollInterval: '200ms', tags: TYPED.map((name) => ({ name, nodeId: line(name) })) });
     // Two values of each: the initial one and a change.
-    await waitFor(() => TYPED.every((name) => device.history(name).filter((reading) => reading.quality === 'good').length >= 2), 10_000, 'two good values of every tag');
+    await waitFor(
+      () => TYPED.every((name) => device.history(name).filter((reading) => reading.quality === 'good').length >= 2),
+      10_000,
+      'two good values of every tag',
+    );
     const value = (name: string) => device.last(name)!.value;
     assert.equal(typeof value('Bool'), 'boolean');
-    for (const name of ['SByte', 'Byte', 'Int16', 'UInt16', 'Int32', 'UInt32', 'Float', 'Double']) assert.equal(typeof value(name), 'number', name);
+    for (const name of ['SByte', 'Byte', 'Int16', 'UInt16', 'Int32', 'UInt32', 'Float', 'Double'])
+      assert.equal(typeof value(name), 'number', name);
     assert.ok((value('SByte') as number) <= 0 && (value('SByte') as number) >= -99);
     assert.ok((value('UInt16') as number) >= 60000);
     assert.ok((value('UInt32') as number) > 4_000_000_000);
@@ -66,7 +90,10 @@ describe('OPC UA driver against a node-opcua server', () => {
     for (const name of TYPED) {
       const reading = device.last(name)!;
       assert.equal(reading.quality, 'good', name);
-      assert.ok(reading.sourceTs !== undefined && Math.abs(reading.sourceTs - Date.now()) < 10_000, `${name} carries the server's source timestamp`);
+      assert.ok(
+        reading.sourceTs !== undefined && Math.abs(reading.sourceTs - Date.now()) < 10_000,
+        `${name} carries the server's source timestamp`,
+      );
     }
     // Values keep changing (the server ticks every 100 ms, publishing every 200 ms).
     const before = device.history('Double').length;
@@ -86,7 +113,13 @@ describe('OPC UA driver against a node-opcua server', () => {
         { name: 'numeric', nodeId: NUMERIC_NODE },
       ],
     });
-    await waitFor(() => ['unknown', 'secret', 'uncertain', 'guid', 'opaque', 'numeric'].every((tag) => device.last(tag)) && device.history('double').length >= 3, 10_000, 'all tags reported');
+    await waitFor(
+      () =>
+        ['unknown', 'secret', 'uncertain', 'guid', 'opaque', 'numeric'].every((tag) => device.last(tag)) &&
+        device.history('double').length >= 3,
+      10_000,
+      'all tags reported',
+    );
     const unknown = device.last('unknown')!;
     assert.equal(unknown.quality, 'bad');
     assert.equal(unknown.code, 'BadNodeIdUnknown');
@@ -104,7 +137,11 @@ describe('OPC UA driver against a node-opcua server', () => {
 
   it('items are created in chunks of MaxMonitoredItemsPerCall, grouped by their monitoring settings', async () => {
     // 12 tags, a limit of 5 per call: 4 tags with their own settings (1 call) + 8 others (5 + 3).
-    const tags = [...TYPED.slice(0, 12)].map((name, index) => ({ name, nodeId: line(name), ...(index % 3 === 0 ? { samplingInterval: 50, queueSize: 2 } : {}) }));
+    const tags = [...TYPED.slice(0, 12)].map((name, index) => ({
+      name,
+      nodeId: line(name),
+      ...(index % 3 === 0 ? { samplingInterval: 50, queueSize: 2 } : {}),
+    }));
     const calls = server.requests('CreateMonitoredItemsRequest');
     const device = start({ pollInterval: '100ms', tags });
     await waitFor(() => tags.every((tag) => device.last(tag.name)?.quality === 'good'), 10_000, 'every tag good');
@@ -123,14 +160,18 @@ describe('OPC UA driver against a node-opcua server', () => {
     });
     await waitFor(() => device.history('coarse').length >= 4 && device.last('percent') !== undefined, 10_000, 'filtered values');
     const coarse = device.history('coarse').map((reading) => reading.value as number);
-    for (let i = 1; i < coarse.length; i++) assert.ok(coarse[i]! - coarse[i - 1]! > 0.45 - 1e-9, `${coarse[i]} - ${coarse[i - 1]} beyond the deadband`);
-    assert.ok(device.history('fine').length > 2 * coarse.length, `unfiltered ${device.history('fine').length} vs filtered ${coarse.length}`);
+    for (let i = 1; i < coarse.length; i++)
+      assert.ok(coarse[i]! - coarse[i - 1]! > 0.45 - 1e-9, `${coarse[i]} - ${coarse[i - 1]} beyond the deadband`);
+    assert.ok(
+      device.history('fine').length > 2 * coarse.length,
+      `unfiltered ${device.history('fine').length} vs filtered ${coarse.length}`,
+    );
     const percent = device.last('percent')!;
     assert.equal(percent.quality, 'bad');
     assert.match(percent.code!, /^Bad(MonitoredItemFilterUnsupported|FilterNotAllowed|DeadbandFilterInvalid)$/);
   });
 
-  it('polling: the Read service in batches of the server\'s MaxNodesPerRead, bad nodes bad, the rest good', async () => {
+  it("polling: the Read service in batches of the server's MaxNodesPerRead, bad nodes bad, the rest good", async () => {
     const tags = [...TYPED.map((name) => ({ name, nodeId: line(name) })), { name: 'unknown', nodeId: line('Nope') }];
     const device = start({ mode: 'polling', pollInterval: '200ms', tags });
     await waitFor(() => device.history('Double').length >= 3, 10_000, 'three polls');
@@ -146,7 +187,7 @@ describe('OPC UA driver against a node-opcua server', () => {
     assert.match(device.runner.health.state, /connected/);
   });
 
-  it('writes are coerced to the node\'s DataType and read back; refusals say why', async () => {
+  it("writes are coerced to the node's DataType and read back; refusals say why", async () => {
     const device = parseDevice({
       connection: { endpointUrl: server.endpointUrl },
       mode: 'polling',
@@ -185,7 +226,19 @@ describe('OPC UA driver against a node-opcua server', () => {
       assert.deepEqual(
         readings.map((reading) => reading.value),
         // (The last one: ODD_NAMESPACE, whose ";" and "%" are escaped in the NodeId.)
-        [21.5, -123, -(2n ** 62n) - 5n, 2n ** 64n - 1n, true, 'hello', '2026-03-04T05:06:07.000Z', Buffer.from('plc').toString('base64'), [1.5, 2.5, 3.5], 7.25, 7],
+        [
+          21.5,
+          -123,
+          -(2n ** 62n) - 5n,
+          2n ** 64n - 1n,
+          true,
+          'hello',
+          '2026-03-04T05:06:07.000Z',
+          Buffer.from('plc').toString('base64'),
+          [1.5, 2.5, 3.5],
+          7.25,
+          7,
+        ],
       );
 
       const refusal = async (name: string, value: Parameters<typeof driver.write>[1], code: string, message: RegExp) => {

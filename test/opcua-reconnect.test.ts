@@ -28,7 +28,9 @@ interface ServerProcess {
 }
 
 async function startServerProcess(pkiDir: string, port: number, namespacesBefore: string[] = []): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [CHILD, pkiDir, String(port), '100', namespacesBefore.join(',')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CHILD, pkiDir, String(port), '100', namespacesBefore.join(',')], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let output = '';
   const listening = await new Promise<number>((resolve, reject) => {
@@ -102,15 +104,24 @@ describe('OPC UA self-healing', () => {
       { name: 'speed', nodeId: `nsu=${LINE2_NAMESPACE};s=Line2.Speed` },
       { name: 'elsewhere', nodeId: 'nsu=urn:nowhere;s=Line2.Speed' },
     ];
-    const subscribed = runDevice({ name: 'nsu-subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags }, join(folder, 'gw'));
-    const polled = runDevice({ name: 'nsu-polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags }, join(folder, 'gw'));
+    const subscribed = runDevice(
+      { name: 'nsu-subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags },
+      join(folder, 'gw'),
+    );
+    const polled = runDevice(
+      { name: 'nsu-polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags },
+      join(folder, 'gw'),
+    );
     devices.push(subscribed, polled);
     for (const device of [subscribed, polled]) {
       await waitFor(() => device.last('speed')?.quality === 'good', 15_000, `${device.device.name}: Line2.Speed`);
       assert.equal(device.last('speed')!.value, 42, 'ns=2 here');
       const elsewhere = device.last('elsewhere')!;
       assert.deepEqual([elsewhere.quality, elsewhere.code], ['bad', 'BadNodeIdUnknown']);
-      assert.match(elsewhere.reason!, /the server has no namespace "urn:nowhere" \(its NamespaceArray: http:\/\/opcfoundation\.org\/UA\/, .*urn:plc2mqtt:test:line2, urn:plc2mqtt:test:odd;name%20\)/);
+      assert.match(
+        elsewhere.reason!,
+        /the server has no namespace "urn:nowhere" \(its NamespaceArray: http:\/\/opcfoundation\.org\/UA\/, .*urn:plc2mqtt:test:line2, urn:plc2mqtt:test:odd;name%20\)/,
+      );
     }
 
     // Restarted with another namespace first: LINE2_NAMESPACE is now ns=3, and ns=2 has a decoy Speed of -1.
@@ -119,9 +130,17 @@ describe('OPC UA self-healing', () => {
     const restartedAt = Date.now();
     running = await server(port, ['urn:plc2mqtt:test:decoy']);
     for (const device of [subscribed, polled]) {
-      await waitFor(() => device.readings.some((reading) => reading.tag === 'speed' && reading.quality === 'good' && reading.at > restartedAt), 15_000, `${device.device.name}: Line2.Speed after the restart`);
+      await waitFor(
+        () => device.readings.some((reading) => reading.tag === 'speed' && reading.quality === 'good' && reading.at > restartedAt),
+        15_000,
+        `${device.device.name}: Line2.Speed after the restart`,
+      );
       const after = device.readings.filter((reading) => reading.tag === 'speed' && reading.quality === 'good' && reading.at > restartedAt);
-      assert.deepEqual([...new Set(after.map((reading) => reading.value))], [42], 'read from the namespace\'s new index, never the decoy at the old one');
+      assert.deepEqual(
+        [...new Set(after.map((reading) => reading.value))],
+        [42],
+        "read from the namespace's new index, never the decoy at the old one",
+      );
     }
     running.child.kill('SIGTERM');
     await running.exited;
@@ -133,11 +152,21 @@ describe('OPC UA self-healing', () => {
     const port = await freePort();
     let running = await server(port);
     const endpointUrl = `opc.tcp://127.0.0.1:${port}`;
-    const subscribed = runDevice({ name: 'subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS }, join(folder, 'gw'));
-    const polled = runDevice({ name: 'polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS }, join(folder, 'gw'));
+    const subscribed = runDevice(
+      { name: 'subscribed', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS },
+      join(folder, 'gw'),
+    );
+    const polled = runDevice(
+      { name: 'polled', mode: 'polling', pollInterval: '200ms', connection: { endpointUrl, ...CONNECTION }, tags: TAGS },
+      join(folder, 'gw'),
+    );
     devices.push(subscribed, polled);
     for (const device of [subscribed, polled]) {
-      await waitFor(() => device.last('counter')?.quality === 'good' && device.last('text')?.quality === 'good', 15_000, `${device.device.name}: good values`);
+      await waitFor(
+        () => device.last('counter')?.quality === 'good' && device.last('text')?.quality === 'good',
+        15_000,
+        `${device.device.name}: good values`,
+      );
       assert.equal(device.last('unknown')?.code, 'BadNodeIdUnknown');
     }
     const attempts = subscribed.runner.health.connectAttempts;
@@ -147,26 +176,42 @@ describe('OPC UA self-healing', () => {
     running.child.kill('SIGKILL');
     await running.exited;
     for (const device of [subscribed, polled]) {
-      await waitFor(() => device.last('counter')?.quality === 'bad' && device.last('text')?.quality === 'bad', 5_000, `${device.device.name}: bad quality after the crash`);
+      await waitFor(
+        () => device.last('counter')?.quality === 'bad' && device.last('text')?.quality === 'bad',
+        5_000,
+        `${device.device.name}: bad quality after the crash`,
+      );
       assert.ok(device.last('counter')!.at - killedAt < 3000, 'noticed within 3 s');
       assert.match(device.last('counter')!.reason!, /connection|not connected/i);
     }
     // While the server is down the tags stay bad (reported again, never silent) and connects are retried.
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const whileDown = subscribed.readings.filter((reading) => reading.at > killedAt && reading.tag === 'counter');
-    assert.ok(whileDown.length >= 2 && whileDown.every((reading) => reading.quality === 'bad'), `bad readings while down: ${whileDown.length}`);
+    assert.ok(
+      whileDown.length >= 2 && whileDown.every((reading) => reading.quality === 'bad'),
+      `bad readings while down: ${whileDown.length}`,
+    );
     assert.ok(subscribed.runner.health.connectAttempts > attempts, 'reconnects were attempted');
 
     const restartedAt = Date.now();
     running = await server(port);
     for (const device of [subscribed, polled]) {
-      await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restartedAt), 15_000, `${device.device.name}: values again after the restart`);
+      await waitFor(
+        () => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restartedAt),
+        15_000,
+        `${device.device.name}: values again after the restart`,
+      );
       // The restarted server counts from 1 again: these are new values, not a replay.
-      await waitFor(() => tickOf(device) >= 1 && tickOf(device) < 200, 5_000, 'the new server\'s ticks');
+      await waitFor(() => tickOf(device) >= 1 && tickOf(device) < 200, 5_000, "the new server's ticks");
       assert.equal(device.runner.health.state, 'connected');
     }
     // A fresh subscription: the unknown node is reported bad again, the others keep changing.
-    await waitFor(() => subscribed.readings.some((reading) => reading.tag === 'unknown' && reading.at > restartedAt && reading.code === 'BadNodeIdUnknown'), 5_000, 'the unknown node re-reported');
+    await waitFor(
+      () =>
+        subscribed.readings.some((reading) => reading.tag === 'unknown' && reading.at > restartedAt && reading.code === 'BadNodeIdUnknown'),
+      5_000,
+      'the unknown node re-reported',
+    );
     const tick = tickOf(subscribed);
     await waitFor(() => tickOf(subscribed) > tick + 2, 5_000, 'changes after the restart');
     running.child.kill('SIGTERM');
@@ -189,7 +234,13 @@ describe('OPC UA self-healing', () => {
     });
     await new Promise<void>((resolve) => blackhole.listen(0, '127.0.0.1', resolve));
     const port = (blackhole.address() as { port: number }).port;
-    const driver = createDriver(parseDevice({ connection: { endpointUrl: `opc.tcp://127.0.0.1:${port}`, connectTimeout: '1s', requestTimeout: '1s' }, tags: TAGS.slice(0, 1) }), { log: testLog, dataDir: join(folder, 'blackhole') });
+    const driver = createDriver(
+      parseDevice({
+        connection: { endpointUrl: `opc.tcp://127.0.0.1:${port}`, connectTimeout: '1s', requestTimeout: '1s' },
+        tags: TAGS.slice(0, 1),
+      }),
+      { log: testLog, dataDir: join(folder, 'blackhole') },
+    );
     try {
       for (let attempt = 1; attempt <= 3; attempt++) {
         await assert.rejects(driver.connect(), /no answer from opc\.tcp:\/\/127\.0\.0\.1:\d+ within 1000 ms/);
@@ -203,23 +254,46 @@ describe('OPC UA self-healing', () => {
     }
   });
 
-  it('a hung server (SIGSTOP): requestTimeout 1s is honoured by the poll\'s Read and by the keep-alive read, not raised to node-opcua\'s 5 s; both recover when the server resumes', async () => {
+  it("a hung server (SIGSTOP): requestTimeout 1s is honoured by the poll's Read and by the keep-alive read, not raised to node-opcua's 5 s; both recover when the server resumes", async () => {
     const running = await server(0);
-    const connection = { endpointUrl: `opc.tcp://127.0.0.1:${running.port}`, connectTimeout: '2s', requestTimeout: '1s', sessionTimeout: '30s' };
+    const connection = {
+      endpointUrl: `opc.tcp://127.0.0.1:${running.port}`,
+      connectTimeout: '2s',
+      requestTimeout: '1s',
+      sessionTimeout: '30s',
+    };
     // Polling with a long keep-alive interval: the poll's own Read must notice the hang.
-    const polled = runDevice({ name: 'hung-polled', mode: 'polling', pollInterval: '200ms', connection: { ...connection, keepAliveInterval: '10s' }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    const polled = runDevice(
+      {
+        name: 'hung-polled',
+        mode: 'polling',
+        pollInterval: '200ms',
+        connection: { ...connection, keepAliveInterval: '10s' },
+        tags: TAGS.slice(0, 2),
+      },
+      join(folder, 'gw'),
+    );
     // A subscription publishing every second with 10 keep-alive counts: its silence watchdog would
     // take over 20 s, so the keep-alive read (every 1 s of silence, answered within 1 s) must notice.
-    const subscribed = runDevice({ name: 'hung-subscribed', pollInterval: '1s', connection: { ...connection, keepAliveInterval: '1s' }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    const subscribed = runDevice(
+      { name: 'hung-subscribed', pollInterval: '1s', connection: { ...connection, keepAliveInterval: '1s' }, tags: TAGS.slice(0, 2) },
+      join(folder, 'gw'),
+    );
     devices.push(polled, subscribed);
     try {
-      for (const device of [polled, subscribed]) await waitFor(() => device.last('counter')?.quality === 'good', 15_000, `${device.device.name}: good values`);
+      for (const device of [polled, subscribed])
+        await waitFor(() => device.last('counter')?.quality === 'good', 15_000, `${device.device.name}: good values`);
 
       const stoppedAt = Date.now();
       running.child.kill('SIGSTOP');
-      const firstBad = (device: RunningDevice, tag: string) => device.history(tag).find((reading) => reading.at >= stoppedAt && reading.quality === 'bad');
+      const firstBad = (device: RunningDevice, tag: string) =>
+        device.history(tag).find((reading) => reading.at >= stoppedAt && reading.quality === 'bad');
       for (const device of [polled, subscribed]) {
-        await waitFor(() => firstBad(device, 'counter') !== undefined && firstBad(device, 'text') !== undefined, 10_000, `${device.device.name}: bad quality while the server is hung`);
+        await waitFor(
+          () => firstBad(device, 'counter') !== undefined && firstBad(device, 'text') !== undefined,
+          10_000,
+          `${device.device.name}: bad quality while the server is hung`,
+        );
         const bad = firstBad(device, 'counter')!;
         // requestTimeout plus a poll interval (or the keep-alive interval) and scheduling slack;
         // node-opcua alone waits at least 5 s. A behaviour bound, not a benchmark.
@@ -229,12 +303,19 @@ describe('OPC UA self-healing', () => {
       }
       assert.match(firstBad(polled, 'counter')!.reason!, /^reading 2 nodes failed: no answer within 1000 ms \(requestTimeout\)$/);
       assert.equal(firstBad(polled, 'counter')!.code, 'timeout');
-      assert.match(firstBad(subscribed, 'counter')!.reason!, /^connection lost: the keep-alive read failed: no answer within 1000 ms \(requestTimeout\)$/);
+      assert.match(
+        firstBad(subscribed, 'counter')!.reason!,
+        /^connection lost: the keep-alive read failed: no answer within 1000 ms \(requestTimeout\)$/,
+      );
 
       const resumedAt = Date.now();
       running.child.kill('SIGCONT');
       for (const device of [polled, subscribed]) {
-        await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > resumedAt), 15_000, `${device.device.name}: values again after the server resumed`);
+        await waitFor(
+          () => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > resumedAt),
+          15_000,
+          `${device.device.name}: values again after the server resumed`,
+        );
         const tick = tickOf(device);
         await waitFor(() => tickOf(device) > tick + 2, 5_000, `${device.device.name}: changes after the server resumed`);
         assert.equal(device.runner.health.state, 'connected');
@@ -251,7 +332,16 @@ describe('OPC UA self-healing', () => {
   it('a hung server (SIGSTOP): a write and a browse give up after requestTimeout 1s too, and the next connect works once the server resumes', async () => {
     const running = await server(0);
     const tags = [{ name: 'setpoint', nodeId: 'ns=1;s=Line1.W.Double', writable: true }];
-    const device = parseDevice({ connection: { endpointUrl: `opc.tcp://127.0.0.1:${running.port}`, connectTimeout: '2s', requestTimeout: '1s', keepAliveInterval: '10s', sessionTimeout: '30s' }, tags });
+    const device = parseDevice({
+      connection: {
+        endpointUrl: `opc.tcp://127.0.0.1:${running.port}`,
+        connectTimeout: '2s',
+        requestTimeout: '1s',
+        keepAliveInterval: '10s',
+        sessionTimeout: '30s',
+      },
+      tags,
+    });
     const driver = createDriver(device, { log: testLog, dataDir: join(folder, 'gw') });
     const setpoint = device.tags[0]!;
     /** Runs `action` against the frozen server; it must fail with the timeout well before node-opcua's 5 s. */
@@ -275,10 +365,18 @@ describe('OPC UA self-healing', () => {
     try {
       await driver.connect();
       await driver.write(setpoint, 1.5); // the DataType is known now: the next write is one Write request
-      await whileHung('the write', () => driver.write(setpoint, 2.5), /^writing "setpoint" failed: no answer within 1000 ms \(requestTimeout\)$/);
+      await whileHung(
+        'the write',
+        () => driver.write(setpoint, 2.5),
+        /^writing "setpoint" failed: no answer within 1000 ms \(requestTimeout\)$/,
+      );
 
       await driver.connect();
-      await whileHung('the browse', () => driver.browse('ns=1;s=Line1'), /^browsing ns=1;s=Line1 failed: no answer within 1000 ms \(requestTimeout\)$/);
+      await whileHung(
+        'the browse',
+        () => driver.browse('ns=1;s=Line1'),
+        /^browsing ns=1;s=Line1 failed: no answer within 1000 ms \(requestTimeout\)$/,
+      );
 
       // Resumed: a fresh connection writes and browses again.
       await driver.connect();
@@ -295,7 +393,15 @@ describe('OPC UA self-healing', () => {
   it('a silent link (no FIN, no RST) longer than the session timeout: noticed by the keep-alive, healed when the link returns', async () => {
     const running = await server(0);
     link = await startLink(running.port);
-    const device = runDevice({ name: 'remote', pollInterval: '200ms', connection: { endpointUrl: `opc.tcp://127.0.0.1:${link.port}`, ...CONNECTION }, tags: TAGS.slice(0, 2) }, join(folder, 'gw'));
+    const device = runDevice(
+      {
+        name: 'remote',
+        pollInterval: '200ms',
+        connection: { endpointUrl: `opc.tcp://127.0.0.1:${link.port}`, ...CONNECTION },
+        tags: TAGS.slice(0, 2),
+      },
+      join(folder, 'gw'),
+    );
     devices.push(device);
     await waitFor(() => device.last('counter')?.quality === 'good', 15_000, 'good values through the link');
 
@@ -311,7 +417,11 @@ describe('OPC UA self-healing', () => {
 
     const restoredAt = Date.now();
     link.restore();
-    await waitFor(() => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restoredAt), 15_000, 'values again after the link returned');
+    await waitFor(
+      () => device.readings.some((reading) => reading.tag === 'counter' && reading.quality === 'good' && reading.at > restoredAt),
+      15_000,
+      'values again after the link returned',
+    );
     const tick = tickOf(device);
     await waitFor(() => tickOf(device) > tick + 2, 5_000, 'changes after the link returned');
     await device.stop();

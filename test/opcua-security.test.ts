@@ -91,7 +91,11 @@ describe('OPC UA security', () => {
     const refusedBytes = readFileSync(join(serverPki, 'rejected', refused[0]!));
     assert.ok(refusedBytes.length > 0);
     renameSync(join(serverPki, 'rejected', refused[0]!), join(serverPki, 'trusted', 'certs', refused[0]!));
-    await waitFor(() => running.last('speed')?.quality === 'good' && running.last('text')?.quality === 'good', 20_000, 'values over SignAndEncrypt');
+    await waitFor(
+      () => running.last('speed')?.quality === 'good' && running.last('text')?.quality === 'good',
+      20_000,
+      'values over SignAndEncrypt',
+    );
     assert.equal(running.runner.health.state, 'connected');
     const values = running.history('speed').filter((reading) => reading.quality === 'good').length;
     await waitFor(() => running.history('speed').filter((reading) => reading.quality === 'good').length > values + 2, 5_000, 'changes');
@@ -99,7 +103,10 @@ describe('OPC UA security', () => {
 
   it('trustOnFirstUse accepts and stores an unknown server certificate', async () => {
     const dataDir = join(folder, 'tofu');
-    const running = runDevice(deviceFromConfig(secureDevice(lenient.endpointUrl, { trustOnFirstUse: true }), { OPCUA_PASSWORD: 's3cret!' }), dataDir);
+    const running = runDevice(
+      deviceFromConfig(secureDevice(lenient.endpointUrl, { trustOnFirstUse: true }), { OPCUA_PASSWORD: 's3cret!' }),
+      dataDir,
+    );
     devices.push(running);
     await waitFor(() => running.last('speed')?.quality === 'good', 15_000, 'values with trustOnFirstUse');
     assert.equal(readdirSync(trustedCertificatesFolder(dataDir)).length, 1, 'the server certificate is stored as trusted');
@@ -110,9 +117,19 @@ describe('OPC UA security', () => {
     const userPki = new OPCUACertificateManager({ rootFolder: join(folder, 'user-pki') });
     await userPki.initialize();
     const certificate = join(folder, 'operator.pem');
-    await userPki.createSelfSignedCertificate({ applicationUri: 'urn:plc2mqtt-test:operator', subject: '/CN=operator', dns: [], startDate: new Date(), validity: 30, outputFile: certificate });
+    await userPki.createSelfSignedCertificate({
+      applicationUri: 'urn:plc2mqtt-test:operator',
+      subject: '/CN=operator',
+      dns: [],
+      startDate: new Date(),
+      validity: 30,
+      outputFile: certificate,
+    });
     await userPki.dispose();
-    const raw = secureDevice(lenient.endpointUrl, { trustOnFirstUse: true, auth: { type: 'certificate', certificate, privateKey: userPki.privateKey } });
+    const raw = secureDevice(lenient.endpointUrl, {
+      trustOnFirstUse: true,
+      auth: { type: 'certificate', certificate, privateKey: userPki.privateKey },
+    });
     const before = lenient.identities().length;
     const running = runDevice(deviceFromConfig({ ...raw, name: 'x509' }, {}), join(folder, 'x509'));
     devices.push(running);
@@ -136,8 +153,16 @@ describe('OPC UA security', () => {
         await driver.close();
       }
     };
-    await connectError(secureDevice(lenient.endpointUrl, { trustOnFirstUse: true }), /Bad(IdentityTokenRejected|UserAccessDenied|IdentityTokenInvalid).*username and password/);
-    const plain = secureDevice(lenient.endpointUrl, { securityMode: 'None', securityPolicy: 'None', auth: { type: 'anonymous' }, trustOnFirstUse: true });
+    await connectError(
+      secureDevice(lenient.endpointUrl, { trustOnFirstUse: true }),
+      /Bad(IdentityTokenRejected|UserAccessDenied|IdentityTokenInvalid).*username and password/,
+    );
+    const plain = secureDevice(lenient.endpointUrl, {
+      securityMode: 'None',
+      securityPolicy: 'None',
+      auth: { type: 'anonymous' },
+      trustOnFirstUse: true,
+    });
     await connectError(plain, /offers no endpoint with securityMode None and securityPolicy None/);
   });
 });

@@ -32,7 +32,14 @@ interface LogLine {
 
 interface Status {
   gateway: { name: string; version: string; uptimeSeconds: number };
-  devices: Array<{ name: string; state: string; lastError: string | null; connectAttempts: number; samples: number; errorsByCode: Record<string, number> }>;
+  devices: Array<{
+    name: string;
+    state: string;
+    lastError: string | null;
+    connectAttempts: number;
+    samples: number;
+    errorsByCode: Record<string, number>;
+  }>;
   tags?: Array<{ device: string; tag: string; topic: string; value?: unknown; quality?: string; writable: boolean; ts?: number }>;
   outbox: { messages: number; appended: number; delivered: number; dropped: number; oldestAgeSeconds: number };
   uplink: { connected: boolean; acknowledged: number };
@@ -44,9 +51,14 @@ interface Status {
  * would: the keep-alive connections of this process's fetches would be closed under it). */
 function runHealth(args: string[], env?: NodeJS.ProcessEnv): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, 'health', ...args], { encoding: 'utf8', timeout: 20_000, ...(env ? { env } : {}) }, (error, stdout, stderr) => {
-      resolve({ status: error ? (typeof error.code === 'number' ? error.code : null) : 0, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [CLI, 'health', ...args],
+      { encoding: 'utf8', timeout: 20_000, ...(env ? { env } : {}) },
+      (error, stdout, stderr) => {
+        resolve({ status: error ? (typeof error.code === 'number' ? error.code : null) : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -135,10 +147,17 @@ describe('operations endpoint and hot reload', () => {
   });
 
   it('/api/status: gateway, devices with state and last error, tags with values, outbox, uplink, broker', async () => {
-    await waitFor(async () => {
-      const current = await status();
-      return current.tags!.some((tag) => tag.tag === 'level' && tag.value === 1234) && (current.devices.find((device) => device.name === 'dead')?.errorsByCode['not-connected'] ?? 0) > 0;
-    }, 10_000, 'the level tag and a failed connect of the dead device in the status');
+    await waitFor(
+      async () => {
+        const current = await status();
+        return (
+          current.tags!.some((tag) => tag.tag === 'level' && tag.value === 1234) &&
+          (current.devices.find((device) => device.name === 'dead')?.errorsByCode['not-connected'] ?? 0) > 0
+        );
+      },
+      10_000,
+      'the level tag and a failed connect of the dead device in the status',
+    );
     const current = await status();
     assert.equal(current.gateway.name, 'ops');
     assert.match(current.gateway.version, /^\d+\.\d+\.\d+/);
@@ -149,14 +168,29 @@ describe('operations endpoint and hot reload', () => {
     assert.notEqual(dead.state, 'connected');
     assert.match(dead.lastError ?? '', /ECONNREFUSED|refused/i);
     const level = current.tags!.find((tag) => tag.tag === 'level')!;
-    assert.deepEqual({ ...level, ts: typeof level.ts }, { device: 'plc', tag: 'level', topic: 'plc2mqtt/ops/plc/level', writable: true, commandTopic: 'plc2mqtt/ops/plc/level/set', value: 1234, quality: 'good', ts: 'number' });
+    assert.deepEqual(
+      { ...level, ts: typeof level.ts },
+      {
+        device: 'plc',
+        tag: 'level',
+        topic: 'plc2mqtt/ops/plc/level',
+        writable: true,
+        commandTopic: 'plc2mqtt/ops/plc/level/set',
+        value: 1234,
+        quality: 'good',
+        ts: 'number',
+      },
+    );
     assert.equal(current.tags!.find((tag) => tag.device === 'dead')!.quality, 'bad');
     assert.equal(current.uplink.connected, false);
     assert.ok(current.outbox.messages > 0, 'the cloud is down: messages wait in the outbox');
     assert.ok(current.outbox.oldestAgeSeconds > 0);
     assert.equal(current.broker.listeners.length, 1);
     const one = await status('?device=dead');
-    assert.deepEqual(one.tags!.map((tag) => tag.device), ['dead']);
+    assert.deepEqual(
+      one.tags!.map((tag) => tag.device),
+      ['dead'],
+    );
     assert.equal((await status('?tags=0')).tags, undefined);
   });
 
@@ -246,7 +280,11 @@ describe('operations endpoint and hot reload', () => {
     const refusal = logLines().find((line) => line.msg.startsWith('reload refused'))!;
     assert.match(JSON.stringify(refusal.problems), /devices\[0\]\.pollInterval: expected a duration/);
     const samples = before.devices.find((device) => device.name === 'plc')!.samples;
-    await waitFor(async () => (await status()).devices.find((device) => device.name === 'plc')!.samples > samples + 5, 5000, 'polling goes on');
+    await waitFor(
+      async () => (await status()).devices.find((device) => device.name === 'plc')!.samples > samples + 5,
+      5000,
+      'polling goes on',
+    );
   });
 
   it('SIGHUP with one changed device restarts only that device; the outbox loses nothing', async () => {
@@ -256,12 +294,21 @@ describe('operations endpoint and hot reload', () => {
     gateway.child.kill('SIGHUP');
     await waitFor(() => logLines().some((line) => line.msg === 'config reloaded'), 10_000, 'the reload');
     const reloaded = logLines().find((line) => line.msg === 'config reloaded')!;
-    assert.deepEqual([reloaded.restarted, reloaded.added, reloaded.removed, reloaded.unchanged, reloaded.applied, reloaded.notApplied], [['plc'], [], [], 1, [], []]);
-    await waitFor(async () => (await status()).tags!.some((tag) => tag.tag === 'extra' && tag.quality === 'good'), 10_000, 'the new tag polled');
+    assert.deepEqual(
+      [reloaded.restarted, reloaded.added, reloaded.removed, reloaded.unchanged, reloaded.applied, reloaded.notApplied],
+      [['plc'], [], [], 1, [], []],
+    );
+    await waitFor(
+      async () => (await status()).tags!.some((tag) => tag.tag === 'extra' && tag.quality === 'good'),
+      10_000,
+      'the new tag polled',
+    );
     const after = await status();
     // The untouched device kept its runner: its counters went on instead of starting over.
     assert.ok(after.devices.find((device) => device.name === 'dead')!.connectAttempts >= deadAttempts);
-    assert.ok(after.outbox.appended >= before.outbox.appended && after.outbox.dropped === 0 && after.outbox.messages >= before.outbox.messages);
+    assert.ok(
+      after.outbox.appended >= before.outbox.appended && after.outbox.dropped === 0 && after.outbox.messages >= before.outbox.messages,
+    );
 
     // The cloud comes up: every message appended before, during and after the reload is delivered.
     await new Promise((resolve) => portHolder!.close(resolve));
@@ -270,10 +317,14 @@ describe('operations endpoint and hot reload', () => {
     writeConfig([]); // nothing new to publish, so the outbox can drain to zero
     gateway.child.kill('SIGHUP');
     await waitFor(() => logLines().filter((line) => line.msg === 'config reloaded').length === 2, 10_000, 'the second reload');
-    await waitFor(async () => {
-      const current = await status();
-      return current.outbox.messages === 0 && current.outbox.delivered === current.outbox.appended;
-    }, 20_000, 'the outbox drained');
+    await waitFor(
+      async () => {
+        const current = await status();
+        return current.outbox.messages === 0 && current.outbox.delivered === current.outbox.appended;
+      },
+      20_000,
+      'the outbox drained',
+    );
     const drained = await status();
     assert.equal(drained.outbox.dropped, 0);
     assert.ok(drained.outbox.delivered >= after.outbox.appended);
@@ -286,11 +337,21 @@ describe('operations endpoint and hot reload', () => {
     try {
       assert.equal(await loginCode(brokerUrl, 'hmi', 'hmi-pw'), 4, 'no such user yet');
       const hmi = { username: 'hmi', passwordHash: await hashPassword('hmi-pw') };
-      writeConfig([], { users: [hmi], acl: [{ user: 'hmi', subscribe: ['plc2mqtt/#'] }, { subscribe: ['#'] }], listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }, { type: 'ws', host: '127.0.0.1', port: 0 }] });
+      writeConfig([], {
+        users: [hmi],
+        acl: [{ user: 'hmi', subscribe: ['plc2mqtt/#'] }, { subscribe: ['#'] }],
+        listeners: [
+          { type: 'tcp', host: '127.0.0.1', port: 0 },
+          { type: 'ws', host: '127.0.0.1', port: 0 },
+        ],
+      });
       gateway.child.kill('SIGHUP');
       await waitFor(() => logLines().filter((line) => line.msg === 'config reloaded').length === 3, 10_000, 'the third reload');
       const reloaded = logLines().filter((line) => line.msg === 'config reloaded')[2]!;
-      assert.deepEqual([reloaded.applied, reloaded.disconnected, reloaded.notApplied], [['broker.users', 'broker.acl'], [], ['broker.listeners']]);
+      assert.deepEqual(
+        [reloaded.applied, reloaded.disconnected, reloaded.notApplied],
+        [['broker.users', 'broker.acl'], [], ['broker.listeners']],
+      );
       assert.ok(!gateway.output().includes(hmi.passwordHash), 'the password hash is not logged');
       assert.equal(await loginCode(brokerUrl, 'hmi', 'hmi-pw'), 0, 'the new user logs in without a restart');
       assert.equal(watcher.connected, true, 'the anonymous client stayed connected');
@@ -316,11 +377,31 @@ describe('plc2mqtt run --watch', () => {
 
   it('a saved change to the config file is applied like a SIGHUP', async () => {
     await modbus.start();
-    const device = (name: string) => ({ name, driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port }, pollInterval: '200ms', tags: [{ name: 'x', area: 'holding', address: 0, type: 'uint16' }] });
-    const write = (devices: object[]) => writeFileSync(configFile, JSON.stringify({ gateway: { name: 'w', dataDir: join(dir, 'data') }, broker: { listeners: [{ type: 'tcp', port: 0 }] }, http: { enabled: false }, devices }));
+    const device = (name: string) => ({
+      name,
+      driver: 'modbus',
+      connection: { transport: 'tcp', host: '127.0.0.1', port: modbus.port },
+      pollInterval: '200ms',
+      tags: [{ name: 'x', area: 'holding', address: 0, type: 'uint16' }],
+    });
+    const write = (devices: object[]) =>
+      writeFileSync(
+        configFile,
+        JSON.stringify({
+          gateway: { name: 'w', dataDir: join(dir, 'data') },
+          broker: { listeners: [{ type: 'tcp', port: 0 }] },
+          http: { enabled: false },
+          devices,
+        }),
+      );
     write([device('a')]);
     gateway = runGateway(configFile, ['--watch']);
-    const lines = () => gateway!.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine);
+    const lines = () =>
+      gateway!
+        .output()
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as LogLine);
     await waitFor(() => lines().some((line) => line.msg === 'watching the config file for changes'), 20_000, 'the watch');
     write([device('a'), device('b')]);
     await waitFor(() => lines().some((line) => line.msg === 'config reloaded'), 10_000, 'the reload');

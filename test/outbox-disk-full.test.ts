@@ -102,7 +102,10 @@ describe('outbox: a full disk', () => {
     const status = await gateway.outboxStatus();
     assert.equal(status.dropped, 0, JSON.stringify(status));
     assert.equal(status.delivered, backlog);
-    const lines = gateway.findLogs(/^outbox/).map((line) => JSON.stringify(line)).join('\n');
+    const lines = gateway
+      .findLogs(/^outbox/)
+      .map((line) => JSON.stringify(line))
+      .join('\n');
     assert.ok(gateway.findLogs(/^outbox: disk space is back/).length >= 1, lines);
     assert.equal(gateway.findLogs(/^outbox: could not delete/).length, 0, lines);
   });
@@ -124,7 +127,14 @@ describe('outbox: a full disk', () => {
     const { code, stopped } = await gateway.stop();
     assert.equal(code, 0, gateway.output());
     const lostLines = gateway.findLogs(/^outbox: .* lost/);
-    assert.equal(lostLines.length, 1, gateway.findLogs(/^outbox/).map((line) => JSON.stringify(line)).join('\n'));
+    assert.equal(
+      lostLines.length,
+      1,
+      gateway
+        .findLogs(/^outbox/)
+        .map((line) => JSON.stringify(line))
+        .join('\n'),
+    );
     const lostLine = lostLines[0]!;
     assert.equal(lostLine.level, LEVEL.error);
     const lost = lostLine.lost as number;
@@ -142,7 +152,11 @@ describe('outbox: a full disk', () => {
     t.after(() => recorder.close());
     const second = GatewayProcess.start(setup);
     t.after(() => second.kill());
-    await waitFor(() => recorder.uniqueCount() >= stored, 60_000, () => `${stored} messages on the cloud (have ${recorder.uniqueCount()})`);
+    await waitFor(
+      () => recorder.uniqueCount() >= stored,
+      60_000,
+      () => `${stored} messages on the cloud (have ${recorder.uniqueCount()})`,
+    );
     const { stopped: stopped2 } = await second.stop();
     assert.equal(stopped2.outbox.messages, 0);
     assert.equal(recorder.uniqueCount(), stored);
@@ -175,7 +189,10 @@ describe('outbox: a full disk', () => {
       }
       await waiting;
       assert.deepEqual(publisher.acked, [], 'not one of them is on disk: none may be acknowledged');
-      assert.deepEqual(publisher.refused.map((refusal) => refusal.seq).sort((a, b) => a - b), range(0, 10));
+      assert.deepEqual(
+        publisher.refused.map((refusal) => refusal.seq).sort((a, b) => a - b),
+        range(0, 10),
+      );
       assert.deepEqual([...new Set(publisher.refused.map((refusal) => refusal.reasonCode))], [0x97]);
       const status = await gateway.outboxStatus();
       assert.equal(status.diskFull, true);

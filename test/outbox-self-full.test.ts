@@ -12,9 +12,14 @@ import { Outbox } from '../src/cloud/outbox.js';
 import { SmallDisk } from './helpers/small-disk.js';
 
 const log = pino({ level: 'silent' });
-const message = (n: number) => ({ topic: 'plant/line1/tag', payload: Buffer.from(JSON.stringify({ seq: n, value: 12.5, quality: 'good', ts: 1767225600000 + n })), qos: 1 as const, retain: false });
+const message = (n: number) => ({
+  topic: 'plant/line1/tag',
+  payload: Buffer.from(JSON.stringify({ seq: n, value: 12.5, quality: 'good', ts: 1767225600000 + n })),
+  qos: 1 as const,
+  retain: false,
+});
 
-it("outbox that filled its own partition can delete what the cloud acknowledged, and writes again", (t) => {
+it('outbox that filled its own partition can delete what the cloud acknowledged, and writes again', (t) => {
   const disk = SmallDisk.mount(Number(process.env.DISK_MB ?? 12));
   if (!disk) return t.skip('needs permission to mount a tmpfs (run as root)');
   t.after(() => disk.unmount());
@@ -40,13 +45,21 @@ it("outbox that filled its own partition can delete what the cloud acknowledged,
   }
   const files = Object.fromEntries(readdirSync(disk.path).map((f) => [f, statSync(join(disk.path, f)).size]));
   console.log({ stored, left: outbox.stats.messages, files, free: disk.free });
-  assert.equal(outbox.stats.messages, 0, `the acknowledged messages could not be deleted: ${outbox.stats.messages} of ${stored} still stored; files ${JSON.stringify(files)}, ${disk.free} bytes free`);
+  assert.equal(
+    outbox.stats.messages,
+    0,
+    `the acknowledged messages could not be deleted: ${outbox.stats.messages} of ${stored} still stored; files ${JSON.stringify(files)}, ${disk.free} bytes free`,
+  );
   for (let i = 0; i < 5; i++) outbox.commit();
   const after = outbox.stats;
   console.log({ stored, freeBytes: disk.free, pendingAfterDrain: after.pending, diskFull: after.diskFull });
   // Nothing is stored any more, the file holds `stored` messages' worth of free pages: what waits
   // in memory (a few hundred messages) fits many times over.
-  assert.equal(after.pending, 0, `still ${after.pending} messages only in memory (publishers unacknowledged), diskFull ${after.diskFull}, ${disk.free} bytes free`);
+  assert.equal(
+    after.pending,
+    0,
+    `still ${after.pending} messages only in memory (publishers unacknowledged), diskFull ${after.diskFull}, ${disk.free} bytes free`,
+  );
   // The WAL was checkpointed and truncated, and the partition is as full as before: new messages
   // go into the pages the acknowledgements freed, without anyone freeing space.
   assert.ok(statSync(join(disk.path, 'outbox.db-wal')).size <= 512 * 1024, `the WAL was truncated: ${JSON.stringify(files)}`);
@@ -54,7 +67,10 @@ it("outbox that filled its own partition can delete what the cloud acknowledged,
   const more = Math.floor(stored / 2);
   for (let i = 0; i < more; i++) outbox.append(message(n++));
   outbox.commit();
-  assert.deepEqual({ pending: outbox.stats.pending, messages: outbox.stats.messages, diskFull: outbox.stats.diskFull }, { pending: 0, messages: after.messages + more, diskFull: false });
+  assert.deepEqual(
+    { pending: outbox.stats.pending, messages: outbox.stats.messages, diskFull: outbox.stats.diskFull },
+    { pending: 0, messages: after.messages + more, diskFull: false },
+  );
   assert.ok(statSync(join(disk.path, 'outbox.db')).size <= dbSize + 64 * 1024, 'written into the freed pages');
 });
 
@@ -81,8 +97,16 @@ it('a partition another program filled while the WAL held megabytes: the reserve
   const stored = outbox.stats.messages;
   const ids = outbox.peek(0, stored).map((row) => row.id);
   outbox.settle({ acknowledged: ids });
-  const files = Object.fromEntries(readdirSync(disk.path).filter((f) => f.startsWith('outbox')).map((f) => [f, statSync(join(disk.path, f)).size]));
-  assert.equal(outbox.stats.messages, 0, `deleted (WAL of ${walBytes} bytes before the disk filled): ${outbox.stats.messages} of ${stored} still stored; files ${JSON.stringify(files)}, ${disk.free} bytes free`);
+  const files = Object.fromEntries(
+    readdirSync(disk.path)
+      .filter((f) => f.startsWith('outbox'))
+      .map((f) => [f, statSync(join(disk.path, f)).size]),
+  );
+  assert.equal(
+    outbox.stats.messages,
+    0,
+    `deleted (WAL of ${walBytes} bytes before the disk filled): ${outbox.stats.messages} of ${stored} still stored; files ${JSON.stringify(files)}, ${disk.free} bytes free`,
+  );
   assert.equal(existsSync(`${file}-reserve`), false, 'the reserve file was given back');
   // New messages go into the freed pages.
   for (let i = 0; i < 1000; i++) outbox.append(message(n++));

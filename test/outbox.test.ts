@@ -29,7 +29,10 @@ describe('outbox', () => {
     const outbox = Outbox.open(file, options(), log);
     for (let n = 1; n <= 100; n++) outbox.append(message(n));
     outbox.commit();
-    assert.deepEqual(seqs(outbox), Array.from({ length: 100 }, (_, i) => i + 1));
+    assert.deepEqual(
+      seqs(outbox),
+      Array.from({ length: 100 }, (_, i) => i + 1),
+    );
     const first10 = outbox.peek(0, 10);
     outbox.settle({ acknowledged: first10.map((row) => row.id) });
     assert.equal(outbox.stats.messages, 90);
@@ -37,9 +40,15 @@ describe('outbox', () => {
     outbox.close();
 
     const reopened = Outbox.open(file, options(), log);
-    assert.deepEqual(seqs(reopened), Array.from({ length: 90 }, (_, i) => i + 11));
+    assert.deepEqual(
+      seqs(reopened),
+      Array.from({ length: 90 }, (_, i) => i + 11),
+    );
     assert.equal(reopened.stats.messages, 90);
-    assert.equal(reopened.stats.bytes, reopened.peek(0, 1000).reduce((sum, row) => sum + row.size, 0));
+    assert.equal(
+      reopened.stats.bytes,
+      reopened.peek(0, 1000).reduce((sum, row) => sum + row.size, 0),
+    );
     reopened.close();
   });
 
@@ -60,7 +69,10 @@ describe('outbox', () => {
     outbox.commit();
     for (let n = 81; n <= 100; n++) outbox.append(message(n));
     outbox.commit();
-    assert.deepEqual(seqs(outbox), Array.from({ length: 50 }, (_, i) => i + 51));
+    assert.deepEqual(
+      seqs(outbox),
+      Array.from({ length: 50 }, (_, i) => i + 51),
+    );
     assert.equal(outbox.stats.dropped, 50);
     assert.equal(outbox.stats.messages, 50);
     outbox.close();
@@ -72,7 +84,10 @@ describe('outbox', () => {
     outbox.commit();
     for (let n = 81; n <= 100; n++) outbox.append(message(n));
     outbox.commit();
-    assert.deepEqual(seqs(outbox), Array.from({ length: 50 }, (_, i) => i + 1));
+    assert.deepEqual(
+      seqs(outbox),
+      Array.from({ length: 50 }, (_, i) => i + 1),
+    );
     assert.equal(outbox.stats.dropped, 50);
     outbox.close();
   });
@@ -82,8 +97,15 @@ describe('outbox', () => {
     const fates = new Map<number, string>();
     for (let n = 1; n <= 8; n++) outbox.append(message(n), (droppedBecause?: string) => fates.set(n, droppedBecause ?? 'stored'));
     outbox.commit();
-    assert.deepEqual([...fates.keys()].sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8], 'every append is told');
-    assert.deepEqual([1, 2, 3, 4, 5].map((n) => fates.get(n)), Array(5).fill('stored'));
+    assert.deepEqual(
+      [...fates.keys()].sort((a, b) => a - b),
+      [1, 2, 3, 4, 5, 6, 7, 8],
+      'every append is told',
+    );
+    assert.deepEqual(
+      [1, 2, 3, 4, 5].map((n) => fates.get(n)),
+      Array(5).fill('stored'),
+    );
     for (const n of [6, 7, 8]) assert.match(fates.get(n)!, /full \(drop-newest\)/);
     assert.deepEqual(seqs(outbox), [1, 2, 3, 4, 5]);
     assert.equal(outbox.stats.dropped, 3);
@@ -110,7 +132,10 @@ describe('outbox', () => {
     const outbox = Outbox.open(join(folder(t), 'outbox.db'), options({ maxBytes: 120 }), log);
     for (let n = 100; n < 115; n++) outbox.append(message(n));
     outbox.commit();
-    assert.deepEqual(seqs(outbox), Array.from({ length: 10 }, (_, i) => i + 105));
+    assert.deepEqual(
+      seqs(outbox),
+      Array.from({ length: 10 }, (_, i) => i + 105),
+    );
     assert.equal(outbox.stats.bytes, 120);
     assert.equal(outbox.stats.dropped, 5);
     outbox.close();
@@ -184,10 +209,14 @@ describe('outbox', () => {
     outbox.commit();
     outbox.close();
     const db = new Database(file);
-    db.prepare("UPDATE messages SET payload = CAST('{\"seq\":99}' AS BLOB) WHERE id <= 12").run();
+    db.prepare('UPDATE messages SET payload = CAST(\'{"seq":99}\' AS BLOB) WHERE id <= 12').run();
     db.close();
     const reopened = Outbox.open(file, options(), log);
-    assert.deepEqual(reopened.peek(0, 5).map((row) => row.id), [13, 14, 15], 'past two pages of damaged rows');
+    assert.deepEqual(
+      reopened.peek(0, 5).map((row) => row.id),
+      [13, 14, 15],
+      'past two pages of damaged rows',
+    );
     assert.equal(reopened.stats.damaged, 12);
     assert.equal(reopened.stats.messages, 8);
     assert.deepEqual(seqs(reopened), [13, 14, 15, 16, 17, 18, 19, 20]);
@@ -200,10 +229,19 @@ describe('outbox', () => {
   it('an outbox of the previous schema (no checksums) opens, and its rows are sent unchecked', (t) => {
     const file = join(folder(t), 'outbox.db');
     const db = new Database(file);
-    db.exec('CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL)');
-    db.exec('CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)');
+    db.exec(
+      'CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL)',
+    );
+    db.exec(
+      'CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)',
+    );
     db.pragma('user_version = 2');
-    db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, 1, 0, ?, ?)').run('t', Buffer.from('{"seq":1}'), Date.now(), 10);
+    db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size) VALUES (?, ?, 1, 0, ?, ?)').run(
+      't',
+      Buffer.from('{"seq":1}'),
+      Date.now(),
+      10,
+    );
     db.close();
     const outbox = Outbox.open(file, options(), log);
     outbox.append(message(2));
@@ -219,10 +257,19 @@ describe('outbox', () => {
     outbox.append(message(1));
     outbox.append({ ...message(2), kind: 7 });
     outbox.commit();
-    assert.deepEqual(outbox.peek(0, 10).map((row) => row.kind), [undefined, 7]);
+    assert.deepEqual(
+      outbox.peek(0, 10).map((row) => row.kind),
+      [undefined, 7],
+    );
     outbox.close();
     const reopened = Outbox.open(file, options(), log);
-    assert.deepEqual(reopened.take(10).map((row) => [row.kind, (JSON.parse(row.payload.toString()) as { seq: number }).seq]), [[undefined, 1], [7, 2]]);
+    assert.deepEqual(
+      reopened.take(10).map((row) => [row.kind, (JSON.parse(row.payload.toString()) as { seq: number }).seq]),
+      [
+        [undefined, 1],
+        [7, 2],
+      ],
+    );
     assert.equal(reopened.stats.damaged, 0);
     reopened.close();
     // The kind is under the checksum: a record whose kind changed on the disk is not sent.
@@ -248,15 +295,27 @@ describe('outbox', () => {
     // ...is what schema 3 wrote: same checksum.
     const file = join(dir, 'outbox.db');
     const db = new Database(file);
-    db.exec('CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER)');
-    db.exec('CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)');
+    db.exec(
+      'CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER)',
+    );
+    db.exec(
+      'CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL, moved INTEGER NOT NULL)',
+    );
     db.pragma('user_version = 3');
-    db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc) VALUES (@topic, @payload, @qos, @retain, @created, @size, @crc)').run(row);
+    db.prepare(
+      'INSERT INTO messages (topic, payload, qos, retain, created, size, crc) VALUES (@topic, @payload, @qos, @retain, @created, @size, @crc)',
+    ).run(row);
     db.close();
     const outbox = Outbox.open(file, options(), log);
     outbox.append(message(2));
     outbox.commit();
-    assert.deepEqual(outbox.take(10).map((stored) => [stored.kind, (JSON.parse(stored.payload.toString()) as { seq: number }).seq]), [[undefined, 1], [undefined, 2]]);
+    assert.deepEqual(
+      outbox.take(10).map((stored) => [stored.kind, (JSON.parse(stored.payload.toString()) as { seq: number }).seq]),
+      [
+        [undefined, 1],
+        [undefined, 2],
+      ],
+    );
     assert.equal(outbox.stats.damaged, 0);
     outbox.close();
   });

@@ -27,11 +27,26 @@ describe('grid arithmetic', () => {
   });
 
   it('back-off grows, is capped and jittered', () => {
-    assert.equal(backoffDelay(1, { initial: 1000, max: 30_000 }, () => 0), 500);
-    assert.equal(backoffDelay(1, { initial: 1000, max: 30_000 }, () => 1), 1000);
-    assert.equal(backoffDelay(4, { initial: 1000, max: 30_000 }, () => 1), 8000);
-    assert.equal(backoffDelay(20, { initial: 1000, max: 30_000 }, () => 1), 30_000);
-    assert.equal(backoffDelay(20, { initial: 1000, max: 30_000 }, () => 0), 15_000);
+    assert.equal(
+      backoffDelay(1, { initial: 1000, max: 30_000 }, () => 0),
+      500,
+    );
+    assert.equal(
+      backoffDelay(1, { initial: 1000, max: 30_000 }, () => 1),
+      1000,
+    );
+    assert.equal(
+      backoffDelay(4, { initial: 1000, max: 30_000 }, () => 1),
+      8000,
+    );
+    assert.equal(
+      backoffDelay(20, { initial: 1000, max: 30_000 }, () => 1),
+      30_000,
+    );
+    assert.equal(
+      backoffDelay(20, { initial: 1000, max: 30_000 }, () => 0),
+      15_000,
+    );
   });
 });
 
@@ -69,7 +84,12 @@ describe('PollJob', () => {
       run: () => {
         running++;
         maxRunning = Math.max(maxRunning, running);
-        return new Promise<void>((resolve) => releases.push(() => { running--; resolve(); }));
+        return new Promise<void>((resolve) =>
+          releases.push(() => {
+            running--;
+            resolve();
+          }),
+        );
       },
     });
     job.start();
@@ -101,7 +121,18 @@ describe('PollJob', () => {
     const clock = new FakeClock(0);
     let finished = false;
     let release: () => void = () => undefined;
-    const job = new PollJob({ interval: 100, phase: 0, clock, run: () => new Promise<void>((resolve) => { release = () => { finished = true; resolve(); }; }) });
+    const job = new PollJob({
+      interval: 100,
+      phase: 0,
+      clock,
+      run: () =>
+        new Promise<void>((resolve) => {
+          release = () => {
+            finished = true;
+            resolve();
+          };
+        }),
+    });
     job.start();
     await clock.advanceTo(0);
     const stopped = job.stop();

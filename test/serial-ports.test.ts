@@ -7,7 +7,14 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { SerialPort } from 'serialport';
 import { DriverError } from '../src/pipeline/driver.js';
-import { acquireSerialPort, registeredSerialPorts, SerialLineError, type ReplyOptions, type SerialLineSettings, type SerialPortLease } from '../src/pipeline/serial-ports.js';
+import {
+  acquireSerialPort,
+  registeredSerialPorts,
+  SerialLineError,
+  type ReplyOptions,
+  type SerialLineSettings,
+  type SerialPortLease,
+} from '../src/pipeline/serial-ports.js';
 import { cleanup, sleep, startPtyPair, type PtyPair } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 
@@ -80,7 +87,10 @@ interface Line {
   pty: PtyPair;
   dir: string;
   far: Instrument;
-  lease(name: string, options?: { interRequestDelay?: number; onPortLost?: (reason: string) => void; settings?: SerialLineSettings }): SerialPortLease;
+  lease(
+    name: string,
+    options?: { interRequestDelay?: number; onPortLost?: (reason: string) => void; settings?: SerialLineSettings },
+  ): SerialPortLease;
 }
 
 async function line(t: TestContext): Promise<Line> {
@@ -122,10 +132,7 @@ describe('serial-port registry', () => {
     const replies = await Promise.all(
       Array.from({ length: rounds }, (_, n) => [a.transact(ask('a', n), lineFraming()), b.transact(ask('b', n), lineFraming())]).flat(),
     );
-    assert.deepEqual(
-      replies.map(text),
-      Array.from({ length: rounds }, (_, n) => [`a ${n} ok\r`, `b ${n} ok\r`]).flat(),
-    );
+    assert.deepEqual(replies.map(text), Array.from({ length: rounds }, (_, n) => [`a ${n} ok\r`, `b ${n} ok\r`]).flat());
     // On the wire: whole requests, one after another, in the order they were queued.
     const expected = Array.from({ length: rounds }, (_, n) => `#a ${n}\r#b ${n}\r`).join('');
     assert.equal(far.received(), expected);
@@ -161,9 +168,17 @@ describe('serial-port registry', () => {
     far.late.set('slow', 150);
 
     // Queued alternately: the live device is served between the dead one's timeouts.
-    const results = await Promise.allSettled(Array.from({ length: 3 }, (_, n) => [dead.transact(ask('dead', n), lineFraming(100)), live.transact(ask('live', n), lineFraming())]).flat());
+    const results = await Promise.allSettled(
+      Array.from({ length: 3 }, (_, n) => [
+        dead.transact(ask('dead', n), lineFraming(100)),
+        live.transact(ask('live', n), lineFraming()),
+      ]).flat(),
+    );
     const liveResults = results.filter((_, i) => i % 2 === 1);
-    assert.deepEqual(liveResults.map((result) => (result.status === 'fulfilled' ? text(result.value) : String(result.reason))), ['live 0 ok\r', 'live 1 ok\r', 'live 2 ok\r']);
+    assert.deepEqual(
+      liveResults.map((result) => (result.status === 'fulfilled' ? text(result.value) : String(result.reason))),
+      ['live 0 ok\r', 'live 1 ok\r', 'live 2 ok\r'],
+    );
     for (const result of results.filter((_, i) => i % 2 === 0)) {
       assert.equal(result.status, 'rejected');
       const error = result.reason as unknown;
@@ -172,7 +187,10 @@ describe('serial-port registry', () => {
     }
 
     // "slow" answers after 150 ms, its timeout is 50: the answer arrives during live's request.
-    await assert.rejects(slow.transact(ask('slow', 1), lineFraming(50)), (error: unknown) => error instanceof DriverError && error.code === 'timeout');
+    await assert.rejects(
+      slow.transact(ask('slow', 1), lineFraming(50)),
+      (error: unknown) => error instanceof DriverError && error.code === 'timeout',
+    );
     const next = live.exclusive(async (exchange) => {
       await sleep(120); // the late "slow 1 ok" arrives now, before live's request: dropped
       return exchange.transact(ask('live', 9), lineFraming());
@@ -194,7 +212,10 @@ describe('serial-port registry', () => {
     await assert.rejects(timedOut, (error: unknown) => error instanceof DriverError && error.code === 'timeout');
     assert.equal(text(await next), 'live 1 ok\r');
     const [slowAsked, liveAsked] = far.arrivals;
-    assert.ok(liveAsked!.at - slowAsked!.at >= 150, `live's request went out ${liveAsked!.at - slowAsked!.at} ms after slow's, before its late reply`);
+    assert.ok(
+      liveAsked!.at - slowAsked!.at >= 150,
+      `live's request went out ${liveAsked!.at - slowAsked!.at} ms after slow's, before its late reply`,
+    );
 
     // A device that never answers: the next request goes out once the line has been quiet for
     // another timeout after the timeout, and then has its full timeout.
@@ -206,7 +227,10 @@ describe('serial-port registry', () => {
     await assert.rejects(silent, (error: unknown) => error instanceof DriverError && error.code === 'timeout');
     assert.equal(text(await after), 'live 2 ok\r');
     const [silentAsked, afterAsked] = far.arrivals.slice(2);
-    assert.ok(afterAsked!.at - silentAsked!.at >= 190, `live's request went out ${afterAsked!.at - silentAsked!.at} ms after the silent one`);
+    assert.ok(
+      afterAsked!.at - silentAsked!.at >= 190,
+      `live's request went out ${afterAsked!.at - silentAsked!.at} ms after the silent one`,
+    );
   });
 
   it('bytes that arrive while no exchange is in progress are dropped', async (t) => {
@@ -225,7 +249,10 @@ describe('serial-port registry', () => {
     await dev.open();
     far.silent.add('dev');
     const started = Date.now();
-    await assert.rejects(dev.transact(ask('dev', 1), lineFraming(100)), (error: unknown) => error instanceof DriverError && error.code === 'timeout');
+    await assert.rejects(
+      dev.transact(ask('dev', 1), lineFraming(100)),
+      (error: unknown) => error instanceof DriverError && error.code === 'timeout',
+    );
     const noise = setInterval(() => far.send(Buffer.from('~')), 5);
     t.after(() => clearInterval(noise));
     far.silent.delete('dev');
@@ -249,7 +276,9 @@ describe('serial-port registry', () => {
       frame: (received) => {
         const end = received.indexOf(0x0d);
         if (end < 0) return 'more';
-        return received.subarray(0, 3).toString() === 'dev' ? { reply: received.subarray(0, end + 1) } : { problem: `unexpected "${received.subarray(0, end).toString()}"` };
+        return received.subarray(0, 3).toString() === 'dev'
+          ? { reply: received.subarray(0, end + 1) }
+          : { problem: `unexpected "${received.subarray(0, end).toString()}"` };
       },
     };
     await assert.rejects(dev.transact(ask('dev', 1), strict), (error: unknown) => {
@@ -260,7 +289,13 @@ describe('serial-port registry', () => {
       return true;
     });
     far.garbage.set('dev', Buffer.alloc(300, 0x41)); // no delimiter at all
-    await assert.rejects(dev.transact(ask('dev', 2), { ...lineFraming(), maxBytes: 100 }), (error: unknown) => error instanceof DriverError && error.code === 'bad-reply' && error.message === 'bad reply: more than 100 bytes without a complete reply');
+    await assert.rejects(
+      dev.transact(ask('dev', 2), { ...lineFraming(), maxBytes: 100 }),
+      (error: unknown) =>
+        error instanceof DriverError &&
+        error.code === 'bad-reply' &&
+        error.message === 'bad reply: more than 100 bytes without a complete reply',
+    );
     far.garbage.delete('dev');
     assert.equal(text(await dev.transact(ask('dev', 3), lineFraming())), 'dev 3 ok\r');
   });
@@ -272,7 +307,10 @@ describe('serial-port registry', () => {
     await fast.open();
     for (let n = 0; n < 4; n++) await fast.transact(ask('fast', n), lineFraming());
     const gaps = far.arrivals.slice(1).map((arrival, i) => arrival.at - far.arrivals[i]!.at);
-    assert.ok(gaps.every((gap) => gap >= 50), `gaps ${gaps.join(', ')} ms`);
+    assert.ok(
+      gaps.every((gap) => gap >= 50),
+      `gaps ${gaps.join(', ')} ms`,
+    );
   });
 
   it('other line settings on the same port are refused, naming the path, both settings and the devices', async (t) => {
@@ -283,13 +321,14 @@ describe('serial-port registry', () => {
       (error: unknown) =>
         error instanceof DriverError &&
         error.code === 'line-conflict' &&
-        error.message === `serial port ${pty.a} is in use at 9600 8N1 by "meter-1"; "scale" asks for 19200 8E1. All devices on one serial port must use the same line settings`,
+        error.message ===
+          `serial port ${pty.a} is in use at 9600 8N1 by "meter-1"; "scale" asks for 19200 8E1. All devices on one serial port must use the same line settings`,
     );
     // The same settings are welcome.
     assert.equal(lease('meter-2').userCount, 2);
   });
 
-  it('release: fails only that device\'s request in flight, at once; the last one closes the port', async (t) => {
+  it("release: fails only that device's request in flight, at once; the last one closes the port", async (t) => {
     const { far, lease } = await line(t);
     const before = registeredSerialPorts();
     const a = lease('a');
@@ -308,7 +347,10 @@ describe('serial-port registry', () => {
     const [aAsked, bAsked] = far.arrivals;
     assert.ok(bAsked!.at - aAsked!.at >= 1000, `b's request went out ${bAsked!.at - aAsked!.at} ms after a's`);
     assert.equal(a.isOpen, false);
-    await assert.rejects(a.transact(ask('a', 2), lineFraming()), (error: unknown) => error instanceof DriverError && error.code === 'closed');
+    await assert.rejects(
+      a.transact(ask('a', 2), lineFraming()),
+      (error: unknown) => error instanceof DriverError && error.code === 'closed',
+    );
     assert.equal(registeredSerialPorts(), before + 1);
     await b.release();
     assert.equal(registeredSerialPorts(), before);
@@ -328,12 +370,24 @@ describe('serial-port registry', () => {
     await sleep(50);
     await setup.far.stop();
     await setup.pty.stop(); // the "USB adapter" is unplugged
-    await assert.rejects(pending, (error: unknown) => error instanceof DriverError && error.code === 'connection-lost' && error.connectionLost);
+    await assert.rejects(
+      pending,
+      (error: unknown) => error instanceof DriverError && error.code === 'connection-lost' && error.connectionLost,
+    );
     await waitFor(() => lost.length === 2, 5000, 'both devices told');
     assert.match(lost[0]!, new RegExp(`^a: serial ${setup.pty.a} \\(9600 8N1\\) lost: port closed`));
     assert.equal(a.isOpen || b.isOpen, false);
-    await assert.rejects(b.transact(ask('b', 1), lineFraming()), (error: unknown) => error instanceof DriverError && error.code === 'not-connected' && error.connectionLost);
-    await assert.rejects(b.open(), (error: unknown) => error instanceof DriverError && error.code === 'connect-failed' && error.message.startsWith(`cannot open serial ${setup.pty.a} (9600 8N1): `));
+    await assert.rejects(
+      b.transact(ask('b', 1), lineFraming()),
+      (error: unknown) => error instanceof DriverError && error.code === 'not-connected' && error.connectionLost,
+    );
+    await assert.rejects(
+      b.open(),
+      (error: unknown) =>
+        error instanceof DriverError &&
+        error.code === 'connect-failed' &&
+        error.message.startsWith(`cannot open serial ${setup.pty.a} (9600 8N1): `),
+    );
 
     // Plugged in again: same path, a new pty behind it.
     const pty = await startPtyPair(setup.dir);
@@ -353,7 +407,10 @@ describe('serial-port registry', () => {
     await assert.rejects(lease.open(), (error: unknown) => {
       assert.ok(error instanceof DriverError);
       assert.equal(error.code, 'connect-failed');
-      assert.match(error.message, /^cannot open serial \/dev\/plc2mqtt-no-such-port \(9600 8N1\): No such file or directory, cannot open \/dev\/plc2mqtt-no-such-port$/);
+      assert.match(
+        error.message,
+        /^cannot open serial \/dev\/plc2mqtt-no-such-port \(9600 8N1\): No such file or directory, cannot open \/dev\/plc2mqtt-no-such-port$/,
+      );
       return true;
     });
   });

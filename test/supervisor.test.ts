@@ -7,7 +7,11 @@ import { CapturedLog } from './helpers/broker-harness.js';
 import { FakeClock } from './helpers/fake-clock.js';
 
 /** A feature that writes what happens to it into `journal`; `failures` starts fail first. */
-function feature(name: string, journal: string[], options: { failures?: number; error?: string; stop?: () => Promise<void> } = {}): Feature & { attempts: number } {
+function feature(
+  name: string,
+  journal: string[],
+  options: { failures?: number; error?: string; stop?: () => Promise<void> } = {},
+): Feature & { attempts: number } {
   let failures = options.failures ?? 0;
   const made = {
     name,
@@ -45,10 +49,20 @@ describe('Supervisor', () => {
     for (const name of ['a', 'b', 'c']) void supervisor.add(feature(name, journal));
     await supervisor.start();
     assert.deepEqual(journal.splice(0), ['a started', 'b started', 'c started']);
-    assert.deepEqual(supervisor.list().map((status) => [status.name, status.state]), [['a', 'running'], ['b', 'running'], ['c', 'running']]);
+    assert.deepEqual(
+      supervisor.list().map((status) => [status.name, status.state]),
+      [
+        ['a', 'running'],
+        ['b', 'running'],
+        ['c', 'running'],
+      ],
+    );
     await supervisor.stop();
     assert.deepEqual(journal, ['c stopping', 'c stopped', 'b stopping', 'b stopped', 'a stopping', 'a stopped']);
-    assert.deepEqual(supervisor.list().map((status) => status.state), ['stopped', 'stopped', 'stopped']);
+    assert.deepEqual(
+      supervisor.list().map((status) => status.state),
+      ['stopped', 'stopped', 'stopped'],
+    );
   });
 
   it('a fatal failure stops what was started (and the failed one, to release what it left), in reverse, and rejects with its error', async () => {
@@ -70,7 +84,10 @@ describe('Supervisor', () => {
     await supervisor.start();
     assert.deepEqual(journal.splice(0), ['a started', 'ops failed', 'c started']);
     assert.deepEqual(supervisor.status('ops'), { name: 'ops', state: 'failed', lastError: 'EADDRINUSE', attempts: 1 });
-    assert.deepEqual(logs.withMessage('no ops endpoint').map((record) => [record.feature, record.error]), [['ops', 'EADDRINUSE']]);
+    assert.deepEqual(
+      logs.withMessage('no ops endpoint').map((record) => [record.feature, record.error]),
+      [['ops', 'EADDRINUSE']],
+    );
     await clock.advanceTo(120_000);
     assert.equal(ops.attempts, 1);
   });
@@ -79,11 +96,21 @@ describe('Supervisor', () => {
     const { supervisor, journal, logs, clock } = setup();
     const device = feature('device x', journal, { failures: 3, error: 'driver cannot be created' });
     const states: string[] = [];
-    void supervisor.add(device, { onStartFailure: 'retry', failureMessage: 'device could not be started', onState: (status) => states.push(status.state) });
+    void supervisor.add(device, {
+      onStartFailure: 'retry',
+      failureMessage: 'device could not be started',
+      onState: (status) => states.push(status.state),
+    });
     void supervisor.add(feature('ops', journal));
     await supervisor.start();
     assert.deepEqual(journal.splice(0), ['device x failed', 'ops started']);
-    assert.deepEqual(supervisor.status('device x'), { name: 'device x', state: 'failed', lastError: 'driver cannot be created', attempts: 1, nextTryAt: 1000 });
+    assert.deepEqual(supervisor.status('device x'), {
+      name: 'device x',
+      state: 'failed',
+      lastError: 'driver cannot be created',
+      attempts: 1,
+      nextTryAt: 1000,
+    });
     await clock.advanceTo(999);
     assert.equal(device.attempts, 1);
     await clock.advanceTo(1000);
@@ -97,7 +124,10 @@ describe('Supervisor', () => {
     assert.deepEqual(supervisor.status('device x'), { name: 'device x', state: 'running', attempts: 4 });
     assert.deepEqual(states, ['starting', 'failed', 'starting', 'failed', 'starting', 'failed', 'starting', 'running']);
     // One line for the reason (it never changed), one when it finally started.
-    assert.deepEqual(logs.withMessage('device could not be started').map((record) => [record.error, record.retryInMs]), [['driver cannot be created', 1000]]);
+    assert.deepEqual(
+      logs.withMessage('device could not be started').map((record) => [record.error, record.retryInMs]),
+      [['driver cannot be created', 1000]],
+    );
     assert.equal(logs.withMessage('device x started after 3 failed attempts').length, 1);
     await clock.advanceTo(100_000);
     assert.equal(device.attempts, 4, 'no more attempts once it runs');
@@ -122,7 +152,18 @@ describe('Supervisor', () => {
     await supervisor.stop();
     await clock.advanceTo(120_000);
     assert.equal(late.attempts, 1, 'stop() cancelled its retry');
-    assert.deepEqual(journal, ['late failed', 'c started', 'c stopping', 'c stopped', 'late stopping', 'late stopped', 'b stopping', 'b stopped', 'a stopping', 'a stopped']);
+    assert.deepEqual(journal, [
+      'late failed',
+      'c started',
+      'c stopping',
+      'c stopped',
+      'late stopping',
+      'late stopped',
+      'b stopping',
+      'b stopped',
+      'a stopping',
+      'a stopped',
+    ]);
   });
 
   it('a fatal feature added while running that fails is stopped, forgotten, and rejects', async () => {
@@ -152,7 +193,15 @@ describe('Supervisor', () => {
     assert.deepEqual(journal.splice(0), ['device 1 stopping', 'device 2 stopping', 'device 3 stopping']);
     release();
     await stopped;
-    assert.deepEqual(journal, ['device 1 stopped', 'device 2 stopped', 'device 3 stopped', 'ops stopping', 'ops stopped', 'broker stopping', 'broker stopped']);
+    assert.deepEqual(journal, [
+      'device 1 stopped',
+      'device 2 stopped',
+      'device 3 stopped',
+      'ops stopping',
+      'ops stopped',
+      'broker stopping',
+      'broker stopped',
+    ]);
   });
 
   it('a stop waits for a start in progress; a feature that fails to stop is logged, the others still stop, and stop() rejects', async () => {
@@ -177,7 +226,10 @@ describe('Supervisor', () => {
     assert.equal(await adding, true);
     await assert.rejects(stopped, /socket would not close/);
     assert.deepEqual(journal, ['a started', 'slow started', 'slow stop failed', 'a stopping', 'a stopped']);
-    assert.deepEqual(logs.withMessage('slow did not stop cleanly').map((record) => record.error), ['socket would not close']);
+    assert.deepEqual(
+      logs.withMessage('slow did not stop cleanly').map((record) => record.error),
+      ['socket would not close'],
+    );
     assert.equal(supervisor.status('slow')?.state, 'stopped');
   });
 });

@@ -55,7 +55,11 @@ async function uplinkTo(t: TestContext, port: number, messages: number) {
   const outbox = Outbox.open(join(dir, 'outbox.db'), config.outbox, log);
   for (let n = 0; n < messages; n++) outbox.append({ topic: 't/a', payload: Buffer.from(`m${n}`), qos: 1, retain: false });
   outbox.commit();
-  const broker = await IntegratedBroker.start(brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }), log, dir);
+  const broker = await IntegratedBroker.start(
+    brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }),
+    log,
+    dir,
+  );
   const uplink = new Uplink(config, 'gw', new JsonFormat(config, 'gw', 'gw/status'), outbox, broker, log);
   uplink.start();
   const stop = async () => {
@@ -66,7 +70,11 @@ async function uplinkTo(t: TestContext, port: number, messages: number) {
 }
 
 it('a dead link (no PUBACK at all, dropped every 300 ms) loses nothing and sets nothing aside', async (t) => {
-  const cloud = await flakyCloud(t, () => 300, () => false);
+  const cloud = await flakyCloud(
+    t,
+    () => 300,
+    () => false,
+  );
   const { outbox, uplink, stop } = await uplinkTo(t, cloud.port, 10);
   try {
     await waitFor(() => cloud.state.connections >= 12, 20_000, 'a dozen connections');
@@ -75,14 +83,21 @@ it('a dead link (no PUBACK at all, dropped every 300 ms) loses nothing and sets 
   }
   assert.equal(outbox.stats.rejected, 0);
   assert.equal(uplink.stats.rejected, 0);
-  assert.deepEqual(outbox.peek(0, 100).map((row) => row.payload.toString()), Array.from({ length: 10 }, (_, n) => `m${n}`));
+  assert.deepEqual(
+    outbox.peek(0, 100).map((row) => row.payload.toString()),
+    Array.from({ length: 10 }, (_, n) => `m${n}`),
+  );
   outbox.close();
 });
 
 it('a link that works but drops at random moments delivers everything and sets nothing aside', async (t) => {
   let seed = 7;
-  const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
-  const cloud = await flakyCloud(t, () => 10 + Math.floor(random() * 40), () => true);
+  const random = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
+  const cloud = await flakyCloud(
+    t,
+    () => 10 + Math.floor(random() * 40),
+    () => true,
+  );
   const { outbox, uplink, stop } = await uplinkTo(t, cloud.port, 5000);
   try {
     await waitFor(() => outbox.stats.messages === 0, 30_000, 'the outbox to drain over a flapping link');
@@ -107,11 +122,14 @@ it('a cloud slower than the plant: the backlog stays in SQLite, and what the out
       if (packet.cmd === 'connect') socket.write(mqttPacket.generate({ cmd: 'connack', returnCode: 0, sessionPresent: false }));
       if (packet.cmd === 'publish' && packet.messageId !== undefined) {
         const { messageId, topic, payload } = packet;
-        setTimeout(() => {
-          if (socket.destroyed) return;
-          socket.write(mqttPacket.generate({ cmd: 'puback', messageId }));
-          if (topic !== 'gw/status') acknowledged.push(payload.toString());
-        }, topic === 'gw/status' ? 0 : 10);
+        setTimeout(
+          () => {
+            if (socket.destroyed) return;
+            socket.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+            if (topic !== 'gw/status') acknowledged.push(payload.toString());
+          },
+          topic === 'gw/status' ? 0 : 10,
+        );
       }
     });
     socket.on('data', (data: Buffer) => parser.parse(data));
@@ -126,9 +144,17 @@ it('a cloud slower than the plant: the backlog stays in SQLite, and what the out
   const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-slow-cloud-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const log = pino({ level: 'silent' });
-  const config = uplinkSection.parse({ url: `mqtt://127.0.0.1:${(cloud.address() as { port: number }).port}`, inFlight: 20, outbox: { maxMessages: 5000, policy: 'drop-oldest' } });
+  const config = uplinkSection.parse({
+    url: `mqtt://127.0.0.1:${(cloud.address() as { port: number }).port}`,
+    inFlight: 20,
+    outbox: { maxMessages: 5000, policy: 'drop-oldest' },
+  });
   const outbox = Outbox.open(join(dir, 'outbox.db'), config.outbox, log);
-  const broker = await IntegratedBroker.start(brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }), log, dir);
+  const broker = await IntegratedBroker.start(
+    brokerSection.parse({ listeners: [{ type: 'tcp', port: 0 }], persistRetained: false }),
+    log,
+    dir,
+  );
   const uplink = new Uplink(config, 'gw', new JsonFormat(config, 'gw', 'gw/status'), outbox, broker, log);
   uplink.start();
   try {
@@ -148,6 +174,10 @@ it('a cloud slower than the plant: the backlog stays in SQLite, and what the out
   // messages nobody was sending, so "dropped" counts exactly what the cloud never got.
   assert.ok(outbox.stats.dropped >= 44_000, `dropped ${outbox.stats.dropped}`);
   assert.equal(outbox.stats.delivered, acknowledged.length, `delivered ${outbox.stats.delivered} of ${acknowledged.length} acknowledged`);
-  assert.equal(outbox.stats.dropped + outbox.stats.delivered + outbox.stats.messages, 50_000 + 0, 'every message is dropped, delivered or still waiting');
+  assert.equal(
+    outbox.stats.dropped + outbox.stats.delivered + outbox.stats.messages,
+    50_000 + 0,
+    'every message is dropped, delivered or still waiting',
+  );
   outbox.close();
 });

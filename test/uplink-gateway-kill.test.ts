@@ -5,7 +5,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
-import { assertComplete, assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, range, SeqPublisher, type DeliveryReport } from './helpers/cloud-clients.js';
+import {
+  assertComplete,
+  assertExactly,
+  assertOrderPerTopic,
+  assertTopics,
+  CloudRecorder,
+  deliveryReport,
+  range,
+  SeqPublisher,
+  type DeliveryReport,
+} from './helpers/cloud-clients.js';
 import { GatewayProcess, testUplink, writeGatewayConfig, type GatewaySetup } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
@@ -42,7 +52,10 @@ describe('uplink: the gateway is SIGKILLed while buffering (cloud down), then re
     const second = GatewayProcess.start(setup);
     const reopened = await second.waitForLog('outbox holds messages from before the restart', 10_000);
     const kept = reopened.messages as number;
-    assert.ok(kept >= acked1.length && kept <= sent1, `the outbox kept ${kept} messages: at least the ${acked1.length} acknowledged, at most the ${sent1} published`);
+    assert.ok(
+      kept >= acked1.length && kept <= sent1,
+      `the outbox kept ${kept} messages: at least the ${acked1.length} acknowledged, at most the ${sent1} published`,
+    );
     const publisher2 = await SeqPublisher.connect(setup.brokerUrl);
     closers.push(() => publisher2.close());
     await publisher2.publishRange(sent1, 2000);
@@ -52,7 +65,11 @@ describe('uplink: the gateway is SIGKILLed while buffering (cloud down), then re
     await cloud.start();
     const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
     closers.push(() => recorder.close());
-    await waitFor(() => recorder.uniqueCount() >= kept + 2000, 20_000, `${kept + 2000} messages on the cloud (have ${recorder.uniqueCount()})`);
+    await waitFor(
+      () => recorder.uniqueCount() >= kept + 2000,
+      20_000,
+      `${kept + 2000} messages on the cloud (have ${recorder.uniqueCount()})`,
+    );
 
     const arrivals = recorder.data();
     const report = deliveryReport(arrivals);
@@ -125,7 +142,9 @@ describe('uplink: the gateway is SIGKILLed while draining a 20k backlog, then re
   });
 
   it('duplicates are only resends after the restart', (t) => {
-    t.diagnostic(`${report.duplicates} duplicates; ${arrivedAtKill} arrivals before the kill; ${keptAtRestart} messages kept in the outbox`);
+    t.diagnostic(
+      `${report.duplicates} duplicates; ${arrivedAtKill} arrivals before the kill; ${keptAtRestart} messages kept in the outbox`,
+    );
     const arrivals = recorder.data();
     const seen = new Set<number>();
     arrivals.forEach((arrival, index) => {

@@ -65,8 +65,14 @@ describe('uplink: live data during a backlog replay', () => {
   it('liveShare 0.5: live messages are not held up behind the backlog', async (t) => {
     const { gateway, recorder, report, lastLive, lastBacklog, firstLive } = await replayWithLiveData(dir, closers, 0.5);
     t.diagnostic(`live arrivals: first at ${firstLive}, last at ${lastLive}; last backlog arrival at ${lastBacklog}`);
-    assert.ok(lastLive < lastBacklog, `every live message arrived before the backlog was through (last live at ${lastLive}, last backlog at ${lastBacklog})`);
-    assert.ok(lastLive < BACKLOG / 2, `live messages got their share of the window: the last one arrived at position ${lastLive} of ${BACKLOG + LIVE}`);
+    assert.ok(
+      lastLive < lastBacklog,
+      `every live message arrived before the backlog was through (last live at ${lastLive}, last backlog at ${lastBacklog})`,
+    );
+    assert.ok(
+      lastLive < BACKLOG / 2,
+      `live messages got their share of the window: the last one arrived at position ${lastLive} of ${BACKLOG + LIVE}`,
+    );
     // Live messages may overtake replayed ones (documented), but within each class the order holds.
     assertOrderPerTopic(deliveryReport(recorder.data().filter((arrival) => arrival.seq < LIVE_FROM)));
     assertOrderPerTopic(deliveryReport(recorder.data().filter((arrival) => arrival.seq >= LIVE_FROM)));

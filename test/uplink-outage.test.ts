@@ -16,7 +16,15 @@ import {
   subscriber,
   type Arrival,
 } from './helpers/cloud-clients.js';
-import { FORWARD_LINE, freezeGatewayAndSettle, GatewayProcess, LEVEL, outboxBytesOnDisk, testUplink, writeGatewayConfig } from './helpers/cloud-gateway.js';
+import {
+  FORWARD_LINE,
+  freezeGatewayAndSettle,
+  GatewayProcess,
+  LEVEL,
+  outboxBytesOnDisk,
+  testUplink,
+  writeGatewayConfig,
+} from './helpers/cloud-gateway.js';
 import { freePort, waitFor } from './helpers/net.js';
 
 const RECORDER = 'cloud-recorder';
@@ -80,7 +88,11 @@ describe('uplink: the cloud is down when the gateway starts', () => {
     assert.equal(stopped.outbox.dropped, 0);
     assert.equal(stopped.outbox.delivered, buffered + live);
     assert.equal(stopped.uplink.acknowledged, buffered + live);
-    assert.deepEqual(gateway.logs().filter((line) => line.level >= LEVEL.error), [], 'no errors logged');
+    assert.deepEqual(
+      gateway.logs().filter((line) => line.level >= LEVEL.error),
+      [],
+      'no errors logged',
+    );
   });
 });
 
@@ -124,21 +136,28 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     const plcPort = await freePort();
     // A long keep-alive: kills are noticed by the closed socket, and a frozen gateway must not be
     // dropped by mosquitto for silence while the test waits for the recorder.
-    const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { keepalive: '60s', forward: [...FORWARD_LINE!, { topic: 'plc/#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'plant/', qos: 1 }] }), {
-      simulators: [{ name: 'sim', type: 'modbus-tcp', host: '127.0.0.1', port: plcPort }],
-      devices: [
-        {
-          name: 'plc',
-          driver: 'modbus',
-          connection: { transport: 'tcp', host: '127.0.0.1', port: plcPort, unitId: 1, timeout: '1s' },
-          pollInterval: '100ms',
-          tags: [
-            { name: 'counter', address: '40003', type: 'uint32' },
-            { name: 'ramp', address: '40002', type: 'uint16' },
-          ],
-        },
-      ],
-    });
+    const setup = await writeGatewayConfig(
+      dir,
+      testUplink(cloud.url, {
+        keepalive: '60s',
+        forward: [...FORWARD_LINE!, { topic: 'plc/#', localPrefix: 'plc2mqtt/gw/', remotePrefix: 'plant/', qos: 1 }],
+      }),
+      {
+        simulators: [{ name: 'sim', type: 'modbus-tcp', host: '127.0.0.1', port: plcPort }],
+        devices: [
+          {
+            name: 'plc',
+            driver: 'modbus',
+            connection: { transport: 'tcp', host: '127.0.0.1', port: plcPort, unitId: 1, timeout: '1s' },
+            pollInterval: '100ms',
+            tags: [
+              { name: 'counter', address: '40003', type: 'uint32' },
+              { name: 'ramp', address: '40002', type: 'uint16' },
+            ],
+          },
+        ],
+      },
+    );
     const gateway = GatewayProcess.start(setup);
     const publisher = await SeqPublisher.connect(setup.brokerUrl);
     closers.push(() => publisher.close());
@@ -156,7 +175,11 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     const ackedAtKill = publisher.acked.length;
     const disconnected = await gateway.waitForLog(/^disconnected from the cloud broker/, 10_000);
     assert.equal(disconnected.level, LEVEL.warn);
-    await waitFor(() => publisher.acked.length >= Math.min(total, ackedAtKill + 1500), 20_000, 'local publishing to go on while the cloud is down');
+    await waitFor(
+      () => publisher.acked.length >= Math.min(total, ackedAtKill + 1500),
+      20_000,
+      'local publishing to go on while the cloud is down',
+    );
 
     // Kill 2: while the backlog of the first outage is replayed, and with a full in-flight window:
     // mosquitto is frozen first (SIGSTOP), so the gateway's last messages are unacknowledged when
@@ -168,7 +191,11 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     cloud.signal('SIGSTOP');
     gateway.thaw();
     const ackedAtFreeze = publisher.acked.length;
-    await waitFor(() => publisher.acked.length >= Math.min(total, ackedAtFreeze + 500), 20_000, 'local publishing to go on while the cloud hangs');
+    await waitFor(
+      () => publisher.acked.length >= Math.min(total, ackedAtFreeze + 500),
+      20_000,
+      'local publishing to go on while the cloud hangs',
+    );
     // On a loaded machine the gateway may still be filling its window: kill only once it is full.
     await waitFor(async () => (await gateway.uplinkStatus()).inFlight === 100, 20_000, 'the in-flight window to fill');
     await cloud.kill('SIGKILL');
@@ -179,11 +206,15 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
 
     await publishing;
     assert.equal(publisher.acked.length, total, 'the gateway acknowledged every local message throughout');
-    await waitFor(() => recorder.uniqueCount() >= total, 30_000, () => {
-      const missing = missingRanges(new Set(recorder.seqs()), total);
-      const uplinkLines = gateway.findLogs(/cloud broker/).map((line) => JSON.stringify(line));
-      return `all ${total} messages on the cloud (have ${recorder.uniqueCount()}; missing ${missing}; recorder connected: ${recorder.client.connected})\n${uplinkLines.join('\n')}`;
-    });
+    await waitFor(
+      () => recorder.uniqueCount() >= total,
+      30_000,
+      () => {
+        const missing = missingRanges(new Set(recorder.seqs()), total);
+        const uplinkLines = gateway.findLogs(/cloud broker/).map((line) => JSON.stringify(line));
+        return `all ${total} messages on the cloud (have ${recorder.uniqueCount()}; missing ${missing}; recorder connected: ${recorder.client.connected})\n${uplinkLines.join('\n')}`;
+      },
+    );
 
     const arrivals = recorder.data();
     const report = deliveryReport(arrivals);
@@ -194,12 +225,17 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     const disconnects = gateway.findLogs(/^disconnected from the cloud broker/);
     const resendable = disconnects.reduce((sum, line) => sum + (line.inFlight as number), 0);
     t.diagnostic(`${report.duplicates} duplicates; ${disconnects.length} disconnects with ${resendable} messages in flight`);
-    assert.ok(report.duplicates <= resendable, `${report.duplicates} duplicates, but only ${resendable} messages were in flight at the disconnects`);
+    assert.ok(
+      report.duplicates <= resendable,
+      `${report.duplicates} duplicates, but only ${resendable} messages were in flight at the disconnects`,
+    );
     const replays = gateway.findLogs(/^connected to the cloud broker; replaying \d+ buffered messages/);
     assert.ok(replays.length >= 2, `a replay after each restart: ${replays.map((line) => line.msg).join(' | ')}`);
 
     // Polled tag values: everything local subscribers saw (up to now) reaches the cloud, in order per topic.
-    const seenLocally = local.messages.filter((message) => !message.retain).map((message) => ({ ...message, topic: message.topic.replace('plc2mqtt/gw/', 'plant/') }));
+    const seenLocally = local.messages
+      .filter((message) => !message.retain)
+      .map((message) => ({ ...message, topic: message.topic.replace('plc2mqtt/gw/', 'plant/') }));
     assert.ok(seenLocally.length > 10, 'the simulated PLC was polled');
     const key = (message: Arrival) => `${message.topic} ${message.payload}`;
     await waitFor(
@@ -219,11 +255,17 @@ describe('uplink: the cloud is SIGKILLed mid-stream and restarted on the same po
     }
     for (const [topic, values] of firstSeen) {
       for (let index = 1; index < values.length; index++) {
-        assert.ok(values[index]!.ts > values[index - 1]!.ts, `${topic}: timestamps out of order at ${index}: ${JSON.stringify(values.slice(index - 1, index + 1))}`);
+        assert.ok(
+          values[index]!.ts > values[index - 1]!.ts,
+          `${topic}: timestamps out of order at ${index}: ${JSON.stringify(values.slice(index - 1, index + 1))}`,
+        );
       }
     }
     const counters = firstSeen.get('plant/plc/counter') ?? [];
-    assert.ok(counters.every((sample, index) => index === 0 || sample.value >= counters[index - 1]!.value), 'the PLC counter never goes backwards on the cloud');
+    assert.ok(
+      counters.every((sample, index) => index === 0 || sample.value >= counters[index - 1]!.value),
+      'the PLC counter never goes backwards on the cloud',
+    );
 
     const { code, stopped } = await gateway.stop();
     assert.equal(code, 0, gateway.output());

@@ -7,7 +7,18 @@ import { existsSync, openSync, readFileSync, writeSync, closeSync, writeFileSync
 import { after, describe, it } from 'node:test';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
 import type { IClientOptions } from 'mqtt';
-import { assertComplete, assertExactly, assertOrderPerTopic, assertTopics, CloudRecorder, deliveryReport, PAYLOAD_SIZE, payloadOf, range, SeqPublisher } from './helpers/cloud-clients.js';
+import {
+  assertComplete,
+  assertExactly,
+  assertOrderPerTopic,
+  assertTopics,
+  CloudRecorder,
+  deliveryReport,
+  PAYLOAD_SIZE,
+  payloadOf,
+  range,
+  SeqPublisher,
+} from './helpers/cloud-clients.js';
 import { GatewayProcess, LEVEL, testUplink, writeGatewayConfig, type UplinkInput } from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
@@ -30,7 +41,14 @@ function suite(name: string, body: (context: { dir: string; closers: Array<() =>
  * With the cloud down, publishes `published` messages into a gateway whose outbox has `outbox` bounds,
  * then brings the cloud up and returns what arrived once the gateway says it has nothing left.
  */
-async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox: UplinkInput['outbox'], published: number, expectedKept: number, publisherOptions: IClientOptions = {}) {
+async function overflow(
+  dir: string,
+  closers: Array<() => Promise<void>>,
+  outbox: UplinkInput['outbox'],
+  published: number,
+  expectedKept: number,
+  publisherOptions: IClientOptions = {},
+) {
   const cloud = await Mosquitto.create(dir, { persistence: true });
   await cloud.seedSession(RECORDER, ['up/#']);
   const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { outbox }));
@@ -43,7 +61,11 @@ async function overflow(dir: string, closers: Array<() => Promise<void>>, outbox
   await cloud.start();
   const recorder = await CloudRecorder.connect(cloud.url, { clientId: RECORDER, filters: ['up/#'] });
   closers.push(() => recorder.close());
-  await waitFor(() => recorder.uniqueCount() >= expectedKept, 20_000, `${expectedKept} messages on the cloud (have ${recorder.uniqueCount()})`);
+  await waitFor(
+    () => recorder.uniqueCount() >= expectedKept,
+    20_000,
+    `${expectedKept} messages on the cloud (have ${recorder.uniqueCount()})`,
+  );
   const { code, stopped } = await gateway.stop();
   assert.equal(code, 0, gateway.output());
   // The gateway stopped after its outbox was empty: nothing more can arrive than what is here.
@@ -58,7 +80,13 @@ suite('outbox bound: maxMessages with drop-oldest', ({ dir, closers }) => {
   it('keeps and delivers exactly the newest N; drops are counted and logged once', async () => {
     const bound = 1000;
     const extra = 500;
-    const { gateway, stopped, recorder, report, publisher } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-oldest' }, bound + extra, bound);
+    const { gateway, stopped, recorder, report, publisher } = await overflow(
+      dir,
+      closers,
+      { maxMessages: bound, policy: 'drop-oldest' },
+      bound + extra,
+      bound,
+    );
     // drop-oldest takes every new message (acknowledged once on disk) and drops acknowledged old ones.
     assert.equal(publisher.acked.length, bound + extra, 'every publish is acknowledged');
     assertExactly(report, range(extra, bound));
@@ -84,9 +112,20 @@ suite('outbox bound: maxMessages with drop-newest', ({ dir, closers }) => {
   it('MQTT 5 publisher: exactly the first N are acknowledged and delivered, the rest get PUBACK 0x97; drops are counted and logged once', async () => {
     const bound = 1000;
     const extra = 500;
-    const { gateway, stopped, recorder, report, publisher, publisherClosed } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound, { protocolVersion: 5 });
+    const { gateway, stopped, recorder, report, publisher, publisherClosed } = await overflow(
+      dir,
+      closers,
+      { maxMessages: bound, policy: 'drop-newest' },
+      bound + extra,
+      bound,
+      { protocolVersion: 5 },
+    );
     assert.deepEqual(ascending(publisher.acked), range(0, bound), 'acknowledged: exactly the messages the outbox kept');
-    assert.deepEqual(ascending(publisher.refused.map((refusal) => refusal.seq)), range(bound, extra), 'refused: exactly the messages the outbox dropped');
+    assert.deepEqual(
+      ascending(publisher.refused.map((refusal) => refusal.seq)),
+      range(bound, extra),
+      'refused: exactly the messages the outbox dropped',
+    );
     assert.deepEqual([...new Set(publisher.refused.map((refusal) => refusal.reasonCode))], [0x97], 'PUBACK reason 0x97 quota exceeded');
     assert.equal(publisherClosed, false, 'the MQTT 5 publisher stays connected');
     assertExactly(report, range(0, bound));
@@ -108,7 +147,13 @@ suite('outbox bound: maxMessages with drop-newest', ({ dir, closers }) => {
   it('MQTT 3.1.1 publisher: no PUBACK for a dropped message (disconnected instead); every acknowledged message is delivered', async () => {
     const bound = 1000;
     const extra = 500;
-    const { gateway, stopped, report, publisher, publisherClosed } = await overflow(dir, closers, { maxMessages: bound, policy: 'drop-newest' }, bound + extra, bound);
+    const { gateway, stopped, report, publisher, publisherClosed } = await overflow(
+      dir,
+      closers,
+      { maxMessages: bound, policy: 'drop-newest' },
+      bound + extra,
+      bound,
+    );
     assert.equal(publisherClosed, true, 'MQTT 3.1.1 has no negative PUBACK: the publisher is disconnected');
     const notKept = publisher.acked.filter((seq) => seq >= bound);
     assert.deepEqual(notKept, [], 'no message the outbox dropped is acknowledged');
@@ -265,13 +310,18 @@ suite('outbox: a corrupt file at start', ({ dir, closers }) => {
     await waitFor(async () => (await second.outboxStatus()).messages === 0, 20_000, 'the outbox to be sent');
     const status = await second.outboxStatus();
     assert.equal((status as { damaged?: number }).damaged, 2, JSON.stringify(status));
-    const metrics = await (await fetch(`${(await second.waitForLog('operations endpoint listening', 10_000)).url as string}/metrics`)).text();
+    const metrics = await (
+      await fetch(`${(await second.waitForLog('operations endpoint listening', 10_000)).url as string}/metrics`)
+    ).text();
     assert.match(metrics, /^plc2mqtt_outbox_damaged_total 2$/m);
     const { stopped: stopped2 } = await second.stop();
     await waitFor(() => recorder.messages.length >= stopped2.uplink.acknowledged - 2, 10_000, 'the acknowledged messages at the recorder');
     assert.equal(second.findLogs(/^the outbox file is damaged/).length, 0, 'quick_check passes: the file is not moved aside');
     const report = deliveryReport(recorder.data());
-    assertExactly(report, range(0, 3000).filter((seq) => seq !== 1234 && seq !== 2000));
+    assertExactly(
+      report,
+      range(0, 3000).filter((seq) => seq !== 1234 && seq !== 2000),
+    );
     assert.equal(recorder.messages.filter((message) => message.payload.includes('not json')).length, 0);
     const damaged = second.findLogs(/^outbox: .*not what the gateway wrote/);
     assert.equal(damaged.length >= 1 ? damaged.reduce((sum, line) => sum + (line.count as number), 0) : 0, 2, JSON.stringify(damaged));

@@ -35,7 +35,10 @@ describe('uplink reload', () => {
     const cloudB = await Mosquitto.startNew(dir);
     const recorderA = await CloudRecorder.connect(cloudA.url, { clientId: 'recorder-a', filters: ['up/#', STATUS] });
     const recorderB = await CloudRecorder.connect(cloudB.url, { clientId: 'recorder-b', filters: ['up/#', STATUS] });
-    closers.push(() => recorderA.close(), () => recorderB.close());
+    closers.push(
+      () => recorderA.close(),
+      () => recorderB.close(),
+    );
     const setup = await writeGatewayConfig(dir, testUplink(cloudA.url));
     const gateway = GatewayProcess.start(setup);
     const publisher = await SeqPublisher.connect(setup.brokerUrl);
@@ -49,17 +52,28 @@ describe('uplink reload', () => {
     assert.deepEqual([reloaded.applied, reloaded.notApplied], [['uplink'], []]);
     await publishing;
     const union = () => new Set([...recorderA.seqs(), ...recorderB.seqs()]).size;
-    await waitFor(() => union() >= total, 20_000, () => `all ${total} messages on A or B (have ${union()})`);
+    await waitFor(
+      () => union() >= total,
+      20_000,
+      () => `all ${total} messages on A or B (have ${union()})`,
+    );
 
     const arrivals = [...recorderA.data(), ...recorderB.data()];
     const report = deliveryReport(arrivals);
     assertExactly(report, range(0, total));
-    assert.ok(recorderB.uniqueCount() > 0 && recorderA.uniqueCount() >= 1000, `both brokers got messages: A ${recorderA.uniqueCount()}, B ${recorderB.uniqueCount()}`);
+    assert.ok(
+      recorderB.uniqueCount() > 0 && recorderA.uniqueCount() >= 1000,
+      `both brokers got messages: A ${recorderA.uniqueCount()}, B ${recorderB.uniqueCount()}`,
+    );
     // B gets what A had not acknowledged, in order; at most the in-flight window went to both.
     assertOrderPerTopic(deliveryReport(recorderB.data()));
     assert.ok(report.duplicates <= 100, `${report.duplicates} duplicates, more than the in-flight window`);
     // The gateway said goodbye to A and hello to B (retained status, last value per broker).
-    await waitFor(() => recorderA.messages.filter((message) => message.topic === STATUS).at(-1)?.payload === 'offline', 5000, 'A to hear "offline"');
+    await waitFor(
+      () => recorderA.messages.filter((message) => message.topic === STATUS).at(-1)?.payload === 'offline',
+      5000,
+      'A to hear "offline"',
+    );
     assert.equal(recorderB.messages.filter((message) => message.topic === STATUS).at(-1)?.payload, 'online');
 
     const { code, stopped } = await gateway.stop();
@@ -75,8 +89,14 @@ describe('uplink reload', () => {
     mkdirSync(pkiDir);
     mkdirSync(folder);
     const pki = makePki(pkiDir);
-    const cloud = await Mosquitto.startNew(dir, { tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireCertificate: true } });
-    const recorder = await CloudRecorder.connect(cloud.url, { clientId: 'recorder-tls', filters: ['up/#', STATUS], mqtt: { ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) } });
+    const cloud = await Mosquitto.startNew(dir, {
+      tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireCertificate: true },
+    });
+    const recorder = await CloudRecorder.connect(cloud.url, {
+      clientId: 'recorder-tls',
+      filters: ['up/#', STATUS],
+      mqtt: { ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey) },
+    });
     closers.push(() => recorder.close());
     // The gateway's certificate has expired, say: here, one the broker refuses for client authentication.
     const gatewayCert = join(folder, 'gateway.crt');
@@ -102,7 +122,11 @@ describe('uplink reload', () => {
     copyFileSync(pki.clientKey, gatewayKey);
     const rotated = await reload(gateway);
     assert.deepEqual([rotated.applied, rotated.notApplied], [['uplink'], []]);
-    await waitFor(() => recorder.uniqueCount() >= 500, 20_000, () => `the buffered messages on the cloud (have ${recorder.uniqueCount()})`);
+    await waitFor(
+      () => recorder.uniqueCount() >= 500,
+      20_000,
+      () => `the buffered messages on the cloud (have ${recorder.uniqueCount()})`,
+    );
     assertExactly(deliveryReport(recorder.data()), range(0, 500));
 
     // A botched rotation (the new certificate with the old key) is refused; the working connection stays.
@@ -112,7 +136,11 @@ describe('uplink reload', () => {
     const refusal = gateway.findLogs('the new uplink settings cannot be used; the cloud connection stays as it was')[0]!;
     assert.match(String(refusal.error), /gateway\.crt .*gateway\.key: .*key values mismatch/);
     await publisher.publishRange(500, 100);
-    await waitFor(() => recorder.uniqueCount() >= 600, 20_000, () => `the messages after the refused rotation (have ${recorder.uniqueCount()})`);
+    await waitFor(
+      () => recorder.uniqueCount() >= 600,
+      20_000,
+      () => `the messages after the refused rotation (have ${recorder.uniqueCount()})`,
+    );
     assertExactly(deliveryReport(recorder.data()), range(0, 600));
     const { code, stopped } = await gateway.stop();
     assert.equal(code, 0, gateway.output());
@@ -128,19 +156,34 @@ describe('uplink reload', () => {
     const plcPort = await freePort();
     const setup = await writeGatewayConfig(folder, testUplink(cloud.url), {
       simulators: [{ name: 'sim', type: 'modbus-tcp', host: '127.0.0.1', port: plcPort }],
-      devices: [{ name: 'plc', driver: 'modbus', connection: { transport: 'tcp', host: '127.0.0.1', port: plcPort, unitId: 1, timeout: '1s' }, pollInterval: '100ms', tags: [{ name: 'counter', address: '40003', type: 'uint32' }] }],
+      devices: [
+        {
+          name: 'plc',
+          driver: 'modbus',
+          connection: { transport: 'tcp', host: '127.0.0.1', port: plcPort, unitId: 1, timeout: '1s' },
+          pollInterval: '100ms',
+          tags: [{ name: 'counter', address: '40003', type: 'uint32' }],
+        },
+      ],
     });
     const gateway = GatewayProcess.start(setup);
     await gateway.waitForLog(/^connected to the cloud broker/, 10_000);
     await new Promise((resolve) => setTimeout(resolve, 500));
     assert.equal(recorder.messages.filter((message) => message.topic.startsWith('plant/')).length, 0, 'no rule forwards the tags yet');
 
-    rewriteUplink(setup, testUplink(cloud.url, { forward: [{ topic: '#', localPrefix: 'plc2mqtt/gw/plc/', remotePrefix: 'plant/plc/', qos: 1 }] }));
+    rewriteUplink(
+      setup,
+      testUplink(cloud.url, { forward: [{ topic: '#', localPrefix: 'plc2mqtt/gw/plc/', remotePrefix: 'plant/plc/', qos: 1 }] }),
+    );
     const reloaded = await reload(gateway);
     assert.deepEqual([reloaded.applied, reloaded.restarted, reloaded.notApplied], [['uplink'], [], []]);
     await waitFor(() => recorder.messages.some((message) => message.topic === 'plant/plc/counter'), 10_000, 'the counter on the cloud');
     const statuses = () => recorder.messages.filter((message) => message.topic === STATUS).map((message) => message.payload);
-    await waitFor(() => statuses().length >= 3 && statuses().at(-1) === 'online', 5000, () => `"online" again: ${statuses().join(', ')}`);
+    await waitFor(
+      () => statuses().length >= 3 && statuses().at(-1) === 'online',
+      5000,
+      () => `"online" again: ${statuses().join(', ')}`,
+    );
     // (The goodbye comes twice: the old connection's own "offline", then its will as it closes.)
     assert.deepEqual([...new Set(statuses())], ['online', 'offline'], 'the old connection said goodbye before the new one said hello');
     assert.equal(statuses().indexOf('offline') > 0 && statuses().lastIndexOf('offline') < statuses().length - 1, true);

@@ -23,7 +23,10 @@ function sessionSuite(protocolVersion: 4 | 5): void {
       const cloud = await Mosquitto.startNew(dir, { persistence: true });
       const cloudData = await subscriber(cloud.url, ['up/#'], mqtt);
       closers.push(() => cloudData.client.endAsync(true));
-      const setup = await writeGatewayConfig(dir, testUplink(cloud.url, { protocolVersion, receive: [{ topic: 'cmd/#', remotePrefix: 'cloud/gw/', localPrefix: 'local/', qos: 1 }] }));
+      const setup = await writeGatewayConfig(
+        dir,
+        testUplink(cloud.url, { protocolVersion, receive: [{ topic: 'cmd/#', remotePrefix: 'cloud/gw/', localPrefix: 'local/', qos: 1 }] }),
+      );
 
       // 1. The gateway connects and subscribes. A data message sent after its SUBSCRIBE (same
       //    connection, in order) has arrived: the subscription is in place.
@@ -46,7 +49,11 @@ function sessionSuite(protocolVersion: 4 | 5): void {
       const connected = await second.waitForLog(/^connected to the cloud broker/, 10_000);
       try {
         assert.equal(connected.sessionPresent, true, `the cloud kept the gateway's session: ${JSON.stringify(connected)}`);
-        await waitFor(() => local.messages.some((message) => message.topic === 'local/cmd/valve'), 10_000, 'the queued command in the integrated broker');
+        await waitFor(
+          () => local.messages.some((message) => message.topic === 'local/cmd/valve'),
+          10_000,
+          'the queued command in the integrated broker',
+        );
         assert.deepEqual(
           local.messages.filter((message) => message.topic === 'local/cmd/valve'),
           [{ topic: 'local/cmd/valve', payload: 'close', retain: false }],

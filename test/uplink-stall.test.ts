@@ -41,7 +41,11 @@ describe('uplink: a cloud that stops acknowledging', () => {
       cloud.signal('SIGCONT');
       const back = await gateway.waitForLog(/^the cloud broker acknowledges again/, 60_000);
       assert.equal(back.level, LEVEL.info);
-      await waitFor(() => recorder.uniqueCount() >= total, 60_000, () => `all ${total} messages on the cloud (have ${recorder.uniqueCount()})`);
+      await waitFor(
+        () => recorder.uniqueCount() >= total,
+        60_000,
+        () => `all ${total} messages on the cloud (have ${recorder.uniqueCount()})`,
+      );
       assertExactly(deliveryReport(recorder.data()), range(0, total));
       assert.equal(gateway.findLogs(/^the cloud broker has acknowledged nothing/).length, 1, 'once per stall');
       assert.equal(gateway.findLogs(/^the cloud broker acknowledges again/).length, 1);

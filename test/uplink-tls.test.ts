@@ -6,7 +6,15 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { killAllChildren, makePki, makeTempDir, Mosquitto, removeDir, type Pki } from './helpers/cloud-broker.js';
 import { assertExactly, assertOrderPerTopic, CloudRecorder, deliveryReport, range, SeqPublisher } from './helpers/cloud-clients.js';
-import { GatewayProcess, LEVEL, rewriteUplink, testUplink, writeGatewayConfig, type GatewaySetup, type UplinkInput } from './helpers/cloud-gateway.js';
+import {
+  GatewayProcess,
+  LEVEL,
+  rewriteUplink,
+  testUplink,
+  writeGatewayConfig,
+  type GatewaySetup,
+  type UplinkInput,
+} from './helpers/cloud-gateway.js';
 import { waitFor } from './helpers/net.js';
 
 describe('uplink: mutual TLS against mosquitto with require_certificate true', () => {
@@ -36,7 +44,10 @@ describe('uplink: mutual TLS against mosquitto with require_certificate true', (
     removeDir(dir);
   });
 
-  async function gatewayWith(name: string, tls: UplinkInput['tls']): Promise<{ setup: GatewaySetup; gateway: GatewayProcess; publisher: SeqPublisher }> {
+  async function gatewayWith(
+    name: string,
+    tls: UplinkInput['tls'],
+  ): Promise<{ setup: GatewaySetup; gateway: GatewayProcess; publisher: SeqPublisher }> {
     const folder = join(dir, name);
     mkdirSync(folder);
     const setup = await writeGatewayConfig(folder, testUplink(cloud.url, { clientId: `gw-${name}`, tls }));
@@ -66,7 +77,12 @@ describe('uplink: mutual TLS against mosquitto with require_certificate true', (
   });
 
   it('an encrypted client key with its passphrase works too', async () => {
-    const { gateway, publisher } = await gatewayWith('passphrase', { ca: pki.ca, cert: pki.clientCert, key: pki.clientKeyEncrypted, passphrase: pki.passphrase });
+    const { gateway, publisher } = await gatewayWith('passphrase', {
+      ca: pki.ca,
+      cert: pki.clientCert,
+      key: pki.clientKeyEncrypted,
+      passphrase: pki.passphrase,
+    });
     const from = nextSeq;
     nextSeq += 200;
     await publisher.publishRange(from, 200);

@@ -65,7 +65,10 @@ describe('uplink over WebSockets', () => {
     const pkiDir = join(dir, 'pki');
     mkdirSync(pkiDir);
     const pki = makePki(pkiDir);
-    const cloud = await Mosquitto.startNew(dir, { websockets: true, tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireCertificate: true } });
+    const cloud = await Mosquitto.startNew(dir, {
+      websockets: true,
+      tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireCertificate: true },
+    });
     assert.match(cloud.websocketsUrl, /^wss:\/\//);
     const recorder = await CloudRecorder.connect(cloud.url, {
       clientId: `${RECORDER}-wss`,
@@ -76,7 +79,10 @@ describe('uplink over WebSockets', () => {
 
     const good = join(dir, 'wss');
     mkdirSync(good);
-    const setup = await writeGatewayConfig(good, testUplink(cloud.websocketsUrl, { tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey } }));
+    const setup = await writeGatewayConfig(
+      good,
+      testUplink(cloud.websocketsUrl, { tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey } }),
+    );
     const gateway = GatewayProcess.start(setup);
     const publisher = await SeqPublisher.connect(setup.brokerUrl);
     closers.push(() => publisher.close());

@@ -70,8 +70,24 @@ describe('writes from MQTT', () => {
             { name: 'f32', area: 'holding', address: 6, type: 'float32', writable: true },
             { name: 'coil', area: 'coil', address: 3, type: 'bool', writable: true },
             { name: 'bit5', area: 'holding', address: 10, bit: 5, type: 'bool', writable: true },
-            { name: 'temp', area: 'holding', address: 12, type: 'int16', scale: 0.1, unit: '°C', writable: true, write: { min: 5, max: 40, readBack: true } },
-            { name: 'mode', area: 'holding', address: 14, type: 'uint16', writable: true, write: { allowed: [0, 1, 2], minInterval: '1h' } },
+            {
+              name: 'temp',
+              area: 'holding',
+              address: 12,
+              type: 'int16',
+              scale: 0.1,
+              unit: '°C',
+              writable: true,
+              write: { min: 5, max: 40, readBack: true },
+            },
+            {
+              name: 'mode',
+              area: 'holding',
+              address: 14,
+              type: 'uint16',
+              writable: true,
+              write: { allowed: [0, 1, 2], minInterval: '1h' },
+            },
             { name: 'label', area: 'holding', address: 30, type: 'string', length: 4, writable: true },
             { name: 'pulses', area: 'holding', address: 40, type: 'uint16', writable: true },
             { name: 'flow', area: 'holding', address: 42, type: 'float32', writable: true },
@@ -97,7 +113,11 @@ describe('writes from MQTT', () => {
     operator = await mqtt.connectAsync(url, { username: 'operator', password: 'op-secret', clientId: 'hmi-1', reconnectPeriod: 0 });
     operator.on('message', (topic, payload, packet) => {
       if (topic.endsWith('/result') || topic.startsWith('replies/')) {
-        answers.push({ topic, answer: JSON.parse(payload.toString()) as Answer, correlation: packet.properties?.correlationData?.toString() });
+        answers.push({
+          topic,
+          answer: JSON.parse(payload.toString()) as Answer,
+          correlation: packet.properties?.correlationData?.toString(),
+        });
       }
     });
     await operator.subscribeAsync([`${PREFIX}/+/+/set/result`, 'replies/#'], { qos: 1 });
@@ -125,7 +145,13 @@ describe('writes from MQTT', () => {
   const registers = (start: number, count: number) => modbus.holding.slice(start, start + count);
 
   it('Modbus: int16, int32 in both word orders, float32, a coil and a register bit', async () => {
-    assert.deepEqual(await command('plc', 'i16', '-1234'), { ok: true, device: 'plc', tag: 'i16', value: -1234, ts: answers.at(-1)!.answer.ts });
+    assert.deepEqual(await command('plc', 'i16', '-1234'), {
+      ok: true,
+      device: 'plc',
+      tag: 'i16',
+      value: -1234,
+      ts: answers.at(-1)!.answer.ts,
+    });
     assert.equal(registers(0, 1)[0], 0x10000 - 1234);
 
     assert.equal((await command('plc', 'i32', '{"value": 305419896}')).ok, true);
@@ -204,10 +230,14 @@ describe('writes from MQTT', () => {
 
   it('OPC UA: the Write service, read back; a read-only node is refused by the server', async () => {
     let answer: Answer | undefined;
-    await waitFor(async () => {
-      answer = await command('ua', 'double', '3.25');
-      return answer.ok || !/not connected/.test(answer.error ?? '');
-    }, 20_000, 'the OPC UA device to connect');
+    await waitFor(
+      async () => {
+        answer = await command('ua', 'double', '3.25');
+        return answer.ok || !/not connected/.test(answer.error ?? '');
+      },
+      20_000,
+      'the OPC UA device to connect',
+    );
     assert.equal(answer!.ok, true, answer!.error ?? '');
     assert.equal(answer!.readBack, 3.25);
     const int16 = await command('ua', 'int16', '-7');
@@ -218,11 +248,21 @@ describe('writes from MQTT', () => {
   });
 
   it('MQTT 3.1.1 and 5: the answer goes to the response topic with the correlation data when one is given', async () => {
-    const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', protocolVersion: 5, reconnectPeriod: 0 });
+    const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, {
+      username: 'operator',
+      password: 'op-secret',
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+    });
     const replies: Array<{ payload: Answer; correlation: string | undefined }> = [];
-    v5.on('message', (_topic, payload, packet) => replies.push({ payload: JSON.parse(payload.toString()) as Answer, correlation: packet.properties?.correlationData?.toString() }));
+    v5.on('message', (_topic, payload, packet) =>
+      replies.push({ payload: JSON.parse(payload.toString()) as Answer, correlation: packet.properties?.correlationData?.toString() }),
+    );
     await v5.subscribeAsync('replies/hmi-5', { qos: 1 });
-    await v5.publishAsync(`${PREFIX}/plc/i16/set`, '321', { qos: 1, properties: { responseTopic: 'replies/hmi-5', correlationData: Buffer.from('req-42') } });
+    await v5.publishAsync(`${PREFIX}/plc/i16/set`, '321', {
+      qos: 1,
+      properties: { responseTopic: 'replies/hmi-5', correlationData: Buffer.from('req-42') },
+    });
     await waitFor(() => replies.length > 0, 10_000, 'the MQTT 5 response');
     assert.deepEqual([replies[0]!.payload.ok, replies[0]!.correlation], [true, 'req-42']);
     assert.equal(modbus.holding[0], 321);
@@ -230,11 +270,19 @@ describe('writes from MQTT', () => {
 
     // A response topic the client may not read is not used: the gateway must not publish where
     // the ACL keeps this client out. The answer goes to the result topic instead.
-    const panel = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'panel', password: 'panel-secret', protocolVersion: 5, reconnectPeriod: 0 });
+    const panel = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, {
+      username: 'panel',
+      password: 'panel-secret',
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+    });
     const resultTopic = `${PREFIX}/plc/i16/set/result`;
     const before = answers.filter((entry) => entry.topic === resultTopic).length;
     const elsewhere = answers.filter((entry) => entry.topic === 'replies/not-mine').length;
-    await panel.publishAsync(`${PREFIX}/plc/i16/set`, '322', { qos: 1, properties: { responseTopic: 'replies/not-mine', correlationData: Buffer.from('req-43') } });
+    await panel.publishAsync(`${PREFIX}/plc/i16/set`, '322', {
+      qos: 1,
+      properties: { responseTopic: 'replies/not-mine', correlationData: Buffer.from('req-43') },
+    });
     await waitFor(() => answers.filter((entry) => entry.topic === resultTopic).length > before, 10_000, 'the answer on the result topic');
     assert.equal(answers.filter((entry) => entry.topic === 'replies/not-mine').length, elsewhere);
     assert.equal(modbus.holding[0], 322);
@@ -242,11 +290,23 @@ describe('writes from MQTT', () => {
   });
 
   it('a QoS 2 command sent again before its PUBREL (DUP) is written once', async () => {
-    const raw = await RawClient.connect(gateway.broker.addresses()[0]!.port, { clientId: 'raw-qos2', username: 'operator', password: Buffer.from('op-secret') });
+    const raw = await RawClient.connect(gateway.broker.addresses()[0]!.port, {
+      clientId: 'raw-qos2',
+      username: 'operator',
+      password: Buffer.from('op-secret'),
+    });
     try {
       assert.equal((await raw.next('connack')).returnCode, 0);
       const writesBefore = modbus.writes.filter((write) => write.address === 40).length;
-      const publish = { cmd: 'publish' as const, topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('5'), qos: 2 as const, messageId: 7, retain: false, dup: false };
+      const publish = {
+        cmd: 'publish' as const,
+        topic: `${PREFIX}/plc/pulses/set`,
+        payload: Buffer.from('5'),
+        qos: 2 as const,
+        messageId: 7,
+        retain: false,
+        dup: false,
+      };
       raw.send(publish);
       await raw.next('pubrec');
       raw.send({ ...publish, dup: true });
@@ -265,7 +325,15 @@ describe('writes from MQTT', () => {
     const port = gateway.broker.addresses()[0]!.port;
     const session = { clientId: 'raw-persistent', clean: false, username: 'operator', password: Buffer.from('op-secret') };
     const before = modbus.writes.filter((write) => write.address === 40).length;
-    const publish = { cmd: 'publish' as const, topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('9'), qos: 2 as const, messageId: 11, retain: false, dup: false };
+    const publish = {
+      cmd: 'publish' as const,
+      topic: `${PREFIX}/plc/pulses/set`,
+      payload: Buffer.from('9'),
+      qos: 2 as const,
+      messageId: 11,
+      retain: false,
+      dup: false,
+    };
     const first = await RawClient.connect(port, session);
     await first.next('connack');
     first.send(publish);
@@ -286,8 +354,13 @@ describe('writes from MQTT', () => {
     }
   });
 
-  it('an MQTT 5 response topic that is one of the gateway\'s own topics is not used: the answer goes to the result topic', async () => {
-    const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', protocolVersion: 5, reconnectPeriod: 0 });
+  it("an MQTT 5 response topic that is one of the gateway's own topics is not used: the answer goes to the result topic", async () => {
+    const v5 = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, {
+      username: 'operator',
+      password: 'op-secret',
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+    });
     const dataTopic = `${PREFIX}/plc/i32`;
     const onData: string[] = [];
     v5.on('message', (topic, payload) => {
@@ -296,7 +369,10 @@ describe('writes from MQTT', () => {
     await v5.subscribeAsync(dataTopic, { qos: 1 });
     const resultTopic = `${PREFIX}/plc/i16/set/result`;
     const before = answers.filter((entry) => entry.topic === resultTopic).length;
-    await v5.publishAsync(`${PREFIX}/plc/i16/set`, '99999', { qos: 1, properties: { responseTopic: dataTopic, correlationData: Buffer.from('spoof') } });
+    await v5.publishAsync(`${PREFIX}/plc/i16/set`, '99999', {
+      qos: 1,
+      properties: { responseTopic: dataTopic, correlationData: Buffer.from('spoof') },
+    });
     await waitFor(() => answers.filter((entry) => entry.topic === resultTopic).length > before, 10_000, 'the answer on the result topic');
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.ok(!onData.some((payload) => payload.includes('"ok"')), `an answer landed on the data topic: ${onData.join(' | ')}`);
@@ -320,8 +396,16 @@ describe('writes from MQTT', () => {
   it('a last will on a command topic is not a command', async () => {
     const writesBefore = modbus.writes.length;
     const received = gateway.commands.stats.received;
-    const dying = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'operator', password: 'op-secret', clientId: 'dying-hmi', reconnectPeriod: 0, will: { topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('77'), qos: 1, retain: false } });
-    const willSeen = new Promise<void>((resolve) => operator.on('message', (topic, payload) => topic === `${PREFIX}/plc/pulses/set` && payload.toString() === '77' && resolve()));
+    const dying = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, {
+      username: 'operator',
+      password: 'op-secret',
+      clientId: 'dying-hmi',
+      reconnectPeriod: 0,
+      will: { topic: `${PREFIX}/plc/pulses/set`, payload: Buffer.from('77'), qos: 1, retain: false },
+    });
+    const willSeen = new Promise<void>((resolve) =>
+      operator.on('message', (topic, payload) => topic === `${PREFIX}/plc/pulses/set` && payload.toString() === '77' && resolve()),
+    );
     await operator.subscribeAsync(`${PREFIX}/plc/pulses/set`, { qos: 1 });
     (dying as unknown as { stream: { destroy(): void } }).stream.destroy(); // dropped, not disconnected: the will goes out
     await willSeen;
@@ -333,7 +417,12 @@ describe('writes from MQTT', () => {
   });
 
   it('a user the ACL does not allow to publish on the command topic cannot write', async () => {
-    const viewer = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, { username: 'viewer', password: 'view-secret', clientId: 'viewer-1', reconnectPeriod: 0 });
+    const viewer = await mqtt.connectAsync(gateway.broker.addresses()[0]!.url, {
+      username: 'viewer',
+      password: 'view-secret',
+      clientId: 'viewer-1',
+      reconnectPeriod: 0,
+    });
     viewer.on('error', () => undefined);
     const closed = new Promise<void>((resolve) => viewer.once('close', () => resolve()));
     const received = gateway.commands.stats.received;
@@ -345,7 +434,11 @@ describe('writes from MQTT', () => {
   });
 
   it('every attempt leaves one audit line: client, user, device, tag, requested and previous value, result', async () => {
-    await waitFor(() => logs.records().some((record) => record.audit === 'write' && record.tag === 'i16' && record.requested === -1234), 5000, 'the audit line');
+    await waitFor(
+      () => logs.records().some((record) => record.audit === 'write' && record.tag === 'i16' && record.requested === -1234),
+      5000,
+      'the audit line',
+    );
     const line = logs.records().find((record) => record.audit === 'write' && record.tag === 'i16' && record.requested === -1234)!;
     assert.equal(line.clientId, 'hmi-1');
     assert.equal(line.username, 'operator');
@@ -408,12 +501,16 @@ for (const protocolVersion of [4, 5] as const) {
       app.on('message', (_topic, payload) => answers.push(JSON.parse(payload.toString()) as Answer));
       await app.subscribeAsync('acme/edge-7/plc/speed/set/result', { qos: 1 });
       // The uplink subscribes once connected: repeat the command until the first answer comes.
-      await waitFor(async () => {
-        if (answers.length > 0) return true;
-        await app.publishAsync('acme/edge-7/plc/speed/set', '1500', { qos: 1 });
-        await new Promise((resolve) => setTimeout(resolve, 300));
-        return answers.length > 0;
-      }, 20_000, 'an answer on the cloud');
+      await waitFor(
+        async () => {
+          if (answers.length > 0) return true;
+          await app.publishAsync('acme/edge-7/plc/speed/set', '1500', { qos: 1 });
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          return answers.length > 0;
+        },
+        20_000,
+        'an answer on the cloud',
+      );
       assert.equal(answers[0]!.ok, true, answers[0]!.error ?? '');
       assert.equal(modbus.holding[1], 1500);
 
@@ -443,12 +540,18 @@ for (const protocolVersion of [4, 5] as const) {
       assert.equal(modbus.holding[1], 1700);
 
       // The same command twice in a row (a button pressed twice): two writes, both echoes recognized.
-      await Promise.all([local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 }), local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 })]);
+      await Promise.all([
+        local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 }),
+        local.publishAsync('plc2mqtt/gw/plc/speed/set', '1800', { qos: 1 }),
+      ]);
       await waitFor(() => atCloud.filter((payload) => payload === '1800').length === 2, 10_000, 'both forwarded to the cloud');
       const twice = () => logs.records().filter((record) => record.audit === 'write' && record.requested === 1800);
       await waitFor(() => twice().length >= 2, 5000, 'both writes');
       await new Promise((resolve) => setTimeout(resolve, 1000));
-      assert.deepEqual(twice().map((record) => record.source), ['local', 'local']);
+      assert.deepEqual(
+        twice().map((record) => record.source),
+        ['local', 'local'],
+      );
       await local.endAsync(true);
       await watcher.endAsync(true);
     });

@@ -62,7 +62,12 @@ export function bytesToRegisters(bytes: Buffer, order: ByteOrder): number[] {
 }
 
 /** Decodes one element (not an array) from exactly its registers. */
-export function decodeScalar(registers: readonly number[], type: ModbusType, order: ByteOrder, encoding: StringEncoding = 'latin1'): number | bigint | boolean | string {
+export function decodeScalar(
+  registers: readonly number[],
+  type: ModbusType,
+  order: ByteOrder,
+  encoding: StringEncoding = 'latin1',
+): number | bigint | boolean | string {
   if (type === 'string') return decodeString(registers, order, encoding);
   if (type === 'bool') return (registers[0]! & 0xffff) !== 0;
   const bytes = registersToBytes(registers, order);
@@ -110,13 +115,17 @@ export function decodeString(registers: readonly number[], order: ByteOrder, enc
     else bytes.writeUInt16BE(word & 0xffff, i * 2);
   });
   const end = bytes.indexOf(0);
-  return bytes.subarray(0, end === -1 ? bytes.length : end).toString(encoding).replace(/ +$/u, '');
+  return bytes
+    .subarray(0, end === -1 ? bytes.length : end)
+    .toString(encoding)
+    .replace(/ +$/u, '');
 }
 
 export function encodeString(text: string, lengthRegisters: number, order: ByteOrder, encoding: StringEncoding = 'latin1'): number[] {
   const limit = encoding === 'ascii' ? 0x7f : encoding === 'latin1' ? 0xff : Infinity;
   for (const char of text) {
-    if (char.codePointAt(0)! > limit) throw new RangeError(`"${char}" cannot be written as ${encoding}; set the tag's encoding to utf8 if the device stores UTF-8`);
+    if (char.codePointAt(0)! > limit)
+      throw new RangeError(`"${char}" cannot be written as ${encoding}; set the tag's encoding to utf8 if the device stores UTF-8`);
   }
   const encoded = Buffer.from(text, encoding);
   if (encoded.length > lengthRegisters * 2) {
@@ -167,7 +176,13 @@ const BIGINT_RANGES: Partial<Record<ModbusType, [bigint, bigint]>> = {
 };
 
 /** Encodes one element to its registers. Throws RangeError/TypeError with a readable message. */
-export function encodeScalar(value: unknown, type: ModbusType, order: ByteOrder, length?: number, encoding: StringEncoding = 'latin1'): number[] {
+export function encodeScalar(
+  value: unknown,
+  type: ModbusType,
+  order: ByteOrder,
+  length?: number,
+  encoding: StringEncoding = 'latin1',
+): number[] {
   if (type === 'string') {
     if (typeof value !== 'string') throw new TypeError(`expected a string, got ${describe(value)}`);
     return encodeString(value, length ?? 1, order, encoding);

@@ -31,20 +31,36 @@ const tagSchema = z
     }),
     length: z.number().int().min(1).max(125).optional().meta({ description: 'For type string: number of registers (2 characters each).' }),
     encoding: z.enum(['latin1', 'utf8', 'ascii']).optional().meta({
-      description: 'Character encoding of a string tag. Default latin1: every byte is one character, nothing is replaced. utf8 for devices that store UTF-8 text.',
+      description:
+        'Character encoding of a string tag. Default latin1: every byte is one character, nothing is replaced. utf8 for devices that store UTF-8 text.',
     }),
-    count: z.number().int().min(1).max(2000).optional().meta({ description: 'Read a fixed-length array of this many elements; the value is a JSON array.' }),
+    count: z
+      .number()
+      .int()
+      .min(1)
+      .max(2000)
+      .optional()
+      .meta({ description: 'Read a fixed-length array of this many elements; the value is a JSON array.' }),
     byteOrder: byteOrder.optional().meta({ description: 'Overrides the device byteOrder for this tag.' }),
   })
   .superRefine((tag, ctx) => {
     if (typeof tag.address === 'number' && tag.area === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['area'], message: 'a numeric (0-based) address needs "area": one of coil, discrete, input, holding; or write the address in conventional notation such as "40001"' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['area'],
+        message:
+          'a numeric (0-based) address needs "area": one of coil, discrete, input, holding; or write the address in conventional notation such as "40001"',
+      });
     }
     if (typeof tag.address === 'string') {
       const parsed = parseConventionalAddress(tag.address);
       if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', path: ['address'], message: parsed });
       else if (tag.area !== undefined && tag.area !== parsed.area) {
-        ctx.addIssue({ code: 'custom', path: ['area'], message: `"${tag.address}" is in the ${parsed.area} area but area says ${tag.area}; drop "area" or fix the address` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['area'],
+          message: `"${tag.address}" is in the ${parsed.area} area but area says ${tag.area}; drop "area" or fix the address`,
+        });
       }
       if (typeof parsed !== 'string' && parsed.bit !== undefined && tag.bit !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['bit'], message: 'the bit is given twice (in the address and in "bit"); keep one' });
@@ -55,13 +71,27 @@ const tagSchema = z
     const type = tag.type ?? defaultType(resolved);
     const bitArea = resolved.area === 'coil' || resolved.area === 'discrete';
     if (tag.writable && resolved.area === 'input') {
-      ctx.addIssue({ code: 'custom', path: ['writable'], message: 'input registers (30001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address the holding register (40001…) if the device offers the value there' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['writable'],
+        message:
+          'input registers (30001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address the holding register (40001…) if the device offers the value there',
+      });
     }
     if (tag.writable && resolved.area === 'discrete') {
-      ctx.addIssue({ code: 'custom', path: ['writable'], message: 'discrete inputs (10001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address a coil (00001…) if the device offers one' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['writable'],
+        message:
+          'discrete inputs (10001…) are read-only in Modbus, only coils and holding registers can be written; remove "writable": true, or address a coil (00001…) if the device offers one',
+      });
     }
     if (bitArea && tag.bit !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['bit'], message: `"bit" selects a bit inside a register; a ${resolved.area} is a single bit already` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bit'],
+        message: `"bit" selects a bit inside a register; a ${resolved.area} is a single bit already`,
+      });
     }
     if (tag.encoding !== undefined && type !== 'string') {
       ctx.addIssue({ code: 'custom', path: ['encoding'], message: '"encoding" is only for type string' });
@@ -73,17 +103,29 @@ const tagSchema = z
       ctx.addIssue({ code: 'custom', path: ['type'], message: `a bit inside a register is a bool, not ${type}` });
     }
     if (resolved.bit !== undefined && tag.count !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['count'], message: 'arrays of register bits are not supported; read the register as uint16 or declare one tag per bit' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['count'],
+        message: 'arrays of register bits are not supported; read the register as uint16 or declare one tag per bit',
+      });
     }
     if (type === 'string' && tag.length === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['length'], message: 'type string needs "length": the number of registers holding the text (2 characters each)' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['length'],
+        message: 'type string needs "length": the number of registers holding the text (2 characters each)',
+      });
     }
     if (type !== 'string' && tag.length !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['length'], message: '"length" is only for type string; use "count" for arrays' });
     }
     const end = resolved.address + registerSpan(type, tag.length, tag.count, bitArea || resolved.bit !== undefined);
     if (end > 65536) {
-      ctx.addIssue({ code: 'custom', path: ['address'], message: `the tag runs past the last address 65535 (it needs ${end - resolved.address} units from ${resolved.address})` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['address'],
+        message: `the tag runs past the last address 65535 (it needs ${end - resolved.address} units from ${resolved.address})`,
+      });
     }
     if ((tag.scale !== undefined || tag.offset !== undefined || tag.deadband !== undefined) && (type === 'bool' || type === 'string')) {
       ctx.addIssue({ code: 'custom', path: ['scale'], message: `scale, offset and deadband apply to numbers, not ${type}` });
@@ -96,7 +138,11 @@ const tagSchema = z
     return { ...rest, address, type, modbusAddress: tag.address };
   });
 
-function resolveAddress(tag: { address: number | string; area?: ModbusArea | undefined; bit?: number | undefined }): ModbusAddress | undefined {
+function resolveAddress(tag: {
+  address: number | string;
+  area?: ModbusArea | undefined;
+  bit?: number | undefined;
+}): ModbusAddress | undefined {
   if (typeof tag.address === 'string') {
     const parsed = parseConventionalAddress(tag.address);
     if (typeof parsed === 'string') return undefined;
@@ -138,13 +184,33 @@ function registerSpan(type: ModbusType, length: number | undefined, count: numbe
 const commonConnection = {
   unitId: z.number().int().min(0).max(255).default(1).meta({ description: 'Modbus unit (slave) id. 255 or 1 for most TCP devices.' }),
   timeout: duration('Response timeout of one request.').default(1000),
-  retries: z.number().int().min(0).max(5).default(1).meta({ description: 'Retries of a timed-out request before the poll marks its tags bad.' }),
+  retries: z
+    .number()
+    .int()
+    .min(0)
+    .max(5)
+    .default(1)
+    .meta({ description: 'Retries of a timed-out request before the poll marks its tags bad.' }),
   interRequestDelay: duration('Quiet time the device needs between two requests.').default(0),
   byteOrder: byteOrder.default('ABCD'),
-  maxRegistersPerRequest: z.number().int().min(1).max(125).default(125).meta({ description: 'Largest register block per request; some devices accept only 32 or 64.' }),
+  maxRegistersPerRequest: z
+    .number()
+    .int()
+    .min(1)
+    .max(125)
+    .default(125)
+    .meta({ description: 'Largest register block per request; some devices accept only 32 or 64.' }),
   maxBitsPerRequest: z.number().int().min(1).max(2000).default(2000).meta({ description: 'Largest coil/discrete block per request.' }),
-  maxGap: z.number().int().min(0).max(124).default(10).meta({ description: 'Unused addresses a request may span to merge two tags into one request.' }),
-  backoffAfterTimeouts: z.number().int().min(1).default(3).meta({ description: 'After this many consecutive timed-out polls the device is skipped for a while so others on the line keep their rate.' }),
+  maxGap: z
+    .number()
+    .int()
+    .min(0)
+    .max(124)
+    .default(10)
+    .meta({ description: 'Unused addresses a request may span to merge two tags into one request.' }),
+  backoffAfterTimeouts: z.number().int().min(1).default(3).meta({
+    description: 'After this many consecutive timed-out polls the device is skipped for a while so others on the line keep their rate.',
+  }),
 };
 
 const tcpConnection = z.strictObject({
@@ -155,7 +221,9 @@ const tcpConnection = z.strictObject({
 });
 
 const rtuOverTcpConnection = z.strictObject({
-  transport: z.literal('rtu-over-tcp').meta({ description: 'RTU frames over a TCP socket, for serial device servers (Moxa NPort, USR) in transparent mode.' }),
+  transport: z
+    .literal('rtu-over-tcp')
+    .meta({ description: 'RTU frames over a TCP socket, for serial device servers (Moxa NPort, USR) in transparent mode.' }),
   host: z.string().min(1),
   port: z.number().int().min(1).max(65535).default(4001),
   ...commonConnection,

@@ -12,13 +12,31 @@
 //     half-open or stuck connection looks exactly like a silent device).
 
 import type { Logger } from 'pino';
-import { DriverError, type Driver, type DriverContext, type DriverErrorCode, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
+import {
+  DriverError,
+  type Driver,
+  type DriverContext,
+  type DriverErrorCode,
+  type ReadPlan,
+  type TagReading,
+  type TagValue,
+} from '../../src/pipeline/driver.js';
 import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
 import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
 import { whenInStep } from './ports.js';
-import { describePlan, isBitArea, maxPerRequest, planRequests, splitBlock, type Block, type Hole, type Plan, type PlannerOptions } from './planner.js';
+import {
+  describePlan,
+  isBitArea,
+  maxPerRequest,
+  planRequests,
+  splitBlock,
+  type Block,
+  type Hole,
+  type Plan,
+  type PlannerOptions,
+} from './planner.js';
 
 export { ModbusFailure, classifyError, EXCEPTION_NAMES, openLineCount } from './line.js';
 export { planRequests, describeBlocks, describePlan, type Block, type Hole, type Plan } from './planner.js';
@@ -155,8 +173,12 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       throw new DriverError(error instanceof Error ? error.message : String(error), { code: 'connect-failed', cause: error });
     }
     const others = line.userCount - 1;
-    const shared = others > 0 ? ` (line shared with ${others} other device${others === 1 ? '' : 's'}${wasOpen ? ', already open' : ''})` : '';
-    this.log.info({ line: line.label, unitId: this.connection.unitId }, `connected to ${line.label}, unit ${this.connection.unitId}${shared}`);
+    const shared =
+      others > 0 ? ` (line shared with ${others} other device${others === 1 ? '' : 's'}${wasOpen ? ', already open' : ''})` : '';
+    this.log.info(
+      { line: line.label, unitId: this.connection.unitId },
+      `connected to ${line.label}, unit ${this.connection.unitId}${shared}`,
+    );
   }
 
   async close(): Promise<void> {
@@ -234,7 +256,9 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
         if (tag.count === undefined) {
           jobs = [(client) => client.writeCoil(address, bits[0]!)];
         } else {
-          jobs = chunks(bits, MAX_WRITE_COILS).map((part, i) => (client: ModbusClient) => client.writeCoils(address + i * MAX_WRITE_COILS, part));
+          jobs = chunks(bits, MAX_WRITE_COILS).map(
+            (part, i) => (client: ModbusClient) => client.writeCoils(address + i * MAX_WRITE_COILS, part),
+          );
         }
       } else if (bit !== undefined) {
         const on = encodeBits(value)[0]!;
@@ -255,7 +279,10 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
           // Values larger than one FC16 frame are written in parts (not atomic then), split between
           // array elements so no float or int64 is ever half old, half new.
           const element = registersPerElement(tag.type, tag.length);
-          const max = Math.max(element, Math.floor(Math.min(MAX_WRITE_REGISTERS, this.connection.maxRegistersPerRequest) / element) * element);
+          const max = Math.max(
+            element,
+            Math.floor(Math.min(MAX_WRITE_REGISTERS, this.connection.maxRegistersPerRequest) / element) * element,
+          );
           jobs = chunks(registers, max).map((part, i) => (client: ModbusClient) => client.writeRegisters(address + i * max, part));
         }
       }
@@ -336,7 +363,9 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   private async fetchBits(line: Line, block: Block<ModbusTag>): Promise<boolean[]> {
     const bits: boolean[] = [];
     for (const { start, count } of block.requests) {
-      const result = await this.request(line, (client) => (block.area === 'coil' ? client.readCoils(start, count) : client.readDiscreteInputs(start, count)));
+      const result = await this.request(line, (client) =>
+        block.area === 'coil' ? client.readCoils(start, count) : client.readDiscreteInputs(start, count),
+      );
       // Bits come padded to whole bytes. modbus-serial takes the byte count on trust (serial lines;
       // TCP links check it in ports.ts).
       const bytes = Math.ceil(count / 8);
@@ -353,7 +382,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       const result = await this.request(line, (client) =>
         block.area === 'holding' ? client.readHoldingRegisters(start, count) : client.readInputRegisters(start, count),
       );
-      if (result.data.length !== count) throw byteCountMismatch(result.buffer.length, `${count} register${count === 1 ? '' : 's'}`, 2 * count);
+      if (result.data.length !== count)
+        throw byteCountMismatch(result.buffer.length, `${count} register${count === 1 ? '' : 's'}`, 2 * count);
       registers.push(...result.data);
     }
     return registers;
@@ -499,7 +529,14 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   }
 
   private layoutOf(tag: ModbusTag): RegisterLayout {
-    return { type: tag.type, byteOrder: tag.byteOrder ?? this.connection.byteOrder, length: tag.length, count: tag.count, bit: tag.address.bit, encoding: tag.encoding };
+    return {
+      type: tag.type,
+      byteOrder: tag.byteOrder ?? this.connection.byteOrder,
+      length: tag.length,
+      count: tag.count,
+      bit: tag.address.bit,
+      encoding: tag.encoding,
+    };
   }
 }
 

@@ -50,7 +50,11 @@ export class ModbusFailure extends Error {
   readonly dropped: boolean;
   /** For a bad reply: the bytes received, in hex, for the log. */
   readonly bytes: string | undefined;
-  constructor(kind: FailureKind, message: string, options: { exceptionCode?: number; cause?: unknown; dropped?: boolean; bytes?: string } = {}) {
+  constructor(
+    kind: FailureKind,
+    message: string,
+    options: { exceptionCode?: number; cause?: unknown; dropped?: boolean; bytes?: string } = {},
+  ) {
     super(message, { cause: options.cause });
     this.name = 'ModbusFailure';
     this.kind = kind;
@@ -60,7 +64,18 @@ export class ModbusFailure extends Error {
   }
 }
 
-const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ENOTCONN', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH', 'EBADF', 'ENODEV', 'EIO']);
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ENOTCONN',
+  'ECONNABORTED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EBADF',
+  'ENODEV',
+  'EIO',
+]);
 
 function field(value: unknown, key: string): unknown {
   return typeof value === 'object' && value !== null ? Reflect.get(value, key) : undefined;
@@ -199,7 +214,10 @@ export class Line {
     const connectTimeout = Math.max(c.timeout, 3000);
     // TCP links run on our strict ports (ports.ts: MBAP for Modbus TCP, plain RTU frames for
     // serial device servers in transparent mode).
-    const port = c.transport === 'tcp' ? new MbapPort({ host: c.host, port: c.port, connectTimeout }) : new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout });
+    const port =
+      c.transport === 'tcp'
+        ? new MbapPort({ host: c.host, port: c.port, connectTimeout })
+        : new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout });
     const client = new ModbusRTU(port);
     // modbus-serial re-emits its port's errors; an 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
@@ -316,14 +334,21 @@ export class Line {
     const result = this.queue.then(() =>
       lease
         ? // One exchange on the serial port: no other device's request between this job's requests.
-          lease.exclusive((exchange) => this.execute(unitId, timeout, job, exchange)).catch((error: unknown) => Promise.reject(classifyError(error)))
+          lease
+            .exclusive((exchange) => this.execute(unitId, timeout, job, exchange))
+            .catch((error: unknown) => Promise.reject(classifyError(error)))
         : this.execute(unitId, timeout, job),
     );
     this.queue = result.catch(() => undefined);
     return result;
   }
 
-  private async execute<T>(unitId: number, timeout: number, job: (client: ModbusClient) => Promise<T>, exchange?: SerialExchange): Promise<T> {
+  private async execute<T>(
+    unitId: number,
+    timeout: number,
+    job: (client: ModbusClient) => Promise<T>,
+    exchange?: SerialExchange,
+  ): Promise<T> {
     if (!exchange) {
       // On a shared link the slowest device dictates the quiet time between any two frames
       // (the serial-port registry keeps it on serial lines).

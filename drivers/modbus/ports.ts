@@ -30,7 +30,10 @@ const MAX_MBAP_LENGTH = 254;
 const LATE_IDS = 16;
 
 const hex = (bytes: Buffer): string => {
-  const shown = bytes.subarray(0, 64).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+  const shown = bytes
+    .subarray(0, 64)
+    .toString('hex')
+    .replace(/(..)(?!$)/g, '$1 ');
   return bytes.length > 64 ? `${shown} … (${bytes.length} bytes)` : shown;
 };
 const hex16 = (value: number): string => `0x${value.toString(16).padStart(4, '0')}`;
@@ -86,7 +89,8 @@ function replyLength(expected: Expectation, head: Buffer): number | 'more' | { p
     case 4: {
       if (head.length < 3) return 'more';
       const count = head[2]!;
-      if (count !== expected.byteCount) return { problem: `byte count ${count} for ${expected.asked ?? 'the quantity'} asked (expected ${expected.byteCount ?? '?'})` };
+      if (count !== expected.byteCount)
+        return { problem: `byte count ${count} for ${expected.asked ?? 'the quantity'} asked (expected ${expected.byteCount ?? '?'})` };
       return 3 + count;
     }
     case 5:
@@ -275,7 +279,8 @@ export class MbapPort extends SocketPort {
       }
       if (buffer.length < MBAP_HEADER) return;
       const length = buffer.readUInt16BE(4);
-      if (length > MAX_MBAP_LENGTH) return this.fail(`MBAP length field ${length}, more than the ${MAX_MBAP_LENGTH} bytes a Modbus reply can have`);
+      if (length > MAX_MBAP_LENGTH)
+        return this.fail(`MBAP length field ${length}, more than the ${MAX_MBAP_LENGTH} bytes a Modbus reply can have`);
       if (length < 3) return this.fail(`MBAP length field ${length}, too short for any reply`);
       if (buffer.length < MBAP_HEADER + length) return;
       const transactionId = buffer.readUInt16BE(0);
@@ -291,7 +296,9 @@ export class MbapPort extends SocketPort {
           continue;
         }
         return this.fail(
-          pending ? `transaction id ${hex16(transactionId)} in the reply to ${hex16(pending.transactionId)}` : `a reply (transaction id ${hex16(transactionId)}) while no request was outstanding`,
+          pending
+            ? `transaction id ${hex16(transactionId)} in the reply to ${hex16(pending.transactionId)}`
+            : `a reply (transaction id ${hex16(transactionId)}) while no request was outstanding`,
           whole,
         );
       }
@@ -408,7 +415,8 @@ export class RtuOverTcpPort extends SocketPort {
     if (length === 'more') return;
     if (typeof length === 'object') return this.fail(length.problem);
     if (this.buffer.length < length + 2) return;
-    if (this.buffer.length > length + 2) return this.fail(`${this.buffer.length - length - 2} bytes more than a reply to function ${expected.fc} holds`);
+    if (this.buffer.length > length + 2)
+      return this.fail(`${this.buffer.length - length - 2} bytes more than a reply to function ${expected.fc} holds`);
     const frame = this.buffer.subarray(0, length);
     // A wrong CRC on a frame of exactly the right shape is noise on the serial side of the device
     // server; the stream itself is still in step, so that frame goes to ModbusRTU, which rejects
@@ -430,7 +438,8 @@ export class RtuOverTcpPort extends SocketPort {
   private transmit(request: Buffer): void {
     // Bytes still here belong to no request (a late reply cut short, noise): RTU has no framing
     // to tell where the next reply would start, so the connection is started afresh.
-    if (this.buffer.length > 0) return this.fail(`${this.buffer.length} stray byte${this.buffer.length === 1 ? '' : 's'} before the request`);
+    if (this.buffer.length > 0)
+      return this.fail(`${this.buffer.length} stray byte${this.buffer.length === 1 ? '' : 's'} before the request`);
     this.pending = expectationOf(request);
     this.sentAt = Date.now();
     this.send(request);
@@ -441,7 +450,10 @@ export class RtuOverTcpPort extends SocketPort {
     this.quietTimer = undefined;
     if (!this.isOpen || this.late === undefined) return;
     // Part of a reply, then nothing for a whole timeout: the stream has lost its framing.
-    if (this.buffer.length > 0) return this.fail(`incomplete late reply: ${this.buffer.length} byte${this.buffer.length === 1 ? '' : 's'}, then nothing for another timeout`);
+    if (this.buffer.length > 0)
+      return this.fail(
+        `incomplete late reply: ${this.buffer.length} byte${this.buffer.length === 1 ? '' : 's'}, then nothing for another timeout`,
+      );
     this.inStep();
   }
 

@@ -51,7 +51,8 @@ export async function browseChildren(connection: OpcUaConnection, nodeIdText: st
       resultMask: 0x3f,
     }),
   );
-  if (result.statusCode.isNotGood()) throw new DriverError(`browsing ${nodeIdText} failed: ${statusReason(result.statusCode)}`, { code: failureName(result.statusCode) });
+  if (result.statusCode.isNotGood())
+    throw new DriverError(`browsing ${nodeIdText} failed: ${statusReason(result.statusCode)}`, { code: failureName(result.statusCode) });
   references.push(...(result.references ?? []));
   // Servers hand out long child lists in parts.
   while (result.continuationPoint && result.continuationPoint.length > 0 && references.length < MAX_CHILDREN) {
@@ -90,7 +91,9 @@ export async function browseChildren(connection: OpcUaConnection, nodeIdText: st
   const unknown = [...new Set(dataTypeIds.values())].filter((id) => builtInName(id) === undefined);
   for (let start = 0; start < unknown.length; start += maxNodesPerRead) {
     const part = unknown.slice(start, start + maxNodesPerRead);
-    const browseNames = await connection.request(`reading the names of ${nodeIdText}'s children's DataTypes`, (session) => session.read(part.map((id) => ({ nodeId: id, attributeId: AttributeIds.BrowseName }))));
+    const browseNames = await connection.request(`reading the names of ${nodeIdText}'s children's DataTypes`, (session) =>
+      session.read(part.map((id) => ({ nodeId: id, attributeId: AttributeIds.BrowseName }))),
+    );
     part.forEach((id, index) => {
       const name = browseNames[index]?.statusCode.isGood() ? (browseNames[index]!.value.value as { name?: string }).name : undefined;
       names.set(id, name ?? id);
@@ -119,10 +122,23 @@ function accessText(level: number): string {
 export function formatBrowseTable(entries: readonly BrowseEntry[]): string {
   const rows = [
     ['BROWSE NAME', 'NODE ID', 'CLASS', 'DATA TYPE', 'ACCESS'],
-    ...entries.map((entry) => [entry.browseName, entry.nodeId, entry.nodeClass, entry.dataType === undefined ? '' : `${entry.dataType}${entry.array ? '[]' : ''}`, entry.access ?? '']),
+    ...entries.map((entry) => [
+      entry.browseName,
+      entry.nodeId,
+      entry.nodeClass,
+      entry.dataType === undefined ? '' : `${entry.dataType}${entry.array ? '[]' : ''}`,
+      entry.access ?? '',
+    ]),
   ];
   const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
-  return rows.map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((row) =>
+      row
+        .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 /** Tag entries for the variables among the children, with names valid in topics and unique. */
@@ -131,7 +147,11 @@ export function tagEntries(entries: readonly BrowseEntry[]): Array<{ name: strin
   return entries
     .filter((entry) => entry.nodeClass === 'Variable')
     .map((entry) => {
-      const base = entry.browseName.replace(/[^A-Za-z0-9_.-]+/g, '_').replace(/^_+|_+$/g, '').slice(0, 120) || 'tag';
+      const base =
+        entry.browseName
+          .replace(/[^A-Za-z0-9_.-]+/g, '_')
+          .replace(/^_+|_+$/g, '')
+          .slice(0, 120) || 'tag';
       let name = base;
       for (let n = 2; used.has(name); n++) name = `${base}_${n}`;
       used.add(name);

@@ -28,7 +28,14 @@ import {
 } from 'node-opcua-client';
 import { DriverError } from '../../src/pipeline/driver.js';
 import type { OpcUaDeviceConfig } from './config.js';
-import { applicationCertificateFile, openCertificateManager, readPrivateKeyPem, readUserCertificate, rejectedCertificatesFolder, trustedCertificatesFolder } from './pki.js';
+import {
+  applicationCertificateFile,
+  openCertificateManager,
+  readPrivateKeyPem,
+  readUserCertificate,
+  rejectedCertificatesFolder,
+  trustedCertificatesFolder,
+} from './pki.js';
 import { failureName, isStatusCodeName, statusName } from './values.js';
 
 /** The server's operation limits that matter here; 0 = the server states none. */
@@ -106,7 +113,13 @@ export class OpcUaConnection {
   private end!: (reason: string) => void;
   private keepAliveTimer: NodeJS.Timeout | undefined;
 
-  private constructor(options: ConnectionOptions, client: OPCUAClient, manager: OPCUACertificateManager, session: ClientSession, info: ServerInfo) {
+  private constructor(
+    options: ConnectionOptions,
+    client: OPCUAClient,
+    manager: OPCUACertificateManager,
+    session: ClientSession,
+    info: ServerInfo,
+  ) {
     this.options = options;
     this.client = client;
     this.manager = manager;
@@ -168,7 +181,9 @@ export class OpcUaConnection {
       if (reading || this.lost !== undefined || Date.now() - this.session.lastResponseReceivedTime.getTime() < half) return;
       reading = true;
       // A failure that means the connection is gone has marked it lost; a ServiceFault is an answer.
-      this.request('the keep-alive read', (session) => session.read({ nodeId: `i=${VariableIds.Server_ServerStatus_State}`, attributeId: AttributeIds.Value }))
+      this.request('the keep-alive read', (session) =>
+        session.read({ nodeId: `i=${VariableIds.Server_ServerStatus_State}`, attributeId: AttributeIds.Value }),
+      )
         .catch(() => undefined)
         .finally(() => (reading = false));
     }, half);
@@ -215,9 +230,21 @@ export class OpcUaConnection {
     const deadline = Date.now() + connection.connectTimeout;
     const remaining = () => Math.max(1, deadline - Date.now());
     try {
-      await withTimeout(client.connect(connection.endpointUrl), remaining(), `no answer from ${connection.endpointUrl} within ${connection.connectTimeout} ms`);
-      if (!certificateExisted) log.info({ certificate: applicationCertificateFile(dataDir) }, 'created the gateway\'s OPC UA application certificate; servers that check clients must trust it');
-      const session = await withTimeout(client.createSession(userIdentity(device)), remaining(), `no session from ${connection.endpointUrl} within ${connection.connectTimeout} ms`);
+      await withTimeout(
+        client.connect(connection.endpointUrl),
+        remaining(),
+        `no answer from ${connection.endpointUrl} within ${connection.connectTimeout} ms`,
+      );
+      if (!certificateExisted)
+        log.info(
+          { certificate: applicationCertificateFile(dataDir) },
+          "created the gateway's OPC UA application certificate; servers that check clients must trust it",
+        );
+      const session = await withTimeout(
+        client.createSession(userIdentity(device)),
+        remaining(),
+        `no session from ${connection.endpointUrl} within ${connection.connectTimeout} ms`,
+      );
       session.on('session_closed', (status: StatusCode) => lost(`session closed (${statusName(status)})`));
       const info = await withTimeout(readServerInfo(session), remaining(), 'no answer to reading the operation limits and namespaces');
       opened = new OpcUaConnection(options, client, manager, session, info);
@@ -239,7 +266,9 @@ export class OpcUaConnection {
       // Deleting the subscriptions with the session frees the server at once; over a broken
       // channel it would only wait for the timeout.
       if (this.lostReason === undefined) {
-        await withTimeout(this.session.close(true), timeout, 'session close timed out').catch((error: unknown) => this.options.log.debug({ error: String(error) }, 'closing the OPC UA session failed'));
+        await withTimeout(this.session.close(true), timeout, 'session close timed out').catch((error: unknown) =>
+          this.options.log.debug({ error: String(error) }, 'closing the OPC UA session failed'),
+        );
       }
       await closeClient(this.client, this.manager, timeout);
     })();
@@ -270,7 +299,11 @@ function userIdentity(device: OpcUaDeviceConfig): UserIdentityInfo {
     case 'username':
       return { type: UserTokenType.UserName, userName: auth.username, password: auth.password };
     case 'certificate':
-      return { type: UserTokenType.Certificate, certificateData: readUserCertificate(auth.certificate), privateKey: readPrivateKeyPem(auth.privateKey) };
+      return {
+        type: UserTokenType.Certificate,
+        certificateData: readUserCertificate(auth.certificate),
+        privateKey: readPrivateKeyPem(auth.privateKey),
+      };
   }
 }
 
@@ -301,7 +334,10 @@ async function readServerInfo(session: ClientSession): Promise<ServerInfo> {
     const value: unknown = dataValue?.statusCode.isGood() ? dataValue.value.value : 0;
     return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : 0;
   };
-  return { limits: { maxNodesPerRead: limit(0), maxNodesPerWrite: limit(1), maxMonitoredItemsPerCall: limit(2), maxNodesPerBrowse: limit(3) }, namespaces };
+  return {
+    limits: { maxNodesPerRead: limit(0), maxNodesPerWrite: limit(1), maxMonitoredItemsPerCall: limit(2), maxNodesPerBrowse: limit(3) },
+    namespaces,
+  };
 }
 
 /** Connect failures in words a controls engineer can act on. */
@@ -329,4 +365,3 @@ function connectError(error: unknown, device: OpcUaDeviceConfig, dataDir: string
   // Every connect failure is retried by the core with back-off.
   return new DriverError(message, { code: name ?? 'connect-failed', connectionLost: true, cause: error });
 }
-

@@ -135,7 +135,8 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
       throw error;
     }
     // Lost while subscribing: the tags must not stay silent until the core's next tick.
-    if (connection.lost !== undefined) throw new DriverError(`connection lost while subscribing: ${connection.lost}`, { code: 'connection-lost', connectionLost: true });
+    if (connection.lost !== undefined)
+      throw new DriverError(`connection lost while subscribing: ${connection.lost}`, { code: 'connection-lost', connectionLost: true });
   }
 
   async read(plan: ReadPlan): Promise<TagReading[]> {
@@ -145,7 +146,13 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const usable: PlannedItem[] = [];
     for (const item of this.resolvedItems(own, connection)) {
       if (item.nodeId) usable.push(item);
-      else results.set(item.tag.name, { tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: item.code ?? 'BadNodeIdInvalid' });
+      else
+        results.set(item.tag.name, {
+          tag: item.tag.name,
+          quality: 'bad',
+          reason: item.problem ?? 'invalid NodeId',
+          code: item.code ?? 'BadNodeIdInvalid',
+        });
     }
     const perRequest = connection.limits.maxNodesPerRead > 0 ? connection.limits.maxNodesPerRead : this.device.polling.maxNodesPerRead;
     for (let start = 0; start < usable.length; start += perRequest) {
@@ -158,7 +165,12 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
       );
       batch.forEach((item, index) => {
         const dataValue = values[index];
-        results.set(item.tag.name, dataValue ? readingOf(item.tag.name, dataValue) : { tag: item.tag.name, quality: 'bad', reason: 'the server returned no result', code: 'no-result' });
+        results.set(
+          item.tag.name,
+          dataValue
+            ? readingOf(item.tag.name, dataValue)
+            : { tag: item.tag.name, quality: 'bad', reason: 'the server returned no result', code: 'no-result' },
+        );
       });
     }
     return own.items.map(({ tag }) => results.get(tag.name)!);
@@ -173,9 +185,14 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     try {
       variant = variantFor(value, type.dataType, type.valueRank);
     } catch (error) {
-      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}, ${dataTypeName(type.dataType)}): ${(error as Error).message}`, { code: 'invalid-value', cause: error });
+      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}, ${dataTypeName(type.dataType)}): ${(error as Error).message}`, {
+        code: 'invalid-value',
+        cause: error,
+      });
     }
-    const status = await connection.request(`writing "${tag.name}"`, (session) => session.write({ nodeId: item.nodeId!, attributeId: AttributeIds.Value, value: { value: variant } }));
+    const status = await connection.request(`writing "${tag.name}"`, (session) =>
+      session.write({ nodeId: item.nodeId!, attributeId: AttributeIds.Value, value: { value: variant } }),
+    );
     if (status.isGood()) return;
     const name = failureName(status);
     const hint =
@@ -206,8 +223,14 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const start = withNamespaceIndex(nodeId, connection.namespaces);
     if ('problem' in start) throw new DriverError(start.problem, { code: 'BadNodeIdUnknown' });
     try {
-      const entries = await browseChildren(connection, start.nodeId, connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead);
-      return options.namespaceUris ? entries.map((entry) => ({ ...entry, nodeId: withNamespaceUri(entry.nodeId, connection.namespaces) })) : entries;
+      const entries = await browseChildren(
+        connection,
+        start.nodeId,
+        connection.limits.maxNodesPerRead || this.device.polling.maxNodesPerRead,
+      );
+      return options.namespaceUris
+        ? entries.map((entry) => ({ ...entry, nodeId: withNamespaceUri(entry.nodeId, connection.namespaces) }))
+        : entries;
     } catch (error) {
       if (error instanceof DriverError) throw error;
       throw connection.failure(error, `browsing ${nodeId}`);
@@ -226,7 +249,9 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
     const [dataTypeValue, rankValue] = values;
     if (!dataTypeValue?.statusCode.isGood()) {
       const status = dataTypeValue?.statusCode;
-      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, { code: status ? failureName(status) : 'no-datatype' });
+      throw new DriverError(`cannot write "${tag.name}" (${tag.nodeId}): ${status ? statusReason(status) : 'no DataType'}`, {
+        code: status ? failureName(status) : 'no-datatype',
+      });
     }
     // Resolves subtypes (Duration → Double, enumerations → Int32 …) to the built-in type.
     const dataType = await connection.request(`resolving the DataType of "${tag.name}"`, (session) => session.getBuiltInDataType(nodeId));
@@ -255,7 +280,8 @@ export class OpcUaDriver implements Driver<OpcUaTag> {
   private lost(connection: OpcUaConnection, reason: string): void {
     if (this.connection !== connection) return;
     this.log.warn({ endpoint: this.device.connection.endpointUrl, reason }, 'OPC UA connection lost');
-    for (const subscription of this.subscriptions.values()) subscription.deactivate({ text: `connection lost: ${reason}`, code: 'connection-lost' });
+    for (const subscription of this.subscriptions.values())
+      subscription.deactivate({ text: `connection lost: ${reason}`, code: 'connection-lost' });
     this.subscriptions.clear();
   }
 }
@@ -269,11 +295,15 @@ let nodeOpcuaLog: Logger | undefined;
 function routeNodeOpcuaLogs(log: Logger): void {
   if (nodeOpcuaLog) return;
   nodeOpcuaLog = log.child({ module: 'node-opcua' });
-  const write = (level: 'debug' | 'warn') => (_context: unknown, ...args: unknown[]) => {
-    // eslint-disable-next-line no-control-regex
-    const text = format(...args).replace(/\x1b\[[0-9;]*m/g, '').trim();
-    if (text) nodeOpcuaLog?.[level](text);
-  };
+  const write =
+    (level: 'debug' | 'warn') =>
+    (_context: unknown, ...args: unknown[]) => {
+      // eslint-disable-next-line no-control-regex
+      const text = format(...args)
+        .replace(/\x1b\[[0-9;]*m/g, '')
+        .trim();
+      if (text) nodeOpcuaLog?.[level](text);
+    };
   setWarningLogger(write('debug'));
   setErrorLogger(write('debug'));
 }

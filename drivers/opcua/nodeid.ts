@@ -8,7 +8,8 @@
 // URI up in the server's NamespaceArray on every connection. In the URI, ";" is written %3B and
 // "%" is written %25 (OPC 10000-6 §5.1.12).
 
-const FORMS = 'such as "ns=3;s=Line1.Speed", "ns=2;i=1001", "nsu=urn:plant:line1;s=Speed", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" or "ns=2;b=M/RbKBsRVkePCePcx24oRA=="';
+const FORMS =
+  'such as "ns=3;s=Line1.Speed", "ns=2;i=1001", "nsu=urn:plant:line1;s=Speed", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" or "ns=2;b=M/RbKBsRVkePCePcx24oRA=="';
 const NODE_ID = /^(?:ns=(\d+);|nsu=([^;]*);)?([isgb])=(.*)$/s;
 const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -20,10 +21,12 @@ export function nodeIdProblem(text: string): string | undefined {
   const [, namespace, namespaceUri, kind, identifier = ''] = match;
   if (namespace !== undefined && Number(namespace) > 65535) return `namespace index ${namespace} is out of range (0..65535)`;
   if (namespaceUri !== undefined && namespaceUri.length === 0) return '"nsu=" needs a namespace URI, e.g. "nsu=urn:plant:line1;s=Speed"';
-  if (namespaceUri !== undefined && decodeUri(namespaceUri) === undefined) return `"nsu=${namespaceUri}": a "%" must start an escape such as %3B (for ";") or %25 (for "%")`;
+  if (namespaceUri !== undefined && decodeUri(namespaceUri) === undefined)
+    return `"nsu=${namespaceUri}": a "%" must start an escape such as %3B (for ";") or %25 (for "%")`;
   switch (kind) {
     case 'i':
-      if (!/^\d+$/.test(identifier) || Number(identifier) > 4294967295) return `"i=" takes a number from 0 to 4294967295, got "${identifier}"`;
+      if (!/^\d+$/.test(identifier) || Number(identifier) > 4294967295)
+        return `"i=" takes a number from 0 to 4294967295, got "${identifier}"`;
       return undefined;
     case 's':
       if (identifier.length === 0) return '"s=" needs a string identifier, e.g. "ns=3;s=Line1.Speed"';
@@ -33,7 +36,8 @@ export function nodeIdProblem(text: string): string | undefined {
       if (!GUID.test(identifier)) return `"g=" takes a GUID such as 72962b91-fa75-4ae6-8d28-b404dc7daf63, got "${identifier}"`;
       return undefined;
     default:
-      if (identifier.length === 0 || !BASE64.test(identifier)) return `"b=" takes base64 bytes such as M/RbKBsRVkePCePcx24oRA==, got "${identifier}"`;
+      if (identifier.length === 0 || !BASE64.test(identifier))
+        return `"b=" takes base64 bytes such as M/RbKBsRVkePCePcx24oRA==, got "${identifier}"`;
       return undefined;
   }
 }
@@ -58,7 +62,13 @@ export function withNamespaceIndex(text: string, namespaces: readonly string[]):
   const split = splitNamespaceUri(text);
   if (!split) return { nodeId: text };
   const index = namespaces.indexOf(split.uri);
-  if (index < 0) return { problem: namespaces.length === 0 ? `the server did not return its NamespaceArray, so "${split.uri}" cannot be looked up` : `the server has no namespace "${split.uri}" (its NamespaceArray: ${namespaces.join(', ')})` };
+  if (index < 0)
+    return {
+      problem:
+        namespaces.length === 0
+          ? `the server did not return its NamespaceArray, so "${split.uri}" cannot be looked up`
+          : `the server has no namespace "${split.uri}" (its NamespaceArray: ${namespaces.join(', ')})`,
+    };
   return { nodeId: `ns=${index};${split.local}` };
 }
 

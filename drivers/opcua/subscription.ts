@@ -69,10 +69,18 @@ export function itemSettings(tag: OpcUaTag, device: OpcUaDeviceConfig, publishin
   };
 }
 
-const TRIGGERS = { status: DataChangeTrigger.Status, 'status-value': DataChangeTrigger.StatusValue, 'status-value-timestamp': DataChangeTrigger.StatusValueTimestamp } as const;
+const TRIGGERS = {
+  status: DataChangeTrigger.Status,
+  'status-value': DataChangeTrigger.StatusValue,
+  'status-value-timestamp': DataChangeTrigger.StatusValueTimestamp,
+} as const;
 
 function monitoringParameters(settings: ItemSettings): MonitoringParametersOptions {
-  const parameters: MonitoringParametersOptions = { samplingInterval: settings.samplingInterval, queueSize: settings.queueSize, discardOldest: settings.discardOldest };
+  const parameters: MonitoringParametersOptions = {
+    samplingInterval: settings.samplingInterval,
+    queueSize: settings.queueSize,
+    discardOldest: settings.discardOldest,
+  };
   const filter = settings.filter;
   // Status-value without a deadband is the server's default; sending no filter is the most compatible.
   if (filter && (filter.trigger !== 'status-value' || filter.deadband)) {
@@ -148,19 +156,32 @@ export class ActiveSubscription {
     // link) is noticed here: the server must answer at least once per keep-alive period.
     const keepAlivePeriod = subscription.publishingInterval * subscription.maxKeepAliveCount;
     const silenceLimit = 2 * keepAlivePeriod + requestTimeout;
-    this.watchdog = setInterval(() => {
-      const silent = Date.now() - this.lastHeard;
-      if (silent > silenceLimit) lost(`no publish response for ${Math.round(silent / 1000)} s (keep-alive expected every ${Math.round(keepAlivePeriod)} ms)`);
-    }, Math.max(500, Math.min(keepAlivePeriod, 5000)));
+    this.watchdog = setInterval(
+      () => {
+        const silent = Date.now() - this.lastHeard;
+        if (silent > silenceLimit)
+          lost(`no publish response for ${Math.round(silent / 1000)} s (keep-alive expected every ${Math.round(keepAlivePeriod)} ms)`);
+      },
+      Math.max(500, Math.min(keepAlivePeriod, 5000)),
+    );
     this.watchdog.unref();
 
     const failed: TagReading[] = [];
     const usable: PlannedItem[] = [];
     for (const item of this.plan.items.map((planned) => resolveItem(planned, connection.namespaces))) {
       if (item.nodeId) usable.push(item);
-      else failed.push({ tag: item.tag.name, quality: 'bad', reason: item.problem ?? 'invalid NodeId', code: item.code ?? 'BadNodeIdInvalid' });
+      else
+        failed.push({
+          tag: item.tag.name,
+          quality: 'bad',
+          reason: item.problem ?? 'invalid NodeId',
+          code: item.code ?? 'BadNodeIdInvalid',
+        });
     }
-    const perCall = connection.limits.maxMonitoredItemsPerCall > 0 ? Math.min(connection.limits.maxMonitoredItemsPerCall, DEFAULT_ITEMS_PER_CALL) : DEFAULT_ITEMS_PER_CALL;
+    const perCall =
+      connection.limits.maxMonitoredItemsPerCall > 0
+        ? Math.min(connection.limits.maxMonitoredItemsPerCall, DEFAULT_ITEMS_PER_CALL)
+        : DEFAULT_ITEMS_PER_CALL;
     for (const batch of batches(usable, device, this.plan.publishingInterval, perCall)) {
       if (!this.active) return;
       failed.push(...(await this.monitor(connection, subscription, batch.items, batch.parameters, requestTimeout)));
@@ -169,7 +190,13 @@ export class ActiveSubscription {
     if (failed.length > 0) this.deliver(failed);
   }
 
-  private async monitor(connection: OpcUaConnection, subscription: ClientSubscription, items: readonly PlannedItem[], parameters: MonitoringParametersOptions, timeout: number): Promise<TagReading[]> {
+  private async monitor(
+    connection: OpcUaConnection,
+    subscription: ClientSubscription,
+    items: readonly PlannedItem[],
+    parameters: MonitoringParametersOptions,
+    timeout: number,
+  ): Promise<TagReading[]> {
     const itemsToMonitor: ReadValueIdOptions[] = items.map((item) => ({ nodeId: item.nodeId!, attributeId: AttributeIds.Value }));
     const group = ClientMonitoredItemGroup.create(subscription, itemsToMonitor, parameters, TimestampsToReturn.Both);
     // Listeners first: the first values can follow the creation at once.
@@ -193,7 +220,8 @@ export class ActiveSubscription {
     group.monitoredItems.forEach((monitoredItem, index) => {
       const status = monitoredItem.statusCode;
       const item = items[index];
-      if (item && status?.isNotGood()) failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: failureName(status) });
+      if (item && status?.isNotGood())
+        failed.push({ tag: item.tag.name, quality: 'bad', reason: statusReason(status), code: failureName(status) });
     });
     return failed;
   }
@@ -218,12 +246,18 @@ export class ActiveSubscription {
     this.active = false;
     this.pending = [];
     clearInterval(this.watchdog);
-    if (reason) this.onReadings(this.plan.items.map((item) => ({ tag: item.tag.name, quality: 'bad', reason: reason.text, code: reason.code })));
+    if (reason)
+      this.onReadings(this.plan.items.map((item) => ({ tag: item.tag.name, quality: 'bad', reason: reason.text, code: reason.code })));
   }
 }
 
 /** Items grouped by identical monitoring parameters, each group cut to `perCall` items. */
-function batches(items: readonly PlannedItem[], device: OpcUaDeviceConfig, publishingInterval: number, perCall: number): Array<{ parameters: MonitoringParametersOptions; items: PlannedItem[] }> {
+function batches(
+  items: readonly PlannedItem[],
+  device: OpcUaDeviceConfig,
+  publishingInterval: number,
+  perCall: number,
+): Array<{ parameters: MonitoringParametersOptions; items: PlannedItem[] }> {
   const byKey = new Map<string, { settings: ItemSettings; items: PlannedItem[] }>();
   for (const item of items) {
     const settings = itemSettings(item.tag, device, publishingInterval);
@@ -234,7 +268,8 @@ function batches(items: readonly PlannedItem[], device: OpcUaDeviceConfig, publi
   }
   const result: Array<{ parameters: MonitoringParametersOptions; items: PlannedItem[] }> = [];
   for (const { settings, items: group } of byKey.values()) {
-    for (let start = 0; start < group.length; start += perCall) result.push({ parameters: monitoringParameters(settings), items: group.slice(start, start + perCall) });
+    for (let start = 0; start < group.length; start += perCall)
+      result.push({ parameters: monitoringParameters(settings), items: group.slice(start, start + perCall) });
   }
   return result;
 }

@@ -127,12 +127,24 @@ export function readingOf(tag: string, dataValue: DataValue): TagReading {
   if (quality === 'bad') return reading;
   const variant = dataValue.value;
   if (!variant || variant.dataType === DataType.Null) {
-    return { tag, quality: 'bad', reason: `the server sent no value (${statusName(status)})`, code: 'no-value', ...(sourceTs === undefined ? {} : { sourceTs }) };
+    return {
+      tag,
+      quality: 'bad',
+      reason: `the server sent no value (${statusName(status)})`,
+      code: 'no-value',
+      ...(sourceTs === undefined ? {} : { sourceTs }),
+    };
   }
   try {
     reading.value = gatewayValueOf(variant);
   } catch (error) {
-    return { tag, quality: 'bad', reason: (error as Error).message, code: 'unsupported-type', ...(sourceTs === undefined ? {} : { sourceTs }) };
+    return {
+      tag,
+      quality: 'bad',
+      reason: (error as Error).message,
+      code: 'unsupported-type',
+      ...(sourceTs === undefined ? {} : { sourceTs }),
+    };
   }
   return reading;
 }
@@ -171,7 +183,8 @@ function toInteger(value: ScalarValue, dataType: DataType): bigint {
     integer = BigInt(text);
   }
   const [low, high] = INTEGER_RANGES[dataType]!;
-  if (integer < low || integer > high) throw new RangeError(`${describe(value)} is out of range for ${dataTypeName(dataType)} (${low}..${high})`);
+  if (integer < low || integer > high)
+    throw new RangeError(`${describe(value)} is out of range for ${dataTypeName(dataType)} (${low}..${high})`);
   return integer;
 }
 
@@ -196,19 +209,23 @@ function coerceScalar(value: ScalarValue, dataType: DataType): unknown {
     case DataType.Float:
     case DataType.Double: {
       const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : typeof value === 'bigint' ? Number(value) : value;
-      if (typeof number !== 'number' || Number.isNaN(number)) throw new TypeError(`${dataTypeName(dataType)} takes numbers, got ${describe(value)}`);
-      if (dataType === DataType.Float && Number.isFinite(number) && Math.abs(number) > 3.4028234663852886e38) throw new RangeError(`${number} is out of range for Float`);
+      if (typeof number !== 'number' || Number.isNaN(number))
+        throw new TypeError(`${dataTypeName(dataType)} takes numbers, got ${describe(value)}`);
+      if (dataType === DataType.Float && Number.isFinite(number) && Math.abs(number) > 3.4028234663852886e38)
+        throw new RangeError(`${number} is out of range for Float`);
       return number;
     }
     case DataType.String:
       return typeof value === 'string' ? value : String(value);
     case DataType.DateTime: {
       const date = typeof value === 'number' ? new Date(value) : typeof value === 'string' ? new Date(value) : undefined;
-      if (!date || Number.isNaN(date.getTime())) throw new TypeError(`DateTime takes an ISO 8601 string or milliseconds since the epoch, got ${describe(value)}`);
+      if (!date || Number.isNaN(date.getTime()))
+        throw new TypeError(`DateTime takes an ISO 8601 string or milliseconds since the epoch, got ${describe(value)}`);
       return date;
     }
     case DataType.ByteString:
-      if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) throw new TypeError(`ByteString takes base64 text, got ${describe(value)}`);
+      if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value))
+        throw new TypeError(`ByteString takes base64 text, got ${describe(value)}`);
       return Buffer.from(value, 'base64');
     default:
       throw new TypeError(`writing ${dataTypeName(dataType)} values is not supported`);

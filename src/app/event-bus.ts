@@ -67,7 +67,10 @@ export class EventBus<Events extends { [Type in keyof Events]: unknown }> {
     const count = (this.failures.get(listener) ?? 0) + 1;
     this.failures.set(listener, count);
     if (count === 1 || count % LOG_EVERY === 0) {
-      this.log?.error({ event: String(type), failures: count, error: errorMessage(error) }, 'an event listener failed; the event went on to the others');
+      this.log?.error(
+        { event: String(type), failures: count, error: errorMessage(error) },
+        'an event listener failed; the event went on to the others',
+      );
     }
   }
 }

@@ -95,7 +95,8 @@ export class Supervisor {
    */
   add(feature: Feature, options: FeatureOptions = {}): Promise<boolean> {
     if (this.stopping) throw new Error(`cannot add "${feature.name}": the supervisor is stopping`);
-    if (this.entries.some((entry) => entry.feature.name === feature.name)) throw new Error(`a feature named "${feature.name}" is already supervised`);
+    if (this.entries.some((entry) => entry.feature.name === feature.name))
+      throw new Error(`a feature named "${feature.name}" is already supervised`);
     const entry: Entry = {
       feature,
       options: { ...options, onStartFailure: options.onStartFailure ?? 'fatal' },
@@ -159,7 +160,14 @@ export class Supervisor {
         const { stopGroup } = entry.options;
         const together = stopGroup === undefined ? [entry] : this.entries.filter((candidate) => candidate.options.stopGroup === stopGroup);
         for (const member of together) done.add(member);
-        const failures = await Promise.all(together.map((member) => this.stopEntry(member).then(() => undefined, (error: unknown) => ({ error }))));
+        const failures = await Promise.all(
+          together.map((member) =>
+            this.stopEntry(member).then(
+              () => undefined,
+              (error: unknown) => ({ error }),
+            ),
+          ),
+        );
         for (const failure of failures) if (failure && firstError === undefined) firstError = failure.error;
       }
       this.running = false;
@@ -195,7 +203,11 @@ export class Supervisor {
         this.failed(entry, error);
         return false;
       }
-      if (entry.failures > 0) this.log.info({ feature: entry.feature.name, attempts: entry.status.attempts }, `${entry.feature.name} started after ${entry.failures} failed attempt${entry.failures === 1 ? '' : 's'}`);
+      if (entry.failures > 0)
+        this.log.info(
+          { feature: entry.feature.name, attempts: entry.status.attempts },
+          `${entry.feature.name} started after ${entry.failures} failed attempt${entry.failures === 1 ? '' : 's'}`,
+        );
       entry.failures = 0;
       delete entry.failure;
       this.setState(entry, 'running', (status) => delete status.lastError);
@@ -211,7 +223,11 @@ export class Supervisor {
     const { onStartFailure, failureMessage } = entry.options;
     if (onStartFailure !== 'retry') {
       this.setState(entry, 'failed', (status) => (status.lastError = reason));
-      if (onStartFailure === 'continue') this.log.error({ feature: entry.feature.name, error: reason }, failureMessage ?? `${entry.feature.name} could not be started; the gateway runs without it`);
+      if (onStartFailure === 'continue')
+        this.log.error(
+          { feature: entry.feature.name, error: reason },
+          failureMessage ?? `${entry.feature.name} could not be started; the gateway runs without it`,
+        );
       return;
     }
     const delay = backoffDelay(entry.failures, this.backoff, this.random);
@@ -222,7 +238,10 @@ export class Supervisor {
     });
     // Logged when the reason changes and every 50th attempt, not at every retry of a feature that stays down.
     if (reason !== previous || entry.failures % 50 === 0) {
-      this.log.error({ feature: entry.feature.name, error: reason, attempts: entry.status.attempts, retryInMs: delay }, failureMessage ?? `${entry.feature.name} could not be started; trying again with back-off`);
+      this.log.error(
+        { feature: entry.feature.name, error: reason, attempts: entry.status.attempts, retryInMs: delay },
+        failureMessage ?? `${entry.feature.name} could not be started; trying again with back-off`,
+      );
     }
     entry.timer = this.clock.setTimeout(() => {
       entry.timer = undefined;

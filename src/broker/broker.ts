@@ -92,7 +92,12 @@ interface Access {
 }
 
 function accessOf(config: Config['broker']): Access {
-  return { users: new Map(config.users.map((user) => [user.username, user.passwordHash])), acl: new Acl(config.acl), aclConfigured: config.acl !== undefined, allowAnonymous: config.allowAnonymous };
+  return {
+    users: new Map(config.users.map((user) => [user.username, user.passwordHash])),
+    acl: new Acl(config.acl),
+    aclConfigured: config.acl !== undefined,
+    allowAnonymous: config.allowAnonymous,
+  };
 }
 
 interface Login {
@@ -170,27 +175,44 @@ export class IntegratedBroker {
           // With an error aedes closes the connection; without one it would leave the socket open.
           callback(new Error(reason), false);
         };
-        if (broker && broker.aedes.connectedClients >= limits.maxConnections) return refuse(`too many connections (broker.limits.maxConnections = ${limits.maxConnections})`);
+        if (broker && broker.aedes.connectedClients >= limits.maxConnections)
+          return refuse(`too many connections (broker.limits.maxConnections = ${limits.maxConnections})`);
         const keepalive = packet.keepalive ?? 0;
         if (keepalive * 1000 > limits.keepAlive.max) return refuse(`keep-alive ${keepalive}s is longer than broker.limits.keepAlive.max`);
-        if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min)) return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
+        if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min))
+          return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
         inboundQoS2.set(client, InboundQoS2.watch(client));
         outbound.set(
           client,
-          OutboundWindow.watch(client, limits, (waiting) => {
-            broker?.noteOnce(`inflight:${client.id}`, { clientId: client.id, waiting, maxInflight: limits.maxInflight, maxQueued: limits.maxQueued }, 'mqtt client does not keep up with its QoS 1/2 messages (broker.limits.maxInflight + maxQueued unacknowledged): disconnected');
-            client.close();
-          }, clientReceiveMaximum(client.conn)),
+          OutboundWindow.watch(
+            client,
+            limits,
+            (waiting) => {
+              broker?.noteOnce(
+                `inflight:${client.id}`,
+                { clientId: client.id, waiting, maxInflight: limits.maxInflight, maxQueued: limits.maxQueued },
+                'mqtt client does not keep up with its QoS 1/2 messages (broker.limits.maxInflight + maxQueued unacknowledged): disconnected',
+              );
+              client.close();
+            },
+            clientReceiveMaximum(client.conn),
+          ),
         );
         callback(null, true);
       },
       authenticate: (client, username, password, callback) => {
         const fail = (code: AuthErrorCode, why: string) => {
-          broker?.noteOnce(`auth:${client.id}:${username ?? ''}`, { clientId: client.id, username, why }, 'mqtt client authentication failed');
+          broker?.noteOnce(
+            `auth:${client.id}:${username ?? ''}`,
+            { clientId: client.id, username, why },
+            'mqtt client authentication failed',
+          );
           callback(Object.assign(new Error(why), { returnCode: code }), false);
         };
         if (username === undefined) {
-          return access().allowAnonymous ? callback(null, true) : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
+          return access().allowAnonymous
+            ? callback(null, true)
+            : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
         }
         const hash = access().users.get(username);
         if (hash === undefined || password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
@@ -211,7 +233,11 @@ export class IntegratedBroker {
         if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
         if (client && !access().acl.mayPublish(identity(client), packet.topic)) {
           // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
-          broker?.noteOnce(`pub:${client.id}:${packet.topic}`, { clientId: client.id, username: usernameOf(client), topic: packet.topic }, 'publish denied by the ACL');
+          broker?.noteOnce(
+            `pub:${client.id}:${packet.topic}`,
+            { clientId: client.id, username: usernameOf(client), topic: packet.topic },
+            'publish denied by the ACL',
+          );
           return callback(new Error(`not allowed to publish on ${packet.topic}`));
         }
         if (client) {
@@ -219,31 +245,63 @@ export class IntegratedBroker {
           // After the ACL: who may publish on a command topic may ask for a write (the write path decides the rest).
           // Not for a last will (aedes publishes it as the closing client: a dropped HMI must not
           // write to a PLC) nor for a QoS 2 repeat of a message already seen.
-          const command = onCommand !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
+          const command =
+            onCommand !== undefined && !client.closed && !(packet.qos === 2 && inboundQoS2.get(client)?.isRepeat(packet.messageId));
           if (command) {
             const origin: CommandOrigin = { source: 'local', clientId: client.id, username: usernameOf(client) };
             // MQTT 5 request/response: answered where the client asked, if it may both read and
             // publish there itself; the gateway checks that the topic is not one of its own.
             const responseTopic = properties?.responseTopic;
-            if (responseTopic !== undefined && !responseTopic.startsWith('$') && !/[+#]/.test(responseTopic) && access().acl.maySubscribe(identity(client), responseTopic) && access().acl.mayPublish(identity(client), responseTopic)) {
+            if (
+              responseTopic !== undefined &&
+              !responseTopic.startsWith('$') &&
+              !/[+#]/.test(responseTopic) &&
+              access().acl.maySubscribe(identity(client), responseTopic) &&
+              access().acl.mayPublish(identity(client), responseTopic)
+            ) {
               origin.responseTopic = responseTopic;
               origin.correlationData = properties?.correlationData;
             }
-            const fire = () => onCommand!(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.retain, origin);
+            const fire = () =>
+              onCommand!(
+                packet.topic,
+                Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+                packet.retain,
+                origin,
+              );
             // A persistent session may resend a QoS 2 message after a reconnect (before its PUBREL):
             // aedes still holds it then, and it is not a new command.
-            if (packet.qos === 2 && !client.clean) (aedes as unknown as QoS2Store).persistence.incomingGetPacket(client, packet).then(() => undefined, fire);
+            if (packet.qos === 2 && !client.clean)
+              (aedes as unknown as QoS2Store).persistence.incomingGetPacket(client, packet).then(() => undefined, fire);
             else fire();
           }
         }
-        const hook = client ? clientPublish?.(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), packet.qos, packet.retain) : undefined;
+        const hook = client
+          ? clientPublish?.(
+              packet.topic,
+              Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+              packet.qos,
+              packet.retain,
+            )
+          : undefined;
         if (!hook || !client) return callback(null);
         hook.then(
           () => callback(null),
           (error: unknown) => {
             if (!(error instanceof PublishRefused)) return callback(error instanceof Error ? error : new Error(String(error)));
-            const mqtt5 = packet.qos === 1 && packet.messageId !== undefined && refuseMqtt5Publish(client.conn, packet.messageId, QUOTA_EXCEEDED);
-            broker?.warnOnce(`refused:${client.id}`, { clientId: client.id, topic: packet.topic, qos: packet.qos, why: error.message, answer: mqtt5 ? 'PUBACK 0x97 quota exceeded' : 'disconnected (MQTT 3.1.1 has no negative PUBACK)' }, 'publish refused: not acknowledged, because the outbox did not keep it');
+            const mqtt5 =
+              packet.qos === 1 && packet.messageId !== undefined && refuseMqtt5Publish(client.conn, packet.messageId, QUOTA_EXCEEDED);
+            broker?.warnOnce(
+              `refused:${client.id}`,
+              {
+                clientId: client.id,
+                topic: packet.topic,
+                qos: packet.qos,
+                why: error.message,
+                answer: mqtt5 ? 'PUBACK 0x97 quota exceeded' : 'disconnected (MQTT 3.1.1 has no negative PUBACK)',
+              },
+              'publish refused: not acknowledged, because the outbox did not keep it',
+            );
             // Closing the connection at once would discard the PUBACKs of the messages kept in the
             // same commit, which aedes has written but not yet flushed.
             if (!mqtt5) return void setImmediate(() => callback(error));
@@ -258,7 +316,11 @@ export class IntegratedBroker {
       },
       authorizeSubscribe: (client, subscription, callback) => {
         if (access().acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
-        broker?.noteOnce(`sub:${client.id}:${subscription.topic}`, { clientId: client.id, username: usernameOf(client), topic: subscription.topic }, 'subscribe denied by the ACL');
+        broker?.noteOnce(
+          `sub:${client.id}:${subscription.topic}`,
+          { clientId: client.id, username: usernameOf(client), topic: subscription.topic },
+          'subscribe denied by the ACL',
+        );
         // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
         callback(null, null);
       },
@@ -320,7 +382,12 @@ export class IntegratedBroker {
     const holds = login === undefined ? this.access.allowAnonymous : this.access.users.get(login.username) === login.hash;
     if (holds) return false;
     this.log.warn(
-      { clientId: client.id, username: login?.username, when, why: login === undefined ? 'anonymous access is now off' : 'the user was removed or has a new password' },
+      {
+        clientId: client.id,
+        username: login?.username,
+        when,
+        why: login === undefined ? 'anonymous access is now off' : 'the user was removed or has a new password',
+      },
       'mqtt client disconnected by the reloaded broker users',
     );
     // As after a DISCONNECT packet: aedes then drops the will instead of publishing it.
@@ -338,7 +405,11 @@ export class IntegratedBroker {
     if (messages.length > 0) this.log.info({ retained: messages.length }, 'retained messages restored');
     this.aedes.on('publish', (packet) => {
       if (packet.retain && !packet.topic.startsWith('$SYS')) {
-        store.record({ topic: packet.topic, payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), qos: packet.qos === 0 ? 0 : 1 });
+        store.record({
+          topic: packet.topic,
+          payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+          qos: packet.qos === 0 ? 0 : 1,
+        });
       }
     });
   }
@@ -372,7 +443,11 @@ export class IntegratedBroker {
         if (Buffer.isBuffer(chunk)) {
           const announced = sizes.feed(chunk);
           if (announced !== undefined) {
-            this.noteOnce(`size:${remote}`, { remote, bytes: announced, max: maxPacketSize }, 'mqtt packet larger than broker.limits.maxPacketSize: client disconnected');
+            this.noteOnce(
+              `size:${remote}`,
+              { remote, bytes: announced, max: maxPacketSize },
+              'mqtt packet larger than broker.limits.maxPacketSize: client disconnected',
+            );
             stream.destroy();
             return false;
           }
@@ -383,7 +458,10 @@ export class IntegratedBroker {
     };
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
-      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), { maxPacketSize, receiveMaximum: this.config.limits.maxInflight });
+      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), {
+        maxPacketSize,
+        receiveMaximum: this.config.limits.maxInflight,
+      });
     };
     let server: Server;
     if (listener.type === 'tcp') server = createServer(accept);
@@ -398,21 +476,34 @@ export class IntegratedBroker {
         stream.on('error', () => ws.terminate());
         this.wsSockets.add(ws);
         ws.once('close', () => this.wsSockets.delete(ws));
-        handleConnection(this.aedes, guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`), { maxPacketSize, receiveMaximum: this.config.limits.maxInflight }, request);
+        handleConnection(
+          this.aedes,
+          guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`),
+          { maxPacketSize, receiveMaximum: this.config.limits.maxInflight },
+          request,
+        );
       });
       this.webSocketServers.push(wss);
       server = http;
     }
     if (listener.type === 'tls' || listener.type === 'wss') {
       server.on('tlsClientError', (error: Error, socket: { remoteAddress?: string }) =>
-        this.noteOnce(`tls:${socket.remoteAddress}:${error.message}`, { remote: socket.remoteAddress, error: error.message }, 'TLS handshake failed'),
+        this.noteOnce(
+          `tls:${socket.remoteAddress}:${error.message}`,
+          { remote: socket.remoteAddress, error: error.message },
+          'TLS handshake failed',
+        ),
       );
     }
     // The connection limit counts sockets, so simultaneous connects and clients that never send
     // CONNECT are limited too (aedes counts clients only once they are connected).
     server.prependListener('connection', (socket: Socket) => {
       if (this.sockets.size >= this.config.limits.maxConnections) {
-        this.noteOnce('refused:maxConnections', { remote: `${socket.remoteAddress}:${socket.remotePort}`, max: this.config.limits.maxConnections }, 'connection refused: broker.limits.maxConnections reached');
+        this.noteOnce(
+          'refused:maxConnections',
+          { remote: `${socket.remoteAddress}:${socket.remotePort}`, max: this.config.limits.maxConnections },
+          'connection refused: broker.limits.maxConnections reached',
+        );
         socket.destroy();
         return;
       }
@@ -422,7 +513,8 @@ export class IntegratedBroker {
     this.servers.push({ server, listener });
     return new Promise((resolve, reject) => {
       server.once('error', (error: NodeJS.ErrnoException) => {
-        const hint = error.code === 'EADDRINUSE' ? ' (another broker, e.g. mosquitto, may already use this port; change broker.listeners[].port)' : '';
+        const hint =
+          error.code === 'EADDRINUSE' ? ' (another broker, e.g. mosquitto, may already use this port; change broker.listeners[].port)' : '';
         reject(new Error(`integrated broker cannot listen on ${listener.host}:${listener.port}: ${error.code ?? error.message}${hint}`));
       });
       server.listen(listener.port, listener.host, () => resolve());
@@ -434,7 +526,14 @@ export class IntegratedBroker {
     return this.servers.flatMap(({ server, listener }) => {
       const address = server.address();
       if (address === null || typeof address !== 'object') return [];
-      return [{ type: listener.type, host: (address as AddressInfo).address, port: (address as AddressInfo).port, url: listenerUrl(listener, (address as AddressInfo).port) }];
+      return [
+        {
+          type: listener.type,
+          host: (address as AddressInfo).address,
+          port: (address as AddressInfo).port,
+          url: listenerUrl(listener, (address as AddressInfo).port),
+        },
+      ];
     });
   }
 
@@ -446,7 +545,14 @@ export class IntegratedBroker {
   publishNow(topic: string, payload: string | Buffer, options: PublishOptions): Promise<void> {
     return new Promise((resolve, reject) => {
       this.aedes.publish(
-        { cmd: 'publish', topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, qos: options.qos, retain: options.retain, dup: false },
+        {
+          cmd: 'publish',
+          topic,
+          payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+          qos: options.qos,
+          retain: options.retain,
+          dup: false,
+        },
         (error) => (error ? reject(error) : resolve()),
       );
     });
@@ -462,7 +568,10 @@ export class IntegratedBroker {
       this.stats.dropped++;
       if (!this.dropping) {
         this.dropping = true;
-        this.log.warn({ queued: MAX_QUEUED }, 'local subscribers are too slow: dropping the oldest queued local messages (counted in broker stats)');
+        this.log.warn(
+          { queued: MAX_QUEUED },
+          'local subscribers are too slow: dropping the oldest queued local messages (counted in broker stats)',
+        );
       }
     }
     this.queue.push({ topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, options });
@@ -497,14 +606,17 @@ export class IntegratedBroker {
         return;
       }
       this.inFlight++;
-      this.aedes.publish({ cmd: 'publish', topic: next.topic, payload: next.payload, qos: next.options.qos, retain: next.options.retain, dup: false }, (error) => {
-        this.inFlight--;
-        if (error) {
-          this.stats.errors++;
-          this.log.error({ topic: next.topic, error: error.message }, 'publish into the integrated broker failed');
-        } else this.stats.published++;
-        this.pump();
-      });
+      this.aedes.publish(
+        { cmd: 'publish', topic: next.topic, payload: next.payload, qos: next.options.qos, retain: next.options.retain, dup: false },
+        (error) => {
+          this.inFlight--;
+          if (error) {
+            this.stats.errors++;
+            this.log.error({ topic: next.topic, error: error.message }, 'publish into the integrated broker failed');
+          } else this.stats.published++;
+          this.pump();
+        },
+      );
     }
   }
 
@@ -534,7 +646,9 @@ function tlsOptions(listener: Extract<ListenerConfig, { type: 'tls' | 'wss' }>):
     try {
       return readFileSync(path);
     } catch (error) {
-      throw new Error(`broker listener ${listener.type}:${listener.port}: cannot read ${what} ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+      throw new Error(
+        `broker listener ${listener.type}:${listener.port}: cannot read ${what} ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+      );
     }
   };
   const options: TlsOptions = { cert: read('cert', listener.cert), key: read('key', listener.key) };

@@ -53,7 +53,12 @@ export class OutboundWindow {
    * aedes captures the delivery functions when a subscription is made.
    * `clientReceiveMaximum`: what an MQTT 5 client announced it accepts unacknowledged.
    */
-  static watch(client: Client, limits: OutboundLimits, onExceeded: (waiting: number) => void, clientReceiveMaximum?: number): OutboundWindow {
+  static watch(
+    client: Client,
+    limits: OutboundLimits,
+    onExceeded: (waiting: number) => void,
+    clientReceiveMaximum?: number,
+  ): OutboundWindow {
     const internals = client as unknown as AedesClientInternals;
     const limit = { maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued };
     const window = new OutboundWindow(limit, internals, internals.deliverQoS, internals.deliver0, onExceeded);
@@ -88,7 +93,8 @@ export class OutboundWindow {
 
   private offer(delivery: Delivery, done: () => void): void {
     if (this.exceeded) return void setImmediate(done);
-    if (this.queue.length === 0 && (!this.acknowledged(delivery) || this.inFlight < this.limits.maxInflight)) return this.send(delivery, done);
+    if (this.queue.length === 0 && (!this.acknowledged(delivery) || this.inFlight < this.limits.maxInflight))
+      return this.send(delivery, done);
     if (this.queue.length >= this.limits.maxQueued) {
       this.exceeded = true;
       this.onExceeded(this.inFlight + this.queue.length);

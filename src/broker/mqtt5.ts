@@ -8,7 +8,15 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
 import type { Aedes } from 'aedes';
-import { generate, parser, type IConnackPacket, type IConnectPacket, type IPublishPacket, type ISubscribePacket, type Packet } from 'mqtt-packet';
+import {
+  generate,
+  parser,
+  type IConnackPacket,
+  type IConnectPacket,
+  type IPublishPacket,
+  type ISubscribePacket,
+  type Packet,
+} from 'mqtt-packet';
 import { Fifo } from '../util/fifo.js';
 
 /** Properties of an MQTT 5 PUBLISH: responseTopic, correlationData, contentType, userProperties… */
@@ -359,7 +367,11 @@ class Mqtt5Bridge {
 
   private onSubscribe(subscribe: ISubscribePacket): void {
     // No Local, Retain As Published and Retain Handling have no 3.1.1 encoding: only the QoS goes.
-    this.toAedes({ cmd: 'subscribe', messageId: subscribe.messageId, subscriptions: subscribe.subscriptions.map(({ topic, qos }) => ({ topic, qos })) });
+    this.toAedes({
+      cmd: 'subscribe',
+      messageId: subscribe.messageId,
+      subscriptions: subscribe.subscriptions.map(({ topic, qos }) => ({ topic, qos })),
+    });
   }
 
   private toAedes(packet: Packet): void {
@@ -401,7 +413,8 @@ class Mqtt5Bridge {
       case 'publish':
         return this.onDelivery(packet);
       case 'pubrel':
-        if (packet.messageId !== undefined && this.droppedQos2.delete(packet.messageId)) return this.toAedes({ cmd: 'pubcomp', messageId: packet.messageId });
+        if (packet.messageId !== undefined && this.droppedQos2.delete(packet.messageId))
+          return this.toAedes({ cmd: 'pubcomp', messageId: packet.messageId });
         return this.toClient({ cmd: 'pubrel', messageId: packet.messageId, reasonCode: 0 });
       case 'puback': {
         const refused = packet.messageId === undefined ? undefined : this.refused.get(packet.messageId);
@@ -413,7 +426,11 @@ class Mqtt5Bridge {
         return this.toClient({ cmd: packet.cmd, messageId: packet.messageId, reasonCode: 0 });
       case 'suback':
         // aedes grants 0x80 for filters the ACL denies: that is MQTT 5's 0x87 Not authorized.
-        return this.toClient({ cmd: 'suback', messageId: packet.messageId, granted: packet.granted.map((code) => (code === 0x80 ? NOT_AUTHORIZED : code)) });
+        return this.toClient({
+          cmd: 'suback',
+          messageId: packet.messageId,
+          granted: packet.granted.map((code) => (code === 0x80 ? NOT_AUTHORIZED : code)),
+        });
       case 'unsuback': {
         const count = packet.messageId === undefined ? undefined : this.unsubscribeCounts.get(packet.messageId);
         if (packet.messageId !== undefined) this.unsubscribeCounts.delete(packet.messageId);

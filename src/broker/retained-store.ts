@@ -27,7 +27,9 @@ export class RetainedStore {
   private constructor(db: Database.Database, log: Logger) {
     this.db = db;
     this.log = log;
-    this.upsert = db.prepare('INSERT INTO retained (topic, payload, qos) VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos');
+    this.upsert = db.prepare(
+      'INSERT INTO retained (topic, payload, qos) VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos',
+    );
     this.remove = db.prepare('DELETE FROM retained WHERE topic = ?');
   }
 
@@ -48,7 +50,11 @@ export class RetainedStore {
   }
 
   all(): RetainedMessage[] {
-    const rows = this.db.prepare('SELECT topic, payload, qos FROM retained').all() as Array<{ topic: string; payload: Buffer; qos: number }>;
+    const rows = this.db.prepare('SELECT topic, payload, qos FROM retained').all() as Array<{
+      topic: string;
+      payload: Buffer;
+      qos: number;
+    }>;
     return rows.map((row) => ({ topic: row.topic, payload: row.payload, qos: row.qos === 1 ? 1 : 0 }));
   }
 

@@ -48,7 +48,9 @@ export class BridgeRules {
    * written twice). 3.1.1 has no such option: echo.ts recognizes echoes instead.
    */
   subscriptions(protocolVersion: 4 | 5): CloudSubscriptions {
-    return Object.fromEntries(this.receive.map((rule) => [rule.remotePrefix + rule.topic, { qos: rule.qos, ...(protocolVersion === 5 ? { nl: true } : {}) }]));
+    return Object.fromEntries(
+      this.receive.map((rule) => [rule.remotePrefix + rule.topic, { qos: rule.qos, ...(protocolVersion === 5 ? { nl: true } : {}) }]),
+    );
   }
 }
 

@@ -82,7 +82,9 @@ export class CloudConnection {
       protocolVersion: config.protocolVersion,
       clean: config.cleanSession,
       // MQTT 5 ends a session when the connection closes unless it asks for an expiry interval.
-      ...(config.protocolVersion === 5 && !config.cleanSession ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } } : {}),
+      ...(config.protocolVersion === 5 && !config.cleanSession
+        ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } }
+        : {}),
       keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
       // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
       reconnectPeriod: 0,
@@ -146,7 +148,11 @@ export class CloudConnection {
     this.loggedErrors.add(message);
     // Certificates, credentials and authorization need a person; a broker that is down does not.
     const needsFix = /certificate|ssl|tls|auth|not authori[sz]ed|bad user ?name|password|identifier rejected|self.signed/i.test(message);
-    if (needsFix) this.log.error({ error: message, hint: 'check the uplink credentials, certificates and the broker policy' }, 'cloud broker connection error');
+    if (needsFix)
+      this.log.error(
+        { error: message, hint: 'check the uplink credentials, certificates and the broker policy' },
+        'cloud broker connection error',
+      );
     else this.log.warn({ error: message }, 'cloud broker connection error');
   }
 
@@ -162,7 +168,10 @@ export class CloudConnection {
     clearTimeout(this.stableTimer);
     const client = this.client;
     if (client && this.isConnected && lastWords) {
-      await Promise.race([client.publishAsync(lastWords.topic, lastWords.payload, { qos: lastWords.qos, retain: lastWords.retain }).catch(() => undefined), sleep(timeoutMs)]);
+      await Promise.race([
+        client.publishAsync(lastWords.topic, lastWords.payload, { qos: lastWords.qos, retain: lastWords.retain }).catch(() => undefined),
+        sleep(timeoutMs),
+      ]);
     }
     if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
     this.isConnected = false;

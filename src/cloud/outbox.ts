@@ -207,7 +207,10 @@ export class Outbox implements MessageBuffer {
   private reader: BufferReader | undefined;
   /** The reader took rows since the last rewind: only then are rows being sent (and committed rows adopted). */
   private reading = false;
-  private readonly lanes: Record<Lane, LaneState> = { backlog: { cursor: 0, ahead: new Fifo() }, live: { cursor: NO_END, ahead: new Fifo() } };
+  private readonly lanes: Record<Lane, LaneState> = {
+    backlog: { cursor: 0, ahead: new Fifo() },
+    live: { cursor: NO_END, ahead: new Fifo() },
+  };
   /** With splitLive: ids from here on are the live lane (stored after the last rewind). */
   private liveStart = NO_END;
 
@@ -246,12 +249,16 @@ export class Outbox implements MessageBuffer {
       for (const suffix of ['', '-wal', '-shm']) {
         if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
       }
-      log.error({ file, movedTo: aside, error: errorMessage(error) }, 'the outbox file is damaged: moved aside, starting a fresh outbox (the messages in it are not sent; inspect the moved file with sqlite3)');
+      log.error(
+        { file, movedTo: aside, error: errorMessage(error) },
+        'the outbox file is damaged: moved aside, starting a fresh outbox (the messages in it are not sent; inspect the moved file with sqlite3)',
+      );
       db = openDatabase(file, options);
     }
     const outbox = new Outbox(file, db, options, log);
     outbox.openReserveFile();
-    if (outbox.count > 0) log.info({ messages: outbox.count, bytes: outbox.bytes }, 'outbox holds messages from before the restart; they will be sent first');
+    if (outbox.count > 0)
+      log.info({ messages: outbox.count, bytes: outbox.bytes }, 'outbox holds messages from before the restart; they will be sent first');
     outbox.expire(Date.now());
     return outbox;
   }
@@ -305,7 +312,11 @@ export class Outbox implements MessageBuffer {
         // The last write before a shutdown tries down to a single message: what stays in memory is lost.
         if (size === 0 && this.closing) size = 1;
         if (size === 0) {
-          if (!this.diskFull) this.log.error({ pending: batch.length - written, reserveBytes: RESERVE_BYTES }, 'outbox: the disk is full (writing more would take the space kept for checkpoints and deletions); keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back');
+          if (!this.diskFull)
+            this.log.error(
+              { pending: batch.length - written, reserveBytes: RESERVE_BYTES },
+              'outbox: the disk is full (writing more would take the space kept for checkpoints and deletions); keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back',
+            );
           this.noteDiskFull();
           break;
         }
@@ -328,7 +339,10 @@ export class Outbox implements MessageBuffer {
       return;
     }
     if (this.diskFull) {
-      this.log.info({ committed: this.writtenWhileFull, seconds: Math.round((Date.now() - this.diskFullSince) / 1000) }, 'outbox: disk space is back, buffered messages committed');
+      this.log.info(
+        { committed: this.writtenWhileFull, seconds: Math.round((Date.now() - this.diskFullSince) / 1000) },
+        'outbox: disk space is back, buffered messages committed',
+      );
       this.diskFull = false;
       this.chunk = CHUNK;
       this.writtenWhileFull = 0;
@@ -347,7 +361,11 @@ export class Outbox implements MessageBuffer {
       this.lastCommittedId = before.lastId;
       this.committedRows = [];
       if (!isDiskFull(error)) throw error;
-      if (!this.diskFull) this.log.error({ pending: waiting, error: errorMessage(error) }, 'outbox: the disk is full; keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back');
+      if (!this.diskFull)
+        this.log.error(
+          { pending: waiting, error: errorMessage(error) },
+          'outbox: the disk is full; keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back',
+        );
       this.noteDiskFull();
       // The estimate of fitToFreeSpace was too hopeful: smaller pieces from now on.
       this.chunk = Math.max(1, Math.floor(chunk.length / 2));
@@ -390,7 +408,8 @@ export class Outbox implements MessageBuffer {
         // Left in the WAL until SQLite checkpoints it.
         if (reserve + space.growth + wal + grows <= space.free) return { count, truncate: false };
         // Checkpointed and truncated right after: the WAL file's space comes back.
-        if (space.growth + wal + grows <= space.free && reserve + space.growth + grows <= space.free + space.wal) return { count, truncate: true };
+        if (space.growth + wal + grows <= space.free && reserve + space.growth + grows <= space.free + space.wal)
+          return { count, truncate: true };
         if (count === 1) break;
       }
       // Not even one: the space the WAL holds goes back first, then once more.
@@ -404,7 +423,11 @@ export class Outbox implements MessageBuffer {
     for (let index = from; index < from + count; index++) size += sizeOf(batch[index]!.message);
     let bytes = 2 * this.pageSize + size + count * ROW_OVERHEAD;
     // At a bound, drop-oldest deletes in the same transaction about as much as it writes.
-    if (this.options.policy === 'drop-oldest' && (this.count + count > this.options.maxMessages || this.bytes + size > this.options.maxBytes)) bytes *= 2;
+    if (
+      this.options.policy === 'drop-oldest' &&
+      (this.count + count > this.options.maxMessages || this.bytes + size > this.options.maxBytes)
+    )
+      bytes *= 2;
     return Math.ceil(bytes * 1.25);
   }
 
@@ -499,7 +522,10 @@ export class Outbox implements MessageBuffer {
     } catch (error) {
       if (fd !== undefined) closeSync(fd);
       this.removeReserveFile();
-      this.log[this.reserveFileWarned ? 'debug' : 'warn']({ file: this.reserveFilePath, error: errorMessage(error) }, 'outbox: could not write the reserve file; trying again every minute');
+      this.log[this.reserveFileWarned ? 'debug' : 'warn'](
+        { file: this.reserveFilePath, error: errorMessage(error) },
+        'outbox: could not write the reserve file; trying again every minute',
+      );
       this.reserveFileWarned = true;
       return false;
     }
@@ -510,7 +536,10 @@ export class Outbox implements MessageBuffer {
     if (!this.reserveFile) return false;
     this.removeReserveFile();
     this.reserveFileRetry = Date.now() + RESERVE_FILE_RETRY_MS;
-    this.log.warn({ file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES }, 'outbox: the disk is full; gave back the reserve file so that the WAL can be checkpointed and acknowledged messages deleted (it is written again once there is room)');
+    this.log.warn(
+      { file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES },
+      'outbox: the disk is full; gave back the reserve file so that the WAL can be checkpointed and acknowledged messages deleted (it is written again once there is room)',
+    );
     return true;
   }
 
@@ -565,7 +594,8 @@ export class Outbox implements MessageBuffer {
     const tooOld = this.options.maxAge > 0 ? Date.now() - this.options.maxAge : Number.NEGATIVE_INFINITY;
     for (const item of batch) {
       if (sizeOf(item.message) > maxBytes) refused.push({ item, why: `the message is larger than maxBytes (${maxBytes} bytes)` });
-      else if (item.created < tooOld) refused.push({ item, why: `older than maxAge (${this.options.maxAge} ms) before it could be written` });
+      else if (item.created < tooOld)
+        refused.push({ item, why: `older than maxAge (${this.options.maxAge} ms) before it could be written` });
       else accepted.push(item);
     }
     if (policy === 'drop-newest') {
@@ -590,7 +620,18 @@ export class Outbox implements MessageBuffer {
       const { topic, payload, qos, retain } = item.message;
       const kind = item.message.kind ?? 0;
       const size = sizeOf(item.message);
-      this.lastCommittedId = Number(this.statements.insert.run(topic, payload, qos, retain ? 1 : 0, item.created, size, checksum(topic, payload, qos, retain, item.created, size, kind), kind).lastInsertRowid);
+      this.lastCommittedId = Number(
+        this.statements.insert.run(
+          topic,
+          payload,
+          qos,
+          retain ? 1 : 0,
+          item.created,
+          size,
+          checksum(topic, payload, qos, retain, item.created, size, kind),
+          kind,
+        ).lastInsertRowid,
+      );
       ids.push(this.lastCommittedId);
       if (this.reading) this.committedRows.push(stored(this.lastCommittedId, topic, payload, qos, retain, size, item.created, kind));
       this.count++;
@@ -605,7 +646,8 @@ export class Outbox implements MessageBuffer {
     if (droppedOfBatch.size === 0) return { written: accepted, refused, droppedStored: dropped };
     const written: Pending[] = [];
     accepted.forEach((item, index) => {
-      if (droppedOfBatch.has(ids[index]!)) refused.push({ item, why: 'the outbox is full (drop-oldest) and the older messages are being sent' });
+      if (droppedOfBatch.has(ids[index]!))
+        refused.push({ item, why: 'the outbox is full (drop-oldest) and the older messages are being sent' });
       else written.push(item);
     });
     return { written, refused, droppedStored: dropped - droppedOfBatch.size };
@@ -650,7 +692,12 @@ export class Outbox implements MessageBuffer {
   private notBeingSent(): Array<readonly [number, number]> {
     if (!this.reading) return [[0, NO_END]];
     const { backlog, live } = this.lanes;
-    return this.liveStart === NO_END ? [[backlog.cursor, NO_END]] : [[backlog.cursor, this.liveStart], [live.cursor, NO_END]];
+    return this.liveStart === NO_END
+      ? [[backlog.cursor, NO_END]]
+      : [
+          [backlog.cursor, this.liveStart],
+          [live.cursor, NO_END],
+        ];
   }
 
   /** Read-ahead rows with ids up to `through` were dropped (oldest first, so all of them): they are not sent. */
@@ -661,7 +708,13 @@ export class Outbox implements MessageBuffer {
   }
 
   /** Drops the oldest messages with after < id < before until the bytes fit (or none are left there). */
-  private dropBytesAfter(after: number, before: number, maxBytes: number, watchFrom: number, watched: Set<number>): { dropped: number; through: number } {
+  private dropBytesAfter(
+    after: number,
+    before: number,
+    maxBytes: number,
+    watchFrom: number,
+    watched: Set<number>,
+  ): { dropped: number; through: number } {
     let dropped = 0;
     let through = 0;
     while (this.bytes > maxBytes) {
@@ -715,13 +768,19 @@ export class Outbox implements MessageBuffer {
     // Once per episode, not once per message: an outbox at its bound drops on every commit.
     if (this.droppingSince === undefined) {
       this.droppingSince = Date.now();
-      this.log.warn({ dropped: count, why, maxMessages: this.options.maxMessages, maxBytes: this.options.maxBytes, policy: this.options.policy }, `outbox: dropping messages: ${why}`);
+      this.log.warn(
+        { dropped: count, why, maxMessages: this.options.maxMessages, maxBytes: this.options.maxBytes, policy: this.options.policy },
+        `outbox: dropping messages: ${why}`,
+      );
     }
   }
 
   private endDropEpisode(): void {
     if (this.droppingSince === undefined) return;
-    this.log.warn({ dropped: this.droppedInEpisode, seconds: Math.round((Date.now() - this.droppingSince) / 1000), totalDropped: this.totals.dropped }, 'outbox: no longer dropping');
+    this.log.warn(
+      { dropped: this.droppedInEpisode, seconds: Math.round((Date.now() - this.droppingSince) / 1000), totalDropped: this.totals.dropped },
+      'outbox: no longer dropping',
+    );
     this.droppingSince = undefined;
     this.droppedInEpisode = 0;
   }
@@ -796,7 +855,8 @@ export class Outbox implements MessageBuffer {
       const rows = this.statements.peek.all(after, beforeId, limit) as RawRow[];
       let damaged: RawRow[] | undefined;
       for (const row of rows) {
-        if (intact(row)) messages.push(stored(row.id, row.topic, row.payload, row.qos === 1 ? 1 : 0, row.retain === 1, row.size, row.created, row.kind));
+        if (intact(row))
+          messages.push(stored(row.id, row.topic, row.payload, row.qos === 1 ? 1 : 0, row.retain === 1, row.size, row.created, row.kind));
         else (damaged ??= []).push(row);
       }
       if (damaged) this.setAsideDamaged(damaged);
@@ -830,13 +890,22 @@ export class Outbox implements MessageBuffer {
       })();
     } catch (error) {
       // Not even that could be written (a full disk): they stay, are found again, and never sent.
-      this.log.error({ error: errorMessage(error), ids: rows.map((row) => row.id) }, 'outbox: could not set damaged messages aside; they are not sent');
+      this.log.error(
+        { error: errorMessage(error), ids: rows.map((row) => row.id) },
+        'outbox: could not set damaged messages aside; they are not sent',
+      );
       return;
     }
     this.bytes = Math.max(0, this.bytes);
     this.totals.damaged += moved;
     this.log.error(
-      { count: moved, ids: rows.map((row) => row.id), topics: rows.slice(0, 10).map((row) => (typeof row.topic === 'string' ? row.topic.slice(0, 200) : null)), table: 'dead_letters', totalDamaged: this.totals.damaged },
+      {
+        count: moved,
+        ids: rows.map((row) => row.id),
+        topics: rows.slice(0, 10).map((row) => (typeof row.topic === 'string' ? row.topic.slice(0, 200) : null)),
+        table: 'dead_letters',
+        totalDamaged: this.totals.damaged,
+      },
       'outbox: messages in outbox.db are not what the gateway wrote (checksum mismatch: the file was changed on the disk); not sent, set aside in the dead_letters table',
     );
   }
@@ -859,7 +928,11 @@ export class Outbox implements MessageBuffer {
         // Never throw into the sender's PUBACK path: keep the ids and try again (with the next
         // ones, and every second while the disk is full).
         this.unremoved = all.slice(start);
-        if (!this.diskFull) this.log.error({ error: errorMessage(failure), ids: this.unremoved.length }, 'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)');
+        if (!this.diskFull)
+          this.log.error(
+            { error: errorMessage(failure), ids: this.unremoved.length },
+            'outbox: could not delete acknowledged messages; retrying (they may be sent again after a restart)',
+          );
         if (isDiskFull(failure)) this.noteDiskFull();
         break;
       }
@@ -875,7 +948,8 @@ export class Outbox implements MessageBuffer {
     // outbox has drained, the WAL an outage grew goes back too.
     if (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS) this.truncateWal();
     // The episode ends only well below the bound, or draining at the bound would log every commit.
-    if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9) this.endDropEpisode();
+    if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9)
+      this.endDropEpisode();
   }
 
   /**
@@ -904,7 +978,10 @@ export class Outbox implements MessageBuffer {
     this.db.transaction(() => {
       // Acknowledgements come mostly in id order: one DELETE per run of consecutive ids, not per id.
       for (const how of ['delivered', 'rejected', 'expired'] as const) {
-        const ids = entries.filter((entry) => entry.outcome === how).map((entry) => entry.id).sort((a, b) => a - b);
+        const ids = entries
+          .filter((entry) => entry.outcome === how)
+          .map((entry) => entry.id)
+          .sort((a, b) => a - b);
         for (let start = 0; start < ids.length; ) {
           let end = start;
           while (end + 1 < ids.length && ids[end + 1]! <= ids[end]! + 1) end++;
@@ -965,7 +1042,10 @@ export class Outbox implements MessageBuffer {
       const lost = this.pending;
       this.pending = [];
       const why = this.diskFull ? 'the disk is full' : `the last commit failed: ${errorMessage(failure)}`;
-      this.log.error({ lost: lost.length, diskFull: this.diskFull, error: failure === undefined ? undefined : errorMessage(failure) }, `outbox: ${lost.length} messages could not be written before the shutdown (${why}) and are lost`);
+      this.log.error(
+        { lost: lost.length, diskFull: this.diskFull, error: failure === undefined ? undefined : errorMessage(failure) },
+        `outbox: ${lost.length} messages could not be written before the shutdown (${why}) and are lost`,
+      );
       this.totals.dropped += lost.length;
       for (const item of lost) item.onSettled?.(`lost at shutdown: ${why}`);
     }
@@ -996,7 +1076,8 @@ function openDatabase(file: string, options: OutboxOptions): Database.Database {
 
 function migrate(db: Database.Database): void {
   const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) throw new Error(`outbox schema version ${version} is newer than this plc2mqtt (${MIGRATIONS.length}); was it downgraded?`);
+  if (version > MIGRATIONS.length)
+    throw new Error(`outbox schema version ${version} is newer than this plc2mqtt (${MIGRATIONS.length}); was it downgraded?`);
   db.transaction(() => {
     for (let index = version; index < MIGRATIONS.length; index++) db.exec(MIGRATIONS[index]!);
     db.pragma(`user_version = ${MIGRATIONS.length}`);
@@ -1006,15 +1087,21 @@ function migrate(db: Database.Database): void {
 function prepare(db: Database.Database) {
   return {
     insert: db.prepare('INSERT INTO messages (topic, payload, qos, retain, created, size, crc, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
-    peek: db.prepare('SELECT id, topic, payload, qos, retain, size, created, crc, kind FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
+    peek: db.prepare(
+      'SELECT id, topic, payload, qos, retain, size, created, crc, kind FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?',
+    ),
     remove: db.prepare('DELETE FROM messages WHERE id = ? RETURNING size'),
     removeRange: db.prepare('DELETE FROM messages WHERE id >= ? AND id <= ? RETURNING size'),
-    dropOldest: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?) RETURNING id, size'),
+    dropOldest: db.prepare(
+      'DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?) RETURNING id, size',
+    ),
     oldestSizes: db.prepare('SELECT id, size FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?'),
     dropRange: db.prepare('DELETE FROM messages WHERE id > ? AND id <= ?'),
     expire: db.prepare('DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created < ? ORDER BY id LIMIT ?) RETURNING size'),
     totals: db.prepare('SELECT count(*) AS count, sum(size) AS bytes FROM messages'),
-    deadLetter: db.prepare('INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved, kind) SELECT id, topic, payload, qos, retain, created, ?, ?, kind FROM messages WHERE id = ? RETURNING id'),
+    deadLetter: db.prepare(
+      'INSERT INTO dead_letters (id, topic, payload, qos, retain, created, reason, moved, kind) SELECT id, topic, payload, qos, retain, created, ?, ?, kind FROM messages WHERE id = ? RETURNING id',
+    ),
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
     // Measured before each write and after each deletion (db.pragma prepares anew: 7 µs each).
@@ -1042,7 +1129,16 @@ function checksum(topic: string, payload: Buffer, qos: number, retain: boolean, 
 }
 
 /** A stored message; `kind` is set only on a format's record (a finished message has none: see OutboxMessage). */
-function stored(id: number, topic: string, payload: Buffer, qos: 0 | 1, retain: boolean, size: number, created: number, kind: number): StoredMessage {
+function stored(
+  id: number,
+  topic: string,
+  payload: Buffer,
+  qos: 0 | 1,
+  retain: boolean,
+  size: number,
+  created: number,
+  kind: number,
+): StoredMessage {
   const message: StoredMessage = { id, topic, payload, qos, retain, size, created };
   if (kind !== 0) message.kind = kind;
   return message;
@@ -1051,7 +1147,8 @@ function stored(id: number, topic: string, payload: Buffer, qos: 0 | 1, retain: 
 /** True when a row read back is what was written (rows from before checksums cannot be told). */
 function intact(row: RawRow): boolean {
   if (row.crc === null) return true;
-  if (typeof row.topic !== 'string' || !Buffer.isBuffer(row.payload) || typeof row.created !== 'number' || typeof row.size !== 'number') return false;
+  if (typeof row.topic !== 'string' || !Buffer.isBuffer(row.payload) || typeof row.created !== 'number' || typeof row.size !== 'number')
+    return false;
   if ((row.qos !== 0 && row.qos !== 1) || (row.retain !== 0 && row.retain !== 1) || row.size < 0 || row.size > 0xffffffff) return false;
   if (!Number.isInteger(row.kind) || row.kind < 0 || row.kind > 0xffffffff) return false;
   return checksum(row.topic, row.payload, row.qos, row.retain === 1, row.created, row.size, row.kind) === row.crc;
@@ -1063,5 +1160,7 @@ function sizeOf(message: OutboxMessage): number {
 
 function isDiskFull(error: unknown): boolean {
   const code = (error as { code?: unknown }).code;
-  return code === 'SQLITE_FULL' || code === 'SQLITE_IOERR_WRITE' || (error instanceof Error && /database or disk is full/i.test(error.message));
+  return (
+    code === 'SQLITE_FULL' || code === 'SQLITE_IOERR_WRITE' || (error instanceof Error && /database or disk is full/i.test(error.message))
+  );
 }

@@ -115,7 +115,11 @@ export class Sender {
 
   /** Reads the buffer from now on; new messages are sent as soon as they are stored. */
   start(): void {
-    this.detach = this.buffer.attach({ readAhead: this.options.inFlight, splitLive: this.options.liveShare > 0, onStored: () => this.pump() });
+    this.detach = this.buffer.attach({
+      readAhead: this.options.inFlight,
+      splitLive: this.options.liveShare > 0,
+      onStored: () => this.pump(),
+    });
   }
 
   /** Takes over the counters of the sender this one replaces (a reload), so metrics stay monotonic. */
@@ -233,7 +237,11 @@ export class Sender {
     // Acknowledged but not yet settled counts against the window too: after a power cut, at most
     // a window's worth of messages is sent twice.
     // (mqtt-packet corks the socket per packet until the next tick, so one loop is one write.)
-    for (let free = window - this.inFlight.size - this.acked.length; free > 0 && this.link !== undefined; free = window - this.inFlight.size - this.acked.length) {
+    for (
+      let free = window - this.inFlight.size - this.acked.length;
+      free > 0 && this.link !== undefined;
+      free = window - this.inFlight.size - this.acked.length
+    ) {
       const next = this.next(free, window);
       if (next.messages.length === 0) break;
       for (const message of next.messages) {

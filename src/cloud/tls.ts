@@ -56,9 +56,15 @@ export function readTls(tls: UplinkConfig['tls']): { options: Partial<IClientOpt
   if (key) options.key = tls.passphrase === undefined ? key : [{ pem: key, passphrase: tls.passphrase }];
   if (tls.servername !== undefined) options.servername = tls.servername;
   try {
-    createSecureContext({ ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(options.key ? { key: options.key as SecureContextOptions['key'] } : {}) });
+    createSecureContext({
+      ...(ca ? { ca } : {}),
+      ...(cert ? { cert } : {}),
+      ...(options.key ? { key: options.key as SecureContextOptions['key'] } : {}),
+    });
   } catch (error) {
-    throw new Error(`uplink.tls: ${tls.cert ?? ''} ${tls.key ?? ''}: ${errorMessage(error)} (a certificate and its own key, in PEM, and the passphrase of an encrypted key)`);
+    throw new Error(
+      `uplink.tls: ${tls.cert ?? ''} ${tls.key ?? ''}: ${errorMessage(error)} (a certificate and its own key, in PEM, and the passphrase of an encrypted key)`,
+    );
   }
   return { options, fingerprint: fingerprintOf([ca, cert, key].filter((content) => content !== undefined)) };
 }

@@ -9,7 +9,15 @@
 // topics (bridge-rules.ts) pass through untouched.
 import type { Logger } from 'pino';
 import type { IntegratedBroker } from '../broker/broker.js';
-import { RecordKind, type CloudMessage, type DownlinkAction, type FormatSession, type NorthboundFormat, type Recorder, type Report } from '../northbound/format.js';
+import {
+  RecordKind,
+  type CloudMessage,
+  type DownlinkAction,
+  type FormatSession,
+  type NorthboundFormat,
+  type Recorder,
+  type Report,
+} from '../northbound/format.js';
 import { errorMessage } from '../util/errors.js';
 import { BridgeRules, type CloudRoute, type UplinkConfig } from './bridge-rules.js';
 import type { MessageBuffer, OutboxMessage, Settled, StoredMessage } from './buffer.js';
@@ -63,7 +71,10 @@ class ConnectionSession implements FormatSession {
 
 /** A row the format cannot encode is refused for good (a reason code ≥ 0x80, as an MQTT 5 refusal): never sent, it would block the queue. */
 function unencodable(format: NorthboundFormat, stored: StoredMessage): Error {
-  return Object.assign(new Error(`the ${format.name} format cannot encode outbox row ${stored.id} (kind ${stored.kind ?? RecordKind.MESSAGE})`), { code: 0x80 });
+  return Object.assign(
+    new Error(`the ${format.name} format cannot encode outbox row ${stored.id} (kind ${stored.kind ?? RecordKind.MESSAGE})`),
+    { code: 0x80 },
+  );
 }
 
 /**
@@ -94,7 +105,15 @@ export class Uplink {
   private stopping = false;
   private readonly counters = { reconnects: 0, received: 0 };
 
-  constructor(config: UplinkConfig, gatewayName: string, format: NorthboundFormat, outbox: MessageBuffer, broker: IntegratedBroker, log: Logger, downlink: DownlinkHandlers = {}) {
+  constructor(
+    config: UplinkConfig,
+    gatewayName: string,
+    format: NorthboundFormat,
+    outbox: MessageBuffer,
+    broker: IntegratedBroker,
+    log: Logger,
+    downlink: DownlinkHandlers = {},
+  ) {
     const tls = readTls(config.tls);
     this.tlsFingerprint = tls.fingerprint;
     this.format = format;
@@ -118,11 +137,17 @@ export class Uplink {
     );
     this.sender = new Sender(
       outbox,
-      { inFlight: config.inFlight, liveShare: config.liveShare, maxAge: config.outbox.maxAge, stallAfter: Math.min(config.keepalive, STALL_AFTER_MAX_MS) },
+      {
+        inFlight: config.inFlight,
+        liveShare: config.liveShare,
+        maxAge: config.outbox.maxAge,
+        stallAfter: Math.min(config.keepalive, STALL_AFTER_MAX_MS),
+      },
       this.log,
       {
         firstAcknowledgement: () => this.connection.stable(),
-        refused: (message, error) => this.connection.noteError(`the cloud broker refused a message on "${message.topic}": ${errorMessage(error)}`),
+        refused: (message, error) =>
+          this.connection.noteError(`the cloud broker refused a message on "${message.topic}": ${errorMessage(error)}`),
       },
     );
   }
@@ -223,7 +248,11 @@ export class Uplink {
     const inFlight = this.sender.stats.inFlight;
     // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
     this.sender.disconnected();
-    if (wasConnected) this.log.warn({ inFlight, backlog: this.outbox.length, error: this.connection.lastError }, 'disconnected from the cloud broker; buffering in the outbox');
+    if (wasConnected)
+      this.log.warn(
+        { inFlight, backlog: this.outbox.length, error: this.connection.lastError },
+        'disconnected from the cloud broker; buffering in the outbox',
+      );
   }
 
   private publishBirths(session: ConnectionSession, link?: Link): void {
@@ -244,7 +273,11 @@ export class Uplink {
       if (action.kind === 'local') {
         this.downlink.local?.(action.topic, action.payload, action.retain);
         // Published by the gateway itself (no client), so the forward path never sends it back up.
-        this.broker.publishNow(action.topic, action.payload, { qos: 1, retain: action.retain }).catch((error: unknown) => this.log.error({ topic: action.topic, error: errorMessage(error) }, 'could not publish a cloud message locally'));
+        this.broker
+          .publishNow(action.topic, action.payload, { qos: 1, retain: action.retain })
+          .catch((error: unknown) =>
+            this.log.error({ topic: action.topic, error: errorMessage(error) }, 'could not publish a cloud message locally'),
+          );
       } else if (action.kind === 'write') {
         if (this.downlink.write) this.downlink.write(action);
         else this.log.warn({ device: action.device, tag: action.tag }, 'a write from the cloud, but nothing takes writes from this uplink');

@@ -80,7 +80,13 @@ export class CommandHandler {
   private readonly log: Logger;
   private readonly answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void;
 
-  constructor(options: { suffix: string; tagTopicFilters: string[]; limits: WriteLimits; log: Logger; answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void }) {
+  constructor(options: {
+    suffix: string;
+    tagTopicFilters: string[];
+    limits: WriteLimits;
+    log: Logger;
+    answer: (topic: string, answer: CommandAnswer, origin: CommandOrigin) => void;
+  }) {
     this.suffix = options.suffix;
     this.limits = options.limits;
     this.unknownFilters = [...new Set(options.tagTopicFilters)].map((filter) => filter + options.suffix);
@@ -116,14 +122,26 @@ export class CommandHandler {
     const queue = this.queues.get(key) ?? { tail: Promise.resolve(), pending: 0 };
     // One runs, the others wait behind it.
     if (queue.pending > this.limits.maxWaiting) {
-      return this.safely(() => this.execute(topic, target, payload, retain, origin, `${queue.pending - 1} writes to this tag are already waiting (writes.maxWaiting); try again later`));
+      return this.safely(() =>
+        this.execute(
+          topic,
+          target,
+          payload,
+          retain,
+          origin,
+          `${queue.pending - 1} writes to this tag are already waiting (writes.maxWaiting); try again later`,
+        ),
+      );
     }
     queue.pending++;
     const arrived = performance.now();
     const run = queue.tail.then(async () => {
       const waited = performance.now() - arrived;
       // Behind a slow write (a timing-out device, a shared serial line), a command must not land long after it was sent.
-      const expired = waited > this.limits.waitTimeout ? `waited ${Math.round(waited)} ms behind earlier writes to this tag (writes.waitTimeout): not written` : undefined;
+      const expired =
+        waited > this.limits.waitTimeout
+          ? `waited ${Math.round(waited)} ms behind earlier writes to this tag (writes.waitTimeout): not written`
+          : undefined;
       await this.safely(() => this.execute(topic, target, payload, retain, origin, expired));
       queue.pending--;
     });
@@ -144,7 +162,14 @@ export class CommandHandler {
     }
   }
 
-  private async execute(topic: string, target: CommandTarget | undefined, payload: Buffer, retain: boolean, origin: CommandOrigin, refusal?: string): Promise<void> {
+  private async execute(
+    topic: string,
+    target: CommandTarget | undefined,
+    payload: Buffer,
+    retain: boolean,
+    origin: CommandOrigin,
+    refusal?: string,
+  ): Promise<void> {
     const started = Date.now();
     let requested: TagValue | undefined;
     let previous: TagValue | null | undefined;
@@ -153,16 +178,22 @@ export class CommandHandler {
       if (!target) throw new Rejected(`unknown tag: no tag has the command topic ${topic}`);
       if (refusal !== undefined) throw new Rejected(refusal);
       previous = target.previous();
-      if (!target.tag.writable) throw new Rejected(`tag "${target.tag.name}" of device "${target.device}" is not writable (set "writable": true in its config)`);
+      if (!target.tag.writable)
+        throw new Rejected(`tag "${target.tag.name}" of device "${target.device}" is not writable (set "writable": true in its config)`);
       // A retained command would be written again by every reconnect and every new subscription.
-      if (retain) throw new Rejected('retained commands are refused: they would be written again at every reconnect; publish without retain');
+      if (retain)
+        throw new Rejected('retained commands are refused: they would be written again at every reconnect; publish without retain');
       const command = parseCommand(payload);
       requested = command.value;
       if (command.sentAt !== undefined && started - command.sentAt > this.limits.maxAge) {
-        throw new Rejected(`stale command: sent ${Math.round((started - command.sentAt) / 1000)} s ago ("ts"), older than writes.maxAge (${this.limits.maxAge} ms)`);
+        throw new Rejected(
+          `stale command: sent ${Math.round((started - command.sentAt) / 1000)} s ago ("ts"), older than writes.maxAge (${this.limits.maxAge} ms)`,
+        );
       }
       if (command.sentAt !== undefined && command.sentAt - started > this.limits.maxAge) {
-        throw new Rejected(`"ts" is ${Math.round((command.sentAt - started) / 1000)} s in the future (more than writes.maxAge): check the sender's clock`);
+        throw new Rejected(
+          `"ts" is ${Math.round((command.sentAt - started) / 1000)} s in the future (more than writes.maxAge): check the sender's clock`,
+        );
       }
       checkValue(requested, target.tag);
       const minInterval = target.tag.write?.minInterval;
@@ -170,14 +201,20 @@ export class CommandHandler {
       const last = this.lastWritten.get(key);
       const now = performance.now();
       if (minInterval !== undefined && last !== undefined && now - last < minInterval) {
-        throw new Rejected(`rate limited: at most one write per ${minInterval} ms to this tag; next one allowed in ${Math.ceil(minInterval - (now - last))} ms`);
+        throw new Rejected(
+          `rate limited: at most one write per ${minInterval} ms to this tag; next one allowed in ${Math.ceil(minInterval - (now - last))} ms`,
+        );
       }
       const raw = toRaw(requested, target.tag);
       try {
         await target.write(raw);
       } catch (error) {
         // Refused before anything reached the device: the driver's type check, a read-only area, no connection.
-        if (error instanceof DriverError && (error.code === 'invalid-value' || error.code === 'read-only' || error.code === 'not-connected' || error.code === 'stopped')) throw new Rejected(error.message);
+        if (
+          error instanceof DriverError &&
+          (error.code === 'invalid-value' || error.code === 'read-only' || error.code === 'not-connected' || error.code === 'stopped')
+        )
+          throw new Rejected(error.message);
         // Anything else may have reached the device (a timeout after sending): it counts for the rate limit.
         this.lastWritten.set(key, performance.now());
         throw error;
@@ -188,8 +225,12 @@ export class CommandHandler {
       if (target.tag.write?.readBack) {
         const result = await target.readBack();
         readBack = result.value;
-        if (result.reading.quality === 'bad') throw new Error(`written, but the read-back failed: ${result.reading.reason ?? 'bad quality'}`);
-        if (!sameValue(requested, result.value)) throw new Error(`written, but the read-back gave ${JSON.stringify(jsonSafe(result.value))} instead of ${JSON.stringify(jsonSafe(requested))}`);
+        if (result.reading.quality === 'bad')
+          throw new Error(`written, but the read-back failed: ${result.reading.reason ?? 'bad quality'}`);
+        if (!sameValue(requested, result.value))
+          throw new Error(
+            `written, but the read-back gave ${JSON.stringify(jsonSafe(result.value))} instead of ${JSON.stringify(jsonSafe(requested))}`,
+          );
       }
       this.stats.written++;
       const answer: CommandAnswer = { ok: true, device: target.device, tag: target.tag.name, value: requested, ts: Date.now() };
@@ -205,11 +246,21 @@ export class CommandHandler {
         answer.tag = target.tag.name;
       }
       if (requested !== undefined) answer.value = requested;
-      this.finish(topic, answer, origin, { previous, payload, durationMs: Date.now() - started, result: rejected ? 'rejected' : written ? 'written, not confirmed' : 'failed' });
+      this.finish(topic, answer, origin, {
+        previous,
+        payload,
+        durationMs: Date.now() - started,
+        result: rejected ? 'rejected' : written ? 'written, not confirmed' : 'failed',
+      });
     }
   }
 
-  private finish(topic: string, answer: CommandAnswer, origin: CommandOrigin, details: { previous: TagValue | null | undefined; payload: Buffer; durationMs: number; result?: string }): void {
+  private finish(
+    topic: string,
+    answer: CommandAnswer,
+    origin: CommandOrigin,
+    details: { previous: TagValue | null | undefined; payload: Buffer; durationMs: number; result?: string },
+  ): void {
     this.log.info(
       {
         audit: 'write',
@@ -243,14 +294,17 @@ export interface ParsedCommand {
  */
 export function parseCommand(payload: Buffer): ParsedCommand {
   if (payload.length === 0) throw new Rejected('empty payload: send a value, e.g. 42 or {"value": 42}');
-  if (payload.length > MAX_PAYLOAD) throw new Rejected(`payload of ${payload.length} bytes is too long for a command (at most ${MAX_PAYLOAD})`);
+  if (payload.length > MAX_PAYLOAD)
+    throw new Rejected(`payload of ${payload.length} bytes is too long for a command (at most ${MAX_PAYLOAD})`);
   const text = payload.toString('utf8').trim();
   if (/^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text))) return { value: BigInt(text) };
   let parsed: unknown;
   try {
     parsed = JSON.parse(text, (_key, value: unknown, context?: { source?: string }) =>
       // Keeps 64-bit integers exact where the runtime tells us the source text.
-      typeof value === 'number' && context?.source !== undefined && /^-?\d+$/.test(context.source) && !Number.isSafeInteger(value) ? BigInt(context.source) : value,
+      typeof value === 'number' && context?.source !== undefined && /^-?\d+$/.test(context.source) && !Number.isSafeInteger(value)
+        ? BigInt(context.source)
+        : value,
     );
   } catch (error) {
     if (/^[[{"]/.test(text)) throw new Rejected(`malformed JSON: ${errorMessage(error)}`);
@@ -268,7 +322,10 @@ export function parseCommand(payload: Buffer): ParsedCommand {
 
 function timestampOf(ts: unknown): number {
   const ms = typeof ts === 'number' ? ts : typeof ts === 'bigint' ? Number(ts) : typeof ts === 'string' ? Date.parse(ts) : Number.NaN;
-  if (!Number.isFinite(ms)) throw new Rejected(`"ts" must be ms since the epoch or an ISO 8601 time, got ${JSON.stringify(typeof ts === 'bigint' ? ts.toString() : ts)}`);
+  if (!Number.isFinite(ms))
+    throw new Rejected(
+      `"ts" must be ms since the epoch or an ISO 8601 time, got ${JSON.stringify(typeof ts === 'bigint' ? ts.toString() : ts)}`,
+    );
   return ms;
 }
 
@@ -286,7 +343,12 @@ function checkValue(value: TagValue, tag: TagConfig): void {
   const checks = tag.write;
   if (!checks) return;
   for (const item of Array.isArray(value) ? value : [value]) {
-    if (checks.allowed !== undefined && !checks.allowed.some((allowed) => allowed === item || (typeof item === 'bigint' && typeof allowed === 'number' && Number(item) === allowed))) {
+    if (
+      checks.allowed !== undefined &&
+      !checks.allowed.some(
+        (allowed) => allowed === item || (typeof item === 'bigint' && typeof allowed === 'number' && Number(item) === allowed),
+      )
+    ) {
       throw new Rejected(`${JSON.stringify(jsonSafe(item))} is not one of the allowed values ${JSON.stringify(checks.allowed)}`);
     }
     if (checks.min === undefined && checks.max === undefined) continue;
@@ -314,7 +376,12 @@ function toRaw(value: TagValue, tag: TagConfig): TagValue {
 function sameValue(requested: TagValue, actual: TagValue | null): boolean {
   if (actual === null) return false;
   if (Array.isArray(requested) || Array.isArray(actual)) {
-    return Array.isArray(requested) && Array.isArray(actual) && requested.length === actual.length && requested.every((item, index) => sameScalar(item, actual[index]!));
+    return (
+      Array.isArray(requested) &&
+      Array.isArray(actual) &&
+      requested.length === actual.length &&
+      requested.every((item, index) => sameScalar(item, actual[index]!))
+    );
   }
   return sameScalar(requested, actual);
 }

@@ -48,9 +48,10 @@ export const deadband = z
   .meta({ description: 'Report-by-exception: a numeric value is published only when it moved beyond the deadband.' });
 export type Deadband = z.output<typeof deadband>;
 
-export const reportMode = z
-  .enum(['change', 'always'])
-  .meta({ description: '"change": publish a tag when its value or quality changes (report by exception, with deadband and maxSilence heartbeat). "always": publish every poll.' });
+export const reportMode = z.enum(['change', 'always']).meta({
+  description:
+    '"change": publish a tag when its value or quality changes (report by exception, with deadband and maxSilence heartbeat). "always": publish every poll.',
+});
 
 /** Fields every tag has, whatever its driver. Driver tag schemas extend this. */
 export const baseTagFields = {
@@ -58,22 +59,24 @@ export const baseTagFields = {
   description: z.string().optional().meta({ description: 'Free text for humans; not published.' }),
   group: name('Poll group')
     .optional()
-    .meta({ description: 'Poll group (a key of the device\'s pollGroups). Default: the device\'s main poll interval.' }),
+    .meta({ description: "Poll group (a key of the device's pollGroups). Default: the device's main poll interval." }),
   scale: z.number().optional().meta({ description: 'Engineering value = raw * scale + offset. Numeric tags only.' }),
   offset: z.number().optional().meta({ description: 'Added after scale.' }),
   unit: z.string().max(32).optional().meta({ description: 'Engineering unit, published with the value (e.g. "°C", "bar").' }),
   deadband: deadband.optional(),
-  report: reportMode.optional().meta({ description: 'Overrides the device\'s report mode for this tag.' }),
+  report: reportMode.optional().meta({ description: "Overrides the device's report mode for this tag." }),
   maxSilence: duration('Heartbeat: republish an unchanged value after this long (report mode "change").').optional(),
-  topic: z
-    .string()
-    .min(1)
-    .optional()
-    .meta({ description: 'Topic template for this tag, overriding topics.tag. Same placeholders.' }),
-  writable: z.boolean().default(false).meta({ description: 'Allow writes to this tag from MQTT (its command topic, topics.command). Writes are refused unless true.' }),
+  topic: z.string().min(1).optional().meta({ description: 'Topic template for this tag, overriding topics.tag. Same placeholders.' }),
+  writable: z
+    .boolean()
+    .default(false)
+    .meta({ description: 'Allow writes to this tag from MQTT (its command topic, topics.command). Writes are refused unless true.' }),
   write: z
     .strictObject({
-      min: z.number().optional().meta({ description: 'Smallest value a write may set, in engineering units (after scale/offset). Each element, for arrays.' }),
+      min: z
+        .number()
+        .optional()
+        .meta({ description: 'Smallest value a write may set, in engineering units (after scale/offset). Each element, for arrays.' }),
       max: z.number().optional().meta({ description: 'Largest value a write may set, in engineering units.' }),
       allowed: z
         .array(z.union([z.number(), z.string(), z.boolean()]))
@@ -81,7 +84,10 @@ export const baseTagFields = {
         .optional()
         .meta({ description: 'The only values a write may set, e.g. [0, 1, 2] for a mode selector.' }),
       minInterval: duration('Rate limit: a write within this time of the previous accepted one is refused.').optional(),
-      readBack: z.boolean().default(false).meta({ description: 'Read the tag again after writing and answer ok only if it holds the written value.' }),
+      readBack: z
+        .boolean()
+        .default(false)
+        .meta({ description: 'Read the tag again after writing and answer ok only if it holds the written value.' }),
     })
     .optional()
     .meta({ description: 'Checks for writes to a writable tag. A write that fails one writes nothing and is answered with the reason.' }),
@@ -94,15 +100,20 @@ export const baseDeviceFields = {
   enabled: z.boolean().default(true).meta({ description: 'Set false to keep a device in the file without polling it.' }),
   pollInterval: duration('Main poll interval for tags without a group.', 10).default(1000),
   pollGroups: z
-    .record(name('Poll group').refine((key) => key !== 'default', { message: '"default" is the group of tags without one; it polls at pollInterval' }), z.strictObject({ interval: duration('Poll interval of this group.', 10) }))
+    .record(
+      name('Poll group').refine((key) => key !== 'default', {
+        message: '"default" is the group of tags without one; it polls at pollInterval',
+      }),
+      z.strictObject({ interval: duration('Poll interval of this group.', 10) }),
+    )
     .default({})
     .meta({ description: 'Extra poll groups with their own interval, e.g. {"fast": {"interval": "100ms"}}.' }),
   report: reportMode.default('change'),
   maxSilence: duration('Default heartbeat for tags of this device (report mode "change").').default(60_000),
-  publish: z
-    .enum(['per-tag', 'batch'])
-    .default('per-tag')
-    .meta({ description: '"per-tag": one message per tag on its own topic. "batch": one message per poll cycle with all tags of the group, on topics.batch.' }),
+  publish: z.enum(['per-tag', 'batch']).default('per-tag').meta({
+    description:
+      '"per-tag": one message per tag on its own topic. "batch": one message per poll cycle with all tags of the group, on topics.batch.',
+  }),
   meta: z
     .record(z.string().regex(/^[A-Za-z][A-Za-z0-9_]*$/), z.string().regex(/^[^/+#\u0000]+$/))
     .default({})

@@ -86,13 +86,25 @@ export function loadHttpSection(file: string, env: NodeJS.ProcessEnv = process.e
   const property = tree?.type === 'object' ? tree.children?.findLast((child) => child.children?.[0]?.value === 'http') : undefined;
   const node = property?.children?.[1];
   // A syntax error inside the section, or one that may have hidden it, leaves its address unknown.
-  const spoiling = errors.find((error) => property === undefined || (error.offset >= property.offset && error.offset <= property.offset + property.length));
-  if (spoiling !== undefined) throw new ConfigError(file, [{ path: property === undefined ? [] : ['http'], message: `not valid JSON: ${describeSyntaxError(text, spoiling)} at ${lineAndColumn(text, spoiling.offset)}` }]);
+  const spoiling = errors.find(
+    (error) => property === undefined || (error.offset >= property.offset && error.offset <= property.offset + property.length),
+  );
+  if (spoiling !== undefined)
+    throw new ConfigError(file, [
+      {
+        path: property === undefined ? [] : ['http'],
+        message: `not valid JSON: ${describeSyntaxError(text, spoiling)} at ${lineAndColumn(text, spoiling.offset)}`,
+      },
+    ]);
   const problems: ConfigProblem[] = [];
   const raw = { http: interpolateEnv(node === undefined ? undefined : nodeValue(node), env, ['http'], problems) };
   if (problems.length > 0) throw new ConfigError(file, problems);
   const result = z.object({ http: httpSection }).safeParse(raw, { reportInput: true });
-  if (!result.success) throw new ConfigError(file, result.error.issues.flatMap((issue) => describeIssue(issue, raw)));
+  if (!result.success)
+    throw new ConfigError(
+      file,
+      result.error.issues.flatMap((issue) => describeIssue(issue, raw)),
+    );
   return result.data.http;
 }
 
@@ -114,7 +126,10 @@ function parseJsoncTree(text: string, file: string): JsonNode | undefined {
   // A byte order mark (Windows editors write one) becomes a space, so columns stay as the editor shows them.
   const tree = parseTree(text.replace(/^\uFEFF/, ' '), errors, PARSE_OPTIONS);
   const first = errors[0];
-  if (first !== undefined) throw new ConfigError(file, [{ path: [], message: `not valid JSON: ${describeSyntaxError(text, first)} at ${lineAndColumn(text, first.offset)}` }]);
+  if (first !== undefined)
+    throw new ConfigError(file, [
+      { path: [], message: `not valid JSON: ${describeSyntaxError(text, first)} at ${lineAndColumn(text, first.offset)}` },
+    ]);
   return tree;
 }
 
@@ -239,9 +254,7 @@ export function interpolateEnv(value: unknown, env: NodeJS.ProcessEnv, path: Jso
   }
   if (Array.isArray(value)) return value.map((item, index) => interpolateEnv(item, env, [...path, index], problems));
   if (value !== null && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([key, item]) => [key, interpolateEnv(item, env, [...path, key], problems)]),
-    );
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, interpolateEnv(item, env, [...path, key], problems)]));
   }
   return value;
 }
@@ -281,18 +294,34 @@ function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
         const value = valueAt(root, discriminatorPath);
         if (value === undefined) return [{ path: discriminatorPath, message: `is required (one of ${options.join(', ')})` }];
         const suggestion = typeof value === 'string' ? closest(value, options) : undefined;
-        return [{
-          path: discriminatorPath,
-          message: `unknown ${String(issue.discriminator)} ${describeValue(value)}, expected one of ${options.join(', ')}${suggestion ? `; did you mean "${suggestion}"?` : ''}`,
-        }];
+        return [
+          {
+            path: discriminatorPath,
+            message: `unknown ${String(issue.discriminator)} ${describeValue(value)}, expected one of ${options.join(', ')}${suggestion ? `; did you mean "${suggestion}"?` : ''}`,
+          },
+        ];
       }
       // A union (e.g. number | duration string): report the branch that accepted the input's type.
       const branches = issue.errors.filter((branch) => !branch.some((sub) => sub.code === 'invalid_type' && sub.path.length === 0));
       if (branches.length > 0) {
         return branches[0]!.flatMap((sub) => describeIssue({ ...sub, path: [...issue.path, ...sub.path] } as Issue, root));
       }
-      const expected = [...new Set(issue.errors.flatMap((branch) => branch.filter((sub) => sub.code === 'invalid_type').map((sub) => (sub as { expected: string }).expected)))];
-      return [{ path, message: input === undefined ? `is required (expected ${expected.join(' or ')})` : `expected ${expected.join(' or ')}, got ${describeValue(input)}` }];
+      const expected = [
+        ...new Set(
+          issue.errors.flatMap((branch) =>
+            branch.filter((sub) => sub.code === 'invalid_type').map((sub) => (sub as { expected: string }).expected),
+          ),
+        ),
+      ];
+      return [
+        {
+          path,
+          message:
+            input === undefined
+              ? `is required (expected ${expected.join(' or ')})`
+              : `expected ${expected.join(' or ')}, got ${describeValue(input)}`,
+        },
+      ];
     }
     case 'too_small':
     case 'too_big': {
@@ -300,13 +329,23 @@ function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
       const inclusive = issue.inclusive !== false;
       const op = issue.code === 'too_small' ? (inclusive ? 'at least' : 'more than') : inclusive ? 'at most' : 'less than';
       if (issue.origin === 'array') {
-        return [{ path, message: `must have ${op} ${bound} item${bound === 1 ? '' : 's'}, got ${Array.isArray(input) ? input.length : describeValue(input)}` }];
+        return [
+          {
+            path,
+            message: `must have ${op} ${bound} item${bound === 1 ? '' : 's'}, got ${Array.isArray(input) ? input.length : describeValue(input)}`,
+          },
+        ];
       }
       const what = issue.origin === 'string' ? `${bound} characters long` : String(bound);
       return [{ path, message: `must be ${op} ${what}, got ${describeValue(input)}` }];
     }
     case 'invalid_format':
-      return [{ path, message: `${issue.message.startsWith('Invalid') ? `not a valid ${issue.format}` : issue.message}, got ${describeValue(input)}` }];
+      return [
+        {
+          path,
+          message: `${issue.message.startsWith('Invalid') ? `not a valid ${issue.format}` : issue.message}, got ${describeValue(input)}`,
+        },
+      ];
     default:
       return [{ path, message: issue.message }];
   }
@@ -330,7 +369,15 @@ function describeValue(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}…` : text;
 }
 
-type SchemaNode = { properties?: Record<string, SchemaNode>; items?: SchemaNode; anyOf?: SchemaNode[]; oneOf?: SchemaNode[]; additionalProperties?: SchemaNode | boolean; const?: unknown; allOf?: SchemaNode[] };
+type SchemaNode = {
+  properties?: Record<string, SchemaNode>;
+  items?: SchemaNode;
+  anyOf?: SchemaNode[];
+  oneOf?: SchemaNode[];
+  additionalProperties?: SchemaNode | boolean;
+  const?: unknown;
+  allOf?: SchemaNode[];
+};
 
 /** The keys the schema allows at a path, found by walking the generated JSON Schema beside the input. */
 function knownKeysAt(path: JsonPath, root: unknown): string[] {
@@ -339,7 +386,10 @@ function knownKeysAt(path: JsonPath, root: unknown): string[] {
     node = pickBranch(node, valueAt(root, path.slice(0, depth)));
     if (depth === path.length || !node) break;
     const key = path[depth]!;
-    node = typeof key === 'number' ? node.items : (node.properties?.[key] ?? (typeof node.additionalProperties === 'object' ? node.additionalProperties : undefined));
+    node =
+      typeof key === 'number'
+        ? node.items
+        : (node.properties?.[key] ?? (typeof node.additionalProperties === 'object' ? node.additionalProperties : undefined));
   }
   return node?.properties ? Object.keys(node.properties) : [];
 }
@@ -349,8 +399,10 @@ function pickBranch(node: SchemaNode, value: unknown): SchemaNode {
   if (!branches) return node;
   const objects = branches.filter((branch) => branch.properties);
   const matching = objects.find((branch) =>
-    Object.entries(branch.properties!).every(([key, property]) =>
-      property.const === undefined || (value !== null && typeof value === 'object' && (value as Record<string, unknown>)[key] === property.const),
+    Object.entries(branch.properties!).every(
+      ([key, property]) =>
+        property.const === undefined ||
+        (value !== null && typeof value === 'object' && (value as Record<string, unknown>)[key] === property.const),
     ),
   );
   return matching ?? objects[0] ?? node;
@@ -372,7 +424,9 @@ export function closest(word: string, candidates: readonly string[]): string | u
 
 /** Edit distance where swapping two neighbouring letters ("prot" for "port") counts as one edit. */
 function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
@@ -390,10 +444,15 @@ export function checkSemantics(config: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   const add = (path: JsonPath, message: string) => problems.push({ path, message });
 
-  for (const [key, source] of [['tag', config.topics.tag], ['batch', config.topics.batch], ['status', config.topics.status]] as const) {
+  for (const [key, source] of [
+    ['tag', config.topics.tag],
+    ['batch', config.topics.batch],
+    ['status', config.topics.status],
+  ] as const) {
     try {
       const template = compileTopicTemplate(source);
-      if (key === 'batch' && template.placeholders.includes('tag')) add(['topics', key], 'a batch topic carries every tag of a group: it cannot contain {tag}');
+      if (key === 'batch' && template.placeholders.includes('tag'))
+        add(['topics', key], 'a batch topic carries every tag of a group: it cannot contain {tag}');
       if (key === 'status') {
         const unknown = template.placeholders.filter((placeholder) => placeholder !== 'gateway');
         if (unknown.length > 0) add(['topics', key], `the status topic may only use {gateway}, not {${unknown.join('}, {')}}`);
@@ -428,39 +487,63 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     else deviceNames.set(device.name, deviceIndex);
 
     for (const key of Object.keys(device.meta)) {
-      if ((RESERVED_PLACEHOLDERS as readonly string[]).includes(key)) add([...devicePath, 'meta', key], `"${key}" is a built-in placeholder; choose another meta key`);
+      if ((RESERVED_PLACEHOLDERS as readonly string[]).includes(key))
+        add([...devicePath, 'meta', key], `"${key}" is a built-in placeholder; choose another meta key`);
     }
 
     const tagNames = new Map<string, number>();
     device.tags.forEach((tag, tagIndex) => {
       const tagPath = [...devicePath, 'tags', tagIndex];
       const firstTag = tagNames.get(tag.name);
-      if (firstTag !== undefined) add([...tagPath, 'name'], `duplicate tag name "${tag.name}" in device "${device.name}" (also tags[${firstTag}])`);
+      if (firstTag !== undefined)
+        add([...tagPath, 'name'], `duplicate tag name "${tag.name}" in device "${device.name}" (also tags[${firstTag}])`);
       else tagNames.set(tag.name, tagIndex);
 
       const group = tag.group ?? 'default';
       if (tag.group !== undefined && !(tag.group in device.pollGroups)) {
         const defined = Object.keys(device.pollGroups);
-        add([...tagPath, 'group'], `unknown poll group "${tag.group}"; device "${device.name}" defines ${defined.length > 0 ? defined.join(', ') : 'no pollGroups'}`);
+        add(
+          [...tagPath, 'group'],
+          `unknown poll group "${tag.group}"; device "${device.name}" defines ${defined.length > 0 ? defined.join(', ') : 'no pollGroups'}`,
+        );
       }
       const where = tag.topic !== undefined ? [...tagPath, 'topic'] : ['topics', 'tag'];
       if (device.publish === 'per-tag' || tag.topic !== undefined || tag.writable) {
         // Rendered as the gateway renders it (northbound/json/topics.ts), with the problems reported.
-        const topic = renderChecked({ source: tagTopicSource(config.topics, tag), variables: topicVariables(config.gateway.name, device, group, tag.name), path: where, device: device.name, add });
-        if (topic !== undefined && (device.publish === 'per-tag' || tag.topic !== undefined)) claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+        const topic = renderChecked({
+          source: tagTopicSource(config.topics, tag),
+          variables: topicVariables(config.gateway.name, device, group, tag.name),
+          path: where,
+          device: device.name,
+          add,
+        });
+        if (topic !== undefined && (device.publish === 'per-tag' || tag.topic !== undefined))
+          claimTopic(topic, `devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
         // A command topic that is another tag's data topic would turn its values into writes.
-        if (topic !== undefined && tag.writable) claimTopic(commandTopic(config.topics, topic), `the command topic of devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`, tagPath);
+        if (topic !== undefined && tag.writable)
+          claimTopic(
+            commandTopic(config.topics, topic),
+            `the command topic of devices[${deviceIndex}].tags[${tagIndex}] (${device.name}/${tag.name})`,
+            tagPath,
+          );
       }
       if (tag.write !== undefined) {
         if (!tag.writable) add([...tagPath, 'write'], 'write checks apply to writable tags only; add "writable": true or remove "write"');
-        if (tag.write.min !== undefined && tag.write.max !== undefined && tag.write.min > tag.write.max) add([...tagPath, 'write', 'min'], `min (${tag.write.min}) is greater than max (${tag.write.max})`);
+        if (tag.write.min !== undefined && tag.write.max !== undefined && tag.write.min > tag.write.max)
+          add([...tagPath, 'write', 'min'], `min (${tag.write.min}) is greater than max (${tag.write.max})`);
       }
     });
 
     if (device.publish === 'batch') {
       const groups = new Set(device.tags.map((tag) => tag.group ?? 'default'));
       for (const group of groups) {
-        const topic = renderChecked({ source: config.topics.batch, variables: topicVariables(config.gateway.name, device, group), path: ['topics', 'batch'], device: device.name, add });
+        const topic = renderChecked({
+          source: config.topics.batch,
+          variables: topicVariables(config.gateway.name, device, group),
+          path: ['topics', 'batch'],
+          device: device.name,
+          add,
+        });
         if (topic !== undefined) claimTopic(topic, `the batch of devices[${deviceIndex}] group "${group}"`, devicePath);
       }
     }
@@ -472,7 +555,8 @@ export function checkSemantics(config: Config): ConfigProblem[] {
     if (simulatorNames.has(simulator.name)) add(['simulators', index, 'name'], `duplicate simulator name "${simulator.name}"`);
     simulatorNames.add(simulator.name);
     const endpoint = `${simulator.host}:${simulator.port}`;
-    if (simulator.port !== 0 && simulatorPorts.has(endpoint)) add(['simulators', index, 'port'], `another simulator already listens on ${endpoint}`);
+    if (simulator.port !== 0 && simulatorPorts.has(endpoint))
+      add(['simulators', index, 'port'], `another simulator already listens on ${endpoint}`);
     simulatorPorts.add(endpoint);
   });
 
@@ -489,7 +573,8 @@ function checkDuplicateNames(raw: unknown): ConfigProblem[] {
     const name = valueAt(device, ['name']);
     if (typeof name === 'string') {
       const first = deviceNames.get(name);
-      if (first !== undefined) problems.push({ path: ['devices', deviceIndex, 'name'], message: `duplicate device name "${name}" (also devices[${first}])` });
+      if (first !== undefined)
+        problems.push({ path: ['devices', deviceIndex, 'name'], message: `duplicate device name "${name}" (also devices[${first}])` });
       else deviceNames.set(name, deviceIndex);
     }
     const tags = valueAt(device, ['tags']);
@@ -499,7 +584,11 @@ function checkDuplicateNames(raw: unknown): ConfigProblem[] {
       const tagName = valueAt(tag, ['name']);
       if (typeof tagName !== 'string') return;
       const firstTag = tagNames.get(tagName);
-      if (firstTag !== undefined) problems.push({ path: ['devices', deviceIndex, 'tags', tagIndex, 'name'], message: `duplicate tag name "${tagName}" in device "${typeof name === 'string' ? name : `devices[${deviceIndex}]`}" (also tags[${firstTag}])` });
+      if (firstTag !== undefined)
+        problems.push({
+          path: ['devices', deviceIndex, 'tags', tagIndex, 'name'],
+          message: `duplicate tag name "${tagName}" in device "${typeof name === 'string' ? name : `devices[${deviceIndex}]`}" (also tags[${firstTag}])`,
+        });
       else tagNames.set(tagName, tagIndex);
     });
   });
@@ -511,7 +600,8 @@ function checkBroker(broker: Config['broker'], add: (path: JsonPath, message: st
   broker.listeners.forEach((listener, index) => {
     const endpoint = `${listener.host}:${listener.port}`;
     const first = endpoints.get(endpoint);
-    if (listener.port !== 0 && first !== undefined) add(['broker', 'listeners', index, 'port'], `listeners[${first}] already uses ${endpoint}`);
+    if (listener.port !== 0 && first !== undefined)
+      add(['broker', 'listeners', index, 'port'], `listeners[${first}] already uses ${endpoint}`);
     else endpoints.set(endpoint, index);
   });
   const usernames = new Map<string, number>();
@@ -522,7 +612,10 @@ function checkBroker(broker: Config['broker'], add: (path: JsonPath, message: st
   });
   broker.acl?.forEach((rule, index) => {
     if (rule.user !== undefined && !usernames.has(rule.user)) {
-      add(['broker', 'acl', index, 'user'], `no user "${rule.user}" in broker.users${usernames.size > 0 ? ` (users: ${[...usernames.keys()].join(', ')})` : ''}`);
+      add(
+        ['broker', 'acl', index, 'user'],
+        `no user "${rule.user}" in broker.users${usernames.size > 0 ? ` (users: ${[...usernames.keys()].join(', ')})` : ''}`,
+      );
     }
     for (const action of ['publish', 'subscribe'] as const) {
       rule[action].forEach((pattern, patternIndex) => {
@@ -538,10 +631,15 @@ function checkHttpPort(config: Config, add: (path: JsonPath, message: string) =>
   const { http } = config;
   if (!http.enabled || http.port === 0) return;
   const wildcard = (host: string) => host === '0.0.0.0' || host === '::';
-  const index = config.broker.listeners.findIndex((listener) => listener.port === http.port && (listener.host === http.host || wildcard(listener.host) || wildcard(http.host)));
+  const index = config.broker.listeners.findIndex(
+    (listener) => listener.port === http.port && (listener.host === http.host || wildcard(listener.host) || wildcard(http.host)),
+  );
   if (index < 0) return;
   const listener = config.broker.listeners[index]!;
-  add(['http', 'port'], `${http.port} is also the port of broker.listeners[${index}] (${listener.type} on ${listener.host}:${listener.port}): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener's port`);
+  add(
+    ['http', 'port'],
+    `${http.port} is also the port of broker.listeners[${index}] (${listener.type} on ${listener.host}:${listener.port}): the operations endpoint needs a port of its own; change http.port (default 9180) or the listener's port`,
+  );
 }
 
 function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath, message: string) => void): void {
@@ -550,15 +648,18 @@ function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath
       const problem = filterProblem(rule.topic);
       if (problem) add(['uplink', direction, index, 'topic'], problem);
       for (const prefix of ['localPrefix', 'remotePrefix'] as const) {
-        if (/[+#]/.test(rule[prefix])) add(['uplink', direction, index, prefix], `a prefix is plain topic text, it cannot contain + or #, got "${rule[prefix]}"`);
+        if (/[+#]/.test(rule[prefix]))
+          add(['uplink', direction, index, prefix], `a prefix is plain topic text, it cannot contain + or #, got "${rule[prefix]}"`);
       }
     });
   }
   if (uplink.tls && /^(mqtt|ws):/.test(uplink.url)) {
     add(['uplink', 'tls'], `TLS settings need an encrypted url (mqtts:// or wss://), but the url is ${uplink.url.split(':')[0]}://`);
   }
-  if (uplink.tls?.cert !== undefined && uplink.tls.key === undefined) add(['uplink', 'tls', 'key'], 'a client certificate (tls.cert) needs its private key (tls.key)');
-  if (uplink.tls?.key !== undefined && uplink.tls.cert === undefined) add(['uplink', 'tls', 'cert'], 'a private key (tls.key) needs its client certificate (tls.cert)');
+  if (uplink.tls?.cert !== undefined && uplink.tls.key === undefined)
+    add(['uplink', 'tls', 'key'], 'a client certificate (tls.cert) needs its private key (tls.key)');
+  if (uplink.tls?.key !== undefined && uplink.tls.cert === undefined)
+    add(['uplink', 'tls', 'cert'], 'a private key (tls.key) needs its client certificate (tls.cert)');
   if (uplink.statusTopic !== undefined) {
     try {
       const unknown = compileTopicTemplate(uplink.statusTopic).placeholders.filter((placeholder) => placeholder !== 'gateway');
@@ -567,10 +668,17 @@ function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath
       add(['uplink', 'statusTopic'], (error as Error).message);
     }
   }
-  if (uplink.reconnect.initial > uplink.reconnect.max) add(['uplink', 'reconnect', 'initial'], `must not be longer than reconnect.max (${uplink.reconnect.max} ms)`);
+  if (uplink.reconnect.initial > uplink.reconnect.max)
+    add(['uplink', 'reconnect', 'initial'], `must not be longer than reconnect.max (${uplink.reconnect.max} ms)`);
 }
 
-function renderChecked(options: { source: string; variables: Record<string, string>; path: JsonPath; device: string; add: (path: JsonPath, message: string) => void }): string | undefined {
+function renderChecked(options: {
+  source: string;
+  variables: Record<string, string>;
+  path: JsonPath;
+  device: string;
+  add: (path: JsonPath, message: string) => void;
+}): string | undefined {
   let template: TopicTemplate;
   try {
     template = compileTopicTemplate(options.source);
@@ -580,7 +688,10 @@ function renderChecked(options: { source: string; variables: Record<string, stri
   }
   const missing = template.placeholders.filter((placeholder) => options.variables[placeholder] === undefined);
   if (missing.length > 0) {
-    options.add(options.path, `placeholder {${missing.join('}, {')}} is not defined for device "${options.device}"; add it to the device's "meta" or remove it from the template`);
+    options.add(
+      options.path,
+      `placeholder {${missing.join('}, {')}} is not defined for device "${options.device}"; add it to the device's "meta" or remove it from the template`,
+    );
     return undefined;
   }
   const topic = template.render(options.variables);
@@ -596,7 +707,9 @@ function renderChecked(options: { source: string; variables: Record<string, stri
 
 export function formatPath(path: JsonPath): string {
   let text = '';
-  for (const key of path) text += typeof key === 'number' ? `[${key}]` : /^[A-Za-z_$][A-Za-z0-9_$]*$/.test(key) ? (text ? `.${key}` : key) : `[${JSON.stringify(key)}]`;
+  for (const key of path)
+    text +=
+      typeof key === 'number' ? `[${key}]` : /^[A-Za-z_$][A-Za-z0-9_$]*$/.test(key) ? (text ? `.${key}` : key) : `[${JSON.stringify(key)}]`;
   return text || '(top level)';
 }
 

@@ -10,7 +10,11 @@ const port = z.number().int().min(0).max(65535).meta({ description: 'TCP port (0
 export const gatewaySection = z
   .strictObject({
     name: name('Gateway').default('plc2mqtt').meta({ description: 'Name of this gateway, the {gateway} placeholder in topics.' }),
-    dataDir: z.string().min(1).default('./data').meta({ description: 'Where the gateway keeps its state (outbox, retained messages, PKI). Relative to the config file.' }),
+    dataDir: z
+      .string()
+      .min(1)
+      .default('./data')
+      .meta({ description: 'Where the gateway keeps its state (outbox, retained messages, PKI). Relative to the config file.' }),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
     shutdownTimeout: duration('How long a graceful shutdown may take before the process exits anyway.').default(5000),
   })
@@ -20,7 +24,10 @@ const BYTE_SIZE = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)$/;
 const BYTE_UNITS: Record<string, number> = { B: 1, kB: 1e3, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
 const byteSize = (description: string) =>
   z
-    .union([z.number().int().positive(), z.string().regex(BYTE_SIZE, { message: 'expected a size such as "500MB", "2GB" or a number of bytes' })])
+    .union([
+      z.number().int().positive(),
+      z.string().regex(BYTE_SIZE, { message: 'expected a size such as "500MB", "2GB" or a number of bytes' }),
+    ])
     .transform((value) => {
       if (typeof value === 'number') return value;
       const [, amount, unit] = BYTE_SIZE.exec(value)!;
@@ -30,11 +37,22 @@ const byteSize = (description: string) =>
 
 const tlsFiles = {
   cert: z.string().min(1).meta({ description: 'PEM file of the server certificate (with its chain).' }),
-  key: z.string().min(1).meta({ description: 'PEM file of the server certificate\'s private key.' }),
-  ca: z.string().min(1).optional().meta({ description: 'PEM file of the CA that signs client certificates (for requireClientCertificate).' }),
-  requireClientCertificate: z.boolean().default(false).meta({ description: 'Refuse clients without a certificate signed by "ca" (mutual TLS).' }),
+  key: z.string().min(1).meta({ description: "PEM file of the server certificate's private key." }),
+  ca: z
+    .string()
+    .min(1)
+    .optional()
+    .meta({ description: 'PEM file of the CA that signs client certificates (for requireClientCertificate).' }),
+  requireClientCertificate: z
+    .boolean()
+    .default(false)
+    .meta({ description: 'Refuse clients without a certificate signed by "ca" (mutual TLS).' }),
 };
-const wsPath = z.string().regex(/^\//, { message: 'a path starts with "/", e.g. "/mqtt"' }).default('/mqtt').meta({ description: 'HTTP path of the WebSocket endpoint.' });
+const wsPath = z
+  .string()
+  .regex(/^\//, { message: 'a path starts with "/", e.g. "/mqtt"' })
+  .default('/mqtt')
+  .meta({ description: 'HTTP path of the WebSocket endpoint.' });
 
 const listenerSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('tcp'), host: host.default('127.0.0.1'), port: port.default(1883) }),
@@ -44,12 +62,18 @@ const listenerSchema = z.discriminatedUnion('type', [
 ]);
 export type ListenerConfig = z.output<typeof listenerSchema>;
 
-const topicPatterns = z.array(z.string().min(1)).default([]).meta({ description: 'Topic filters (+ and #); %u is the username, %c the client id.' });
+const topicPatterns = z
+  .array(z.string().min(1))
+  .default([])
+  .meta({ description: 'Topic filters (+ and #); %u is the username, %c the client id.' });
 
 export const brokerSection = z
   .strictObject({
     // The integrated MQTT broker: local HMIs, historians and MQTT devices connect to its listeners.
-    listeners: z.array(listenerSchema).min(1).default([{ type: 'tcp', host: '127.0.0.1', port: 1883 }]),
+    listeners: z
+      .array(listenerSchema)
+      .min(1)
+      .default([{ type: 'tcp', host: '127.0.0.1', port: 1883 }]),
     allowAnonymous: z
       .boolean()
       .default(false)
@@ -60,7 +84,9 @@ export const brokerSection = z
           username: z.string().min(1).max(256),
           passwordHash: z
             .string()
-            .regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/]{11,}={0,2}\$[A-Za-z0-9+/]{22,}={0,2}$/, { message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password' })
+            .regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/]{11,}={0,2}\$[A-Za-z0-9+/]{22,}={0,2}$/, {
+              message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password',
+            })
             .meta({ description: 'scrypt hash printed by `plc2mqtt passwd`.' }),
         }),
       )
@@ -68,19 +94,31 @@ export const brokerSection = z
     acl: z
       .array(
         z.strictObject({
-          user: z.string().min(1).optional().meta({ description: 'Username the rule is for; without it the rule applies to every client (anonymous ones too).' }),
+          user: z
+            .string()
+            .min(1)
+            .optional()
+            .meta({ description: 'Username the rule is for; without it the rule applies to every client (anonymous ones too).' }),
           publish: topicPatterns,
           subscribe: topicPatterns,
         }),
       )
       .optional()
-      .meta({ description: 'Who may publish and subscribe where. Without acl everything is allowed; with it, what no rule allows is denied.' }),
+      .meta({
+        description: 'Who may publish and subscribe where. Without acl everything is allowed; with it, what no rule allows is denied.',
+      }),
     limits: z
       .strictObject({
         maxConnections: z.number().int().positive().default(1000),
         maxPacketSize: byteSize('Largest MQTT packet a client may send; bigger ones disconnect it.').default(1024 * 1024),
-        maxInflight: z.number().int().positive().max(65_000).default(100).meta({ description: 'QoS 1/2 messages in flight with one client, each way. Outgoing: deliveries it has not acknowledged yet; more wait in its queue (maxQueued). Incoming: QoS 2 messages it sent whose PUBREL has not come; a client that sends more is disconnected.' }),
-        maxQueued: z.number().int().positive().default(100_000).meta({ description: 'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps its messages for when it returns.' }),
+        maxInflight: z.number().int().positive().max(65_000).default(100).meta({
+          description:
+            'QoS 1/2 messages in flight with one client, each way. Outgoing: deliveries it has not acknowledged yet; more wait in its queue (maxQueued). Incoming: QoS 2 messages it sent whose PUBREL has not come; a client that sends more is disconnected.',
+        }),
+        maxQueued: z.number().int().positive().default(100_000).meta({
+          description:
+            'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps its messages for when it returns.',
+        }),
         keepAlive: z
           .strictObject({
             min: duration('Shortest keep-alive a client may ask for; 0 allows clients without keep-alive.').default(0),
@@ -89,17 +127,19 @@ export const brokerSection = z
           .prefault({}),
       })
       .prefault({}),
-    persistRetained: z.boolean().default(true).meta({ description: 'Keep retained messages (the tags\' last values, the status) in dataDir across restarts.' }),
+    persistRetained: z
+      .boolean()
+      .default(true)
+      .meta({ description: "Keep retained messages (the tags' last values, the status) in dataDir across restarts." }),
   })
   .prefault({});
 
 export const topicsSection = z
   .strictObject({
-    tag: z
-      .string()
-      .min(1)
-      .default('plc2mqtt/{gateway}/{device}/{tag}')
-      .meta({ description: 'Topic of each tag (per-tag publishing). Placeholders: {gateway}, {device}, {group}, {tag} and any key of the device\'s meta, e.g. "acme/{site}/{line}/{device}/{tag}".' }),
+    tag: z.string().min(1).default('plc2mqtt/{gateway}/{device}/{tag}').meta({
+      description:
+        'Topic of each tag (per-tag publishing). Placeholders: {gateway}, {device}, {group}, {tag} and any key of the device\'s meta, e.g. "acme/{site}/{line}/{device}/{tag}".',
+    }),
     batch: z
       .string()
       .min(1)
@@ -114,10 +154,19 @@ export const topicsSection = z
       .string()
       .regex(/^\/[^+#]*[^/+#]$/, { message: 'expected a suffix such as "/set": starting with "/", without wildcards, not ending in "/"' })
       .default('/set')
-      .meta({ description: 'Writes: a tag\'s command topic is its topic plus this suffix, e.g. plc2mqtt/gw/press/setpoint/set. The answer goes to the command topic plus "/result" (or to an MQTT 5 response topic).' }),
-    retain: z.boolean().default(true).meta({ description: 'Publish tag values retained, so a new subscriber sees the current state at once.' }),
+      .meta({
+        description:
+          'Writes: a tag\'s command topic is its topic plus this suffix, e.g. plc2mqtt/gw/press/setpoint/set. The answer goes to the command topic plus "/result" (or to an MQTT 5 response topic).',
+      }),
+    retain: z
+      .boolean()
+      .default(true)
+      .meta({ description: 'Publish tag values retained, so a new subscriber sees the current state at once.' }),
     qos: z.literal([0, 1]).default(0).meta({ description: 'QoS of tag messages inside the integrated broker.' }),
-    timestamp: z.enum(['ms', 'iso']).default('ms').meta({ description: '"ms": milliseconds since the epoch (number). "iso": ISO 8601 string.' }),
+    timestamp: z
+      .enum(['ms', 'iso'])
+      .default('ms')
+      .meta({ description: '"ms": milliseconds since the epoch (number). "iso": ISO 8601 string.' }),
   })
   .prefault({});
 
@@ -127,82 +176,150 @@ const bridgeRule = (direction: 'out' | 'in') =>
     topic: z
       .string()
       .min(1)
-      .meta({ description: direction === 'out' ? 'Pattern (with + and #) of local topics, after localPrefix, that go up to the cloud.' : 'Pattern (with + and #) of cloud topics, after remotePrefix, that come down into the integrated broker.' }),
+      .meta({
+        description:
+          direction === 'out'
+            ? 'Pattern (with + and #) of local topics, after localPrefix, that go up to the cloud.'
+            : 'Pattern (with + and #) of cloud topics, after remotePrefix, that come down into the integrated broker.',
+      }),
     localPrefix: z.string().default('').meta({ description: 'Prefix of the topic in the integrated broker, e.g. "plc2mqtt/".' }),
     remotePrefix: z.string().default('').meta({ description: 'Prefix of the topic on the cloud broker, e.g. "acme/edge-7/".' }),
-    qos: z.literal([0, 1]).default(1).meta({ description: direction === 'out' ? 'QoS to the cloud. 1 (default): a message leaves the outbox only after the cloud acknowledged it. 0: once written to the socket.' : 'QoS of the cloud subscription.' }),
+    qos: z
+      .literal([0, 1])
+      .default(1)
+      .meta({
+        description:
+          direction === 'out'
+            ? 'QoS to the cloud. 1 (default): a message leaves the outbox only after the cloud acknowledged it. 0: once written to the socket.'
+            : 'QoS of the cloud subscription.',
+      }),
   });
 
 export const outboxSection = z
   .strictObject({
-    maxMessages: z.number().int().positive().default(1_000_000).meta({ description: 'Most messages the outbox holds; beyond it the policy drops.' }),
-    maxBytes: byteSize('Most bytes (topic + payload) the outbox holds; on disk it takes 1.3–1.7× that (more for small messages), plus up to 4 MB of WAL (README: Disk space).').default(512 * 1024 ** 2),
-    maxAge: duration('Messages older than this are dropped (counted) and never sent, also when the cloud comes back in between. 0 = keep until delivered or pushed out by the bounds.').default(0),
-    policy: z.enum(['drop-oldest', 'drop-newest']).default('drop-oldest').meta({ description: 'What goes when a bound is reached: the oldest buffered messages (default) or the new ones.' }),
-    synchronous: z.enum(['normal', 'full']).default('normal').meta({ description: 'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.' }),
-    commitInterval: duration('Appends are committed in one transaction per interval (also the most a power cut can lose with synchronous "normal"). With synchronous "full" every commit is an fsync: on slow flash raise it, e.g. to "50ms".', 1).default(5),
+    maxMessages: z
+      .number()
+      .int()
+      .positive()
+      .default(1_000_000)
+      .meta({ description: 'Most messages the outbox holds; beyond it the policy drops.' }),
+    maxBytes: byteSize(
+      'Most bytes (topic + payload) the outbox holds; on disk it takes 1.3–1.7× that (more for small messages), plus up to 4 MB of WAL (README: Disk space).',
+    ).default(512 * 1024 ** 2),
+    maxAge: duration(
+      'Messages older than this are dropped (counted) and never sent, also when the cloud comes back in between. 0 = keep until delivered or pushed out by the bounds.',
+    ).default(0),
+    policy: z
+      .enum(['drop-oldest', 'drop-newest'])
+      .default('drop-oldest')
+      .meta({ description: 'What goes when a bound is reached: the oldest buffered messages (default) or the new ones.' }),
+    synchronous: z.enum(['normal', 'full']).default('normal').meta({
+      description:
+        'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.',
+    }),
+    commitInterval: duration(
+      'Appends are committed in one transaction per interval (also the most a power cut can lose with synchronous "normal"). With synchronous "full" every commit is an fsync: on slow flash raise it, e.g. to "50ms".',
+      1,
+    ).default(5),
   })
   .prefault({});
 
 export const uplinkSection = z.strictObject({
   url: z
     .string()
-    .regex(/^(mqtts?|wss?):\/\/[^/]+/, { message: 'expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883"' })
+    .regex(/^(mqtts?|wss?):\/\/[^/]+/, {
+      message: 'expected mqtt://, mqtts://, ws:// or wss:// followed by the host, e.g. "mqtts://broker.example.com:8883"',
+    })
     .meta({ description: 'Cloud broker: mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt.' }),
   protocolVersion: z.literal([4, 5]).default(4).meta({ description: 'MQTT 3.1.1 (4) or 5.' }),
-  clientId: z.string().min(1).max(128).optional().meta({ description: 'Client id on the cloud broker. Default: "plc2mqtt-<gateway name>". Must be stable for a persistent session.' }),
+  clientId: z
+    .string()
+    .min(1)
+    .max(128)
+    .optional()
+    .meta({ description: 'Client id on the cloud broker. Default: "plc2mqtt-<gateway name>". Must be stable for a persistent session.' }),
   username: z.string().optional(),
   password: z.string().optional().meta({ description: 'Put it in an environment variable: "${CLOUD_PASSWORD}". Never logged.' }),
   tls: z
     .strictObject({
-      ca: z.string().optional().meta({ description: 'PEM file of the CA that signed the broker\'s certificate (default: the system CAs).' }),
-      cert: z.string().optional().meta({ description: 'PEM file of this gateway\'s client certificate (mutual TLS, e.g. AWS IoT Core).' }),
-      key: z.string().optional().meta({ description: 'PEM file of the client certificate\'s private key.' }),
+      ca: z.string().optional().meta({ description: "PEM file of the CA that signed the broker's certificate (default: the system CAs)." }),
+      cert: z.string().optional().meta({ description: "PEM file of this gateway's client certificate (mutual TLS, e.g. AWS IoT Core)." }),
+      key: z.string().optional().meta({ description: "PEM file of the client certificate's private key." }),
       passphrase: z.string().optional().meta({ description: 'Passphrase of the key, if it has one. Use an environment variable.' }),
-      rejectUnauthorized: z.boolean().default(true).meta({ description: 'Verify the broker\'s certificate. Only turn off to debug.' }),
+      rejectUnauthorized: z.boolean().default(true).meta({ description: "Verify the broker's certificate. Only turn off to debug." }),
       servername: z.string().optional().meta({ description: 'TLS SNI name, when it differs from the URL host.' }),
     })
     .optional(),
   keepalive: duration('MQTT keep-alive.', 1000).default(30_000),
-  cleanSession: z.boolean().default(false).meta({ description: 'false (default): a persistent session, so commands sent while the gateway was offline are delivered when it reconnects.' }),
-  sessionExpiry: duration('MQTT 5: how long the broker keeps the persistent session after a disconnect (brokers may cap it, e.g. AWS IoT at 1 h by default).', 1000).default(7 * 24 * 3_600_000),
+  cleanSession: z.boolean().default(false).meta({
+    description: 'false (default): a persistent session, so commands sent while the gateway was offline are delivered when it reconnects.',
+  }),
+  sessionExpiry: duration(
+    'MQTT 5: how long the broker keeps the persistent session after a disconnect (brokers may cap it, e.g. AWS IoT at 1 h by default).',
+    1000,
+  ).default(7 * 24 * 3_600_000),
   reconnect: z
     .strictObject({
       initial: duration('First reconnect delay.', 100).default(1000),
       max: duration('Longest reconnect delay (exponential back-off with jitter in between).', 100).default(60_000),
     })
     .prefault({}),
-  statusTopic: z.string().min(1).optional().meta({ description: 'Retained "online"/"offline" status on the cloud (last will). Default: topics.status. Placeholder {gateway}.' }),
+  statusTopic: z
+    .string()
+    .min(1)
+    .optional()
+    .meta({ description: 'Retained "online"/"offline" status on the cloud (last will). Default: topics.status. Placeholder {gateway}.' }),
   forward: z
     .array(bridgeRule('out'))
     .default([{ topic: '#', localPrefix: '', remotePrefix: '', qos: 1 }])
-    .meta({ description: 'Local topics that go up to the cloud through the outbox (first matching rule wins). Default: everything the gateway publishes and every topic MQTT clients publish locally.' }),
-  receive: z.array(bridgeRule('in')).default([]).meta({ description: 'Cloud topics that come down into the integrated broker (e.g. commands).' }),
-  inFlight: z.number().int().min(1).max(10_000).default(500).meta({ description: 'QoS 1 messages sent and not yet acknowledged at once. 100–1000 gets most of the broker\'s rate; more than 65535 would break MQTT message ids.' }),
-  liveShare: z
-    .number()
-    .min(0)
-    .max(0.9)
-    .default(0)
-    .meta({ description: 'After an outage: the share of the in-flight window given to new messages while the backlog is replayed. 0 (default): strict FIFO, so per-topic order always holds. 0.5: live data is not held up behind a long backlog, but a topic\'s new values may arrive before its replayed ones (order by "ts").' }),
+    .meta({
+      description:
+        'Local topics that go up to the cloud through the outbox (first matching rule wins). Default: everything the gateway publishes and every topic MQTT clients publish locally.',
+    }),
+  receive: z
+    .array(bridgeRule('in'))
+    .default([])
+    .meta({ description: 'Cloud topics that come down into the integrated broker (e.g. commands).' }),
+  inFlight: z.number().int().min(1).max(10_000).default(500).meta({
+    description:
+      "QoS 1 messages sent and not yet acknowledged at once. 100–1000 gets most of the broker's rate; more than 65535 would break MQTT message ids.",
+  }),
+  liveShare: z.number().min(0).max(0.9).default(0).meta({
+    description:
+      'After an outage: the share of the in-flight window given to new messages while the backlog is replayed. 0 (default): strict FIFO, so per-topic order always holds. 0.5: live data is not held up behind a long backlog, but a topic\'s new values may arrive before its replayed ones (order by "ts").',
+  }),
   outbox: outboxSection,
 });
 
 export const simulatorSchema = z.strictObject({
   name: name('Simulator'),
-  type: z.literal('modbus-tcp').meta({ description: 'A simulated Modbus TCP PLC with changing registers (see README "Demo PLC register map").' }),
+  type: z
+    .literal('modbus-tcp')
+    .meta({ description: 'A simulated Modbus TCP PLC with changing registers (see README "Demo PLC register map").' }),
   host: host.default('127.0.0.1'),
   port: z.number().int().min(1).max(65535).default(5020),
 });
 
 export const writesSection = z
   .strictObject({
-    maxAge: duration('A command whose payload carries "ts" (ms since the epoch or ISO 8601) older than this is refused as stale, e.g. one a persistent cloud session replays after an outage.', 1000).default(60_000),
-    maxWaiting: z.number().int().min(1).max(1000).default(10).meta({ description: 'Commands that may wait for one tag while an earlier write to it is in progress; more are refused.' }),
-    waitTimeout: duration('A command that waited this long for earlier writes to the same tag is refused instead of landing late.', 100).default(10_000),
+    maxAge: duration(
+      'A command whose payload carries "ts" (ms since the epoch or ISO 8601) older than this is refused as stale, e.g. one a persistent cloud session replays after an outage.',
+      1000,
+    ).default(60_000),
+    maxWaiting: z
+      .number()
+      .int()
+      .min(1)
+      .max(1000)
+      .default(10)
+      .meta({ description: 'Commands that may wait for one tag while an earlier write to it is in progress; more are refused.' }),
+    waitTimeout: duration(
+      'A command that waited this long for earlier writes to the same tag is refused instead of landing late.',
+      100,
+    ).default(10_000),
   })
   .prefault({})
-  .meta({ description: 'Limits of the write path (commands on the tags\' command topics).' });
+  .meta({ description: "Limits of the write path (commands on the tags' command topics)." });
 
 export const httpSection = z
   .strictObject({
@@ -211,10 +328,13 @@ export const httpSection = z
     port: port.default(9180),
   })
   .prefault({})
-  .meta({ description: 'The operations endpoint: health checks, Prometheus metrics and a status API. Bound to 127.0.0.1 by default; use 0.0.0.0 to let a Prometheus server on the network scrape it.' });
+  .meta({
+    description:
+      'The operations endpoint: health checks, Prometheus metrics and a status API. Bound to 127.0.0.1 by default; use 0.0.0.0 to let a Prometheus server on the network scrape it.',
+  });
 
 const deviceSchemas = Object.values(DRIVERS).map((driver) => driver.schema);
-export const deviceSchema = z.discriminatedUnion('driver', deviceSchemas as [typeof deviceSchemas[number], ...typeof deviceSchemas]);
+export const deviceSchema = z.discriminatedUnion('driver', deviceSchemas as [(typeof deviceSchemas)[number], ...typeof deviceSchemas]);
 
 export const configSchema = z
   .strictObject({
@@ -224,8 +344,14 @@ export const configSchema = z
     topics: topicsSection,
     writes: writesSection,
     http: httpSection,
-    uplink: uplinkSection.optional().meta({ description: 'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.' }),
-    simulators: z.array(simulatorSchema).default([]).meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
+    uplink: uplinkSection.optional().meta({
+      description:
+        'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.',
+    }),
+    simulators: z
+      .array(simulatorSchema)
+      .default([])
+      .meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
     devices: z.array(deviceSchema).default([]),
   })
   .meta({ title: 'plc2mqtt configuration', description: 'Maps PLC tags to MQTT topics. See README.md.' });

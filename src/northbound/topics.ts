@@ -74,7 +74,8 @@ export function filterProblem(filter: string): string | undefined {
   const levels = filter.split('/');
   for (let index = 0; index < levels.length; index++) {
     const level = levels[index]!;
-    if (level.includes('#') && (level !== '#' || index !== levels.length - 1)) return `"${filter}": "#" must be a whole level and the last one`;
+    if (level.includes('#') && (level !== '#' || index !== levels.length - 1))
+      return `"${filter}": "#" must be a whole level and the last one`;
     if (level.includes('+') && level !== '+') return `"${filter}": "+" must be a whole level`;
   }
   return undefined;

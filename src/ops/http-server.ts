@@ -32,7 +32,13 @@ export class OpsServer {
     // Scrapers and health checks keep connections open; none of them may keep the process alive.
     server.keepAliveTimeout = 5000;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`operations endpoint cannot listen on ${config.host}:${config.port}: ${error.code ?? error.message}${error.code === 'EADDRINUSE' ? ' (change http.port)' : ''}`)));
+      server.once('error', (error: NodeJS.ErrnoException) =>
+        reject(
+          new Error(
+            `operations endpoint cannot listen on ${config.host}:${config.port}: ${error.code ?? error.message}${error.code === 'EADDRINUSE' ? ' (change http.port)' : ''}`,
+          ),
+        ),
+      );
       server.listen(config.port, config.host, () => resolve());
     });
     const address = server.address() as AddressInfo;
@@ -68,9 +74,19 @@ async function handle(request: IncomingMessage, response: ServerResponse, gatewa
       const device = url.searchParams.get('device');
       const names = gateway.config.devices.map((entry) => entry.name);
       if (device !== null && !names.includes(device)) {
-        return send(response, 404, 'application/json', json({ error: `no device ${JSON.stringify(device)}; devices: ${names.join(', ') || '(none)'}` }));
+        return send(
+          response,
+          404,
+          'application/json',
+          json({ error: `no device ${JSON.stringify(device)}; devices: ${names.join(', ') || '(none)'}` }),
+        );
       }
-      return send(response, 200, 'application/json', json(apiStatus(gateway.status({ tags: url.searchParams.get('tags') !== '0', device: device ?? undefined }))));
+      return send(
+        response,
+        200,
+        'application/json',
+        json(apiStatus(gateway.status({ tags: url.searchParams.get('tags') !== '0', device: device ?? undefined }))),
+      );
     }
     default:
       return send(response, 404, 'text/plain', 'not found; try /healthz, /readyz, /metrics or /api/status\n');

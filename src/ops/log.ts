@@ -28,7 +28,13 @@ interface PendingWrites {
 
 function hasPendingWrites(destination: object): destination is PendingWrites {
   const state = destination as Partial<PendingWrites>;
-  return typeof state.fd === 'number' && Array.isArray(state._bufs) && typeof state._writing === 'boolean' && typeof state._len === 'number' && state._writingBuf !== undefined;
+  return (
+    typeof state.fd === 'number' &&
+    Array.isArray(state._bufs) &&
+    typeof state._writing === 'boolean' &&
+    typeof state._len === 'number' &&
+    state._writingBuf !== undefined
+  );
 }
 
 /**
@@ -43,7 +49,10 @@ function hasPendingWrites(destination: object): destination is PendingWrites {
  * gateway exits 1 after SIGTERM, and a stdout nobody reads still held the exit past 15 s.)
  */
 function boundedFinalFlush(destination: PendingWrites): void {
-  const pending = [...(destination._writing || destination._writingBuf.length === 0 ? [] : [destination._writingBuf]), ...destination._bufs];
+  const pending = [
+    ...(destination._writing || destination._writingBuf.length === 0 ? [] : [destination._writingBuf]),
+    ...destination._bufs,
+  ];
   destination._bufs = [];
   destination._len = 0;
   if (!destination._writing) destination._writingBuf = '';
@@ -65,7 +74,11 @@ function boundedFinalFlush(destination: PendingWrites): void {
 
 export function createLogger(level: LevelWithSilent = 'info', options: { pretty?: boolean } = {}): Logger {
   const human = options.pretty ?? process.stdout.isTTY === true;
-  const base = { level, base: { pid: process.pid }, redact: { paths: ['*.password', '*.passphrase', '*.key', 'password'], censor: '[secret]' } };
+  const base = {
+    level,
+    base: { pid: process.pid },
+    redact: { paths: ['*.password', '*.passphrase', '*.key', 'password'], censor: '[secret]' },
+  };
   const destination = stdoutDestination();
   if (!human) return pino(base, destination);
   // Human-readable lines are formatted here and go to the same destination. pino-pretty's own

@@ -64,7 +64,15 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
 
 export class DeviceRunner<Tag extends DriverTag = DriverTag> {
   readonly name: string;
-  readonly health: DeviceHealth = { state: 'disconnected', connectAttempts: 0, pollErrors: 0, errorsByCode: {}, overruns: 0, cycles: 0, plans: {} };
+  readonly health: DeviceHealth = {
+    state: 'disconnected',
+    connectAttempts: 0,
+    pollErrors: 0,
+    errorsByCode: {},
+    overruns: 0,
+    cycles: 0,
+    plans: {},
+  };
   private readonly options: DeviceRunnerOptions<Tag>;
   private readonly clock: Clock;
   private readonly jobs: PollJob[] = [];
@@ -87,7 +95,10 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     for (const group of groups) {
       const plan = driver.plan(group.tags);
       this.health.plans[group.name] = plan.describe();
-      log.info({ device: this.name, group: group.name, interval: group.interval, tags: group.tags.length, plan: this.health.plans[group.name] }, 'poll group planned');
+      log.info(
+        { device: this.name, group: group.name, interval: group.interval, tags: group.tags.length, plan: this.health.plans[group.name] },
+        'poll group planned',
+      );
       const job = new PollJob({
         interval: group.interval,
         phase: this.options.phaseOf(group),
@@ -97,7 +108,10 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
           this.health.overruns++;
           // Log the first overrun and then every 100th, not every slot of a slow device.
           if (stats.overruns === 1 || stats.overruns % 100 === 0) {
-            log.warn({ device: this.name, group: group.name, overruns: stats.overruns }, 'poll cycle still running at the next slot; slot skipped');
+            log.warn(
+              { device: this.name, group: group.name, overruns: stats.overruns },
+              'poll cycle still running at the next slot; slot skipped',
+            );
           }
         },
       });
@@ -231,7 +245,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
       await driver.connect();
       this.setNextTry(undefined);
       if (this.consecutiveFailures === 0 && !this.health.lastError) log.info({ device: this.name }, 'device connected');
-      else if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0) log.info({ device: this.name, failures: this.consecutiveFailures }, 'device connected again');
+      else if (this.consecutiveFailures <= 2 || this.consecutiveFailures % 50 === 0)
+        log.info({ device: this.name, failures: this.consecutiveFailures }, 'device connected again');
       delete this.health.lastError;
       this.setState('connected');
       return true;

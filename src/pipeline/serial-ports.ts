@@ -146,7 +146,9 @@ function frameGap(settings: SerialLineSettings): number {
 
 /** Received bytes in hex for messages, cut after 64. */
 export function hexBytes(bytes: Uint8Array): string {
-  const shown = Buffer.from(bytes.subarray(0, 64)).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+  const shown = Buffer.from(bytes.subarray(0, 64))
+    .toString('hex')
+    .replace(/(..)(?!$)/g, '$1 ');
   return bytes.length > 64 ? `${shown} … (${bytes.length} bytes)` : shown;
 }
 
@@ -298,7 +300,8 @@ class SharedPort {
     }
     if (verdict === 'more') {
       const max = pending.options.maxBytes ?? DEFAULT_MAX_REPLY;
-      if (pending.buffer.length > max) this.settle(new SerialLineError(`bad reply: more than ${max} bytes without a complete reply`, 'bad-reply', pending.buffer));
+      if (pending.buffer.length > max)
+        this.settle(new SerialLineError(`bad reply: more than ${max} bytes without a complete reply`, 'bad-reply', pending.buffer));
       return;
     }
     if ('problem' in verdict) {
@@ -409,7 +412,8 @@ class SharedPort {
   }
 
   async transact(section: Section, request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
-    if (this.pending || section.sending) throw new Error('transact() while the previous request of this exchange still waits for its reply');
+    if (this.pending || section.sending)
+      throw new Error('transact() while the previous request of this exchange still waits for its reply');
     section.sending = true;
     let port: SerialPort;
     let sentAt: number;

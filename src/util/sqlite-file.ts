@@ -37,7 +37,11 @@ export function openSqliteFile(file: string): Database.Database {
   } catch (error) {
     if (isDamage(error)) throw error;
     const code = String((error as { code?: unknown }).code ?? 'EIO');
-    throw new StorageAccessError(`${errorMessage(error)} (${code}); the folder ${dirname(file)} and the files ${basename(file)}* in it must be readable and writable for ${runningUser()}`, code, { cause: error });
+    throw new StorageAccessError(
+      `${errorMessage(error)} (${code}); the folder ${dirname(file)} and the files ${basename(file)}* in it must be readable and writable for ${runningUser()}`,
+      code,
+      { cause: error },
+    );
   }
 }
 
@@ -47,8 +51,13 @@ export function ensureDataDir(dir: string): void {
     mkdirSync(dir, { recursive: true });
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'EIO';
-    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : errorMessage(error);
-    throw new StorageAccessError(`cannot create the data directory ${dir}: ${why}; create it, writable for ${runningUser()}: ${fixCommand(dir, true)}`, code, { cause: error });
+    const why =
+      code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : errorMessage(error);
+    throw new StorageAccessError(
+      `cannot create the data directory ${dir}: ${why}; create it, writable for ${runningUser()}: ${fixCommand(dir, true)}`,
+      code,
+      { cause: error },
+    );
   }
 }
 
@@ -59,15 +68,26 @@ function accessProblem(file: string): StorageAccessError | undefined {
     folder = statSync(dir);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'EIO';
-    if (code === 'ENOENT') return new StorageAccessError(`the folder ${dir} does not exist; create it, writable for ${runningUser()}: ${fixCommand(dir, true)}`, code);
-    return new StorageAccessError(`cannot reach the folder ${dir}: ${errorMessage(error)}; it and the folders above it must be searchable for ${runningUser()}`, code);
+    if (code === 'ENOENT')
+      return new StorageAccessError(
+        `the folder ${dir} does not exist; create it, writable for ${runningUser()}: ${fixCommand(dir, true)}`,
+        code,
+      );
+    return new StorageAccessError(
+      `cannot reach the folder ${dir}: ${errorMessage(error)}; it and the folders above it must be searchable for ${runningUser()}`,
+      code,
+    );
   }
-  if (!folder.isDirectory()) return new StorageAccessError(`${dir} is not a folder; gateway.dataDir (or --data-dir) must name a folder`, 'ENOTDIR');
+  if (!folder.isDirectory())
+    return new StorageAccessError(`${dir} is not a folder; gateway.dataDir (or --data-dir) must name a folder`, 'ENOTDIR');
   // SQLite creates the file, its -wal and its -shm next to it: the folder must be writable.
   const denied = check(dir, constants.W_OK | constants.X_OK);
   if (denied === 'EROFS') return readOnlyMount(dir);
   if (denied !== undefined) {
-    return new StorageAccessError(`permission denied: the folder ${dir} (${ownerAndMode(folder)}) is not writable for ${runningUser()}, and the gateway keeps ${basename(file)}, ${basename(file)}-wal and ${basename(file)}-shm there; fix: ${fixCommand(dir, false)}, or run the gateway as the folder's owner`, denied);
+    return new StorageAccessError(
+      `permission denied: the folder ${dir} (${ownerAndMode(folder)}) is not writable for ${runningUser()}, and the gateway keeps ${basename(file)}, ${basename(file)}-wal and ${basename(file)}-shm there; fix: ${fixCommand(dir, false)}, or run the gateway as the folder's owner`,
+      denied,
+    );
   }
   for (const path of [file, `${file}-wal`, `${file}-shm`]) {
     let stats: Stats;
@@ -79,7 +99,10 @@ function accessProblem(file: string): StorageAccessError | undefined {
     const refused = check(path, constants.R_OK | constants.W_OK);
     if (refused === 'EROFS') return readOnlyMount(dir);
     if (refused !== undefined) {
-      return new StorageAccessError(`permission denied: ${path} (${ownerAndMode(stats)}) is not readable and writable for ${runningUser()} (was the gateway run once as another user?); fix: chown -R ${process.getuid?.() ?? 'USER'} ${dir}, or run the gateway as the file's owner`, refused);
+      return new StorageAccessError(
+        `permission denied: ${path} (${ownerAndMode(stats)}) is not readable and writable for ${runningUser()} (was the gateway run once as another user?); fix: chown -R ${process.getuid?.() ?? 'USER'} ${dir}, or run the gateway as the file's owner`,
+        refused,
+      );
     }
   }
   return undefined;
@@ -95,7 +118,10 @@ function check(path: string, mode: number): string | undefined {
 }
 
 function readOnlyMount(dir: string): StorageAccessError {
-  return new StorageAccessError(`${dir} is on a read-only file system; the data directory must be writable (mount it read-write; in Docker, a volume or bind mount without :ro)`, 'EROFS');
+  return new StorageAccessError(
+    `${dir} is on a read-only file system; the data directory must be writable (mount it read-write; in Docker, a volume or bind mount without :ro)`,
+    'EROFS',
+  );
 }
 
 function ownerAndMode(stats: Stats): string {

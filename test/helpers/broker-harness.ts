@@ -72,12 +72,20 @@ export class BrokerUnderTest {
     this.ownsDir = ownsDir;
   }
 
-  static async start(input: BrokerInput, options: { dataDir?: string; logs?: CapturedLog; handlers?: BrokerHandlers } = {}): Promise<BrokerUnderTest> {
+  static async start(
+    input: BrokerInput,
+    options: { dataDir?: string; logs?: CapturedLog; handlers?: BrokerHandlers } = {},
+  ): Promise<BrokerUnderTest> {
     const config = brokerSection.parse(input);
     const dataDir = options.dataDir ?? tempDir('plc2mqtt-broker-');
     const logs = options.logs ?? new CapturedLog();
     try {
-      return new BrokerUnderTest(await IntegratedBroker.start(config, logs.log, dataDir, options.handlers), logs, dataDir, options.dataDir === undefined);
+      return new BrokerUnderTest(
+        await IntegratedBroker.start(config, logs.log, dataDir, options.handlers),
+        logs,
+        dataDir,
+        options.dataDir === undefined,
+      );
     } catch (error) {
       if (options.dataDir === undefined) removeDir(dataDir);
       throw error;
@@ -111,7 +119,9 @@ export class BrokerUnderTest {
 export const CLIENT_DEFAULTS: IClientOptions = { reconnectPeriod: 0, connectTimeout: 5000 };
 
 /** ok, or refused: `code` is the CONNACK return code, `errorCode` a socket/TLS error code such as ERR_SSL_…. */
-export type ConnectOutcome = { ok: true; client: MqttClient } | { ok: false; code: number | undefined; errorCode: string | undefined; message: string };
+export type ConnectOutcome =
+  | { ok: true; client: MqttClient }
+  | { ok: false; code: number | undefined; errorCode: string | undefined; message: string };
 
 /** Connects with mqtt.js and reports the outcome (refusal code from the CONNACK, or the error) instead of throwing. */
 export async function tryConnect(url: string, options: IClientOptions = {}): Promise<ConnectOutcome> {
@@ -119,7 +129,12 @@ export async function tryConnect(url: string, options: IClientOptions = {}): Pro
   return new Promise((resolve) => {
     const onConnect = () => done({ ok: true, client });
     const onError = (error: Error & { code?: unknown }) =>
-      done({ ok: false, code: typeof error.code === 'number' ? error.code : undefined, errorCode: typeof error.code === 'string' ? error.code : undefined, message: error.message });
+      done({
+        ok: false,
+        code: typeof error.code === 'number' ? error.code : undefined,
+        errorCode: typeof error.code === 'string' ? error.code : undefined,
+        message: error.message,
+      });
     // Closed without a CONNACK and without an error.
     const onClose = () => done({ ok: false, code: undefined, errorCode: undefined, message: 'connection closed before CONNACK' });
     const done = (outcome: ConnectOutcome) => {
@@ -154,7 +169,9 @@ export interface Message {
 
 export function recordMessages(client: MqttClient): Message[] {
   const messages: Message[] = [];
-  client.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), qos: packet.qos, retain: packet.retain }));
+  client.on('message', (topic, payload, packet) =>
+    messages.push({ topic, payload: payload.toString(), qos: packet.qos, retain: packet.retain }),
+  );
   return messages;
 }
 
@@ -179,7 +196,8 @@ export function subscribeGranted(client: MqttClient, filters: string[], qos: 0 |
     const timer = setTimeout(() => reject(new Error(`no SUBACK for ${filters.join(', ')} within ${timeoutMs} ms`)), timeoutMs);
     client.subscribe(filters, { qos }, (error, _granted, packet) => {
       clearTimeout(timer);
-      if (packet?.granted) resolve(packet.granted.map((code) => (typeof code === 'number' ? code : Number((code as { qos?: unknown }).qos))));
+      if (packet?.granted)
+        resolve(packet.granted.map((code) => (typeof code === 'number' ? code : Number((code as { qos?: unknown }).qos))));
       else reject(error ?? new Error('SUBACK without return codes'));
     });
   });
@@ -190,9 +208,19 @@ export async function endAll(clients: Array<MqttClient | undefined>): Promise<vo
 }
 
 /** Round trip through the broker: `subscriber` (already subscribed to `topic`) receives what `publisher` sends. */
-export async function roundTrip(publisher: MqttClient, subscriber: Message[], topic: string, payload: string, timeoutMs = 3000): Promise<void> {
+export async function roundTrip(
+  publisher: MqttClient,
+  subscriber: Message[],
+  topic: string,
+  payload: string,
+  timeoutMs = 3000,
+): Promise<void> {
   await publisher.publishAsync(topic, payload, { qos: 1 });
-  await waitFor(() => subscriber.some((message) => message.topic === topic && message.payload === payload), timeoutMs, `"${payload}" on ${topic}`);
+  await waitFor(
+    () => subscriber.some((message) => message.topic === topic && message.payload === payload),
+    timeoutMs,
+    `"${payload}" on ${topic}`,
+  );
 }
 
 /**
@@ -234,7 +262,15 @@ export class RawClient {
   /** Opens a socket and sends CONNECT (clean session, protocol level 4). Does not wait for the CONNACK. */
   static async connect(port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> {
     const client = await RawClient.open(port);
-    client.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 60, clientId: `raw-${Math.random().toString(36).slice(2, 10)}`, ...connect });
+    client.send({
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 4,
+      clean: true,
+      keepalive: 60,
+      clientId: `raw-${Math.random().toString(36).slice(2, 10)}`,
+      ...connect,
+    });
     return client;
   }
 

@@ -117,7 +117,12 @@ export class Mosquitto {
       lines.push('persistence false');
     }
     if (options.tls) {
-      lines.push(`cafile ${options.tls.ca}`, `certfile ${options.tls.cert}`, `keyfile ${options.tls.key}`, `require_certificate ${options.tls.requireCertificate}`);
+      lines.push(
+        `cafile ${options.tls.ca}`,
+        `certfile ${options.tls.cert}`,
+        `keyfile ${options.tls.key}`,
+        `require_certificate ${options.tls.requireCertificate}`,
+      );
     }
     if (options.acl !== undefined) {
       const acl = join(dir, 'acl');
@@ -128,7 +133,12 @@ export class Mosquitto {
       // Listener options (protocol, TLS files) apply to the listener line before them.
       lines.push(`listener ${websocketsPort} 127.0.0.1`, 'protocol websockets');
       if (options.tls) {
-        lines.push(`cafile ${options.tls.ca}`, `certfile ${options.tls.cert}`, `keyfile ${options.tls.key}`, `require_certificate ${options.tls.requireCertificate}`);
+        lines.push(
+          `cafile ${options.tls.ca}`,
+          `certfile ${options.tls.cert}`,
+          `keyfile ${options.tls.key}`,
+          `require_certificate ${options.tls.requireCertificate}`,
+        );
       }
     }
     writeFileSync(this.configFile, `${lines.join('\n')}\n`);
@@ -255,14 +265,45 @@ export function makePki(dir: string): Pki {
   const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   const makeCa = (name: string) =>
-    openssl('req', '-x509', ...ecKey, '-keyout', file(`${name}.key`), '-out', file(`${name}.crt`), '-days', '2', '-subj', `/CN=plc2mqtt test ${name}`,
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+    openssl(
+      'req',
+      '-x509',
+      ...ecKey,
+      '-keyout',
+      file(`${name}.key`),
+      '-out',
+      file(`${name}.crt`),
+      '-days',
+      '2',
+      '-subj',
+      `/CN=plc2mqtt test ${name}`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    );
   makeCa('ca');
   makeCa('other-ca');
   const issue = (name: string, subject: string, extensions: string) => {
     openssl('req', '-new', ...ecKey, '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`), '-subj', subject);
     writeFileSync(file(`${name}.ext`), extensions);
-    openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file('ca.crt'), '-CAkey', file('ca.key'), '-CAcreateserial', '-out', file(`${name}.crt`), '-days', '2', '-extfile', file(`${name}.ext`));
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      file(`${name}.csr`),
+      '-CA',
+      file('ca.crt'),
+      '-CAkey',
+      file('ca.key'),
+      '-CAcreateserial',
+      '-out',
+      file(`${name}.crt`),
+      '-days',
+      '2',
+      '-extfile',
+      file(`${name}.ext`),
+    );
   };
   issue('server', '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
   issue('client', '/CN=plc2mqtt-gateway', 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');

@@ -12,7 +12,8 @@ export const payloadOf = (seq: number): string => JSON.stringify({ seq }).padEnd
 export function seqOf(payload: string): number | undefined {
   try {
     const parsed = JSON.parse(payload) as unknown;
-    if (typeof parsed === 'object' && parsed !== null && typeof (parsed as { seq?: unknown }).seq === 'number') return (parsed as { seq: number }).seq;
+    if (typeof parsed === 'object' && parsed !== null && typeof (parsed as { seq?: unknown }).seq === 'number')
+      return (parsed as { seq: number }).seq;
   } catch {
     // not one of ours
   }
@@ -48,7 +49,12 @@ function connectOnce(url: string, options: IClientOptions, setup?: (client: Mqtt
   });
 }
 
-async function connectWithRetry(url: string, options: IClientOptions, timeoutMs: number, setup?: (client: MqttClient) => void): Promise<MqttClient> {
+async function connectWithRetry(
+  url: string,
+  options: IClientOptions,
+  timeoutMs: number,
+  setup?: (client: MqttClient) => void,
+): Promise<MqttClient> {
   let client: MqttClient | undefined;
   let lastError = '';
   await waitFor(
@@ -125,7 +131,8 @@ export class SeqPublisher {
           this.client.publish(topicOf(seq), payloadOf(seq), { qos: 1 }, (error) => {
             outstanding--;
             if (!error) this.acked.push(seq);
-            else if (typeof (error as { code?: unknown }).code === 'number') this.refused.push({ seq, reasonCode: (error as unknown as { code: number }).code });
+            else if (typeof (error as { code?: unknown }).code === 'number')
+              this.refused.push({ seq, reasonCode: (error as unknown as { code: number }).code });
             if (next >= end && outstanding === 0) {
               this.closedWaiters.splice(this.closedWaiters.indexOf(onClose), 1);
               resolve();
@@ -177,9 +184,14 @@ export class CloudRecorder {
   static async connect(url: string, options: RecorderOptions): Promise<CloudRecorder> {
     const messages: Arrival[] = [];
     // The listener is there before CONNACK: a persistent session delivers queued messages right after it.
-    const client = await connectWithRetry(url, { ...options.mqtt, clientId: options.clientId, clean: false }, options.timeoutMs ?? 10_000, (candidate) => {
-      candidate.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), retain: packet.retain }));
-    });
+    const client = await connectWithRetry(
+      url,
+      { ...options.mqtt, clientId: options.clientId, clean: false },
+      options.timeoutMs ?? 10_000,
+      (candidate) => {
+        candidate.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), retain: packet.retain }));
+      },
+    );
     if (options.reconnect !== false) client.options.reconnectPeriod = 100;
     await client.subscribeAsync(options.filters, { qos: 1 });
     return new CloudRecorder(client, messages);
@@ -198,7 +210,11 @@ export class CloudRecorder {
     } finally {
       await client.endAsync(true);
     }
-    await waitFor(() => this.messages.some((message) => message.payload === marker), timeoutMs, () => `the recorder to receive the marker on ${topic} (connected: ${this.client.connected})`);
+    await waitFor(
+      () => this.messages.some((message) => message.payload === marker),
+      timeoutMs,
+      () => `the recorder to receive the marker on ${topic} (connected: ${this.client.connected})`,
+    );
   }
 
   /** Sequence numbers of the data messages, in arrival order (duplicates included). */
@@ -255,7 +271,11 @@ export function assertTopics(arrivals: ReadonlyArray<Arrival & { seq: number }>,
 export function assertOrderPerTopic(report: DeliveryReport): void {
   for (const [topic, seqs] of report.firstArrivals) {
     const index = seqs.findIndex((seq, position) => position > 0 && seq <= seqs[position - 1]!);
-    assert.equal(index, -1, `${topic}: first arrivals out of order at position ${index}: …${seqs.slice(Math.max(0, index - 3), index + 3).join(', ')}…`);
+    assert.equal(
+      index,
+      -1,
+      `${topic}: first arrivals out of order at position ${index}: …${seqs.slice(Math.max(0, index - 3), index + 3).join(', ')}…`,
+    );
   }
 }
 
@@ -291,7 +311,12 @@ export async function cloudPublish(url: string, topic: string, payload: string, 
 }
 
 /** A plain subscriber (clean session) that records what arrives: on the cloud or on the integrated broker. */
-export async function subscriber(url: string, filters: string[], options: IClientOptions = {}, timeoutMs = 10_000): Promise<{ client: MqttClient; messages: Arrival[] }> {
+export async function subscriber(
+  url: string,
+  filters: string[],
+  options: IClientOptions = {},
+  timeoutMs = 10_000,
+): Promise<{ client: MqttClient; messages: Arrival[] }> {
   const messages: Arrival[] = [];
   const client = await connectWithRetry(url, { clean: true, ...options }, timeoutMs, (candidate) => {
     candidate.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), retain: packet.retain }));

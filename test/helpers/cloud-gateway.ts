@@ -60,7 +60,11 @@ export function testUplink(url: string, overrides: Partial<UplinkInput> = {}): U
 }
 
 /** Writes `<dir>/gateway.json` for a gateway named "gw" with its data in `<dir>/data`. */
-export async function writeGatewayConfig(dir: string, uplink: UplinkInput | undefined, extra: Partial<ConfigInput> = {}): Promise<GatewaySetup> {
+export async function writeGatewayConfig(
+  dir: string,
+  uplink: UplinkInput | undefined,
+  extra: Partial<ConfigInput> = {},
+): Promise<GatewaySetup> {
   const brokerPort = await freePort();
   const dataDir = join(dir, 'data');
   const config: ConfigInput = {
@@ -73,7 +77,15 @@ export async function writeGatewayConfig(dir: string, uplink: UplinkInput | unde
   };
   const configFile = join(dir, 'gateway.json');
   writeFileSync(configFile, JSON.stringify(config, null, 2));
-  return { dir, configFile, dataDir, outboxFile: join(dataDir, 'outbox.db'), brokerPort, brokerUrl: `mqtt://127.0.0.1:${brokerPort}`, config };
+  return {
+    dir,
+    configFile,
+    dataDir,
+    outboxFile: join(dataDir, 'outbox.db'),
+    brokerPort,
+    brokerUrl: `mqtt://127.0.0.1:${brokerPort}`,
+    config,
+  };
 }
 
 /** Rewrites the config file of a setup (same ports, same dataDir) with another uplink section. */
@@ -133,7 +145,9 @@ export class GatewayProcess {
   }
 
   findLogs(match: string | RegExp): LogLine[] {
-    return this.logs().filter((line) => (typeof match === 'string' ? line.msg === match || line.msg.startsWith(match) : match.test(line.msg)));
+    return this.logs().filter((line) =>
+      typeof match === 'string' ? line.msg === match || line.msg.startsWith(match) : match.test(line.msg),
+    );
   }
 
   async waitForLog(match: string | RegExp, timeoutMs: number): Promise<LogLine> {
@@ -195,7 +209,12 @@ export class GatewayProcess {
  * which no gateway could resend; after this, killing the cloud loses only what the gateway must
  * resend. The gateway stays frozen until `gateway.thaw()`.
  */
-export async function freezeGatewayAndSettle(gateway: GatewayProcess, cloud: Mosquitto, recorder: CloudRecorder, syncTopic: string): Promise<void> {
+export async function freezeGatewayAndSettle(
+  gateway: GatewayProcess,
+  cloud: Mosquitto,
+  recorder: CloudRecorder,
+  syncTopic: string,
+): Promise<void> {
   gateway.freeze();
   await waitFor(() => cloud.inputDrained(), 20_000, 'mosquitto to read everything sent to it');
   await recorder.sync(cloud.url, syncTopic);

@@ -7,7 +7,15 @@
 // Timings are asserted only with generous bounds: the suite runs on busy two-core machines.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { DriverError, type Driver, type DriverErrorCode, type DriverTag, type ReadPlan, type TagReading, type TagValue } from '../../src/pipeline/driver.js';
+import {
+  DriverError,
+  type Driver,
+  type DriverErrorCode,
+  type DriverTag,
+  type ReadPlan,
+  type TagReading,
+  type TagValue,
+} from '../../src/pipeline/driver.js';
 
 export interface ContractPeer<Tag extends DriverTag> {
   /** A new driver for this peer; `timeout` (ms) is its request timeout. */
@@ -48,7 +56,13 @@ async function settle(read: Promise<TagReading[]>, limitMs: number, what: string
     timer = setTimeout(() => reject(new Error(`${what}: not settled within ${limitMs} ms`)), limitMs);
   });
   try {
-    return await Promise.race([read.then((readings) => ({ readings, at: Date.now() }), (error: unknown) => ({ error, at: Date.now() })), limit]);
+    return await Promise.race([
+      read.then(
+        (readings) => ({ readings, at: Date.now() }),
+        (error: unknown) => ({ error, at: Date.now() }),
+      ),
+      limit,
+    ]);
   } finally {
     clearTimeout(timer);
   }
@@ -62,7 +76,8 @@ function failureCode(outcome: Outcome): DriverErrorCode | string {
     return outcome.error.code;
   }
   const codes = new Set(outcome.readings.map((reading) => (reading.quality === 'bad' ? (reading.code ?? 'no code') : 'good')));
-  for (const reading of outcome.readings) if (reading.quality === 'bad') assert.ok(reading.reason, `bad reading of ${reading.tag} without a reason`);
+  for (const reading of outcome.readings)
+    if (reading.quality === 'bad') assert.ok(reading.reason, `bad reading of ${reading.tag} without a reason`);
   assert.equal(codes.size, 1, `one failure for the whole read: ${JSON.stringify(outcome.readings)}`);
   return [...codes][0]!;
 }
@@ -75,7 +90,7 @@ function assertGood(readings: readonly TagReading[], tags: readonly DriverTag[])
   assert.deepEqual(
     readings.map((reading) => reading.tag),
     tags.map((tag) => tag.name),
-    'one reading per tag, in the plan\'s order',
+    "one reading per tag, in the plan's order",
   );
   assert.ok(
     readings.every((reading) => reading.quality === 'good' && reading.value !== undefined),
@@ -181,7 +196,7 @@ export function driverContract<Tag extends DriverTag>(target: ContractTarget<Tag
       await d.close();
     });
 
-    it('a garbled reply fails the read with the transport\'s code (Modbus: bad-reply), never as data; the device reads good again after', async (t) => {
+    it("a garbled reply fails the read with the transport's code (Modbus: bad-reply), never as data; the device reads good again after", async (t) => {
       const bad = peer.badReplies;
       if (!bad) {
         t.skip('this transport cannot produce a reply the driver could tell from a good one');
@@ -217,7 +232,11 @@ export function driverContract<Tag extends DriverTag>(target: ContractTarget<Tag
         assert.ok(outcome.at - closed < 4000, `the read settled ${outcome.at - closed} ms after close()`);
         await assert.doesNotReject(closing);
         if ('error' in outcome) assert.ok(outcome.error instanceof DriverError, String(outcome.error));
-        else assert.ok(outcome.readings.every((reading) => reading.quality === 'bad'), show(outcome.readings));
+        else
+          assert.ok(
+            outcome.readings.every((reading) => reading.quality === 'bad'),
+            show(outcome.readings),
+          );
         assert.equal(d.connected, false);
       } finally {
         peer.resume();

@@ -25,13 +25,17 @@ export function runGateway(configFile: string, extraArgs: string[] = []): Runnin
 /** Connects a recorder once the integrated broker at `url` accepts connections. */
 export async function connectWhenUp(url: string, filter = '#', timeoutMs = 20_000): Promise<Recorder> {
   let recorder: Recorder | undefined;
-  await waitFor(async () => {
-    try {
-      recorder = await Recorder.connect(url, filter);
-      return true;
-    } catch {
-      return false;
-    }
-  }, timeoutMs, `the integrated broker at ${url}`);
+  await waitFor(
+    async () => {
+      try {
+        recorder = await Recorder.connect(url, filter);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    timeoutMs,
+    `the integrated broker at ${url}`,
+  );
   return recorder!;
 }

@@ -140,15 +140,17 @@ export class TcpTestServer {
     });
     const holding = registers('holding');
     const input = registers('input');
-    const bits = (area: 'coil' | 'discrete') => (addr: number, unit: number, cb: Cb<boolean>): void => {
-      if (this.silentUnits.has(unit)) return;
-      try {
-        this.check(area, addr, 1);
-        cb(null, (area === 'coil' ? this.coils : this.discrete)[addr] ?? false);
-      } catch (error) {
-        cb(error as Error, false);
-      }
-    };
+    const bits =
+      (area: 'coil' | 'discrete') =>
+      (addr: number, unit: number, cb: Cb<boolean>): void => {
+        if (this.silentUnits.has(unit)) return;
+        try {
+          this.check(area, addr, 1);
+          cb(null, (area === 'coil' ? this.coils : this.discrete)[addr] ?? false);
+        } catch (error) {
+          cb(error as Error, false);
+        }
+      };
     return {
       getHoldingRegister: holding.single,
       getMultipleHoldingRegisters: holding.multiple,
@@ -205,7 +207,10 @@ export interface PymodbusServer {
  * Starts test/helpers/modbus-pymodbus-server.py with /usr/bin/python3 (the interpreter that has
  * Debian's pymodbus). Resolves once the script printed "READY <port>".
  */
-export async function startPymodbus(mode: 'tcp' | 'rtu-over-tcp' | 'rtu', options: { serialPath?: string; units?: number[] } = {}): Promise<PymodbusServer> {
+export async function startPymodbus(
+  mode: 'tcp' | 'rtu-over-tcp' | 'rtu',
+  options: { serialPath?: string; units?: number[] } = {},
+): Promise<PymodbusServer> {
   const args = [PYMODBUS_SCRIPT, '--mode', mode, '--units', (options.units ?? [1]).join(',')];
   if (options.serialPath) args.push('--serial', options.serialPath);
   const child = spawn('/usr/bin/python3', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -256,7 +261,9 @@ export interface PtyPair {
 export async function startPtyPair(dir: string): Promise<PtyPair> {
   const a = `${dir}/ttyA`;
   const b = `${dir}/ttyB`;
-  const child = spawn('/usr/bin/socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('/usr/bin/socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   child.stderr?.resume();
   const stop = async (): Promise<void> => {
     if (child.exitCode !== null || child.signalCode !== null) return;
@@ -407,10 +414,12 @@ export class RawModbusServer {
       let data: Buffer;
       if (fc === 3 || fc === 4) {
         data = Buffer.alloc(2 * count);
-        for (let i = 0; i < count; i++) data.writeUInt16BE((fc === 3 ? (this.holding.get(start + i) ?? 1000 + start + i) : 1000 + start + i) & 0xffff, 2 * i);
+        for (let i = 0; i < count; i++)
+          data.writeUInt16BE((fc === 3 ? (this.holding.get(start + i) ?? 1000 + start + i) : 1000 + start + i) & 0xffff, 2 * i);
       } else {
         data = Buffer.alloc(Math.ceil(count / 8));
-        for (let i = 0; i < count; i++) if ((fc === 1 ? this.coils.get(start + i) : undefined) ?? (start + i) % 3 === 0) data[i >> 3]! |= 1 << (i & 7);
+        for (let i = 0; i < count; i++)
+          if ((fc === 1 ? this.coils.get(start + i) : undefined) ?? (start + i) % 3 === 0) data[i >> 3]! |= 1 << (i & 7);
       }
       body = Buffer.concat([Buffer.from([request.unit, fc, data.length]), data]);
     }

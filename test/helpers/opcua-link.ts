@@ -17,9 +17,10 @@ export async function startLink(targetPort: number): Promise<Link> {
     const upstream = connect(targetPort, '127.0.0.1');
     const pair: [Socket, Socket] = [client, upstream];
     pairs.add(pair);
-    const relay = (from: Socket, to: Socket) => from.on('data', (chunk) => {
-      if (up) to.write(chunk);
-    });
+    const relay = (from: Socket, to: Socket) =>
+      from.on('data', (chunk) => {
+        if (up) to.write(chunk);
+      });
     relay(client, upstream);
     relay(upstream, client);
     const end = () => {

@@ -31,7 +31,11 @@ export function parseDevice(raw: Record<string, unknown>): OpcUaDeviceConfig {
 function groupsOf(device: OpcUaDeviceConfig): PollGroup<OpcUaTag>[] {
   const byGroup = new Map<string, OpcUaTag[]>();
   for (const tag of device.tags) byGroup.set(tag.group ?? 'default', [...(byGroup.get(tag.group ?? 'default') ?? []), tag]);
-  return [...byGroup].map(([name, tags]) => ({ name, tags, interval: name === 'default' ? device.pollInterval : device.pollGroups[name]!.interval }));
+  return [...byGroup].map(([name, tags]) => ({
+    name,
+    tags,
+    interval: name === 'default' ? device.pollInterval : device.pollGroups[name]!.interval,
+  }));
 }
 
 export function runDevice(raw: Record<string, unknown>, dataDir: string): RunningDevice {

@@ -9,7 +9,12 @@ if (!pkiDir) {
   process.stderr.write('usage: opcua-server-child.js <pkiDir> <port> [period] [namespaces,…]\n');
   process.exit(2);
 }
-const running = await startTestServer({ pkiDir, port: Number(port), period: Number(period), namespacesBefore: before.split(',').filter(Boolean) });
+const running = await startTestServer({
+  pkiDir,
+  port: Number(port),
+  period: Number(period),
+  namespacesBefore: before.split(',').filter(Boolean),
+});
 process.stdout.write(`READY ${running.port}\n`);
 const stop = () => void running.stop().finally(() => process.exit(0));
 process.on('SIGTERM', stop);

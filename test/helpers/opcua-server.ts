@@ -117,10 +117,15 @@ function variant(dataType: DataType, value: unknown, array = false): Variant {
 export async function startTestServer(options: TestServerOptions): Promise<RunningTestServer> {
   const serverPki = join(options.pkiDir, 'server');
   mkdirSync(serverPki, { recursive: true });
-  const certificateManager = new OPCUACertificateManager({ rootFolder: serverPki, automaticallyAcceptUnknownCertificate: options.trustAllClients ?? true });
+  const certificateManager = new OPCUACertificateManager({
+    rootFolder: serverPki,
+    automaticallyAcceptUnknownCertificate: options.trustAllClients ?? true,
+  });
   await certificateManager.initialize();
   const users = options.users;
-  const userCertificateManager = options.x509Users ? new OPCUACertificateManager({ rootFolder: join(options.pkiDir, 'users'), automaticallyAcceptUnknownCertificate: true }) : undefined;
+  const userCertificateManager = options.x509Users
+    ? new OPCUACertificateManager({ rootFolder: join(options.pkiDir, 'users'), automaticallyAcceptUnknownCertificate: true })
+    : undefined;
   await userCertificateManager?.initialize();
   const server = new OPCUAServer({
     ...(userCertificateManager ? { userCertificateManager } : {}),
@@ -128,7 +133,11 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
     hostname: '127.0.0.1',
     serverCertificateManager: certificateManager,
     ...(options.secure
-      ? { securityModes: [MessageSecurityMode.SignAndEncrypt], securityPolicies: [SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes256_Sha256_RsaPss], allowAnonymous: false }
+      ? {
+          securityModes: [MessageSecurityMode.SignAndEncrypt],
+          securityPolicies: [SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes256_Sha256_RsaPss],
+          allowAnonymous: false,
+        }
       : { securityModes: [MessageSecurityMode.None], securityPolicies: [SecurityPolicy.None] }),
     ...(users ? { userManager: { isValidUser: (username: string, password: string) => users[username] === password } } : {}),
     serverCapabilities: {
@@ -157,21 +166,76 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
   );
   const update = () => {
     tick++;
-    CHANGING.forEach((spec, index) => changing[index]!.setValueFromSource(variant(spec.dataType, spec.value(tick), spec.array), StatusCodes.Good, new Date()));
+    CHANGING.forEach((spec, index) =>
+      changing[index]!.setValueFromSource(variant(spec.dataType, spec.value(tick), spec.array), StatusCodes.Good, new Date()),
+    );
   };
   const timer = setInterval(update, options.period ?? 100);
 
   // Odd ones: a value with Uncertain status, a node nobody may read, NodeIds of every form.
-  const uncertain = namespace.addVariable({ componentOf: line, browseName: 'Uncertain', nodeId: 's=Line1.Uncertain', dataType: 'Double', minimumSamplingInterval: 0, value: variant(DataType.Double, 0) });
+  const uncertain = namespace.addVariable({
+    componentOf: line,
+    browseName: 'Uncertain',
+    nodeId: 's=Line1.Uncertain',
+    dataType: 'Double',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Double, 0),
+  });
   uncertain.setValueFromSource(variant(DataType.Double, 42.5), StatusCodes.UncertainLastUsableValue, new Date());
-  namespace.addVariable({ componentOf: line, browseName: 'Secret', nodeId: 's=Line1.Secret', dataType: 'Double', accessLevel: 'CurrentWrite', userAccessLevel: 'CurrentWrite', minimumSamplingInterval: 0, value: variant(DataType.Double, 1) });
-  namespace.addVariable({ componentOf: line, browseName: 'ReadOnly', nodeId: 's=Line1.ReadOnly', dataType: 'Double', accessLevel: 'CurrentRead', userAccessLevel: 'CurrentRead', minimumSamplingInterval: 0, value: variant(DataType.Double, 7) });
-  namespace.addVariable({ componentOf: line, browseName: 'ByGuid', nodeId: GUID_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 11) });
-  namespace.addVariable({ componentOf: line, browseName: 'ByOpaque', nodeId: OPAQUE_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 22) });
-  namespace.addVariable({ componentOf: line, browseName: 'ByNumber', nodeId: NUMERIC_NODE.replace(`${NS};`, ''), dataType: 'Int32', minimumSamplingInterval: 0, value: variant(DataType.Int32, 33) });
+  namespace.addVariable({
+    componentOf: line,
+    browseName: 'Secret',
+    nodeId: 's=Line1.Secret',
+    dataType: 'Double',
+    accessLevel: 'CurrentWrite',
+    userAccessLevel: 'CurrentWrite',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Double, 1),
+  });
+  namespace.addVariable({
+    componentOf: line,
+    browseName: 'ReadOnly',
+    nodeId: 's=Line1.ReadOnly',
+    dataType: 'Double',
+    accessLevel: 'CurrentRead',
+    userAccessLevel: 'CurrentRead',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Double, 7),
+  });
+  namespace.addVariable({
+    componentOf: line,
+    browseName: 'ByGuid',
+    nodeId: GUID_NODE.replace(`${NS};`, ''),
+    dataType: 'Int32',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Int32, 11),
+  });
+  namespace.addVariable({
+    componentOf: line,
+    browseName: 'ByOpaque',
+    nodeId: OPAQUE_NODE.replace(`${NS};`, ''),
+    dataType: 'Int32',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Int32, 22),
+  });
+  namespace.addVariable({
+    componentOf: line,
+    browseName: 'ByNumber',
+    nodeId: NUMERIC_NODE.replace(`${NS};`, ''),
+    dataType: 'Int32',
+    minimumSamplingInterval: 0,
+    value: variant(DataType.Int32, 33),
+  });
 
   const stuck = namespace.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'Stuck', nodeId: 's=Stuck' });
-  namespace.addVariable({ componentOf: stuck, browseName: 'Value', nodeId: STUCK_NODE.replace(`${NS};`, ''), dataType: 'Double', minimumSamplingInterval: 0, value: { refreshFunc: () => undefined } });
+  namespace.addVariable({
+    componentOf: stuck,
+    browseName: 'Value',
+    nodeId: STUCK_NODE.replace(`${NS};`, ''),
+    dataType: 'Double',
+    minimumSamplingInterval: 0,
+    value: { refreshFunc: () => undefined },
+  });
 
   const writable = namespace.addObject({ componentOf: line, browseName: 'W', nodeId: 's=Line1.W' });
   for (const spec of WRITABLE) {
@@ -209,7 +273,9 @@ export async function startTestServer(options: TestServerOptions): Promise<Runni
   const identities: string[] = [];
   server.on('session_activated', (_session: unknown, token: { constructor: { name: string } }) => identities.push(token.constructor.name));
   const requests = new Map<string, number>();
-  server.on('request', (request: { constructor: { name: string } }) => requests.set(request.constructor.name, (requests.get(request.constructor.name) ?? 0) + 1));
+  server.on('request', (request: { constructor: { name: string } }) =>
+    requests.set(request.constructor.name, (requests.get(request.constructor.name) ?? 0) + 1),
+  );
 
   await server.start();
   const port = server.endpoints[0]!.port;

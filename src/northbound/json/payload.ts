@@ -7,7 +7,8 @@ export type TimestampFormat = 'ms' | 'iso';
 
 /** int64 values beyond 2^53 can't be JSON numbers without losing digits: they go out as strings. */
 function jsonScalar(value: ScalarValue): number | boolean | string {
-  if (typeof value === 'bigint') return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value.toString();
+  if (typeof value === 'bigint')
+    return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value.toString();
   return value;
 }
 
@@ -41,7 +42,13 @@ export function encodeTagPayload(sample: Sample, format: TimestampFormat): strin
 }
 
 /** `{"device":"press1","group":"default","ts":…,"values":{"speed":{"value":…,"quality":"good","ts":…}, …}}` */
-export function encodeBatchPayload(device: string, group: string, cycleTs: number, samples: readonly Sample[], format: TimestampFormat): string {
+export function encodeBatchPayload(
+  device: string,
+  group: string,
+  cycleTs: number,
+  samples: readonly Sample[],
+  format: TimestampFormat,
+): string {
   const values: Record<string, TagPayload> = {};
   for (const sample of samples) values[sample.tag] = tagPayloadObject(sample, format);
   return JSON.stringify({ device, group, ts: timestamp(cycleTs, format), values });

@@ -79,7 +79,9 @@ export class GatewayTopics {
    */
   anyTagFilter(): string {
     const template = compileTopicTemplate(this.config.tag);
-    return template.render(Object.fromEntries(template.placeholders.map((placeholder) => [placeholder, placeholder === 'gateway' ? this.gatewayName : '+'])));
+    return template.render(
+      Object.fromEntries(template.placeholders.map((placeholder) => [placeholder, placeholder === 'gateway' ? this.gatewayName : '+'])),
+    );
   }
 
   private render(source: string, variables: TopicVariables): string {
