@@ -10,6 +10,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
+import { closeWithoutWill, connectedClientList, incomingQoS2Held } from './aedes-internals.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
 import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './mqtt5.js';
 import { Acl, verifyPassword, type Identity } from './security.js';
@@ -17,11 +18,6 @@ import type { CommandOrigin } from '../commands/command-handler.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { Fifo } from '../util/fifo.js';
 import { RetainedStore } from './retained-store.js';
-
-/** aedes' store of incoming QoS 2 messages waiting for PUBREL (resolves when it holds this one). */
-interface QoS2Store {
-  persistence: { incomingGetPacket(client: Client, packet: { messageId?: number }): Promise<unknown> };
-}
 
 // CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum we can't import).
 type AuthErrorCode = 4 | 5;
@@ -271,8 +267,7 @@ export class IntegratedBroker {
               );
             // A persistent session may resend a QoS 2 message after a reconnect (before its PUBREL):
             // aedes still holds it then, and it is not a new command.
-            if (packet.qos === 2 && !client.clean)
-              (aedes as unknown as QoS2Store).persistence.incomingGetPacket(client, packet).then(() => undefined, fire);
+            if (packet.qos === 2 && !client.clean) incomingQoS2Held(aedes, client, packet).then(() => undefined, fire);
             else fire();
           }
         }
@@ -367,8 +362,7 @@ export class IntegratedBroker {
     this.access = accessOf({ ...this.config, ...config });
     // Denials are logged once per client and topic; under new rules they are news again.
     this.noted.clear();
-    // aedes keeps its connected clients by id (not in its types).
-    const clients = Object.values((this.aedes as unknown as { clients: Record<string, Client> }).clients);
+    const clients = connectedClientList(this.aedes);
     return clients.filter((client) => this.dropIfLoginLapsed(client, 'reloaded')).map((client) => client.id);
   }
 
@@ -391,8 +385,7 @@ export class IntegratedBroker {
       'mqtt client disconnected by the reloaded broker users',
     );
     // As after a DISCONNECT packet: aedes then drops the will instead of publishing it.
-    (client as Client & { _disconnected: boolean })._disconnected = true;
-    client.close();
+    closeWithoutWill(client);
     return true;
   }
 

@@ -8,14 +8,7 @@
 // messages in aedes' persistence for when it comes back.
 import type { Client, PublishPacket } from 'aedes';
 import { Fifo } from '../util/fifo.js';
-
-/** The parts of aedes' Client this relies on: its per-client delivery functions, its subscriptions and its parser. */
-interface AedesClientInternals {
-  deliverQoS: (packet: PublishPacket, done: () => void) => void;
-  deliver0: (packet: PublishPacket, done: () => void) => void;
-  subscriptions: Record<string, { qos: number } | undefined>;
-  _parser: { on(event: 'packet', listener: (packet: { cmd: string; messageId?: number }) => void): void };
-}
+import { clientDeliveries, type Deliver, onClientPacket, replaceClientDeliveries, subscriptionQoS } from './aedes-internals.js';
 
 export interface OutboundLimits {
   maxInflight: number;
@@ -42,9 +35,9 @@ export class OutboundWindow {
 
   private constructor(
     private readonly limits: OutboundLimits,
-    private readonly internals: AedesClientInternals,
-    private readonly deliverQoS: (packet: PublishPacket, done: () => void) => void,
-    private readonly deliver0: (packet: PublishPacket, done: () => void) => void,
+    private readonly client: Client,
+    private readonly deliverQoS: Deliver,
+    private readonly deliver0: Deliver,
     private readonly onExceeded: (waiting: number) => void,
   ) {}
 
@@ -59,16 +52,19 @@ export class OutboundWindow {
     onExceeded: (waiting: number) => void,
     clientReceiveMaximum?: number,
   ): OutboundWindow {
-    const internals = client as unknown as AedesClientInternals;
     const limit = { maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued };
-    const window = new OutboundWindow(limit, internals, internals.deliverQoS, internals.deliver0, onExceeded);
-    internals.deliver0 = (packet, done) => window.offer({ packet, qos: false }, done);
-    internals.deliverQoS = (packet, done) => {
-      // As aedes does: a QoS 0 message goes the QoS 0 way.
-      if (packet.qos === 0) return internals.deliver0(packet, done);
-      window.offer({ packet, qos: true }, done);
-    };
-    internals._parser.on('packet', (packet) => {
+    const own = clientDeliveries(client);
+    const window = new OutboundWindow(limit, client, own.deliverQoS, own.deliver0, onExceeded);
+    const deliver0: Deliver = (packet, done) => window.offer({ packet, qos: false }, done);
+    replaceClientDeliveries(client, {
+      deliver0,
+      deliverQoS: (packet, done) => {
+        // As aedes does: a QoS 0 message goes the QoS 0 way.
+        if (packet.qos === 0) return deliver0(packet, done);
+        window.offer({ packet, qos: true }, done);
+      },
+    });
+    onClientPacket(client, (packet) => {
       // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one. (Messages aedes resends from a
       // persistent session's store bypass the window; their acknowledgements can briefly let
       // up to that many more through, never more than the store held.)
@@ -88,7 +84,7 @@ export class OutboundWindow {
    * exactly this topic.
    */
   private acknowledged(delivery: Delivery): boolean {
-    return delivery.qos && this.internals.subscriptions[delivery.packet.topic]?.qos !== 0;
+    return delivery.qos && subscriptionQoS(this.client, delivery.packet.topic) !== 0;
   }
 
   private offer(delivery: Delivery, done: () => void): void {
@@ -143,7 +139,7 @@ export class InboundQoS2 {
 
   static watch(client: Client): InboundQoS2 {
     const tracker = new InboundQoS2();
-    (client as unknown as AedesClientInternals)._parser.on('packet', (packet) => {
+    onClientPacket(client, (packet) => {
       // The client sends PUBREL only after our PUBREC, i.e. after the first PUBLISH was seen here.
       if (packet.cmd === 'pubrel' && packet.messageId !== undefined) tracker.pending.delete(packet.messageId);
     });

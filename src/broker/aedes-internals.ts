@@ -1,0 +1,115 @@
+// Every use of aedes' internals — fields and methods that are not in its .d.ts — in one place.
+// package.json pins aedes exactly (1.2.0) for as long as this file is not empty; each function
+// below says which internal it relies on and why, checked against aedes 1.2.0.
+//
+// When aedes is upgraded (issue 17 may move to 2.0.0-beta), check against the new lib/client.js,
+// aedes.js and lib/handlers/ that, for each function here:
+// - the field still exists under that name, with the same shape (Client: deliverQoS, deliver0,
+//   subscriptions, _parser, _disconnected; Aedes: clients, persistence.incomingGetPacket);
+// - deliverQoS/deliver0 are still own fields of the client, read when a subscription is made
+//   (lib/handlers/subscribe.js) and when a persistent session is restored, so replacing them in
+//   preConnect still catches every delivery; deliverQoS still hands QoS 0 packets to deliver0;
+// - _parser still emits 'packet' for every packet the client sends (PUBACK, PUBCOMP, PUBREL);
+// - _disconnected is still the flag close() reads to skip the will;
+// - incomingGetPacket still resolves only while a QoS 2 message waits for its PUBREL.
+// If one became public API, use that and drop the function; then unpin aedes once this file is empty.
+// The tests that fail when one of these breaks: broker-limits (flow control), broker-reload (clients,
+// will), writes (QoS 2 commands).
+import type { Aedes, Client, PublishPacket } from 'aedes';
+
+/** One of a client's delivery functions: writes `packet` to the client, `done` when handed on. */
+export type Deliver = (packet: PublishPacket, done: () => void) => void;
+
+/** A client's two delivery functions. */
+export interface ClientDeliveries {
+  /** For QoS 1/2 subscriptions (aedes' own one hands a QoS 0 packet to deliver0). */
+  deliverQoS: Deliver;
+  /** For QoS 0 subscriptions: never needs an acknowledgement. */
+  deliver0: Deliver;
+}
+
+/** A packet a client sent, as far as the functions here look at it. */
+export interface ClientPacket {
+  cmd: string;
+  messageId?: number;
+}
+
+/** The fields of aedes' Client (lib/client.js) that are not in its types. */
+interface ClientInternals extends ClientDeliveries {
+  subscriptions: Record<string, { qos: number } | undefined>;
+  _parser: { on(event: 'packet', listener: (packet: ClientPacket) => void): void };
+  _disconnected: boolean;
+}
+
+/** The fields of the Aedes instance (aedes.js) that are not in its types. */
+interface AedesInternals {
+  clients: Record<string, Client>;
+  persistence: { incomingGetPacket(client: Client, packet: { messageId?: number }): Promise<unknown> };
+}
+
+const clientInternals = (client: Client): ClientInternals => client as unknown as ClientInternals;
+const aedesInternals = (aedes: Aedes): AedesInternals => aedes as unknown as AedesInternals;
+
+/**
+ * The client's delivery functions, and a way to put others in their place. Uses `client.deliverQoS`
+ * and `client.deliver0` (own fields of aedes 1.2.0's Client): aedes has no flow control for
+ * outgoing QoS 1/2 messages, and these are what every delivery to the client goes through.
+ * Replace them before the client has subscriptions (preConnect): a subscription captures them.
+ */
+export function clientDeliveries(client: Client): ClientDeliveries {
+  const internals = clientInternals(client);
+  return { deliverQoS: internals.deliverQoS, deliver0: internals.deliver0 };
+}
+
+/** Puts `deliveries` in the place of the client's own delivery functions (see clientDeliveries). */
+export function replaceClientDeliveries(client: Client, deliveries: ClientDeliveries): void {
+  const internals = clientInternals(client);
+  internals.deliver0 = deliveries.deliver0;
+  internals.deliverQoS = deliveries.deliverQoS;
+}
+
+/**
+ * The QoS of the client's subscription to exactly this filter, if it has one. Uses
+ * `client.subscriptions` (aedes 1.2.0): aedes sends a QoS 1/2 message at QoS 0 to a QoS 0
+ * subscription on exactly its topic, and then no acknowledgement comes.
+ */
+export function subscriptionQoS(client: Client, filter: string): number | undefined {
+  return clientInternals(client).subscriptions[filter]?.qos;
+}
+
+/**
+ * Calls `listener` with every packet the client sends, as aedes parses it. Uses `client._parser`
+ * (aedes 1.2.0's mqtt-packet parser of the connection): aedes emits no event for PUBACK, PUBCOMP
+ * or PUBREL from a client, which the flow control and the QoS 2 command check need.
+ */
+export function onClientPacket(client: Client, listener: (packet: ClientPacket) => void): void {
+  clientInternals(client)._parser.on('packet', listener);
+}
+
+/**
+ * Closes the client without publishing its will, as after a DISCONNECT packet. Uses
+ * `client._disconnected` (aedes 1.2.0 sets it on DISCONNECT; close() publishes the will only
+ * without it): aedes' close() has no option to drop the will.
+ */
+export function closeWithoutWill(client: Client): void {
+  clientInternals(client)._disconnected = true;
+  client.close();
+}
+
+/**
+ * The connected clients. Uses `aedes.clients` (aedes 1.2.0 keeps them by client id): the types
+ * give only their number (connectedClients).
+ */
+export function connectedClientList(aedes: Aedes): Client[] {
+  return Object.values(aedesInternals(aedes).clients);
+}
+
+/**
+ * Resolves when aedes still holds this client's incoming QoS 2 message (it waits for its PUBREL),
+ * rejects when it does not. Uses `aedes.persistence.incomingGetPacket` (aedes 1.2.0's own check
+ * for a resent QoS 2 PUBLISH): a persistent session may resend one after a reconnect, and that
+ * is not a new message.
+ */
+export function incomingQoS2Held(aedes: Aedes, client: Client, packet: { messageId?: number }): Promise<unknown> {
+  return aedesInternals(aedes).persistence.incomingGetPacket(client, packet);
+}
