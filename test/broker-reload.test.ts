@@ -186,8 +186,6 @@ describe('integrated broker: a reload while a client is logging in', () => {
     } = brokerSection.parse({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], allowAnonymous: true, users: users(...names) });
     return { users: parsed, acl, allowAnonymous };
   };
-  /** aedes' own hooks (not in its types), replaced for one connection to reload at a chosen moment. */
-  type Hooks = { authenticate: (...args: unknown[]) => void; preConnect: (...args: unknown[]) => void };
 
   before(async () => {
     for (const name of ['admin', 'bob', 'carol']) hashes[name] = await hashPassword(`${name}-pw`);
@@ -221,12 +219,13 @@ describe('integrated broker: a reload while a client is logging in', () => {
     await seeded.subscribeAsync('x/#', { qos: 1 });
     await seeded.endAsync();
 
-    const hooks = broker.broker.aedes as unknown as Hooks;
+    // aedes' hooks (public fields of the instance), replaced for one connection to reload at a chosen moment.
+    const hooks = broker.broker.aedes;
     const authenticate = hooks.authenticate;
     let reloadedEarly: string[] | undefined;
     hooks.authenticate = (client, username, password, callback) =>
-      authenticate(client, username, password, (error: Error | null, ok: boolean) => {
-        (callback as (error: Error | null, ok: boolean) => void)(error, ok);
+      authenticate(client, username, password, (error, ok) => {
+        callback(error, ok);
         // The login is through; bob is not among aedes' clients yet.
         if (!error && ok) setImmediate(() => (reloadedEarly = broker.broker.reloadAccess(access(['admin', 'carol']))));
       });
@@ -257,7 +256,7 @@ describe('integrated broker: a reload while a client is logging in', () => {
 
   it('a user removed while the password hash is being checked is refused', async () => {
     broker.broker.reloadAccess(access(['admin', 'carol']));
-    const hooks = broker.broker.aedes as unknown as Hooks;
+    const hooks = broker.broker.aedes;
     const preConnect = hooks.preConnect;
     // preConnect runs just before authenticate; scrypt then takes tens of milliseconds on the thread pool.
     hooks.preConnect = (...args) => {
