@@ -37,9 +37,10 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { EventBus } from './app/event-bus.js';
 import type { GatewayEvents } from './app/events.js';
+import { applyReload, type ReloadResult, type ReloadTarget } from './app/reload.js';
 import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from './app/status.js';
 import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
-import { ACCESS_SETTINGS, IntegratedBroker, PublishRefused } from './broker/broker.js';
+import { IntegratedBroker, PublishRefused } from './broker/broker.js';
 import { attachOutgoingProperties } from './broker/mqtt5.js';
 import { CommandHandler, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
@@ -58,10 +59,11 @@ import { JsonFormat } from './northbound/json/format.js';
 import { encodeAnswer, encodeBatchPayload, encodeTagPayload } from './northbound/json/payload.js';
 import { GatewayTopics } from './northbound/json/topics.js';
 import { Outbox } from './cloud/outbox.js';
-import { tlsFilesFingerprint, Uplink, type DownlinkHandlers } from './cloud/uplink.js';
+import { Uplink, type DownlinkHandlers } from './cloud/uplink.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { OpsServer } from './ops/http-server.js';
 
+export type { ReloadResult } from './app/reload.js';
 export type { TagStatus } from './app/status.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
@@ -106,27 +108,6 @@ export interface GatewayOptions {
   loadDriver?: (device: DeviceConfig) => Promise<DriverModule<DeviceConfig>>;
   /** Back-off between start attempts of a device whose driver cannot be loaded or created (default 1 s doubling up to 30 s). */
   deviceRetry?: BackoffOptions;
-}
-
-/** What a reload did. */
-export interface ReloadResult {
-  added: string[];
-  removed: string[];
-  restarted: string[];
-  unchanged: number;
-  /** Devices that could not be started with their new definition (see the log); they are tried again with back-off. */
-  failed: string[];
-  /** Other settings the reload applied: "writes", "broker.users", "broker.acl", "broker.allowAnonymous", "uplink". */
-  applied: string[];
-  /** Integrated broker clients disconnected because their user was removed or changed (or anonymous access is off). */
-  disconnected: string[];
-  /** Settings that changed but need a restart of the process ("broker.listeners", "uplink", "topics", …). */
-  notApplied: string[];
-}
-
-/** Whether a config section differs (sections are plain JSON after validation). */
-function changed(before: unknown, after: unknown): boolean {
-  return JSON.stringify(before) !== JSON.stringify(after);
 }
 
 /** How often the uplink's state and the outbox's depth are looked at for the event bus. */
@@ -312,6 +293,65 @@ export class Gateway {
     return gateway;
   }
 
+  /** Raw readings of one poll cycle → samples → the integrated broker. */
+  private onReadings(device: CompiledDevice, event: ReadingsEvent): void {
+    const now = Date.now();
+    const { topics } = this.config;
+    const batch: Sample[] = [];
+    const batchTopic = device.config.publish === 'batch' ? device.batchTopics.get(event.group)! : undefined;
+    // Asked once per poll cycle: without a listener, a sample costs the bus nothing.
+    const announce = this.bus.has('sample');
+    for (const reading of event.readings) {
+      const tag = device.tags.get(reading.tag);
+      if (!tag) continue;
+      const sample = tag.normalizer.normalize(reading, now);
+      tag.last = sample;
+      this.stats.samples++;
+      device.samples++;
+      let reported = true;
+      if (batchTopic) batch.push(sample);
+      else if (tag.normalizer.shouldReport(sample, now)) {
+        const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
+        if (tag.cloud)
+          this.uplink!.record(tag.cloud, {
+            kind: 'tag',
+            device: event.device,
+            group: event.group,
+            tag: reading.tag,
+            sample,
+            local: { topic: tag.topic, payload, retain: topics.retain },
+          });
+      } else reported = false;
+      if (announce)
+        this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
+    }
+    if (batchTopic && batch.length > 0) {
+      const { topic, cloud } = batchTopic;
+      const payload = this.publish(
+        topic,
+        encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp),
+        topics.retain,
+      );
+      if (cloud)
+        this.uplink!.record(cloud, {
+          kind: 'batch',
+          device: event.device,
+          group: event.group,
+          cycleTs: event.cycleTs,
+          samples: batch,
+          local: { topic, payload, retain: topics.retain },
+        });
+    }
+  }
+
+  /** Local subscribers get the message at once (the cloud gets what the format records of it, through the outbox). */
+  private publish(topic: string, text: string, retain: boolean): Buffer {
+    const payload = Buffer.from(text);
+    this.stats.published++;
+    this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain });
+    return payload;
+  }
+
   private async startSimulators(): Promise<void> {
     try {
       for (const simulator of this.config.simulators) {
@@ -364,7 +404,16 @@ export class Gateway {
   }
 
   private startUplink(config: NonNullable<Config['uplink']>): void {
-    const uplink = new Uplink(
+    const uplink = this.newUplink(config);
+    this.useUplink(uplink);
+    uplink.start();
+    this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
+    this.cloudWatch.unref();
+  }
+
+  /** A cloud connection on the outbox, not started yet. */
+  private newUplink(config: NonNullable<Config['uplink']>): Uplink {
+    return new Uplink(
       config,
       this.config.gateway.name,
       new JsonFormat(config, this.config.gateway.name, this.config.topics.status),
@@ -373,10 +422,6 @@ export class Gateway {
       this.log,
       this.downlinkFor(config),
     );
-    this.useUplink(uplink);
-    uplink.start();
-    this.cloudWatch = setInterval(() => this.watchCloud(), CLOUD_WATCH_INTERVAL_MS);
-    this.cloudWatch.unref();
   }
 
   private async stopUplink(): Promise<void> {
@@ -553,116 +598,50 @@ export class Gateway {
   }
 
   /**
-   * Applies a new, already validated config without a restart: devices whose definition changed
-   * are restarted, new ones started, removed ones stopped; everything else (broker and its
-   * clients, outbox, uplink session, unchanged devices) keeps running. Changes to other sections
-   * need a process restart: they are reported, not applied.
+   * Applies a new, already validated config without a restart (see app/reload.ts): devices whose
+   * definition changed are restarted, new ones started, removed ones stopped; everything else
+   * (broker and its clients, outbox, uplink session, unchanged devices) keeps running. Changes to
+   * other sections need a process restart: they are reported, not applied. One reload at a time.
    */
   reload(loaded: LoadedConfig): Promise<ReloadResult> {
-    const run = this.reloading.then(() => this.applyReload(loaded.config));
+    const run = this.reloading.then(() => applyReload(this.reloadTarget(), loaded.config));
     this.reloading = run.catch(() => undefined);
     return run;
   }
 
-  private async applyReload(next: Config): Promise<ReloadResult> {
-    const result: ReloadResult = {
-      added: [],
-      removed: [],
-      restarted: [],
-      unchanged: 0,
-      failed: [],
-      applied: [],
-      disconnected: [],
-      notApplied: [],
-    };
-    if (this.stopping) return result;
-    const previous = this.currentConfig;
-    for (const section of ['gateway', 'topics', 'http', 'simulators'] as const) {
-      if (changed(previous[section], next[section])) result.notApplied.push(section);
-    }
-    const accessSettings = new Set<string>(ACCESS_SETTINGS);
-    for (const key of Object.keys({ ...previous.broker, ...next.broker }) as Array<keyof Config['broker']>) {
-      if (changed(previous.broker[key], next.broker[key]))
-        (accessSettings.has(key) ? result.applied : result.notApplied).push(`broker.${key}`);
-    }
-    if (changed(previous.writes, next.writes)) result.applied.push('writes');
-    // Devices, write limits and who may use the broker come from the new config; the rest stays as it runs.
-    const access = { users: next.broker.users, acl: next.broker.acl, allowAnonymous: next.broker.allowAnonymous };
-    this.currentConfig = { ...previous, devices: next.devices, writes: next.writes, broker: { ...previous.broker, ...access } };
-    this.commands.setLimits(next.writes);
-    if (result.applied.some((setting) => setting.startsWith('broker.'))) result.disconnected = this.broker.reloadAccess(access);
-    await this.reloadUplink(previous.uplink, next.uplink, result);
-    const wanted = new Map(next.devices.filter((device) => device.enabled).map((device) => [device.name, device]));
-    for (const [name, fingerprint] of [...this.supervisedDevices]) {
-      const replacement = wanted.get(name);
-      if (!replacement) {
-        await this.unsuperviseDevice(name);
-        result.removed.push(name);
-      } else if (JSON.stringify(replacement) !== fingerprint) {
-        await this.unsuperviseDevice(name);
-        result.restarted.push(name);
-      } else result.unchanged++;
-    }
-    for (const [name, device] of wanted) {
-      if (this.supervisedDevices.has(name)) continue;
+  /** What a reload may look at and change here. */
+  private reloadTarget(): ReloadTarget {
+    const gateway = this;
+    return {
+      get config() {
+        return gateway.currentConfig;
+      },
+      setConfig: (config) => {
+        gateway.currentConfig = config;
+      },
+      get stopped() {
+        return gateway.stopped;
+      },
+      log: gateway.log,
+      devices: gateway.supervisedDevices,
       // Spread its groups over their interval as if it were the only device; close enough for a few.
-      // One device that cannot start (its driver failed to load) must not keep the others down:
-      // it is reported, and the supervisor tries again with back-off.
-      if (await this.superviseDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval))) {
-        if (!result.restarted.includes(name)) result.added.push(name);
-      } else {
-        result.failed.push(name);
-        result.restarted = result.restarted.filter((restarted) => restarted !== name);
-      }
-    }
-    return result;
-  }
-
-  /**
-   * A changed uplink (URL, credentials, TLS settings, rules, or certificate files rewritten in
-   * place) is applied with a new cloud connection; the outbox, and so every message not yet
-   * acknowledged, stays. Adding or removing the uplink, or changing its outbox, needs a restart.
-   */
-  private async reloadUplink(previous: Config['uplink'], next: Config['uplink'], result: ReloadResult): Promise<void> {
-    const old = this.currentUplink;
-    if (!previous || !next || !old) {
-      if (changed(previous, next)) result.notApplied.push('uplink');
-      return;
-    }
-    if (changed(previous.outbox, next.outbox)) result.notApplied.push('uplink.outbox');
-    const wanted = { ...next, outbox: previous.outbox };
-    if (!changed(previous, wanted) && tlsFilesFingerprint(next.tls) === old.tlsFingerprint) return;
-    let uplink: Uplink;
-    try {
-      uplink = new Uplink(
-        wanted,
-        this.config.gateway.name,
-        new JsonFormat(wanted, this.config.gateway.name, this.config.topics.status),
-        this.outbox!,
-        this.broker,
-        this.log,
-        this.downlinkFor(wanted),
-      );
-    } catch (error) {
-      // (An unreadable certificate, say: the running connection stays.)
-      this.log.error({ error: errorMessage(error) }, 'the new uplink settings cannot be used; the cloud connection stays as it was');
-      result.notApplied.push('uplink');
-      return;
-    }
-    // The old connection says "offline" and ends (what it had in flight stays in the outbox and is
-    // sent again); the new one says "online" once it is up. Should it never come up, the cloud
-    // is not left believing the gateway is online.
-    await old.stop();
-    uplink.continueFrom(old);
-    this.useUplink(uplink);
-    this.currentConfig = { ...this.currentConfig, uplink: wanted };
-    // Forward rules may have changed: every tag's and batch's recorder is looked up again.
-    for (const device of this.devices.values()) {
-      for (const tag of device.tags.values()) tag.cloud = uplink.recorder(tag.topic);
-      for (const batch of device.batchTopics.values()) batch.cloud = uplink.recorder(batch.topic);
-    }
-    uplink.start();
-    result.applied.push('uplink');
+      startDevice: (device) =>
+        gateway.superviseDevice(device, (index, interval) => startPhase(index, pollGroupsOf(device).length, interval)),
+      stopDevice: (name) => gateway.unsuperviseDevice(name),
+      setWriteLimits: (writes) => gateway.commands.setLimits(writes),
+      reloadBrokerAccess: (access) => gateway.broker.reloadAccess(access),
+      get uplink() {
+        return gateway.currentUplink;
+      },
+      createUplink: (config) => gateway.newUplink(config),
+      useUplink: (uplink) => {
+        gateway.useUplink(uplink);
+        for (const device of gateway.devices.values()) {
+          for (const tag of device.tags.values()) tag.cloud = uplink.recorder(tag.topic);
+          for (const batch of device.batchTopics.values()) batch.cloud = uplink.recorder(batch.topic);
+        }
+      },
+    };
   }
 
   private compileTags(device: DeviceConfig): Map<string, CompiledTag> {
@@ -840,65 +819,6 @@ export class Gateway {
       for (const batch of device.batchTopics.values()) if (batch.topic === topic) return true;
     }
     return false;
-  }
-
-  /** Raw readings of one poll cycle → samples → the integrated broker. */
-  private onReadings(device: CompiledDevice, event: ReadingsEvent): void {
-    const now = Date.now();
-    const { topics } = this.config;
-    const batch: Sample[] = [];
-    const batchTopic = device.config.publish === 'batch' ? device.batchTopics.get(event.group)! : undefined;
-    // Asked once per poll cycle: without a listener, a sample costs the bus nothing.
-    const announce = this.bus.has('sample');
-    for (const reading of event.readings) {
-      const tag = device.tags.get(reading.tag);
-      if (!tag) continue;
-      const sample = tag.normalizer.normalize(reading, now);
-      tag.last = sample;
-      this.stats.samples++;
-      device.samples++;
-      let reported = true;
-      if (batchTopic) batch.push(sample);
-      else if (tag.normalizer.shouldReport(sample, now)) {
-        const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
-        if (tag.cloud)
-          this.uplink!.record(tag.cloud, {
-            kind: 'tag',
-            device: event.device,
-            group: event.group,
-            tag: reading.tag,
-            sample,
-            local: { topic: tag.topic, payload, retain: topics.retain },
-          });
-      } else reported = false;
-      if (announce)
-        this.bus.emit('sample', { device: event.device, tag: reading.tag, sample, topic: batchTopic?.topic ?? tag.topic, reported });
-    }
-    if (batchTopic && batch.length > 0) {
-      const { topic, cloud } = batchTopic;
-      const payload = this.publish(
-        topic,
-        encodeBatchPayload(event.device, event.group, event.cycleTs, batch, topics.timestamp),
-        topics.retain,
-      );
-      if (cloud)
-        this.uplink!.record(cloud, {
-          kind: 'batch',
-          device: event.device,
-          group: event.group,
-          cycleTs: event.cycleTs,
-          samples: batch,
-          local: { topic, payload, retain: topics.retain },
-        });
-    }
-  }
-
-  /** Local subscribers get the message at once (the cloud gets what the format records of it, through the outbox). */
-  private publish(topic: string, text: string, retain: boolean): Buffer {
-    const payload = Buffer.from(text);
-    this.stats.published++;
-    this.broker.publish(topic, payload, { qos: this.config.topics.qos, retain });
-    return payload;
   }
 
   private publishStatus(status: 'online' | 'offline'): Promise<void> {
