@@ -2,10 +2,7 @@
 // before it can be sent, and deleted only once the cloud acknowledged it. Bounded by count, bytes
 // and age; what a bound drops is counted and logged, never silent. It is the sender's buffer
 // (buffer.ts): the reader's cursors, its read-ahead and which rows a bound spares live here.
-import { closeSync, existsSync, openSync, renameSync, statfsSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { randomFillSync } from 'node:crypto';
-import { crc32 } from 'node:zlib';
-import { dirname } from 'node:path';
+import { existsSync, renameSync } from 'node:fs';
 import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
@@ -13,6 +10,8 @@ import { errorMessage } from '../util/errors.js';
 import { Fifo } from '../util/fifo.js';
 import { openSqliteFile } from '../util/sqlite-file.js';
 import type { BufferReader, Lane, MessageBuffer, OutboxMessage, Settled, Settlement, StoredMessage } from './buffer.js';
+import { DiskSpace, isDiskFull, JOURNAL_SIZE_LIMIT, RESERVE_BYTES } from './disk-space.js';
+import { checksum } from './row-checksum.js';
 
 export type { OutboxMessage, Settled, StoredMessage } from './buffer.js';
 
@@ -93,63 +92,14 @@ const MAX_PENDING_WHILE_FULL = 100_000;
 /** Most messages per transaction. */
 const CHUNK = 1000;
 
-/**
- * Free space the outbox always leaves on its partition, beyond the room a checkpoint of its WAL
- * needs (Space.growth): deleting what the cloud acknowledged needs WAL space too, and the WAL is
- * then checkpointed and truncated to give it back. Deletions go in transactions of at most CHUNK
- * ids (measured: 124 KB of WAL for 1,000 consecutive ids, 218 KB for every other id). An outbox
- * that took the last byte could neither delete nor checkpoint: it would stay stuck until someone
- * freed space, and the cloud would get its messages again and again.
- */
-const RESERVE_BYTES = 256 * 1024;
-
-/**
- * The reserve file, `<outbox file>-reserve`: given back when the disk fills up all the same
- * (another program took the space, or an estimate was wrong), so that the WAL can be checkpointed
- * and acknowledged messages deleted. A checkpoint needs room for the pages the WAL holds beyond the
- * end of the database file: at most the 1,000 pages after which SQLite checkpoints by itself plus
- * one transaction (measured: 4.2 MB while the outbox filled its partition).
- */
-const RESERVE_FILE_BYTES = 4.5 * 1024 * 1024;
-
-/** The reserve file is (re)created only while at least this much is free, so it never takes the last space. */
-const RESERVE_FILE_WHEN_FREE = 2 * RESERVE_FILE_BYTES + RESERVE_BYTES;
-
-/** How long after the reserve file was given back (or could not be created) before it is tried again. */
-const RESERVE_FILE_RETRY_MS = 60_000;
-
-/** SQLite cuts the WAL file back to this size when it restarts it (PRAGMA journal_size_limit). */
-const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
-
 /** SQLite's bytes per row beyond topic + payload (record header, row id, cell pointer), estimated high. */
 const ROW_OVERHEAD = 40;
-
-/** How often the WAL is truncated when the outbox runs empty (see remove). */
-const DRAIN_TRUNCATE_INTERVAL_MS = 10_000;
 
 /** How often messages older than maxAge are dropped (the sender also checks each one it sends). */
 const EXPIRE_INTERVAL_MS = 10_000;
 
 /** "No upper bound" for id ranges. */
 const NO_END = Number.MAX_SAFE_INTEGER;
-
-/** The outbox's partition, in bytes, as measured before a write and after a deletion. */
-interface Space {
-  /** Free for the gateway's user (statfs). */
-  free: number;
-  /** What a checkpoint now adds to the database file: the pages the WAL holds beyond its end. */
-  growth: number;
-  /** The size of the WAL file, given back by a truncating checkpoint. */
-  wal: number;
-  /** Free pages inside the database file, which new rows reuse. */
-  reusable: number;
-}
-
-/** How many appends the next transaction takes, and whether the WAL is truncated right after it. */
-interface Fit {
-  count: number;
-  truncate: boolean;
-}
 
 interface Pending {
   message: OutboxMessage;
@@ -193,12 +143,7 @@ export class Outbox implements MessageBuffer {
   private writtenWhileFull = 0;
   /** Messages per transaction; smaller after a transaction did not fit, until the disk is fine. */
   private chunk = CHUNK;
-  private readonly pageSize: number;
-  private lastTruncate = 0;
-  /** The reserve file (RESERVE_FILE_BYTES) is there to be given back. */
-  private reserveFile = false;
-  private reserveFileRetry = 0;
-  private reserveFileWarned = false;
+  private readonly disk: DiskSpace;
   /** close() is writing for the last time. */
   private closing = false;
   private closed = false;
@@ -220,7 +165,7 @@ export class Outbox implements MessageBuffer {
     this.options = options;
     this.log = log;
     this.statements = prepare(db);
-    this.pageSize = db.pragma('page_size', { simple: true }) as number;
+    this.disk = new DiskSpace(file, db, log);
     const totals = this.statements.totals.get() as { count: number; bytes: number | null };
     this.count = totals.count;
     this.bytes = totals.bytes ?? 0;
@@ -256,7 +201,7 @@ export class Outbox implements MessageBuffer {
       db = openDatabase(file, options);
     }
     const outbox = new Outbox(file, db, options, log);
-    outbox.openReserveFile();
+    outbox.disk.openReserveFile();
     if (outbox.count > 0)
       log.info({ messages: outbox.count, bytes: outbox.bytes }, 'outbox holds messages from before the restart; they will be sent first');
     outbox.expire(Date.now());
@@ -288,7 +233,7 @@ export class Outbox implements MessageBuffer {
    * Writes the pending appends, applying the bounds, in transactions of at most CHUNK messages:
    * a backlog that waited in memory for disk space needs only room for one piece at a time.
    * Each piece must fit into the free space with room for a checkpoint of the WAL and
-   * RESERVE_BYTES to spare (fitToFreeSpace); when none does, the disk is full as far as the
+   * RESERVE_BYTES to spare (DiskSpace.fit); when none does, the disk is full as far as the
    * outbox is concerned. While the disk is full, the WAL is checkpointed and truncated after each
    * piece, so the space it took goes back at once.
    */
@@ -299,7 +244,7 @@ export class Outbox implements MessageBuffer {
     if (this.diskFull) {
       // Space the WAL holds (also the frames of a transaction that failed) goes back first, then
       // the deletions that failed meanwhile, which make room inside the database file.
-      this.truncateWal();
+      this.disk.truncateWal();
       if (this.unremoved.length > 0) this.remove([]);
     }
     const batch = this.pending;
@@ -307,7 +252,8 @@ export class Outbox implements MessageBuffer {
     let written = 0;
     try {
       while (written < batch.length) {
-        const fit = this.fitToFreeSpace(batch, written, Math.min(this.chunk, batch.length - written));
+        const max = Math.min(this.chunk, batch.length - written);
+        const fit = this.disk.fit(max, (count) => this.walBytes(batch, written, count), { closing: this.closing, diskFull: this.diskFull });
         let size = fit.count;
         // The last write before a shutdown tries down to a single message: what stays in memory is lost.
         if (size === 0 && this.closing) size = 1;
@@ -327,7 +273,7 @@ export class Outbox implements MessageBuffer {
         }
         written += size;
         if (this.diskFull) this.writtenWhileFull += size;
-        if (this.diskFull || fit.truncate) this.truncateWal();
+        if (this.diskFull || fit.truncate) this.disk.truncateWal();
         this.afterCommit(result);
       }
     } finally {
@@ -367,9 +313,9 @@ export class Outbox implements MessageBuffer {
           'outbox: the disk is full; keeping new messages in memory (their publishers are not acknowledged yet) and writing them in pieces as soon as space comes back',
         );
       this.noteDiskFull();
-      // The estimate of fitToFreeSpace was too hopeful: smaller pieces from now on.
+      // The estimate of DiskSpace.fit was too hopeful: smaller pieces from now on.
       this.chunk = Math.max(1, Math.floor(chunk.length / 2));
-      this.truncateWal();
+      this.disk.truncateWal();
       return 'disk full';
     }
   }
@@ -383,45 +329,11 @@ export class Outbox implements MessageBuffer {
     this.timer ??= setTimeout(() => this.commit(), 1000);
   }
 
-  /**
-   * How many of batch[from…] to write next (at most `max`) so that RESERVE_BYTES stay free once
-   * they are written, with room left for a checkpoint of everything in the WAL; the reserve is kept
-   * all the time, not only once the disk is full (then the first failed write would find the WAL
-   * holding megabytes no checkpoint could copy, and no room for a deletion either). New pages take
-   * room twice (in the WAL, then in the database file), unless they reuse free pages of the
-   * database file. When that leaves too little, the piece may still be written if the WAL is
-   * checkpointed and truncated right after it: its frames then need room only for a moment (this is
-   * how new messages go into pages the cloud's acknowledgements freed on a full partition). 0 when
-   * not even one message fits yet.
-   */
-  private fitToFreeSpace(batch: readonly Pending[], from: number, max: number): Fit {
-    // At shutdown the reserve is used too: messages on disk are worth more than room to delete
-    // at the next start. Room for the checkpoint is not: without it the next start could neither
-    // checkpoint nor delete.
-    const reserve = this.closing ? 0 : RESERVE_BYTES;
-    for (let truncated = false; ; truncated = true) {
-      const space = this.measureSpace();
-      if (space === undefined) return { count: max, truncate: this.diskFull }; // no figures: try, and halve on failure
-      for (let count = max; ; count = Math.ceil(count / 2)) {
-        const wal = this.walBytes(batch, from, count);
-        const grows = Math.max(0, wal - space.reusable);
-        // Left in the WAL until SQLite checkpoints it.
-        if (reserve + space.growth + wal + grows <= space.free) return { count, truncate: false };
-        // Checkpointed and truncated right after: the WAL file's space comes back.
-        if (space.growth + wal + grows <= space.free && reserve + space.growth + grows <= space.free + space.wal)
-          return { count, truncate: true };
-        if (count === 1) break;
-      }
-      // Not even one: the space the WAL holds goes back first, then once more.
-      if (truncated || space.wal === 0 || !this.truncateWal()) return { count: 0, truncate: false };
-    }
-  }
-
   /** WAL bytes a transaction of batch[from…from+count) adds, estimated high. */
   private walBytes(batch: readonly Pending[], from: number, count: number): number {
     let size = 0;
     for (let index = from; index < from + count; index++) size += sizeOf(batch[index]!.message);
-    let bytes = 2 * this.pageSize + size + count * ROW_OVERHEAD;
+    let bytes = 2 * this.disk.pageSize + size + count * ROW_OVERHEAD;
     // At a bound, drop-oldest deletes in the same transaction about as much as it writes.
     if (
       this.options.policy === 'drop-oldest' &&
@@ -429,127 +341,6 @@ export class Outbox implements MessageBuffer {
     )
       bytes *= 2;
     return Math.ceil(bytes * 1.25);
-  }
-
-  /**
-   * The outbox's partition now (see Space); undefined when it cannot be measured. Gives the
-   * reserve file back when not even a checkpoint fits any more, and creates it again once there
-   * is plenty of room.
-   */
-  private measureSpace(): Space | undefined {
-    let space: Space;
-    try {
-      const disk = statfsSync(dirname(this.file));
-      const pages = this.statements.pageCount.get() as number;
-      const reusable = (this.statements.freelistCount.get() as number) * this.pageSize;
-      const wal = statSync(`${this.file}-wal`, { throwIfNoEntry: false })?.size ?? 0;
-      space = { free: disk.bavail * disk.bsize, growth: Math.max(0, pages * this.pageSize - statSync(this.file).size), wal, reusable };
-    } catch {
-      return undefined;
-    }
-    if (space.free < space.growth && this.releaseReserveFile()) return this.measureSpace();
-    if (!this.reserveFile && !this.diskFull && space.free >= RESERVE_FILE_WHEN_FREE + space.growth && Date.now() >= this.reserveFileRetry) {
-      if (this.createReserveFile()) space.free -= RESERVE_FILE_BYTES;
-    }
-    return space;
-  }
-
-  /**
-   * After a deletion, whose frames took WAL space: the WAL is checkpointed and truncated when the
-   * free space went below the reserve (always while the disk is full: the next piece of the
-   * backlog needs that space).
-   */
-  private keepReserve(): void {
-    if (this.diskFull) {
-      this.truncateWal();
-      return;
-    }
-    const space = this.measureSpace();
-    if (space !== undefined && space.free < RESERVE_BYTES + space.growth) this.truncateWal();
-  }
-
-  /**
-   * Copies the WAL into the database file and truncates it to zero bytes, giving its space back.
-   * When there is no room for the copy, the reserve file is given back for it. False when it failed.
-   */
-  private truncateWal(): boolean {
-    this.lastTruncate = Date.now();
-    for (;;) {
-      try {
-        this.db.pragma('wal_checkpoint(TRUNCATE)');
-        return true;
-      } catch (error) {
-        if (isDiskFull(error) && this.releaseReserveFile()) continue;
-        // Copying needs room where the database file grows; it is tried again later.
-        this.log.debug({ error: errorMessage(error) }, 'outbox: WAL checkpoint failed');
-        return false;
-      }
-    }
-  }
-
-  private get reserveFilePath(): string {
-    return `${this.file}-reserve`;
-  }
-
-  /** At open: a reserve file of the right size is kept; one cut short (a crash while writing it) is made again. */
-  private openReserveFile(): void {
-    try {
-      const size = statSync(this.reserveFilePath, { throwIfNoEntry: false })?.size;
-      if (size === RESERVE_FILE_BYTES) this.reserveFile = true;
-      else if (size !== undefined) this.removeReserveFile();
-    } catch {
-      // Not readable: written anew below, or the outbox goes without one.
-    }
-    this.measureSpace(); // creates it when there is room
-  }
-
-  /**
-   * Writes the reserve file. Random bytes: a file system that compresses (or leaves holes for
-   * zeros) would otherwise keep less than it says. False when it could not be written.
-   */
-  private createReserveFile(): boolean {
-    this.reserveFileRetry = Date.now() + RESERVE_FILE_RETRY_MS;
-    const piece = randomFillSync(Buffer.allocUnsafe(256 * 1024));
-    let fd: number | undefined;
-    try {
-      fd = openSync(this.reserveFilePath, 'w');
-      for (let written = 0; written < RESERVE_FILE_BYTES; written += piece.length) writeSync(fd, piece);
-      closeSync(fd);
-      fd = undefined;
-      this.reserveFile = true;
-      this.log.debug({ file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES }, 'outbox: reserve file written');
-      return true;
-    } catch (error) {
-      if (fd !== undefined) closeSync(fd);
-      this.removeReserveFile();
-      this.log[this.reserveFileWarned ? 'debug' : 'warn'](
-        { file: this.reserveFilePath, error: errorMessage(error) },
-        'outbox: could not write the reserve file; trying again every minute',
-      );
-      this.reserveFileWarned = true;
-      return false;
-    }
-  }
-
-  /** The disk is full: the reserve file's space goes to the checkpoint and the deletions. False when there was none. */
-  private releaseReserveFile(): boolean {
-    if (!this.reserveFile) return false;
-    this.removeReserveFile();
-    this.reserveFileRetry = Date.now() + RESERVE_FILE_RETRY_MS;
-    this.log.warn(
-      { file: this.reserveFilePath, bytes: RESERVE_FILE_BYTES },
-      'outbox: the disk is full; gave back the reserve file so that the WAL can be checkpointed and acknowledged messages deleted (it is written again once there is room)',
-    );
-    return true;
-  }
-
-  private removeReserveFile(): void {
-    this.reserveFile = false;
-    try {
-      unlinkSync(this.reserveFilePath);
-    } catch {
-      // not there
-    }
   }
 
   /** After a transaction committed: publishers are told, drops counted, the reader told of the new rows. */
@@ -745,7 +536,7 @@ export class Outbox implements MessageBuffer {
     for (;;) {
       let rows: Array<{ size: number }>;
       try {
-        rows = this.onFullDisk(() => this.statements.expire.all(now - this.options.maxAge, CHUNK) as Array<{ size: number }>);
+        rows = this.disk.onFullDisk(() => this.statements.expire.all(now - this.options.maxAge, CHUNK) as Array<{ size: number }>);
       } catch (error) {
         // Even a DELETE needs WAL space; on a full disk it waits for the next round.
         this.log.warn({ error: errorMessage(error) }, 'outbox: could not drop expired messages');
@@ -756,7 +547,7 @@ export class Outbox implements MessageBuffer {
         this.bytes -= row.size;
       }
       dropped += rows.length;
-      if (rows.length > 0) this.keepReserve();
+      if (rows.length > 0) this.disk.keepReserve(this.diskFull);
       if (rows.length < CHUNK) break;
     }
     if (dropped > 0) this.noteDropped(dropped, `older than maxAge (${this.options.maxAge} ms)`);
@@ -923,7 +714,7 @@ export class Outbox implements MessageBuffer {
       const part = all.slice(start, start + CHUNK);
       let done: ReturnType<Outbox['deleteIds']> | undefined;
       try {
-        done = this.onFullDisk(() => this.deleteIds(part));
+        done = this.disk.onFullDisk(() => this.deleteIds(part));
       } catch (failure) {
         // Never throw into the sender's PUBACK path: keep the ids and try again (with the next
         // ones, and every second while the disk is full).
@@ -937,39 +728,19 @@ export class Outbox implements MessageBuffer {
         break;
       }
       for (const key of ['count', 'bytes', 'delivered', 'rejected', 'expired'] as const) removed[key] += done[key];
-      this.keepReserve();
+      this.disk.keepReserve(this.diskFull);
     }
     this.count -= removed.count;
     this.bytes -= removed.bytes;
     this.totals.delivered += removed.delivered;
     this.totals.rejected += removed.rejected;
     if (removed.expired > 0) this.noteDropped(removed.expired, `older than maxAge (${this.options.maxAge} ms) when it was to be sent`);
-    // (keepReserve gave the WAL's space back after each transaction when it was needed.) When the
+    // (disk.keepReserve gave the WAL's space back after each transaction when it was needed.) When the
     // outbox has drained, the WAL an outage grew goes back too.
-    if (this.count === 0 && Date.now() - this.lastTruncate >= DRAIN_TRUNCATE_INTERVAL_MS) this.truncateWal();
+    if (this.count === 0) this.disk.drained();
     // The episode ends only well below the bound, or draining at the bound would log every commit.
     if (this.droppingSince !== undefined && this.count < this.options.maxMessages * 0.9 && this.bytes < this.options.maxBytes * 0.9)
       this.endDropEpisode();
-  }
-
-  /**
-   * Runs a deletion; when the disk is full, gives the WAL's space back (a checkpoint, for which the
-   * reserve file is given back if need be) and runs it once more, then once more after giving back
-   * the reserve file. A DELETE adds no pages to the file: it needs room in the WAL only.
-   */
-  private onFullDisk<T>(run: () => T): T {
-    try {
-      return run();
-    } catch (error) {
-      if (!isDiskFull(error)) throw error;
-    }
-    this.truncateWal();
-    try {
-      return run();
-    } catch (error) {
-      if (!isDiskFull(error) || !this.releaseReserveFile()) throw error;
-    }
-    return run();
   }
 
   /** Deletes the rows of `entries` in one transaction; what it deleted, by outcome. */
@@ -1104,28 +875,7 @@ function prepare(db: Database.Database) {
     ),
     maxId: db.prepare('SELECT max(id) AS id FROM messages'),
     oldest: db.prepare('SELECT created FROM messages ORDER BY id LIMIT 1'),
-    // Measured before each write and after each deletion (db.pragma prepares anew: 7 µs each).
-    pageCount: db.prepare('PRAGMA page_count').pluck(),
-    freelistCount: db.prepare('PRAGMA freelist_count').pluck(),
   };
-}
-
-const checksumHeader = Buffer.alloc(14);
-const kindHeader = Buffer.alloc(4);
-
-/**
- * CRC-32 over a row's QoS, retain flag, time, size, topic and payload, as the gateway wrote them,
- * and its kind when that is not 0 (so rows of finished messages keep the checksum they always had).
- */
-function checksum(topic: string, payload: Buffer, qos: number, retain: boolean, created: number, size: number, kind: number): number {
-  checksumHeader.writeDoubleLE(created, 0);
-  checksumHeader.writeUInt32LE(size, 8);
-  checksumHeader[12] = qos;
-  checksumHeader[13] = retain ? 1 : 0;
-  const crc = crc32(payload, crc32(topic, crc32(checksumHeader)));
-  if (kind === 0) return crc;
-  kindHeader.writeUInt32LE(kind, 0);
-  return crc32(kindHeader, crc);
 }
 
 /** A stored message; `kind` is set only on a format's record (a finished message has none: see OutboxMessage). */
@@ -1156,11 +906,4 @@ function intact(row: RawRow): boolean {
 
 function sizeOf(message: OutboxMessage): number {
   return Buffer.byteLength(message.topic) + message.payload.length;
-}
-
-function isDiskFull(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
-  return (
-    code === 'SQLITE_FULL' || code === 'SQLITE_IOERR_WRITE' || (error instanceof Error && /database or disk is full/i.test(error.message))
-  );
 }
