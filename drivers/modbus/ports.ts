@@ -19,6 +19,7 @@
 
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { hexBytes } from '../../src/util/hex.js';
 
 /** A reply whose framing or content does not fit the request. */
 export type BadReplyHandler = (problem: string, bytes: string) => void;
@@ -29,13 +30,6 @@ const MAX_MBAP_LENGTH = 254;
 /** How many timed-out transaction ids a late reply may still carry (it is then dropped quietly). */
 const LATE_IDS = 16;
 
-const hex = (bytes: Buffer): string => {
-  const shown = bytes
-    .subarray(0, 64)
-    .toString('hex')
-    .replace(/(..)(?!$)/g, '$1 ');
-  return bytes.length > 64 ? `${shown} … (${bytes.length} bytes)` : shown;
-};
 const hex16 = (value: number): string => `0x${value.toString(16).padStart(4, '0')}`;
 
 /** CRC-16/MODBUS. */
@@ -225,7 +219,7 @@ abstract class SocketPort extends EventEmitter {
   protected fail(problem: string, bytes: Buffer = this.buffer): void {
     if (!this.openFlag) return;
     this.openFlag = false;
-    const shown = hex(bytes);
+    const shown = hexBytes(bytes);
     this.buffer = Buffer.alloc(0);
     this.socket?.destroy();
     this.onBadReply?.(problem, shown);

@@ -30,9 +30,11 @@
 // Protocol knowledge stays in the drivers: the registry moves bytes and knows no framing but the
 // function each request comes with.
 
+import { setTimeout as sleep } from 'node:timers/promises';
 import { realpathSync } from 'node:fs';
 import { SerialPort } from 'serialport';
 import { DriverError, type DriverErrorCode } from './driver.js';
+import { hexBytes } from '../util/hex.js';
 
 export type Parity = 'none' | 'even' | 'odd' | 'mark' | 'space';
 
@@ -143,16 +145,6 @@ function frameGap(settings: SerialLineSettings): number {
   const bitsPerCharacter = 1 + settings.dataBits + (settings.parity === 'none' ? 0 : 1) + settings.stopBits;
   return Math.max(MIN_FRAME_GAP_MS, Math.ceil((3.5 * bitsPerCharacter * 1000) / settings.baudRate));
 }
-
-/** Received bytes in hex for messages, cut after 64. */
-export function hexBytes(bytes: Uint8Array): string {
-  const shown = Buffer.from(bytes.subarray(0, 64))
-    .toString('hex')
-    .replace(/(..)(?!$)/g, '$1 ');
-  return bytes.length > 64 ? `${shown} … (${bytes.length} bytes)` : shown;
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface Pending {
   buffer: Buffer;
