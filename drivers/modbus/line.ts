@@ -12,6 +12,7 @@
 // quiet time, drops stray bytes before each request, holds requests back after a timeout until the
 // late reply is in or the line stayed quiet, and reopens the port after it failed.
 
+import { setTimeout as sleep } from 'node:timers/promises';
 import modbusSerial from 'modbus-serial';
 import { DriverError } from '../../src/pipeline/driver.js';
 import { acquireSerialPort, type SerialExchange, type SerialPortLease } from '../../src/pipeline/serial-ports.js';
@@ -117,8 +118,6 @@ export function endpointOf(connection: ModbusConnection): { key: string; label: 
   const label = `${connection.transport} ${connection.host}:${connection.port}`;
   return { key: `${connection.transport}://${connection.host}:${connection.port}`, label, settings: '' };
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Users of a line: what the line needs to know about the drivers attached to it. */
 export interface LineUser {

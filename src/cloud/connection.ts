@@ -2,6 +2,7 @@
 // exponential back-off and jitter (instead of mqtt.js's fixed period), back-off and error log
 // reset only once a connection proved itself, and connection errors logged once per outage.
 // What flows over it is not its business: uplink.ts hands the events on.
+import { setTimeout as delay } from 'node:timers/promises';
 import mqtt, { Store, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import type { Logger } from 'pino';
 import { backoffDelay } from '../util/backoff.js';
@@ -170,10 +171,10 @@ export class CloudConnection {
     if (client && this.isConnected && lastWords) {
       await Promise.race([
         client.publishAsync(lastWords.topic, lastWords.payload, { qos: lastWords.qos, retain: lastWords.retain }).catch(() => undefined),
-        sleep(timeoutMs),
+        delay(timeoutMs, undefined, { ref: false }),
       ]);
     }
-    if (client) await Promise.race([client.endAsync(true), sleep(timeoutMs)]);
+    if (client) await Promise.race([client.endAsync(true), delay(timeoutMs, undefined, { ref: false })]);
     this.isConnected = false;
   }
 
@@ -213,5 +214,3 @@ export class CloudConnection {
     }, delay);
   }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
