@@ -9,10 +9,9 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import pino from 'pino';
-import { createDriver } from '../drivers/modbus/index.js';
-import { DeviceRunner } from '../src/pipeline/device-runner.js';
-import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
-import { cleanup, device, RawModbusServer, withCrc, type RawRequest } from './helpers/modbus-servers.js';
+import type { DeviceRunner } from '../src/pipeline/device-runner.js';
+import type { TagReading } from '../src/pipeline/driver.js';
+import { cleanup, device, pollDevice, RawModbusServer, withCrc, type RawRequest } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 
 interface LogLine {
@@ -37,18 +36,7 @@ function run(t: TestContext, connection: Record<string, unknown>, tags: Record<s
     },
   });
   const log = pino({ level: 'debug' }, sink);
-  const config = device({ connection: { timeout: 300, ...connection }, tags });
-  const cycles: TagReading[][] = [];
-  const runner = new DeviceRunner({
-    name: 'dev',
-    driver: createDriver(config, { log, dataDir: '/nonexistent' }),
-    groups: [{ name: 'default', interval: 100, tags: config.tags as DriverTag[] }],
-    log,
-    phaseOf: () => 0,
-    onReadings: (event) => cycles.push(event.readings),
-  });
-  runner.start();
-  defer(() => runner.stop());
+  const { cycles, runner } = pollDevice(defer, device({ connection: { timeout: 300, ...connection }, tags }), log);
   return { cycles, runner, logs };
 }
 

@@ -10,11 +10,9 @@ import { join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import pino from 'pino';
 import { SerialPort } from 'serialport';
-import { createDriver } from '../drivers/modbus/index.js';
 import { RtuOverTcpPort } from '../drivers/modbus/ports.js';
-import { DeviceRunner } from '../src/pipeline/device-runner.js';
-import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
-import { cleanup, device, RawModbusServer, startPtyPair, withCrc } from './helpers/modbus-servers.js';
+import type { TagReading } from '../src/pipeline/driver.js';
+import { cleanup, device, pollDevice, RawModbusServer, startPtyPair, withCrc } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 
 /**
@@ -27,19 +25,7 @@ function poll(defer: (fn: () => unknown) => void, link: number | string, retries
     typeof link === 'number'
       ? { transport: 'rtu-over-tcp', host: '127.0.0.1', port: link }
       : { transport: 'rtu', path: link, baudRate: 9600 };
-  const config = device({ connection: { ...connection, timeout: 300, retries }, tags });
-  const cycles: TagReading[][] = [];
-  const runner = new DeviceRunner({
-    name: 'dev',
-    driver: createDriver(config, { log, dataDir: '/nonexistent' }),
-    groups: [{ name: 'default', interval: 100, tags: config.tags as DriverTag[] }],
-    log,
-    phaseOf: () => 0,
-    onReadings: (event) => cycles.push(event.readings),
-  });
-  runner.start();
-  defer(() => runner.stop());
-  return cycles;
+  return pollDevice(defer, device({ connection: { ...connection, timeout: 300, retries }, tags }), log).cycles;
 }
 
 /** An RTU request for `count` registers at `start` (FC3, unit 1). */

@@ -9,7 +9,9 @@ import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ServerTCP } from 'modbus-serial';
 import pino, { type Logger } from 'pino';
-import type { DriverContext } from '../../src/pipeline/driver.js';
+import { createDriver } from '../../drivers/modbus/index.js';
+import { DeviceRunner } from '../../src/pipeline/device-runner.js';
+import type { DriverContext, DriverTag, TagReading } from '../../src/pipeline/driver.js';
 import { modbusDevice, type ModbusDeviceConfig } from '../../drivers/modbus/config.js';
 
 // ServerTCP treats port 0 as "use 502": tests take a port that was free a moment ago instead.
@@ -58,6 +60,29 @@ export function testContext(): DriverContext {
 /** Parses a device config through the real schema, so tests see exactly what the core hands the driver. */
 export function device(input: Record<string, unknown>): ModbusDeviceConfig {
   return modbusDevice.parse({ name: 'dev', driver: 'modbus', ...input });
+}
+
+/**
+ * A DeviceRunner (what the gateway runs) with the real Modbus driver polling `config` every 100 ms
+ * from the start; `cycles` collects each cycle's readings. Stopped by `defer`.
+ */
+export function pollDevice(
+  defer: (fn: () => unknown) => void,
+  config: ModbusDeviceConfig,
+  log: Logger,
+): { cycles: TagReading[][]; runner: DeviceRunner } {
+  const cycles: TagReading[][] = [];
+  const runner = new DeviceRunner({
+    name: config.name,
+    driver: createDriver(config, { log, dataDir: '/nonexistent' }),
+    groups: [{ name: 'default', interval: 100, tags: config.tags as DriverTag[] }],
+    log,
+    phaseOf: () => 0,
+    onReadings: (event) => cycles.push(event.readings),
+  });
+  runner.start();
+  defer(() => runner.stop());
+  return { cycles, runner };
 }
 
 export type Area = 'holding' | 'input' | 'coil' | 'discrete';
