@@ -4,6 +4,7 @@ import type { z } from 'zod';
 import type { Driver, DriverContext, DriverTag } from './driver.js';
 import { modbusDevice } from '../../drivers/modbus/config.js';
 import { opcuaDevice } from '../../drivers/opcua/config.js';
+import { serialDevice } from '../../drivers/serial/config.js';
 
 export interface DriverModule<Device> {
   createDriver(device: Device, context: DriverContext): Driver<DriverTag>;
@@ -18,6 +19,10 @@ export const DRIVERS = {
     schema: opcuaDevice,
     // node-opcua is loaded here and only here: ~65 MB that a gateway without OPC UA devices never pays.
     load: async () => import('../../drivers/opcua/index.js'),
+  },
+  serial: {
+    schema: serialDevice,
+    load: async () => import('../../drivers/serial/index.js'),
   },
 } as const;
 

@@ -25,13 +25,20 @@
 //     long again of quiet line, see above): its exchanges queue like anyone's, and the driver's own
 //     back-off decides how often it is tried;
 //   - when the port fails (USB adapter unplugged, pty closed) every lease is told and requests in
-//     flight fail as a lost connection; the next open() of any lease opens it again.
+//     flight fail as a lost connection; the next open() of any lease opens it again;
+//   - bytes no request waits for go to the devices that listen (instruments that send frames by
+//     themselves: a scale in continuous mode, NMEA); a device that does not listen never sees them.
+//
+// A serial device server in "TCP server" mode (Moxa NPort and the like) is the same line at the
+// end of a TCP connection: acquireTcpLine() gives leases of one such connection, with the same
+// rules, so the devices behind one device-server port share it the same way.
 //
 // Protocol knowledge stays in the drivers: the registry moves bytes and knows no framing but the
 // function each request comes with.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { realpathSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { SerialPort } from 'serialport';
 import { DriverError, type DriverErrorCode } from './driver.js';
 import { hexBytes } from '../util/hex.js';
@@ -61,13 +68,15 @@ export interface SerialPortUser {
   readonly interRequestDelay?: number;
   /** Told when the port fails under its users (adapter unplugged, pty closed). Any lease's open() reopens it. */
   onPortLost?(reason: string): void;
+  /** Bytes that arrived while no request waited for a reply (streamed frames, noise), for a device that listens. */
+  onData?(chunk: Buffer): void;
 }
 
 /**
  * The framing of one reply, given every byte received since its request: 'more' while it is not
  * complete, the reply itself once it is (a driver may skip noise before it), or what is wrong.
  */
-export type ReplyFraming = (received: Buffer) => FrameVerdict;
+export type ReplyFraming = (received: Buffer, silence?: boolean) => FrameVerdict;
 export type FrameVerdict = 'more' | { reply: Buffer } | { problem: string };
 
 export interface ReplyOptions {
@@ -76,6 +85,11 @@ export interface ReplyOptions {
   frame: ReplyFraming;
   /** Most bytes a reply may take before it is refused as a bad reply (bounded memory). Default 4096. */
   maxBytes?: number;
+  /**
+   * For replies that end with a silence (inter-byte timeout framing): once bytes have arrived and
+   * the line stays quiet this long (ms), `frame` is asked again with `silence` true.
+   */
+  silence?: number;
 }
 
 /** The port while an exchange holds it. */
@@ -88,6 +102,8 @@ export interface SerialExchange {
    * `connection-lost` when the port fails meanwhile; `closed` when the exchange or lease ended.
    */
   transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer>;
+  /** Like transact, for a request that gets no reply: resolves once it is written. */
+  send(request: Uint8Array): Promise<void>;
 }
 
 /** One device's share of a serial port. */
@@ -157,6 +173,8 @@ interface Pending {
   resolve: (reply: Buffer) => void;
   reject: (error: SerialLineError) => void;
   timer: NodeJS.Timeout;
+  /** Armed while a silence-framed reply has bytes and waits for the line to go quiet. */
+  silenceTimer?: NodeJS.Timeout | undefined;
 }
 
 /** A request ended without its reply while the port stayed open: the reply may still come. */
@@ -186,6 +204,140 @@ class Section implements SerialExchange {
   transact(request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
     return this.port.transact(this, request, options);
   }
+
+  send(request: Uint8Array): Promise<void> {
+    return this.port.send(this, request);
+  }
+}
+
+/** The open byte stream under a shared line: a serial port, or a TCP connection to a device server. */
+interface ByteLink {
+  readonly isOpen: boolean;
+  write(bytes: Buffer, done: (error?: Error | null) => void): void;
+  /** Drops what was received and not read yet (a serial port's OS buffer; nothing on TCP). */
+  flush(done: () => void): void;
+  close(): Promise<void>;
+}
+
+interface LinkEvents {
+  data(chunk: Buffer): void;
+  lost(why: string): void;
+}
+
+/** Where a shared line goes, and how to open it. */
+interface LineEndpoint {
+  /** The path or "host:port" the devices name. */
+  readonly path: string;
+  /** "9600 8N1", or "tcp" for a device server. */
+  readonly settings: string;
+  readonly label: string;
+  /** The silence (ms) that ends a frame on this line. */
+  readonly gap: number;
+  /** Opens the link; rejects with a message that names the line. */
+  open(events: LinkEvents): Promise<ByteLink>;
+}
+
+class SerialEndpoint implements LineEndpoint {
+  readonly path: string;
+  readonly settings: string;
+  readonly label: string;
+  readonly gap: number;
+  private readonly lineSettings: SerialLineSettings;
+
+  constructor(path: string, settings: SerialLineSettings) {
+    this.path = path;
+    this.lineSettings = settings;
+    this.settings = describeLineSettings(settings);
+    this.label = `serial ${path} (${this.settings})`;
+    this.gap = frameGap(settings);
+  }
+
+  async open(events: LinkEvents): Promise<ByteLink> {
+    const { baudRate, dataBits, parity, stopBits, rtscts } = this.lineSettings;
+    const port = new SerialPort({ path: this.path, baudRate, dataBits, parity, stopBits, rtscts: rtscts ?? false, autoOpen: false });
+    // Without an 'error' listener a port error would crash the process.
+    port.on('error', (error: Error) => events.lost(`port error: ${error.message}`));
+    port.on('close', (error?: Error | null) => events.lost(error ? `port closed: ${error.message}` : 'port closed'));
+    port.on('data', (chunk: Buffer) => events.data(chunk));
+    try {
+      await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
+    } catch (error) {
+      // serialport's messages read "Error: No such file or directory, cannot open /dev/ttyUSB0".
+      const message = (error instanceof Error ? error.message : String(error)).replace(/^Error: /, '');
+      throw new DriverError(`cannot open ${this.label}: ${message}`, { code: 'connect-failed', cause: error });
+    }
+    return {
+      get isOpen() {
+        return port.isOpen;
+      },
+      write: (bytes, done) => port.write(bytes, done),
+      flush: (done) => port.flush(() => done()),
+      close: () => closePort(port),
+    };
+  }
+}
+
+/** Silence that ends a frame behind a device server: its own packing delay plus the network's. */
+const TCP_FRAME_GAP_MS = 30;
+const TCP_CONNECT_TIMEOUT_MS = 5000;
+
+class TcpEndpoint implements LineEndpoint {
+  readonly path: string;
+  readonly settings = 'tcp';
+  readonly label: string;
+  readonly gap = TCP_FRAME_GAP_MS;
+  private readonly host: string;
+  private readonly port: number;
+
+  constructor(host: string, port: number) {
+    this.host = host;
+    this.port = port;
+    this.path = `${host}:${port}`;
+    this.label = `device server ${this.path}`;
+  }
+
+  async open(events: LinkEvents): Promise<ByteLink> {
+    const socket: Socket = connect({ host: this.host, port: this.port, noDelay: true });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no connection within ${TCP_CONNECT_TIMEOUT_MS} ms`)), TCP_CONNECT_TIMEOUT_MS);
+        socket.once('connect', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        socket.once('error', (error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
+      });
+    } catch (error) {
+      socket.destroy();
+      throw new DriverError(`cannot connect to ${this.label}: ${error instanceof Error ? error.message : String(error)}`, {
+        code: 'connect-failed',
+        cause: error,
+      });
+    }
+    // A device server that vanished without a FIN (power cut, cable) is found by keep-alive.
+    socket.setKeepAlive(true, 10_000);
+    socket.on('error', (error: Error) => events.lost(`connection error: ${error.message}`));
+    socket.on('close', () => events.lost('connection closed by the device server'));
+    socket.on('data', (chunk: Buffer) => events.data(chunk));
+    return {
+      get isOpen() {
+        return !socket.destroyed && socket.readyState === 'open';
+      },
+      write: (bytes, done) => {
+        socket.write(bytes, done);
+      },
+      flush: (done) => done(),
+      close: () =>
+        new Promise<void>((resolve) => {
+          if (socket.destroyed) return resolve();
+          socket.once('close', () => resolve());
+          socket.destroy();
+        }),
+    };
+  }
 }
 
 class SharedPort {
@@ -194,8 +346,8 @@ class SharedPort {
   readonly settings: string;
   readonly label: string;
   readonly leases = new Set<Lease>();
-  private readonly lineSettings: SerialLineSettings;
-  private port: SerialPort | undefined;
+  private readonly endpoint: LineEndpoint;
+  private port: ByteLink | undefined;
   private opening: Promise<void> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private lastExchangeEnd = 0;
@@ -210,13 +362,13 @@ class SharedPort {
   requestCount = 0;
   lossReason: string | undefined;
 
-  constructor(key: string, path: string, settings: SerialLineSettings) {
+  constructor(key: string, endpoint: LineEndpoint) {
     this.key = key;
-    this.path = path;
-    this.lineSettings = settings;
-    this.settings = describeLineSettings(settings);
-    this.label = `serial ${path} (${this.settings})`;
-    this.gap = frameGap(settings);
+    this.endpoint = endpoint;
+    this.path = endpoint.path;
+    this.settings = endpoint.settings;
+    this.label = endpoint.label;
+    this.gap = endpoint.gap;
   }
 
   get isOpen(): boolean {
@@ -232,22 +384,20 @@ class SharedPort {
   }
 
   private async doOpen(): Promise<void> {
-    const { baudRate, dataBits, parity, stopBits, rtscts } = this.lineSettings;
-    const port = new SerialPort({ path: this.path, baudRate, dataBits, parity, stopBits, rtscts: rtscts ?? false, autoOpen: false });
-    // Without an 'error' listener a port error would crash the process.
-    port.on('error', (error: Error) => this.lost(port, `port error: ${error.message}`));
-    port.on('close', (error?: Error | null) => this.lost(port, error ? `port closed: ${error.message}` : 'port closed'));
-    port.on('data', (chunk: Buffer) => this.receive(port, chunk));
-    try {
-      await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
-    } catch (error) {
-      // serialport's messages read "Error: No such file or directory, cannot open /dev/ttyUSB0".
-      const message = (error instanceof Error ? error.message : String(error)).replace(/^Error: /, '');
-      throw new DriverError(`cannot open ${this.label}: ${message}`, { code: 'connect-failed', cause: error });
-    }
+    let link: ByteLink | undefined;
+    const events: LinkEvents = {
+      data: (chunk) => {
+        if (link) this.receive(link, chunk);
+      },
+      lost: (why) => {
+        if (link) this.lost(link, why);
+      },
+    };
+    const port = await this.endpoint.open(events);
+    link = port;
     if (this.leases.size === 0) {
       // Every device let go while the port was opening (gateway stopping): nobody would close it.
-      void closePort(port);
+      void port.close();
       throw new DriverError(`cannot open ${this.label}: released while opening`, { code: 'closed' });
     }
     this.port = port;
@@ -257,20 +407,21 @@ class SharedPort {
   }
 
   /** The port failed or closed by itself: fail the request in flight, tell every device. */
-  private lost(port: SerialPort, why: string): void {
+  private lost(port: ByteLink, why: string): void {
     if (port !== this.port) return;
     this.port = undefined;
     this.lossReason = `${this.label} lost: ${why}`;
     this.settle(new SerialLineError(this.lossReason, 'connection-lost', this.pending?.buffer, true));
     this.inStep(); // nothing more comes from this port
-    void closePort(port);
+    void port.close();
     for (const lease of [...this.leases]) lease.portLost(this.lossReason);
   }
 
-  private receive(port: SerialPort, chunk: Buffer): void {
+  private receive(port: ByteLink, chunk: Buffer): void {
     if (port !== this.port) return;
     const pending = this.pending;
     if (!pending) {
+      for (const lease of this.leases) lease.data(chunk);
       // Bytes nobody waits for (a late reply, noise) are dropped: the next request starts clean.
       // After a request ended without its reply they may be that reply: the line is busy.
       const late = this.late;
@@ -284,9 +435,14 @@ class SharedPort {
       return;
     }
     pending.buffer = pending.buffer.length === 0 ? chunk : Buffer.concat([pending.buffer, chunk]);
+    this.judge(pending, false);
+  }
+
+  /** Asks the request's framing about what arrived so far, and settles the request when it says so. */
+  private judge(pending: Pending, silence: boolean): void {
     let verdict: FrameVerdict;
     try {
-      verdict = pending.options.frame(pending.buffer);
+      verdict = pending.options.frame(pending.buffer, silence);
     } catch (error) {
       verdict = { problem: `framing failed: ${error instanceof Error ? error.message : String(error)}` };
     }
@@ -294,6 +450,12 @@ class SharedPort {
       const max = pending.options.maxBytes ?? DEFAULT_MAX_REPLY;
       if (pending.buffer.length > max)
         this.settle(new SerialLineError(`bad reply: more than ${max} bytes without a complete reply`, 'bad-reply', pending.buffer));
+      else if (pending.options.silence !== undefined && !silence && pending.buffer.length > 0) {
+        clearTimeout(pending.silenceTimer);
+        pending.silenceTimer = setTimeout(() => {
+          if (this.pending === pending) this.judge(pending, true);
+        }, pending.options.silence);
+      }
       return;
     }
     if ('problem' in verdict) {
@@ -314,6 +476,7 @@ class SharedPort {
     if (!pending) return;
     this.pending = undefined;
     clearTimeout(pending.timer);
+    clearTimeout(pending.silenceTimer);
     if (owed && this.isOpen) {
       const waited = Date.now() - pending.sentAt;
       this.outOfStep(owed === 'full' ? Math.max(waited, pending.options.timeout) : waited);
@@ -404,26 +567,7 @@ class SharedPort {
   }
 
   async transact(section: Section, request: Uint8Array, options: ReplyOptions): Promise<Buffer> {
-    if (this.pending || section.sending)
-      throw new Error('transact() while the previous request of this exchange still waits for its reply');
-    section.sending = true;
-    let port: SerialPort;
-    let sentAt: number;
-    try {
-      // A request of this exchange that timed out (the driver retries inside one exchange): the
-      // next one waits for the line to be back in step, like the next exchange would.
-      if (this.late) {
-        this.usable(section);
-        await this.whenInStep();
-      }
-      port = this.usable(section);
-      sentAt = Date.now();
-      // Whatever the OS received and nobody read yet is not the reply to this request.
-      await new Promise<void>((resolve) => port.flush(() => resolve()));
-      port = this.usable(section);
-    } finally {
-      section.sending = false;
-    }
+    const { port, sentAt } = await this.prepare(section);
     return new Promise<Buffer>((resolve, reject) => {
       const timeout = Math.max(1, options.timeout);
       const pending: Pending = {
@@ -447,8 +591,45 @@ class SharedPort {
     });
   }
 
+  async send(section: Section, request: Uint8Array): Promise<void> {
+    const { port } = await this.prepare(section);
+    this.requestCount++;
+    await new Promise<void>((resolve, reject) => {
+      port.write(Buffer.from(request), (error) => {
+        if (!error) return resolve();
+        this.lost(port, `write failed: ${error.message}`);
+        reject(new SerialLineError(this.lossReason ?? `write failed: ${error.message}`, 'connection-lost', undefined, true));
+      });
+    });
+  }
+
+  /** Waits until a request of `section` may go out (line in step, input flushed); the port to write it on. */
+  private async prepare(section: Section): Promise<{ port: ByteLink; sentAt: number }> {
+    if (this.pending || section.sending)
+      throw new Error('transact() while the previous request of this exchange still waits for its reply');
+    section.sending = true;
+    let port: ByteLink;
+    let sentAt: number;
+    try {
+      // A request of this exchange that timed out (the driver retries inside one exchange): the
+      // next one waits for the line to be back in step, like the next exchange would.
+      if (this.late) {
+        this.usable(section);
+        await this.whenInStep();
+      }
+      port = this.usable(section);
+      sentAt = Date.now();
+      // Whatever the OS received and nobody read yet is not the reply to this request.
+      await new Promise<void>((resolve) => port.flush(() => resolve()));
+      port = this.usable(section);
+    } finally {
+      section.sending = false;
+    }
+    return { port, sentAt };
+  }
+
   /** The open port while `section` may still send on it; throws why not. */
-  private usable(section: Section): SerialPort {
+  private usable(section: Section): ByteLink {
     if (!section.active || this.holder !== section) throw new SerialLineError('the exchange has ended', 'closed');
     if (section.lease.released) throw section.lease.closedError();
     const port = this.port;
@@ -466,7 +647,7 @@ class SharedPort {
     this.port = undefined;
     this.lossReason = `${this.label} closed`;
     this.inStep();
-    if (port) await closePort(port);
+    if (port) await port.close();
   }
 }
 
@@ -551,6 +732,16 @@ class Lease implements SerialPortLease {
     return new SerialLineError(`${this.shared.label}: closed by "${this.user.name}"`, 'closed');
   }
 
+  /** Bytes no request claimed, for a device that listens. */
+  data(chunk: Buffer): void {
+    if (this.released || !this.user.onData) return;
+    try {
+      this.user.onData(chunk);
+    } catch {
+      // a listener's failure must not keep the bytes from the others
+    }
+  }
+
   portLost(reason: string): void {
     if (this.released) return;
     try {
@@ -590,7 +781,23 @@ export function acquireSerialPort(path: string, settings: SerialLineSettings, us
     );
   }
   if (!shared) {
-    shared = new SharedPort(key, path, settings);
+    shared = new SharedPort(key, new SerialEndpoint(path, settings));
+    ports.set(key, shared);
+  }
+  const lease = new Lease(shared, user);
+  shared.leases.add(lease);
+  return lease;
+}
+
+/**
+ * A share of the line behind a serial device server's TCP port (raw "TCP server" mode): one
+ * connection for every device that names the same host and port, used like a serial port.
+ */
+export function acquireTcpLine(host: string, port: number, user: SerialPortUser): SerialPortLease {
+  const key = `tcp://${host}:${port}`;
+  let shared = ports.get(key);
+  if (!shared) {
+    shared = new SharedPort(key, new TcpEndpoint(host, port));
     ports.set(key, shared);
   }
   const lease = new Lease(shared, user);

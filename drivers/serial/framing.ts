@@ -1,0 +1,173 @@
+// Where a frame ends in the bytes of a serial line: at a delimiter, after a fixed length, at a
+// silence (inter-byte gap), or STX … ETX with an optional checksum, which is verified.
+//
+// Written here rather than with serialport's parsers (@serialport/parser-delimiter, -readline,
+// -byte-length, -inter-byte-timeout): the delimiter and readline parsers buffer without bound (a
+// line that never sends its delimiter grows memory until the process dies), none of them checks
+// STX/ETX frames or checksums, and as streams they hand frames over asynchronously, while a
+// request must claim its reply from the bytes that arrived before the next request goes out.
+// Every framing here keeps at most maxLength bytes of an unfinished frame.
+import { checksumBytes, checksumLength, type ChecksumSpec } from './checksum.js';
+import { showBytes } from './text.js';
+
+export type Framing = (
+  | { type: 'delimiter'; delimiter: Buffer }
+  | { type: 'length'; length: number }
+  | { type: 'gap'; gap: number }
+  | { type: 'stx-etx'; start: Buffer; end: Buffer; checksum: ChecksumSpec | undefined; over: 'body' | 'body+end' | 'start+body+end' }
+) & {
+  /** Longest frame (payload) accepted; longer ones are dropped as bad, so memory stays bounded. */
+  maxLength: number;
+};
+
+/** What the bytes from `from` on hold. `next` is where to look for the following frame. */
+export type Found =
+  | { kind: 'frame'; frame: Buffer; next: number }
+  | { kind: 'bad'; problem: string; next: number }
+  /** No complete frame yet; bytes before `keep` are noise that belongs to no frame. */
+  | { kind: 'more'; keep: number };
+
+/** The first frame in `buffer` from `from` on, a bad one, or 'more'. A gap framing finds frames only at silences (frameAtSilence). */
+export function findFrame(framing: Framing, buffer: Buffer, from: number): Found {
+  const available = buffer.length - from;
+  switch (framing.type) {
+    case 'delimiter': {
+      const at = buffer.indexOf(framing.delimiter, from);
+      if (at < 0) {
+        // A line without its delimiter is dropped once it is longer than any frame may be.
+        if (available > framing.maxLength + framing.delimiter.length)
+          return { kind: 'bad', problem: tooLong(framing, buffer.subarray(from)), next: buffer.length };
+        return { kind: 'more', keep: from };
+      }
+      const next = at + framing.delimiter.length;
+      if (at - from > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, buffer.subarray(from, at)), next };
+      return { kind: 'frame', frame: buffer.subarray(from, at), next };
+    }
+    case 'length':
+      if (available < framing.length) return { kind: 'more', keep: from };
+      return { kind: 'frame', frame: buffer.subarray(from, from + framing.length), next: from + framing.length };
+    case 'gap':
+      if (available > framing.maxLength)
+        return { kind: 'bad', problem: `${tooLong(framing, buffer.subarray(from))} without a pause`, next: buffer.length };
+      return { kind: 'more', keep: from };
+    case 'stx-etx':
+      return findDelimited(framing, buffer, from);
+  }
+}
+
+/** A gap framing's frame: everything received since the last one, once the line went quiet. */
+export function frameAtSilence(framing: Framing, buffer: Buffer, from: number): Found {
+  if (framing.type !== 'gap' || buffer.length <= from) return { kind: 'more', keep: from };
+  return { kind: 'frame', frame: buffer.subarray(from), next: buffer.length };
+}
+
+function findDelimited(framing: Extract<Framing, { type: 'stx-etx' }>, buffer: Buffer, from: number): Found {
+  const { start, end } = framing;
+  let begin = buffer.indexOf(start, from);
+  if (begin < 0) {
+    // Noise before any start: only the tail that may be the beginning of a start sequence is kept.
+    return { kind: 'more', keep: Math.max(from, buffer.length - start.length + 1) };
+  }
+  let stop = buffer.indexOf(end, begin + start.length);
+  // A frame that lost its end and was followed by a new one: the newest start wins.
+  for (let again = buffer.indexOf(start, begin + start.length); again >= 0 && (stop < 0 || again < stop); ) {
+    begin = again;
+    again = buffer.indexOf(start, begin + start.length);
+  }
+  if (stop < 0) {
+    if (buffer.length - begin > framing.maxLength + start.length + end.length)
+      return { kind: 'bad', problem: tooLong(framing, buffer.subarray(begin)), next: begin + start.length };
+    return { kind: 'more', keep: begin };
+  }
+  stop = buffer.indexOf(end, begin + start.length);
+  const body = buffer.subarray(begin + start.length, stop);
+  const afterEnd = stop + end.length;
+  if (body.length > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, body), next: afterEnd };
+  if (!framing.checksum) return { kind: 'frame', frame: body, next: afterEnd };
+  const size = checksumLength(framing.checksum);
+  if (buffer.length < afterEnd + size) return { kind: 'more', keep: begin };
+  const covered =
+    framing.over === 'body'
+      ? body
+      : framing.over === 'body+end'
+        ? buffer.subarray(begin + start.length, afterEnd)
+        : buffer.subarray(begin, afterEnd);
+  const expected = checksumBytes(framing.checksum, covered);
+  const received = buffer.subarray(afterEnd, afterEnd + size);
+  const same =
+    framing.checksum.format === 'hex'
+      ? received.toString('latin1').toUpperCase() === expected.toString('latin1')
+      : received.equals(expected);
+  if (!same)
+    return {
+      kind: 'bad',
+      problem: `${framing.checksum.type} checksum mismatch: received ${showBytes(received)}, computed ${showBytes(expected)} for ${showBytes(body)}`,
+      next: afterEnd + size,
+    };
+  return { kind: 'frame', frame: body, next: afterEnd + size };
+}
+
+function tooLong(framing: Framing, bytes: Buffer): string {
+  return `frame longer than maxLength ${framing.maxLength} bytes (${framing.type === 'delimiter' ? 'no delimiter' : framing.type === 'stx-etx' ? 'no end' : 'no end'}), dropped: ${showBytes(bytes, 40)}`;
+}
+
+/** The bytes a request goes out as: STX … ETX framings wrap requests like their replies (with checksum). */
+export function frameRequest(framing: Framing, payload: Buffer): Buffer {
+  if (framing.type !== 'stx-etx') return payload;
+  const { start, end, checksum, over } = framing;
+  const framed = Buffer.concat([start, payload, end]);
+  if (!checksum) return framed;
+  const covered = over === 'body' ? payload : over === 'body+end' ? framed.subarray(start.length) : framed;
+  return Buffer.concat([framed, checksumBytes(checksum, covered)]);
+}
+
+/**
+ * Splits the byte stream of a line into frames as bytes arrive (streamed frames). Keeps at most one
+ * unfinished frame (bounded by maxLength); `onFrame` and `onBad` are called synchronously.
+ */
+export class FrameSplitter {
+  private readonly framing: Framing;
+  private readonly onFrame: (frame: Buffer) => void;
+  private readonly onBad: (problem: string) => void;
+  private buffer: Buffer = Buffer.alloc(0);
+  private gapTimer: NodeJS.Timeout | undefined;
+
+  constructor(framing: Framing, onFrame: (frame: Buffer) => void, onBad: (problem: string) => void) {
+    this.framing = framing;
+    this.onFrame = onFrame;
+    this.onBad = onBad;
+  }
+
+  push(chunk: Buffer): void {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    let from = 0;
+    for (;;) {
+      const found = findFrame(this.framing, this.buffer, from);
+      if (found.kind === 'more') {
+        from = found.keep;
+        break;
+      }
+      from = found.next;
+      if (found.kind === 'frame') this.onFrame(found.frame);
+      else this.onBad(found.problem);
+    }
+    // Copied, so a kept tail does not pin the whole chunk it came in.
+    this.buffer = from >= this.buffer.length ? Buffer.alloc(0) : Buffer.from(this.buffer.subarray(from));
+    if (this.framing.type === 'gap') {
+      clearTimeout(this.gapTimer);
+      if (this.buffer.length > 0) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
+    }
+  }
+
+  private silence(): void {
+    const found = frameAtSilence(this.framing, this.buffer, 0);
+    this.buffer = Buffer.alloc(0);
+    if (found.kind === 'frame') this.onFrame(found.frame);
+  }
+
+  /** Drops an unfinished frame (the line was lost, or a request flushed it). */
+  reset(): void {
+    clearTimeout(this.gapTimer);
+    this.buffer = Buffer.alloc(0);
+  }
+}

@@ -1,0 +1,507 @@
+// The serial-line driver: instruments that speak text or simple binary frames, on a local serial
+// port or behind a serial device server (raw TCP).
+//
+// The line belongs to the pipeline's registry (src/pipeline/serial-ports.ts), so serial-line
+// instruments and Modbus RTU devices on one RS-485 port take turns, and a device that stops
+// answering costs the others only its own timeouts. On top of the line, per device:
+//   - request groups: every interval the group's request goes out and its reply (the first frame,
+//     or the first that matches the group's `reply` pattern) is parsed into the group's tags;
+//   - streaming groups: frames the device sends by itself are parsed as they arrive, and their
+//     tags reported per frame (a push plan) or the latest value once per interval (a poll plan);
+//     tags that get no frame for `staleAfter` go bad;
+//   - frames that arrive during a request and are not its reply are streamed frames too (a
+//     device that streams and answers requests);
+//   - back-off: after `backoffAfterTimeouts` request polls without an answer the device's
+//     requests are skipped for a growing while (5 s … 60 s), like Modbus devices on a shared line.
+import type { Logger } from 'pino';
+import {
+  DriverError,
+  type Driver,
+  type DriverContext,
+  type DriverErrorCode,
+  type ReadPlan,
+  type TagReading,
+  type TagValue,
+} from '../../src/pipeline/driver.js';
+import {
+  acquireSerialPort,
+  acquireTcpLine,
+  SerialLineError,
+  type ReplyFraming,
+  type SerialPortLease,
+  type SerialPortUser,
+} from '../../src/pipeline/serial-ports.js';
+import type { FramingConfig, SerialDeviceConfig, SerialGroupConfig, SerialTag } from './config.js';
+import { findFrame, frameAtSilence, FrameSplitter, frameRequest, type Framing } from './framing.js';
+import { compileTags, frameText, parseFrame, type CompiledTag } from './parse.js';
+import { compileTemplate, showBytes, specBytes, type Template } from './text.js';
+
+/** A device's first skip after backoffAfterTimeouts silent polls; doubled on each failed probe. */
+export const BACKOFF_START_MS = 5_000;
+export const BACKOFF_MAX_MS = 60_000;
+/** Bad frames on a stream are logged the first time and then every this many. */
+const LOG_EVERY = 100;
+
+type Encoding = FramingConfig['encoding'];
+
+/** The framing the driver works with, bytes decoded from the config. */
+export function compileFraming(config: FramingConfig): Framing {
+  switch (config.type) {
+    case 'delimiter':
+      return { type: 'delimiter', delimiter: specBytes(config.delimiter), maxLength: config.maxLength };
+    case 'length':
+      return { type: 'length', length: config.length, maxLength: Math.max(config.maxLength, config.length) };
+    case 'gap':
+      return { type: 'gap', gap: config.gap, maxLength: config.maxLength };
+    case 'stx-etx':
+      return {
+        type: 'stx-etx',
+        start: specBytes(config.start),
+        end: specBytes(config.end),
+        checksum: config.checksum && { type: config.checksum.type, format: config.checksum.format, byteOrder: config.checksum.byteOrder },
+        over: config.checksum?.over ?? 'body+end',
+        maxLength: config.maxLength,
+      };
+  }
+}
+
+abstract class SerialPlan implements ReadPlan {
+  readonly owner: SerialDriver;
+  readonly group: string;
+  /** Tags this plan reads (command-only tags are never read). */
+  readonly tags: readonly CompiledTag[];
+  abstract readonly mode: 'poll' | 'push';
+
+  constructor(owner: SerialDriver, group: string, tags: readonly CompiledTag[]) {
+    this.owner = owner;
+    this.group = group;
+    this.tags = tags;
+  }
+
+  abstract describe(): string;
+}
+
+/** A group with a request: one exchange per poll. */
+class RequestPlan extends SerialPlan {
+  readonly mode = 'poll';
+  readonly request: Buffer;
+  readonly reply: RegExp | undefined;
+  readonly timeout: number;
+  private readonly text: string;
+
+  constructor(
+    owner: SerialDriver,
+    group: string,
+    tags: readonly CompiledTag[],
+    request: Buffer,
+    settings: SerialGroupConfig,
+    timeout: number,
+  ) {
+    super(owner, group, tags);
+    this.request = request;
+    this.reply = settings.reply === undefined ? undefined : new RegExp(settings.reply);
+    this.timeout = timeout;
+    this.text = `request ${showBytes(request, 60)}${this.reply ? ` (reply /${this.reply.source}/)` : ''} → ${tags.length} tag${tags.length === 1 ? '' : 's'}`;
+  }
+
+  describe(): string {
+    return this.text;
+  }
+}
+
+/** The latest reading of a streamed tag and when a frame last gave it one. */
+interface Latest {
+  reading: TagReading | undefined;
+  at: number;
+  stale: boolean;
+}
+
+/** A group without a request: the device sends its frames by itself. */
+class StreamPlan extends SerialPlan {
+  readonly mode: 'poll' | 'push';
+  readonly staleAfter: number;
+  readonly latest: Map<string, Latest>;
+  /** Push plans: where readings go while subscribed. */
+  deliver: ((readings: TagReading[]) => void) | undefined;
+  watchdog: NodeJS.Timeout | undefined;
+
+  constructor(
+    owner: SerialDriver,
+    group: string,
+    tags: readonly CompiledTag[],
+    mode: 'poll' | 'push',
+    staleAfter: number,
+    latest = new Map<string, Latest>(),
+  ) {
+    super(owner, group, tags);
+    this.mode = mode;
+    this.staleAfter = staleAfter;
+    this.latest = latest;
+  }
+
+  describe(): string {
+    const how = this.mode === 'push' ? 'each frame' : 'latest per interval';
+    return `listens (${how}, stale after ${this.staleAfter} ms) → ${this.tags.length} tag${this.tags.length === 1 ? '' : 's'}`;
+  }
+
+  /** Since `now`, every tag counts as not seen (a new subscription, a reopened line). */
+  restart(now: number): void {
+    for (const compiled of this.tags) this.latest.set(compiled.tag.name, { reading: undefined, at: now, stale: false });
+  }
+}
+
+export class SerialDriver implements Driver<SerialTag> {
+  readonly name: string;
+  private readonly device: SerialDeviceConfig;
+  private readonly log: Logger;
+  private readonly framing: Framing;
+  private readonly encoding: Encoding;
+  private readonly compiled: Map<string, CompiledTag>;
+  private readonly commands = new Map<string, Template>();
+  private readonly templateFields: Record<string, string | number>;
+  private readonly streams = new Set<StreamPlan>();
+  private readonly splitter: FrameSplitter;
+  private lease: SerialPortLease | undefined;
+  private consecutiveTimeouts = 0;
+  private skipInterval = 0;
+  private skipUntil = 0;
+  private badFrames = 0;
+
+  constructor(device: SerialDeviceConfig, context: DriverContext) {
+    this.name = device.name;
+    this.device = device;
+    this.log = context.log;
+    this.framing = compileFraming(device.framing);
+    this.encoding = device.framing.encoding;
+    this.compiled = new Map(compileTags(device.tags).map((compiled) => [compiled.tag.name, compiled]));
+    for (const tag of device.tags) if (tag.command !== undefined) this.commands.set(tag.name, compileTemplate(tag.command));
+    this.templateFields = device.unitId === undefined ? {} : { unitId: device.unitId };
+    this.splitter = new FrameSplitter(
+      this.framing,
+      (frame) => this.streamed(frame),
+      (problem) => this.badStreamFrame(problem),
+    );
+  }
+
+  get connected(): boolean {
+    return this.lease?.isOpen === true;
+  }
+
+  get nextTryAt(): number | undefined {
+    return this.skipUntil > Date.now() ? this.skipUntil : undefined;
+  }
+
+  async connect(): Promise<void> {
+    this.lease ??= this.acquire();
+    this.splitter.reset();
+    await this.lease.open();
+    const now = Date.now();
+    for (const stream of this.streams) stream.restart(now);
+  }
+
+  private acquire(): SerialPortLease {
+    const connection = this.device.connection;
+    const user: SerialPortUser = {
+      name: this.name,
+      interRequestDelay: connection.interRequestDelay,
+      onPortLost: (reason) => {
+        this.splitter.reset();
+        this.log.debug({ device: this.name, reason }, 'serial line lost');
+      },
+      onData: (chunk) => this.splitter.push(chunk),
+    };
+    if (connection.transport === 'tcp') return acquireTcpLine(connection.host, connection.port, user);
+    const { path, baudRate, dataBits, parity, stopBits, rtscts } = connection;
+    return acquireSerialPort(path, { baudRate, dataBits, parity, stopBits, rtscts }, user);
+  }
+
+  plan(tags: readonly SerialTag[]): ReadPlan {
+    const group = tags[0]?.group ?? 'default';
+    const settings: SerialGroupConfig & { interval?: number } = group === 'default' ? this.device : this.device.pollGroups[group]!;
+    const interval = group === 'default' ? this.device.pollInterval : (this.device.pollGroups[group]?.interval ?? this.device.pollInterval);
+    const read = tags.filter((tag) => tag.read).map((tag) => this.compiled.get(tag.name)!);
+    if (settings.request !== undefined) {
+      const request = frameRequest(this.framing, compileTemplate(settings.request).render(this.templateFields));
+      return new RequestPlan(this, group, read, request, settings, settings.timeout ?? this.device.connection.timeout);
+    }
+    // A streaming group is planned once (by its runner); a later plan of some of its tags (a
+    // read-back, `plc2mqtt read`) reads the latest values the group's plan collected.
+    const existing = [...this.streams].find((plan) => plan.group === group);
+    if (existing) return new StreamPlan(this, group, read, 'poll', existing.staleAfter, existing.latest);
+    const staleAfter = settings.staleAfter ?? Math.max(5000, 3 * interval);
+    const plan = new StreamPlan(this, group, read, (settings.deliver ?? 'frame') === 'frame' ? 'push' : 'poll', staleAfter);
+    plan.restart(Date.now());
+    this.streams.add(plan);
+    return plan;
+  }
+
+  async read(plan: ReadPlan): Promise<TagReading[]> {
+    if (!(plan instanceof SerialPlan) || plan.owner !== this)
+      throw new DriverError('read() got a plan made by another driver', { code: 'foreign-plan' });
+    if (plan instanceof StreamPlan) return this.latestOf(plan, Date.now());
+    return this.request(plan as RequestPlan);
+  }
+
+  async subscribe(plan: ReadPlan, onReadings: (readings: TagReading[]) => void): Promise<void> {
+    if (!(plan instanceof StreamPlan) || plan.owner !== this)
+      throw new DriverError('subscribe() got a plan made by another driver', { code: 'foreign-plan' });
+    if (!this.connected)
+      throw new DriverError(`not connected to ${this.lease?.label ?? this.name}`, { code: 'not-connected', connectionLost: true });
+    plan.deliver = onReadings;
+    plan.restart(Date.now());
+    clearInterval(plan.watchdog);
+    // Staleness is checked a few times per staleAfter, so a silent device is noticed within ~1.25× of it.
+    plan.watchdog = setInterval(() => this.checkStale(plan), Math.max(50, Math.floor(plan.staleAfter / 4)));
+    plan.watchdog.unref();
+  }
+
+  // ---- request/response ------------------------------------------------------------------------
+
+  private async request(plan: RequestPlan): Promise<TagReading[]> {
+    if (plan.tags.length === 0) return [];
+    const lease = this.requireLease();
+    const now = Date.now();
+    if (now < this.skipUntil) {
+      const reason = `skipped after ${this.consecutiveTimeouts} polls without an answer; next try at ${new Date(this.skipUntil).toISOString()}`;
+      return this.allBad(plan, reason, 'skipped');
+    }
+    let frame: Buffer;
+    try {
+      frame = await lease.exclusive((exchange) => {
+        // A request cuts across whatever was being streamed: that partial frame is gone.
+        this.splitter.reset();
+        return exchange.transact(plan.request, {
+          timeout: plan.timeout,
+          frame: this.replyFraming(plan.reply),
+          maxBytes: 2 * this.framing.maxLength + 64,
+          ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
+        });
+      });
+    } catch (error) {
+      return this.requestFailed(plan, error);
+    }
+    this.answered();
+    const text = frameText(frame, this.encoding);
+    return parseFrame(plan.tags, frame, text, undefined, true).map(
+      (reading, index) =>
+        reading ?? { tag: plan.tags[index]!.tag.name, quality: 'bad', reason: `no value in ${showBytes(frame)}`, code: 'bad-reply' },
+    );
+  }
+
+  /** The framing of one reply: frames before it that are not the reply (its `reply` pattern) are streamed frames. */
+  private replyFraming(reply: RegExp | undefined): ReplyFraming {
+    let from = 0;
+    return (received, silence) => {
+      for (;;) {
+        const found = silence ? frameAtSilence(this.framing, received, from) : findFrame(this.framing, received, from);
+        if (found.kind === 'more') {
+          from = Math.max(from, found.keep);
+          return 'more';
+        }
+        from = found.next;
+        if (found.kind === 'bad') return { problem: found.problem };
+        if (!reply || reply.test(frameText(found.frame, this.encoding))) return { reply: found.frame };
+        this.streamed(found.frame);
+        if (silence) return 'more';
+      }
+    };
+  }
+
+  private requestFailed(plan: RequestPlan, error: unknown): TagReading[] {
+    if (error instanceof SerialLineError) {
+      if (error.connectionLost || error.code === 'not-connected') throw error;
+      if (error.code === 'timeout') {
+        const got = error.received.length === 0 ? 'no reply' : `no complete reply: ${showBytes(error.received)}`;
+        return this.timedOut(plan, `timeout: ${got} within ${plan.timeout} ms to ${showBytes(plan.request, 40)}`);
+      }
+      // The device answered, if badly: it is alive.
+      this.answered();
+      const got = error.received.length > 0 ? ` (received ${showBytes(error.received)})` : '';
+      return this.allBad(plan, `${error.message}${error.code === 'bad-reply' ? got : ''}`, error.code);
+    }
+    if (error instanceof DriverError) throw error;
+    throw new DriverError(error instanceof Error ? error.message : String(error), { code: 'error', cause: error });
+  }
+
+  private answered(): void {
+    if (this.skipInterval > 0) this.log.info({ device: this.name }, 'device answers again; no longer skipped');
+    this.consecutiveTimeouts = 0;
+    this.skipInterval = 0;
+    this.skipUntil = 0;
+  }
+
+  private timedOut(plan: RequestPlan, reason: string): TagReading[] {
+    this.consecutiveTimeouts++;
+    const backoffAfter = this.device.connection.backoffAfterTimeouts;
+    if (this.consecutiveTimeouts >= backoffAfter) {
+      this.skipInterval = this.skipInterval === 0 ? BACKOFF_START_MS : Math.min(BACKOFF_MAX_MS, this.skipInterval * 2);
+      this.skipUntil = Date.now() + this.skipInterval;
+      if (this.consecutiveTimeouts === backoffAfter)
+        this.log.warn(
+          { device: this.name, timeouts: this.consecutiveTimeouts, skipMs: this.skipInterval },
+          'device does not answer; its requests are skipped for a while',
+        );
+    }
+    return this.allBad(plan, reason, 'timeout');
+  }
+
+  private allBad(plan: SerialPlan, reason: string, code: DriverErrorCode): TagReading[] {
+    return plan.tags.map((compiled) => ({ tag: compiled.tag.name, quality: 'bad', reason, code }));
+  }
+
+  // ---- streaming -------------------------------------------------------------------------------
+
+  /** A frame the device sent by itself: every streaming group takes what is for its tags. */
+  private streamed(frame: Buffer): void {
+    if (this.streams.size === 0) return;
+    const now = Date.now();
+    const text = frameText(frame, this.encoding);
+    for (const plan of this.streams) {
+      const results = parseFrame(plan.tags, frame, text, now, false);
+      const delivered: TagReading[] = [];
+      results.forEach((reading, index) => {
+        if (!reading) return;
+        plan.latest.set(plan.tags[index]!.tag.name, { reading, at: now, stale: false });
+        delivered.push(reading);
+      });
+      if (delivered.length > 0 && plan.mode === 'push') plan.deliver?.(delivered);
+    }
+  }
+
+  private badStreamFrame(problem: string): void {
+    this.badFrames++;
+    if (this.badFrames === 1 || this.badFrames % LOG_EVERY === 0)
+      this.log.warn({ device: this.name, badFrames: this.badFrames, problem }, 'bad frame from the device');
+    // Tags of push groups learn of it: a device that only sends bad frames must not look good.
+    const now = Date.now();
+    for (const plan of this.streams) {
+      const readings = plan.tags.map(
+        (compiled): TagReading => ({ tag: compiled.tag.name, quality: 'bad', reason: `bad frame: ${problem}`, code: 'bad-reply' }),
+      );
+      for (const reading of readings) plan.latest.set(reading.tag, { reading, at: now, stale: false });
+      if (plan.mode === 'push') plan.deliver?.(readings);
+    }
+  }
+
+  private latestOf(plan: StreamPlan, now: number): TagReading[] {
+    return plan.tags.map((compiled) => {
+      const latest = plan.latest.get(compiled.tag.name);
+      if (latest?.reading && now - latest.at <= plan.staleAfter) return latest.reading;
+      return this.staleReading(plan, compiled, latest);
+    });
+  }
+
+  private staleReading(plan: StreamPlan, compiled: CompiledTag, latest: Latest | undefined): TagReading {
+    const what = latest?.reading ? 'no new frame' : 'no frame yet';
+    const reason = `${what} for this tag within ${plan.staleAfter} ms (staleAfter)`;
+    return { tag: compiled.tag.name, quality: 'bad', reason, code: 'timeout' };
+  }
+
+  private checkStale(plan: StreamPlan): void {
+    if (!plan.deliver || !this.connected) return;
+    const now = Date.now();
+    const stale: TagReading[] = [];
+    for (const compiled of plan.tags) {
+      const latest = plan.latest.get(compiled.tag.name);
+      if (!latest || latest.stale || now - latest.at <= plan.staleAfter) continue;
+      latest.stale = true;
+      stale.push(this.staleReading(plan, compiled, latest));
+    }
+    if (stale.length > 0) plan.deliver(stale);
+  }
+
+  // ---- writes ----------------------------------------------------------------------------------
+
+  async write(tag: SerialTag, value: TagValue): Promise<void> {
+    const template = this.commands.get(tag.name);
+    if (!tag.writable || !template) throw new DriverError(`tag "${tag.name}" has no command to write it`, { code: 'read-only' });
+    const payload = template.render({ ...this.templateFields, value: commandValue(tag, value) });
+    const request = frameRequest(this.framing, payload);
+    const lease = this.requireLease();
+    const ack = tag.ack === undefined ? undefined : new RegExp(tag.ack);
+    const timeout = this.device.connection.timeout;
+    let reply: Buffer;
+    try {
+      if (!ack) {
+        await lease.exclusive((exchange) => exchange.send(request));
+        return;
+      }
+      reply = await lease.exclusive((exchange) => {
+        this.splitter.reset();
+        return exchange.transact(request, {
+          timeout,
+          frame: this.replyFraming(undefined),
+          maxBytes: 2 * this.framing.maxLength + 64,
+          ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
+        });
+      });
+    } catch (error) {
+      if (error instanceof SerialLineError && error.code === 'timeout') {
+        const got = error.received.length === 0 ? 'no answer' : `no complete answer: ${showBytes(error.received)}`;
+        throw new DriverError(`sent ${showBytes(request, 40)}, ${got} within ${timeout} ms (expected /${tag.ack}/)`, { code: 'timeout' });
+      }
+      throw error;
+    }
+    const text = frameText(reply, this.encoding);
+    if (!ack.test(text))
+      throw new DriverError(
+        `the device did not acknowledge ${showBytes(request, 40)}: it answered ${showBytes(reply)} (expected /${tag.ack}/)`,
+        {
+          code: 'bad-reply',
+        },
+      );
+  }
+
+  private requireLease(): SerialPortLease {
+    if (!this.lease?.isOpen)
+      throw new DriverError(`not connected to ${this.lease?.label ?? this.name}`, { code: 'not-connected', connectionLost: true });
+    return this.lease;
+  }
+
+  async close(): Promise<void> {
+    for (const plan of this.streams) {
+      clearInterval(plan.watchdog);
+      plan.watchdog = undefined;
+      plan.deliver = undefined;
+    }
+    this.splitter.reset();
+    const lease = this.lease;
+    this.lease = undefined;
+    await lease?.release();
+  }
+}
+
+/** The value a command template gets for a write, checked against the tag's type. */
+function commandValue(tag: SerialTag, value: TagValue): string | number | bigint | boolean {
+  const refuse = (why: string): never => {
+    throw new DriverError(`${JSON.stringify(typeof value === 'bigint' ? value.toString() : value)} ${why}`, { code: 'invalid-value' });
+  };
+  if (Array.isArray(value)) return refuse(`is an array; tag "${tag.name}" takes one ${tag.type}`);
+  switch (tag.type) {
+    case 'float64':
+      if (typeof value === 'bigint') return Number(value);
+      if (typeof value !== 'number') return refuse('is not a number');
+      return value;
+    case 'int32':
+    case 'int64': {
+      if (typeof value === 'bigint') return value;
+      if (typeof value !== 'number' || !Number.isInteger(value)) return refuse(`is not an integer (tag type ${tag.type})`);
+      if (tag.type === 'int32' && (value < -2147483648 || value > 2147483647)) return refuse('does not fit int32');
+      return value;
+    }
+    case 'bool': {
+      const truth =
+        value === true || value === 1 || value === 1n ? true : value === false || value === 0 || value === 0n ? false : undefined;
+      if (truth === undefined) return refuse('is not a bool (true/false or 1/0)');
+      const words = truth ? tag.trueValues : tag.falseValues;
+      return words?.[0] ?? truth;
+    }
+    case 'string':
+      if (typeof value !== 'string') return refuse('is not a string');
+      return value;
+  }
+}
+
+export function createDriver(device: SerialDeviceConfig, context: DriverContext): SerialDriver {
+  return new SerialDriver(device, context);
+}
