@@ -51,9 +51,9 @@ describe('config errors: each bad file gets the exact report', () => {
     [
       'unknown driver',
       { devices: [device({ driver: 'modbsu' })] },
-      ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua; did you mean "modbus"?'],
+      ['devices[0].driver: unknown driver "modbsu", expected one of modbus, opcua, serial; did you mean "modbus"?'],
     ],
-    ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus, opcua)']],
+    ['missing driver', { devices: [{ name: 'x', tags: [] }] }, ['devices[0].driver: is required (one of modbus, opcua, serial)']],
     [
       'bad enum value with suggestion',
       { devices: [device({}, [{ name: 't', address: '40001', type: 'flaot32' }])] },
@@ -182,6 +182,11 @@ describe('config errors: each bad file gets the exact report', () => {
       'unknown poll group',
       { devices: [device({}, [{ name: 't', address: '40001', group: 'fast' }])] },
       ['devices[0].tags[0].group: unknown poll group "fast"; device "plc1" defines no pollGroups'],
+    ],
+    [
+      'poll group used by no tag',
+      { devices: [device({ pollGroups: { slow: { interval: '10s' } } }, [{ name: 't', address: '40001' }])] },
+      ['devices[0].pollGroups.slow: poll group "slow" is used by no tag; set "group": "slow" on the tags it should poll, or remove it'],
     ],
     [
       'placeholder without meta',

@@ -534,8 +534,17 @@ export function checkSemantics(config: Config): ConfigProblem[] {
       }
     });
 
+    const usedGroups = new Set(device.tags.map((tag) => tag.group ?? 'default'));
+    for (const group of Object.keys(device.pollGroups)) {
+      if (!usedGroups.has(group))
+        add(
+          [...devicePath, 'pollGroups', group],
+          `poll group "${group}" is used by no tag; set "group": "${group}" on the tags it should poll, or remove it`,
+        );
+    }
+
     if (device.publish === 'batch') {
-      const groups = new Set(device.tags.map((tag) => tag.group ?? 'default'));
+      const groups = usedGroups;
       for (const group of groups) {
         const topic = renderChecked({
           source: config.topics.batch,
