@@ -83,7 +83,7 @@ rng = random.Random(20240601)
 def emit(event, **fields):
     """One event line on stdout."""
     try:
-        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.write(json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         os._exit(0)
@@ -494,15 +494,25 @@ class Nmea(LineInstrument):
         lon, ew = nmea_angle(self.state["lon"], 3, "EW")
         return [lat, ns, lon, ew]
 
+    def gga(self, clock):
+        """Time, position, fix quality (0 none, 1 GPS, 2 DGPS), satellites, HDOP, altitude, geoid."""
+        fix = self.state["fix"]
+        if fix == 0:
+            return ["GPGGA", clock, *self.position(), "0", "00", "", "", "M", "", "M", "", ""]
+        return ["GPGGA", clock, *self.position(), str(fix), "08", "0.9", "545.4", "M", "46.9", "M", "", ""]
+
+    def rmc(self, clock, now):
+        """Time, status (A valid, V void), position, speed (knots), course, date, variation, mode."""
+        fix = self.state["fix"]
+        if fix == 0:
+            return ["GPRMC", clock, "V", *self.position(), "", "", f"{now:%d%m%y}", "", "", "N"]
+        speed = f"{self.state['speed']:.1f}"
+        return ["GPRMC", clock, "A", *self.position(), speed, "0.0", f"{now:%d%m%y}", "", "", "A" if fix == 1 else "D"]
+
     def stream_frames(self):
         now = datetime.now(timezone.utc)
         clock = f"{now:%H%M%S}.{now.microsecond // 10000:02d}"
-        fix = self.state["fix"]
-        gga = ["GPGGA", clock, *self.position(), str(fix), "08" if fix else "00", "0.9" if fix else "",
-               "545.4" if fix else "", "M", "46.9" if fix else "", "M", "", ""]
-        rmc = ["GPRMC", clock, "A" if fix else "V", *self.position(), f"{self.state['speed']:.1f}" if fix else "",
-               "0.0" if fix else "", f"{now:%d%m%y}", "", "", "ADN"[0 if fix == 1 else 1 if fix == 2 else 2]]
-        return [self.sentence(gga), self.sentence(rmc)]
+        return [self.sentence(self.gga(clock)), self.sentence(self.rmc(clock, now))]
 
 
 # ASCII STX/ETX protocol instrument (a temperature/pressure controller), several per line.
