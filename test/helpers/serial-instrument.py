@@ -280,8 +280,9 @@ class Output:
         self.queue = asyncio.Queue()
 
     def take_bad_checksum(self):
-        """True (once) when the next frame with a checksum is to carry a wrong one."""
-        if self.once == "bad-checksum":
+        """True (once) when the next frame with a checksum is to carry a wrong one (not while
+        frames are dropped anyway: it waits for one that goes out)."""
+        if self.once == "bad-checksum" and self.mode not in ("silent", "flood"):
             self.once = None
             return True
         return False
