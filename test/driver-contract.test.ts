@@ -1,7 +1,7 @@
 // The driver contract (test/helpers/driver-contract.ts) against every driver and transport, each
 // with a real peer: Modbus TCP and Modbus RTU on a serial line against pymodbus (an independent
 // implementation), Modbus RTU over TCP against a raw-socket device, OPC UA against a node-opcua
-// server. Silence and garbled replies come from a cable with a hand in the middle
+// server, the serial-line driver against a Python ASCII instrument on a pty and behind TCP. Silence and garbled replies come from a cable with a hand in the middle
 // (test/helpers/links.ts) or from the raw device itself.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -11,9 +11,12 @@ import type { ModbusTag } from '../drivers/modbus/config.js';
 import { createDriver as createModbusDriver } from '../drivers/modbus/index.js';
 import type { OpcUaTag } from '../drivers/opcua/config.js';
 import { createDriver as createOpcUaDriver } from '../drivers/opcua/index.js';
+import { serialDevice, type SerialTag } from '../drivers/serial/config.js';
+import { createDriver as createSerialDriver } from '../drivers/serial/index.js';
 import type { TagReading } from '../src/pipeline/driver.js';
 import { driverContract, type ContractPeer } from './helpers/driver-contract.js';
-import { startSerialLink, startTcpLink } from './helpers/links.js';
+import { type Link, startSerialLink, startTcpLink } from './helpers/links.js';
+import { startInstrument } from './helpers/serial-instrument.js';
 import { device, freePort, RawModbusServer, startPymodbus, testContext } from './helpers/modbus-servers.js';
 import { parseDevice, testLog } from './helpers/opcua-runner.js';
 import { startTestServer } from './helpers/opcua-server.js';
@@ -217,5 +220,93 @@ driverContract<OpcUaTag>({
         rmSync(dir, { recursive: true, force: true });
       },
     };
+  },
+});
+
+/** An ASCII instrument's tags (test/helpers/serial-instrument.py, kind ascii, unit 01, xor checksum). */
+const ASCII_DEVICE = (connection: RawTag, timeout: number) =>
+  serialDevice.parse({
+    name: 'unit01',
+    driver: 'serial',
+    // backoffAfterTimeouts: the contract reads a silent device once or twice; skipping it is a feature of its own.
+    connection: { ...connection, timeout, backoffAfterTimeouts: 10 },
+    framing: { type: 'stx-etx', checksum: { type: 'xor' } },
+    unitId: '01',
+    request: '{unitId}RD',
+    pollGroups: { setpoint: { interval: '1s', request: '{unitId}GS' } },
+    tags: [
+      { name: 'temperature', regex: 'T=(?<value>[+-]\\d+\\.\\d+)' },
+      { name: 'pressure', regex: 'P=(?<value>\\d+\\.\\d+)' },
+      { name: 'status', regex: 'ST=(\\w+)', type: 'string' },
+      // The instrument has no humidity: its reply never carries an H= field.
+      { name: 'humidity', regex: 'H=(?<value>\\d+)' },
+      { name: 'sp', group: 'setpoint', regex: 'SP=(?<value>\\d+\\.\\d)', writable: true, command: '{unitId}SP={value:.1f}', ack: 'SP OK$' },
+    ],
+  });
+
+function serialPeer(
+  connection: RawTag,
+  link: Link,
+  nowhere: () => { driver: ReturnType<typeof createSerialDriver>; names: string },
+  stop: () => Promise<void>,
+): ContractPeer<SerialTag> {
+  const tags = ASCII_DEVICE(connection, 1000).tags;
+  const byName = (name: string): SerialTag => tags.find((tag) => tag.name === name)!;
+  return {
+    driver: ({ timeout }) => createSerialDriver(ASCII_DEVICE(connection, timeout), testContext()),
+    good: ['temperature', 'pressure', 'status'].map(byName),
+    checkGood: (readings) => assert.deepEqual(values(readings), { temperature: 23.45, pressure: 1013.2, status: 'OK' }),
+    unknown: { tag: byName('humidity'), code: /^bad-reply$/ },
+    write: { tag: byName('sp'), value: 42.5 },
+    silence: () => link.cut(),
+    resume: () => link.restore(),
+    badReplies: { start: () => link.corruptReplies(noise), stop: () => link.corruptReplies(undefined), code: /^bad-reply$/ },
+    nowhere,
+    stop,
+  };
+}
+
+driverContract<SerialTag>({
+  name: 'serial (device server over TCP) vs a Python ASCII instrument',
+  async start(): Promise<ContractPeer<SerialTag>> {
+    const instrument = await startInstrument({ kind: 'ascii', tcp: 0, unitId: '01' });
+    const link = await startTcpLink(instrument.port!);
+    const nothing = await freePort();
+    const connection = { transport: 'tcp', host: '127.0.0.1', port: link.port };
+    return serialPeer(
+      connection,
+      link,
+      () => ({
+        driver: createSerialDriver(ASCII_DEVICE({ ...connection, port: nothing }, 1000), testContext()),
+        names: `127.0.0.1:${nothing}`,
+      }),
+      async () => {
+        await link.stop();
+        await instrument.stop();
+      },
+    );
+  },
+});
+
+driverContract<SerialTag>({
+  name: 'serial on a serial line (socat pty) vs a Python ASCII instrument',
+  async start(): Promise<ContractPeer<SerialTag>> {
+    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-contract-serial-'));
+    const link = await startSerialLink(dir);
+    const instrument = await startInstrument({ kind: 'ascii', pty: link.devicePath, unitId: '01' });
+    const connection = { transport: 'serial', path: link.path };
+    return serialPeer(
+      connection,
+      link,
+      () => ({
+        driver: createSerialDriver(ASCII_DEVICE({ ...connection, path: join(dir, 'no-such-tty') }, 1000), testContext()),
+        names: join(dir, 'no-such-tty'),
+      }),
+      async () => {
+        await instrument.stop();
+        await link.stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    );
   },
 });
