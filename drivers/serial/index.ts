@@ -13,6 +13,7 @@
 //     device that streams and answers requests);
 //   - back-off: after `backoffAfterTimeouts` request polls without an answer the device's
 //     requests are skipped for a growing while (5 s … 60 s), like Modbus devices on a shared line.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import {
   DriverError,
@@ -121,6 +122,8 @@ class StreamPlan extends SerialPlan {
   readonly mode: 'poll' | 'push';
   readonly staleAfter: number;
   readonly latest: Map<string, Latest>;
+  /** A plan of some of a group's tags, reading what the group's own plan collects. */
+  readonly view: boolean;
   /** Push plans: where readings go while subscribed. */
   deliver: ((readings: TagReading[]) => void) | undefined;
   watchdog: NodeJS.Timeout | undefined;
@@ -131,12 +134,13 @@ class StreamPlan extends SerialPlan {
     tags: readonly CompiledTag[],
     mode: 'poll' | 'push',
     staleAfter: number,
-    latest = new Map<string, Latest>(),
+    latest?: Map<string, Latest>,
   ) {
     super(owner, group, tags);
     this.mode = mode;
     this.staleAfter = staleAfter;
-    this.latest = latest;
+    this.latest = latest ?? new Map<string, Latest>();
+    this.view = latest !== undefined;
   }
 
   describe(): string {
@@ -238,7 +242,12 @@ export class SerialDriver implements Driver<SerialTag> {
   async read(plan: ReadPlan): Promise<TagReading[]> {
     if (!(plan instanceof SerialPlan) || plan.owner !== this)
       throw new DriverError('read() got a plan made by another driver', { code: 'foreign-plan' });
-    if (plan instanceof StreamPlan) return this.latestOf(plan, Date.now());
+    if (plan instanceof StreamPlan) {
+      // Read outside the group's own schedule (`plc2mqtt read`, a read-back): a tag with no frame yet
+      // since the line opened is waited for, up to staleAfter; the group's own polls never wait.
+      if (plan.mode === 'push' || plan.view) await this.firstFrames(plan);
+      return this.latestOf(plan, Date.now());
+    }
     return this.request(plan as RequestPlan);
   }
 
@@ -381,6 +390,12 @@ export class SerialDriver implements Driver<SerialTag> {
       for (const reading of readings) plan.latest.set(reading.tag, { reading, at: now, stale: false });
       if (plan.mode === 'push') plan.deliver?.(readings);
     }
+  }
+
+  private async firstFrames(plan: StreamPlan): Promise<void> {
+    const deadline = Date.now() + plan.staleAfter;
+    const missing = () => plan.tags.some((compiled) => plan.latest.get(compiled.tag.name)?.reading === undefined);
+    while (missing() && Date.now() < deadline && this.connected) await sleep(10);
   }
 
   private latestOf(plan: StreamPlan, now: number): TagReading[] {
