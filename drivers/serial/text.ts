@@ -11,11 +11,13 @@ const ESCAPE = /\\(x[0-9A-Fa-f]{2}|[rnt0e\\])/g;
 
 /** "\\x02RD\\x03" → bytes 02 52 44 03; characters above U+00FF are refused by the schema, so latin1 is exact. */
 export function textBytes(text: string): Buffer {
-  return Buffer.from(
-    text.replace(ESCAPE, (_, code: string) =>
-      String.fromCharCode(code.startsWith('x') ? Number.parseInt(code.slice(1), 16) : NAMED_ESCAPES[code]!),
-    ),
-    'latin1',
+  return Buffer.from(unescaped(text), 'latin1');
+}
+
+/** The escapes of `text` replaced by the characters U+0000…U+00FF of their bytes. */
+function unescaped(text: string): string {
+  return text.replace(ESCAPE, (_, code: string) =>
+    String.fromCharCode(code.startsWith('x') ? Number.parseInt(code.slice(1), 16) : NAMED_ESCAPES[code]!),
   );
 }
 
@@ -93,8 +95,10 @@ export function compileTemplate(spec: BytesSpec): Template {
   type Part = { literal: string } | { field: string; format: (value: string | number | bigint | boolean) => string };
   const parts: Part[] = [];
   let last = 0;
+  // Escapes are replaced in the literal text only, here: a value is sent as it is (a "\\r" in a
+  // written string is a backslash and an r, not a carriage return).
   for (const match of spec.matchAll(FIELD)) {
-    parts.push({ literal: spec.slice(last, match.index) });
+    parts.push({ literal: unescaped(spec.slice(last, match.index)) });
     last = match.index + match[0].length;
     if (match[0] === '{{' || match[0] === '}}') {
       parts.push({ literal: match[0][0]! });
@@ -102,7 +106,7 @@ export function compileTemplate(spec: BytesSpec): Template {
     }
     parts.push({ field: match[1]!, format: compileSpec(match[2], match[0]) });
   }
-  parts.push({ literal: spec.slice(last) });
+  parts.push({ literal: unescaped(spec.slice(last)) });
   const fields = parts.flatMap((part) => ('field' in part ? [part.field] : []));
   return {
     fields,
@@ -113,10 +117,14 @@ export function compileTemplate(spec: BytesSpec): Template {
         else {
           const value = values[part.field];
           if (value === undefined) throw new Error(`template field {${part.field}} has no value`);
-          text += part.format(value);
+          const formatted = part.format(value);
+          // latin1 would silently keep only the low byte of a wider character ("€" → 0xAC).
+          for (const character of formatted)
+            if (character.charCodeAt(0) > 0xff) throw new Error(`template field {${part.field}}: "${character}" is not a single byte`);
+          text += formatted;
         }
       }
-      return textBytes(text);
+      return Buffer.from(text, 'latin1');
     },
   };
 }
@@ -139,7 +147,11 @@ function compileSpec(spec: string | undefined, whole: string): (value: string | 
     return text.padStart(width, ' ');
   };
   return (value) => {
-    const number = typeof value === 'boolean' ? (value ? 1 : 0) : typeof value === 'string' ? Number(value) : value;
+    const number =
+      typeof value === 'boolean' ? (value ? 1 : 0) : typeof value === 'string' ? (value.trim() === '' ? Number.NaN : Number(value)) : value;
+    // A text that is no number would otherwise go out as "NaN" (d, f) or throw a RangeError of BigInt (x).
+    if (kind !== 's' && typeof number === 'number' && !Number.isFinite(number))
+      throw new Error(`${whole}: ${JSON.stringify(String(value))} is not a number`);
     switch (kind) {
       case 'f':
         return pad(Number(number).toFixed(precision ?? 6));
