@@ -23,7 +23,11 @@ export type Framing = (
 /** What the bytes from `from` on hold. `next` is where to look for the following frame. */
 export type Found =
   | { kind: 'frame'; frame: Buffer; next: number }
-  | { kind: 'bad'; problem: string; next: number }
+  /**
+   * `unfinished`: the frame was dropped before its end (its delimiter, or a pause) came; the bytes
+   * up to that end are the rest of it, not a frame.
+   */
+  | { kind: 'bad'; problem: string; next: number; unfinished?: true }
   /** No complete frame yet; bytes before `keep` are noise that belongs to no frame. */
   | { kind: 'more'; keep: number };
 
@@ -35,12 +39,18 @@ export function findFrame(framing: Framing, buffer: Buffer, from: number): Found
       const at = buffer.indexOf(framing.delimiter, from);
       if (at < 0) {
         // A line without its delimiter is dropped once it is longer than any frame may be.
+        // The last bytes may be the first of the delimiter: they are where to look for it.
         if (available > framing.maxLength + framing.delimiter.length)
-          return { kind: 'bad', problem: tooLong(framing, buffer.subarray(from)), next: buffer.length };
+          return {
+            kind: 'bad',
+            problem: tooLong(framing, buffer.subarray(from), 'no delimiter'),
+            next: buffer.length - framing.delimiter.length + 1,
+            unfinished: true,
+          };
         return { kind: 'more', keep: from };
       }
       const next = at + framing.delimiter.length;
-      if (at - from > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, buffer.subarray(from, at)), next };
+      if (at - from > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, buffer.subarray(from, at), undefined), next };
       return { kind: 'frame', frame: buffer.subarray(from, at), next };
     }
     case 'length':
@@ -48,7 +58,12 @@ export function findFrame(framing: Framing, buffer: Buffer, from: number): Found
       return { kind: 'frame', frame: buffer.subarray(from, from + framing.length), next: from + framing.length };
     case 'gap':
       if (available > framing.maxLength)
-        return { kind: 'bad', problem: `${tooLong(framing, buffer.subarray(from))} without a pause`, next: buffer.length };
+        return {
+          kind: 'bad',
+          problem: `${tooLong(framing, buffer.subarray(from), 'no end')} without a pause`,
+          next: buffer.length,
+          unfinished: true,
+        };
       return { kind: 'more', keep: from };
     case 'stx-etx':
       return findDelimited(framing, buffer, from);
@@ -76,13 +91,13 @@ function findDelimited(framing: Extract<Framing, { type: 'stx-etx' }>, buffer: B
   }
   if (stop < 0) {
     if (buffer.length - begin > framing.maxLength + start.length + end.length)
-      return { kind: 'bad', problem: tooLong(framing, buffer.subarray(begin)), next: begin + start.length };
+      return { kind: 'bad', problem: tooLong(framing, buffer.subarray(begin), 'no end'), next: begin + start.length };
     return { kind: 'more', keep: begin };
   }
   stop = buffer.indexOf(end, begin + start.length);
   const body = buffer.subarray(begin + start.length, stop);
   const afterEnd = stop + end.length;
-  if (body.length > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, body), next: afterEnd };
+  if (body.length > framing.maxLength) return { kind: 'bad', problem: tooLong(framing, body, undefined), next: afterEnd };
   if (!framing.checksum) return { kind: 'frame', frame: body, next: afterEnd };
   const size = checksumLength(framing.checksum);
   if (buffer.length < afterEnd + size) return { kind: 'more', keep: begin };
@@ -107,8 +122,9 @@ function findDelimited(framing: Extract<Framing, { type: 'stx-etx' }>, buffer: B
   return { kind: 'frame', frame: body, next: afterEnd + size };
 }
 
-function tooLong(framing: Framing, bytes: Buffer): string {
-  return `frame longer than maxLength ${framing.maxLength} bytes (${framing.type === 'delimiter' ? 'no delimiter' : framing.type === 'stx-etx' ? 'no end' : 'no end'}), dropped: ${showBytes(bytes, 40)}`;
+/** `missing`: what did not come; a frame that came with its end was merely too long (it said "no delimiter" then too). */
+function tooLong(framing: Framing, bytes: Buffer, missing: 'no delimiter' | 'no end' | undefined): string {
+  return `frame longer than maxLength ${framing.maxLength} bytes${missing ? ` (${missing})` : ''}, dropped: ${showBytes(bytes, 40)}`;
 }
 
 /** The bytes a request goes out as: STX … ETX framings wrap requests like their replies (with checksum). */
@@ -131,6 +147,12 @@ export class FrameSplitter {
   private readonly onBad: (problem: string) => void;
   private buffer: Buffer = Buffer.alloc(0);
   private gapTimer: NodeJS.Timeout | undefined;
+  /**
+   * After an unfinished frame was dropped, the bytes up to its delimiter (a gap framing's: up to the
+   * next silence) are its rest: without this they came out as a frame of their own (the tail of a
+   * line too long, "…12.5 kg", parsed as a good reading).
+   */
+  private dropping = false;
 
   constructor(framing: Framing, onFrame: (frame: Buffer) => void, onBad: (problem: string) => void) {
     this.framing = framing;
@@ -142,6 +164,20 @@ export class FrameSplitter {
     this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
     let from = 0;
     for (;;) {
+      if (this.dropping) {
+        if (this.framing.type !== 'delimiter') {
+          from = this.buffer.length;
+          break;
+        }
+        const { delimiter } = this.framing;
+        const at = this.buffer.indexOf(delimiter, from);
+        if (at < 0) {
+          from = Math.max(from, this.buffer.length - delimiter.length + 1);
+          break;
+        }
+        from = at + delimiter.length;
+        this.dropping = false;
+      }
       const found = findFrame(this.framing, this.buffer, from);
       if (found.kind === 'more') {
         from = found.keep;
@@ -149,25 +185,30 @@ export class FrameSplitter {
       }
       from = found.next;
       if (found.kind === 'frame') this.onFrame(found.frame);
-      else this.onBad(found.problem);
+      else {
+        if (found.unfinished) this.dropping = true;
+        this.onBad(found.problem);
+      }
     }
     // Copied, so a kept tail does not pin the whole chunk it came in.
     this.buffer = from >= this.buffer.length ? Buffer.alloc(0) : Buffer.from(this.buffer.subarray(from));
     if (this.framing.type === 'gap') {
       clearTimeout(this.gapTimer);
-      if (this.buffer.length > 0) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
+      if (this.buffer.length > 0 || this.dropping) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
     }
   }
 
   private silence(): void {
-    const found = frameAtSilence(this.framing, this.buffer, 0);
+    const found = this.dropping ? undefined : frameAtSilence(this.framing, this.buffer, 0);
+    this.dropping = false;
     this.buffer = Buffer.alloc(0);
-    if (found.kind === 'frame') this.onFrame(found.frame);
+    if (found?.kind === 'frame') this.onFrame(found.frame);
   }
 
   /** Drops an unfinished frame (the line was lost, or a request flushed it). */
   reset(): void {
     clearTimeout(this.gapTimer);
     this.buffer = Buffer.alloc(0);
+    this.dropping = false;
   }
 }
