@@ -152,6 +152,9 @@ function select(selector: Selector, text: string, matches: Map<RegExp, RegExpExe
     case 'slice':
       if (text.length < selector.start + 1)
         return { problem: `the frame has ${text.length} characters, the field starts at ${selector.start}` };
+      // A frame that ends inside a fixed-width field lost its end: "+0021.3" cut to "+00" is not 0.
+      if (selector.end !== undefined && text.length < selector.end)
+        return { problem: `the frame has ${text.length} characters, the field ends at ${selector.end}` };
       return text.slice(selector.start, selector.end);
     case 'split': {
       const fields = text.split(selector.separator);
