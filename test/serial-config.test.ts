@@ -26,6 +26,18 @@ function problemsOf(...devices: unknown[]): string[] {
 describe('serial config: each mistake gets its report', () => {
   const cases: Array<[string, unknown, string[]]> = [
     [
+      'a unitId its request format cannot take is found by validate, not at start',
+      device({ unitId: 'A1', request: '{unitId:02d}RD\\r' }),
+      ['devices[0].unitId: {unitId:02d}: "A1" is not a number (in "{unitId:02d}RD\\\\r")'],
+    ],
+    [
+      'a quality rule on a regex tag without the status group',
+      device({}, [{ name: 't', regex: '^S (?<status>[SD]) +(?<value>\\S+)', quality: { good: ['S'] } }]),
+      [
+        'devices[0].tags[0].quality.capture: name the status group of the regex in "capture" (e.g. "status" for (?<status>…)); without it the status would be the value itself',
+      ],
+    ],
+    [
       'a regex that does not compile: the engine says why',
       device({}, [{ name: 't', regex: '(\\d+' }]),
       ['devices[0].tags[0].regex: invalid regular expression: /(\\d+/: Unterminated group'],
@@ -213,20 +225,14 @@ describe('serial config: each mistake gets its report', () => {
   ];
   for (const [title, config, expected] of cases) it(title, () => assert.deepEqual(problemsOf(config).sort(), [...expected].sort()));
 
-  // drivers/serial/config.ts reports scale, offset and deadband of a bool or string tag all at "scale".
-  it('offset on a bool tag is reported at offset', { todo: 'config.ts reports it at tags[0].scale, a key the tag does not have' }, () =>
+  it('offset on a bool tag is reported at offset', () =>
     assert.deepEqual(problemsOf(device({}, [{ name: 't', type: 'bool', offset: 1 }])), [
       'devices[0].tags[0].offset: scale, offset and deadband apply to numbers, not bool',
-    ]),
-  );
-  it(
-    'deadband on a string tag is reported at deadband',
-    { todo: 'config.ts reports it at tags[0].scale, a key the tag does not have' },
-    () =>
-      assert.deepEqual(problemsOf(device({}, [{ name: 't', type: 'string', deadband: 1 }])), [
-        'devices[0].tags[0].deadband: scale, offset and deadband apply to numbers, not string',
-      ]),
-  );
+    ]));
+  it('deadband on a string tag is reported at deadband', () =>
+    assert.deepEqual(problemsOf(device({}, [{ name: 't', type: 'string', deadband: 1 }])), [
+      'devices[0].tags[0].deadband: scale, offset and deadband apply to numbers, not string',
+    ]));
 });
 
 describe('serial config: a good config with every framing', () => {

@@ -456,3 +456,25 @@ describe('serial driver: one RS-485 line shared by two serial-line units and a M
     );
   });
 });
+
+describe('serial driver: writes a command cannot carry are refused before anything is sent', () => {
+  it('a value its format or the line cannot take is invalid-value (the command path answers it as a refusal)', async () => {
+    const device = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: 1 },
+      request: 'RD\r',
+      tags: [
+        { name: 'label', type: 'string', read: false, writable: true, command: 'N{value}\r' },
+        { name: 'setpoint', read: false, writable: true, command: 'SP {value:.1f}\r' },
+      ],
+    });
+    const driver = createDriver(device, { log: testLogger(), dataDir: '/nonexistent' });
+    const [label, setpoint] = device.tags;
+    await assert.rejects(driver.write(label!, '€'), (error: Error & { code?: string }) => {
+      assert.equal(error.code, 'invalid-value');
+      assert.match(error.message, /"€" is not a single byte/);
+      return true;
+    });
+    await assert.rejects(driver.write(setpoint!, 'abc'), (error: Error & { code?: string }) => error.code === 'invalid-value');
+    await driver.close();
+  });
+});

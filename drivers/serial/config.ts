@@ -106,7 +106,7 @@ const framingCommon = {
   }),
   encoding: z.enum(['latin1', 'ascii', 'utf8', 'hex']).default('latin1').meta({
     description:
-      'How frame bytes become the text that tags parse: latin1 (default, one character per byte), ascii, utf8, or hex (two uppercase hex digits per byte, for binary frames).',
+      'How frame bytes become the text that tags parse: latin1 (default, one character per byte), ascii (7-bit: the high bit of each byte is dropped, for 7-data-bit lines), utf8, or hex (two uppercase hex digits per byte, for binary frames).',
   }),
 };
 
@@ -320,11 +320,25 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
           message: 'list the status values in "good", "uncertain" and/or "bad"',
         });
     }
+    if (tag.type === 'bool' || tag.type === 'string') {
+      const numeric = (['scale', 'offset', 'deadband'] as const).find((key) => tag[key] !== undefined);
+      if (numeric)
+        ctx.addIssue({ code: 'custom', path: at(numeric), message: `scale, offset and deadband apply to numbers, not ${tag.type}` });
+    }
     if (
-      (tag.type === 'bool' || tag.type === 'string') &&
-      (tag.scale !== undefined || tag.offset !== undefined || tag.deadband !== undefined)
+      quality &&
+      quality.capture === undefined &&
+      quality.regex === undefined &&
+      quality.split === undefined &&
+      quality.start === undefined &&
+      tag.regex !== undefined
     )
-      ctx.addIssue({ code: 'custom', path: at('scale'), message: `scale, offset and deadband apply to numbers, not ${tag.type}` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tags', index, 'quality', 'capture'],
+        message:
+          'name the status group of the regex in "capture" (e.g. "status" for (?<status>…)); without it the status would be the value itself',
+      });
     if (tag.writable && tag.command === undefined)
       ctx.addIssue({
         code: 'custom',
@@ -350,6 +364,20 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
     if (tag.read && tag.group !== undefined && groupOf(tag.group) === undefined) return; // reported by the core (unknown poll group)
   });
   const usesUnitId = unitIdUsed.some((spec) => spec !== undefined && compileQuietly(spec).includes('unitId'));
+  if (usesUnitId && device.unitId !== undefined) {
+    // Rendered now, so a unitId its formats cannot take ("A1" in {unitId:02d}) is found by validate, not at start.
+    for (const spec of unitIdUsed) {
+      if (spec === undefined) continue;
+      try {
+        const template = compileTemplate(spec);
+        if (template.fields.includes('value')) continue; // commands: rendered with each written value
+        template.render({ unitId: device.unitId });
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', path: ['unitId'], message: `${(error as Error).message} (in ${JSON.stringify(spec)})` });
+        break;
+      }
+    }
+  }
   if (usesUnitId && device.unitId === undefined)
     ctx.addIssue({ code: 'custom', path: ['unitId'], message: 'a request or command uses {unitId}: set the device\'s "unitId"' });
   const groups: [

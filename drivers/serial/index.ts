@@ -430,7 +430,15 @@ export class SerialDriver implements Driver<SerialTag> {
   async write(tag: SerialTag, value: TagValue): Promise<void> {
     const template = this.commands.get(tag.name);
     if (!tag.writable || !template) throw new DriverError(`tag "${tag.name}" has no command to write it`, { code: 'read-only' });
-    const payload = template.render({ ...this.templateFields, value: commandValue(tag, value) });
+    let payload: Buffer;
+    try {
+      payload = template.render({ ...this.templateFields, value: commandValue(tag, value) });
+    } catch (error) {
+      if (error instanceof DriverError) throw error;
+      // A value the command's format cannot take ("abc" in {value:.1f}, "€" in a latin1 line): nothing was sent.
+      const shown = typeof value === 'bigint' ? value.toString() : JSON.stringify(value);
+      throw new DriverError(`cannot write ${shown} to "${tag.name}": ${(error as Error).message}`, { code: 'invalid-value' });
+    }
     const request = frameRequest(this.framing, payload);
     const lease = this.requireLease();
     const ack = tag.ack === undefined ? undefined : new RegExp(tag.ack);
