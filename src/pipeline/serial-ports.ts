@@ -31,7 +31,10 @@
 //
 // A serial device server in "TCP server" mode (Moxa NPort and the like) is the same line at the
 // end of a TCP connection: acquireTcpLine() gives leases of one such connection, with the same
-// rules, so the devices behind one device-server port share it the same way.
+// rules. Every device that names the same host:port (Modbus RTU over TCP, serial-line
+// instruments) shares it: device servers often take only one connection per port, and two would
+// talk over each other on the RS-485 line behind it. A connection the device server drops is lost
+// like an unplugged adapter and reopened by the next open().
 //
 // Protocol knowledge stays in the drivers: the registry moves bytes and knows no framing but the
 // function each request comes with.
@@ -66,6 +69,8 @@ export interface SerialPortUser {
   readonly name: string;
   /** Quiet time (ms) the device needs between two exchanges; the line waits the largest of its users'. */
   readonly interRequestDelay?: number;
+  /** Device-server lines: how long (ms) a TCP connect may take; the line allows the longest of its users' (default 5000). */
+  readonly connectTimeout?: number;
   /** Told when the port fails under its users (adapter unplugged, pty closed). Any lease's open() reopens it. */
   onPortLost?(reason: string): void;
   /** Bytes that arrived while no request waited for a reply (streamed frames, noise), for a device that listens. */
@@ -279,6 +284,7 @@ class SerialEndpoint implements LineEndpoint {
 
 /** Silence that ends a frame behind a device server: its own packing delay plus the network's. */
 const TCP_FRAME_GAP_MS = 30;
+/** Connect timeout for a device that names none. */
 const TCP_CONNECT_TIMEOUT_MS = 5000;
 
 class TcpEndpoint implements LineEndpoint {
@@ -288,19 +294,23 @@ class TcpEndpoint implements LineEndpoint {
   readonly gap = TCP_FRAME_GAP_MS;
   private readonly host: string;
   private readonly port: number;
+  /** The connect timeout (ms) the line's devices ask for now. */
+  private readonly connectTimeout: () => number;
 
-  constructor(host: string, port: number) {
+  constructor(host: string, port: number, connectTimeout: () => number) {
     this.host = host;
     this.port = port;
+    this.connectTimeout = connectTimeout;
     this.path = `${host}:${port}`;
     this.label = `device server ${this.path}`;
   }
 
   async open(events: LinkEvents): Promise<ByteLink> {
     const socket: Socket = connect({ host: this.host, port: this.port, noDelay: true });
+    const ms = this.connectTimeout();
     try {
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no connection within ${TCP_CONNECT_TIMEOUT_MS} ms`)), TCP_CONNECT_TIMEOUT_MS);
+        const timer = setTimeout(() => reject(new Error(`no connection within ${ms} ms`)), ms);
         socket.once('connect', () => {
           clearTimeout(timer);
           resolve();
@@ -797,7 +807,14 @@ export function acquireTcpLine(host: string, port: number, user: SerialPortUser)
   const key = `tcp://${host}:${port}`;
   let shared = ports.get(key);
   if (!shared) {
-    shared = new SharedPort(key, new TcpEndpoint(host, port));
+    const line: SharedPort = new SharedPort(
+      key,
+      new TcpEndpoint(host, port, () => {
+        const asked = [...line.leases].map((lease) => lease.user.connectTimeout ?? TCP_CONNECT_TIMEOUT_MS);
+        return asked.length > 0 ? Math.max(...asked) : TCP_CONNECT_TIMEOUT_MS;
+      }),
+    );
+    shared = line;
     ports.set(key, shared);
   }
   const lease = new Lease(shared, user);
