@@ -1,6 +1,8 @@
 // Replies that do not fit their request, from raw-socket devices that misbehave once and then
-// behave: the device must come back by itself within a few cycles (a new connection, nothing left
-// of the broken stream), and every reply that is wrong must be bad with a reason naming the fault.
+// behave: the device must come back by itself within a few cycles with nothing of the broken
+// stream read again (Modbus TCP: on a new connection; RTU over TCP: on the same connection, which
+// other devices behind the device server may share, once the line has been quiet), and every
+// reply that is wrong must be bad with a reason naming the fault.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -134,25 +136,32 @@ describe('one malformed reply does not desynchronize the device', () => {
     },
   ];
   for (const { name, framing, bytes, reason } of cases) {
-    it(`${name}: bad for a cycle or two, then good again on a new connection`, async (t) => {
+    const after = framing === 'mbap' ? 'on a new connection' : 'on the same connection';
+    it(`${name}: bad for a cycle or two, then good again ${after}`, async (t) => {
       const raw = await server(t, framing, bytes);
       const connection = framing === 'mbap' ? tcp(raw.port) : rtuOverTcp(raw.port, { retries: 0 });
       const device = run(t, connection, TWO_REGISTERS);
       const bad = await recovers(device);
       assert.equal(bad.code, 'bad-reply');
       assert.match(bad.reason ?? '', reason);
-      assert.ok(raw.accepted >= 2, `reconnected (${raw.accepted} connections)`);
-      assert.ok(device.runner.health.connectAttempts >= 2);
+      if (framing === 'mbap') {
+        assert.ok(raw.accepted >= 2, `reconnected (${raw.accepted} connections)`);
+        assert.ok(device.runner.health.connectAttempts >= 2);
+      } else {
+        assert.equal(raw.accepted, 1, 'the connection was kept');
+        assert.equal(device.runner.health.connectAttempts, 1);
+      }
       assert.deepEqual(device.cycles.at(-1), [
         { tag: 'a', value: 1000, quality: 'good' },
         { tag: 'b', value: 1001, quality: 'good' },
       ]);
       // It answered, however badly: the log names the bad reply and never claims silence.
       const messages = device.logs.map((line) => line.msg);
-      assert.ok(
-        messages.some((msg) => /^bad reply from unit 1 on .*; connection closed so the next one starts clean$/.test(msg)),
-        messages.join('\n'),
-      );
+      const logged = (msg: string): boolean =>
+        framing === 'mbap'
+          ? /^bad reply from unit 1 on .*; connection closed so the next one starts clean$/.test(msg)
+          : msg === `bad reply from unit 1 on rtu-over-tcp 127.0.0.1:${raw.port}: ${(bad.reason ?? '').replace(/^bad reply: /, '')}`;
+      assert.ok(messages.some(logged), messages.join('\n'));
       assert.ok(!messages.some((msg) => /did not answer|no response/.test(msg)), messages.join('\n'));
     });
   }
@@ -247,25 +256,29 @@ describe('a reply that does not fit its request is bad, and says why', () => {
 });
 
 describe('a TCP connection on which nothing answers any more', () => {
-  it('is renewed after backoffAfterTimeouts silent polls, and the device reads good on the new one', async (t) => {
-    const defer = cleanup(t);
-    // A peer that stops answering on its first connection (half-open, or it lost track of it) but
-    // serves new connections fine.
-    const raw = new RawModbusServer('mbap');
-    raw.misbehave = (request) => (request.connection === 1 && request.n >= 3 ? null : undefined);
-    await raw.start();
-    defer(() => raw.stop());
-    const device = run(t, tcp(raw.port, { timeout: 200, backoffAfterTimeouts: 3 }), TWO_REGISTERS);
-    const bad = await recovers(device, 3);
-    assert.deepEqual(
-      { code: bad.code, reason: bad.reason },
-      { code: 'timeout', reason: 'timeout: no response within 200 ms (2 attempts)' },
-    );
-    assert.equal(raw.accepted, 2);
-    const messages = device.logs.map((line) => line.msg);
-    assert.ok(
-      messages.some((msg) => /: no reply at all in 3 polls of unit 1; reconnecting in case the connection is stuck$/.test(msg)),
-      messages.join('\n'),
-    );
-  });
+  for (const framing of ['mbap', 'rtu'] as const) {
+    const name = framing === 'mbap' ? 'tcp' : 'rtu over tcp, the device alone on the connection';
+    it(`${name}: is renewed after backoffAfterTimeouts silent polls, and the device reads good on the new one`, async (t) => {
+      const defer = cleanup(t);
+      // A peer that stops answering on its first connection (half-open, or it lost track of it) but
+      // serves new connections fine.
+      const raw = new RawModbusServer(framing);
+      raw.misbehave = (request) => (request.connection === 1 && request.n >= 3 ? null : undefined);
+      await raw.start();
+      defer(() => raw.stop());
+      const settings = { timeout: 200, backoffAfterTimeouts: 3 };
+      const device = run(t, framing === 'mbap' ? tcp(raw.port, settings) : rtuOverTcp(raw.port, settings), TWO_REGISTERS);
+      const bad = await recovers(device, 3);
+      assert.deepEqual(
+        { code: bad.code, reason: bad.reason },
+        { code: 'timeout', reason: 'timeout: no response within 200 ms (2 attempts)' },
+      );
+      assert.equal(raw.accepted, 2);
+      const messages = device.logs.map((line) => line.msg);
+      assert.ok(
+        messages.some((msg) => /: no reply at all in 3 polls of unit 1; reconnecting in case the connection is stuck$/.test(msg)),
+        messages.join('\n'),
+      );
+    });
+  }
 });

@@ -1,7 +1,8 @@
 // Late replies on RTU, which has no transaction ids (review of issue 12): a reply is known only by
 // its place in the stream. After a timeout the next request waits until the late reply has
 // arrived, or until the line has been quiet for one more timeout: on RTU over TCP on the same
-// connection (ports.ts), on a serial line in the serial-port registry (src/pipeline/serial-ports.ts).
+// connection, on a serial line on the same port; both are lines of the serial-port registry
+// (src/pipeline/serial-ports.ts).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -10,8 +11,9 @@ import { join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import pino from 'pino';
 import { SerialPort } from 'serialport';
-import { RtuOverTcpPort } from '../drivers/modbus/ports.js';
+import { rtuReplyFraming } from '../drivers/modbus/serial-port.js';
 import type { TagReading } from '../src/pipeline/driver.js';
+import { acquireTcpLine, SerialLineError } from '../src/pipeline/serial-ports.js';
 import { cleanup, device, pollDevice, RawModbusServer, startPtyPair, withCrc } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
 
@@ -122,11 +124,13 @@ it('rtu over tcp: a request the device never answers: the retry goes out after o
   assert.equal(raw.accepted, 1, 'the connection was kept');
 });
 
-it('RtuOverTcpPort on its own: a request handed over while a late reply is owed goes out only once it has arrived', async (t) => {
+it('the device-server line on its own: a request made while a late reply is owed goes out only once it has arrived', async (t) => {
   const defer = cleanup(t);
   const arrivals: { at: number; start: number }[] = [];
   let lateSentAt = 0;
+  let accepted = 0;
   const server = net.createServer((socket) => {
+    accepted++;
     socket.on('error', () => undefined);
     socket.on('data', (frame: Buffer) => {
       const start = frame.readUInt16BE(2);
@@ -144,23 +148,22 @@ it('RtuOverTcpPort on its own: a request handed over while a late reply is owed 
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   defer(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const port = new RtuOverTcpPort({ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port, connectTimeout: 2000 });
-  await new Promise<void>((resolve, reject) => port.open((error) => (error ? reject(error) : resolve())));
-  defer(() => port.destroy());
-  const received: Buffer[] = [];
-  port.on('data', (frame: Buffer) => received.push(frame));
+  const lease = acquireTcpLine('127.0.0.1', (server.address() as net.AddressInfo).port, { name: 'late' });
+  defer(() => lease.release());
+  await lease.open();
 
-  port.write(readRequest(0, 2));
-  await new Promise((resolve) => setTimeout(resolve, 100));
-  assert.equal(port.abandon(), undefined, 'nothing had arrived: no problem');
-  // Handed over at once (no whenInStep): held back until the late reply is in.
-  port.write(readRequest(0, 2));
-  await waitFor(() => received.length >= 1, 5_000, 'the reply to the second request');
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  const request = readRequest(0, 2);
+  await assert.rejects(
+    lease.transact(request, { timeout: 100, frame: rtuReplyFraming(request) }),
+    (error: unknown) => error instanceof SerialLineError && error.code === 'timeout' && error.received.length === 0,
+  );
+  // Asked for at once: held back until the late reply is in (and dropped).
+  const reply = await lease.transact(request, { timeout: 1000, frame: rtuReplyFraming(request) });
   assert.equal(arrivals.length, 2);
   assert.ok(arrivals[1]!.at >= lateSentAt && lateSentAt > 0, 'the second request went out after the late reply');
-  assert.deepEqual(received, [readReply(readRequest(0, 2))]);
-  assert.equal(port.isOpen, true);
+  assert.deepEqual(reply, readReply(request));
+  assert.equal(lease.isOpen, true);
+  assert.equal(accepted, 1);
 });
 
 /**

@@ -1,15 +1,15 @@
 // The Modbus driver: Modbus TCP, RTU on serial lines and RTU framing over TCP.
 //
-// One driver instance serves one device (one unit id). Devices behind the same host:port share
-// one line (see line.ts), devices on the same serial port share the port through the pipeline's
-// serial-port registry; either way requests run strictly one at a time. On top of that the driver
-// keeps, per device:
+// One driver instance serves one device (one unit id). Modbus TCP devices behind the same
+// host:port share one line (see line.ts); RTU devices on the same serial port or device-server
+// port share it through the pipeline's serial-port registry, with the other drivers' devices on
+// it; either way requests run strictly one at a time. On top of that the driver keeps, per device:
 //   - holes: address ranges the device answered "illegal data address" for. Found by bisecting
 //     the failed request, remembered so later polls do not pay for them, re-probed now and then;
 //   - back-off: a device that stopped answering is skipped for a growing while, so the other
-//     devices on its line keep their poll rate instead of waiting for its timeouts. On a TCP link
-//     where nothing at all answers any more, the connection is renewed once before that (a
-//     half-open or stuck connection looks exactly like a silent device).
+//     devices on its line keep their poll rate instead of waiting for its timeouts. On a TCP
+//     connection where nothing at all answers any more, the connection is renewed once before that
+//     (a half-open or stuck connection looks exactly like a silent device).
 
 import type { Logger } from 'pino';
 import {
@@ -25,7 +25,6 @@ import { formatAddress } from './address.js';
 import { bitOf, decodeBits, decodeRegisters, encodeBits, encodeRegisters, withBit, type RegisterLayout } from './codec.js';
 import { registersPerElement, type ModbusConnection, type ModbusDeviceConfig, type ModbusTag } from './config.js';
 import { acquireLine, ModbusFailure, releaseLine, type Line, type LineUser, type ModbusClient } from './line.js';
-import { whenInStep } from './ports.js';
 import {
   describePlan,
   isBitArea,
@@ -124,6 +123,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
   private renewed = false;
   private skipInterval = 0;
   private skipUntil = 0;
+  /** Bad replies since the device last answered a request well (the first of a run is logged as a warning). */
+  private badReplies = 0;
 
   constructor(device: ModbusDeviceConfig, context: DriverContext) {
     this.name = device.name;
@@ -322,7 +323,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     return new DriverError(failure.message, { code: 'connection-lost', connectionLost: true, cause: failure });
   }
 
-  /** A reply on a TCP link that did not fit its request: the line closed the connection; the core opens a new one. */
+  /** A reply on Modbus TCP that did not fit its request: the line closed the connection; the core opens a new one. */
   private badReplyLost(failure: ModbusFailure): DriverError {
     const label = this.line?.label ?? 'the line';
     const problem = failure.message.replace(/^bad reply: /, '');
@@ -338,17 +339,14 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     const attempts = this.connection.retries + 1;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await line.run(this.connection.unitId, this.connection.timeout, (client) => {
-          // RTU over TCP after a timeout: the late reply may still be on its way (ports.ts); the
-          // request waits for the line to be back in step before its own timeout starts. (On a
-          // serial line the serial-port registry waits so before the exchange begins.)
-          const wait = whenInStep(client, this.connection.timeout);
-          return wait ? wait.then(() => job(client)) : job(client);
-        });
+        const result = await line.run(this.connection.unitId, this.connection.timeout, job);
+        this.badReplies = 0;
+        return result;
       } catch (error) {
         const failure = error instanceof ModbusFailure ? error : new ModbusFailure('bad-reply', `bad reply: ${String(error)}`);
-        // Timeouts and mangled frames are worth another try (on a serial line: a TCP link that got a
-        // bad reply is closed already); an exception is the device's final word.
+        if (failure.kind === 'bad-reply' && !failure.dropped) this.logBadReply(line, failure);
+        // Timeouts and mangled frames are worth another try (on an RTU line: a Modbus TCP connection
+        // that got a bad reply is closed already); an exception is the device's final word.
         if ((failure.kind === 'timeout' || (failure.kind === 'bad-reply' && !failure.dropped)) && attempt < attempts) continue;
         if (failure.kind === 'timeout') {
           const tries = attempts === 1 ? '' : ` (${attempts} attempts)`;
@@ -359,6 +357,15 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     }
   }
 
+  /** A bad reply on a line that stays open (RTU): the first of a run as a warning, the rest at debug level. */
+  private logBadReply(line: Line, failure: ModbusFailure): void {
+    const unit = this.connection.unitId;
+    const message = `bad reply from unit ${unit} on ${line.label}: ${failure.message.replace(/^bad reply: /, '')}`;
+    const fields = { line: line.label, unitId: unit, bytes: failure.bytes };
+    if (this.badReplies++ === 0) this.log.warn(fields, message);
+    else this.log.debug(fields, message);
+  }
+
   /** Reads every request of a coil/discrete block and concatenates the bits. */
   private async fetchBits(line: Line, block: Block<ModbusTag>): Promise<boolean[]> {
     const bits: boolean[] = [];
@@ -366,8 +373,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       const result = await this.request(line, (client) =>
         block.area === 'coil' ? client.readCoils(start, count) : client.readDiscreteInputs(start, count),
       );
-      // Bits come padded to whole bytes. modbus-serial takes the byte count on trust (serial lines;
-      // TCP links check it in ports.ts).
+      // Bits come padded to whole bytes. modbus-serial takes the byte count on trust (RTU lines;
+      // Modbus TCP checks it in ports.ts).
       const bytes = Math.ceil(count / 8);
       if (result.data.length !== bytes * 8) throw byteCountMismatch(result.buffer.length, `${count} bit${count === 1 ? '' : 's'}`, bytes);
       bits.push(...result.data.slice(0, count));
@@ -508,7 +515,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     if (this.connection.transport !== 'rtu' && !this.renewed && line.lastReplyAt < this.silentSince) {
       // Not a byte from anyone on this connection for all these polls: it may be stuck (half-open,
       // or a peer that lost track of it) rather than the device gone. Renew it once and let the
-      // next poll probe the device on the new one before skipping it.
+      // next poll probe the device on the new one before skipping it. (A device-server connection
+      // other devices share is not renewed: see Line.reset.)
       this.renewed = true;
       const why = `no reply at all in ${this.consecutiveTimeouts} poll${this.consecutiveTimeouts === 1 ? '' : 's'} of unit ${this.connection.unitId}; reconnecting in case the connection is stuck`;
       if (line.reset(why)) {

@@ -2,22 +2,26 @@
 // another (Modbus allows one outstanding request on a serial bus, and many TCP gateways behave
 // the same).
 //
-// TCP links (Modbus TCP, RTU over TCP): one TCP connection to a host:port, shared by every device
-// (unit id) behind it. These lines live in a module-level registry keyed by the endpoint and are
-// reference counted by the drivers attached to them.
+// Modbus TCP: one TCP connection to a host:port, shared by every device (unit id) behind it, on
+// the strict MBAP port (ports.ts). These lines live in a module-level registry keyed by the
+// endpoint and are reference counted by the drivers attached to them.
 //
-// Serial lines: each device has a line of its own on its share (lease) of the serial port. The
-// port itself belongs to the pipeline's serial-port registry (src/pipeline/serial-ports.ts), which
-// opens it once, serializes the requests of every device and every driver on it, keeps the line's
-// quiet time, drops stray bytes before each request, holds requests back after a timeout until the
-// late reply is in or the line stayed quiet, and reopens the port after it failed.
+// RTU (`rtu` on a serial port, `rtu-over-tcp` on a serial device server's TCP port): each device
+// has a line of its own on its share (lease) of the byte line, with the client on SerialRtuPort
+// (serial-port.ts). The byte line belongs to the pipeline's serial-port registry
+// (src/pipeline/serial-ports.ts), because other drivers' devices may sit on the same RS-485 bus:
+// it opens the port or connection once for all of them, serializes their requests, keeps the
+// line's quiet time, drops stray bytes, holds requests back after a request that ended without
+// its reply until the late reply is in or the line stayed quiet, and reopens the line after it
+// failed. So a bad reply does not cost the connection, which other devices may be using: it is
+// retried like a timeout on the same line.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import modbusSerial from 'modbus-serial';
 import { DriverError } from '../../src/pipeline/driver.js';
-import { acquireSerialPort, type SerialExchange, type SerialPortLease } from '../../src/pipeline/serial-ports.js';
+import { acquireSerialPort, acquireTcpLine, type SerialExchange, type SerialPortLease } from '../../src/pipeline/serial-ports.js';
 import type { ModbusConnection } from './config.js';
-import { MbapPort, RtuOverTcpPort, type StrictPort } from './ports.js';
+import { MbapPort } from './ports.js';
 import { SerialRtuPort } from './serial-port.js';
 
 const ModbusRTU = modbusSerial.default;
@@ -47,7 +51,7 @@ export type FailureKind = 'exception' | 'timeout' | 'bad-reply' | 'connection';
 export class ModbusFailure extends Error {
   readonly kind: FailureKind;
   readonly exceptionCode: number | undefined;
-  /** For a bad reply: the line closed the connection because of it (TCP links), so it must be opened again. */
+  /** For a bad reply: the line closed the connection because of it (Modbus TCP), so it must be opened again. */
   readonly dropped: boolean;
   /** For a bad reply: the bytes received, in hex, for the log. */
   readonly bytes: string | undefined;
@@ -85,7 +89,7 @@ function field(value: unknown, key: string): unknown {
 /** Maps whatever modbus-serial (or the socket below it) threw to a readable, classified failure. */
 export function classifyError(error: unknown): ModbusFailure {
   if (error instanceof ModbusFailure) return error;
-  // The serial-port registry's own failures (the port gone, this device's share released).
+  // The serial-port registry's own failures (the line gone, this device's share released).
   if (error instanceof DriverError) {
     if (error.code === 'timeout') return new ModbusFailure('timeout', 'timeout', { cause: error });
     if (error.code === 'bad-reply') return new ModbusFailure('bad-reply', error.message, { cause: error });
@@ -119,6 +123,14 @@ export function endpointOf(connection: ModbusConnection): { key: string; label: 
   return { key: `${connection.transport}://${connection.host}:${connection.port}`, label, settings: '' };
 }
 
+/** How long a TCP connect may take: a little more than a request, TCP handshakes over VPNs are slow. */
+function connectTimeoutOf(connection: ModbusConnection): number {
+  return Math.max(connection.timeout, 3000);
+}
+
+/** ModbusRTU's own timeout on a registry line, past the registry's (which decides): only a safety net. */
+const LIBRARY_TIMEOUT_MARGIN_MS = 100;
+
 /** Users of a line: what the line needs to know about the drivers attached to it. */
 export interface LineUser {
   readonly name: string;
@@ -132,11 +144,11 @@ export class Line {
   private readonly connection: ModbusConnection;
   private readonly users = new Set<LineUser>();
   private client: ModbusClient | undefined;
-  /** The strict port under the client on TCP links (see ports.ts); undefined on serial lines. */
-  private port: StrictPort | undefined;
-  /** Serial lines: this device's share of the serial port, and the client's port on it. */
+  /** The strict port under the client on Modbus TCP (see ports.ts); undefined on RTU lines. */
+  private port: MbapPort | undefined;
+  /** RTU lines: this device's share of the registry's byte line, and the client's port on it. */
   private readonly lease: SerialPortLease | undefined;
-  private serialPort: SerialRtuPort | undefined;
+  private leasePort: SerialRtuPort | undefined;
   private opening: Promise<void> | undefined;
   /** Rejects when the current client's connection goes away, so in-flight requests fail at once. */
   private lost: Promise<never> = new Promise<never>(() => undefined);
@@ -149,20 +161,23 @@ export class Line {
   /** When anything on this line last answered (data, an exception, a reply however late), ms since the epoch. */
   lastReplyAt = 0;
 
-  /** `user` is the device of a serial line, which gets its share of the port here (throws `line-conflict`). */
+  /** `user` is the device of an RTU line, which gets its share of the byte line here (a serial port: throws `line-conflict`). */
   constructor(connection: ModbusConnection, user?: LineUser) {
     const endpoint = endpointOf(connection);
     this.key = endpoint.key;
     this.label = endpoint.label;
     this.settings = endpoint.settings;
     this.connection = connection;
+    const lineUser = {
+      name: user?.name ?? endpoint.label,
+      interRequestDelay: user?.interRequestDelay ?? 0,
+      onPortLost: (reason: string) => this.leaseLost(reason),
+    };
     if (connection.transport === 'rtu') {
       const { path, baudRate, dataBits, parity, stopBits } = connection;
-      this.lease = acquireSerialPort(
-        path,
-        { baudRate, dataBits, parity, stopBits },
-        { name: user?.name ?? path, interRequestDelay: user?.interRequestDelay ?? 0, onPortLost: (reason) => this.serialPortLost(reason) },
-      );
+      this.lease = acquireSerialPort(path, { baudRate, dataBits, parity, stopBits }, lineUser);
+    } else if (connection.transport === 'rtu-over-tcp') {
+      this.lease = acquireTcpLine(connection.host, connection.port, { ...lineUser, connectTimeout: connectTimeoutOf(connection) });
     }
   }
 
@@ -170,12 +185,12 @@ export class Line {
     return this.client?.isOpen === true;
   }
 
-  /** The link is open, for this device or (serial port) for another one on it. */
+  /** The link is open, for this device or (registry line) for another one on it. */
   get linkOpen(): boolean {
     return this.lease ? this.lease.isOpen : this.isOpen;
   }
 
-  /** Devices on the link (on a serial port: of every driver). */
+  /** Devices on the link (on a registry line: of every driver). */
   get userCount(): number {
     return this.lease ? this.lease.userCount : this.users.size;
   }
@@ -208,15 +223,11 @@ export class Line {
     // A client whose socket died without a 'close' event (see execute) is still referenced: drop it.
     if (this.client) this.markLost(this.client, 'connection no longer open');
     const c = this.connection;
-    if (c.transport === 'rtu') return this.openSerial(this.lease!);
-    // Connect timeout: a little more generous than a request timeout, TCP handshakes over VPNs are slow.
-    const connectTimeout = Math.max(c.timeout, 3000);
-    // TCP links run on our strict ports (ports.ts: MBAP for Modbus TCP, plain RTU frames for
-    // serial device servers in transparent mode).
-    const port =
-      c.transport === 'tcp'
-        ? new MbapPort({ host: c.host, port: c.port, connectTimeout })
-        : new RtuOverTcpPort({ host: c.host, port: c.port, connectTimeout });
+    if (this.lease) return this.openLeased(this.lease);
+    if (c.transport !== 'tcp') throw new Error(`${this.label}: an RTU line without its share of the byte line`);
+    const connectTimeout = connectTimeoutOf(c);
+    // Modbus TCP runs on our strict port (ports.ts).
+    const port = new MbapPort({ host: c.host, port: c.port, connectTimeout });
     const client = new ModbusRTU(port);
     // modbus-serial re-emits its port's errors; an 'error' event without a listener would crash the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
@@ -248,13 +259,16 @@ export class Line {
     this.port = port;
   }
 
-  /** A serial line: the registry opens the port (shared with every device on it), the client runs on this device's lease. */
-  private async openSerial(lease: SerialPortLease): Promise<void> {
-    // The registry's error already reads "cannot open serial /dev/ttyUSB0 (9600 8N1): …".
+  /** An RTU line: the registry opens the byte line (shared with every device on it), the client runs on this device's lease. */
+  private async openLeased(lease: SerialPortLease): Promise<void> {
+    // The registry's error already names the line: "cannot open serial /dev/ttyUSB0 (9600 8N1): …",
+    // "cannot connect to device server 192.168.10.50:4001: …".
     await lease.open();
-    const port = new SerialRtuPort(lease);
+    // Behind a device server, bytes that make no reply by the timeout are reported as a bad reply
+    // (see SerialRtuPort).
+    const port = new SerialRtuPort(lease, { bytesWithoutReplyAreBad: this.connection.transport === 'rtu-over-tcp' });
     const client = new ModbusRTU(port);
-    // The port's failures come from the registry (serialPortLost); the listener only keeps an
+    // The port's failures come from the registry (leaseLost); the listener only keeps an
     // 'error' without one from crashing the process.
     client.on('error', (error: unknown) => this.markLost(client, `port error: ${String(field(error, 'message') ?? error)}`));
     await new Promise<void>((resolve, reject) => client.open((error?: Error) => (error ? reject(error) : resolve())));
@@ -263,7 +277,7 @@ export class Line {
       throw new Error(`cannot open ${this.label}: the line was closed while connecting`);
     }
     this.adopt(client);
-    this.serialPort = port;
+    this.leasePort = port;
   }
 
   private adopt(client: ModbusClient): void {
@@ -276,8 +290,8 @@ export class Line {
     this.lossReason = undefined;
   }
 
-  /** The registry says the serial port failed (it reopens it when a device connects again). */
-  private serialPortLost(reason: string): void {
+  /** The registry says the byte line failed (it reopens it when a device connects again). */
+  private leaseLost(reason: string): void {
     const client = this.client;
     if (!client) return;
     this.markLost(client, reason);
@@ -292,7 +306,7 @@ export class Line {
     if (client !== this.client) return;
     this.client = undefined;
     this.port = undefined;
-    this.serialPort = undefined;
+    this.leasePort = undefined;
     this.lossReason = failure ? `connection to ${this.label} closed after a ${why}` : `connection to ${this.label} lost: ${why}`;
     this.rejectLost(failure ?? new ModbusFailure('connection', this.lossReason));
     void disposeClient(client);
@@ -300,22 +314,25 @@ export class Line {
 
   /**
    * Closes the connection although the socket looks fine (nothing on it answers any more); the
-   * devices' runners open a new one. Returns false when there was no connection to close.
+   * devices' runners open a new one. Returns false when there was no connection to close, or it is
+   * not this device's alone: a device-server connection other devices share stays (they are what
+   * keeps it, and it is theirs too), and a serial port is no connection to renew.
    */
   reset(why: string): boolean {
     const client = this.client;
     if (!client) return false;
+    if (this.lease && (this.connection.transport === 'rtu' || this.lease.userCount > 1)) return false;
     this.markLost(client, why);
     this.lossReason = `connection to ${this.label} closed: ${why}`;
     return true;
   }
 
-  /** Closes the link (last user gone; on a serial port: gives this device's share back). In-flight requests fail as connection losses. */
+  /** Closes the link (last user gone; on a registry line: gives this device's share back). In-flight requests fail as connection losses. */
   async shutdown(): Promise<void> {
     const client = this.client;
     this.client = undefined;
     this.port = undefined;
-    this.serialPort = undefined;
+    this.leasePort = undefined;
     if (client) {
       this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} closed`));
       await disposeClient(client);
@@ -332,7 +349,7 @@ export class Line {
     const lease = this.lease;
     const result = this.queue.then(() =>
       lease
-        ? // One exchange on the serial port: no other device's request between this job's requests.
+        ? // One exchange on the byte line: no other device's request between this job's requests.
           lease
             .exclusive((exchange) => this.execute(unitId, timeout, job, exchange))
             .catch((error: unknown) => Promise.reject(classifyError(error)))
@@ -350,7 +367,7 @@ export class Line {
   ): Promise<T> {
     if (!exchange) {
       // On a shared link the slowest device dictates the quiet time between any two frames
-      // (the serial-port registry keeps it on serial lines).
+      // (the serial-port registry keeps it on its lines).
       let delay = 0;
       for (const user of this.users) delay = Math.max(delay, user.interRequestDelay);
       const wait = this.lastRequestEnd + delay - Date.now();
@@ -358,19 +375,22 @@ export class Line {
     }
     const client = this.client;
     const port = this.port;
-    const serialPort = this.serialPort;
+    const leasePort = this.leasePort;
     if (!client?.isOpen) throw new ModbusFailure('connection', this.lossReason ?? `not connected to ${this.label}`);
     // A timeout of 0 would mean "wait forever" in modbus-serial and freeze every device on the line.
     const ms = Math.max(timeout, 10);
     client.setID(unitId);
-    client.setTimeout(ms);
     let refused: Promise<never> | undefined;
-    if (serialPort && exchange) {
-      serialPort.exchange = exchange;
-      serialPort.timeout = ms;
+    if (leasePort && exchange) {
+      // The registry times the request from when it is written and says what arrived meanwhile.
+      client.setTimeout(ms + LIBRARY_TIMEOUT_MARGIN_MS);
+      leasePort.exchange = exchange;
+      leasePort.timeout = ms;
       refused = new Promise<never>((_, reject) => {
-        serialPort.onBadReply = (message) => reject(new ModbusFailure('bad-reply', message));
+        leasePort.onRefused = ({ kind, message, bytes }) => reject(new ModbusFailure(kind, message, bytes === undefined ? {} : { bytes }));
       });
+    } else {
+      client.setTimeout(ms);
     }
     this.requests++;
     let guard: NodeJS.Timeout | undefined;
@@ -404,9 +424,9 @@ export class Line {
       throw failure;
     } finally {
       clearTimeout(guard);
-      if (serialPort) {
-        serialPort.exchange = undefined;
-        serialPort.onBadReply = undefined;
+      if (leasePort) {
+        leasePort.exchange = undefined;
+        leasePort.onRefused = undefined;
       }
       this.lastRequestEnd = Date.now();
     }
@@ -421,8 +441,8 @@ function disposeClient(client: ModbusClient): Promise<void> {
       resolve();
     };
     try {
-      // Sockets are destroyed (no lingering half-closed TCP); a serial line's port has no destroy:
-      // closing it lets go of the client only, the port belongs to the serial-port registry.
+      // Sockets are destroyed (no lingering half-closed TCP); an RTU line's port has no destroy:
+      // closing it lets go of the client only, the byte line belongs to the serial-port registry.
       client.destroy(done);
     } catch {
       done();
@@ -433,12 +453,13 @@ function disposeClient(client: ModbusClient): Promise<void> {
 const lines = new Map<string, Line>();
 
 /**
- * The line for this device: on a TCP link the one shared by every device on that host:port,
- * created on first use; on a serial line one of its own, on a share of the registry's serial port
- * (which throws `line-conflict` when the port is in use with other settings).
+ * The line for this device: on Modbus TCP the one shared by every device on that host:port,
+ * created on first use; on RTU one of its own, on a share of the registry's serial port or
+ * device-server connection (a serial port throws `line-conflict` when it is in use with other
+ * settings).
  */
 export function acquireLine(connection: ModbusConnection, user: LineUser): Line {
-  if (connection.transport === 'rtu') {
+  if (connection.transport !== 'tcp') {
     const own = new Line(connection, user);
     own.attach(user);
     return own;
@@ -460,7 +481,7 @@ export async function releaseLine(line: Line, user: LineUser): Promise<void> {
   await line.shutdown();
 }
 
-/** Number of TCP lines currently registered (tests; serial ports are counted by the serial-port registry). */
+/** Number of Modbus TCP lines currently registered (tests; RTU lines are counted by the serial-port registry). */
 export function openLineCount(): number {
   return lines.size;
 }

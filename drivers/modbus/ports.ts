@@ -1,21 +1,22 @@
-// Strict socket ports for modbus-serial's client (`new ModbusRTU(port)`): Modbus TCP (MBAP) and
-// RTU frames over TCP.
+// The strict socket port for modbus-serial's client (`new ModbusRTU(port)`) on Modbus TCP (MBAP),
+// and the reply checks every Modbus link shares.
 //
 // Why our own: modbus-serial's TcpPort keeps whatever it could not use in its receive buffer and
 // frames every later reply against those leftovers, so one truncated or garbage reply makes every
 // following request time out while the socket stays up; it also ignores the MBAP protocol id,
-// trusts any length field and ignores transaction ids it does not know. Its TelnetPort (RTU over
-// TCP; its "TcpRTUBuffered" port sends MBAP despite the name) scans for a matching unit id and
-// function code and silently skips whatever precedes them.
-// And ModbusRTU itself checks a reply's length against the request but never the byte count
-// inside it: a byte count 2 too large makes it read the CRC as one more register.
+// trusts any length field and ignores transaction ids it does not know. And ModbusRTU itself
+// checks a reply's length against the request but never the byte count inside it: a byte count 2
+// too large makes it read the CRC as one more register.
 //
-// These ports frame each reply against the one request outstanding (a line sends one at a time)
-// and check everything the request determines: protocol id, length field, transaction id, unit
-// id, function code, byte count against the quantity asked, the echo of a write. At the first
-// inconsistency they call `onBadReply` with what was wrong and destroy the socket, so not a byte of
-// a stream that lost its framing is ever read again; the devices' runners then reconnect. (The one
-// exception is a wrong CRC on a well-shaped RTU frame: see RtuOverTcpPort.)
+// MbapPort frames each reply against the one request outstanding (a line sends one at a time) and
+// checks everything the request determines: protocol id, length field, transaction id, unit id,
+// function code, byte count against the quantity asked, the echo of a write. At the first
+// inconsistency it calls `onBadReply` with what was wrong and destroys the socket, so not a byte of
+// a stream that lost its framing is ever read again; the devices' runners then reconnect.
+//
+// RTU links (a serial port, or a serial device server's TCP port) are not here: they are byte
+// lines of the serial-port registry (src/pipeline/serial-ports.ts), shared with every device on the
+// same line, with modbus-serial on SerialRtuPort (serial-port.ts), which uses the checks below.
 
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -43,7 +44,7 @@ export function crc16(bytes: Uint8Array): number {
 }
 
 /** What the request (an RTU frame as ModbusRTU builds it: unit id, PDU, CRC) says its reply must look like. */
-interface Expectation {
+export interface Expectation {
   unit: number;
   fc: number;
   request: Buffer;
@@ -53,7 +54,7 @@ interface Expectation {
   asked?: string;
 }
 
-function expectationOf(request: Buffer): Expectation {
+export function expectationOf(request: Buffer): Expectation {
   const unit = request[0]!;
   const fc = request[1]!;
   const expectation: Expectation = { unit, fc, request };
@@ -70,7 +71,7 @@ function expectationOf(request: Buffer): Expectation {
  * tell, or a problem. `head` holds at least the unit id and function code. Returns "more" while
  * the byte count is not there yet.
  */
-function replyLength(expected: Expectation, head: Buffer): number | 'more' | { problem: string } {
+export function replyLength(expected: Expectation, head: Buffer): number | 'more' | { problem: string } {
   const unit = head[0]!;
   const fc = head[1]!;
   if (unit !== expected.unit) return { problem: `unit id ${unit} in a reply to unit ${expected.unit}` };
@@ -99,7 +100,7 @@ function replyLength(expected: Expectation, head: Buffer): number | 'more' | { p
 }
 
 /** Content checks once the whole reply (unit id + PDU) is there. */
-function checkReply(expected: Expectation, frame: Buffer): string | undefined {
+export function checkReply(expected: Expectation, frame: Buffer): string | undefined {
   const fc = frame[1]!;
   if (fc === (expected.fc | 0x80)) return undefined;
   if (fc === 5 || fc === 6 || fc === 15 || fc === 16) {
@@ -131,9 +132,9 @@ export interface SocketPortOptions {
   connectTimeout: number;
 }
 
-/** What both ports share: the socket, the port interface ModbusRTU calls, the bad-reply exit. */
+/** The socket, the port interface ModbusRTU calls, the bad-reply exit. */
 abstract class SocketPort extends EventEmitter {
-  // ModbusRTU reads and writes these two (it keys its transactions by them); only the MBAP port uses them.
+  // ModbusRTU reads and writes these two (it keys its transactions by them).
   _transactionIdRead = 1;
   _transactionIdWrite = 1;
   /** Called once when a reply does not fit, with the socket already destroyed. */
@@ -311,171 +312,3 @@ export class MbapPort extends SocketPort {
     }
   }
 }
-
-/**
- * RTU frames (unit id, PDU, CRC) over a socket, as serial device servers in transparent mode pass them.
- *
- * RTU has no transaction id: a reply is known only by its place in the stream. A serial device
- * answers strictly in order, so after a timeout the late reply to the request that timed out may
- * still be on its way, and it looks exactly like the reply to the next request of the same shape
- * (same unit id, function and byte count). Sent at once, the next request would take the late
- * reply for its own, its own reply would go to the request after it, and so on: tags published
- * with another block's values, quality good. So after a timeout nothing is sent until the line is
- * back in step: until the late reply has arrived (it is dropped), or until the line has stayed
- * quiet for one more timeout (the device dropped the request, or is gone). The connection is kept
- * (device servers often take only one connection and are slow to free it). The driver waits for
- * that before it starts a request's clock (`whenInStep`); a request handed over earlier anyway is
- * held back until then.
- */
-export class RtuOverTcpPort extends SocketPort {
-  private pending: Expectation | undefined;
-  /** When the pending request went out. */
-  private sentAt = 0;
-  /** The request that timed out last, while its reply may still come: no request goes out meanwhile. */
-  private late: Expectation | undefined;
-  /** When the line counts as quiet if the late reply has not come by then (one more timeout). */
-  private quietAt = 0;
-  private quietTimer: NodeJS.Timeout | undefined;
-  /** A request handed over while the line was not back in step: sent once it is. */
-  private held: Buffer | undefined;
-  /** Waiting for the line to be back in step (whenInStep). */
-  private readonly waiters = new Set<() => void>();
-
-  constructor(options: SocketPortOptions) {
-    super(options);
-    // The connection is gone: nothing to wait for any more.
-    this.on('close', () => {
-      clearTimeout(this.quietTimer);
-      this.late = undefined;
-      this.held = undefined;
-      this.releaseWaiters();
-    });
-  }
-
-  /**
-   * Undefined when a request may go out now; after a timeout, a promise that resolves once the
-   * late reply has arrived, the line has been quiet for one more timeout, the connection is gone,
-   * or after `limit` ms at most (so a request never waits longer than its own timeout; if it is
-   * then handed over early, write() holds it back).
-   */
-  whenInStep(limit: number): Promise<void> | undefined {
-    if (this.late === undefined) return undefined;
-    return new Promise<void>((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.waiters.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, limit);
-      this.waiters.add(done);
-    });
-  }
-
-  write(request: Buffer): void {
-    this.held = undefined; // (one request at a time: one that was held has been abandoned)
-    if (this.late !== undefined) {
-      if (Date.now() < this.quietAt) {
-        this.held = request;
-        return;
-      }
-      this.inStep(); // quiet for a whole timeout (its timer is about to fire)
-    }
-    this.transmit(request);
-  }
-
-  abandon(): string | undefined {
-    if (this.held !== undefined) {
-      // Timed out before it was ever sent (the late reply is still awaited): it is simply not sent.
-      this.held = undefined;
-      return undefined;
-    }
-    const pending = this.pending;
-    this.pending = undefined;
-    const problem = this.incompleteProblem();
-    if (problem || !pending) return problem;
-    const now = Date.now();
-    this.late = pending;
-    this.quietAt = now + (now - this.sentAt);
-    clearTimeout(this.quietTimer);
-    this.quietTimer = setTimeout(() => this.quiet(), this.quietAt - now);
-    return undefined;
-  }
-
-  protected receive(): void {
-    const expected = this.pending ?? this.late;
-    if (!expected) return this.fail('bytes while no request was outstanding');
-    if (this.buffer.length < 2) return;
-    const length = replyLength(expected, this.buffer);
-    if (length === 'more') return;
-    if (typeof length === 'object') return this.fail(length.problem);
-    if (this.buffer.length < length + 2) return;
-    if (this.buffer.length > length + 2)
-      return this.fail(`${this.buffer.length - length - 2} bytes more than a reply to function ${expected.fc} holds`);
-    const frame = this.buffer.subarray(0, length);
-    // A wrong CRC on a frame of exactly the right shape is noise on the serial side of the device
-    // server; the stream itself is still in step, so that frame goes to ModbusRTU, which rejects
-    // it ("CRC error") and the request is retried on this connection, as on a serial line.
-    const intact = this.buffer.readUInt16LE(length) === crc16(frame);
-    const problem = intact ? checkReply(expected, frame) : undefined;
-    if (problem) return this.fail(problem);
-    const whole = this.buffer;
-    this.buffer = Buffer.alloc(0);
-    if (!this.pending) {
-      // The late answer to the request that timed out: dropped, and the line is in step again.
-      this.inStep();
-      return;
-    }
-    this.pending = undefined;
-    this.emit('data', whole);
-  }
-
-  private transmit(request: Buffer): void {
-    // Bytes still here belong to no request (a late reply cut short, noise): RTU has no framing
-    // to tell where the next reply would start, so the connection is started afresh.
-    if (this.buffer.length > 0)
-      return this.fail(`${this.buffer.length} stray byte${this.buffer.length === 1 ? '' : 's'} before the request`);
-    this.pending = expectationOf(request);
-    this.sentAt = Date.now();
-    this.send(request);
-  }
-
-  /** One more timeout has passed since the timeout without the late reply. */
-  private quiet(): void {
-    this.quietTimer = undefined;
-    if (!this.isOpen || this.late === undefined) return;
-    // Part of a reply, then nothing for a whole timeout: the stream has lost its framing.
-    if (this.buffer.length > 0)
-      return this.fail(
-        `incomplete late reply: ${this.buffer.length} byte${this.buffer.length === 1 ? '' : 's'}, then nothing for another timeout`,
-      );
-    this.inStep();
-  }
-
-  /** The late reply came, or will not come: requests may go out again. */
-  private inStep(): void {
-    if (this.late === undefined) return;
-    this.late = undefined;
-    clearTimeout(this.quietTimer);
-    this.quietTimer = undefined;
-    const held = this.held;
-    this.held = undefined;
-    this.releaseWaiters();
-    if (held !== undefined) this.transmit(held);
-  }
-
-  private releaseWaiters(): void {
-    for (const done of [...this.waiters]) done();
-  }
-}
-
-/**
- * Resolves when a request may go out on this client's connection; undefined when it may go at
- * once (always, except on RTU over TCP right after a timeout: see RtuOverTcpPort). Waits at most
- * `limit` ms. Reaches into modbus-serial's private `_port` on purpose: only the port knows.
- */
-export function whenInStep(client: object, limit: number): Promise<void> | undefined {
-  const port: unknown = Reflect.get(client, '_port');
-  return port instanceof RtuOverTcpPort ? port.whenInStep(limit) : undefined;
-}
-
-export type StrictPort = MbapPort | RtuOverTcpPort;
