@@ -83,7 +83,7 @@ const serialConnection = z.strictObject({
   transport: z.literal('serial').meta({ description: 'A local serial port (RS-232, RS-485 adapter, USB).' }),
   path: z.string().min(1).meta({ description: 'Serial port, e.g. /dev/ttyUSB0 or /dev/serial/by-id/….' }),
   baudRate: z.number().int().positive().default(9600),
-  dataBits: z.literal([7, 8]).default(8),
+  dataBits: z.literal([5, 6, 7, 8]).default(8),
   parity: z.enum(['none', 'even', 'odd']).default('none'),
   stopBits: z.literal([1, 2]).default(1),
   rtscts: z.boolean().default(false).meta({ description: 'RTS/CTS hardware flow control.' }),
