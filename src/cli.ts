@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// plc2mqtt command line: run, validate, schema, read, browse, simulate.
-import { readFileSync, watchFile } from 'node:fs';
+// plc2mqtt command line: run, validate, schema, read, browse, simulate, health, passwd.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, watchFile } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { ConfigError, formatPath, loadConfigFile, loadHttpSection, type LoadedConfig } from './config/load.js';
-import { configJsonSchema, type DeviceConfig, type TagConfig } from './config/schema.js';
+import { configJsonSchema, type DeviceConfig, type SimulatorConfig, type TagConfig } from './config/schema.js';
 import { hashPassword } from './broker/security.js';
 import { errorMessage } from './util/errors.js';
 import type { DriverTag } from './pipeline/driver.js';
@@ -51,7 +53,7 @@ const program = new Command()
 
 program
   .command('run')
-  .description('run the gateway (without -c: the built-in demo with a simulated PLC)')
+  .description('run the gateway (without -c: the built-in demo with a simulated PLC and scale)')
   .addOption(configOption().default(DEMO_CONFIG, 'config/demo.json'))
   .option('--pretty', 'human-readable logs even when stdout is not a terminal')
   .option('--data-dir <dir>', 'where the outbox, retained messages and PKI live, instead of gateway.dataDir (the Docker image uses /data)')
@@ -256,30 +258,97 @@ program
 
 program
   .command('simulate')
-  .description('start the built-in simulated PLCs on loopback ports (those of a config, or one demo PLC)')
+  .description(
+    'start the built-in simulated devices on loopback ports: those of a config, or the demo PLC (Modbus TCP) and the demo scale (MT-SICS over TCP)',
+  )
   .addOption(configOption())
-  .option('--host <host>', 'bind address of the demo PLC (without -c)', '127.0.0.1')
+  .option('--host <host>', 'bind address of the demo PLC and scale (without -c)', '127.0.0.1')
   .option('--port <port>', 'port of the demo PLC (without -c)', (text) => Number(text), 5020)
-  .action(async (options: { config?: string; host: string; port: number }) => {
-    const simulators = options.config
+  .option('--scale-port <port>', 'port of the demo scale (without -c; default: the PLC port + 1)', (text) => Number(text))
+  .option('--pty <path>', 'also put the scale on a pseudo terminal at <path>, like a local serial port (needs socat)')
+  .action(async (options: { config?: string; host: string; port: number; scalePort?: number; pty?: string }) => {
+    const simulators: SimulatorConfig[] = options.config
       ? loadOrExit(options.config).config.simulators
-      : [{ name: 'demo-plc', type: 'modbus-tcp' as const, host: options.host, port: options.port }];
+      : [
+          { name: 'demo-plc', type: 'modbus-tcp', host: options.host, port: options.port },
+          { name: 'demo-scale', type: 'serial-scale', host: options.host, port: options.scalePort ?? options.port + 1 },
+        ];
     if (simulators.length === 0) fail(`${options.config} defines no "simulators"`);
+    const ptyTarget = simulators.find((simulator) => simulator.type === 'serial-scale');
+    if (options.pty !== undefined && !ptyTarget) fail(`--pty: ${options.config} defines no simulator of type "serial-scale"`);
     const running: RunningSimulator[] = [];
+    let socat: ChildProcess | undefined;
+    let stopping = false;
+    const stop = (code: number) => {
+      if (stopping) return;
+      stopping = true;
+      socat?.kill('SIGTERM');
+      void Promise.all(running.map((simulator) => simulator.close())).then(() => process.exit(code));
+    };
     for (const simulator of simulators) {
       try {
         running.push(await startSimulator(simulator));
       } catch (error) {
-        fail(errorMessage(error));
+        process.stderr.write(`plc2mqtt: ${errorMessage(error)}\n`);
+        return stop(EXIT_FAILURE);
+      }
+      process.stdout.write(`${running.at(-1)!.describe()}\n`);
+    }
+    if (options.pty !== undefined) {
+      const scale = running.find((simulator) => simulator.name === ptyTarget!.name)!;
+      try {
+        socat = await ptyBridge(options.pty, scale.host, scale.port, (why) => {
+          process.stderr.write(`plc2mqtt: the pty ${options.pty}: ${why}\n`);
+          stop(EXIT_FAILURE);
+        });
+      } catch (error) {
+        process.stderr.write(`plc2mqtt: --pty: ${errorMessage(error)}\n`);
+        return stop(EXIT_FAILURE);
       }
       process.stdout.write(
-        `simulated PLC "${simulator.name}": Modbus TCP on ${simulator.host}:${simulator.port} (register map: README.md, "Demo PLC")\n`,
+        `simulated scale "${scale.name}" also on the pseudo terminal ${options.pty} (socat; any baud rate, 8N1; requests end with CR LF)\n`,
       );
     }
-    const stop = () => void Promise.all(running.map((simulator) => simulator.close())).then(() => process.exit(0));
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
+    process.on('SIGINT', () => stop(0));
+    process.on('SIGTERM', () => stop(0));
   });
+
+/**
+ * Puts a TCP simulator on a pseudo terminal: socat makes the pty (a symlink at `path`) and relays
+ * it to host:port. Resolves once the link exists; `onExit` hears of socat ending later.
+ */
+async function ptyBridge(path: string, host: string, port: number, onExit: (why: string) => void): Promise<ChildProcess> {
+  // socat would replace whatever is at the path; only a dangling link (of a socat that was killed) may go.
+  if (existsSync(path)) throw new Error(`${path} exists; remove it or choose another path`);
+  const target = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  const child = spawn('socat', [`pty,raw,echo=0,link=${path}`, `tcp:${target.includes(':') ? `[${target}]` : target}:${port}`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+  const ended = new Promise<string>((resolve) => {
+    child.once('error', (error: NodeJS.ErrnoException) =>
+      resolve(
+        error.code === 'ENOENT'
+          ? 'socat is not installed (or not on PATH); install it (Debian/Ubuntu: apt install socat) or use the TCP port'
+          : `cannot start socat: ${error.message}`,
+      ),
+    );
+    child.once('exit', (code, signal) => resolve(`socat exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`));
+  });
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const early = await Promise.race([ended, sleep(20).then(() => undefined)]);
+    if (early !== undefined) throw new Error(early);
+    if (existsSync(path)) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGTERM');
+      throw new Error(`socat made no pty at ${path} within 5 s${stderr ? `: ${stderr.trim()}` : ''}`);
+    }
+  }
+  void ended.then(onExit);
+  return child;
+}
 
 program
   .command('health')

@@ -291,14 +291,27 @@ export const uplinkSection = z.strictObject({
   outbox: outboxSection,
 });
 
-export const simulatorSchema = z.strictObject({
-  name: name('Simulator'),
-  type: z
-    .literal('modbus-tcp')
-    .meta({ description: 'A simulated Modbus TCP PLC with changing registers (see README "Demo PLC register map").' }),
-  host: host.default('127.0.0.1'),
-  port: z.number().int().min(1).max(65535).default(5020),
-});
+export const simulatorSchema = z
+  .discriminatedUnion('type', [
+    z.strictObject({
+      name: name('Simulator'),
+      type: z
+        .literal('modbus-tcp')
+        .meta({ description: 'A simulated Modbus TCP PLC with changing registers (see README "Demo PLC register map").' }),
+      host: host.default('127.0.0.1'),
+      port: z.number().int().min(1).max(65535).default(5020),
+    }),
+    z.strictObject({
+      name: name('Simulator'),
+      type: z.literal('serial-scale').meta({
+        description:
+          'A simulated weighing scale speaking MT-SICS (SI, T, Z, SIR, @, I4) on a TCP port, like a scale behind a serial device server, for the serial driver (see README "Demo scale").',
+      }),
+      host: host.default('127.0.0.1'),
+      port: z.number().int().min(1).max(65535).default(5021),
+    }),
+  ])
+  .meta({ description: 'A built-in simulated device.' });
 
 export const writesSection = z
   .strictObject({
@@ -348,10 +361,10 @@ export const configSchema = z
       description:
         'The cloud broker. Every message bound for it goes through a SQLite outbox in dataDir first, so outages and restarts lose nothing.',
     }),
-    simulators: z
-      .array(simulatorSchema)
-      .default([])
-      .meta({ description: 'Built-in simulated PLCs started inside the gateway, for demos and trying configs without hardware.' }),
+    simulators: z.array(simulatorSchema).default([]).meta({
+      description:
+        'Built-in simulated devices (a Modbus TCP PLC, a serial scale) started inside the gateway, for demos and trying configs without hardware.',
+    }),
     devices: z.array(deviceSchema).default([]),
   })
   .meta({ title: 'plc2mqtt configuration', description: 'Maps PLC tags to MQTT topics. See README.md.' });

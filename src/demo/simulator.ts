@@ -1,5 +1,6 @@
-// The built-in demo PLC: a Modbus TCP server (modbus-serial's ServerTCP) whose registers change,
-// so the demo and `plc2mqtt simulate` show live values without hardware.
+// The built-in simulated devices, so the demo and `plc2mqtt simulate` show live values without
+// hardware: the demo PLC here, a Modbus TCP server (modbus-serial's ServerTCP) whose registers
+// change, and the serial scale of ./serial-instrument.ts (MT-SICS on a TCP port).
 //
 // Register map (0-based wire addresses; conventional notation in brackets):
 //   holding 0      [40001]    sine wave, int16, amplitude 1000, period 60 s (scale 0.1 → ±100.0)
@@ -15,11 +16,15 @@
 //   discrete 0     [10001]    door open, true for 3 s of every 15 s
 import { ServerTCP } from 'modbus-serial';
 import type { SimulatorConfig } from '../config/schema.js';
+import { serveScale } from './serial-instrument.js';
 
 export interface RunningSimulator {
   name: string;
+  type: SimulatorConfig['type'];
   host: string;
   port: number;
+  /** One line for people: what it is and how to reach it. */
+  describe(): string;
   close(): Promise<void>;
 }
 
@@ -108,8 +113,26 @@ function textRegister(text: string, index: number): number {
   return ((high & 0xff) << 8) | (low & 0xff);
 }
 
-/** Starts one simulated PLC; resolves once it listens, rejects with a readable error otherwise. */
-export function startSimulator(config: SimulatorConfig, plc: DemoPlc = new DemoPlc()): Promise<RunningSimulator> {
+/** Starts one simulated device; resolves once it listens, rejects with a readable error otherwise. */
+export async function startSimulator(config: SimulatorConfig): Promise<RunningSimulator> {
+  if (config.type === 'modbus-tcp') return startDemoPlc(config);
+  const scale = await serveScale(config.name, config.host, config.port);
+  return {
+    name: config.name,
+    type: config.type,
+    host: scale.host,
+    port: scale.port,
+    describe: () =>
+      `simulated scale "${config.name}": MT-SICS (SI, T, Z, SIR, @, I4; requests end with CR LF) on TCP ${scale.host}:${scale.port} (README.md, "Demo scale")`,
+    close: () => scale.close(),
+  };
+}
+
+/** Starts one simulated PLC. */
+export function startDemoPlc(
+  config: Extract<SimulatorConfig, { type: 'modbus-tcp' }>,
+  plc: DemoPlc = new DemoPlc(),
+): Promise<RunningSimulator> {
   const server = new ServerTCP(
     {
       getHoldingRegister: (address: number) => plc.holding(address),
@@ -125,7 +148,17 @@ export function startSimulator(config: SimulatorConfig, plc: DemoPlc = new DemoP
   );
   const close = () => new Promise<void>((resolve) => server.close(() => resolve()));
   return new Promise((resolve, reject) => {
-    server.once('initialized', () => resolve({ name: config.name, host: config.host, port: config.port, close }));
+    server.once('initialized', () =>
+      resolve({
+        name: config.name,
+        type: config.type,
+        host: config.host,
+        port: config.port,
+        describe: () =>
+          `simulated PLC "${config.name}": Modbus TCP on ${config.host}:${config.port} (register map: README.md, "Demo PLC register map")`,
+        close,
+      }),
+    );
     server.once('serverError', (error: NodeJS.ErrnoException) => {
       void close();
       reject(new Error(`simulator "${config.name}" cannot listen on ${config.host}:${config.port}: ${error.code ?? error.message}`));
