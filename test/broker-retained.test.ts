@@ -190,6 +190,12 @@ describe('plc2mqtt run: retained values survive a restart (SIGTERM, then started
     const plcPort = await freePort();
     demo.simulators[0]!.port = plcPort;
     demo.devices[0]!.connection.port = plcPort;
+    // The demo scale (and any later simulator) on a free port too, and the device that reads it.
+    for (const simulator of demo.simulators.slice(1)) {
+      const port = await freePort();
+      for (const device of demo.devices) if (device.connection.port === simulator.port) device.connection.port = port;
+      simulator.port = port;
+    }
   });
 
   after(async () => {

@@ -20,7 +20,11 @@ describe('plc2mqtt simulate + read', () => {
 
   before(async () => {
     simulatorPort = await freePort();
-    simulator = spawn(process.execPath, [CLI, 'simulate', '--port', String(simulatorPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The demo scale that simulate starts beside the PLC gets a free port of its own.
+    const scalePort = await freePort();
+    simulator = spawn(process.execPath, [CLI, 'simulate', '--port', String(simulatorPort), '--scale-port', String(scalePort)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     simulator.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     await waitFor(() => output.includes(`127.0.0.1:${simulatorPort}`), 15_000, 'the simulator to listen');

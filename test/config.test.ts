@@ -429,7 +429,7 @@ describe('plc2mqtt validate', () => {
   it('counts devices and tags of a valid file', () => {
     const result = spawnSync(process.execPath, [CLI, 'validate', '-c', join(ROOT, 'config/demo.json')], { encoding: 'utf8' });
     assert.equal(result.status, 0, result.stderr);
-    assert.match(result.stdout, /valid — 1 device \(1 enabled\), 12 tags/);
+    assert.match(result.stdout, /valid — 2 devices \(2 enabled\), 16 tags/);
   });
 
   it('a missing file is a clear one-line error', () => {

@@ -26,6 +26,12 @@ async function demoConfig(folder: string, extraDevices: unknown[] = []): Promise
   config.broker.listeners[0]!.port = brokerPort;
   config.simulators[0]!.port = plcPort;
   config.devices[0]!.connection.port = plcPort;
+  // The demo scale (and any later simulator) on a free port too, and the device that reads it.
+  for (const simulator of config.simulators.slice(1)) {
+    const port = await freePort();
+    for (const device of config.devices) if (device.connection.port === simulator.port) device.connection.port = port;
+    simulator.port = port;
+  }
   config.devices.push(...(extraDevices as typeof config.devices));
   // An ephemeral operations port: gateways of parallel tests must not meet on 9180.
   const file = join(folder, 'gateway.json');
