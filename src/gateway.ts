@@ -840,6 +840,8 @@ export class Gateway {
 export function pollGroupsOf(device: DeviceConfig): PollGroup<DriverTag>[] {
   const byGroup = new Map<string, TagConfig[]>();
   for (const tag of device.tags as TagConfig[]) {
+    // A command-only tag (serial "read": false) is written, never polled, so never published.
+    if ('read' in tag && tag.read === false) continue;
     const group = tag.group ?? 'default';
     byGroup.set(group, [...(byGroup.get(group) ?? []), tag]);
   }

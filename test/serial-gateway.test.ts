@@ -11,7 +11,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/gateway.js';
 import { CapturedLog } from './helpers/broker-harness.js';
-import { waitFor } from './helpers/net.js';
+import { freePort, waitFor } from './helpers/net.js';
 import { startInstrument, startSerialLine, type Instrument, type SerialLine } from './helpers/serial-instrument.js';
 
 interface Payload {
@@ -67,6 +67,18 @@ describe('serial devices through the gateway', () => {
           framing: { type: 'stx-etx', start: '$', end: '*', checksum: { type: 'xor', format: 'hex', over: 'body' } },
           tags: [{ name: 'fix', match: '^GPGGA,', split: ',', index: 6, type: 'int32' }],
         },
+        {
+          // Nothing listens there: its tags go bad, its command-only tag is not published at all.
+          name: 'absent',
+          driver: 'serial',
+          connection: { transport: 'tcp', host: '127.0.0.1', port: await freePort() },
+          request: 'RD\r',
+          pollInterval: '100ms',
+          tags: [
+            { name: 'level', regex: '(?<value>\\d+)' },
+            { name: 'reset', type: 'bool', read: false, writable: true, command: 'R\r' },
+          ],
+        },
       ],
     };
     const parsed = parseConfigText(JSON.stringify(config));
@@ -115,8 +127,10 @@ describe('serial devices through the gateway', () => {
     assert.equal((await sample('plc2mqtt/gw/gps/fix', (payload) => payload.quality === 'good')).value, 1);
     await gps.control({ set: { fix: 2 } });
     assert.equal((await sample('plc2mqtt/gw/gps/fix', (payload) => payload.value === 2)).quality, 'good');
-    // A command-only tag is never published.
+    // A command-only tag is never published, also while its device is unreachable.
     assert.equal(samplesOf('plc2mqtt/gw/scale/tare').length, 0);
+    assert.equal((await sample('plc2mqtt/gw/absent/level', () => true, 0)).quality, 'bad');
+    assert.equal(samplesOf('plc2mqtt/gw/absent/reset').length, 0);
   });
 
   it('a tare from MQTT reaches the scale, is answered ok and audited; a refused one changes nothing', async () => {
