@@ -269,7 +269,7 @@ describe('serial driver: streaming (an NMEA GPS receiver behind a serial device 
     ],
   };
 
-  it('each frame is parsed as it arrives (per sentence type), a bad checksum is reported, silence makes the tags stale', async (t) => {
+  it('each frame is parsed as it arrives (per sentence type); silence, or only bad frames, make the tags stale', async (t) => {
     const defer = cleanup(t);
     const gps = await startInstrument({ kind: 'nmea', tcp: 0, period: 50 });
     defer(() => gps.stop());
@@ -281,13 +281,29 @@ describe('serial driver: streaming (an NMEA GPS receiver behind a serial device 
     // Frames come one by one: a GGA delivery carries no speed.
     const gga = device.deliveries.find((delivery) => delivery.readings.some((reading) => reading.tag === 'latitude'));
     assert.ok(gga && !gga.readings.some((reading) => reading.tag === 'speed'));
+    // One bad sentence turns no tag bad (which tags it was for is unknown): the next ones are good.
+    const beforeBad = device.deliveries.length;
     await gps.control({ once: 'bad-checksum' });
-    const bad = await device.next('fix', (reading) => reading.quality === 'bad');
-    assert.match(bad.reason ?? '', /xor checksum mismatch/);
     await device.next('fix', good);
+    await device.next('speed', good);
+    const sinceBad = device.deliveries.slice(beforeBad).flatMap((delivery) => delivery.readings);
+    assert.ok(sinceBad.every(good), JSON.stringify(sinceBad.filter((reading) => !good(reading))));
+    // Silence makes the tags stale.
     await gps.control({ mode: 'silent' });
-    const stale = await device.next('speed', (reading) => reading.code === 'timeout');
-    assert.match(stale.reason ?? '', /no new frame for this tag within 600 ms/);
+    const stale = await device.next('speed', (reading) => reading.quality === 'bad');
+    assert.equal(stale.code, 'timeout');
+    assert.match(stale.reason ?? '', /no new frame for this tag within 600 ms \(staleAfter\)$/);
+    await gps.control({ mode: 'normal' });
+    await device.next('speed', good);
+    // Only bad sentences: stale, and the reason says why.
+    await gps.control({ mode: 'silent' });
+    await gps.control({ send: '$GPRMC,1*00\r\n' });
+    const garbled = await device.next('speed', (reading) => reading.quality === 'bad');
+    assert.equal(garbled.code, 'bad-reply');
+    assert.match(
+      garbled.reason ?? '',
+      /within 600 ms \(staleAfter\); 1 bad frame since the last good one, the last: xor checksum mismatch/,
+    );
     await gps.control({ mode: 'normal' });
     await device.next('speed', good);
     assert.equal(gps.clients(), 1);

@@ -87,6 +87,7 @@ const serialConnection = z.strictObject({
   parity: z.enum(['none', 'even', 'odd']).default('none'),
   stopBits: z.literal([1, 2]).default(1),
   rtscts: z.boolean().default(false).meta({ description: 'RTS/CTS hardware flow control.' }),
+  xonxoff: z.boolean().default(false).meta({ description: 'XON/XOFF software flow control (many balances use it by default).' }),
   ...commonConnection,
 });
 

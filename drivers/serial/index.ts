@@ -170,6 +170,9 @@ export class SerialDriver implements Driver<SerialTag> {
   private skipInterval = 0;
   private skipUntil = 0;
   private badFrames = 0;
+  /** Bad streamed frames since the last frame that parsed, and the last one's problem. */
+  private badSinceGood = 0;
+  private lastBadFrame: { problem: string } | undefined;
 
   constructor(device: SerialDeviceConfig, context: DriverContext) {
     this.name = device.name;
@@ -215,8 +218,8 @@ export class SerialDriver implements Driver<SerialTag> {
       onData: (chunk) => this.splitter.push(chunk),
     };
     if (connection.transport === 'tcp') return acquireTcpLine(connection.host, connection.port, user);
-    const { path, baudRate, dataBits, parity, stopBits, rtscts } = connection;
-    return acquireSerialPort(path, { baudRate, dataBits, parity, stopBits, rtscts }, user);
+    const { path, baudRate, dataBits, parity, stopBits, rtscts, xonxoff } = connection;
+    return acquireSerialPort(path, { baudRate, dataBits, parity, stopBits, rtscts, xonxoff }, user);
   }
 
   plan(tags: readonly SerialTag[]): ReadPlan {
@@ -362,6 +365,7 @@ export class SerialDriver implements Driver<SerialTag> {
 
   /** A frame the device sent by itself: every streaming group takes what is for its tags. */
   private streamed(frame: Buffer): void {
+    this.badSinceGood = 0;
     if (this.streams.size === 0) return;
     const now = Date.now();
     const text = frameText(frame, this.encoding);
@@ -377,19 +381,17 @@ export class SerialDriver implements Driver<SerialTag> {
     }
   }
 
+  /**
+   * A streamed frame that could not be framed (checksum, too long). Which tags it was for is
+   * unknown, so it turns none of them bad (a noisy line would make every tag flap); it is counted,
+   * logged, and named in the reason of tags that go stale meanwhile.
+   */
   private badStreamFrame(problem: string): void {
     this.badFrames++;
+    this.badSinceGood++;
+    this.lastBadFrame = { problem };
     if (this.badFrames === 1 || this.badFrames % LOG_EVERY === 0)
       this.log.warn({ device: this.name, badFrames: this.badFrames, problem }, 'bad frame from the device');
-    // Tags of push groups learn of it: a device that only sends bad frames must not look good.
-    const now = Date.now();
-    for (const plan of this.streams) {
-      const readings = plan.tags.map(
-        (compiled): TagReading => ({ tag: compiled.tag.name, quality: 'bad', reason: `bad frame: ${problem}`, code: 'bad-reply' }),
-      );
-      for (const reading of readings) plan.latest.set(reading.tag, { reading, at: now, stale: false });
-      if (plan.mode === 'push') plan.deliver?.(readings);
-    }
   }
 
   private async firstFrames(plan: StreamPlan): Promise<void> {
@@ -409,6 +411,11 @@ export class SerialDriver implements Driver<SerialTag> {
   private staleReading(plan: StreamPlan, compiled: CompiledTag, latest: Latest | undefined): TagReading {
     const what = latest?.reading ? 'no new frame' : 'no frame yet';
     const reason = `${what} for this tag within ${plan.staleAfter} ms (staleAfter)`;
+    const bad = this.lastBadFrame;
+    if (bad && this.badSinceGood > 0) {
+      const count = `${this.badSinceGood} bad frame${this.badSinceGood === 1 ? '' : 's'} since the last good one`;
+      return { tag: compiled.tag.name, quality: 'bad', reason: `${reason}; ${count}, the last: ${bad.problem}`, code: 'bad-reply' };
+    }
     return { tag: compiled.tag.name, quality: 'bad', reason, code: 'timeout' };
   }
 

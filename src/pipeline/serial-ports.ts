@@ -55,12 +55,14 @@ export interface SerialLineSettings {
   stopBits: 1 | 1.5 | 2;
   /** RTS/CTS hardware flow control. */
   rtscts?: boolean;
+  /** XON/XOFF software flow control. */
+  xonxoff?: boolean;
 }
 
 /** "9600 8N1", "19200 7E2 RTS/CTS". */
 export function describeLineSettings(settings: SerialLineSettings): string {
   const parity = { none: 'N', even: 'E', odd: 'O', mark: 'M', space: 'S' }[settings.parity];
-  return `${settings.baudRate} ${settings.dataBits}${parity}${settings.stopBits}${settings.rtscts ? ' RTS/CTS' : ''}`;
+  return `${settings.baudRate} ${settings.dataBits}${parity}${settings.stopBits}${settings.rtscts ? ' RTS/CTS' : ''}${settings.xonxoff ? ' XON/XOFF' : ''}`;
 }
 
 /** What the registry knows about a device on a port. */
@@ -258,8 +260,18 @@ class SerialEndpoint implements LineEndpoint {
   }
 
   async open(events: LinkEvents): Promise<ByteLink> {
-    const { baudRate, dataBits, parity, stopBits, rtscts } = this.lineSettings;
-    const port = new SerialPort({ path: this.path, baudRate, dataBits, parity, stopBits, rtscts: rtscts ?? false, autoOpen: false });
+    const { baudRate, dataBits, parity, stopBits, rtscts, xonxoff } = this.lineSettings;
+    const port = new SerialPort({
+      path: this.path,
+      baudRate,
+      dataBits,
+      parity,
+      stopBits,
+      rtscts: rtscts ?? false,
+      xon: xonxoff ?? false,
+      xoff: xonxoff ?? false,
+      autoOpen: false,
+    });
     // Without an 'error' listener a port error would crash the process.
     port.on('error', (error: Error) => events.lost(`port error: ${error.message}`));
     port.on('close', (error?: Error | null) => events.lost(error ? `port closed: ${error.message}` : 'port closed'));
