@@ -1,0 +1,373 @@
+// Adversarial sequences for the serial-line driver against scripted device servers (raw TCP): a
+// device that streams and answers requests, replies cut across chunks, a streaming device that is
+// written to, late replies on a shared line. Each peer is a plain net.Server whose script reacts to
+// the bytes it receives, so every sequence is exactly the same on every run.
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { serialDevice, type SerialDeviceConfig } from '../drivers/serial/config.js';
+import { createDriver, type SerialDriver } from '../drivers/serial/index.js';
+import type { TagReading } from '../src/pipeline/driver.js';
+import { registeredSerialPorts } from '../src/pipeline/serial-ports.js';
+import { cleanup, testLogger } from './helpers/modbus-servers.js';
+import { waitFor } from './helpers/net.js';
+
+interface Peer {
+  port: number;
+  /** Connections accepted so far. */
+  connections: number;
+  /** Every byte received, latin1. */
+  received(): string;
+  close(): Promise<void>;
+}
+
+/** A device server on 127.0.0.1; `script` gets each connection and every chunk the gateway sends. */
+async function peer(script: (socket: Socket, data: string) => void, onConnect?: (socket: Socket) => void): Promise<Peer> {
+  let received = '';
+  const sockets = new Set<Socket>();
+  const state = { connections: 0 };
+  const server: Server = createServer((socket) => {
+    state.connections++;
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('data', (chunk) => {
+      received += chunk.toString('latin1');
+      script(socket, chunk.toString('latin1'));
+    });
+    onConnect?.(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  return {
+    port,
+    get connections() {
+      return state.connections;
+    },
+    received: () => received,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function config(input: Record<string, unknown>): SerialDeviceConfig {
+  return serialDevice.parse({ name: 'dev', driver: 'serial', ...input });
+}
+
+function driverOf(t: TestContext, device: SerialDeviceConfig): SerialDriver {
+  const driver = createDriver(device, { log: testLogger(), dataDir: '/nonexistent' });
+  t.after(() => driver.close());
+  return driver;
+}
+
+describe('serial adversarial: a device that streams and answers requests', () => {
+  it('the tail of a streamed frame cut by a reply is not parsed as a frame of its own (no wrong good value)', {
+    todo: 'bytes after the reply in its chunk are dropped, so the rest of a cut streamed frame reaches the splitter as a frame',
+  }, async (t) => {
+    const defer = cleanup(t);
+    // The scale streams "S S     12.345 kg"; asked "I4" it answers, and its next streamed frame
+    // starts in the same TCP segment as the answer and ends in the next one.
+    const device = await peer((socket, data) => {
+      if (!data.includes('I4\r\n')) return;
+      socket.write('I4 A "SN1"\r\nS S     1');
+      setTimeout(() => socket.write('2.345 kg\r\n'), 40);
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+      tags: [
+        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const weight = driver.plan([device_.tags[0]!]);
+    const delivered: TagReading[] = [];
+    await driver.subscribe(weight, (readings) => delivered.push(...readings));
+    const [serial] = await driver.read(driver.plan([device_.tags[1]!]));
+    assert.equal(serial?.value, 'SN1');
+    await sleep(150);
+    // Observed: {"tag":"weight","value":2.345,"quality":"good"}: "2.345 kg" is the tail of "S S     12.345 kg".
+    assert.deepEqual(
+      delivered.filter((reading) => reading.quality === 'good').map((reading) => reading.value),
+      [],
+      `a wrong good value from the tail of a cut frame: ${JSON.stringify(delivered)}`,
+    );
+  });
+
+  it('a streamed frame in the same chunk right after the reply is not lost', {
+    todo: 'settle() keeps only the reply; the rest of pending.buffer (whole streamed frames) is dropped',
+  }, async (t) => {
+    const defer = cleanup(t);
+    const device = await peer((socket, data) => {
+      if (data.includes('I4\r\n')) socket.write('I4 A "SN1"\r\nS S     12.345 kg\r\n');
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+      tags: [
+        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const delivered: TagReading[] = [];
+    await driver.subscribe(driver.plan([device_.tags[0]!]), (readings) => delivered.push(...readings));
+    await driver.read(driver.plan([device_.tags[1]!]));
+    await sleep(100);
+    assert.deepEqual(
+      delivered.map((reading) => reading.value),
+      [12.345],
+    );
+  });
+
+  it('a reply preceded by more streamed frames than 2 × maxLength is still the reply', {
+    todo: 'pending.buffer keeps every streamed frame already handed on, and maxBytes = 2 × maxLength + 64 counts them',
+  }, async (t) => {
+    const defer = cleanup(t);
+    // A GPS-like device at 115200 baud streams 3 kB per ~250 ms; its answer to "ID" comes after one burst.
+    const frame = 'S D      1.000 kg\r\n';
+    const device = await peer((socket, data) => {
+      if (!data.includes('ID\r\n')) return;
+      socket.write(frame.repeat(160));
+      setTimeout(() => socket.write('ID A "X1"\r\n'), 30);
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 100 },
+      request: 'ID\r\n',
+      reply: '^ID ',
+      pollGroups: { weight: { interval: 1000 } },
+      tags: [
+        { name: 'id', type: 'string', regex: '"(?<value>[^"]*)"' },
+        { name: 'weight', group: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const [id] = await driver.read(driver.plan([device_.tags[0]!]));
+    // Observed: bad-reply "bad reply: more than 264 bytes without a complete reply".
+    assert.equal(id?.quality, 'good', JSON.stringify(id));
+    assert.equal(id?.value, 'X1');
+  });
+
+  it('a write with ack to a device that streams takes the acknowledgement, not the streamed frame before it', {
+    todo: 'write() frames its answer with replyFraming(undefined): the first frame, a streamed one, is taken as the answer',
+  }, async (t) => {
+    const defer = cleanup(t);
+    // A scale in continuous mode (SIR): a weight frame goes out just before the answer to "T".
+    const device = await peer((socket, data) => {
+      if (data.includes('T\r\n')) socket.write('S S     12.345 kg\r\nT S      1.850 kg\r\n');
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      tags: [
+        {
+          name: 'weight',
+          regex: '^S (?<status>[SD]) +(?<value>-?[0-9.]+) kg$',
+          quality: { capture: 'status', good: ['S'], uncertain: ['D'] },
+        },
+        { name: 'tare', type: 'bool', read: false, writable: true, command: 'T\r\n', ack: '^T S' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    // Observed: DriverError bad-reply 'the device did not acknowledge "T\r\n": it answered "S S     12.345 kg" (expected /^T S/)'.
+    await driver.write(device_.tags[1]!, true);
+  });
+
+  it('frames streamed before the reply of a request go to the streaming tags, the reply to the request (holds)', async (t) => {
+    const defer = cleanup(t);
+    const device = await peer((socket, data) => {
+      if (!data.includes('I4\r\n')) return;
+      socket.write('S S     1.');
+      setTimeout(() => socket.write('500 kg\r\nS S     2.500 kg\r\nI4 A'), 20);
+      setTimeout(() => socket.write(' "SN7"\r\n'), 40);
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+      tags: [
+        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const delivered: TagReading[] = [];
+    await driver.subscribe(driver.plan([device_.tags[0]!]), (readings) => delivered.push(...readings));
+    const [serial] = await driver.read(driver.plan([device_.tags[1]!]));
+    assert.equal(serial?.value, 'SN7');
+    assert.deepEqual(
+      delivered.map((reading) => reading.value),
+      [1.5, 2.5],
+    );
+  });
+});
+
+describe('serial adversarial: late replies on a shared device-server line', () => {
+  it('a late answer of one device is never the next device’s reply, and the other device keeps answering (holds)', async (t) => {
+    const defer = cleanup(t);
+    // Unit 01 answers after 150 ms (its timeout is 100 ms: the answer comes within the time the line waits for it); unit 02 at once. Both say who they are.
+    const line = await peer((socket, data) => {
+      for (const request of data.split('\r\n')) {
+        if (request === '01RD') setTimeout(() => socket.write('01,PV=111\r\n'), 150);
+        if (request === '02RD') socket.write('02,PV=222\r\n');
+      }
+    });
+    defer(() => line.close());
+    const unit = (id: string, timeout: number) =>
+      config({
+        name: `unit-${id}`,
+        connection: { transport: 'tcp', host: '127.0.0.1', port: line.port, timeout },
+        request: `${id}RD\r\n`,
+        tags: [{ name: 'pv', type: 'int32', regex: '^\\d\\d,PV=(?<value>\\d+)$' }],
+      });
+    const slow = unit('01', 100);
+    const fast = unit('02', 1000);
+    const slowDriver = driverOf(t, slow);
+    const fastDriver = driverOf(t, fast);
+    await slowDriver.connect();
+    await fastDriver.connect();
+    const slowPlan = slowDriver.plan(slow.tags);
+    const fastPlan = fastDriver.plan(fast.tags);
+    const values: unknown[] = [];
+    for (let round = 0; round < 3; round++) {
+      const [slowResult, fastResult] = await Promise.all([slowDriver.read(slowPlan), fastDriver.read(fastPlan)]);
+      assert.equal(slowResult![0]?.code, 'timeout');
+      values.push(fastResult![0]?.value);
+    }
+    assert.deepEqual(values, [222, 222, 222]);
+    assert.equal(registeredSerialPorts(), 1);
+  });
+});
+
+describe('serial adversarial: lifecycle', () => {
+  it('close() while a request waits for a silent device ends it at once and unregisters the line (holds)', async (t) => {
+    const defer = cleanup(t);
+    const device = await peer(() => undefined);
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port, timeout: 60_000 },
+      request: 'RD\r\n',
+      tags: [{ name: 'pv' }],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const reading = driver.read(driver.plan(device_.tags));
+    await waitFor(() => device.received().includes('RD'), 2000, 'the request');
+    await driver.close();
+    const [result] = await reading;
+    assert.equal(result?.quality, 'bad');
+    assert.equal(result?.code, 'closed');
+    assert.equal(registeredSerialPorts(), 0);
+  });
+});
+
+describe('serial adversarial: floods', () => {
+  it('a device server flooding garbage without delimiters and then valid frames at full speed: memory stays bounded, values keep coming (holds)', async (t) => {
+    const defer = cleanup(t);
+    const garbage = Buffer.alloc(64 * 1024, 'x');
+    const frames = Buffer.from('W 1.250 kg\r\n'.repeat(5000));
+    let phase: 'garbage' | 'frames' = 'garbage';
+    let sent = 0;
+    const device = await peer(
+      () => undefined,
+      (socket) => {
+        const pump = (): void => {
+          while (!socket.destroyed) {
+            const chunk = phase === 'garbage' ? garbage : frames;
+            sent += chunk.length;
+            if (!socket.write(chunk)) {
+              socket.once('drain', pump);
+              return;
+            }
+          }
+        };
+        pump();
+      },
+    );
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 256 },
+      tags: [{ name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' }],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    let good = 0;
+    await driver.subscribe(driver.plan(device_.tags), (readings) => {
+      for (const reading of readings) if (reading.quality === 'good') good++;
+    });
+    // Memory that is still referenced after a full collection (received chunks are garbage at once).
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const live = (): NodeJS.MemoryUsage => {
+      gc();
+      return process.memoryUsage();
+    };
+    const baseline = live();
+    await waitFor(
+      () => sent > 300 * 1024 * 1024,
+      30_000,
+      () => `300 MB of garbage sent (${sent})`,
+    );
+    assert.equal(good, 0);
+    const afterGarbage = live();
+    phase = 'frames';
+    await waitFor(
+      () => good > 200_000,
+      30_000,
+      () => `200 000 frames (${good})`,
+    );
+    const afterFrames = live();
+    await driver.close();
+    const grew = (from: NodeJS.MemoryUsage, to: NodeJS.MemoryUsage) => to.heapUsed + to.arrayBuffers - (from.heapUsed + from.arrayBuffers);
+    // Unbounded buffering would hold hundreds of MB; the splitter keeps at most maxLength.
+    assert.ok(grew(baseline, afterGarbage) < 64 * 1024 * 1024, JSON.stringify({ baseline, afterGarbage }));
+    assert.ok(grew(baseline, afterFrames) < 64 * 1024 * 1024, JSON.stringify({ baseline, afterFrames }));
+  });
+
+  it('a device that streams and answers, with a request group without "reply": the answer is the reply, not a streamed frame', {
+    todo: 'without "reply" the first frame after the request is taken; validate accepts the config (see serial-adversarial-framing)',
+  }, async (t) => {
+    const defer = cleanup(t);
+    const device = await peer(
+      (socket, data) => {
+        if (data.includes('I4\r\n')) setTimeout(() => socket.write('I4 A "SN1"\r\n'), 15);
+      },
+      (socket) => {
+        const timer = setInterval(() => socket.write('S S     12.345 kg\r\n'), 5);
+        socket.on('close', () => clearInterval(timer));
+      },
+    );
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n' } },
+      tags: [
+        { name: 'weight', regex: '^S [SD] +(?<value>-?[0-9.]+) kg$' },
+        { name: 'serial', type: 'string', group: 'info', regex: '^I4 A "(?<value>[^"]*)"$' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const [serial] = await driver.read(driver.plan([device_.tags[1]!]));
+    // Observed: bad-reply 'unparsed: does not match /^I4 A "(?<value>[^"]*)"$/ in "S S     12.345 kg"'.
+    assert.equal(serial?.value, 'SN1', JSON.stringify(serial));
+  });
+});
