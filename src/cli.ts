@@ -183,6 +183,9 @@ program
         `device "${deviceName}" has no tag "${tagName}"; tags: ${(device.tags as TagConfig[]).map((candidate) => candidate.name).join(', ')}`,
       );
 
+    if ('read' in tag && tag.read === false)
+      fail(`tag "${tagName}" of device "${deviceName}" is command-only ("read": false): it is written, never read`);
+
     const log = createLogger('warn');
     const simulators = await Promise.all(config.simulators.map((simulator) => startSimulator(simulator).catch(() => undefined)));
     const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;

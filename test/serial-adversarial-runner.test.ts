@@ -90,9 +90,7 @@ function run(t: TestContext, device: SerialDeviceConfig): { runner: DeviceRunner
 }
 
 describe('serial adversarial: device servers that misbehave', () => {
-  it('a device server that accepts and drops every connection is not reconnected to on every tick (streaming group)', {
-    todo: 'a successful subscribe() resets consecutiveFailures, so lostConnection() never backs off for push groups',
-  }, async (t) => {
+  it('a device server that accepts and drops every connection is not reconnected to on every tick (streaming group)', async (t) => {
     const defer = cleanup(t);
     // Accepts, then closes 30 ms later: the subscription succeeds each time, the line drops each time.
     const server = await peer(
@@ -133,9 +131,7 @@ describe('serial adversarial: device servers that misbehave', () => {
     assert.ok(server.connections <= 8, `${server.connections} connections in 3 s`);
   });
 
-  it('a stuck device-server connection (accepts, never answers) is renewed once before the device is skipped', {
-    todo: 'the serial driver never renews its connection (the Modbus driver does, README "Modbus: when a device misbehaves")',
-  }, async (t) => {
+  it('a stuck device-server connection (accepts, never answers) is renewed once before the device is skipped', async (t) => {
     const defer = cleanup(t);
     // The first connection is stuck (a device server whose TCP session hangs); a new one works.
     const server = await peer((socket, data, connection) => {
@@ -157,13 +153,11 @@ describe('serial adversarial: device servers that misbehave', () => {
       const [reading] = await driver.read(plan);
       codes.push(reading?.quality === 'good' ? 'good' : reading?.code);
     }
-    // Observed: ["timeout", "timeout", "skipped", "skipped"], one connection.
+    // Was (before the fix): ["timeout", "timeout", "skipped", "skipped"], one connection.
     assert.ok(codes.includes('good'), `${JSON.stringify(codes)} over ${server.connections} connection(s)`);
   });
 
-  it('a skipped device keeps one reason from poll to poll and probe to probe, so report-by-exception publishes it once', {
-    todo: 'the skipped reason carries the next try time, and a probe that times out has a reason of its own',
-  }, async (t) => {
+  it('a skipped device keeps one reason from poll to poll and probe to probe, so report-by-exception publishes it once', async (t) => {
     const defer = cleanup(t);
     const server = await peer(() => undefined);
     defer(() => server.close());
@@ -176,7 +170,8 @@ describe('serial adversarial: device servers that misbehave', () => {
     defer(() => driver.close());
     await driver.connect();
     const plan = driver.plan(device.tags);
-    await driver.read(plan); // times out: skipping starts
+    await driver.read(plan); // times out: the connection (nothing came back on it) is renewed
+    await driver.read(plan); // times out on the new one: skipping starts
     const reasons = new Set<string | undefined>();
     const first = (await driver.read(plan))[0];
     assert.equal(first?.code, 'skipped');
@@ -184,7 +179,7 @@ describe('serial adversarial: device servers that misbehave', () => {
     await waitFor(() => driver.nextTryAt === undefined, 10_000, 'the end of the first skip');
     reasons.add((await driver.read(plan))[0]?.reason); // the probe
     reasons.add((await driver.read(plan))[0]?.reason); // skipped again
-    // Observed: 3 reasons: "skipped after 1 polls …; next try at <t1>", "timeout: no reply within 50 ms …", "… next try at <t2>".
+    // Was: 3 reasons: "skipped after 1 polls …; next try at <t1>", "timeout: no reply within 50 ms …", "… next try at <t2>".
     assert.equal(reasons.size, 1, JSON.stringify([...reasons]));
   });
 });
@@ -307,12 +302,10 @@ describe('serial adversarial: plc2mqtt read', () => {
     assert.match(weight.stdout, /dev\/weight = 3\.25 kg {2}quality=good/, weight.stderr);
   });
 
-  it('says that a command-only tag is never read instead of "the driver returned nothing"', {
-    todo: 'plan() drops read:false tags, read() returns no reading, the CLI prints "(the driver returned nothing)"',
-  }, async (t) => {
+  it('says that a command-only tag is never read instead of "the driver returned nothing"', async (t) => {
     const file = await setup(t);
     const tare = await read(file, 'tare');
-    // Observed: "dev/tare = -  quality=bad (the driver returned nothing)", exit 1.
+    // Was (before the fix): "dev/tare = -  quality=bad (the driver returned nothing)", exit 1.
     assert.match(`${tare.stdout}${tare.stderr}`, /command-only|"read": false|never read/);
   });
 });

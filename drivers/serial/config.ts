@@ -242,6 +242,9 @@ const tagSchema = z.strictObject({
   read: z.boolean().default(true).meta({ description: 'false for a command-only tag (e.g. tare): written, never read, never published.' }),
   command: templateSpec('Writable tags: sent to write a value.', ['value', 'unitId']).optional(),
   ack: regex('Writable tags: the reply frame that acknowledges a write. Without it the write is done once the command is sent.').optional(),
+  nak: regex(
+    'Writable tags with ack: a reply frame that refuses the write (e.g. "^ES$"). Any other frame fails the write too; on a device that streams, frames matching neither are streamed frames.',
+  ).optional(),
 });
 
 const deviceSchema = z.strictObject({
@@ -348,6 +351,28 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
       });
     if (!tag.writable && tag.command !== undefined)
       ctx.addIssue({ code: 'custom', path: at('writable'), message: '"command" is for writable tags: add "writable": true' });
+    if (tag.writable && tag.command !== undefined) {
+      // Rendered now with a value of the tag's type, so a format it cannot take ("ON" in {value:d}) is found by validate.
+      const samples: (string | number | boolean)[] =
+        tag.type === 'string'
+          ? ['x']
+          : tag.type === 'bool'
+            ? [tag.trueValues?.[0] ?? true, tag.falseValues?.[0] ?? false]
+            : tag.type === 'float64'
+              ? [1.5]
+              : [1];
+      try {
+        const template = compileTemplate(tag.command);
+        for (const value of samples) template.render({ value, unitId: device.unitId ?? 1 });
+      } catch (error) {
+        ctx.addIssue({
+          code: 'custom',
+          path: at('command'),
+          message: `${(error as Error).message}: a ${tag.type} tag's value cannot fill this command`,
+        });
+      }
+    }
+    if (tag.nak !== undefined && tag.ack === undefined) ctx.addIssue({ code: 'custom', path: at('nak'), message: '"nak" needs "ack"' });
     if (tag.ack !== undefined && tag.command === undefined)
       ctx.addIssue({ code: 'custom', path: at('ack'), message: '"ack" needs "command"' });
     if (!tag.read && !tag.writable)
@@ -393,7 +418,15 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
       ['pollGroups', key],
     ]),
   ];
-  for (const [, group, path] of groups) {
+  const read = new Set(device.tags.filter((tag) => tag.read).map((tag) => tag.group ?? 'default'));
+  const streaming = groups.find(([key, group]) => read.has(key) && group.request === undefined)?.[0];
+  for (const [key, group, path] of groups) {
+    if (streaming !== undefined && read.has(key) && group.request !== undefined && group.reply === undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: [...path, 'request'],
+        message: `this device also streams (group "${streaming}"): give the request a "reply" pattern that tells its reply from the streamed frames, e.g. "^I4 "`,
+      });
     if (group.request === undefined && group.reply !== undefined)
       ctx.addIssue({ code: 'custom', path: [...path, 'reply'], message: '"reply" needs "request"' });
     if (group.request === undefined && group.timeout !== undefined)

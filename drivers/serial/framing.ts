@@ -153,11 +153,15 @@ export class FrameSplitter {
    * line too long, "…12.5 kg", parsed as a good reading).
    */
   private dropping = false;
+  /** Fixed-length frames: an unfinished frame is dropped after this much silence (ms), so one stray byte does not shift every later frame. */
+  private readonly idleReset: number;
+  private idleTimer: NodeJS.Timeout | undefined;
 
-  constructor(framing: Framing, onFrame: (frame: Buffer) => void, onBad: (problem: string) => void) {
+  constructor(framing: Framing, onFrame: (frame: Buffer) => void, onBad: (problem: string) => void, idleReset = 50) {
     this.framing = framing;
     this.onFrame = onFrame;
     this.onBad = onBad;
+    this.idleReset = idleReset;
   }
 
   push(chunk: Buffer): void {
@@ -196,6 +200,17 @@ export class FrameSplitter {
       clearTimeout(this.gapTimer);
       if (this.buffer.length > 0 || this.dropping) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
     }
+    if (this.framing.type === 'length') {
+      clearTimeout(this.idleTimer);
+      if (this.buffer.length > 0) this.idleTimer = setTimeout(() => this.idle(), this.idleReset);
+    }
+  }
+
+  private idle(): void {
+    if (this.buffer.length === 0) return;
+    const partial = this.buffer;
+    this.buffer = Buffer.alloc(0);
+    this.onBad(`incomplete frame dropped after ${this.idleReset} ms of silence: ${showBytes(partial, 40)}`);
   }
 
   private silence(): void {
@@ -205,9 +220,28 @@ export class FrameSplitter {
     if (found?.kind === 'frame') this.onFrame(found.frame);
   }
 
-  /** Drops an unfinished frame (the line was lost, or a request flushed it). */
+  /**
+   * Drops an unfinished frame (a new connection, a lost line, a request that flushed the input).
+   * Where the next frame starts is then unknown: under a delimiter or gap framing the bytes up to
+   * the next delimiter (or silence) may be the tail of a frame cut in two ("2.345 kg" of
+   * "S S     12.345 kg") and are dropped too. STX/ETX frames find their start by themselves.
+   */
   reset(): void {
     clearTimeout(this.gapTimer);
+    clearTimeout(this.idleTimer);
+    this.buffer = Buffer.alloc(0);
+    this.dropping = this.framing.type === 'delimiter' || this.framing.type === 'gap';
+  }
+
+  /** Part of a frame is held, or the rest of one is being dropped: the stream is inside a frame. */
+  get unfinished(): boolean {
+    return this.buffer.length > 0 || this.dropping;
+  }
+
+  /** The next byte starts a frame (what follows a complete reply). */
+  atBoundary(): void {
+    clearTimeout(this.gapTimer);
+    clearTimeout(this.idleTimer);
     this.buffer = Buffer.alloc(0);
     this.dropping = false;
   }

@@ -28,6 +28,7 @@ import {
   acquireSerialPort,
   acquireTcpLine,
   SerialLineError,
+  type FrameVerdict,
   type ReplyFraming,
   type SerialPortLease,
   type SerialPortUser,
@@ -164,9 +165,16 @@ export class SerialDriver implements Driver<SerialTag> {
   private readonly commands = new Map<string, Template>();
   private readonly templateFields: Record<string, string | number>;
   private readonly streams = new Set<StreamPlan>();
+  /** The device has groups that listen to frames it sends by itself (not only request groups). */
+  private readonly streaming: boolean;
   private readonly splitter: FrameSplitter;
   private lease: SerialPortLease | undefined;
   private consecutiveTimeouts = 0;
+  /** Timed-out requests in a row with not a byte back, and whether the connection was renewed for them. */
+  private silentTimeouts = 0;
+  private renewed = false;
+  /** The next request goes out on a new connection (see timedOut). */
+  private renewPending = false;
   private skipInterval = 0;
   private skipUntil = 0;
   private badFrames = 0;
@@ -183,10 +191,14 @@ export class SerialDriver implements Driver<SerialTag> {
     this.compiled = new Map(compileTags(device.tags).map((compiled) => [compiled.tag.name, compiled]));
     for (const tag of device.tags) if (tag.command !== undefined) this.commands.set(tag.name, compileTemplate(tag.command));
     this.templateFields = device.unitId === undefined ? {} : { unitId: device.unitId };
+    this.streaming = device.tags.some(
+      (tag) => tag.read && (tag.group === undefined ? device.request : device.pollGroups[tag.group]?.request) === undefined,
+    );
     this.splitter = new FrameSplitter(
       this.framing,
       (frame) => this.streamed(frame),
       (problem) => this.badStreamFrame(problem),
+      idleResetOf(device.connection),
     );
   }
 
@@ -202,6 +214,8 @@ export class SerialDriver implements Driver<SerialTag> {
     this.lease ??= this.acquire();
     this.splitter.reset();
     await this.lease.open();
+    // A new connection deserves a try at once: a skip of the old one does not carry over.
+    this.skipUntil = 0;
     const now = Date.now();
     for (const stream of this.streams) stream.restart(now);
   }
@@ -271,20 +285,18 @@ export class SerialDriver implements Driver<SerialTag> {
 
   private async request(plan: RequestPlan): Promise<TagReading[]> {
     if (plan.tags.length === 0) return [];
-    const lease = this.requireLease();
+    this.requireLease();
     const now = Date.now();
-    if (now < this.skipUntil) {
-      const reason = `skipped after ${this.consecutiveTimeouts} polls without an answer; next try at ${new Date(this.skipUntil).toISOString()}`;
-      return this.allBad(plan, reason, 'skipped');
-    }
+    if (now < this.skipUntil) return this.skippedReadings(plan);
+    if (this.renewPending) await this.renew();
+    const lease = this.requireLease();
     let frame: Buffer;
     try {
       frame = await lease.exclusive((exchange) => {
-        // A request cuts across whatever was being streamed: that partial frame is gone.
-        this.splitter.reset();
+        const frame = this.replyFraming(plan.reply);
         return exchange.transact(plan.request, {
           timeout: plan.timeout,
-          frame: this.replyFraming(plan.reply),
+          frame,
           maxBytes: 2 * this.framing.maxLength + 64,
           ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
         });
@@ -300,21 +312,45 @@ export class SerialDriver implements Driver<SerialTag> {
     );
   }
 
-  /** The framing of one reply: frames before it that are not the reply (its `reply` pattern) are streamed frames. */
-  private replyFraming(reply: RegExp | undefined): ReplyFraming {
+  /**
+   * The framing of one answer (a group's reply, a write's acknowledgement). On a device that
+   * streams, frames that do not match `answer` are streamed frames and go to its streaming groups,
+   * and what follows the answer goes back to the line's listeners. The first frame of an exchange
+   * is never streamed under a framing without a start marker: the input was flushed for the
+   * request, so it may be the tail of a frame cut in two ("2.345 kg" of "S S     12.345 kg").
+   */
+  private replyFraming(answer: RegExp | undefined): ReplyFraming {
     let from = 0;
+    // Only when a frame may have been cut: one was being received (the splitter holds its start) or
+    // the serial port's input is flushed for the request (a device server's TCP input is not).
+    let maybeTail = this.framing.type !== 'stx-etx' && (this.splitter.unfinished || this.device.connection.transport === 'serial');
+    // A request cuts across whatever was being streamed: that partial frame is gone.
+    this.splitter.reset();
+    // Frames passed on need not be kept by the line (a streaming device may send any amount meanwhile).
+    const handOn = (): FrameVerdict => {
+      if (from === 0) return 'more';
+      const consumed = from;
+      from = 0;
+      return { consumed };
+    };
     return (received, silence) => {
       for (;;) {
         const found = silence ? frameAtSilence(this.framing, received, from) : findFrame(this.framing, received, from);
         if (found.kind === 'more') {
           from = Math.max(from, found.keep);
-          return 'more';
+          return handOn();
         }
         from = found.next;
         if (found.kind === 'bad') return { problem: found.problem };
-        if (!reply || reply.test(frameText(found.frame, this.encoding))) return { reply: found.frame };
-        this.streamed(found.frame);
-        if (silence) return 'more';
+        const tail = maybeTail;
+        maybeTail = false;
+        if (!answer || answer.test(frameText(found.frame, this.encoding))) {
+          // What follows the answer (handed back to the listeners) starts a frame.
+          this.splitter.atBoundary();
+          return { reply: found.frame, rest: received.subarray(found.next) };
+        }
+        if (!tail) this.streamed(found.frame);
+        if (silence) return handOn();
       }
     };
   }
@@ -324,7 +360,11 @@ export class SerialDriver implements Driver<SerialTag> {
       if (error.connectionLost || error.code === 'not-connected') throw error;
       if (error.code === 'timeout') {
         const got = error.received.length === 0 ? 'no reply' : `no complete reply: ${showBytes(error.received)}`;
-        return this.timedOut(plan, `timeout: ${got} within ${plan.timeout} ms to ${showBytes(plan.request, 40)}`);
+        return this.timedOut(
+          plan,
+          `timeout: ${got} within ${plan.timeout} ms to ${showBytes(plan.request, 40)}`,
+          error.received.length === 0,
+        );
       }
       // The device answered, if badly: it is alive.
       this.answered();
@@ -338,13 +378,36 @@ export class SerialDriver implements Driver<SerialTag> {
   private answered(): void {
     if (this.skipInterval > 0) this.log.info({ device: this.name }, 'device answers again; no longer skipped');
     this.consecutiveTimeouts = 0;
+    this.silentTimeouts = 0;
+    this.renewed = false;
     this.skipInterval = 0;
     this.skipUntil = 0;
   }
 
-  private timedOut(plan: RequestPlan, reason: string): TagReading[] {
+  private timedOut(plan: RequestPlan, reason: string, silent: boolean): TagReading[] {
     this.consecutiveTimeouts++;
-    const backoffAfter = this.device.connection.backoffAfterTimeouts;
+    this.silentTimeouts = silent ? this.silentTimeouts + 1 : 0;
+    const connection = this.device.connection;
+    const backoffAfter = connection.backoffAfterTimeouts;
+    // A TCP connection to a device server can hang (half-open, a stuck server) and looks exactly
+    // like a silent device: before the device is skipped, a connection it has to itself on which
+    // nothing at all came back is renewed, once per episode.
+    if (
+      this.silentTimeouts >= backoffAfter &&
+      !this.renewed &&
+      connection.transport === 'tcp' &&
+      this.lease !== undefined &&
+      this.lease.userCount === 1
+    ) {
+      this.renewed = true;
+      this.consecutiveTimeouts = 0;
+      this.silentTimeouts = 0;
+      this.renewPending = true;
+      this.log.warn({ device: this.name, timeouts: backoffAfter }, 'nothing came back on the device-server connection; renewing it');
+      return this.allBad(plan, `${reason}; ${backoffAfter} requests in a row got nothing back: the connection is renewed`, 'timeout');
+    }
+    // A device already being skipped keeps one reason for the whole episode (its next try is nextTryAt).
+    const episode = this.skipInterval > 0;
     if (this.consecutiveTimeouts >= backoffAfter) {
       this.skipInterval = this.skipInterval === 0 ? BACKOFF_START_MS : Math.min(BACKOFF_MAX_MS, this.skipInterval * 2);
       this.skipUntil = Date.now() + this.skipInterval;
@@ -354,7 +417,12 @@ export class SerialDriver implements Driver<SerialTag> {
           'device does not answer; its requests are skipped for a while',
         );
     }
-    return this.allBad(plan, reason, 'timeout');
+    return episode ? this.skippedReadings(plan) : this.allBad(plan, reason, 'timeout');
+  }
+
+  private skippedReadings(plan: RequestPlan): TagReading[] {
+    const backoffAfter = this.device.connection.backoffAfterTimeouts;
+    return this.allBad(plan, `skipped: no answer to ${backoffAfter} requests in a row; tried again now and then (nextTryAt)`, 'skipped');
   }
 
   private allBad(plan: SerialPlan, reason: string, code: DriverErrorCode): TagReading[] {
@@ -449,6 +517,9 @@ export class SerialDriver implements Driver<SerialTag> {
     const request = frameRequest(this.framing, payload);
     const lease = this.requireLease();
     const ack = tag.ack === undefined ? undefined : new RegExp(tag.ack);
+    const nak = tag.nak === undefined ? undefined : new RegExp(tag.nak);
+    // A device that streams sends frames of its own meanwhile: the answer is the frame that matches ack (or nak).
+    const answer = ack && this.streaming ? new RegExp(nak ? `(?:${tag.ack})|(?:${tag.nak})` : tag.ack!) : undefined;
     const timeout = this.device.connection.timeout;
     let reply: Buffer;
     try {
@@ -457,10 +528,10 @@ export class SerialDriver implements Driver<SerialTag> {
         return;
       }
       reply = await lease.exclusive((exchange) => {
-        this.splitter.reset();
+        const frame = this.replyFraming(answer);
         return exchange.transact(request, {
           timeout,
-          frame: this.replyFraming(undefined),
+          frame,
           maxBytes: 2 * this.framing.maxLength + 64,
           ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
         });
@@ -473,6 +544,10 @@ export class SerialDriver implements Driver<SerialTag> {
       throw error;
     }
     const text = frameText(reply, this.encoding);
+    if (nak?.test(text))
+      throw new DriverError(`the device refused ${showBytes(request, 40)}: it answered ${showBytes(reply)} (nak /${tag.nak}/)`, {
+        code: 'bad-reply',
+      });
     if (!ack.test(text))
       throw new DriverError(
         `the device did not acknowledge ${showBytes(request, 40)}: it answered ${showBytes(reply)} (expected /${tag.ack}/)`,
@@ -480,6 +555,26 @@ export class SerialDriver implements Driver<SerialTag> {
           code: 'bad-reply',
         },
       );
+  }
+
+  /** A new connection for this device alone (its lease of the old one given back first). */
+  private async renew(): Promise<void> {
+    this.renewPending = false;
+    // Given back first: the last lease out closes the connection, so the next open() makes a new one.
+    const old = this.lease;
+    this.lease = undefined;
+    await old?.release();
+    this.lease = this.acquire();
+    this.splitter.reset();
+    try {
+      await this.lease.open();
+    } catch (error) {
+      throw new DriverError(error instanceof Error ? error.message : String(error), {
+        code: 'connect-failed',
+        connectionLost: true,
+        cause: error,
+      });
+    }
   }
 
   private requireLease(): SerialPortLease {
@@ -499,6 +594,16 @@ export class SerialDriver implements Driver<SerialTag> {
     this.lease = undefined;
     await lease?.release();
   }
+}
+
+/**
+ * Silence (ms) after which an unfinished fixed-length frame is dropped: inside a frame bytes
+ * follow each other at once, but USB adapters and device servers hand them over in bursts.
+ */
+function idleResetOf(connection: SerialDeviceConfig['connection']): number {
+  if (connection.transport === 'tcp') return 50;
+  const bitsPerCharacter = 1 + connection.dataBits + (connection.parity === 'none' ? 0 : 1) + connection.stopBits;
+  return Math.max(50, Math.ceil((10 * bitsPerCharacter * 1000) / connection.baudRate));
 }
 
 /** The value a command template gets for a write, checked against the tag's type. */

@@ -206,9 +206,17 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     const subscribe = this.options.driver.subscribe;
     if (!subscribe) throw new Error(`driver of ${this.name} made a push plan but cannot subscribe`);
     try {
-      await subscribe.call(this.options.driver, plan, (readings) => this.emit(group, this.clock.now(), readings));
+      let proven = false;
+      await subscribe.call(this.options.driver, plan, (readings) => {
+        // Like a completed read, only a delivered value proves the link works: a peer that accepts
+        // and drops every connection must still be backed off from.
+        if (!proven && readings.some((reading) => reading.quality !== 'bad')) {
+          proven = true;
+          this.consecutiveFailures = 0;
+        }
+        this.emit(group, this.clock.now(), readings);
+      });
       this.subscribed.add(plan);
-      this.consecutiveFailures = 0;
     } catch (error) {
       if (this.stopped) return;
       const reason = errorMessage(error);

@@ -80,11 +80,14 @@ export interface SerialPortUser {
 }
 
 /**
- * The framing of one reply, given every byte received since its request: 'more' while it is not
- * complete, the reply itself once it is (a driver may skip noise before it), or what is wrong.
+ * The framing of one reply, given every byte received since its request (or since the bytes it
+ * let go of): 'more' while it is not complete; `{ consumed }` when the first bytes are dealt with
+ * (frames a streaming device sent meanwhile, passed on by the driver) and need not be kept; the
+ * reply itself once it is complete, with what came after it (`rest`, given to the devices that
+ * listen, like any byte no request waits for); or what is wrong.
  */
 export type ReplyFraming = (received: Buffer, silence?: boolean) => FrameVerdict;
-export type FrameVerdict = 'more' | { reply: Buffer } | { problem: string };
+export type FrameVerdict = 'more' | { consumed: number } | { reply: Buffer; rest?: Buffer } | { problem: string };
 
 export interface ReplyOptions {
   /** Milliseconds from the request to the complete reply. */
@@ -468,7 +471,12 @@ class SharedPort {
     } catch (error) {
       verdict = { problem: `framing failed: ${error instanceof Error ? error.message : String(error)}` };
     }
+    if (verdict !== 'more' && 'consumed' in verdict) {
+      pending.buffer = pending.buffer.subarray(Math.min(verdict.consumed, pending.buffer.length));
+      verdict = 'more';
+    }
     if (verdict === 'more') {
+      // Counts only what the framing still holds: a device that streams may send any amount meanwhile.
       const max = pending.options.maxBytes ?? DEFAULT_MAX_REPLY;
       if (pending.buffer.length > max)
         this.settle(new SerialLineError(`bad reply: more than ${max} bytes without a complete reply`, 'bad-reply', pending.buffer));
@@ -485,6 +493,7 @@ class SharedPort {
       return;
     }
     this.settle(undefined, verdict.reply);
+    if (verdict.rest && verdict.rest.length > 0) for (const lease of this.leases) lease.data(verdict.rest);
   }
 
   /**
