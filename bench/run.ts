@@ -25,6 +25,10 @@ const runs: Array<[string, string[]]> = [
   ['idle.js', []],
   // what the event bus costs a sample: node dist/bench/event-bus.js
   ['event-bus.js', []],
+  // serial driver, frames parsed per second on one core: node dist/bench/serial-parse.js
+  ['serial-parse.js', []],
+  // serial driver, frame → subscriber latency (stream 10/100/1000 per s, request every 100 ms): node dist/bench/serial-latency.js --request
+  ['serial-latency.js', ['--request']],
   // what outbox.db, its WAL and retained.db take on disk: node dist/bench/disk-usage.js [--payload 80]
   ['disk-usage.js', []],
   ['disk-usage.js', ['--payload', '12']],
