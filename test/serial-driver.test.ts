@@ -221,7 +221,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     const timeout = await device.next('weight', (reading) => reading.code === 'timeout');
     assert.match(timeout.reason ?? '', /timeout: no reply within 200 ms to "SI\\r\\n"/);
     const skipped = await device.next('weight', (reading) => reading.code === 'skipped');
-    assert.match(skipped.reason ?? '', /skipped after 2 polls without an answer/);
+    assert.match(skipped.reason ?? '', /skipped: no answer to 2 requests in a row/);
     assert.ok(device.runner.health.nextTryAt !== undefined, 'nextTryAt is shown while skipped');
     await scale.control({ mode: 'normal' });
     await device.next('weight', good, 15_000);

@@ -199,12 +199,16 @@ describe('serial framing: memory stays bounded on a line that never sends its de
     assert.deepEqual(frames(), ['GOOD']);
   });
 
-  it('reset() forgets a dropped line: what follows is a new frame', () => {
+  it('reset(): where the next frame starts is unknown, so the bytes up to the next delimiter are dropped; atBoundary(): what follows is a frame', () => {
     const { splitter, frames } = record(delimited('\r\n', 16));
     splitter.push(bin('A'.repeat(20)));
     splitter.reset();
-    splitter.push(bin('GOOD\r\n'));
+    splitter.push(bin('2.345 kg\r\nGOOD\r\n'));
     assert.deepEqual(frames(), ['GOOD']);
+    splitter.push(bin('PART'));
+    splitter.atBoundary();
+    splitter.push(bin('NEXT\r\n'));
+    assert.deepEqual(frames(), ['GOOD', 'NEXT']);
   });
 });
 

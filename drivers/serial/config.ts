@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { baseDeviceFields, baseTagFields, duration, name } from '../../src/config/common.js';
 import { CHECKSUMS } from './checksum.js';
-import { compileTemplate, hexProblem, textProblem } from './text.js';
+import { compileTemplate, hexProblem, type Template, textProblem } from './text.js';
 
 export const SERIAL_TYPES = ['float64', 'int32', 'int64', 'string', 'bool'] as const;
 export type SerialType = (typeof SERIAL_TYPES)[number];
@@ -361,15 +361,18 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
             : tag.type === 'float64'
               ? [1.5]
               : [1];
-      try {
-        const template = compileTemplate(tag.command);
-        for (const value of samples) template.render({ value, unitId: device.unitId ?? 1 });
-      } catch (error) {
-        ctx.addIssue({
-          code: 'custom',
-          path: at('command'),
-          message: `${(error as Error).message}: a ${tag.type} tag's value cannot fill this command`,
-        });
+      // Unknown fields and formats are reported by the command's own check.
+      const template = compileQuietlyTemplate(tag.command);
+      if (template?.fields.every((field) => field === 'value' || field === 'unitId')) {
+        try {
+          for (const value of samples) template.render({ value, unitId: device.unitId ?? 1 });
+        } catch (error) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('command'),
+            message: `${(error as Error).message}: a ${tag.type} tag's value cannot fill this command`,
+          });
+        }
       }
     }
     if (tag.nak !== undefined && tag.ack === undefined) ctx.addIssue({ code: 'custom', path: at('nak'), message: '"nak" needs "ack"' });
@@ -450,6 +453,14 @@ function isValidRegex(source: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+function compileQuietlyTemplate(spec: string | { hex: string }): Template | undefined {
+  try {
+    return compileTemplate(spec);
+  } catch {
+    return undefined;
   }
 }
 

@@ -457,8 +457,10 @@ export class IntegratedBroker {
       });
     };
     let server: Server;
-    if (listener.type === 'tcp') server = createServer(accept);
-    else if (listener.type === 'tls') server = createTlsServer(tlsOptions(listener), accept);
+    // No Nagle: a subscriber's keep-alive ping otherwise meets a delayed ACK and holds the next
+    // messages ~40 ms (bench/serial-latency.ts showed it every keep-alive period). HTTP servers set it already.
+    if (listener.type === 'tcp') server = createServer({ noDelay: true }, accept);
+    else if (listener.type === 'tls') server = createTlsServer({ ...tlsOptions(listener), noDelay: true }, accept);
     else {
       const http = listener.type === 'wss' ? createHttpsServer(tlsOptions(listener)) : createHttpServer();
       // A WebSocket message may carry several MQTT packets or part of one: the MQTT guard decides;
