@@ -1,4 +1,4 @@
-// `npm run bench`: every benchmark point of the suite in turn, one JSON line each (about 8 minutes
+// `npm run bench`: every benchmark point of the suite in turn, one JSON line each (about 10 minutes
 // on a 2-core machine). Each line can be reproduced alone with the command in the comment.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';

@@ -25,9 +25,8 @@
 //        [--request] [--request-only] [--request-interval 100] [--keepalive 60]
 //        [--gateway-flags=--trace-gc] [--gateway-log FILE]
 //
-// --keepalive is the subscriber's MQTT keep-alive in seconds. Each of its PINGREQs can hold the
-// broker's next messages to it for ~40 ms (Nagle's algorithm on the integrated broker's socket
-// meeting the subscriber's delayed ACK), once a minute at the default: the max at 1000/s.
+// --keepalive is the subscriber's MQTT keep-alive in seconds (a ping meeting a delayed ACK would
+// hold messages ~40 ms on a socket with Nagle's algorithm on; the broker's listeners turn it off).
 import { writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
