@@ -45,7 +45,7 @@ function record(framing: Framing): { splitter: FrameSplitter; events: string[]; 
 }
 
 /** The bytes the splitter keeps of an unfinished frame (its memory). */
-const kept = (splitter: FrameSplitter): number => (splitter as unknown as { buffer: Buffer }).buffer.length;
+const kept = (splitter: FrameSplitter): number => splitter.held;
 
 /** `wire` pushed in pieces of the given sizes (cycled). */
 function pushInPieces(splitter: FrameSplitter, wire: Buffer, sizes: readonly number[]): void {

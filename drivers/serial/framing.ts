@@ -139,13 +139,18 @@ export function frameRequest(framing: Framing, payload: Buffer): Buffer {
 
 /**
  * Splits the byte stream of a line into frames as bytes arrive (streamed frames). Keeps at most one
- * unfinished frame (bounded by maxLength); `onFrame` and `onBad` are called synchronously.
+ * unfinished frame (bounded by maxLength); `onFrame` and `onBad` are called synchronously, and a
+ * frame's bytes are valid only during its callback (they may be the splitter's own buffer, reused
+ * for the next bytes: a serial port hands over a few bytes at a time, and a copy per read would
+ * cost more than the parse).
  */
 export class FrameSplitter {
   private readonly framing: Framing;
   private readonly onFrame: (frame: Buffer) => void;
   private readonly onBad: (problem: string) => void;
-  private buffer: Buffer = Buffer.alloc(0);
+  /** The unfinished frame: the first `used` bytes of `store`. */
+  private store: Buffer = Buffer.allocUnsafe(256);
+  private used = 0;
   private gapTimer: NodeJS.Timeout | undefined;
   /**
    * After an unfinished frame was dropped, the bytes up to its delimiter (a gap framing's: up to the
@@ -165,24 +170,31 @@ export class FrameSplitter {
   }
 
   push(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    let data: Buffer;
+    if (this.used === 0) data = chunk;
+    else {
+      this.reserve(this.used + chunk.length);
+      chunk.copy(this.store, this.used);
+      this.used += chunk.length;
+      data = this.store.subarray(0, this.used);
+    }
     let from = 0;
     for (;;) {
       if (this.dropping) {
         if (this.framing.type !== 'delimiter') {
-          from = this.buffer.length;
+          from = data.length;
           break;
         }
         const { delimiter } = this.framing;
-        const at = this.buffer.indexOf(delimiter, from);
+        const at = data.indexOf(delimiter, from);
         if (at < 0) {
-          from = Math.max(from, this.buffer.length - delimiter.length + 1);
+          from = Math.max(from, data.length - delimiter.length + 1);
           break;
         }
         from = at + delimiter.length;
         this.dropping = false;
       }
-      const found = findFrame(this.framing, this.buffer, from);
+      const found = findFrame(this.framing, data, from);
       if (found.kind === 'more') {
         from = found.keep;
         break;
@@ -194,29 +206,46 @@ export class FrameSplitter {
         this.onBad(found.problem);
       }
     }
-    // Copied, so a kept tail does not pin the whole chunk it came in.
-    this.buffer = from >= this.buffer.length ? Buffer.alloc(0) : Buffer.from(this.buffer.subarray(from));
+    // The unfinished rest is kept in the splitter's own buffer (never a whole chunk it came in).
+    const rest = data.length - from;
+    if (rest <= 0) this.used = 0;
+    else if (data === chunk) {
+      this.reserve(rest);
+      chunk.copy(this.store, 0, from);
+      this.used = rest;
+    } else {
+      this.store.copyWithin(0, from, this.used);
+      this.used = rest;
+    }
     if (this.framing.type === 'gap') {
       clearTimeout(this.gapTimer);
-      if (this.buffer.length > 0 || this.dropping) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
+      if (this.used > 0 || this.dropping) this.gapTimer = setTimeout(() => this.silence(), this.framing.gap);
     }
     if (this.framing.type === 'length') {
       clearTimeout(this.idleTimer);
-      if (this.buffer.length > 0) this.idleTimer = setTimeout(() => this.idle(), this.idleReset);
+      if (this.used > 0) this.idleTimer = setTimeout(() => this.idle(), this.idleReset);
     }
   }
 
+  /** Room for `bytes` in the store, keeping what it holds. */
+  private reserve(bytes: number): void {
+    if (bytes <= this.store.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(bytes, 2 * this.store.length));
+    this.store.copy(grown, 0, 0, this.used);
+    this.store = grown;
+  }
+
   private idle(): void {
-    if (this.buffer.length === 0) return;
-    const partial = this.buffer;
-    this.buffer = Buffer.alloc(0);
+    if (this.used === 0) return;
+    const partial = this.store.subarray(0, this.used);
+    this.used = 0;
     this.onBad(`incomplete frame dropped after ${this.idleReset} ms of silence: ${showBytes(partial, 40)}`);
   }
 
   private silence(): void {
-    const found = this.dropping ? undefined : frameAtSilence(this.framing, this.buffer, 0);
+    const found = this.dropping ? undefined : frameAtSilence(this.framing, this.store.subarray(0, this.used), 0);
     this.dropping = false;
-    this.buffer = Buffer.alloc(0);
+    this.used = 0;
     if (found?.kind === 'frame') this.onFrame(found.frame);
   }
 
@@ -229,20 +258,25 @@ export class FrameSplitter {
   reset(): void {
     clearTimeout(this.gapTimer);
     clearTimeout(this.idleTimer);
-    this.buffer = Buffer.alloc(0);
+    this.used = 0;
     this.dropping = this.framing.type === 'delimiter' || this.framing.type === 'gap';
+  }
+
+  /** Bytes of an unfinished frame held now (diagnostics, tests). */
+  get held(): number {
+    return this.used;
   }
 
   /** Part of a frame is held, or the rest of one is being dropped: the stream is inside a frame. */
   get unfinished(): boolean {
-    return this.buffer.length > 0 || this.dropping;
+    return this.used > 0 || this.dropping;
   }
 
   /** The next byte starts a frame (what follows a complete reply). */
   atBoundary(): void {
     clearTimeout(this.gapTimer);
     clearTimeout(this.idleTimer);
-    this.buffer = Buffer.alloc(0);
+    this.used = 0;
     this.dropping = false;
   }
 }
