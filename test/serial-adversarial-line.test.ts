@@ -367,3 +367,80 @@ describe('serial adversarial: floods', () => {
     assert.equal(serial?.value, 'SN1', JSON.stringify(serial));
   });
 });
+
+describe('serial adversarial: review findings', () => {
+  it('a bad streamed frame before the reply does not fail the request (it is counted as a bad streamed frame)', async (t) => {
+    const defer = cleanup(t);
+    const device = await peer((socket, data) => {
+      if (data.includes('I4\r\n')) socket.write(`${'X'.repeat(80)}\r\nS S     3.000 kg\r\nI4 A "SN9"\r\n`);
+    });
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 40 },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+      tags: [
+        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const delivered: TagReading[] = [];
+    await driver.subscribe(driver.plan([device_.tags[0]!]), (readings) => delivered.push(...readings));
+    const [serial] = await driver.read(driver.plan([device_.tags[1]!]));
+    assert.equal(serial?.quality, 'good', JSON.stringify(serial));
+    assert.equal(serial?.value, 'SN9');
+    assert.deepEqual(
+      delivered.map((reading) => reading.value),
+      [3],
+    );
+  });
+
+  it("the first frame after a connect is kept when the line was quiet before it (a barcode reader's first scan)", async (t) => {
+    const defer = cleanup(t);
+    const device = await peer(
+      () => undefined,
+      (socket) => setTimeout(() => socket.write('4006381333931\r\n'), 300),
+    );
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
+      tags: [{ name: 'code', type: 'string' }],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    const delivered: TagReading[] = [];
+    await driver.subscribe(driver.plan(device_.tags), (readings) => delivered.push(...readings));
+    await waitFor(() => delivered.length > 0, 5000, 'the first scan');
+    assert.equal(delivered[0]?.value, '4006381333931');
+  });
+
+  it('a device that streams but ignores a request is not taken for a hung connection (no renewal), only skipped', async (t) => {
+    const defer = cleanup(t);
+    const device = await peer(
+      () => undefined,
+      (socket) => {
+        const timer = setInterval(() => socket.write('S S     1.000 kg\r\n'), 10);
+        socket.on('close', () => clearInterval(timer));
+      },
+    );
+    defer(() => device.close());
+    const device_ = config({
+      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port, timeout: 100, backoffAfterTimeouts: 2 },
+      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+      tags: [
+        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+      ],
+    });
+    const driver = driverOf(t, device_);
+    await driver.connect();
+    await driver.subscribe(driver.plan([device_.tags[0]!]), () => undefined);
+    const plan = driver.plan([device_.tags[1]!]);
+    const codes: (string | undefined)[] = [];
+    for (let poll = 0; poll < 3; poll++) codes.push((await driver.read(plan))[0]?.code);
+    assert.deepEqual(codes, ['timeout', 'timeout', 'skipped']);
+    assert.equal(device.connections, 1);
+  });
+});

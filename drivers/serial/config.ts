@@ -241,7 +241,9 @@ const tagSchema = z.strictObject({
   quality: qualitySchema.optional(),
   read: z.boolean().default(true).meta({ description: 'false for a command-only tag (e.g. tare): written, never read, never published.' }),
   command: templateSpec('Writable tags: sent to write a value.', ['value', 'unitId']).optional(),
-  ack: regex('Writable tags: the reply frame that acknowledges a write. Without it the write is done once the command is sent.').optional(),
+  ack: regex(
+    'Writable tags: the reply frame that acknowledges a write. Without it the write is done once the command has left the port.',
+  ).optional(),
   nak: regex(
     'Writable tags with ack: a reply frame that refuses the write (e.g. "^ES$"). Any other frame fails the write too; on a device that streams, frames matching neither are streamed frames.',
   ).optional(),

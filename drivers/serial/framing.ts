@@ -151,6 +151,9 @@ export class FrameSplitter {
   /** The unfinished frame: the first `used` bytes of `store`. */
   private store: Buffer = Buffer.allocUnsafe(256);
   private used = 0;
+  private pushedSinceReset = false;
+  /** After reset(quietBoundary): when, and how long a silence says the next byte starts a frame. */
+  private quietSince: { at: number; ms: number } | undefined;
   private gapTimer: NodeJS.Timeout | undefined;
   /**
    * After an unfinished frame was dropped, the bytes up to its delimiter (a gap framing's: up to the
@@ -170,6 +173,12 @@ export class FrameSplitter {
   }
 
   push(chunk: Buffer): void {
+    this.pushedSinceReset = true;
+    // A line that stayed quiet that long after a new connection was between frames: nothing was cut.
+    if (this.quietSince) {
+      if (this.dropping && Date.now() - this.quietSince.at >= this.quietSince.ms) this.dropping = false;
+      this.quietSince = undefined;
+    }
     let data: Buffer;
     if (this.used === 0) data = chunk;
     else {
@@ -254,12 +263,16 @@ export class FrameSplitter {
    * Where the next frame starts is then unknown: under a delimiter or gap framing the bytes up to
    * the next delimiter (or silence) may be the tail of a frame cut in two ("2.345 kg" of
    * "S S     12.345 kg") and are dropped too. STX/ETX frames find their start by themselves.
+   * With `quietBoundary` (a new connection), a first byte that comes only after that much silence
+   * starts a frame (the first scan of a barcode reader is kept).
    */
-  reset(): void {
+  reset(quietBoundary?: number): void {
     clearTimeout(this.gapTimer);
     clearTimeout(this.idleTimer);
     this.used = 0;
+    this.pushedSinceReset = false;
     this.dropping = this.framing.type === 'delimiter' || this.framing.type === 'gap';
+    this.quietSince = quietBoundary === undefined ? undefined : { at: Date.now(), ms: quietBoundary };
   }
 
   /** Bytes of an unfinished frame held now (diagnostics, tests). */
@@ -267,9 +280,16 @@ export class FrameSplitter {
     return this.used;
   }
 
-  /** Part of a frame is held, or the rest of one is being dropped: the stream is inside a frame. */
-  get unfinished(): boolean {
-    return this.used > 0 || this.dropping;
+  /** The next byte starts a frame: nothing of one is held, and the position in the stream is known. */
+  get between(): boolean {
+    if (this.used > 0) return false;
+    // After a new connection: a line quiet since then is between frames too.
+    return !this.dropping || (this.quietSince !== undefined && Date.now() - this.quietSince.at >= this.quietSince.ms);
+  }
+
+  /** Bytes came since the last reset(). */
+  get touched(): boolean {
+    return this.pushedSinceReset;
   }
 
   /** The next byte starts a frame (what follows a complete reply). */

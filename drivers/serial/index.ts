@@ -30,6 +30,7 @@ import {
   SerialLineError,
   type FrameVerdict,
   type ReplyFraming,
+  type ReplyOptions,
   type SerialPortLease,
   type SerialPortUser,
 } from '../../src/pipeline/serial-ports.js';
@@ -173,14 +174,18 @@ export class SerialDriver implements Driver<SerialTag> {
   /** Timed-out requests in a row with not a byte back, and whether the connection was renewed for them. */
   private silentTimeouts = 0;
   private renewed = false;
-  /** The next request goes out on a new connection (see timedOut). */
-  private renewPending = false;
   private skipInterval = 0;
   private skipUntil = 0;
   private badFrames = 0;
   /** Bad streamed frames since the last frame that parsed, and the last one's problem. */
   private badSinceGood = 0;
   private lastBadFrame: { problem: string } | undefined;
+  /** The stream was cut while inside a frame since the current exchange began (see replyFraming); undefined before its first cut. */
+  private cutMidFrame: boolean | undefined;
+  /** Frames passed on to the streams during the current exchange: a device that streams is not silent. */
+  private passedOn = 0;
+  /** Silence (ms) after a new connection that says the next byte starts a frame. */
+  private readonly quietBoundary: number;
 
   constructor(device: SerialDeviceConfig, context: DriverContext) {
     this.name = device.name;
@@ -200,6 +205,7 @@ export class SerialDriver implements Driver<SerialTag> {
       (problem) => this.badStreamFrame(problem),
       idleResetOf(device.connection),
     );
+    this.quietBoundary = this.framing.type === 'gap' ? this.framing.gap : idleResetOf(device.connection);
   }
 
   get connected(): boolean {
@@ -212,7 +218,7 @@ export class SerialDriver implements Driver<SerialTag> {
 
   async connect(): Promise<void> {
     this.lease ??= this.acquire();
-    this.splitter.reset();
+    this.splitter.reset(this.quietBoundary);
     await this.lease.open();
     // A new connection deserves a try at once: a skip of the old one does not carry over.
     this.skipUntil = 0;
@@ -230,6 +236,13 @@ export class SerialDriver implements Driver<SerialTag> {
         this.log.debug({ device: this.name, reason }, 'serial line lost');
       },
       onData: (chunk) => this.splitter.push(chunk),
+      onCut: () => {
+        // The first cut of an exchange finds the stream where it was; a later one matters only if
+        // bytes came in between (they went to the splitter while the input was being flushed).
+        if (this.cutMidFrame === undefined || this.splitter.touched)
+          this.cutMidFrame = (this.cutMidFrame ?? false) || !this.splitter.between;
+        this.splitter.reset();
+      },
     };
     if (connection.transport === 'tcp') return acquireTcpLine(connection.host, connection.port, user);
     const { path, baudRate, dataBits, parity, stopBits, rtscts, xonxoff } = connection;
@@ -285,22 +298,12 @@ export class SerialDriver implements Driver<SerialTag> {
 
   private async request(plan: RequestPlan): Promise<TagReading[]> {
     if (plan.tags.length === 0) return [];
-    this.requireLease();
     const now = Date.now();
     if (now < this.skipUntil) return this.skippedReadings(plan);
-    if (this.renewPending) await this.renew();
     const lease = this.requireLease();
     let frame: Buffer;
     try {
-      frame = await lease.exclusive((exchange) => {
-        const frame = this.replyFraming(plan.reply);
-        return exchange.transact(plan.request, {
-          timeout: plan.timeout,
-          frame,
-          maxBytes: 2 * this.framing.maxLength + 64,
-          ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
-        });
-      });
+      frame = await lease.exclusive((exchange) => exchange.transact(plan.request, this.answerOptions(plan.reply, plan.timeout)));
     } catch (error) {
       return this.requestFailed(plan, error);
     }
@@ -312,6 +315,17 @@ export class SerialDriver implements Driver<SerialTag> {
     );
   }
 
+  /** How one exchange waits for its answer. Built inside the exchange: the reply framing tracks the exchange's cuts. */
+  private answerOptions(answer: RegExp | undefined, timeout: number): ReplyOptions {
+    return {
+      timeout,
+      frame: this.replyFraming(answer),
+      // An unfinished answer may hold at most a frame and its delimiters; frames passed on are not counted.
+      maxBytes: 2 * this.framing.maxLength + 64,
+      ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
+    };
+  }
+
   /**
    * The framing of one answer (a group's reply, a write's acknowledgement). On a device that
    * streams, frames that do not match `answer` are streamed frames and go to its streaming groups,
@@ -321,11 +335,11 @@ export class SerialDriver implements Driver<SerialTag> {
    */
   private replyFraming(answer: RegExp | undefined): ReplyFraming {
     let from = 0;
-    // Only when a frame may have been cut: one was being received (the splitter holds its start) or
-    // the serial port's input is flushed for the request (a device server's TCP input is not).
-    let maybeTail = this.framing.type !== 'stx-etx' && (this.splitter.unfinished || this.device.connection.transport === 'serial');
-    // A request cuts across whatever was being streamed: that partial frame is gone.
-    this.splitter.reset();
+    // Whether the first frame may be a tail is known once the request is out: the line cuts the
+    // stream (onCut) when it takes the bytes for the reply and when it flushes the input.
+    this.cutMidFrame = undefined;
+    this.passedOn = 0;
+    let first = true;
     // Frames passed on need not be kept by the line (a streaming device may send any amount meanwhile).
     const handOn = (): FrameVerdict => {
       if (from === 0) return 'more';
@@ -341,14 +355,26 @@ export class SerialDriver implements Driver<SerialTag> {
           return handOn();
         }
         from = found.next;
-        if (found.kind === 'bad') return { problem: found.problem };
-        const tail = maybeTail;
-        maybeTail = false;
+        if (found.kind === 'bad') {
+          // On a device that streams, a bad frame may well be a streamed one: counted, not the answer's failure.
+          if (!answer) return { problem: found.problem };
+          first = false; // the frame after it starts after its delimiter
+          this.passedOn++;
+          this.badStreamFrame(found.problem);
+          if (silence) return handOn();
+          continue;
+        }
+        // Only when a frame may have been cut: one was being received (the splitter held its start)
+        // or the serial port's input was flushed for the request (a device server's TCP input is not).
+        const tail =
+          first && this.framing.type !== 'stx-etx' && (this.cutMidFrame !== false || this.device.connection.transport === 'serial');
+        first = false;
         if (!answer || answer.test(frameText(found.frame, this.encoding))) {
           // What follows the answer (handed back to the listeners) starts a frame.
           this.splitter.atBoundary();
           return { reply: found.frame, rest: received.subarray(found.next) };
         }
+        this.passedOn++;
         if (!tail) this.streamed(found.frame);
         if (silence) return handOn();
       }
@@ -359,11 +385,12 @@ export class SerialDriver implements Driver<SerialTag> {
     if (error instanceof SerialLineError) {
       if (error.connectionLost || error.code === 'not-connected') throw error;
       if (error.code === 'timeout') {
-        const got = error.received.length === 0 ? 'no reply' : `no complete reply: ${showBytes(error.received)}`;
+        let got = error.received.length === 0 ? 'no reply' : `no complete reply: ${showBytes(error.received)}`;
+        if (this.badSinceGood > 0 && this.lastBadFrame) got += ` (bad frames meanwhile, the last: ${this.lastBadFrame.problem})`;
         return this.timedOut(
           plan,
           `timeout: ${got} within ${plan.timeout} ms to ${showBytes(plan.request, 40)}`,
-          error.received.length === 0,
+          error.received.length === 0 && this.passedOn === 0,
         );
       }
       // The device answered, if badly: it is alive.
@@ -402,9 +429,12 @@ export class SerialDriver implements Driver<SerialTag> {
       this.renewed = true;
       this.consecutiveTimeouts = 0;
       this.silentTimeouts = 0;
-      this.renewPending = true;
       this.log.warn({ device: this.name, timeouts: backoffAfter }, 'nothing came back on the device-server connection; renewing it');
-      return this.allBad(plan, `${reason}; ${backoffAfter} requests in a row got nothing back: the connection is renewed`, 'timeout');
+      // As a lost connection: the core closes the driver (the last lease closes the socket) and connects anew.
+      throw new DriverError(`${reason}; ${backoffAfter} requests in a row got nothing back: the connection is renewed`, {
+        code: 'timeout',
+        connectionLost: true,
+      });
     }
     // A device already being skipped keeps one reason for the whole episode (its next try is nextTryAt).
     const episode = this.skipInterval > 0;
@@ -527,15 +557,7 @@ export class SerialDriver implements Driver<SerialTag> {
         await lease.exclusive((exchange) => exchange.send(request));
         return;
       }
-      reply = await lease.exclusive((exchange) => {
-        const frame = this.replyFraming(answer);
-        return exchange.transact(request, {
-          timeout,
-          frame,
-          maxBytes: 2 * this.framing.maxLength + 64,
-          ...(this.framing.type === 'gap' ? { silence: this.framing.gap } : {}),
-        });
-      });
+      reply = await lease.exclusive((exchange) => exchange.transact(request, this.answerOptions(answer, timeout)));
     } catch (error) {
       if (error instanceof SerialLineError && error.code === 'timeout') {
         const got = error.received.length === 0 ? 'no answer' : `no complete answer: ${showBytes(error.received)}`;
@@ -555,26 +577,6 @@ export class SerialDriver implements Driver<SerialTag> {
           code: 'bad-reply',
         },
       );
-  }
-
-  /** A new connection for this device alone (its lease of the old one given back first). */
-  private async renew(): Promise<void> {
-    this.renewPending = false;
-    // Given back first: the last lease out closes the connection, so the next open() makes a new one.
-    const old = this.lease;
-    this.lease = undefined;
-    await old?.release();
-    this.lease = this.acquire();
-    this.splitter.reset();
-    try {
-      await this.lease.open();
-    } catch (error) {
-      throw new DriverError(error instanceof Error ? error.message : String(error), {
-        code: 'connect-failed',
-        connectionLost: true,
-        cause: error,
-      });
-    }
   }
 
   private requireLease(): SerialPortLease {

@@ -77,6 +77,12 @@ export interface SerialPortUser {
   onPortLost?(reason: string): void;
   /** Bytes that arrived while no request waited for a reply (streamed frames, noise), for a device that listens. */
   onData?(chunk: Buffer): void;
+  /**
+   * For a device that listens: bytes stop coming to it (a request of any device on the line takes
+   * them, the port's input is flushed). A frame it was receiving is cut, and what it gets next may
+   * start mid-frame.
+   */
+  onCut?(): void;
 }
 
 /**
@@ -224,6 +230,8 @@ class Section implements SerialExchange {
 interface ByteLink {
   readonly isOpen: boolean;
   write(bytes: Buffer, done: (error?: Error | null) => void): void;
+  /** Waits until what was written has left (a serial port's tcdrain; the socket's write callback on TCP). */
+  drain(done: () => void): void;
   /** Drops what was received and not read yet (a serial port's OS buffer; nothing on TCP). */
   flush(done: () => void): void;
   close(): Promise<void>;
@@ -291,6 +299,7 @@ class SerialEndpoint implements LineEndpoint {
         return port.isOpen;
       },
       write: (bytes, done) => port.write(bytes, done),
+      drain: (done) => port.drain(() => done()),
       flush: (done) => port.flush(() => done()),
       close: () => closePort(port),
     };
@@ -354,6 +363,7 @@ class TcpEndpoint implements LineEndpoint {
       write: (bytes, done) => {
         socket.write(bytes, done);
       },
+      drain: (done) => done(),
       flush: (done) => done(),
       close: () =>
         new Promise<void>((resolve) => {
@@ -615,6 +625,8 @@ class SharedPort {
         }, timeout),
       };
       this.pending = pending;
+      // Bytes that arrived while the input was flushed went to the listeners: from here on they go to the reply.
+      this.cut();
       this.requestCount++;
       port.write(Buffer.from(request), (error) => {
         if (error) this.lost(port, `write failed: ${error.message}`);
@@ -627,17 +639,21 @@ class SharedPort {
     this.requestCount++;
     await new Promise<void>((resolve, reject) => {
       port.write(Buffer.from(request), (error) => {
-        if (!error) return resolve();
-        this.lost(port, `write failed: ${error.message}`);
-        reject(new SerialLineError(this.lossReason ?? `write failed: ${error.message}`, 'connection-lost', undefined, true));
+        if (error) {
+          this.lost(port, `write failed: ${error.message}`);
+          reject(new SerialLineError(this.lossReason ?? `write failed: ${error.message}`, 'connection-lost', undefined, true));
+          return;
+        }
+        // The write callback only says the OS has the bytes: the next exchange's flush would drop
+        // what is not transmitted yet (a command cut short), and its quiet time would start early.
+        port.drain(() => resolve());
       });
     });
   }
 
   /** Waits until a request of `section` may go out (line in step, input flushed); the port to write it on. */
   private async prepare(section: Section): Promise<{ port: ByteLink; sentAt: number }> {
-    if (this.pending || section.sending)
-      throw new Error('transact() while the previous request of this exchange still waits for its reply');
+    if (this.pending || section.sending) throw new Error('a request while the previous request of this exchange still waits for its reply');
     section.sending = true;
     let port: ByteLink;
     let sentAt: number;
@@ -651,12 +667,18 @@ class SharedPort {
       port = this.usable(section);
       sentAt = Date.now();
       // Whatever the OS received and nobody read yet is not the reply to this request.
+      // Devices that listen lose what the flush drops and what this request's reply framing takes.
+      this.cut();
       await new Promise<void>((resolve) => port.flush(() => resolve()));
       port = this.usable(section);
     } finally {
       section.sending = false;
     }
     return { port, sentAt };
+  }
+
+  private cut(): void {
+    for (const lease of this.leases) lease.cut();
   }
 
   /** The open port while `section` may still send on it; throws why not. */
@@ -761,6 +783,16 @@ class Lease implements SerialPortLease {
 
   closedError(): SerialLineError {
     return new SerialLineError(`${this.shared.label}: closed by "${this.user.name}"`, 'closed');
+  }
+
+  /** Bytes stop coming to a device that listens. */
+  cut(): void {
+    if (this.released || !this.user.onCut) return;
+    try {
+      this.user.onCut();
+    } catch {
+      // a listener's failure must not keep the others from hearing it
+    }
   }
 
   /** Bytes no request claimed, for a device that listens. */
