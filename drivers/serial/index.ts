@@ -357,7 +357,7 @@ export class SerialDriver implements Driver<SerialTag> {
         from = found.next;
         if (found.kind === 'bad') {
           // On a device that streams, a bad frame may well be a streamed one: counted, not the answer's failure.
-          if (!answer) return { problem: found.problem };
+          if (!this.streaming) return { problem: found.problem };
           first = false; // the frame after it starts after its delimiter
           this.passedOn++;
           this.badStreamFrame(found.problem);
