@@ -48,7 +48,7 @@ import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
 import { DeviceRunner, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
 import { errorMessage } from './util/errors.js';
 import type { BackoffOptions } from './util/backoff.js';
-import type { Driver, DriverTag, TagReading } from './pipeline/driver.js';
+import type { Driver, DriverTag, TagReading, TagValue } from './pipeline/driver.js';
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { TagNormalizer, type Sample } from './pipeline/normalize.js';
 import { startPhase } from './pipeline/scheduler.js';
@@ -461,7 +461,11 @@ export class Gateway {
   /** The uplink's downlink: commands from the cloud go to the write path, audited with the uplink's client id. */
   private downlinkFor(config: NonNullable<Config['uplink']>): DownlinkHandlers {
     const cloudClient = `cloud:${config.clientId ?? `plc2mqtt-${this.config.gateway.name}`}`;
-    return { local: (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient }) };
+    return {
+      local: (topic, payload, retain) => this.takeCommand(topic, payload, retain, { source: 'cloud', clientId: cloudClient }),
+      // Writes a format decodes itself (Sparkplug DCMD): the same checks, rate limits and audit lines.
+      write: (write) => this.takeWrite(write.device, write.tag, write.value, { source: 'sparkplug', clientId: cloudClient }),
+    };
   }
 
   /** Makes `uplink` the cloud connection. */
@@ -475,6 +479,22 @@ export class Gateway {
     const handled = this.commands.handle(topic, payload, retain, origin);
     this.commandsInProgress.add(handled);
     void handled.finally(() => this.commandsInProgress.delete(handled));
+  }
+
+  /**
+   * A write that came with no command topic (Sparkplug DCMD, the console): through the command
+   * handler like any command; the answer goes to the bus and the audit line, and is returned.
+   */
+  takeWrite(device: string, tag: string, value: TagValue, origin: CommandOrigin): Promise<CommandAnswer> {
+    if (!this.commandsOpen) return Promise.resolve({ ok: false, device, tag, error: 'the gateway is stopping', ts: Date.now() });
+    const written = this.commands.write(device, tag, value, origin).then((answer) => {
+      this.bus.emit('write', { topic: undefined, answer, origin });
+      return answer;
+    });
+    const settled = written.then(() => undefined);
+    this.commandsInProgress.add(settled);
+    void settled.finally(() => this.commandsInProgress.delete(settled));
+    return written;
   }
 
   /** Takes no more commands; writes in progress (their devices are stopped by now) are answered first. */

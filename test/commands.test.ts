@@ -123,4 +123,26 @@ describe('CommandHandler: queueing and rate limit', () => {
     await send('6');
     assert.match(answers[2]!.error ?? '', /rate limited/);
   });
+
+  it('a direct write (Sparkplug DCMD, the console) takes the same queue, checks and rate limit as a command, and returns its answer', async () => {
+    const { handler, answers, releases, written, send } = setup({}, { min: 0, max: 100, minInterval: 3_600_000 });
+    const origin = { source: 'sparkplug', clientId: 'cloud:edge' } as const;
+    // Behind a command in progress: waits for it, then is refused by the rate limit that command used.
+    const command = send('5');
+    const direct = handler.write('d', 'sp', 7, origin);
+    await new Promise((resolve) => setImmediate(resolve));
+    releases.shift()!();
+    await command;
+    const queued = await direct;
+    assert.equal(answers[0]!.ok, true);
+    assert.equal(queued.ok, false);
+    assert.match(queued.error ?? '', /rate limited/);
+    assert.deepEqual(written, [5]);
+    // The tag's checks, and unknown tags, answered the same way; nothing reaches the device.
+    assert.match((await handler.write('d', 'sp', 500, origin)).error ?? '', /above the tag's maximum 100/);
+    assert.match((await handler.write('d', 'nope', 1, origin)).error ?? '', /unknown tag: no tag "nope" in device "d"/);
+    assert.deepEqual(written, [5]);
+    // Direct answers do not go to a result topic.
+    assert.equal(answers.length, 1);
+  });
 });

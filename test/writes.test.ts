@@ -449,6 +449,26 @@ describe('writes from MQTT', () => {
     assert.equal(refused.result, 'rejected');
     assert.match(String(refused.error), /not writable/);
   });
+
+  it('a direct write (no command topic: Sparkplug DCMD, the console) is checked, written, answered and audited with its source', async () => {
+    const events: unknown[] = [];
+    const unsubscribe = gateway.bus.on('write', (event) => events.push(event));
+    const answer = await gateway.takeWrite('plc', 'pulses', 77, { source: 'console', clientId: 'console', username: 'alice' });
+    assert.equal(answer.ok, true, answer.error ?? '');
+    assert.equal(modbus.holding[40], 77);
+    const refused = await gateway.takeWrite('plc', 'temp', 45, { source: 'console', clientId: 'console', username: 'alice' });
+    assert.match(refused.error ?? '', /above the tag's maximum 40/);
+    const lines = logs.records().filter((record) => record.audit === 'write' && record.source === 'console');
+    assert.deepEqual(
+      lines.map((line) => [line.tag, line.username, line.result]),
+      [
+        ['pulses', 'alice', 'written'],
+        ['temp', 'alice', 'rejected'],
+      ],
+    );
+    assert.equal(events.length, 2);
+    unsubscribe();
+  });
 });
 
 for (const protocolVersion of [4, 5] as const) {

@@ -51,8 +51,8 @@ export interface OutboxDepthEvent {
 }
 
 export interface WriteEvent {
-  /** The command topic the write came in on. */
-  topic: string;
+  /** The command topic the write came in on; undefined for a direct write (Sparkplug DCMD, the console). */
+  topic: string | undefined;
   answer: CommandAnswer;
   origin: CommandOrigin;
 }

@@ -1,4 +1,5 @@
-// The write path: MQTT command → checks → driver.write → answer + audit line.
+// The write path: MQTT command (or a direct write: Sparkplug DCMD, the console) → checks →
+// driver.write → answer + audit line.
 //
 // A tag's command topic is its data topic plus topics.command ("/set"). Whoever may publish there
 // (the broker's ACL decides for local clients, the uplink's receive rules for the cloud) can ask
@@ -15,8 +16,11 @@ import { RESULT_SUFFIX } from '../northbound/json/topics.js';
 
 /** Who asked for a write, for the audit line and the answer. */
 export interface CommandOrigin {
-  /** "local": an MQTT client of the integrated broker; "cloud": the uplink's downlink. */
-  source: 'local' | 'cloud';
+  /**
+   * "local": an MQTT client of the integrated broker; "cloud": the uplink's downlink (a JSON
+   * command topic); "sparkplug": a Sparkplug DCMD; "console": an operator in the web console.
+   */
+  source: 'local' | 'cloud' | 'sparkplug' | 'console';
   clientId: string;
   username?: string | undefined;
   /** MQTT 5 request/response: where to answer, and what to echo. */
@@ -69,6 +73,8 @@ const MAX_PAYLOAD = 64 * 1024;
 export class CommandHandler {
   readonly stats: CommandStats = { received: 0, written: 0, rejected: 0, failed: 0 };
   private readonly targets = new Map<string, CommandTarget>();
+  /** The same targets by device and tag name (direct writes). */
+  private readonly byTag = new Map<string, CommandTarget>();
   /** Writes to one tag run one after the other, in arrival order: the tail of each tag's chain and how many wait in it. */
   private readonly queues = new Map<string, { tail: Promise<void>; pending: number }>();
   /** When a write last went out to each tag (performance.now(): immune to clock steps). */
@@ -97,6 +103,7 @@ export class CommandHandler {
   /** Makes `tagTopic + suffix` the command topic of a tag (writable or not: others get a clear refusal). */
   register(tagTopic: string, target: CommandTarget): void {
     this.targets.set(tagTopic + this.suffix, target);
+    this.byTag.set(keyOf(target.device, target.tag.name), target);
   }
 
   /** New writes limits (a reload); commands already waiting keep the wait they started with. */
@@ -106,7 +113,10 @@ export class CommandHandler {
 
   /** The tag's command topic is gone (its device was removed or is being restarted by a reload). */
   unregister(tagTopic: string): void {
+    const target = this.targets.get(tagTopic + this.suffix);
     this.targets.delete(tagTopic + this.suffix);
+    if (target && this.byTag.get(keyOf(target.device, target.tag.name)) === target)
+      this.byTag.delete(keyOf(target.device, target.tag.name));
   }
 
   /** True for a command topic, known or not: the caller passes it on to handle(). */
@@ -118,20 +128,39 @@ export class CommandHandler {
   handle(topic: string, payload: Buffer, retain: boolean, origin: CommandOrigin): Promise<void> {
     this.stats.received++;
     const target = this.targets.get(topic);
-    const key = target ? `${target.device}\u0000${target.tag.name}` : topic;
+    return this.enqueue(target ? keyOf(target.device, target.tag.name) : topic, async (refusal) => {
+      const answer = await this.execute(
+        { target, unknown: `no tag has the command topic ${topic}`, input: { payload, retain }, origin },
+        refusal,
+      );
+      this.answer(topic + RESULT_SUFFIX, answer, origin);
+    });
+  }
+
+  /**
+   * Writes `value` (engineering units) to a tag directly, not from a command topic (Sparkplug DCMD,
+   * the console): the same queue, checks, rate limits and audit line as an MQTT command. Never
+   * throws; resolves with the answer.
+   */
+  write(device: string, tag: string, value: TagValue, origin: CommandOrigin): Promise<CommandAnswer> {
+    this.stats.received++;
+    const key = keyOf(device, tag);
+    const target = this.byTag.get(key);
+    let result: CommandAnswer | undefined;
+    return this.enqueue(key, async (refusal) => {
+      result = await this.execute({ target, unknown: `no tag "${tag}" in device "${device}"`, input: { value }, origin }, refusal);
+    }).then(() => result ?? { ok: false, error: 'the write was not carried out', ts: Date.now() });
+  }
+
+  /**
+   * Runs `work` after the writes to the same tag that arrived before it, in arrival order, with the
+   * reason it must be refused (too many waiting, or it waited too long) or undefined.
+   */
+  private enqueue(key: string, work: (refusal: string | undefined) => Promise<void>): Promise<void> {
     const queue = this.queues.get(key) ?? { tail: Promise.resolve(), pending: 0 };
     // One runs, the others wait behind it.
     if (queue.pending > this.limits.maxWaiting) {
-      return this.safely(() =>
-        this.execute(
-          topic,
-          target,
-          payload,
-          retain,
-          origin,
-          `${queue.pending - 1} writes to this tag are already waiting (writes.maxWaiting); try again later`,
-        ),
-      );
+      return this.safely(() => work(`${queue.pending - 1} writes to this tag are already waiting (writes.maxWaiting); try again later`));
     }
     queue.pending++;
     const arrived = performance.now();
@@ -142,7 +171,7 @@ export class CommandHandler {
         waited > this.limits.waitTimeout
           ? `waited ${Math.round(waited)} ms behind earlier writes to this tag (writes.waitTimeout): not written`
           : undefined;
-      await this.safely(() => this.execute(topic, target, payload, retain, origin, expired));
+      await this.safely(() => work(expired));
       queue.pending--;
     });
     queue.tail = run;
@@ -162,28 +191,23 @@ export class CommandHandler {
     }
   }
 
-  private async execute(
-    topic: string,
-    target: CommandTarget | undefined,
-    payload: Buffer,
-    retain: boolean,
-    origin: CommandOrigin,
-    refusal?: string,
-  ): Promise<void> {
+  /** One write: checks, the driver's write, the read-back; the answer, with its audit line logged. Never throws. */
+  private async execute(request: WriteRequest, refusal: string | undefined): Promise<CommandAnswer> {
+    const { target, input, origin } = request;
     const started = Date.now();
     let requested: TagValue | undefined;
     let previous: TagValue | null | undefined;
     let written = false;
     try {
-      if (!target) throw new Rejected(`unknown tag: no tag has the command topic ${topic}`);
+      if (!target) throw new Rejected(`unknown tag: ${request.unknown}`);
       if (refusal !== undefined) throw new Rejected(refusal);
       previous = target.previous();
       if (!target.tag.writable)
         throw new Rejected(`tag "${target.tag.name}" of device "${target.device}" is not writable (set "writable": true in its config)`);
       // A retained command would be written again by every reconnect and every new subscription.
-      if (retain)
+      if ('retain' in input && input.retain)
         throw new Rejected('retained commands are refused: they would be written again at every reconnect; publish without retain');
-      const command = parseCommand(payload);
+      const command: ParsedCommand = 'payload' in input ? parseCommand(input.payload) : { value: asTagValue(input.value) };
       requested = command.value;
       if (command.sentAt !== undefined && started - command.sentAt > this.limits.maxAge) {
         throw new Rejected(
@@ -197,7 +221,7 @@ export class CommandHandler {
       }
       checkValue(requested, target.tag);
       const minInterval = target.tag.write?.minInterval;
-      const key = `${target.device}\u0000${target.tag.name}`;
+      const key = keyOf(target.device, target.tag.name);
       const last = this.lastWritten.get(key);
       const now = performance.now();
       if (minInterval !== undefined && last !== undefined && now - last < minInterval) {
@@ -235,7 +259,7 @@ export class CommandHandler {
       this.stats.written++;
       const answer: CommandAnswer = { ok: true, device: target.device, tag: target.tag.name, value: requested, ts: Date.now() };
       if (readBack !== undefined) answer.readBack = readBack;
-      this.finish(topic, answer, origin, { previous, payload, durationMs: Date.now() - started });
+      return this.audited(answer, origin, { previous, input, durationMs: Date.now() - started });
     } catch (error) {
       const rejected = error instanceof Rejected;
       if (rejected) this.stats.rejected++;
@@ -246,21 +270,21 @@ export class CommandHandler {
         answer.tag = target.tag.name;
       }
       if (requested !== undefined) answer.value = requested;
-      this.finish(topic, answer, origin, {
+      return this.audited(answer, origin, {
         previous,
-        payload,
+        input,
         durationMs: Date.now() - started,
         result: rejected ? 'rejected' : written ? 'written, not confirmed' : 'failed',
       });
     }
   }
 
-  private finish(
-    topic: string,
+  /** Logs the audit line of a write and returns its answer. */
+  private audited(
     answer: CommandAnswer,
     origin: CommandOrigin,
-    details: { previous: TagValue | null | undefined; payload: Buffer; durationMs: number; result?: string },
-  ): void {
+    details: { previous: TagValue | null | undefined; input: WriteRequest['input']; durationMs: number; result?: string },
+  ): CommandAnswer {
     this.log.info(
       {
         audit: 'write',
@@ -269,7 +293,12 @@ export class CommandHandler {
         username: origin.username,
         device: answer.device,
         tag: answer.tag,
-        requested: answer.value !== undefined ? jsonSafe(answer.value) : details.payload.subarray(0, 200).toString('utf8'),
+        requested:
+          answer.value !== undefined
+            ? jsonSafe(answer.value)
+            : 'payload' in details.input
+              ? details.input.payload.subarray(0, 200).toString('utf8')
+              : undefined,
         previous: details.previous === undefined ? undefined : jsonSafe(details.previous),
         result: details.result ?? 'written',
         error: answer.error,
@@ -277,8 +306,21 @@ export class CommandHandler {
       },
       answer.ok ? 'write done' : 'write refused or failed',
     );
-    this.answer(topic + RESULT_SUFFIX, answer, origin);
+    return answer;
   }
+}
+
+/** One write to carry out: from a command topic (its payload, parsed) or direct (a value). */
+interface WriteRequest {
+  target: CommandTarget | undefined;
+  /** Why there is no target, for the refusal ("no tag has the command topic …"). */
+  unknown: string;
+  input: { payload: Buffer; retain: boolean } | { value: TagValue };
+  origin: CommandOrigin;
+}
+
+function keyOf(device: string, tag: string): string {
+  return `${device}\u0000${tag}`;
 }
 
 /** A parsed command: its value and, when the sender stamped it, when it was sent (ms since the epoch). */
