@@ -446,30 +446,32 @@ function setScalar(target: WireValues, wire: WireScalar): void {
   else (target as Record<string, unknown>)[wire.field] = wire.value;
 }
 
-function encodeProperties(set: PropertySet, what: string): WirePropertySet {
+/** `owner` names the metric; `path` the properties this set is nested in ("a.b[0]."). */
+function encodeProperties(set: PropertySet, owner: string, path = ''): WirePropertySet {
   const keys = Object.keys(set);
-  return { keys, values: keys.map((key) => encodePropertyValue(set[key]!, `${what}.${key}`)) };
+  return { keys, values: keys.map((key) => encodePropertyValue(set[key]!, owner, `${path}${key}`)) };
 }
 
-function encodePropertyValue(property: PropertyValue, what: string): WirePropertyValue {
+function encodePropertyValue(property: PropertyValue, owner: string, path: string): WirePropertyValue {
+  const what = `${owner}, property ${path}`;
   const { type, value } = property;
   // [tck-id-payloads-metric-propertyvalue-type-req] / -type-value: basic types, PropertySet, PropertySetList.
   if (!isBasicType(type) && type !== DataType.PropertySet && type !== DataType.PropertySetList)
-    throw new TypeError(`property ${what}: ${dataTypeName(type)} is not a property type (Int8…Text, PropertySet, PropertySetList)`);
+    throw new TypeError(`${what}: ${dataTypeName(type)} is not a property type (Int8…Text, PropertySet, PropertySetList)`);
   const wire: WirePropertyValue = { type };
   if (property.isNull) {
-    if (value !== undefined) throw new TypeError(`property ${what}: a null property has no value`);
+    if (value !== undefined) throw new TypeError(`${what}: a null property has no value`);
     wire.isNull = true;
     return wire;
   }
-  if (value === undefined) throw new TypeError(`property ${what}: no value (set isNull for a null property)`);
+  if (value === undefined) throw new TypeError(`${what}: no value (set isNull for a null property)`);
   if (type === DataType.PropertySet) {
-    if (!isPropertySet(value)) throw new TypeError(`property ${what}: PropertySet takes a record of properties`);
-    wire.propertysetValue = encodeProperties(value, what);
+    if (!isPropertySet(value)) throw new TypeError(`${what}: PropertySet takes a record of properties`);
+    wire.propertysetValue = encodeProperties(value, owner, `${path}.`);
   } else if (type === DataType.PropertySetList) {
-    if (!Array.isArray(value)) throw new TypeError(`property ${what}: PropertySetList takes an array of property records`);
-    wire.propertysetsValue = { propertyset: value.map((set, index) => encodeProperties(set, `${what}[${index}]`)) };
-  } else setScalar(wire, scalarToWire(type, value, `property ${what}`));
+    if (!Array.isArray(value)) throw new TypeError(`${what}: PropertySetList takes an array of property records`);
+    wire.propertysetsValue = { propertyset: value.map((set, index) => encodeProperties(set, owner, `${path}[${index}].`)) };
+  } else setScalar(wire, scalarToWire(type, value, what));
   return wire;
 }
 
@@ -541,7 +543,7 @@ function encodeMetric(metric: SparkplugMetric, index: number, omitDatatypes: boo
   if (metric.isHistorical !== undefined) wire.isHistorical = metric.isHistorical;
   if (metric.isTransient !== undefined) wire.isTransient = metric.isTransient;
   if (metric.metadata !== undefined) wire.metadata = encodeMetaData(metric.metadata);
-  if (metric.properties !== undefined) wire.properties = encodeProperties(metric.properties, `of ${what}`);
+  if (metric.properties !== undefined) wire.properties = encodeProperties(metric.properties, what);
   if (metric.isNull) {
     // is_null is the null; no sentinel value goes with it ([tck-id-operational-behavior-data-publish-nbirth-values]).
     if (metric.value !== undefined) throw new TypeError(`${what}: a null metric has no value`);
@@ -562,8 +564,11 @@ function encodeMetric(metric: SparkplugMetric, index: number, omitDatatypes: boo
   return wire;
 }
 
-/** A payload as protobuf bytes. Throws TypeError/RangeError, naming the metric, for a value that does not fit its datatype. */
-export function encodePayload(payload: SparkplugPayload, options: EncodeOptions = {}): Uint8Array {
+/**
+ * A payload as protobuf bytes (a Buffer, as MQTT publishes it). Throws TypeError/RangeError,
+ * naming the metric, for a value that does not fit its datatype.
+ */
+export function encodePayload(payload: SparkplugPayload, options: EncodeOptions = {}): Buffer {
   const omitDatatypes = options.omitDatatypes ?? false;
   const wire: WirePayload = { metrics: (payload.metrics ?? []).map((metric, index) => encodeMetric(metric, index, omitDatatypes)) };
   if (payload.timestamp !== undefined) wire.timestamp = wireTimestamp(payload.timestamp, 'payload');
@@ -575,7 +580,9 @@ export function encodePayload(payload: SparkplugPayload, options: EncodeOptions 
   }
   if (payload.uuid !== undefined) wire.uuid = payload.uuid;
   if (payload.body !== undefined) wire.body = payload.body;
-  return PayloadType.encode(wire).finish();
+  const bytes = PayloadType.encode(wire).finish();
+  // protobufjs's writer hands out a Buffer in Node; a Uint8Array elsewhere, which never runs here.
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 // ---------------------------------------------------------------- decode
@@ -597,28 +604,30 @@ function decodeScalar(message: WireValues & { value?: string }, type: DataType |
   return type === undefined ? raw : scalarFromWire(type, field as WireScalar['field'], raw, what);
 }
 
-function decodeProperties(wire: WirePropertySet, what: string): PropertySet {
+function decodeProperties(wire: WirePropertySet, owner: string, path = ''): PropertySet {
+  const what = `${owner}, properties ${path || '(top level)'}`;
   // [tck-id-payloads-propertyset-keys-array-size] / -values-array-size
   if (wire.keys.length !== wire.values.length)
     throw new TypeError(`${what}: ${wire.keys.length} property keys but ${wire.values.length} values`);
   const set: PropertySet = {};
   wire.keys.forEach((key, index) => {
-    set[key] = decodePropertyValue(wire.values[index]!, `${what}.${key}`);
+    set[key] = decodePropertyValue(wire.values[index]!, owner, `${path}${key}`);
   });
   return set;
 }
 
-function decodePropertyValue(wire: WirePropertyValue, what: string): PropertyValue {
-  if (!has(wire, 'type')) throw new TypeError(`property ${what}: no type ([tck-id-payloads-metric-propertyvalue-type-req])`);
+function decodePropertyValue(wire: WirePropertyValue, owner: string, path: string): PropertyValue {
+  const what = `${owner}, property ${path}`;
+  if (!has(wire, 'type')) throw new TypeError(`${what}: no type ([tck-id-payloads-metric-propertyvalue-type-req])`);
   const type = wire.type!;
-  if (!isDataType(type)) throw new TypeError(`property ${what}: ${type} is not a Sparkplug datatype`);
+  if (!isDataType(type)) throw new TypeError(`${what}: ${type} is not a Sparkplug datatype`);
   const property: PropertyValue = { type };
   if (wire.isNull) property.isNull = true;
-  if (wire.value === 'propertysetValue') property.value = decodeProperties(wire.propertysetValue!, what);
+  if (wire.value === 'propertysetValue') property.value = decodeProperties(wire.propertysetValue!, owner, `${path}.`);
   else if (wire.value === 'propertysetsValue')
-    property.value = wire.propertysetsValue!.propertyset.map((set, index) => decodeProperties(set, `${what}[${index}]`));
+    property.value = wire.propertysetsValue!.propertyset.map((set, index) => decodeProperties(set, owner, `${path}[${index}].`));
   else {
-    const value = decodeScalar(wire, type, `property ${what}`);
+    const value = decodeScalar(wire, type, what);
     if (value !== undefined) property.value = value as PropertyValue['value'];
   }
   return property;
@@ -677,7 +686,7 @@ function decodeMetric(wire: WireMetric, index: number, options: DecodeOptions): 
   if (has(wire, 'isTransient')) metric.isTransient = wire.isTransient!;
   if (has(wire, 'isNull')) metric.isNull = wire.isNull!;
   if (has(wire, 'metadata')) metric.metadata = decodeMetaData(wire.metadata!);
-  if (has(wire, 'properties')) metric.properties = decodeProperties(wire.properties!, `properties of ${what}`);
+  if (has(wire, 'properties')) metric.properties = decodeProperties(wire.properties!, what);
   if (wire.value === 'datasetValue') {
     if (datatype !== undefined && datatype !== DataType.DataSet)
       throw new TypeError(`${what}: a ${dataTypeName(datatype)} value cannot arrive as a DataSet`);
