@@ -139,12 +139,19 @@ export function describeValue(value: unknown): string {
   return typeof value === 'object' ? 'an object' : String(value);
 }
 
-function fail(what: string, message: string, error: 'type' | 'range' = 'type'): never {
-  const text = `${what}: ${message}`;
+/** What a value is, for error messages; a function when it costs a string per value to say (a metric in a hot path). */
+export type Where = string | (() => string);
+
+export function label(where: Where): string {
+  return typeof where === 'function' ? where() : where;
+}
+
+function fail(what: Where, message: string, error: 'type' | 'range' = 'type'): never {
+  const text = `${label(what)}: ${message}`;
   throw error === 'range' ? new RangeError(text) : new TypeError(text);
 }
 
-function smallInteger(type: DataType, value: unknown, what: string): number {
+function smallInteger(type: DataType, value: unknown, what: Where): number {
   const range = SMALL_INTEGERS[type]!;
   const number = typeof value === 'bigint' ? Number(value) : value;
   if (typeof number !== 'number' || !Number.isInteger(number))
@@ -154,7 +161,7 @@ function smallInteger(type: DataType, value: unknown, what: string): number {
   return number;
 }
 
-function largeInteger(type: DataType, value: unknown, what: string): bigint {
+function largeInteger(type: DataType, value: unknown, what: Where): bigint {
   const range = LARGE_INTEGERS[type]!;
   let integer: bigint;
   if (typeof value === 'bigint') integer = value;
@@ -168,7 +175,7 @@ function largeInteger(type: DataType, value: unknown, what: string): bigint {
   return integer;
 }
 
-function floatingPoint(type: DataType, value: unknown, what: string): number {
+function floatingPoint(type: DataType, value: unknown, what: Where): number {
   if (typeof value !== 'number') fail(what, `${dataTypeName(type)} takes a number, got ${describeValue(value)}`);
   // NaN and ±Infinity exist in float32; a finite number beyond its range would become Infinity.
   if (type === DataType.Float && Number.isFinite(value) && Math.abs(value) > FLOAT_MAX)
@@ -181,7 +188,7 @@ function floatingPoint(type: DataType, value: unknown, what: string): number {
  * TypeError for a value of the wrong kind, a RangeError for one that does not fit. `what` names
  * the metric or property in the message.
  */
-export function scalarToWire(type: DataType, value: unknown, what: string): WireScalar {
+export function scalarToWire(type: DataType, value: unknown, what: Where): WireScalar {
   switch (type) {
     case DataType.Int8:
     case DataType.Int16:
@@ -224,7 +231,7 @@ export function scalarFromWire(
   type: DataType,
   field: WireScalar['field'],
   value: number | bigint | boolean | string | Uint8Array,
-  what: string,
+  what: Where,
 ): MetricValue {
   const wrongField = (): never => fail(what, `a ${dataTypeName(type)} value cannot arrive in ${field}`);
   switch (type) {
@@ -268,7 +275,7 @@ export function scalarFromWire(
 }
 
 /** int_value (0..2^32-1) as a value of an integer type up to 32 bits. */
-function smallIntegerFromWire(type: DataType, raw: number, what: string): number {
+function smallIntegerFromWire(type: DataType, raw: number, what: Where): number {
   const { bits, signed, max } = SMALL_INTEGERS[type]!;
   if (!signed) {
     if (raw > max) fail(what, `${raw} does not fit ${dataTypeName(type)}`, 'range');
@@ -325,22 +332,22 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true });
  * little-endian count, then the bits MSB-first, the last byte padded with 0; StringArray each
  * string's UTF-8 followed by a NUL (so no string may contain one). The spec has no null elements.
  */
-export function packArray(type: DataType, value: unknown, what: string): Uint8Array {
+export function packArray(type: DataType, value: unknown, what: Where): Uint8Array {
   if (!Array.isArray(value)) fail(what, `${dataTypeName(type)} takes an array, got ${describeValue(value)}`);
   const items: readonly unknown[] = value;
   if (type === DataType.BooleanArray) {
     const bytes = new Uint8Array(4 + Math.ceil(items.length / 8));
     new DataView(bytes.buffer).setUint32(0, items.length, true);
     items.forEach((item, index) => {
-      if (typeof item !== 'boolean') fail(`${what}[${index}]`, `BooleanArray takes true or false, got ${describeValue(item)}`);
+      if (typeof item !== 'boolean') fail(() => `${label(what)}[${index}]`, `BooleanArray takes true or false, got ${describeValue(item)}`);
       if (item) bytes[4 + (index >> 3)]! |= 0x80 >> (index & 7);
     });
     return bytes;
   }
   if (type === DataType.StringArray) {
     const parts = items.map((item, index) => {
-      if (typeof item !== 'string') fail(`${what}[${index}]`, `StringArray takes strings, got ${describeValue(item)}`);
-      if (item.includes('\0')) fail(`${what}[${index}]`, 'a StringArray element cannot contain NUL (it ends each element)');
+      if (typeof item !== 'string') fail(() => `${label(what)}[${index}]`, `StringArray takes strings, got ${describeValue(item)}`);
+      if (item.includes('\0')) fail(() => `${label(what)}[${index}]`, 'a StringArray element cannot contain NUL (it ends each element)');
       return utf8.encode(item);
     });
     const bytes = new Uint8Array(parts.reduce((sum, part) => sum + part.length + 1, 0));
@@ -356,7 +363,7 @@ export function packArray(type: DataType, value: unknown, what: string): Uint8Ar
   const bytes = new Uint8Array(items.length * info.width);
   const view = new DataView(bytes.buffer);
   items.forEach((item, index) => {
-    const where = `${what}[${index}]`;
+    const where = (): string => `${label(what)}[${index}]`;
     const offset = index * info.width;
     switch (type) {
       case DataType.Int8Array:
@@ -396,7 +403,7 @@ export function packArray(type: DataType, value: unknown, what: string): Uint8Ar
 }
 
 /** bytes_value as the elements of an array type: the reverse of packArray. */
-export function unpackArray(type: DataType, bytes: Uint8Array, what: string): number[] | bigint[] | boolean[] | string[] {
+export function unpackArray(type: DataType, bytes: Uint8Array, what: Where): number[] | bigint[] | boolean[] | string[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (type === DataType.BooleanArray) {
     if (bytes.length === 0) return [];
@@ -448,7 +455,7 @@ export function unpackArray(type: DataType, bytes: Uint8Array, what: string): nu
   }
 }
 
-function decodeUtf8(bytes: Uint8Array, what: string): string {
+function decodeUtf8(bytes: Uint8Array, what: Where): string {
   try {
     return utf8Strict.decode(bytes);
   } catch {

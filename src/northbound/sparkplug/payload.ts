@@ -23,6 +23,8 @@ import {
   type MetricValue,
   type SparkplugDataSet,
   type WireScalar,
+  label,
+  type Where,
 } from './datatypes.js';
 
 export { DataType, dataTypeName, type DataSetCell, type MetricValue, type SparkplugDataSet } from './datatypes.js';
@@ -435,9 +437,9 @@ function has<T extends object>(message: T, key: keyof T & string): boolean {
 
 // ---------------------------------------------------------------- encode
 
-function wireTimestamp(value: number, what: string): number {
+function wireTimestamp(value: number, what: Where): number {
   if (!Number.isSafeInteger(value) || value < 0)
-    throw new RangeError(`${what}: a timestamp is whole milliseconds ≥ 0, got ${describeValue(value)}`);
+    throw new RangeError(`${label(what)}: a timestamp is whole milliseconds ≥ 0, got ${describeValue(value)}`);
   return value;
 }
 
@@ -525,41 +527,42 @@ function metricName(metric: SparkplugMetric, index: number): string {
 }
 
 function encodeMetric(metric: SparkplugMetric, index: number, omitDatatypes: boolean): WireMetric {
-  const what = metricName(metric, index);
+  // Named only when something is wrong: a string per metric is a good part of a DDATA's cost.
+  const what = (): string => metricName(metric, index);
   const wire: WireMetric = {};
   if (metric.name !== undefined) wire.name = metric.name;
-  if (metric.alias !== undefined) {
-    const alias = typeof metric.alias === 'bigint' ? metric.alias : Number.isSafeInteger(metric.alias) ? BigInt(metric.alias) : -1n;
-    if (alias < 0n || alias > 0xffffffffffffffffn)
-      throw new RangeError(`${what}: an alias is a uint64, got ${describeValue(metric.alias)}`);
-    wire.alias = toWire64(alias);
-  }
+  const { alias } = metric;
+  if (typeof alias === 'number' && Number.isSafeInteger(alias) && alias >= 0) wire.alias = alias;
+  else if (typeof alias === 'bigint' && alias >= 0n && alias <= 0xffffffffffffffffn) wire.alias = toWire64(alias);
+  else if (alias !== undefined) throw new RangeError(`${what()}: an alias is a uint64, got ${describeValue(alias)}`);
   if (metric.timestamp !== undefined) wire.timestamp = wireTimestamp(metric.timestamp, what);
   const { datatype } = metric;
   if (datatype !== undefined) {
-    if (!isDataType(datatype)) throw new TypeError(`${what}: ${datatype} is not a Sparkplug datatype`);
+    if (!isDataType(datatype)) throw new TypeError(`${what()}: ${datatype} is not a Sparkplug datatype`);
     if (!omitDatatypes) wire.datatype = datatype;
   }
   if (metric.isHistorical !== undefined) wire.isHistorical = metric.isHistorical;
   if (metric.isTransient !== undefined) wire.isTransient = metric.isTransient;
   if (metric.metadata !== undefined) wire.metadata = encodeMetaData(metric.metadata);
-  if (metric.properties !== undefined) wire.properties = encodeProperties(metric.properties, what);
+  if (metric.properties !== undefined) wire.properties = encodeProperties(metric.properties, what());
   if (metric.isNull) {
     // is_null is the null; no sentinel value goes with it ([tck-id-operational-behavior-data-publish-nbirth-values]).
-    if (metric.value !== undefined) throw new TypeError(`${what}: a null metric has no value`);
+    if (metric.value !== undefined) throw new TypeError(`${what()}: a null metric has no value`);
     wire.isNull = true;
     return wire;
   }
   if (metric.isNull === false) wire.isNull = false;
   const { value } = metric;
   if (value === undefined) return wire;
-  if (datatype === undefined) throw new TypeError(`${what}: a value needs its datatype`);
-  if (datatype === DataType.DataSet) {
+  // The common case first (analog values), without the general path's allocation.
+  if (datatype === DataType.Double && typeof value === 'number') wire.doubleValue = value;
+  else if (datatype === undefined) throw new TypeError(`${what()}: a value needs its datatype`);
+  else if (datatype === DataType.DataSet) {
     if (typeof value !== 'object' || value === null || Array.isArray(value) || value instanceof Uint8Array)
-      throw new TypeError(`${what}: DataSet takes {columns, types, rows}, got ${describeValue(value)}`);
-    wire.datasetValue = encodeDataSet(value as SparkplugDataSet, what);
+      throw new TypeError(`${what()}: DataSet takes {columns, types, rows}, got ${describeValue(value)}`);
+    wire.datasetValue = encodeDataSet(value as SparkplugDataSet, what());
   } else if (datatype === DataType.Template) {
-    throw new TypeError(`${what}: Template values are not supported by this codec`);
+    throw new TypeError(`${what()}: Template values are not supported by this codec`);
   } else setScalar(wire, scalarToWire(datatype, value, what));
   return wire;
 }
