@@ -25,6 +25,8 @@ const runs: Array<[string, string[]]> = [
   ['idle.js', []],
   // what the event bus costs a sample: node dist/bench/event-bus.js
   ['event-bus.js', []],
+  // Sparkplug B DDATA encoding vs the JSON batch, CPU and bytes per 10k metrics: node dist/bench/sparkplug-encode.js
+  ['sparkplug-encode.js', []],
   // serial driver, frames parsed per second on one core: node dist/bench/serial-parse.js
   ['serial-parse.js', []],
   // serial driver, frame → subscriber latency (stream 10/100/1000 per s, request every 100 ms): node dist/bench/serial-latency.js --request
