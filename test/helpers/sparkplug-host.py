@@ -110,6 +110,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -192,9 +193,17 @@ def load_schema(proto_path):
     """Runs protoc on the .proto into a temporary folder and imports the generated module."""
     out = tempfile.mkdtemp(prefix="sparkplug-host-")
     folder, name = os.path.split(os.path.abspath(proto_path))
-    subprocess.run(["protoc", f"--python_out={out}", "-I", folder, os.path.join(folder, name)], check=True, capture_output=True)
+    try:
+        subprocess.run(["protoc", f"--python_out={out}", "-I", folder, os.path.join(folder, name)], check=True, capture_output=True)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     sys.path.insert(0, out)
-    return importlib.import_module(name[: -len(".proto")] + "_pb2")
+    try:
+        return importlib.import_module(name[: -len(".proto")] + "_pb2")
+    finally:
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)  # the module is loaded; nothing is left behind
 
 
 # --- decoding values ------------------------------------------------------------------------------
