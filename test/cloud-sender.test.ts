@@ -3,7 +3,8 @@
 // clock. Out-of-order acks, a reconnect mid-window, MQTT 5 refusals, the probe that sets aside a
 // message the cloud keeps closing the connection on, the outbox bound dropping rows while they are
 // sent (counted exactly), drop-newest, maxAge at send time, liveShare, the stall warning, and the
-// performance rules (acks settled in batches, no SELECT per PUBACK when caught up).
+// performance rules (acks settled in batches, no SELECT per PUBACK when caught up); QoS 0 messages
+// confirmed by a ping round trip (checkpoint.ts) over a link that pings when the test says.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,7 @@ import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import type { BufferReader, Lane, MessageBuffer, OutboxMessage, Settled, Settlement, StoredMessage } from '../src/cloud/buffer.js';
+import { PingCheckpoint } from '../src/cloud/checkpoint.js';
 import { Outbox } from '../src/cloud/outbox.js';
 import { Sender, type Link, type SenderOptions } from '../src/cloud/sender.js';
 import { outboxSection } from '../src/config/schema.js';
@@ -591,5 +593,166 @@ describe('cloud sender contract', () => {
     assert.ok(most <= 4, `at most the window in flight (${most})`);
     assert.deepEqual(cloud.received, range(1, 50));
     assert.equal(outbox.stats.delivered, 50);
+  });
+});
+
+/**
+ * One connection as connection.ts builds it for QoS 0: a message is written at once, and the
+ * checkpoint holds its answer until the test answers a ping written after it (a PINGRESP).
+ */
+class PingingLink implements Link {
+  /** Ids in the order they were written. */
+  readonly written: number[] = [];
+  /** PINGREQs written, ours and the "keep-alive's", and PINGRESPs given. */
+  pings = 0;
+  pongs = 0;
+  readonly checkpoint = new PingCheckpoint(() => this.ping());
+
+  publish(message: StoredMessage, done: (error?: Error | null) => void): void {
+    assert.equal(message.qos, 0);
+    this.written.push(message.id);
+    this.checkpoint.written(done);
+  }
+
+  /** A PINGREQ goes out (the checkpoint's, or mqtt.js's own for the keep-alive). */
+  ping(): void {
+    this.pings++;
+    this.checkpoint.pingSent();
+  }
+
+  /** The broker answers the oldest PINGREQ. */
+  pong(): void {
+    assert.ok(this.pongs < this.pings, 'a PINGRESP answers a PINGREQ');
+    this.pongs++;
+    this.checkpoint.pingAnswered();
+  }
+
+  close(): void {
+    this.checkpoint.close(new Error('closed'));
+  }
+}
+
+const qos0 = (n: number): OutboxMessage => ({ ...message(n), qos: 0 });
+/** Lets the checkpoint's deferred ping go out. */
+const microtasks = async () => {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+};
+
+describe('cloud sender: QoS 0 confirmed by a ping round trip', () => {
+  function qos0Setup(t: TestContext, options: Partial<SenderOptions> = {}) {
+    const context = setup(t, options);
+    const appendQos0 = (count: number, from = 1): void => {
+      for (let n = from; n < from + count; n++) context.outbox.append(qos0(n));
+      context.outbox.commit();
+    };
+    const connectPinging = (): PingingLink => {
+      const link = new PingingLink();
+      context.sender.connected(link);
+      context.sender.linkProven(link);
+      return link;
+    };
+    return { ...context, appendQos0, connectPinging };
+  }
+
+  it('settles QoS 0 messages only after the PINGRESP; they fill the window until then; one ping per burst', async (t) => {
+    const { outbox, buffer, sender, appendQos0, connectPinging, flushTimers } = qos0Setup(t, { inFlight: 10 });
+    appendQos0(25);
+    const link = connectPinging();
+    await microtasks();
+    assert.deepEqual(link.written, range(1, 10), 'a window of 10 written');
+    assert.equal(link.pings, 1, 'one ping after the burst');
+    await flushTimers();
+    assert.equal(sender.stats.inFlight, 10, 'written but unconfirmed messages stay in flight');
+    assert.deepEqual(buffer.acknowledged(), [], 'nothing settled before the PINGRESP');
+    assert.equal(link.written.length, 10, 'the full window stalls until the broker confirms');
+
+    link.pong();
+    await microtasks();
+    assert.deepEqual(link.written, range(1, 20), 'the confirmed window is refilled');
+    assert.equal(link.pings, 2);
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), range(1, 10), 'the first ten settled');
+
+    link.pong();
+    await microtasks();
+    link.pong();
+    await flushTimers();
+    assert.deepEqual(link.written, range(1, 25), 'each written once');
+    assert.deepEqual(
+      [...buffer.acknowledged()].sort((a, b) => a - b),
+      range(1, 25),
+    );
+    assert.equal(link.pings, 3);
+    assert.equal(outbox.stats.messages, 0);
+    assert.deepEqual(sender.stats, { sent: 25, acknowledged: 25, rejected: 0, inFlight: 0 });
+  });
+
+  it('a connection closed before the PINGRESP: nothing is settled, all is sent again on the next one', async (t) => {
+    const { outbox, buffer, sender, appendQos0, connectPinging, flushTimers } = qos0Setup(t, { inFlight: 10 });
+    const first = connectPinging();
+    // The link carried data (else the sender would suspect the head of breaking it and probe it alone).
+    appendQos0(2);
+    await microtasks();
+    first.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), [1, 2]);
+    appendQos0(6, 3);
+    await microtasks();
+    assert.deepEqual(first.written, range(1, 8));
+    assert.equal(first.pings, 2);
+    // As connection.ts does it: the sender lets go first, then the checkpoint fails what it holds.
+    sender.disconnected();
+    first.close();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), [1, 2], 'written is not delivered');
+    assert.equal(outbox.stats.messages, 6);
+
+    const second = connectPinging();
+    await microtasks();
+    assert.deepEqual(second.written, range(3, 6), 'resent on the next connection');
+    // A late PINGRESP of the closed connection confirms nothing.
+    first.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), [1, 2]);
+    second.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), range(1, 8));
+    assert.equal(outbox.stats.delivered, 8);
+  });
+
+  it('a keep-alive PINGREQ written before the messages confirms nothing; one written after them does', async (t) => {
+    const { buffer, sender, appendQos0, connectPinging, flushTimers } = qos0Setup(t, { inFlight: 10 });
+    const link = connectPinging();
+    // mqtt.js's own ping, out before the messages are written.
+    link.ping();
+    appendQos0(3);
+    await microtasks();
+    assert.deepEqual(link.written, range(1, 3));
+    assert.equal(link.pings, 2, "the checkpoint's own ping follows the messages");
+    link.pong(); // answers the keep-alive ping
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), [], 'the PINGRESP to the older PINGREQ proves nothing about them');
+    assert.equal(sender.stats.inFlight, 3);
+    link.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), range(1, 3));
+
+    // Messages written while the checkpoint's ping is out wait for it, then get the next one; a
+    // keep-alive ping written after them confirms them as well as ours would.
+    appendQos0(2, 4);
+    await microtasks();
+    assert.equal(link.pings, 3);
+    appendQos0(2, 6);
+    await microtasks();
+    assert.equal(link.pings, 3, 'one ping of ours out at a time');
+    link.ping(); // keep-alive, after 6 and 7
+    link.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), range(1, 5), '4 and 5 by our ping');
+    link.pong();
+    await flushTimers();
+    assert.deepEqual(buffer.acknowledged(), range(1, 7), '6 and 7 by the keep-alive ping');
+    await microtasks();
+    assert.equal(link.pings, 4, 'no ping needed after that');
   });
 });
