@@ -1,7 +1,8 @@
 // The mqtt.js client of the cloud connection and its life: connect, reconnect with capped
 // exponential back-off and jitter (instead of mqtt.js's fixed period), back-off and error log
 // reset only once a connection proved itself, and connection errors logged once per outage.
-// What flows over it is not its business: uplink.ts hands the events on.
+// What flows over it is not its business: uplink.ts hands the events on. A QoS 0 publish is
+// confirmed by a ping round trip (checkpoint.ts), so that it is as safe as a QoS 1 one.
 import { setTimeout as delay } from 'node:timers/promises';
 import mqtt, { Store, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import type { Logger } from 'pino';
@@ -9,6 +10,7 @@ import { backoffDelay } from '../util/backoff.js';
 import { errorMessage } from '../util/errors.js';
 import type { CloudMessage } from '../northbound/format.js';
 import type { CloudSubscriptions, UplinkConfig } from './bridge-rules.js';
+import { PingCheckpoint } from './checkpoint.js';
 
 /** A connection that stays up this long without trouble resets the back-off. */
 const STABLE_AFTER_MS = 10_000;
@@ -71,6 +73,8 @@ export class CloudConnection {
   private stableTimer: NodeJS.Timeout | undefined;
   private error: string | undefined;
   private readonly loggedErrors = new Set<string>();
+  /** The QoS 0 messages of the current connection not yet confirmed (a new one per connection). */
+  private checkpoint = this.newCheckpoint();
 
   constructor(config: UplinkConfig, options: ConnectionOptions, log: Logger, events: ConnectionEvents) {
     this.url = config.url;
@@ -121,11 +125,25 @@ export class CloudConnection {
     client.on('close', () => this.onClose());
     client.on('error', (error) => this.noteError(errorMessage(error)));
     client.on('message', (topic, payload, packet) => this.events.message(topic, payload, packet.retain));
+    // Every PINGREQ and PINGRESP, also those of mqtt.js's keep-alive: responses answer requests in order.
+    client.on('packetsend', (packet) => {
+      if (packet.cmd === 'pingreq') this.checkpoint.pingSent();
+    });
+    client.on('packetreceive', (packet) => {
+      if (packet.cmd === 'pingresp') this.checkpoint.pingAnswered();
+    });
   }
 
-  /** Publishes on the connection (mqtt.js queues it while there is none). */
+  /**
+   * Publishes on the connection (mqtt.js queues a QoS 1 message while there is none). `done`: QoS
+   * 1 on its PUBACK; QoS 0 once a PINGRESP proved the broker read it (see checkpoint.ts), with an
+   * error if the connection closed first.
+   */
   publish(topic: string, payload: Buffer | string, options: { qos: 0 | 1; retain: boolean }, done: (error?: Error) => void): void {
-    this.client?.publish(topic, payload, options, done);
+    if (options.qos === 1) return void this.client?.publish(topic, payload, options, done);
+    // The checkpoint of the connection it is written on, not of a later one.
+    const checkpoint = this.checkpoint;
+    this.client?.publish(topic, payload, options, (error) => (error ? done(error) : checkpoint.written(done)));
   }
 
   subscribe(subscriptions: CloudSubscriptions): void {
@@ -178,6 +196,13 @@ export class CloudConnection {
     this.isConnected = false;
   }
 
+  private newCheckpoint(): PingCheckpoint {
+    return new PingCheckpoint(() => {
+      // (Not connected: mqtt.js would queue the PINGREQ for the next connection; the close fails the messages anyway.)
+      if (this.client?.connected) this.client.sendPing();
+    });
+  }
+
   private willOption(): NonNullable<IClientOptions['will']> {
     const { topic, payload, qos, retain } = this.will();
     return { topic, payload, qos, retain };
@@ -203,6 +228,10 @@ export class CloudConnection {
     this.isConnected = false;
     clearTimeout(this.stableTimer);
     this.events.closed(wasConnected);
+    // After the sender let go of the connection's messages: they are sent again on the next one.
+    const checkpoint = this.checkpoint;
+    this.checkpoint = this.newCheckpoint();
+    checkpoint.close(new Error('the connection closed before the cloud broker confirmed it read the message'));
     if (this.stopping) return;
     this.failedAttempts++;
     const delay = backoffDelay(this.failedAttempts, { initial: this.reconnect.initial, max: this.reconnect.max });

@@ -15,9 +15,10 @@ import type { MessageBuffer, StoredMessage } from './buffer.js';
 /** One connection to the cloud as the sender sees it (a new one per connection). */
 export interface Link {
   /**
-   * Sends one message. `done` runs once: without an error when the cloud acknowledged it (QoS 0:
-   * when it was written); with an error whose numeric `code` is ≥ 0x80 when the cloud refused it
-   * for good (an MQTT 5 reason code); with any other error when the connection is gone.
+   * Sends one message. `done` runs once: without an error when the cloud acknowledged it (QoS 1:
+   * its PUBACK; QoS 0: the PINGRESP to a PINGREQ written after it, which proves the broker read
+   * it); with an error whose numeric `code` is ≥ 0x80 when the cloud refused it for good (an MQTT
+   * 5 reason code); with any other error, or never, when the connection is gone.
    */
   publish(message: StoredMessage, done: (error?: Error | null) => void): void;
 }

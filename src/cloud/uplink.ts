@@ -1,6 +1,6 @@
 // The cloud uplink, composed: messages for the cloud go into the outbox (outbox.ts); the sender
-// (sender.ts) drains it at QoS 1 over the connection (connection.ts), each message deleted only
-// after its PUBACK. What the messages look like is the northbound format's business
+// (sender.ts) drains it over the connection (connection.ts), each message deleted only after its
+// PUBACK (QoS 0: after a ping round trip that follows it, see checkpoint.ts). What the messages look like is the northbound format's business
 // (northbound/format.ts): its records are encoded here, between the sender and the connection,
 // at send time and in the connection's session; its births go out after every connect before the
 // backlog, its will with every CONNECT, its goodbye at stop; what comes down from the cloud is
@@ -233,7 +233,7 @@ export class Uplink {
         this.connection.publish(message.topic, message.payload, { qos: message.qos, retain: message.retain }, done);
       },
     };
-    // Births first, before the backlog. The first one's PUBACK proves the link carries traffic (see Sender.linkProven).
+    // Births first, before the backlog. The first one's PUBACK (QoS 0: ping round trip) proves the link carries traffic (see Sender.linkProven).
     this.publishBirths(session, link);
     const subscriptions = format.subscriptions(this.protocolVersion);
     if (Object.keys(subscriptions).length > 0) this.connection.subscribe(subscriptions);

@@ -190,7 +190,7 @@ const bridgeRule = (direction: 'out' | 'in') =>
       .meta({
         description:
           direction === 'out'
-            ? 'QoS to the cloud. 1 (default): a message leaves the outbox only after the cloud acknowledged it. 0: once written to the socket.'
+            ? 'QoS to the cloud. 1 (default): a message leaves the outbox only after the cloud acknowledged it. 0: sent at QoS 0, and it leaves the outbox once a ping round trip after it proved the broker read it.'
             : 'QoS of the cloud subscription.',
       }),
   });
