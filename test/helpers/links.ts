@@ -83,6 +83,8 @@ async function listen(server: Server): Promise<number> {
 export interface TcpLink extends Link {
   /** Where the gateway connects. */
   port: number;
+  /** Closes every connection through the link now (bytes swallowed by a cut are gone); new ones are relayed. */
+  drop(): void;
 }
 
 /** A TCP relay to 127.0.0.1:`targetPort`; every connection to it is relayed to a new one there. */
@@ -94,7 +96,7 @@ export async function startTcpLink(targetPort: number): Promise<TcpLink> {
     relay.destroyAll();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
-  return Object.assign(link, { port });
+  return Object.assign(link, { port, drop: () => relay.destroyAll() });
 }
 
 export interface SerialLink extends Link {
