@@ -3,7 +3,8 @@
 //  - replay: N messages buffered in the outbox while the cloud was down, then the gateway (the
 //    real CLI, its own process) drains them to mosquitto at QoS 1: time, msg/s, gateway peak RSS,
 //    and that the cloud-side counter saw every sequence number (zero lost).
-//   node dist/bench/replay.js [--messages 1000000] [--inflight 500]
+//   node dist/bench/replay.js [--messages 1000000] [--inflight 500] [--qos 1]
+// (--qos 0: the backlog goes up at QoS 0, each message settled on a ping round trip after it.)
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,8 +16,13 @@ import { peakRssMb, rssMb, start, startMosquitto, tempFolder } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const { values: args } = parseArgs({
-  options: { messages: { type: 'string', default: '1000000' }, inflight: { type: 'string', default: '500' } },
+  options: {
+    messages: { type: 'string', default: '1000000' },
+    inflight: { type: 'string', default: '500' },
+    qos: { type: 'string', default: '1' },
+  },
 });
+const qos = args.qos === '0' ? 0 : 1;
 const total = Number(args.messages);
 const folder = tempFolder('plc2mqtt-replay-');
 const log = pino({ level: 'silent' });
@@ -45,7 +51,7 @@ const dataDir = join(folder, 'data');
 mkdirSync(dataDir, { recursive: true });
 const backlog = Outbox.open(join(dataDir, 'outbox.db'), outboxSection.parse({ maxMessages: 10_000_000, maxBytes: '4GB' }), log);
 for (let seq = 1; seq <= total; seq++) {
-  backlog.append({ topic: `plc2mqtt/bench/plc${seq % 10}/t${seq % 1000}`, payload: payload(seq), qos: 1, retain: false });
+  backlog.append({ topic: `plc2mqtt/bench/plc${seq % 10}/t${seq % 1000}`, payload: payload(seq), qos, retain: false });
   if (seq % 10_000 === 0) backlog.commit();
 }
 backlog.commit();
@@ -113,6 +119,7 @@ console.log(
     drainSeconds: Math.round(seconds * 10) / 10,
     drainPerSecond: Math.round(received.distinct / seconds),
     inFlightWindow: Number(args.inflight),
+    qos,
     gatewayPeakRssMb,
     // Resident memory during the drain: first and last second, smallest and largest sample.
     gatewayRssMbDuringDrain:
