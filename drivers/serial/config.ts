@@ -394,7 +394,7 @@ export const serialDevice = deviceSchema.superRefine((device, ctx) => {
       });
     if (tag.read && tag.group !== undefined && groupOf(tag.group) === undefined) return; // reported by the core (unknown poll group)
   });
-  const usesUnitId = unitIdUsed.some((spec) => spec !== undefined && compileQuietly(spec).includes('unitId'));
+  const usesUnitId = unitIdUsed.some((spec) => spec !== undefined && compileQuietlyTemplate(spec)?.fields.includes('unitId') === true);
   if (usesUnitId && device.unitId !== undefined) {
     // Rendered now, so a unitId its formats cannot take ("A1" in {unitId:02d}) is found by validate, not at start.
     for (const spec of unitIdUsed) {
@@ -458,19 +458,12 @@ function isValidRegex(source: string): boolean {
   }
 }
 
+/** The compiled template, or undefined when it does not compile (its own check reports why). */
 function compileQuietlyTemplate(spec: string | { hex: string }): Template | undefined {
   try {
     return compileTemplate(spec);
   } catch {
     return undefined;
-  }
-}
-
-function compileQuietly(spec: string | { hex: string }): readonly string[] {
-  try {
-    return compileTemplate(spec).fields;
-  } catch {
-    return [];
   }
 }
 

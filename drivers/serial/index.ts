@@ -27,6 +27,7 @@ import {
 import {
   acquireSerialPort,
   acquireTcpLine,
+  characterTime,
   SerialLineError,
   type FrameVerdict,
   type ReplyFraming,
@@ -604,8 +605,7 @@ export class SerialDriver implements Driver<SerialTag> {
  */
 function idleResetOf(connection: SerialDeviceConfig['connection']): number {
   if (connection.transport === 'tcp') return 50;
-  const bitsPerCharacter = 1 + connection.dataBits + (connection.parity === 'none' ? 0 : 1) + connection.stopBits;
-  return Math.max(50, Math.ceil((10 * bitsPerCharacter * 1000) / connection.baudRate));
+  return Math.max(50, Math.ceil(10 * characterTime(connection)));
 }
 
 /** The value a command template gets for a write, checked against the tag's type. */

@@ -172,10 +172,15 @@ const CLOSE_TIMEOUT_MS = 2000;
  */
 const MIN_FRAME_GAP_MS = 20;
 
+/** How long one character takes on the line (ms): start bit, data bits, parity bit, stop bits. */
+export function characterTime(settings: Pick<SerialLineSettings, 'baudRate' | 'dataBits' | 'parity' | 'stopBits'>): number {
+  const bitsPerCharacter = 1 + settings.dataBits + (settings.parity === 'none' ? 0 : 1) + settings.stopBits;
+  return (bitsPerCharacter * 1000) / settings.baudRate;
+}
+
 /** The silence that ends a frame on this line: 3.5 character times, at least MIN_FRAME_GAP_MS. */
 function frameGap(settings: SerialLineSettings): number {
-  const bitsPerCharacter = 1 + settings.dataBits + (settings.parity === 'none' ? 0 : 1) + settings.stopBits;
-  return Math.max(MIN_FRAME_GAP_MS, Math.ceil((3.5 * bitsPerCharacter * 1000) / settings.baudRate));
+  return Math.max(MIN_FRAME_GAP_MS, Math.ceil(3.5 * characterTime(settings)));
 }
 
 interface Pending {
