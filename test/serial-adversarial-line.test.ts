@@ -3,62 +3,34 @@
 // written to, late replies on a shared line. Each peer is a plain net.Server whose script reacts to
 // the bytes it receives, so every sequence is exactly the same on every run.
 import assert from 'node:assert/strict';
-import { createServer, type Server, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { serialDevice, type SerialDeviceConfig } from '../drivers/serial/config.js';
+import type { SerialDeviceConfig } from '../drivers/serial/config.js';
 import { createDriver, type SerialDriver } from '../drivers/serial/index.js';
 import type { TagReading } from '../src/pipeline/driver.js';
 import { registeredSerialPorts } from '../src/pipeline/serial-ports.js';
 import { cleanup, testLogger } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
+import { serialConfig, startDeviceServer } from './helpers/serial-devices.js';
 
-interface Peer {
-  port: number;
-  /** Connections accepted so far. */
-  connections: number;
-  /** Every byte received, latin1. */
-  received(): string;
-  close(): Promise<void>;
-}
-
-/** A device server on 127.0.0.1; `script` gets each connection and every chunk the gateway sends. */
-async function peer(script: (socket: Socket, data: string) => void, onConnect?: (socket: Socket) => void): Promise<Peer> {
-  let received = '';
-  const sockets = new Set<Socket>();
-  const state = { connections: 0 };
-  const server: Server = createServer((socket) => {
-    state.connections++;
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('data', (chunk) => {
-      received += chunk.toString('latin1');
-      script(socket, chunk.toString('latin1'));
-    });
-    onConnect?.(socket);
+/**
+ * A scale behind the device server at `port` that streams its weight and answers "I4" with its
+ * serial number (group "info", told apart by its reply pattern). `extra` adds to the connection
+ * and sets other device fields.
+ */
+function streamingScale(port: number, extra: { connection?: Record<string, unknown>; [field: string]: unknown } = {}): SerialDeviceConfig {
+  const { connection, ...rest } = extra;
+  return serialConfig({
+    connection: { transport: 'tcp', host: '127.0.0.1', port, ...connection },
+    pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
+    tags: [
+      { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
+      { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
+    ],
+    ...rest,
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
-  return {
-    port,
-    get connections() {
-      return state.connections;
-    },
-    received: () => received,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
-
-function config(input: Record<string, unknown>): SerialDeviceConfig {
-  return serialDevice.parse({ name: 'dev', driver: 'serial', ...input });
 }
 
 function driverOf(t: TestContext, device: SerialDeviceConfig): SerialDriver {
@@ -72,20 +44,13 @@ describe('serial adversarial: a device that streams and answers requests', () =>
     const defer = cleanup(t);
     // The scale streams "S S     12.345 kg"; asked "I4" it answers, and its next streamed frame
     // starts in the same TCP segment as the answer and ends in the next one.
-    const device = await peer((socket, data) => {
+    const device = await startDeviceServer((socket, data) => {
       if (!data.includes('I4\r\n')) return;
       socket.write('I4 A "SN1"\r\nS S     1');
       setTimeout(() => socket.write('2.345 kg\r\n'), 40);
     });
     defer(() => device.close());
-    const device_ = config({
-      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
-      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
-      tags: [
-        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
-        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
-      ],
-    });
+    const device_ = streamingScale(device.port);
     const driver = driverOf(t, device_);
     await driver.connect();
     const weight = driver.plan([device_.tags[0]!]);
@@ -105,18 +70,11 @@ describe('serial adversarial: a device that streams and answers requests', () =>
 
   it('a streamed frame in the same chunk right after the reply is not lost', async (t) => {
     const defer = cleanup(t);
-    const device = await peer((socket, data) => {
+    const device = await startDeviceServer((socket, data) => {
       if (data.includes('I4\r\n')) socket.write('I4 A "SN1"\r\nS S     12.345 kg\r\n');
     });
     defer(() => device.close());
-    const device_ = config({
-      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
-      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
-      tags: [
-        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
-        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
-      ],
-    });
+    const device_ = streamingScale(device.port);
     const driver = driverOf(t, device_);
     await driver.connect();
     const delivered: TagReading[] = [];
@@ -133,13 +91,13 @@ describe('serial adversarial: a device that streams and answers requests', () =>
     const defer = cleanup(t);
     // A GPS-like device at 115200 baud streams 3 kB per ~250 ms; its answer to "ID" comes after one burst.
     const frame = 'S D      1.000 kg\r\n';
-    const device = await peer((socket, data) => {
+    const device = await startDeviceServer((socket, data) => {
       if (!data.includes('ID\r\n')) return;
       socket.write(frame.repeat(160));
       setTimeout(() => socket.write('ID A "X1"\r\n'), 30);
     });
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
       framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 100 },
       request: 'ID\r\n',
@@ -161,11 +119,11 @@ describe('serial adversarial: a device that streams and answers requests', () =>
   it('a write with ack to a device that streams takes the acknowledgement, not the streamed frame before it', async (t) => {
     const defer = cleanup(t);
     // A scale in continuous mode (SIR): a weight frame goes out just before the answer to "T".
-    const device = await peer((socket, data) => {
+    const device = await startDeviceServer((socket, data) => {
       if (data.includes('T\r\n')) socket.write('S S     12.345 kg\r\nT S      1.850 kg\r\n');
     });
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
       tags: [
         {
@@ -184,7 +142,7 @@ describe('serial adversarial: a device that streams and answers requests', () =>
 
   it('frames streamed before the reply of a request go to the streaming tags, the reply to the request (holds)', async (t) => {
     const defer = cleanup(t);
-    const device = await peer(
+    const device = await startDeviceServer(
       (socket, data) => {
         if (!data.includes('I4\r\n')) return;
         socket.write('S S     1.');
@@ -196,14 +154,7 @@ describe('serial adversarial: a device that streams and answers requests', () =>
       (socket) => socket.write('S S     0.500 kg\r\n'),
     );
     defer(() => device.close());
-    const device_ = config({
-      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
-      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
-      tags: [
-        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
-        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
-      ],
-    });
+    const device_ = streamingScale(device.port);
     const driver = driverOf(t, device_);
     await driver.connect();
     const delivered: TagReading[] = [];
@@ -222,7 +173,7 @@ describe('serial adversarial: late replies on a shared device-server line', () =
   it('a late answer of one device is never the next device’s reply, and the other device keeps answering (holds)', async (t) => {
     const defer = cleanup(t);
     // Unit 01 answers after 150 ms (its timeout is 100 ms: the answer comes within the time the line waits for it); unit 02 at once. Both say who they are.
-    const line = await peer((socket, data) => {
+    const line = await startDeviceServer((socket, data) => {
       for (const request of data.split('\r\n')) {
         if (request === '01RD') setTimeout(() => socket.write('01,PV=111\r\n'), 150);
         if (request === '02RD') socket.write('02,PV=222\r\n');
@@ -230,7 +181,7 @@ describe('serial adversarial: late replies on a shared device-server line', () =
     });
     defer(() => line.close());
     const unit = (id: string, timeout: number) =>
-      config({
+      serialConfig({
         name: `unit-${id}`,
         connection: { transport: 'tcp', host: '127.0.0.1', port: line.port, timeout },
         request: `${id}RD\r\n`,
@@ -258,9 +209,9 @@ describe('serial adversarial: late replies on a shared device-server line', () =
 describe('serial adversarial: lifecycle', () => {
   it('close() while a request waits for a silent device ends it at once and unregisters the line (holds)', async (t) => {
     const defer = cleanup(t);
-    const device = await peer(() => undefined);
+    const device = await startDeviceServer(() => undefined);
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port, timeout: 60_000 },
       request: 'RD\r\n',
       tags: [{ name: 'pv' }],
@@ -284,7 +235,7 @@ describe('serial adversarial: floods', () => {
     const frames = Buffer.from('W 1.250 kg\r\n'.repeat(5000));
     let phase: 'garbage' | 'frames' = 'garbage';
     let sent = 0;
-    const device = await peer(
+    const device = await startDeviceServer(
       () => undefined,
       (socket) => {
         const pump = (): void => {
@@ -301,7 +252,7 @@ describe('serial adversarial: floods', () => {
       },
     );
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
       framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 256 },
       tags: [{ name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' }],
@@ -343,7 +294,7 @@ describe('serial adversarial: floods', () => {
 
   it('a device that streams every 5 ms and answers: with its "reply" pattern the answer is the reply, not a streamed frame (holds; without one validate refuses the config)', async (t) => {
     const defer = cleanup(t);
-    const device = await peer(
+    const device = await startDeviceServer(
       (socket, data) => {
         if (data.includes('I4\r\n')) setTimeout(() => socket.write('I4 A "SN1"\r\n'), 15);
       },
@@ -353,7 +304,7 @@ describe('serial adversarial: floods', () => {
       },
     );
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
       pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
       tags: [
@@ -371,19 +322,11 @@ describe('serial adversarial: floods', () => {
 describe('serial adversarial: review findings', () => {
   it('a bad streamed frame before the reply does not fail the request (it is counted as a bad streamed frame)', async (t) => {
     const defer = cleanup(t);
-    const device = await peer((socket, data) => {
+    const device = await startDeviceServer((socket, data) => {
       if (data.includes('I4\r\n')) socket.write(`${'X'.repeat(80)}\r\nS S     3.000 kg\r\nI4 A "SN9"\r\n`);
     });
     defer(() => device.close());
-    const device_ = config({
-      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
-      framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 40 },
-      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
-      tags: [
-        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
-        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
-      ],
-    });
+    const device_ = streamingScale(device.port, { framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 40 } });
     const driver = driverOf(t, device_);
     await driver.connect();
     const delivered: TagReading[] = [];
@@ -399,12 +342,12 @@ describe('serial adversarial: review findings', () => {
 
   it("the first frame after a connect is kept when the line was quiet before it (a barcode reader's first scan)", async (t) => {
     const defer = cleanup(t);
-    const device = await peer(
+    const device = await startDeviceServer(
       () => undefined,
       (socket) => setTimeout(() => socket.write('4006381333931\r\n'), 300),
     );
     defer(() => device.close());
-    const device_ = config({
+    const device_ = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: device.port },
       tags: [{ name: 'code', type: 'string' }],
     });
@@ -418,7 +361,7 @@ describe('serial adversarial: review findings', () => {
 
   it('a device that streams but ignores a request is not taken for a hung connection (no renewal), only skipped', async (t) => {
     const defer = cleanup(t);
-    const device = await peer(
+    const device = await startDeviceServer(
       () => undefined,
       (socket) => {
         const timer = setInterval(() => socket.write('S S     1.000 kg\r\n'), 10);
@@ -426,14 +369,7 @@ describe('serial adversarial: review findings', () => {
       },
     );
     defer(() => device.close());
-    const device_ = config({
-      connection: { transport: 'tcp', host: '127.0.0.1', port: device.port, timeout: 100, backoffAfterTimeouts: 2 },
-      pollGroups: { info: { interval: 1000, request: 'I4\r\n', reply: '^I4 ' } },
-      tags: [
-        { name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' },
-        { name: 'serial', type: 'string', group: 'info', regex: '"(?<value>[^"]*)"' },
-      ],
-    });
+    const device_ = streamingScale(device.port, { connection: { timeout: 100, backoffAfterTimeouts: 2 } });
     const driver = driverOf(t, device_);
     await driver.connect();
     await driver.subscribe(driver.plan([device_.tags[0]!]), () => undefined);

@@ -4,74 +4,20 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { serialDevice, type SerialDeviceConfig } from '../drivers/serial/config.js';
+import type { SerialDeviceConfig } from '../drivers/serial/config.js';
 import { createDriver } from '../drivers/serial/index.js';
-import { DeviceRunner, type PollGroup } from '../src/pipeline/device-runner.js';
-import { DriverError, type DriverTag, type TagReading } from '../src/pipeline/driver.js';
+import { pollGroupsOf } from '../src/gateway.js';
+import { DeviceRunner } from '../src/pipeline/device-runner.js';
+import { DriverError, type TagReading } from '../src/pipeline/driver.js';
 import { registeredSerialPorts } from '../src/pipeline/serial-ports.js';
 import { cleanup, testLogger } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
-
-interface Peer {
-  port: number;
-  readonly connections: number;
-  received(): string;
-  close(): Promise<void>;
-}
-
-/** A device server on 127.0.0.1: `onConnect` gets each connection (and its number, from 1), `script` every chunk. */
-async function peer(
-  script: (socket: Socket, data: string, connection: number) => void,
-  onConnect?: (socket: Socket, connection: number) => void,
-): Promise<Peer> {
-  let received = '';
-  const sockets = new Set<Socket>();
-  const state = { connections: 0 };
-  const server: Server = createServer((socket) => {
-    const connection = ++state.connections;
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('data', (chunk) => {
-      received += chunk.toString('latin1');
-      script(socket, chunk.toString('latin1'), connection);
-    });
-    onConnect?.(socket, connection);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
-  return {
-    port,
-    get connections() {
-      return state.connections;
-    },
-    received: () => received,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
-
-function config(input: Record<string, unknown>): SerialDeviceConfig {
-  return serialDevice.parse({ name: 'dev', driver: 'serial', ...input });
-}
-
-function groupsOf(device: SerialDeviceConfig): PollGroup<DriverTag>[] {
-  const groups: PollGroup<DriverTag>[] = [];
-  const tagsOf = (group: string) => device.tags.filter((tag) => tag.read && (tag.group ?? 'default') === group);
-  if (tagsOf('default').length > 0) groups.push({ name: 'default', interval: device.pollInterval, tags: tagsOf('default') });
-  for (const [name, group] of Object.entries(device.pollGroups)) groups.push({ name, interval: group.interval, tags: tagsOf(name) });
-  return groups;
-}
+import { serialConfig, startDeviceServer } from './helpers/serial-devices.js';
 
 function run(t: TestContext, device: SerialDeviceConfig): { runner: DeviceRunner; readings: TagReading[] } {
   const log = testLogger();
@@ -79,7 +25,7 @@ function run(t: TestContext, device: SerialDeviceConfig): { runner: DeviceRunner
   const runner = new DeviceRunner({
     name: device.name,
     driver: createDriver(device, { log, dataDir: '/nonexistent' }),
-    groups: groupsOf(device),
+    groups: pollGroupsOf(device),
     log,
     phaseOf: () => 0,
     onReadings: (event) => readings.push(...event.readings),
@@ -93,14 +39,14 @@ describe('serial adversarial: device servers that misbehave', () => {
   it('a device server that accepts and drops every connection is not reconnected to on every tick (streaming group)', async (t) => {
     const defer = cleanup(t);
     // Accepts, then closes 30 ms later: the subscription succeeds each time, the line drops each time.
-    const server = await peer(
+    const server = await startDeviceServer(
       () => undefined,
       (socket) => setTimeout(() => socket.destroy(), 30),
     );
     defer(() => server.close());
     run(
       t,
-      config({
+      serialConfig({
         connection: { transport: 'tcp', host: '127.0.0.1', port: server.port },
         pollInterval: 100,
         tags: [{ name: 'weight', regex: '(?<value>\\d+\\.\\d+) kg' }],
@@ -113,14 +59,14 @@ describe('serial adversarial: device servers that misbehave', () => {
 
   it('the same device server with a request group backs off (holds: a failed read counts)', async (t) => {
     const defer = cleanup(t);
-    const server = await peer(
+    const server = await startDeviceServer(
       () => undefined,
       (socket) => setTimeout(() => socket.destroy(), 30),
     );
     defer(() => server.close());
     run(
       t,
-      config({
+      serialConfig({
         connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 1000 },
         request: 'SI\r\n',
         pollInterval: 100,
@@ -134,11 +80,11 @@ describe('serial adversarial: device servers that misbehave', () => {
   it('a stuck device-server connection (accepts, never answers) is renewed once before the device is skipped', async (t) => {
     const defer = cleanup(t);
     // The first connection is stuck (a device server whose TCP session hangs); a new one works.
-    const server = await peer((socket, data, connection) => {
+    const server = await startDeviceServer((socket, data, connection) => {
       if (connection > 1 && data.includes('RD\r\n')) socket.write('PV=12.5\r\n');
     });
     defer(() => server.close());
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 100, backoffAfterTimeouts: 2 },
       request: 'RD\r\n',
       tags: [{ name: 'pv', regex: 'PV=(?<value>[0-9.]+)' }],
@@ -166,9 +112,9 @@ describe('serial adversarial: device servers that misbehave', () => {
 
   it('a skipped device keeps one reason from poll to poll and probe to probe, so report-by-exception publishes it once', async (t) => {
     const defer = cleanup(t);
-    const server = await peer(() => undefined);
+    const server = await startDeviceServer(() => undefined);
     defer(() => server.close());
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 50, backoffAfterTimeouts: 1 },
       request: 'RD\r\n',
       tags: [{ name: 'pv' }],
@@ -203,7 +149,7 @@ describe('serial adversarial: the gateway stops and writes', () => {
       return counts;
     };
     // Streams a frame every 5 ms; answers "RD" never.
-    const server = await peer(
+    const server = await startDeviceServer(
       () => undefined,
       (socket) => {
         const timer = setInterval(() => socket.write('W 1.000 kg\r\n'), 5);
@@ -212,7 +158,7 @@ describe('serial adversarial: the gateway stops and writes', () => {
     );
     defer(() => server.close());
     const before = resources();
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: server.port, timeout: 60_000 },
       pollInterval: 100,
       staleAfter: 1000,
@@ -238,10 +184,10 @@ describe('serial adversarial: the gateway stops and writes', () => {
 
   it('a write to a device whose device server refuses connections is refused at once as not-connected (holds)', async (t) => {
     const defer = cleanup(t);
-    const server = await peer(() => undefined);
+    const server = await startDeviceServer(() => undefined);
     const port = server.port;
     await server.close(); // nothing listens there now
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 10_000 },
       request: 'RD\r\n',
       tags: [{ name: 'sp', regex: '(?<value>.*)', writable: true, command: 'SP {value:.1f}\r\n', ack: 'OK' }],
@@ -267,7 +213,7 @@ describe('serial adversarial: plc2mqtt read', () => {
 
   async function setup(t: TestContext) {
     const defer = cleanup(t);
-    const server = await peer(
+    const server = await startDeviceServer(
       (socket, data) => {
         if (data.includes('RD\r\n')) socket.write('PV=21.5\r\n');
         if (data.includes('T\r\n')) socket.write('T S\r\n');

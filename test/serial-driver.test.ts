@@ -9,13 +9,15 @@ import { describe, it, type TestContext } from 'node:test';
 import { SerialPort } from 'serialport';
 import { modbusDevice } from '../drivers/modbus/config.js';
 import { createDriver as createModbusDriver } from '../drivers/modbus/index.js';
-import { serialDevice, type SerialDeviceConfig } from '../drivers/serial/config.js';
+import type { SerialDeviceConfig } from '../drivers/serial/config.js';
 import { createDriver } from '../drivers/serial/index.js';
-import { DeviceRunner, type PollGroup } from '../src/pipeline/device-runner.js';
+import { pollGroupsOf } from '../src/gateway.js';
+import { DeviceRunner } from '../src/pipeline/device-runner.js';
 import type { DriverTag, TagReading } from '../src/pipeline/driver.js';
 import { registeredSerialPorts } from '../src/pipeline/serial-ports.js';
 import { cleanup, startPtyPair, startPymodbus, testLogger } from './helpers/modbus-servers.js';
 import { waitFor } from './helpers/net.js';
+import { serialConfig } from './helpers/serial-devices.js';
 import { startInstrument, startSerialLine, type Instrument } from './helpers/serial-instrument.js';
 
 interface Delivery {
@@ -32,26 +34,13 @@ interface Running {
   next(tag: string, check: (reading: TagReading) => boolean, timeoutMs?: number): Promise<TagReading>;
 }
 
-function config(input: Record<string, unknown>): SerialDeviceConfig {
-  return serialDevice.parse({ name: 'dev', driver: 'serial', ...input });
-}
-
-/** The device's poll groups as the gateway builds them. */
-function groupsOf(device: SerialDeviceConfig): PollGroup<DriverTag>[] {
-  const groups: PollGroup<DriverTag>[] = [];
-  const tagsOf = (group: string) => device.tags.filter((tag) => (tag.group ?? 'default') === group);
-  if (tagsOf('default').length > 0) groups.push({ name: 'default', interval: device.pollInterval, tags: tagsOf('default') });
-  for (const [name, group] of Object.entries(device.pollGroups)) groups.push({ name, interval: group.interval, tags: tagsOf(name) });
-  return groups;
-}
-
 function run(defer: (fn: () => unknown) => void, device: SerialDeviceConfig): Running {
   const log = testLogger();
   const deliveries: Delivery[] = [];
   const runner = new DeviceRunner({
     name: device.name,
     driver: createDriver(device, { log, dataDir: '/nonexistent' }),
-    groups: groupsOf(device),
+    groups: pollGroupsOf(device),
     log,
     phaseOf: () => 0,
     onReadings: (event) => deliveries.push({ group: event.group, readings: event.readings }),
@@ -109,7 +98,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     const { line, scale } = await scaleOnLine(t, defer);
     const device = run(
       defer,
-      config({ connection: { transport: 'serial', path: line.gateway }, request: 'SI\r\n', pollInterval: 100, tags: SCALE_TAGS }),
+      serialConfig({ connection: { transport: 'serial', path: line.gateway }, request: 'SI\r\n', pollInterval: 100, tags: SCALE_TAGS }),
     );
     const stable = await device.next('weight', good);
     assert.equal(stable.value, 12.345);
@@ -131,7 +120,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
   it('writes: tare is acknowledged ("T S"), weights are net afterwards; an answer that is not the ack fails the write', async (t) => {
     const defer = cleanup(t);
     const { line, scale } = await scaleOnLine(t, defer);
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'serial', path: line.gateway },
       request: 'SI\r\n',
       pollInterval: 200,
@@ -157,7 +146,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     const { line, scale } = await scaleOnLine(t, defer);
     const device = run(
       defer,
-      config({
+      serialConfig({
         connection: { transport: 'serial', path: line.gateway, timeout: 300 },
         request: 'SI\r\n',
         pollInterval: 100,
@@ -187,7 +176,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     const { line, scale } = await scaleOnLine(t, defer);
     const device = run(
       defer,
-      config({
+      serialConfig({
         connection: { transport: 'serial', path: line.gateway, timeout: 300 },
         framing: { type: 'delimiter', delimiter: '\r\n', maxLength: 64 },
         request: 'SI\r\n',
@@ -209,7 +198,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     const { line, scale } = await scaleOnLine(t, defer);
     const device = run(
       defer,
-      config({
+      serialConfig({
         connection: { transport: 'serial', path: line.gateway, timeout: 200, backoffAfterTimeouts: 2 },
         request: 'SI\r\n',
         pollInterval: 100,
@@ -237,7 +226,7 @@ describe('serial driver: a scale on a serial line (MT-SICS over a socat pty pair
     defer(() => scale.stop());
     const device = run(
       defer,
-      config({
+      serialConfig({
         connection: { transport: 'serial', path: line.gateway, timeout: 300 },
         request: 'SI\r\n',
         pollInterval: 100,
@@ -274,7 +263,7 @@ describe('serial driver: streaming (an NMEA GPS receiver behind a serial device 
     const gps = await startInstrument({ kind: 'nmea', tcp: 0, period: 50 });
     defer(() => gps.stop());
     await gps.control({ set: { speed: 12.5 } });
-    const device = run(defer, config({ connection: { transport: 'tcp', host: '127.0.0.1', port: gps.port }, ...NMEA }));
+    const device = run(defer, serialConfig({ connection: { transport: 'tcp', host: '127.0.0.1', port: gps.port }, ...NMEA }));
     assert.equal((await device.next('latitude', good)).value, '4807.0380');
     assert.equal((await device.next('fix', good)).value, 1);
     assert.equal((await device.next('speed', good)).value, 12.5);
@@ -315,7 +304,12 @@ describe('serial driver: streaming (an NMEA GPS receiver behind a serial device 
     defer(() => gps.stop());
     const device = run(
       defer,
-      config({ connection: { transport: 'tcp', host: '127.0.0.1', port: gps.port }, ...NMEA, deliver: 'interval', pollInterval: 300 }),
+      serialConfig({
+        connection: { transport: 'tcp', host: '127.0.0.1', port: gps.port },
+        ...NMEA,
+        deliver: 'interval',
+        pollInterval: 300,
+      }),
     );
     await device.next('fix', good);
     await waitFor(() => device.deliveries.length >= 4, 5000, 'four interval deliveries');
@@ -330,7 +324,7 @@ describe('serial driver: streaming (an NMEA GPS receiver behind a serial device 
 
 describe('serial driver: an ASCII instrument with STX/ETX and a checksum (request/response, multi-drop)', () => {
   const ASCII = (port: number, unitId: string) =>
-    config({
+    serialConfig({
       name: `unit${unitId}`,
       connection: { transport: 'tcp', host: '127.0.0.1', port, timeout: 500 },
       framing: { type: 'stx-etx', checksum: { type: 'xor' } },
@@ -418,7 +412,7 @@ describe('serial driver: one RS-485 line shared by two serial-line units and a M
     const ascii = await startInstrument({ kind: 'ascii', pty: line.ascii, unitId: '01,02' });
     defer(() => ascii.stop());
     const serialUnit = (unitId: string) =>
-      config({
+      serialConfig({
         name: `unit${unitId}`,
         connection: { transport: 'serial', path: line.gateway, timeout: 300 },
         framing: { type: 'stx-etx', checksum: { type: 'xor' } },
@@ -480,7 +474,7 @@ describe('serial driver: one RS-485 line shared by two serial-line units and a M
 
 describe('serial driver: writes a command cannot carry are refused before anything is sent', () => {
   it('a value its format or the line cannot take is invalid-value (the command path answers it as a refusal)', async () => {
-    const device = config({
+    const device = serialConfig({
       connection: { transport: 'tcp', host: '127.0.0.1', port: 1 },
       request: 'RD\r',
       tags: [
