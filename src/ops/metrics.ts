@@ -167,9 +167,13 @@ export class GatewayMetrics {
     gauge(this.registry, 'plc2mqtt_uplink_connected', '1 while connected to the cloud broker.', [], () => [
       [{}, uplink()?.connected ? 1 : 0],
     ]);
-    gauge(this.registry, 'plc2mqtt_uplink_in_flight', 'QoS 1 messages sent to the cloud and not yet acknowledged.', [], () => [
-      [{}, uplink()?.inFlight ?? 0],
-    ]);
+    gauge(
+      this.registry,
+      'plc2mqtt_uplink_in_flight',
+      'Messages sent to the cloud and not yet acknowledged (QoS 0: not yet confirmed by a ping round trip).',
+      [],
+      () => [[{}, uplink()?.inFlight ?? 0]],
+    );
     mirroredCounter(
       this.registry,
       'plc2mqtt_uplink_sent_total',
