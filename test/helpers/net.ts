@@ -1,8 +1,42 @@
 // Ephemeral ports and process helpers for tests. Everything on 127.0.0.1.
+import { closeSync, mkdirSync, openSync, statSync, utimesSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
-/** A port that was free a moment ago (bind to 0, read the number, close). */
+/** A port that was free a moment ago (bind to 0, read the number, close) and that no other test process has claimed. */
 export async function freePort(): Promise<number> {
+  // Test files run in parallel processes: the kernel may hand the port one process just closed to
+  // another's bind(0), and two tests then meet on it (a "dead" device answered by another test's
+  // simulator). A claim file per port, shared by all test processes, keeps the ports apart.
+  mkdirSync(CLAIMS, { recursive: true });
+  for (;;) {
+    const port = await kernelPort();
+    if (claim(port)) return port;
+  }
+}
+
+const CLAIMS = join(tmpdir(), 'plc2mqtt-test-ports');
+/** A claim older than this belongs to a finished run and may be taken again. */
+const CLAIM_LIFETIME_MS = 15 * 60_000;
+
+function claim(port: number): boolean {
+  const file = join(CLAIMS, String(port));
+  try {
+    closeSync(openSync(file, 'wx'));
+    return true;
+  } catch {
+    try {
+      if (Date.now() - statSync(file).mtimeMs < CLAIM_LIFETIME_MS) return false;
+      utimesSync(file, new Date(), new Date());
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+async function kernelPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
