@@ -54,8 +54,11 @@ import { TagNormalizer, type Sample } from './pipeline/normalize.js';
 import { startPhase } from './pipeline/scheduler.js';
 import { startSimulator, type RunningSimulator } from './demo/simulator.js';
 import { ensureDataDir } from './util/sqlite-file.js';
-import type { Recorder } from './northbound/format.js';
+import type { DeviceRecorder, NorthboundFormat, Recorder } from './northbound/format.js';
 import { JsonFormat } from './northbound/json/format.js';
+import { BdSeqStore } from './northbound/sparkplug/bdseq.js';
+import { SparkplugFormat, type Catalog, type CatalogDevice } from './northbound/sparkplug/format.js';
+import type { TagTypeInfo } from './northbound/sparkplug/tags.js';
 import { encodeAnswer, encodeBatchPayload, encodeTagPayload } from './northbound/json/payload.js';
 import { GatewayTopics } from './northbound/json/topics.js';
 import { Outbox } from './cloud/outbox.js';
@@ -74,6 +77,9 @@ interface CompiledTag {
   cloud?: Recorder | undefined;
   /** The latest sample, published or not (previous value for writes). */
   last?: Sample | undefined;
+  /** What the config says of its value type (typed formats: Sparkplug datatypes). */
+  valueType: TagTypeInfo;
+  unit: string | undefined;
 }
 
 interface CompiledDevice {
@@ -83,6 +89,8 @@ interface CompiledDevice {
   tags: Map<string, CompiledTag>;
   /** Rendered batch topic per poll group (publish: "batch") and how the format records it for the cloud. */
   batchTopics: Map<string, { topic: string; cloud: Recorder | undefined }>;
+  /** How the northbound format records the device's cycles and losses (Sparkplug), if it does. */
+  cloud?: DeviceRecorder | undefined;
   /** Absent while its driver is being loaded and created, or when that failed (then it is tried again). */
   runner?: DeviceRunner | undefined;
   /** Readings normalized into samples, for the metrics. */
@@ -301,6 +309,8 @@ export class Gateway {
     const batchTopic = device.config.publish === 'batch' ? device.batchTopics.get(event.group)! : undefined;
     // Asked once per poll cycle: without a listener, a sample costs the bus nothing.
     const announce = this.bus.has('sample');
+    // The cycle's reported samples, for a format that records per device (Sparkplug DDATA).
+    const cycle: Sample[] | undefined = device.cloud ? [] : undefined;
     for (const reading of event.readings) {
       const tag = device.tags.get(reading.tag);
       if (!tag) continue;
@@ -309,8 +319,11 @@ export class Gateway {
       this.stats.samples++;
       device.samples++;
       let reported = true;
-      if (batchTopic) batch.push(sample);
-      else if (tag.normalizer.shouldReport(sample, now)) {
+      if (batchTopic) {
+        batch.push(sample);
+        cycle?.push(sample);
+      } else if (tag.normalizer.shouldReport(sample, now)) {
+        cycle?.push(sample);
         const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
         if (tag.cloud)
           this.uplink!.record(tag.cloud, {
@@ -342,6 +355,14 @@ export class Gateway {
           local: { topic, payload, retain: topics.retain },
         });
     }
+    if (cycle && cycle.length > 0)
+      this.uplink!.recordDevice(device.cloud!, {
+        kind: 'cycle',
+        device: event.device,
+        group: event.group,
+        cycleTs: event.cycleTs,
+        samples: cycle,
+      });
   }
 
   /** Local subscribers get the message at once (the cloud gets what the format records of it, through the outbox). */
@@ -416,12 +437,48 @@ export class Gateway {
     return new Uplink(
       config,
       this.config.gateway.name,
-      new JsonFormat(config, this.config.gateway.name, this.config.topics.status),
+      this.newFormat(config),
       this.currentOutbox!,
       this.broker,
       this.log,
       this.downlinkFor(config),
     );
+  }
+
+  /** The northbound format of an uplink: JSON topics, or a Sparkplug B edge node over the gateway's devices. */
+  private newFormat(config: NonNullable<Config['uplink']>): NorthboundFormat {
+    const { gateway } = this.config;
+    if (config.format === 'json' || !config.sparkplug) return new JsonFormat(config, gateway.name, this.config.topics.status);
+    const { sparkplug } = config;
+    return new SparkplugFormat({
+      groupId: sparkplug.groupId,
+      edgeNodeId: sparkplug.edgeNodeId ?? gateway.name,
+      primaryHostId: sparkplug.primaryHostId,
+      quality: sparkplug.quality,
+      nodeMetricsInterval: sparkplug.nodeMetricsInterval,
+      version: this.version,
+      rules: config,
+      bdSeq: new BdSeqStore(this.dataDir, this.log.child({ module: 'sparkplug' })),
+      catalog: this.catalog(),
+      nodeStats: () => ({ outboxDepth: this.currentOutbox?.stats.messages ?? 0, reconnects: this.currentUplink?.stats.reconnects ?? 0 }),
+      log: this.log.child({ module: 'sparkplug' }),
+    });
+  }
+
+  /** The devices and tags as a typed format (Sparkplug) sees them at its births. */
+  private catalog(): Catalog {
+    const describe = (device: CompiledDevice): CatalogDevice => ({
+      name: device.config.name,
+      connected: device.runner?.health.state === 'connected',
+      tags: [...device.tags].map(([name, tag]) => ({ name, type: tag.valueType, unit: tag.unit, last: tag.last })),
+    });
+    return {
+      devices: () => [...this.devices.values()].map(describe),
+      device: (name) => {
+        const device = this.devices.get(name);
+        return device && describe(device);
+      },
+    };
   }
 
   private async stopUplink(): Promise<void> {
@@ -544,6 +601,7 @@ export class Gateway {
         config: device,
         fingerprint: JSON.stringify(device),
         tags: this.compileTags(device),
+        cloud: this.uplink?.deviceRecorder(device.name),
         samples: 0,
         batchTopics: new Map(
           pollGroupsOf(device).map((group) => {
@@ -559,6 +617,7 @@ export class Gateway {
     const phases = new Map(groups.map((group, index) => [group.name, phaseOf(index, group.interval)]));
     let driver: Driver<DriverTag> | undefined;
     let runner: DeviceRunner | undefined;
+    let wasConnected = false;
     try {
       const driverModule = await this.loadDriver(device);
       driver = driverModule.createDriver(device, { log: this.log.child({ device: device.name }), dataDir: this.dataDir });
@@ -570,7 +629,14 @@ export class Gateway {
         phaseOf: (group) => phases.get(group.name) ?? 0,
         onReadings: (event) => this.onReadings(entry, event),
         onPollDone: (group, seconds, ok) => this.bus.emit('poll', { device: device.name, group, seconds, ok }),
-        onStateChange: (state, lastError) => this.bus.emit('device-state', { device: device.name, state, lastError }),
+        onStateChange: (state, lastError) => {
+          // A connection lost: a format that tracks devices (Sparkplug DDEATH) records it, in order with
+          // the data. (Not a stop: the node's own death, or the rebirth after a reload, says it.)
+          if (wasConnected && state === 'disconnected' && entry.cloud)
+            this.uplink?.recordDevice(entry.cloud, { kind: 'device-lost', device: device.name, ts: Date.now() });
+          wasConnected = state === 'connected';
+          this.bus.emit('device-state', { device: device.name, state, lastError });
+        },
       });
       runner.start();
     } catch (error) {
@@ -659,6 +725,7 @@ export class Gateway {
         for (const device of gateway.devices.values()) {
           for (const tag of device.tags.values()) tag.cloud = uplink.recorder(tag.topic);
           for (const batch of device.batchTopics.values()) batch.cloud = uplink.recorder(batch.topic);
+          device.cloud = uplink.deviceRecorder(device.config.name);
         }
       },
     };
@@ -669,9 +736,12 @@ export class Gateway {
     for (const tag of device.tags as TagConfig[]) {
       const group = tag.group ?? 'default';
       const topic = this.topics.tag(device, group, tag);
+      const scaled = tag.scale !== undefined || tag.offset !== undefined;
       compiled.set(tag.name, {
         topic,
         cloud: this.uplink?.recorder(topic),
+        valueType: { ...DRIVERS[device.driver].valueType(tag as never), scaled },
+        unit: tag.unit,
         normalizer: new TagNormalizer({
           device: device.name,
           group,

@@ -38,6 +38,8 @@ const FOREIGN = 98;
 /** Stamps the session's attempt, sequence number and history flag into every message it encodes. */
 class StampingFormat implements NorthboundFormat {
   readonly name = 'stamping';
+  readonly session = 'configured';
+  readonly disconnectReason = undefined;
 
   recorder(localTopic: string): Recorder | undefined {
     if (!localTopic.startsWith('line/')) return undefined;

@@ -251,3 +251,8 @@ export const modbusDevice = z.strictObject({
 
 export type ModbusDeviceConfig = z.output<typeof modbusDevice>;
 export type ModbusTag = ModbusDeviceConfig['tags'][number];
+
+/** The value type of a tag as declared (or defaulted), and whether it is an array: for typed northbound formats (Sparkplug). */
+export function modbusValueType(tag: ModbusTag): { type: string; array: boolean } {
+  return { type: tag.type ?? defaultType(tag.address), array: tag.count !== undefined };
+}

@@ -9,7 +9,10 @@ import { topicMatches } from '../northbound/topics.js';
 export type { CloudSubscriptions } from '../northbound/format.js';
 
 export type UplinkConfig = NonNullable<Config['uplink']>;
-type BridgeRule = UplinkConfig['forward'][number];
+type BridgeRule = NonNullable<UplinkConfig['forward']>[number];
+
+/** JSON's forward rules when the config gives none: everything, as it is. */
+const FORWARD_EVERYTHING: readonly BridgeRule[] = [{ topic: '#', localPrefix: '', remotePrefix: '', qos: 1 }];
 
 /** Where a local topic goes on the cloud, when a forward rule takes it. */
 export interface CloudRoute {
@@ -21,8 +24,9 @@ export class BridgeRules {
   private readonly forward: readonly BridgeRule[];
   private readonly receive: readonly BridgeRule[];
 
-  constructor(config: Pick<UplinkConfig, 'forward' | 'receive'>) {
-    this.forward = config.forward;
+  constructor(config: Pick<UplinkConfig, 'forward' | 'receive'> & { format?: UplinkConfig['format'] }) {
+    // Sparkplug sends the gateway's tags as metrics: local topics go up only where a rule says so.
+    this.forward = config.forward ?? (config.format === 'sparkplug-b' ? [] : FORWARD_EVERYTHING);
     this.receive = config.receive;
   }
 

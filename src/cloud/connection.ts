@@ -177,23 +177,47 @@ export class CloudConnection {
 
   /**
    * No reconnects and no events from here on. While the connection is up, `lastWords` is
-   * published first (the format's goodbye: JSON's retained "offline"), waiting at most `timeoutMs` for its PUBACK; then the
-   * connection is closed, forced: no waiting for mqtt.js' record of messages in flight (it keeps
-   * those of connections that broke); they are in the outbox and the next connection sends them.
+   * published first (the format's goodbye: JSON's retained "offline", Sparkplug's NDEATH), waiting
+   * at most `timeoutMs` for its PUBACK; then the connection is closed (see leave()). Messages in
+   * flight are not waited for: they are in the outbox and the next connection sends them.
    */
-  async stop(timeoutMs: number, lastWords: CloudMessage | undefined): Promise<void> {
+  async stop(timeoutMs: number, lastWords: CloudMessage | undefined, disconnectReason?: number): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.stableTimer);
+    await this.leave(timeoutMs, lastWords, disconnectReason);
+    this.isConnected = false;
+  }
+
+  /**
+   * Says `lastWords`, closes the connection (see leave()) and connects again after the usual
+   * back-off, with a new will: a format's fresh start (Sparkplug: its primary host went offline).
+   */
+  cycle(lastWords: CloudMessage | undefined, disconnectReason?: number): void {
+    if (!this.isConnected || this.stopping) return;
+    void this.leave(2000, lastWords, disconnectReason).catch((error: unknown) => this.noteError(errorMessage(error)));
+  }
+
+  /**
+   * `lastWords` (while connected), then the close: with a DISCONNECT when `disconnectReason` is
+   * given (MQTT 5 carries it; 3.1.1 a plain DISCONNECT, after which the broker drops the will),
+   * else forced, without one (the broker publishes the will). Each step waits at most `timeoutMs`.
+   */
+  private async leave(timeoutMs: number, lastWords: CloudMessage | undefined, disconnectReason: number | undefined): Promise<void> {
     const client = this.client;
-    if (client && this.isConnected && lastWords) {
+    if (!client) return;
+    if (this.isConnected && lastWords) {
       await Promise.race([
         client.publishAsync(lastWords.topic, lastWords.payload, { qos: lastWords.qos, retain: lastWords.retain }).catch(() => undefined),
         delay(timeoutMs, undefined, { ref: false }),
       ]);
     }
-    if (client) await Promise.race([client.endAsync(true), delay(timeoutMs, undefined, { ref: false })]);
-    this.isConnected = false;
+    if (this.isConnected && disconnectReason !== undefined) {
+      const options = this.clientOptions.protocolVersion === 5 ? { reasonCode: disconnectReason } : {};
+      const ended = await Promise.race([client.endAsync(false, options).then(() => true), delay(timeoutMs, false, { ref: false })]);
+      if (ended) return;
+    }
+    await Promise.race([client.endAsync(true), delay(timeoutMs, undefined, { ref: false })]);
   }
 
   private newCheckpoint(): PingCheckpoint {
@@ -242,7 +266,9 @@ export class CloudConnection {
     this.reconnectTimer = setTimeout(() => {
       if (this.stopping || !this.client) return;
       this.client.options.will = this.willOption();
-      this.client.reconnect();
+      // (Without stores given, mqtt.js's reconnect() would put its own in-memory one back and resend
+      // from it: the outbox is the one record of what is unacknowledged.)
+      this.client.reconnect({ outgoingStore: new NoStore() });
     }, delay);
   }
 }

@@ -12,6 +12,8 @@ import type { IntegratedBroker } from '../broker/broker.js';
 import {
   RecordKind,
   type CloudMessage,
+  type DeviceRecorder,
+  type DeviceReport,
   type DownlinkAction,
   type FormatSession,
   type NorthboundFormat,
@@ -56,6 +58,12 @@ export interface DownlinkHandlers {
 /** The session of one connect attempt (see FormatSession). */
 class ConnectionSession implements FormatSession {
   connectedAt = 0;
+  /** The link of the connection, once connected. */
+  link: Link | undefined;
+  /** The births went out (births(session) gave them): the sender runs. */
+  born = false;
+  /** When the first births went out: rows stored before are history (they may wait after the CONNACK for a primary host). */
+  bornAt = Infinity;
   private seq = 0;
 
   constructor(readonly attempt: number) {}
@@ -64,8 +72,12 @@ class ConnectionSession implements FormatSession {
     return this.seq++;
   }
 
+  resetSeq(): void {
+    this.seq = 0;
+  }
+
   historical(stored: StoredMessage): boolean {
-    return stored.created < this.connectedAt;
+    return stored.created < this.bornAt;
   }
 }
 
@@ -102,6 +114,7 @@ export class Uplink {
   /** The session of the current connect attempt (a new one before every CONNECT). */
   private session: ConnectionSession | undefined;
   private attempts = 0;
+  private receiveMaximum: number | undefined;
   private stopping = false;
   private readonly counters = { reconnects: 0, received: 0 };
 
@@ -124,8 +137,10 @@ export class Uplink {
     this.rules = new BridgeRules(config);
     this.protocolVersion = config.protocolVersion;
     this.echo = new EchoFilter(this.rules, config.protocolVersion);
+    // Sparkplug needs a clean session on every connect, whatever cleanSession says.
+    const connectionConfig = format.session === 'clean' ? { ...config, cleanSession: true } : config;
     this.connection = new CloudConnection(
-      config,
+      connectionConfig,
       { clientId: config.clientId ?? `plc2mqtt-${gatewayName}`, will: () => this.format.will(this.newSession()), tls: tls.options },
       this.log,
       {
@@ -150,6 +165,15 @@ export class Uplink {
           this.connection.noteError(`the cloud broker refused a message on "${message.topic}": ${errorMessage(error)}`),
       },
     );
+    format.attach?.({
+      rebirth: (reason) => this.rebirth(reason),
+      publishLive: (build) => {
+        const session = this.session;
+        if (!session?.born || !session.link || !this.connection.connected || this.stopping) return;
+        const message = build(session);
+        if (message) this.connection.publish(message.topic, message.payload, { qos: message.qos, retain: message.retain }, () => undefined);
+      },
+    });
   }
 
   /**
@@ -191,6 +215,17 @@ export class Uplink {
     if (record) this.outbox.append(record);
   }
 
+  /** How a device's cycles and losses are recorded (formats that send per device: Sparkplug); look it up once per device. */
+  deviceRecorder(device: string): DeviceRecorder | undefined {
+    return this.format.deviceRecorder?.(device);
+  }
+
+  /** Appends what the format records for a device's report, if anything. */
+  recordDevice(recorder: DeviceRecorder, report: DeviceReport): void {
+    const record = recorder(report);
+    if (record) this.outbox.append(record);
+  }
+
   start(): void {
     this.sender.start();
     this.log.info({ clientId: this.connection.clientId, backlog: this.outbox.length }, 'connecting to the cloud broker');
@@ -223,28 +258,87 @@ export class Uplink {
     // finished messages (kind 0) pass through untouched.
     const link: Link = {
       publish: (stored, done) => {
-        let message: CloudMessage = stored;
-        if (stored.kind !== undefined && stored.kind !== RecordKind.MESSAGE) {
-          const encoded = format.encode(stored, session);
-          if (!encoded) return done(unencodable(format, stored));
-          message = encoded;
-          this.echo.sending({ id: stored.id, topic: encoded.topic, payload: encoded.payload });
-        } else this.echo.sending(stored);
-        this.connection.publish(message.topic, message.payload, { qos: message.qos, retain: message.retain }, done);
+        if (stored.kind === undefined || stored.kind === RecordKind.MESSAGE) {
+          this.echo.sending(stored);
+          return this.connection.publish(stored.topic, stored.payload, { qos: stored.qos, retain: stored.retain }, done);
+        }
+        const encoded = format.encode(stored, session);
+        if (!encoded) return done(unencodable(format, stored));
+        const messages = Array.isArray(encoded) ? encoded : [encoded];
+        // Nothing to send on this session: settled now.
+        if (messages.length === 0) return done();
+        // Several messages (e.g. a device's birth, then its data): the row is settled with the
+        // last one, which is confirmed after the others (one connection, in order), or with the first error.
+        let failed = false;
+        messages.forEach((message, index) => {
+          this.echo.sending({ id: stored.id, topic: message.topic, payload: message.payload });
+          this.connection.publish(message.topic, message.payload, { qos: message.qos, retain: message.retain }, (error) => {
+            if (failed) return;
+            if (error) {
+              failed = true;
+              done(error);
+            } else if (index === messages.length - 1) done();
+          });
+        });
       },
     };
-    // Births first, before the backlog. The first one's PUBACK (QoS 0: ping round trip) proves the link carries traffic (see Sender.linkProven).
-    this.publishBirths(session, link);
+    session.link = link;
+    // Subscriptions first: a Sparkplug host may answer the births with a command at once (NCMD
+    // must be subscribed before NBIRTH), and the primary host's STATE decides when births go out.
     const subscriptions = format.subscriptions(this.protocolVersion);
     if (Object.keys(subscriptions).length > 0) this.connection.subscribe(subscriptions);
-    this.sender.connected(link, connack.receiveMaximum);
+    this.receiveMaximum = connack.receiveMaximum;
+    // Births, before the backlog; then the sender. A format may say "not yet" (see NorthboundFormat.births).
+    const waiting = !this.beginSession(session);
     this.log.info(
       { backlog, sessionPresent: connack.sessionPresent, window: this.sender.window, probing: this.sender.probing },
-      backlog > 0 ? `connected to the cloud broker; replaying ${backlog} buffered messages` : 'connected to the cloud broker',
+      waiting
+        ? `connected to the cloud broker; the ${format.name} format holds the births and ${backlog} buffered messages until it may send (see the next lines)`
+        : backlog > 0
+          ? `connected to the cloud broker; replaying ${backlog} buffered messages`
+          : 'connected to the cloud broker',
     );
   }
 
+  /** Publishes the births and starts the sender on `session`, if the format gives its births now; false when it says "not yet". */
+  private beginSession(session: ConnectionSession): boolean {
+    const births = this.format.births(session);
+    if (!births) return false;
+    session.born = true;
+    session.bornAt = Date.now();
+    this.publishBirths(births, session.link);
+    this.sender.connected(session.link!, this.receiveMaximum);
+    return true;
+  }
+
+  /** Births again (or at last) on the current session, when it is connected. */
+  private rebirth(reason: string): void {
+    const session = this.session;
+    if (!session?.link || !this.connection.connected || this.stopping) return;
+    if (!session.born) {
+      if (this.beginSession(session)) this.log.info({ format: this.format.name, reason }, 'births published; sending to the cloud');
+      return;
+    }
+    this.log.info({ format: this.format.name, reason }, 'publishing the births again');
+    // Synchronous, between two rows of the sender: nothing of this session goes out in between,
+    // and what follows carries the sequence numbers after the births'.
+    const births = this.format.births(session);
+    if (births) this.publishBirths(births);
+  }
+
+  /** The format asks for a new connection (Sparkplug: its primary host went offline): goodbye, disconnect, connect again. */
+  private reconnect(reason: string): void {
+    const session = this.session;
+    if (!session?.link || !this.connection.connected || this.stopping) return;
+    this.log.warn({ format: this.format.name, reason }, 'leaving the cloud broker and connecting again; buffering in the outbox');
+    // No more rows on this connection; what is in flight is sent again on the next.
+    this.sender.disconnected();
+    session.link = undefined;
+    this.connection.cycle(this.format.goodbye(session), this.format.disconnectReason);
+  }
+
   private onClosed(wasConnected: boolean): void {
+    if (this.session) this.session.link = undefined;
     const inFlight = this.sender.stats.inFlight;
     // What was acknowledged is deleted now; what was in flight is sent again after the reconnect.
     this.sender.disconnected();
@@ -255,8 +349,8 @@ export class Uplink {
       );
   }
 
-  private publishBirths(session: ConnectionSession, link?: Link): void {
-    this.format.births(session).forEach((birth, index) => {
+  private publishBirths(births: CloudMessage[], link?: Link): void {
+    births.forEach((birth, index) => {
       this.connection.publish(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain }, (error) => {
         if (!error && index === 0 && link) this.sender.linkProven(link);
       });
@@ -281,10 +375,8 @@ export class Uplink {
       } else if (action.kind === 'write') {
         if (this.downlink.write) this.downlink.write(action);
         else this.log.warn({ device: action.device, tag: action.tag }, 'a write from the cloud, but nothing takes writes from this uplink');
-      } else if (this.session && this.connection.connected) {
-        this.log.info({ format: this.format.name }, 'the cloud asked for a rebirth');
-        this.publishBirths(this.session);
-      }
+      } else if (action.kind === 'rebirth') this.rebirth('asked by the cloud');
+      else this.reconnect(action.reason);
     }
   }
 
@@ -295,8 +387,9 @@ export class Uplink {
    */
   async stop(timeoutMs = 2000): Promise<void> {
     this.stopping = true;
+    this.format.detach?.();
     this.sender.pause();
-    await this.connection.stop(timeoutMs, this.session && this.format.goodbye(this.session));
+    await this.connection.stop(timeoutMs, this.session && this.format.goodbye(this.session), this.format.disconnectReason);
     this.sender.stop();
   }
 }

@@ -653,7 +653,7 @@ function checkHttpPort(config: Config, add: (path: JsonPath, message: string) =>
 
 function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath, message: string) => void): void {
   for (const direction of ['forward', 'receive'] as const) {
-    uplink[direction].forEach((rule, index) => {
+    (uplink[direction] ?? []).forEach((rule, index) => {
       const problem = filterProblem(rule.topic);
       if (problem) add(['uplink', direction, index, 'topic'], problem);
       for (const prefix of ['localPrefix', 'remotePrefix'] as const) {
@@ -677,6 +677,15 @@ function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath
       add(['uplink', 'statusTopic'], (error as Error).message);
     }
   }
+  if (uplink.format === 'sparkplug-b' && !uplink.sparkplug)
+    add(['uplink', 'sparkplug'], 'the "sparkplug-b" format needs its settings: "sparkplug": { "groupId": "plant1" } at least');
+  if (uplink.format === 'json' && uplink.sparkplug)
+    add(
+      ['uplink', 'format'],
+      'there are "sparkplug" settings, but the format is "json": set "format": "sparkplug-b", or remove "sparkplug"',
+    );
+  if (uplink.format === 'sparkplug-b' && uplink.statusTopic !== undefined)
+    add(['uplink', 'statusTopic'], 'Sparkplug has its own birth and death messages (NBIRTH/NDEATH): remove statusTopic');
   if (uplink.reconnect.initial > uplink.reconnect.max)
     add(['uplink', 'reconnect', 'initial'], `must not be longer than reconnect.max (${uplink.reconnect.max} ms)`);
 }

@@ -224,6 +224,15 @@ export const outboxSection = z
   })
   .prefault({});
 
+/** Sparkplug ids are topic levels: UTF-8 without "+", "/" or "#" [tck-id-topic-structure-namespace-valid-group-id]. */
+const sparkplugId = (description: string) =>
+  z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[^+/#]+$/, { message: 'Sparkplug ids are one topic level: no "+", "/" or "#"' })
+    .meta({ description });
+
 export const uplinkSection = z.strictObject({
   url: z
     .string()
@@ -269,13 +278,32 @@ export const uplinkSection = z.strictObject({
     .min(1)
     .optional()
     .meta({ description: 'Retained "online"/"offline" status on the cloud (last will). Default: topics.status. Placeholder {gateway}.' }),
-  forward: z
-    .array(bridgeRule('out'))
-    .default([{ topic: '#', localPrefix: '', remotePrefix: '', qos: 1 }])
-    .meta({
-      description:
-        'Local topics that go up to the cloud through the outbox (first matching rule wins). Default: everything the gateway publishes and every topic MQTT clients publish locally.',
-    }),
+  format: z.enum(['json', 'sparkplug-b']).default('json').meta({
+    description:
+      '"json" (default): the gateway\'s JSON topics, through the forward rules. "sparkplug-b": an Eclipse Sparkplug B 3.0 edge node (births, deaths, aliases, DDATA, NCMD/DCMD), see "sparkplug" and README "Sparkplug B".',
+  }),
+  sparkplug: z
+    .strictObject({
+      groupId: sparkplugId('Group id: the second level of every Sparkplug topic, e.g. "plant1".'),
+      edgeNodeId: sparkplugId('Edge node id. Default: gateway.name.').optional(),
+      primaryHostId: sparkplugId(
+        "The primary host application's id: births go out only while spBv1.0/STATE/<id> says it is online; when it goes offline the gateway leaves the broker, keeps buffering, and comes back when the host does.",
+      ).optional(),
+      quality: z.enum(['sparkplug', 'ignition']).default('sparkplug').meta({
+        description:
+          'Quality property of a tag that is not good. "sparkplug" (default, the specification\'s codes): bad and uncertain 0 (good 192 is left out, as the spec allows). "ignition": Ignition 8 codes, uncertain 1073742080, bad -2147483136.',
+      }),
+      nodeMetricsInterval: duration(
+        'How often the node metrics (outbox depth, reconnects) are published in NDATA when they changed.',
+        1000,
+      ).default(10_000),
+    })
+    .optional()
+    .meta({ description: 'Sparkplug B settings: required with "format": "sparkplug-b".' }),
+  forward: z.array(bridgeRule('out')).optional().meta({
+    description:
+      'Local topics that go up to the cloud through the outbox (first matching rule wins). Default with format "json": everything the gateway publishes and every topic MQTT clients publish locally ([{"topic": "#"}]). Default with "sparkplug-b": none (the gateway\'s tags go as Sparkplug metrics; rules here forward local clients\' topics as they are).',
+  }),
   receive: z
     .array(bridgeRule('in'))
     .default([])

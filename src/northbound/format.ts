@@ -10,8 +10,10 @@
 //   - what the cloud's messages mean: a publish into the integrated broker, a write of a tag, or
 //     a request to be born again (decodeDownlink).
 //
-// The first implementation is JSON (json/format.ts): its rows are finished MQTT messages, so it
-// costs nothing at send time. Messages that local MQTT clients publish on forwarded topics are
+// JSON (json/format.ts) stores finished MQTT messages, so it costs nothing at send time. Sparkplug
+// B (sparkplug/format.ts) stores one record per device and poll cycle and encodes it at send time,
+// with the session's sequence number and aliases; it gates its births on a primary host and asks
+// for rebirths and reconnects through the uplink's FormatControl. Messages that local MQTT clients publish on forwarded topics are
 // stored as finished messages too and pass through untouched, whatever the format.
 import type { TagValue } from '../pipeline/driver.js';
 import type { Sample } from '../pipeline/normalize.js';
@@ -33,6 +35,10 @@ export interface CloudMessage {
  */
 export const RecordKind = {
   MESSAGE: 0,
+  /** Sparkplug B: the reported samples of one device's poll cycle (DDATA). */
+  SPARKPLUG_DATA: 16,
+  /** Sparkplug B: a device lost its connection (DDEATH). */
+  SPARKPLUG_DEATH: 17,
 } as const;
 
 /** What a format appends to the outbox; `kind` defaults to RecordKind.MESSAGE. */
@@ -56,12 +62,26 @@ export type Report =
   /** The answer to a write, published on its result topic. */
   | { kind: 'answer'; device: string | undefined; tag: string | undefined; ok: boolean; local: LocalMessage };
 
+/** A report about one device as a whole, for formats that send per device (Sparkplug). */
+export type DeviceReport =
+  /**
+   * Every sample of one device's poll cycle that was reported (per-tag devices: those report by
+   * exception let through; batch devices: all), for formats that send a device's cycle as one
+   * message (Sparkplug DDATA). Given after that cycle's tag or batch reports.
+   */
+  | { kind: 'cycle'; device: string; group: string; cycleTs: number; samples: readonly Sample[] }
+  /** A device's connection was lost (Sparkplug DDEATH). */
+  | { kind: 'device-lost'; device: string; ts: number };
+
 /**
  * Records the reports of one local topic (a tag's, a batch's, a result topic); looked up once per
  * topic (and again when the uplink is replaced by a reload), so the hot path does no routing.
  * Returns nothing when this report is not sent.
  */
 export type Recorder = (report: Report) => OutboxRecord | undefined;
+
+/** Records one device's reports (see NorthboundFormat.deviceRecorder). */
+export type DeviceRecorder = (report: DeviceReport) => OutboxRecord | undefined;
 
 /**
  * The state of one cloud connection, as the format sees it. A session begins with each connect
@@ -75,7 +95,9 @@ export interface FormatSession {
   readonly connectedAt: number;
   /** 0, 1, 2 … for every message of this session that asks (a format wraps it as it needs: Sparkplug at 256). */
   nextSeq(): number;
-  /** True for a row stored before this session's births: replayed history, not live data. */
+  /** The next nextSeq() is 0 again (Sparkplug: every NBIRTH, rebirths included, has seq 0). */
+  resetSeq(): void;
+  /** True for a row stored before this session's first births: replayed history, not live data. */
   historical(stored: StoredMessage): boolean;
 }
 
@@ -85,27 +107,66 @@ export type DownlinkAction =
   | { kind: 'local'; topic: string; payload: Buffer; retain: boolean }
   /** Write a tag through the command handler (formats whose commands are not local topics: Sparkplug DCMD). */
   | { kind: 'write'; device: string; tag: string; value: TagValue }
-  /** Publish the births again on the current session (Sparkplug NCMD "Node Control/Rebirth"). */
-  | { kind: 'rebirth' };
+  /**
+   * Publish the births on the current session: again (Sparkplug NCMD "Node Control/Rebirth"), or
+   * for the first time when births(session) said "not yet" (the primary host came online).
+   */
+  | { kind: 'rebirth' }
+  /** Say goodbye, disconnect and connect again, keeping everything in the outbox (Sparkplug: the primary host went offline). */
+  | { kind: 'reconnect'; reason: string };
+
+/** What a format may ask of its uplink by itself, outside a message from the cloud. */
+export interface FormatControl {
+  /** As the 'rebirth' DownlinkAction: births again (or at last) on the current session, if connected. */
+  rebirth(reason: string): void;
+  /**
+   * Publishes a message the format builds now, in the current session after its births (Sparkplug
+   * NDATA of node metrics), at once and not through the outbox; nothing when not connected or not born.
+   */
+  publishLive(build: (session: FormatSession) => CloudMessage | undefined): void;
+}
 
 /** A subscription on the cloud broker: filter → options, as mqtt.js takes them. */
 export type CloudSubscriptions = Record<string, { qos: 0 | 1; nl?: boolean }>;
 
 export interface NorthboundFormat {
-  /** "json" (later "sparkplug-b"): for logs. */
+  /** "json" or "sparkplug-b": for logs. */
   readonly name: string;
+  /**
+   * The MQTT session the format needs: "clean" forces Clean Session (3.1.1) / Clean Start with no
+   * expiry (5), whatever the uplink's cleanSession says (Sparkplug); "configured" uses the config.
+   */
+  readonly session: 'clean' | 'configured';
+  /**
+   * The MQTT 5 reason code of the DISCONNECT at a graceful stop or reconnect, when the format wants
+   * one sent (Sparkplug: 0x04, so the broker publishes the will too); undefined: the connection is
+   * closed without a DISCONNECT, and the broker publishes the will (JSON: "offline" twice is harmless).
+   */
+  readonly disconnectReason: number | undefined;
+  /** Called once by the uplink that uses the format, before it connects. */
+  attach?(control: FormatControl): void;
+  /** Called when that uplink stops: the format lets go of it (timers). */
+  detach?(): void;
   /** How the reports of a local topic are recorded for the cloud; undefined when none of them go there. */
   recorder(localTopic: string): Recorder | undefined;
+  /** How a device's cycles and losses are recorded (Sparkplug); undefined when the format records per topic only (JSON). Looked up like recorder(). */
+  deviceRecorder?(device: string): DeviceRecorder | undefined;
   /**
-   * A row of a kind other than RecordKind.MESSAGE, as the MQTT message to send now on `session`
-   * (MESSAGE rows never come here: they are sent as stored). Undefined when the format cannot
-   * encode the row (another format's kind, a damaged record): it is refused, never sent.
+   * A row of a kind other than RecordKind.MESSAGE, as the MQTT message(s) to send now on `session`
+   * (MESSAGE rows never come here: they are sent as stored), in order. [] when the row has nothing
+   * to send on this session (settled at once: e.g. the samples of a device that is dead on the
+   * host). Undefined when the format cannot encode the row (another format's kind, a damaged
+   * record): it is refused, never sent.
    */
-  encode(stored: StoredMessage, session: FormatSession): CloudMessage | undefined;
+  encode(stored: StoredMessage, session: FormatSession): CloudMessage | CloudMessage[] | undefined;
   /** Registered with the CONNECT of every attempt: what the broker publishes when the connection dies. */
   will(session: FormatSession): CloudMessage;
-  /** Published after every connect, before the backlog, in this order. The first one's PUBACK proves the link. */
-  births(session: FormatSession): CloudMessage[];
+  /**
+   * Published after every connect (after the subscriptions), before the backlog, in this order.
+   * The first one's PUBACK proves the link. Undefined: not yet (Sparkplug waits for its primary
+   * host); the uplink sends nothing until the format asks for a rebirth.
+   */
+  births(session: FormatSession): CloudMessage[] | undefined;
   /** Published at a graceful stop while the connection is up (the will is not published then). */
   goodbye(session: FormatSession): CloudMessage | undefined;
   /** The cloud subscriptions for the downlink (none: no subscription). */

@@ -12,6 +12,8 @@ const OFFLINE = Buffer.from('offline');
 
 export class JsonFormat implements NorthboundFormat {
   readonly name = 'json';
+  readonly session = 'configured';
+  readonly disconnectReason = undefined;
   /** The cloud's retained status topic (uplink.statusTopic, or topics.status). */
   readonly statusTopic: string;
   private readonly rules: BridgeRules;
