@@ -6,11 +6,13 @@
 //     → topic + payload      (northbound/json/) the JSON topic compiled once at start, the JSON payload
 //     → integrated broker    (broker/) where local subscribers see it, retained
 //     → format.record        (northbound/format.ts) what the cloud's format keeps of it, looked up once per
-//                            topic (JSON: the same bytes, when a forward rule takes the topic)
+//                            topic (JSON: the same bytes, when a forward rule takes the topic) or per
+//                            device (Sparkplug B: the cycle's reported samples as one record, later DDATA)
 //     → outbox               (cloud/outbox.ts) SQLite: a finished message, or a format's record
 //     → uplink               (cloud/uplink.ts) the sender takes it; a record is encoded now, in the
 //                            connection's session (sequence numbers, replayed history), after that
-//                            connection's births; to the cloud broker at QoS 1; deleted on PUBACK
+//                            connection's births; to the cloud broker; deleted on PUBACK (QoS 0: on
+//                            the ping round trip after it)
 //     (→ the event bus       (app/event-bus.ts) a "sample" event, built only while someone listens)
 //
 // Messages that MQTT clients publish into the integrated broker on forwarded topics take the
@@ -690,7 +692,13 @@ export class Gateway {
    * other sections need a process restart: they are reported, not applied. One reload at a time.
    */
   reload(loaded: LoadedConfig): Promise<ReloadResult> {
-    const run = this.reloading.then(() => applyReload(this.reloadTarget(), loaded.config));
+    const run = this.reloading.then(async () => {
+      const result = await applyReload(this.reloadTarget(), loaded.config);
+      // Devices came, went or changed their tags: a format with births (Sparkplug) declares the node again.
+      if (result.added.length + result.removed.length + result.restarted.length > 0)
+        this.currentUplink?.rebirth('the devices changed (reload)');
+      return result;
+    });
     this.reloading = run.catch(() => undefined);
     return run;
   }

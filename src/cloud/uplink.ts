@@ -262,7 +262,16 @@ export class Uplink {
           this.echo.sending(stored);
           return this.connection.publish(stored.topic, stored.payload, { qos: stored.qos, retain: stored.retain }, done);
         }
-        const encoded = format.encode(stored, session);
+        let encoded: ReturnType<NorthboundFormat['encode']>;
+        try {
+          encoded = format.encode(stored, session);
+        } catch (error) {
+          this.log.error(
+            { id: stored.id, error: errorMessage(error) },
+            'the format failed to encode an outbox row: it is refused (counted, never sent)',
+          );
+          encoded = undefined;
+        }
         if (!encoded) return done(unencodable(format, stored));
         const messages = Array.isArray(encoded) ? encoded : [encoded];
         // Nothing to send on this session: settled now.
@@ -311,8 +320,8 @@ export class Uplink {
     return true;
   }
 
-  /** Births again (or at last) on the current session, when it is connected. */
-  private rebirth(reason: string): void {
+  /** Births again (or at last) on the current session, when it is connected (formats without births: nothing). */
+  rebirth(reason: string): void {
     const session = this.session;
     if (!session?.link || !this.connection.connected || this.stopping) return;
     if (!session.born) {

@@ -379,13 +379,24 @@ export class SparkplugFormat implements NorthboundFormat {
     const metrics: SparkplugMetric[] = [];
     for (const tag of device.tags) {
       const value = tag.last?.value ?? null;
-      const info = this.declare(device.name, tag.name, sparkplugTypeOf(tag.type, value), true);
+      const info = this.declare(device.name, tag.name, this.datatypeOf(device.name, tag, value), true);
       const metric: SparkplugMetric = { name: tag.name, alias: info.alias, datatype: info.datatype, timestamp: tag.last?.ts ?? now };
       this.fill(metric, device.name, tag.name, info, tag.last?.quality ?? 'bad', value);
       if (tag.unit !== undefined) metric.properties = { engUnit: engUnitProperty(tag.unit), ...metric.properties };
       metrics.push(metric);
     }
     return this.message(this.topic('DBIRTH', device.name), { timestamp: now, seq: seqOf(session), metrics });
+  }
+
+  /** A tag's datatype from its declared type or value; undefined (a guess follows) when neither tells or Sparkplug has none for it (logged once). */
+  private datatypeOf(device: string, tag: CatalogTag, value: TagValue | null): DataType | undefined {
+    try {
+      return sparkplugTypeOf(tag.type, value);
+    } catch (error) {
+      if (value !== null)
+        this.misfit(device, tag.name, { alias: 0, datatype: DataType.Double, guessed: false }, value, errorMessage(error));
+      return undefined;
+    }
   }
 
   /** NDATA of the node metrics that changed since this connection last published them. */
@@ -410,16 +421,17 @@ export class SparkplugFormat implements NorthboundFormat {
   }
 
   /**
-   * The metric of a tag: declared at its first birth with a node-wide alias and its datatype,
-   * which stay for the life of the gateway (hosts cache them). A tag without a declared type and
-   * without a value yet is guessed a Double, learned at its first value (a rebirth).
+   * The metric of a tag: its node-wide alias is given at its first birth and kept for the life of
+   * the format (hosts cache them); its datatype is the one of its last birth. A tag without a
+   * declared type and without a value yet is guessed a Double, learned at its first value (a rebirth).
    */
   private declare(device: string, tag: string, datatype: DataType | undefined, mayGuess: boolean): MetricInfo {
     let tags = this.metrics.get(device);
     if (!tags) this.metrics.set(device, (tags = new Map()));
     const known = tags.get(tag);
     if (known) {
-      if (known.guessed && datatype !== undefined) {
+      // A birth may declare another datatype (a reload changed the tag's type, a guess met its value).
+      if (datatype !== undefined) {
         known.datatype = datatype;
         known.guessed = false;
       }
