@@ -58,6 +58,31 @@ const dataChangeFilter = z
       'OPC UA data-change filter evaluated by the server, so unchanged or jittering values never cross the network. The tag\'s "deadband" works in the gateway in addition, on engineering units.',
   });
 
+/** OPC UA built-in DataType names a tag may declare (src/northbound/sparkplug/tags.ts maps them). */
+const OPCUA_VALUE_TYPES = [
+  'Boolean',
+  'SByte',
+  'Byte',
+  'Int16',
+  'UInt16',
+  'Int32',
+  'UInt32',
+  'Int64',
+  'UInt64',
+  'Float',
+  'Double',
+  'String',
+  'DateTime',
+  'ByteString',
+  'Guid',
+  'XmlElement',
+  'NodeId',
+  'ExpandedNodeId',
+  'StatusCode',
+  'QualifiedName',
+  'LocalizedText',
+] as const;
+
 const tagSchema = z.strictObject({
   ...baseTagFields,
   nodeId,
@@ -68,6 +93,10 @@ const tagSchema = z.strictObject({
     description: 'Values the server queues for this node between two publishes (subscription mode). Overrides subscription.queueSize.',
   }),
   dataChangeFilter: dataChangeFilter.optional(),
+  type: z.enum(OPCUA_VALUE_TYPES).optional().meta({
+    description:
+      "The node's DataType, for typed cloud formats (Sparkplug B datatypes: DateTime, Bytes, Int64 …). Default: taken from the first value (number → Double, text → String).",
+  }),
 });
 
 const anonymous = z.strictObject({ type: z.literal('anonymous') });

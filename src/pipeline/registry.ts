@@ -3,7 +3,7 @@
 import type { z } from 'zod';
 import type { Driver, DriverContext, DriverTag } from './driver.js';
 import { modbusDevice, modbusValueType, type ModbusTag } from '../../drivers/modbus/config.js';
-import { opcuaDevice } from '../../drivers/opcua/config.js';
+import { opcuaDevice, type OpcUaTag } from '../../drivers/opcua/config.js';
 import { serialDevice, type SerialTag } from '../../drivers/serial/config.js';
 
 export interface DriverModule<Device> {
@@ -28,7 +28,7 @@ export const DRIVERS = {
   },
   opcua: {
     schema: opcuaDevice,
-    valueType: (): DeclaredValueType => ({}),
+    valueType: (tag: OpcUaTag): DeclaredValueType => (tag.type !== undefined ? { type: tag.type } : {}),
     // node-opcua is loaded here and only here: ~65 MB that a gateway without OPC UA devices never pays.
     load: async () => import('../../drivers/opcua/index.js'),
   },
