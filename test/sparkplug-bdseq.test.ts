@@ -1,6 +1,7 @@
-// The Sparkplug bdSeq store: one number per CONNECT, stored before it is used, across restarts.
+// The Sparkplug bdSeq store: one number per CONNECT, stored before it is used, across restarts;
+// a disk that takes no writes costs a logged error, never the connection.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -41,9 +42,16 @@ describe('Sparkplug bdSeq store', () => {
     assert.equal(new BdSeqStore(dir, log).next(), 0);
   });
 
-  it('a folder it cannot write to fails the CONNECT that needs the number (never a bdSeq that was not stored)', (t) => {
+  it('a folder it cannot write to: the count goes on in memory, one error logged, stored again once it can be', (t) => {
     const dir = join(folder(t), 'missing');
-    const store = new BdSeqStore(dir, log);
-    assert.throws(() => store.next(), /ENOENT/);
+    const lines: string[] = [];
+    const errors = pino({ level: 'error' }, { write: (line: string) => void lines.push(line) });
+    const store = new BdSeqStore(dir, errors);
+    assert.deepEqual([store.next(), store.next(), store.next()], [0, 1, 2]);
+    assert.equal(lines.length, 1, lines.join(''));
+    assert.match(lines[0]!, /ENOENT.*cannot store the next Sparkplug bdSeq/);
+    mkdirSync(dir);
+    assert.equal(store.next(), 3);
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, BDSEQ_FILE), 'utf8')), { next: 4 });
   });
 });

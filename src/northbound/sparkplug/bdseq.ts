@@ -18,6 +18,7 @@ export class BdSeqStore {
   private readonly log: Logger;
   /** The bdSeq the next CONNECT takes. */
   private upcoming: number;
+  private storeFailed = false;
 
   constructor(dataDir: string, log: Logger) {
     this.file = join(dataDir, BDSEQ_FILE);
@@ -25,11 +26,25 @@ export class BdSeqStore {
     this.upcoming = this.load();
   }
 
-  /** The bdSeq of a new CONNECT: stored (the one after it) before it is returned. Throws when it cannot be stored. */
+  /**
+   * The bdSeq of a new CONNECT: stored (the one after it) before it is returned. When it cannot be
+   * stored (a full or read-only disk) the count goes on in memory, with an error logged once: a
+   * restart before it is stored again may reuse a bdSeq, which is better than no connection.
+   */
   next(): number {
     const bdSeq = this.upcoming;
     const following = (bdSeq + 1) % 256;
-    this.store(following);
+    try {
+      this.store(following);
+      this.storeFailed = false;
+    } catch (error) {
+      if (!this.storeFailed)
+        this.log.error(
+          { file: this.file, error: (error as Error).message },
+          'cannot store the next Sparkplug bdSeq; counting on in memory (a restart before it is stored may reuse a bdSeq)',
+        );
+      this.storeFailed = true;
+    }
     this.upcoming = following;
     return bdSeq;
   }

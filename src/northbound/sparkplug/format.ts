@@ -312,6 +312,7 @@ export class SparkplugFormat implements NorthboundFormat {
 
   will(session: FormatSession): CloudMessage {
     const bdSeq = this.options.bdSeq.next();
+    this.host?.newSession();
     this.sessions.set(session, { bdSeq, bornOnce: false, born: new Set(), nodeValues: new Map() });
     return this.death(bdSeq);
   }

@@ -50,6 +50,15 @@ export class PrimaryHost {
     this.topic = STATE_PREFIX + hostId;
   }
 
+  /**
+   * A new connection of the node: its births wait for the host's STATE again (the retained one
+   * arrives with the subscription), since the host may have gone while the node was away. What
+   * was seen of the host's timestamps stays.
+   */
+  newSession(): void {
+    this.online = false;
+  }
+
   /** True while the host's last word is "online". */
   get isOnline(): boolean {
     return this.online;
