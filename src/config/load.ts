@@ -684,6 +684,11 @@ function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath
       ['uplink', 'format'],
       'there are "sparkplug" settings, but the format is "json": set "format": "sparkplug-b", or remove "sparkplug"',
     );
+  if (uplink.format === 'sparkplug-b' && uplink.liveShare > 0)
+    add(
+      ['uplink', 'liveShare'],
+      'Sparkplug B keeps the outbox in order (a device\'s DDEATH and DBIRTH stay between its data, history comes before live data): set liveShare to 0 or leave it out',
+    );
   if (uplink.format === 'sparkplug-b' && uplink.statusTopic !== undefined)
     add(['uplink', 'statusTopic'], 'Sparkplug has its own birth and death messages (NBIRTH/NDEATH): remove statusTopic');
   if (uplink.reconnect.initial > uplink.reconnect.max)
