@@ -695,8 +695,7 @@ export class Gateway {
     const run = this.reloading.then(async () => {
       const result = await applyReload(this.reloadTarget(), loaded.config);
       // Devices came, went or changed their tags: a format with births (Sparkplug) declares the node again.
-      if (result.added.length + result.removed.length + result.restarted.length > 0)
-        this.currentUplink?.rebirth('the devices changed (reload)');
+      if (result.added.length + result.removed.length + result.restarted.length > 0) this.currentUplink?.devicesChanged();
       return result;
     });
     this.reloading = run.catch(() => undefined);

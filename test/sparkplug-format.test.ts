@@ -336,7 +336,7 @@ describe('SparkplugFormat', () => {
     );
   });
 
-  it('a rebirth: NBIRTH seq 0 with the same bdSeq, DBIRTH of the born devices, then seq goes on from there', (t) => {
+  it('a rebirth: NBIRTH seq 0 with the same bdSeq, DBIRTH of every device, DDEATH of the dead ones, then seq goes on from there', (t) => {
     const setup = setUp(t);
     born(setup);
     for (let i = 0; i < 5; i++) setup.format.encode(setup.cycle('plc', [sample('ramp', i, 100 + i)]), setup.session);
@@ -348,8 +348,10 @@ describe('SparkplugFormat', () => {
       [
         [topic('NBIRTH'), 0],
         [topic('DBIRTH', 'plc'), 1],
+        [topic('DBIRTH', 'aux'), 2],
+        [topic('DDEATH', 'aux'), 3],
       ],
-      'aux is dead: not born again by a rebirth',
+      'aux is dead: declared by the rebirth before any data [tck-id-payloads-dbirth-order], and dead right after',
     );
     assert.equal(
       byName(decodePayload(again[0]!.payload)).get('bdSeq')?.value,
@@ -357,7 +359,7 @@ describe('SparkplugFormat', () => {
       '[tck-id-operational-behavior-data-commands-rebirth-action-3]',
     );
     const next = decodePayload(list(setup.format.encode(setup.cycle('plc', [sample('ramp', 9, 200)]), setup.session))[0]!.payload);
-    assert.equal(next.seq, 2);
+    assert.equal(next.seq, 4);
   });
 
   it('primary host: no births until its STATE is online; then rebirth; a newer OFFLINE → reconnect, an older one → nothing', (t) => {

@@ -31,6 +31,8 @@ export interface ConnectionEvents {
   message(topic: string, payload: Buffer, retain: boolean): void;
   /** The connection stayed up STABLE_AFTER_MS (see stable()). */
   stable(): void;
+  /** A CONNECT packet (with the will asked for this attempt) went out: a TCP connect that failed sends none. */
+  connectSent?(): void;
 }
 
 export interface ConnectionOptions {
@@ -119,7 +121,9 @@ export class CloudConnection {
   }
 
   start(): void {
-    const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption() });
+    // manualConnect: the handlers are in place before the first CONNECT is written (mqtt.js writes it
+    // while connect() runs, so a 'packetsend' listener added afterwards would miss it).
+    const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption(), manualConnect: true });
     this.client = client;
     client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
@@ -128,10 +132,12 @@ export class CloudConnection {
     // Every PINGREQ and PINGRESP, also those of mqtt.js's keep-alive: responses answer requests in order.
     client.on('packetsend', (packet) => {
       if (packet.cmd === 'pingreq') this.checkpoint.pingSent();
+      else if (packet.cmd === 'connect') this.events.connectSent?.();
     });
     client.on('packetreceive', (packet) => {
       if (packet.cmd === 'pingresp') this.checkpoint.pingAnswered();
     });
+    client.connect();
   }
 
   /**
@@ -212,12 +218,28 @@ export class CloudConnection {
         delay(timeoutMs, undefined, { ref: false }),
       ]);
     }
+    // What mqtt.js still waits PUBACKs for is in the outbox: a graceful end must not wait for it
+    // (it would wait forever for entries of connections that are gone, see forgetOutgoing).
+    this.forgetOutgoing();
     if (this.isConnected && disconnectReason !== undefined) {
       const options = this.clientOptions.protocolVersion === 5 ? { reasonCode: disconnectReason } : {};
       const ended = await Promise.race([client.endAsync(false, options).then(() => true), delay(timeoutMs, false, { ref: false })]);
-      if (ended) return;
+      // A socket that does not drain: closed under mqtt.js, which has ended the session already.
+      if (!ended) client.stream?.destroy();
+      return;
     }
     await Promise.race([client.endAsync(true), delay(timeoutMs, undefined, { ref: false })]);
+  }
+
+  /**
+   * Drops mqtt.js's record of QoS 1 messages awaiting a PUBACK (their callbacks get an error the
+   * sender ignores or takes as "send again"). It keeps those of a connection that closed for good:
+   * a leak, and a graceful end() would wait for them forever.
+   */
+  private forgetOutgoing(): void {
+    const client = this.client;
+    if (!client) return;
+    for (const id of Object.keys(client.outgoing)) client.removeOutgoingMessage(Number(id));
   }
 
   private newCheckpoint(): PingCheckpoint {
@@ -255,6 +277,7 @@ export class CloudConnection {
     this.isConnected = false;
     clearTimeout(this.stableTimer);
     this.events.closed(wasConnected);
+    this.forgetOutgoing();
     // After the sender let go of the connection's messages: they are sent again on the next one.
     const checkpoint = this.checkpoint;
     this.checkpoint = this.newCheckpoint();

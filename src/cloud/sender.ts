@@ -175,12 +175,16 @@ export class Sender {
     this.probe = undefined;
   }
 
-  /** The connection is gone: what was acknowledged is settled, everything else is sent again on the next one. */
-  disconnected(): void {
+  /**
+   * The connection is gone: what was acknowledged is settled, everything else is sent again on the
+   * next one. `blameless`: the gateway closed it on purpose, so no message in flight is suspected
+   * of having made the broker close it.
+   */
+  disconnected(options: { blameless?: boolean } = {}): void {
     const wasConnected = this.link !== undefined;
     this.link = undefined;
     this.flushAcks();
-    if (wasConnected && this.inFlight.size > 0 && this.ackedOnLink === 0 && this.proven) this.suspectHead();
+    if (wasConnected && !options.blameless && this.inFlight.size > 0 && this.ackedOnLink === 0 && this.proven) this.suspectHead();
     // A stall that reached the threshold is said before the disconnect that may end it.
     this.checkStall();
     this.forgetInFlight();

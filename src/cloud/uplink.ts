@@ -62,6 +62,8 @@ class ConnectionSession implements FormatSession {
   link: Link | undefined;
   /** The births went out (births(session) gave them): the sender runs. */
   born = false;
+  /** Its CONNECT packet went out (an attempt whose TCP connect failed sent none). */
+  connectSent = false;
   /** When the first births went out: rows stored before are history (they may wait after the CONNACK for a primary host). */
   bornAt = Infinity;
   private seq = 0;
@@ -113,6 +115,8 @@ export class Uplink {
   private readonly downlink: DownlinkHandlers;
   /** The session of the current connect attempt (a new one before every CONNECT). */
   private session: ConnectionSession | undefined;
+  /** The will of the current session's CONNECT. */
+  private sessionWill: CloudMessage | undefined;
   private attempts = 0;
   private receiveMaximum: number | undefined;
   private stopping = false;
@@ -141,13 +145,16 @@ export class Uplink {
     const connectionConfig = format.session === 'clean' ? { ...config, cleanSession: true } : config;
     this.connection = new CloudConnection(
       connectionConfig,
-      { clientId: config.clientId ?? `plc2mqtt-${gatewayName}`, will: () => this.format.will(this.newSession()), tls: tls.options },
+      { clientId: config.clientId ?? `plc2mqtt-${gatewayName}`, will: () => this.willOfAttempt(), tls: tls.options },
       this.log,
       {
         connected: (connack) => this.onConnected(connack),
         closed: (wasConnected) => this.onClosed(wasConnected),
         message: (topic, payload, retain) => this.onCloudMessage(topic, payload, retain),
         stable: () => this.sender.stable(),
+        connectSent: () => {
+          if (this.session) this.session.connectSent = true;
+        },
       },
     );
     this.sender = new Sender(
@@ -241,7 +248,21 @@ export class Uplink {
     return stats;
   }
 
-  /** A connect attempt begins: its session (the will of its CONNECT is the format's for it). */
+  /**
+   * The will of a connect attempt, from the format for the attempt's session. A new session (and
+   * Sparkplug's next bdSeq) only when the last one's CONNECT went out: a TCP connect that failed
+   * sent none, so the next attempt is the same session ([tck-id-topics-nbirth-bdseq-increment]
+   * counts CONNECT packets).
+   */
+  private willOfAttempt(): CloudMessage {
+    if (!this.session || !this.sessionWill || this.session.connectSent) {
+      const session = this.newSession();
+      this.sessionWill = this.format.will(session);
+    }
+    return this.sessionWill;
+  }
+
+  /** A session begins. */
   private newSession(): ConnectionSession {
     this.session = new ConnectionSession(++this.attempts);
     return this.session;
@@ -252,6 +273,9 @@ export class Uplink {
     const backlog = this.outbox.length;
     const session = this.session ?? this.newSession();
     session.connectedAt = Date.now();
+    // (A session is one CONNECT; should one be taken up again, nothing of its births holds.)
+    session.born = false;
+    session.bornAt = Infinity;
     const format = this.format;
     // A link per connection: answers of a connection that is gone are told apart. Between the
     // sender and the connection, a format's record becomes its message now, in this session;
@@ -320,8 +344,13 @@ export class Uplink {
     return true;
   }
 
-  /** Births again (or at last) on the current session, when it is connected (formats without births: nothing). */
-  rebirth(reason: string): void {
+  /** Devices came, went or changed (a reload): the format may declare them again (Sparkplug: a rebirth). */
+  devicesChanged(): void {
+    this.format.devicesChanged?.();
+  }
+
+  /** Births again (or at last) on the current session, when it is connected. */
+  private rebirth(reason: string): void {
     const session = this.session;
     if (!session?.link || !this.connection.connected || this.stopping) return;
     if (!session.born) {
@@ -340,8 +369,9 @@ export class Uplink {
     const session = this.session;
     if (!session?.link || !this.connection.connected || this.stopping) return;
     this.log.warn({ format: this.format.name, reason }, 'leaving the cloud broker and connecting again; buffering in the outbox');
-    // No more rows on this connection; what is in flight is sent again on the next.
-    this.sender.disconnected();
+    // No more rows on this connection; what is in flight is sent again on the next (and is not to
+    // blame for this disconnect).
+    this.sender.disconnected({ blameless: true });
     session.link = undefined;
     this.connection.cycle(this.format.goodbye(session), this.format.disconnectReason);
   }

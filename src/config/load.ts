@@ -687,7 +687,7 @@ function checkUplink(uplink: NonNullable<Config['uplink']>, add: (path: JsonPath
   if (uplink.format === 'sparkplug-b' && uplink.liveShare > 0)
     add(
       ['uplink', 'liveShare'],
-      'Sparkplug B keeps the outbox in order (a device\'s DDEATH and DBIRTH stay between its data, history comes before live data): set liveShare to 0 or leave it out',
+      "Sparkplug B keeps the outbox in order (a device's DDEATH and DBIRTH stay between its data, history comes before live data): set liveShare to 0 or leave it out",
     );
   if (uplink.format === 'sparkplug-b' && uplink.statusTopic !== undefined)
     add(['uplink', 'statusTopic'], 'Sparkplug has its own birth and death messages (NBIRTH/NDEATH): remove statusTopic');

@@ -84,12 +84,12 @@ export type Recorder = (report: Report) => OutboxRecord | undefined;
 export type DeviceRecorder = (report: DeviceReport) => OutboxRecord | undefined;
 
 /**
- * The state of one cloud connection, as the format sees it. A session begins with each connect
- * attempt (its will goes into that CONNECT) and is established at the CONNACK; births, the
+ * The state of one cloud connection, as the format sees it. A session begins with each CONNECT
+ * (its will goes into that CONNECT) and is established at the CONNACK; births, the
  * backlog and live messages of that connection are encoded in it, in the order they are sent.
  */
 export interface FormatSession {
-  /** 1, 2, 3 … for every connect attempt of this uplink. */
+  /** 1, 2, 3 … for every CONNECT of this uplink (attempts whose TCP connect failed share the session of the next). */
   readonly attempt: number;
   /** When the connection was established (CONNACK, ms since the epoch); 0 before that. */
   readonly connectedAt: number;
@@ -147,6 +147,8 @@ export interface NorthboundFormat {
   attach?(control: FormatControl): void;
   /** Called when that uplink stops: the format lets go of it (timers). */
   detach?(): void;
+  /** Devices came, went or changed their tags (a reload): a format with births declares them again. */
+  devicesChanged?(): void;
   /** How the reports of a local topic are recorded for the cloud; undefined when none of them go there. */
   recorder(localTopic: string): Recorder | undefined;
   /** How a device's cycles and losses are recorded (Sparkplug); undefined when the format records per topic only (JSON). Looked up like recorder(). */

@@ -43,6 +43,7 @@ import {
   type MetricValue,
   type PropertySet,
   type SparkplugMetric,
+  type SparkplugPayload,
 } from './payload.js';
 import { PrimaryHost } from './primary-host.js';
 import { metricValueOf, sparkplugTypeOf, type TagTypeInfo } from './tags.js';
@@ -138,6 +139,12 @@ interface SessionState {
   bornOnce: boolean;
   /** Devices born on this connection and not dead since: their rows go out as DDATA. */
   born: Set<string>;
+  /**
+   * Per device, the tags its latest DBIRTH on this connection declared, with the timestamp of the
+   * value it carried (-Infinity: is_null). DDATA carries only those tags; a sample not newer than
+   * the birth's value is history (older) or was carried by the birth (the same).
+   */
+  declared: Map<string, Map<string, number>>;
   /** Node metric values last published on this connection. */
   nodeValues: Map<string, number>;
 }
@@ -163,6 +170,8 @@ export class SparkplugFormat implements NorthboundFormat {
   private nodeTimer: NodeJS.Timeout | undefined;
   /** Tags whose values did not fit their datatype, logged once each. */
   private readonly misfits = new Set<string>();
+  /** A rebirth is asked for and not done yet: asked once, however many tags need it. */
+  private rebirthAsked = false;
 
   constructor(options: SparkplugOptions) {
     this.options = options;
@@ -180,6 +189,11 @@ export class SparkplugFormat implements NorthboundFormat {
     clearInterval(this.nodeTimer);
     this.nodeTimer = setInterval(() => control.publishLive((session) => this.nodeData(session)), this.options.nodeMetricsInterval);
     this.nodeTimer.unref();
+  }
+
+  /** Devices came, went or changed (a reload): the node declares itself again. */
+  devicesChanged(): void {
+    this.control?.rebirth('the devices changed (reload)');
   }
 
   detach(): void {
@@ -229,7 +243,7 @@ export class SparkplugFormat implements NorthboundFormat {
       if (!record || typeof record.d !== 'string' || typeof record.ts !== 'number') return undefined;
       // A device that is not born on this connection has nothing to die.
       if (!state.born.delete(record.d)) return [];
-      return this.message(this.topic('DDEATH', record.d), { timestamp: record.ts, seq: seqOf(session) });
+      return this.message(this.topic('DDEATH', record.d), { timestamp: record.ts }, session);
     }
     return undefined;
   }
@@ -238,7 +252,7 @@ export class SparkplugFormat implements NorthboundFormat {
     const device = record.d;
     const samples = record.s.filter((sample) => Array.isArray(sample) && typeof sample[0] === 'string');
     if (state.born.has(device)) {
-      const data = this.ddata(device, samples, session, historical);
+      const data = this.ddata(device, samples, session, state, historical);
       return data ? [data] : [];
     }
     // Dead (or never born) on this connection: samples without a value say nothing DDEATH did not;
@@ -246,30 +260,37 @@ export class SparkplugFormat implements NorthboundFormat {
     if (!samples.some((sample) => sample[1] !== QUALITY_INDEX.bad)) return [];
     const catalog = this.options.catalog.device(device);
     if (!catalog) return [];
-    const birth = this.dbirth(catalog, session);
+    const birth = this.dbirth(catalog, session, state);
     state.born.add(device);
-    // What the birth carried (the latest values) is not sent again.
-    const latest = new Map(catalog.tags.map((tag) => [tag.name, tag.last?.ts]));
-    const newer = samples.filter((sample) => latest.get(sample[0]) !== sample[2]);
-    const data = newer.length > 0 ? this.ddata(device, newer, session, historical) : undefined;
+    // (What the birth carried is not sent again; older samples go as history.)
+    const data = this.ddata(device, samples, session, state, historical);
     return data ? [birth, data] : [birth];
   }
 
   /** DDATA of a device's samples: aliases only, no datatypes ([tck-id-payloads-alias-data-cmd-requirement], [tck-id-payloads-metric-datatype-not-req]). */
-  private ddata(device: string, samples: readonly StoredSample[], session: FormatSession, historical: boolean): CloudMessage | undefined {
-    const declared = this.metrics.get(device);
+  private ddata(
+    device: string,
+    samples: readonly StoredSample[],
+    session: FormatSession,
+    state: SessionState,
+    historical: boolean,
+  ): CloudMessage | undefined {
+    const metricsOf = this.metrics.get(device);
+    const born = state.declared.get(device);
     const metrics: SparkplugMetric[] = [];
     for (const [tag, qualityIndex, ts, stored] of samples) {
-      const info = declared?.get(tag);
-      // A tag the births never declared (removed or renamed since the row was stored): hosts rebirth on unknown aliases.
-      if (!info) continue;
+      const info = metricsOf?.get(tag);
+      const birthTs = born?.get(tag);
+      // A tag the device's birth did not declare (removed by a reload since the row was stored): hosts rebirth on unknown aliases.
+      if (!info || birthTs === undefined || ts === birthTs) continue;
       const metric: SparkplugMetric = { alias: info.alias, timestamp: ts, datatype: info.datatype };
-      if (historical) metric.isHistorical = true;
+      // Older than the value its birth carried: history, never a step back of the current value.
+      if (historical || ts < birthTs) metric.isHistorical = true;
       this.fill(metric, device, tag, info, QUALITY_OF[qualityIndex] ?? 'bad', loadValue(stored));
       metrics.push(metric);
     }
     if (metrics.length === 0) return undefined;
-    return this.message(this.topic('DDATA', device), { timestamp: Date.now(), seq: seqOf(session), metrics }, true);
+    return this.message(this.topic('DDATA', device), { timestamp: Date.now(), metrics }, session, true);
   }
 
   /** A metric's value (or is_null) and quality property; a value that does not fit the declared datatype goes as is_null, bad. */
@@ -289,20 +310,20 @@ export class SparkplugFormat implements NorthboundFormat {
     if (properties) metric.properties = { ...metric.properties, ...properties };
   }
 
-  /** A value that does not fit its metric's datatype: logged once; a guessed datatype is learned again at a rebirth. */
+  /**
+   * A value that does not fit its metric's datatype: logged once. A guessed datatype is learned
+   * at a rebirth (asked once); until then the values go as is_null, since a birth declared the type.
+   */
   private misfit(device: string, tag: string, info: MetricInfo, value: TagValue, problem: string): void {
-    if (info.guessed) {
-      const datatype = sparkplugTypeOf({}, value);
-      if (datatype !== undefined) {
-        info.datatype = datatype;
-        info.guessed = false;
-        this.log.info(
-          { device, tag, problem },
-          'a tag without a declared type has a value of another datatype than its birth said: births again',
-        );
-        queueMicrotask(() => this.control?.rebirth(`the datatype of ${device}/${tag} is known now`));
-        return;
-      }
+    if (info.guessed && sparkplugTypeOf({}, value) !== undefined) {
+      if (this.rebirthAsked) return;
+      this.rebirthAsked = true;
+      this.log.info(
+        { device, tag, problem },
+        'a tag without a declared type has a value of another datatype than its birth said: births again',
+      );
+      queueMicrotask(() => this.control?.rebirth(`the datatype of ${device}/${tag} is known now`));
+      return;
     }
     const key = `${device}\u0000${tag}`;
     if (this.misfits.has(key)) return;
@@ -313,7 +334,7 @@ export class SparkplugFormat implements NorthboundFormat {
   will(session: FormatSession): CloudMessage {
     const bdSeq = this.options.bdSeq.next();
     this.host?.newSession();
-    this.sessions.set(session, { bdSeq, bornOnce: false, born: new Set(), nodeValues: new Map() });
+    this.sessions.set(session, { bdSeq, bornOnce: false, born: new Set(), declared: new Map(), nodeValues: new Map() });
     return this.death(bdSeq);
   }
 
@@ -342,13 +363,20 @@ export class SparkplugFormat implements NorthboundFormat {
     }
     // Every NBIRTH has seq 0, a rebirth's too [tck-id-topics-nbirth-seq-num].
     session.resetSeq();
+    this.rebirthAsked = false;
     const messages = [this.nbirth(session, state)];
-    const devices = [...this.options.catalog.devices()].filter((device) =>
-      state.bornOnce ? state.born.has(device.name) : device.connected,
-    );
-    state.born = new Set(devices.map((device) => device.name));
+    // Every device is born right after the NBIRTH, before any data [tck-id-payloads-dbirth-order];
+    // one that is not alive (not connected yet at the first births, dead at a rebirth) dies at once
+    // after the births, and is born again with its first values.
+    const devices = [...this.options.catalog.devices()];
+    const alive = devices.filter((device) => (state.bornOnce ? state.born.has(device.name) : device.connected));
+    state.born = new Set(alive.map((device) => device.name));
+    state.declared = new Map();
     state.bornOnce = true;
-    for (const device of devices) messages.push(this.dbirth(device, session));
+    for (const device of devices) messages.push(this.dbirth(device, session, state));
+    const now = Date.now();
+    for (const device of devices)
+      if (!state.born.has(device.name)) messages.push(this.message(this.topic('DDEATH', device.name), { timestamp: now }, session));
     return messages;
   }
 
@@ -371,22 +399,26 @@ export class SparkplugFormat implements NorthboundFormat {
       state.nodeValues.set(name, stats[stat]);
       metrics.push({ name, alias: info.alias, datatype: info.datatype, value: BigInt(stats[stat]), timestamp: now });
     }
-    return this.message(this.topic('NBIRTH'), { timestamp: now, seq: seqOf(session), metrics });
+    return this.message(this.topic('NBIRTH'), { timestamp: now, metrics }, session);
   }
 
   /** DBIRTH: every tag with name, alias, datatype, value or is_null, timestamp, unit and quality ([tck-id-topics-dbirth-metrics]). */
-  private dbirth(device: CatalogDevice, session: FormatSession): CloudMessage {
+  private dbirth(device: CatalogDevice, session: FormatSession, state: SessionState): CloudMessage {
     const now = Date.now();
     const metrics: SparkplugMetric[] = [];
+    const declared = new Map<string, number>();
     for (const tag of device.tags) {
       const value = tag.last?.value ?? null;
       const info = this.declare(device.name, tag.name, this.datatypeOf(device.name, tag, value), true);
       const metric: SparkplugMetric = { name: tag.name, alias: info.alias, datatype: info.datatype, timestamp: tag.last?.ts ?? now };
       this.fill(metric, device.name, tag.name, info, tag.last?.quality ?? 'bad', value);
       if (tag.unit !== undefined) metric.properties = { engUnit: engUnitProperty(tag.unit), ...metric.properties };
+      declared.set(tag.name, tag.last ? tag.last.ts : Number.NEGATIVE_INFINITY);
       metrics.push(metric);
     }
-    return this.message(this.topic('DBIRTH', device.name), { timestamp: now, seq: seqOf(session), metrics });
+    const message = this.message(this.topic('DBIRTH', device.name), { timestamp: now, metrics }, session);
+    state.declared.set(device.name, declared);
+    return message;
   }
 
   /** A tag's datatype from its declared type or value; undefined (a guess follows) when neither tells or Sparkplug has none for it (logged once). */
@@ -418,7 +450,7 @@ export class SparkplugFormat implements NorthboundFormat {
       });
     }
     if (metrics.length === 0) return undefined;
-    return this.message(this.topic('NDATA'), { timestamp: now, seq: seqOf(session), metrics }, true);
+    return this.message(this.topic('NDATA'), { timestamp: now, metrics }, session, true);
   }
 
   /**
@@ -448,8 +480,14 @@ export class SparkplugFormat implements NorthboundFormat {
     return info;
   }
 
-  private message(topic: string, payload: Parameters<typeof encodePayload>[0], omitDatatypes = false): CloudMessage {
-    return { topic, payload: encodePayload(payload, { omitDatatypes }), qos: 0, retain: false };
+  /**
+   * A message of the session: the payload encoded first, then the session's next seq appended
+   * (field 3 after fields 1 and 2: the same bytes protobuf writes), so a payload that cannot be
+   * encoded throws before it takes a seq, and leaves no gap ([tck-id-payloads-sequence-num-incrementing]).
+   */
+  private message(topic: string, payload: SparkplugPayload, session: FormatSession, omitDatatypes = false): CloudMessage {
+    const bytes = encodePayload(payload, { omitDatatypes });
+    return { topic, payload: appendSeq(bytes, session.nextSeq() & 0xff), qos: 0, retain: false };
   }
 
   private topic(type: string, device?: string): string {
@@ -489,17 +527,16 @@ export class SparkplugFormat implements NorthboundFormat {
   private nodeCommand(payload: Buffer): DownlinkAction[] {
     let metrics: SparkplugMetric[];
     try {
-      metrics = decodePayload(payload, { datatypeOf: () => DataType.Boolean }).metrics ?? [];
+      metrics = decodePayload(payload, { datatypeOf: (metric) => (metric.name === REBIRTH ? DataType.Boolean : undefined) }).metrics ?? [];
     } catch (error) {
       this.log.warn({ topic: this.ncmdTopic, error: errorMessage(error) }, 'an NCMD that is not a Sparkplug B payload: ignored');
       return [];
     }
-    const actions: DownlinkAction[] = [];
-    for (const metric of metrics) {
-      if (metric.name === REBIRTH && metric.value === true) actions.push({ kind: 'rebirth' });
-      else this.log.warn({ metric: metric.name ?? `alias ${String(metric.alias)}` }, 'an NCMD metric this node does not take: ignored');
-    }
-    return actions.slice(0, 1);
+    const rebirth = metrics.some((metric) => metric.name === REBIRTH && metric.value === true);
+    const others = metrics.filter((metric) => metric.name !== REBIRTH).map((metric) => metric.name ?? `alias ${String(metric.alias)}`);
+    if (others.length > 0)
+      this.log.warn({ metrics: others.slice(0, 10), count: others.length }, 'NCMD metrics this node does not take: ignored');
+    return rebirth ? [{ kind: 'rebirth' }] : [];
   }
 
   /** DCMD: each metric (by alias or name, decoded as its declared datatype) becomes a write through the command handler. */
@@ -547,9 +584,10 @@ export class SparkplugFormat implements NorthboundFormat {
   }
 }
 
-/** seq 0–255 on every message of the session but NDEATH ([tck-id-payloads-sequence-num-incrementing]). */
-function seqOf(session: FormatSession): number {
-  return session.nextSeq() & 0xff;
+/** The payload with `seq` (field 3, varint; 0–255) appended. */
+function appendSeq(payload: Buffer, seq: number): Buffer {
+  const field = seq < 0x80 ? [0x18, seq] : [0x18, (seq & 0x7f) | 0x80, seq >> 7];
+  return Buffer.concat([payload, Buffer.from(field)]);
 }
 
 /** A sample value for a record: JSON, with 64-bit integers kept exact. */
