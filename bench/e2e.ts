@@ -4,10 +4,19 @@
 // Prints one JSON line of figures.
 //
 //   node dist/bench/e2e.js --tags 10000 --interval 500 [--devices 10] [--format per-tag|batch]
-//        [--at cloud|local] [--window 10] [--warmup 3] [--inflight 500] [--commit-interval 5]
-//        [--report always|change]
+//        [--uplink-format json|sparkplug-b] [--at cloud|local] [--window 10] [--warmup 3]
+//        [--inflight 500] [--commit-interval 5] [--report always|change] [--nodelay true|false]
 //        [--prof DIR] [--gateway-flags=--max-semi-space-size=4]
 //
+// --format is how the devices publish locally (a message per tag, or one per poll cycle).
+// --uplink-format sparkplug-b sends the tags up as a Sparkplug B edge node (uplink.format, group
+// "bench", node "bench") instead of forwarding the JSON topics at QoS 1: one DDATA per device and
+// poll cycle, QoS 0, whatever --format is; the subscriber decodes the DDATA and takes each
+// metric's timestamp (the sample's read time) for its latency.
+// --nodelay false: mosquitto without set_tcp_nodelay (before the Sparkplug runs, every e2e run had
+// it off). Sparkplug's DDATA reach the subscriber at QoS 0, so it sends no PUBACKs, its ACKs are
+// delayed, and Nagle holds each DDATA's last segment in mosquitto: p90–p99 at ~35–47 ms instead of
+// ~10–13 at 10k tags @ 100 ms. JSON at QoS 1 measures the same either way.
 // --at local measures at the integrated broker instead (no uplink, no outbox, QoS 0 subscriber).
 // --gateway-flags are Node options for the gateway process (space-separated; write them with "=").
 // --prof writes the gateway's CPU profile (node --cpu-prof) into DIR; read it with
@@ -16,7 +25,8 @@
 // Delivery is counted by poll slot (see subscriber.ts): the messages of the devices' poll slots in
 // the window, against window / interval slots × tags (a skipped slot counts as undelivered); the
 // window stays open after its end until its last messages have arrived (or --grace seconds passed).
-// The window is rounded to a whole number of intervals.
+// The window is rounded to a whole number of intervals. Bytes per value: of the window's data
+// messages, payload only and as MQTT PUBLISH packets (topic and headers too).
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +52,7 @@ const { values: args } = parseArgs({
     interval: { type: 'string', default: '1000' },
     devices: { type: 'string', default: '10' },
     format: { type: 'string', default: 'per-tag' },
+    'uplink-format': { type: 'string', default: 'json' },
     at: { type: 'string', default: 'cloud' },
     window: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '3' },
@@ -49,6 +60,7 @@ const { values: args } = parseArgs({
     inflight: { type: 'string' },
     'commit-interval': { type: 'string' },
     report: { type: 'string', default: 'always' },
+    nodelay: { type: 'string', default: 'true' },
     prof: { type: 'string' },
     'gateway-flags': { type: 'string' },
     // Debugging: write the tail of the gateway's output (logs, --trace-gc lines) to this file.
@@ -60,6 +72,10 @@ const interval = Number(args.interval);
 const devices = Math.min(Number(args.devices), tags);
 const format = args.format === 'batch' ? 'batch' : 'per-tag';
 const cloud = args.at !== 'local';
+const sparkplug = args['uplink-format'] === 'sparkplug-b';
+if (args['uplink-format'] !== 'json' && !sparkplug) throw new Error(`--uplink-format json or sparkplug-b, not ${args['uplink-format']}`);
+if (sparkplug && !cloud) throw new Error('--uplink-format sparkplug-b is measured on the cloud broker (not with --at local)');
+const GROUP = 'bench';
 // A whole number of intervals, so every device has exactly windowMs / interval slots in it.
 const windowMs = Math.max(1, Math.round((Number(args.window) * 1000) / interval)) * interval;
 const warmupMs = Number(args.warmup) * 1000;
@@ -71,7 +87,7 @@ const perDevice = Math.ceil(tags / devices);
 const tagsOf = new Map(units.map((unit) => [`plc${unit}`, Math.max(0, Math.min(perDevice, tags - (unit - 1) * perDevice))]));
 
 const modbus = await startModbusServer(ROOT, units);
-const mosquitto = cloud ? await startMosquitto(folder) : undefined;
+const mosquitto = cloud ? await startMosquitto(folder, { noDelay: args.nodelay !== 'false' }) : undefined;
 const brokerPort = await freePort();
 const config = {
   gateway: { name: 'bench', dataDir: join(folder, 'data'), logLevel: 'info' },
@@ -84,8 +100,11 @@ const config = {
           url: `mqtt://127.0.0.1:${mosquitto.port}`,
           ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
           ...(args['commit-interval'] !== undefined ? { outbox: { commitInterval: Number(args['commit-interval']) } } : {}),
-          // The data topics (plc2mqtt/bench/<device>/<tag or group>), not the status topic.
-          forward: [{ topic: '+/+', localPrefix: 'plc2mqtt/bench/', remotePrefix: 'plc2mqtt/bench/', qos: 1 }],
+          ...(sparkplug
+            ? // Node id: the gateway's name, "bench". No forward rules: only the metrics go up.
+              { format: 'sparkplug-b', sparkplug: { groupId: GROUP } }
+            : // The data topics (plc2mqtt/bench/<device>/<tag or group>), not the status topic.
+              { forward: [{ topic: '+/+', localPrefix: 'plc2mqtt/bench/', remotePrefix: 'plc2mqtt/bench/', qos: 1 }] }),
         },
       }
     : {}),
@@ -112,7 +131,9 @@ const subscriberArgs = (port: number, qos: number) => [
   '--url',
   `mqtt://127.0.0.1:${port}`,
   '--filter',
-  'plc2mqtt/bench/+/+',
+  sparkplug ? `spBv1.0/${GROUP}/#` : 'plc2mqtt/bench/+/+',
+  '--uplink-format',
+  sparkplug ? 'sparkplug-b' : 'json',
   '--qos',
   String(qos),
   '--interval',
@@ -160,6 +181,13 @@ const cpuPercent = Object.fromEntries(
 const rssEnd = rssMb(pid);
 const peakRss = peakRssMb(pid);
 
+interface Latency {
+  p50: number | null;
+  p90: number | null;
+  p95: number | null;
+  p99: number | null;
+  max: number | null;
+}
 interface WindowFigures {
   windowSeconds: number;
   messages: number;
@@ -168,8 +196,11 @@ interface WindowFigures {
   messagesPerSecond: number;
   valuesPerSecond: number;
   arrivedPerSecond: number;
+  payloadBytes: number;
+  wireBytes: number;
   perDevice: Record<string, { cycles: number; messages: number; values: number }>;
-  latencyMs: { p50: number | null; p90: number | null; p99: number | null; max: number | null };
+  latencyMs: Latency;
+  cycleLatencyMs: Latency;
   lastArrivalAfterWindowMs: number;
   timedOut: boolean;
 }
@@ -181,10 +212,20 @@ const received = JSON.parse(
 const nominalCycles = windowMs / interval;
 let expectedValues = 0;
 let cyclesSeen = 0;
+// Data messages per cycle, the fewest and the most of any device (Sparkplug: one DDATA each).
+let fewest = Infinity;
+let most = 0;
 for (const [name, count] of tagsOf) {
-  cyclesSeen += received.perDevice[`plc2mqtt/bench/${name}`]?.cycles ?? 0;
+  const seen = received.perDevice[sparkplug ? `spBv1.0/${GROUP}/DDATA/bench/${name}` : `plc2mqtt/bench/${name}`];
+  cyclesSeen += seen?.cycles ?? 0;
   expectedValues += nominalCycles * count;
+  if (seen && seen.cycles > 0) {
+    const perCycle = Math.round((seen.messages / seen.cycles) * 100) / 100;
+    fewest = Math.min(fewest, perCycle);
+    most = Math.max(most, perCycle);
+  }
 }
+const messagesPerCycle = most > 0 ? { min: fewest, max: most } : null;
 
 // Stop the gateway; its last log line has what it published and what is left in the outbox.
 gateway.child.kill('SIGTERM');
@@ -194,34 +235,65 @@ if (args['gateway-log']) writeFileSync(args['gateway-log'], gateway.output());
 const stopped = stoppedLine
   ? (JSON.parse(stoppedLine) as {
       published: number;
-      outbox?: { messages: number; dropped?: number };
-      uplink?: { acknowledged: number; reconnects: number; rejected: number };
+      samples: number;
+      outbox?: { messages: number; appended: number; dropped?: number };
+      uplink?: { sent: number; acknowledged: number; reconnects: number; rejected: number };
     })
   : undefined;
-let accounting: Record<string, number> | null = null;
+let accounting: Record<string, number | null> | null = null;
 if (mosquitto && stopped) {
   // Messages still in flight through mosquitto when the gateway stopped arrive a moment later.
   await sleep(1500);
   subscriber.child.stdin!.write('stop\n');
-  const final = JSON.parse((await waitForOutput(subscriber, /FINAL (\{.*\})\n/, 10_000))[1]!) as { messages: number };
-  const leftInOutbox = stopped.outbox?.messages ?? 0;
-  accounting = {
-    published: stopped.published,
-    received: final.messages,
-    leftInOutbox,
-    // Dropped by the outbox's bounds (maxMessages 1,000,000 by default, policy drop-oldest).
-    droppedByOutbox: stopped.outbox?.dropped ?? 0,
-    // Negative: messages delivered whose PUBACK came too late to delete them (sent again at the next start).
-    missing: stopped.published - final.messages - leftInOutbox - (stopped.outbox?.dropped ?? 0),
-    reconnects: stopped.uplink?.reconnects ?? 0,
+  const final = JSON.parse((await waitForOutput(subscriber, /FINAL (\{.*\})\n/, 10_000))[1]!) as {
+    messages: number;
+    values: number;
+    birthValues?: number;
   };
+  const leftInOutbox = stopped.outbox?.messages ?? 0;
+  const dropped = stopped.outbox?.dropped ?? 0;
+  accounting = sparkplug
+    ? {
+        // Outbox records: one per device and poll cycle, each sent as a DDATA, or as the DBIRTH
+        // alone of a device that connected after the births (its latest values are the record's).
+        recorded: stopped.outbox?.appended ?? 0,
+        sent: stopped.uplink?.sent ?? 0,
+        received: final.messages,
+        leftInOutbox,
+        droppedByOutbox: dropped,
+        // Values: every sample the gateway read (report "always") is a metric of a DDATA, a value
+        // of a DBIRTH, or in a record still in the outbox (or dropped), of a device's tags each.
+        samples: stopped.samples,
+        receivedValues: final.values,
+        valuesInBirths: final.birthValues ?? 0,
+        missingValues:
+          report === 'always' && tags % devices === 0
+            ? stopped.samples - final.values - (final.birthValues ?? 0) - (leftInOutbox + dropped) * (tags / devices)
+            : null,
+        reconnects: stopped.uplink?.reconnects ?? 0,
+      }
+    : {
+        published: stopped.published,
+        received: final.messages,
+        leftInOutbox,
+        // Dropped by the outbox's bounds (maxMessages 1,000,000 by default, policy drop-oldest).
+        droppedByOutbox: dropped,
+        // Negative: messages delivered whose PUBACK came too late to delete them (sent again at the next start).
+        missing: stopped.published - final.messages - leftInOutbox - dropped,
+        reconnects: stopped.uplink?.reconnects ?? 0,
+      };
 }
 
-const valuesPerMessage = format === 'batch' ? tags / devices : 1;
+const valuesPerMessage = format === 'batch' || sparkplug ? tags / devices : 1;
+const perValue = (bytes: number) => (received.values === 0 ? null : Math.round((bytes / received.values) * 10) / 10);
 console.log(
   JSON.stringify({
-    bench: `e2e-${format}`,
-    at: cloud ? 'cloud (mosquitto, QoS 1, through the outbox)' : 'integrated broker (QoS 0, no uplink)',
+    bench: `e2e-${sparkplug ? 'sparkplug-b-' : ''}${format}`,
+    at: !cloud
+      ? 'integrated broker (QoS 0, no uplink)'
+      : sparkplug
+        ? 'cloud (mosquitto, Sparkplug B DDATA at QoS 0, through the outbox)'
+        : 'cloud (mosquitto, QoS 1, through the outbox)',
     tags,
     intervalMs: interval,
     devices,
@@ -235,9 +307,14 @@ console.log(
     arrivedMessagesPerSecond: received.arrivedPerSecond,
     deliveredPercent: expectedValues === 0 ? 0 : Math.floor((received.values / expectedValues) * 10_000) / 100,
     pollCycles: { delivered: cyclesSeen, expected: nominalCycles * devices },
+    messagesPerCycle,
     badValues: received.badValues,
+    // From each value's sample time (per tag: its ts; JSON batch: each value's ts; Sparkplug: each metric's timestamp).
     latencyMs: received.latencyMs,
+    // From the ts of the message's cycle: the JSON batch's poll slot (so its read time is in it).
+    ...(format === 'batch' && !sparkplug ? { cycleLatencyMs: received.cycleLatencyMs } : {}),
     lastArrivalAfterWindowMs: received.lastArrivalAfterWindowMs,
+    bytesPerValue: { payload: perValue(received.payloadBytes), wire: perValue(received.wireBytes) },
     gatewayCpuPercent: cpuPercent.gateway,
     gatewayRssMb: { atWindowStart: rssStart, atWindowEnd: rssEnd, peak: peakRss },
     otherCpuPercent: { mosquitto: cpuPercent.mosquitto, subscriber: cpuPercent.subscriber, modbusServer: cpuPercent.modbusServer },

@@ -139,14 +139,18 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => set
 /**
  * mosquitto as the cloud broker, on a free loopback port. No per-subscriber queue limit
  * (max_queued_messages 0), or it drops QoS 1 messages a slow subscriber can't take, silently;
- * a larger in-flight window than the default 20; no persistence.
+ * a larger in-flight window than the default 20; no persistence. `noDelay`: TCP_NODELAY on its
+ * sockets (set_tcp_nodelay): without it, a large QoS 0 message's last segment can wait for the
+ * subscriber's delayed ACK (up to 40 ms on Linux), since a QoS 0 subscriber sends nothing back.
  */
-export async function startMosquitto(folder: string): Promise<{ port: number; child: ChildProcess }> {
+export async function startMosquitto(folder: string, options: { noDelay?: boolean } = {}): Promise<{ port: number; child: ChildProcess }> {
   const port = await freePort();
   const file = join(folder, 'mosquitto.conf');
   writeFileSync(
     file,
-    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n`,
+    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n${
+      options.noDelay ? 'set_tcp_nodelay true\n' : ''
+    }`,
   );
   const child = track(spawn('/usr/sbin/mosquitto', ['-c', file], { stdio: 'ignore' }));
   await waitForPort(port);

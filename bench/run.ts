@@ -17,6 +17,15 @@ const runs: Array<[string, string[]]> = [
   ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10']],
   // e2e-batch: node dist/bench/e2e.js --tags 10000 --interval 100 --devices 10 --format batch
   ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10', '--format', 'batch']],
+  // e2e-sparkplug-b-per-tag / -batch, the same shape as Sparkplug B DDATA (one per device cycle, QoS 0):
+  // node dist/bench/e2e.js --tags 10000 --interval 100 --devices 10 --uplink-format sparkplug-b [--format batch]
+  ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10', '--uplink-format', 'sparkplug-b']],
+  ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10', '--uplink-format', 'sparkplug-b', '--format', 'batch']],
+  // one device of 10k tags @ 500 ms, JSON batch and Sparkplug B:
+  // node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --format batch [--uplink-format sparkplug-b]
+  ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--format', 'batch']],
+  ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--uplink-format', 'sparkplug-b']],
+  ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--uplink-format', 'sparkplug-b', '--format', 'batch']],
   // per-tag saturation, 20k → 50k msg/s: node dist/bench/saturation.js
   ['saturation.js', []],
   // node dist/bench/replay.js --messages 1000000

@@ -1,9 +1,18 @@
 // Benchmark subscriber, in its own process so its CPU is not the gateway's. Subscribes to a topic
 // filter (on mosquitto at QoS 1, or on the integrated broker) and counts the gateway's tag or batch
-// messages; latency is measured from the payload's first "ts" (per tag: the gateway's read time;
-// batch: the poll slot) to arrival — same machine, same clock.
+// messages. Latency, per value, two ways — same machine, same clock:
+//   latencyMs        from the value's own ts (the sample's read time; per tag the message's "ts",
+//                    batch each value's "ts") to arrival
+//   cycleLatencyMs   from the ts that names the message's cycle (batch: the poll slot, before the
+//                    read; otherwise the same as latencyMs) to arrival
+//
+// --uplink-format sparkplug-b: counts the DDATA messages instead (spBv1.0/<group>/DDATA/<node>/<device>,
+// decoded with the gateway's own decodePayload), a metric for a value and its timestamp (the sample's
+// read time) for its latency (cycleLatencyMs: the DDATA's first metric's); a metric that is null or has a Quality property (not good) is a bad
+// value. NBIRTH, DBIRTH and NDATA are counted in the totals, apart.
 //
 //   node dist/bench/subscriber.js --url mqtt://127.0.0.1:PORT --filter 'plc2mqtt/#' --qos 1 --interval 500
+//        [--uplink-format json|sparkplug-b]
 //
 // Control, one line each on stdin:
 //   window T0 T1   count the poll cycles of the slots in [T0, T1) (epoch ms); once T1 has passed and
@@ -17,9 +26,13 @@
 // residue mod interval with the least total delay to all others), every cycle is put on its slot,
 // and the window takes the slots in [T0, T1): exactly window / interval of them per device, wherever
 // the edges fall, and a cycle that was skipped or lost is missing from them.
+//
+// Bytes: each message's payload, and its size on the wire as an MQTT PUBLISH packet at the QoS it
+// arrived with (fixed header, topic, packet id, payload), per cycle like the values.
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import mqtt from 'mqtt';
+import mqtt, { type IPublishPacket } from 'mqtt';
+import { decodePayload } from '../src/northbound/sparkplug/payload.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,8 +44,10 @@ const { values: args } = parseArgs({
     grace: { type: 'string', default: '15' },
     // Quiet time after which the window is considered complete.
     quiet: { type: 'string', default: '1500' },
+    'uplink-format': { type: 'string', default: 'json' },
   },
 });
+const sparkplug = args['uplink-format'] === 'sparkplug-b';
 const interval = Number(args.interval);
 const graceMs = Number(args.grace) * 1000;
 const quietMs = Number(args.quiet);
@@ -46,17 +61,64 @@ interface Counts {
   messages: number;
   values: number;
   badValues: number;
+  payloadBytes: number;
+  wireBytes: number;
+  /** Sparkplug: NBIRTH and DBIRTH messages, the DBIRTHs' metrics with a value (not null), NDATA messages. */
+  births?: number;
+  birthValues?: number;
+  ndata?: number;
 }
-const total: Counts = { messages: 0, values: 0, badValues: 0 };
+const total: Counts = { messages: 0, values: 0, badValues: 0, payloadBytes: 0, wireBytes: 0 };
+if (sparkplug) Object.assign(total, { births: 0, birthValues: 0, ndata: 0 });
+
+interface Cycle {
+  messages: number;
+  values: number;
+  payloadBytes: number;
+  wireBytes: number;
+}
+/** Latencies in whole ms, 0 to MAX_LATENCY_MS (later ones count as that). */
+class Histogram {
+  private readonly counts = new Uint32Array(MAX_LATENCY_MS + 1);
+  private total = 0;
+
+  add(ms: number, times = 1): void {
+    this.counts[Math.min(MAX_LATENCY_MS, Math.max(0, ms))]! += times;
+    this.total += times;
+  }
+
+  private percentile(p: number): number {
+    const rank = Math.max(1, Math.ceil((p / 100) * this.total));
+    let seen = 0;
+    for (let ms = 0; ms < this.counts.length; ms++) {
+      seen += this.counts[ms]!;
+      if (seen >= rank) return ms;
+    }
+    return MAX_LATENCY_MS;
+  }
+
+  figures(): { p50: number | null; p90: number | null; p95: number | null; p99: number | null; max: number | null } {
+    if (this.total === 0) return { p50: null, p90: null, p95: null, p99: null, max: null };
+    let max = 0;
+    for (let ms = this.counts.length - 1; ms >= 0; ms--) {
+      if (this.counts[ms]! > 0) {
+        max = ms;
+        break;
+      }
+    }
+    return { p50: this.percentile(50), p90: this.percentile(90), p95: this.percentile(95), p99: this.percentile(99), max };
+  }
+}
+
 let window: { t0: number; t1: number } | undefined;
-let inLatency = 0;
 let badInWindow = 0;
 /** Messages that arrived (whatever their ts) during [T0, T1): what the cloud side took per second. */
 let arrivedInWindow = 0;
 let lastWindowArrival = 0;
-/** Per device (topic without its last level): ts of each poll cycle → messages and values. */
-const cycles = new Map<string, Map<number, { messages: number; values: number }>>();
-const latency = new Uint32Array(MAX_LATENCY_MS + 1);
+/** Per device (JSON: topic without its last level; Sparkplug: the DDATA topic): ts of each poll cycle → its figures. */
+const cycles = new Map<string, Map<number, Cycle>>();
+const latency = new Histogram();
+const cycleLatency = new Histogram();
 let windowReported = false;
 
 function occurrences(payload: Buffer, needle: Buffer): number {
@@ -78,39 +140,105 @@ function firstTs(payload: Buffer): number {
   return value;
 }
 
-function onMessage(topic: string, payload: Buffer): void {
-  const now = Date.now();
+/** Bytes of an MQTT PUBLISH packet: fixed header (1 + remaining length), topic (2 + its bytes), packet id at QoS > 0, payload. */
+function wireSize(topic: string, payloadBytes: number, qos: number): number {
+  const remaining = 2 + Buffer.byteLength(topic) + (qos > 0 ? 2 : 0) + payloadBytes;
+  return 1 + (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4) + remaining;
+}
+
+/** A data message: the ts of its cycle, its values and bad values. */
+interface Parsed {
+  ts: number;
+  values: number;
+  bad: number;
+  /** Each value's own ts, when it is not the cycle's (a JSON batch, Sparkplug's metrics). */
+  stamps?: number[];
+}
+
+/** Every "ts":<digits> of the payload after the first (a batch's values'). */
+function laterTs(payload: Buffer): number[] {
+  const stamps: number[] = [];
+  let at = payload.indexOf(TS);
+  for (at = payload.indexOf(TS, at + TS.length); at !== -1; at = payload.indexOf(TS, at + TS.length)) {
+    let value = 0;
+    for (let index = at + TS.length; index < payload.length; index++) {
+      const digit = payload[index]! - 48;
+      if (digit < 0 || digit > 9) break;
+      value = value * 10 + digit;
+    }
+    stamps.push(value);
+  }
+  return stamps;
+}
+
+function parseJson(payload: Buffer): Parsed | undefined {
   const ts = firstTs(payload);
-  if (ts <= 0) return;
+  if (ts <= 0) return undefined;
   const values = occurrences(payload, QUALITY);
-  const bad = values - occurrences(payload, GOOD);
+  const parsed: Parsed = { ts, values, bad: values - occurrences(payload, GOOD) };
+  // A batch: {"device", "group", "ts" (the slot), "values": {tag: {…, "ts"}}}; a tag's message has one ts.
+  const stamps = laterTs(payload);
+  if (stamps.length > 0) parsed.stamps = stamps;
+  return parsed;
+}
+
+/** Sparkplug: DDATA counted as data; births and NDATA only in the totals. */
+function parseSparkplug(topic: string, payload: Buffer): Parsed | undefined {
+  // spBv1.0/<group>/<type>/<node>[/<device>]
+  const type = topic.split('/', 3)[2];
+  if (type === 'NDATA') total.ndata!++;
+  if (type === 'NBIRTH' || type === 'DBIRTH') {
+    total.births!++;
+    if (type === 'DBIRTH') for (const metric of decodePayload(payload).metrics ?? []) if (!metric.isNull) total.birthValues!++;
+  }
+  if (type !== 'DDATA') return undefined;
+  const metrics = decodePayload(payload).metrics ?? [];
+  if (metrics.length === 0) return undefined;
+  const stamps: number[] = [];
+  let bad = 0;
+  for (const metric of metrics) {
+    stamps.push(metric.timestamp ?? 0);
+    if (metric.isNull || metric.properties?.Quality !== undefined) bad++;
+  }
+  // One cycle per DDATA: its samples share the read time; the first metric's names the cycle.
+  return { ts: stamps[0]!, values: metrics.length, bad, stamps };
+}
+
+function onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+  const now = Date.now();
+  const parsed = sparkplug ? parseSparkplug(topic, payload) : parseJson(payload);
+  if (!parsed || parsed.ts <= 0) return;
+  const { ts, values, bad } = parsed;
+  const payloadBytes = payload.length;
+  const wireBytes = wireSize(topic, payloadBytes, packet.qos);
   total.messages++;
   total.values += values;
   total.badValues += bad;
+  total.payloadBytes += payloadBytes;
+  total.wireBytes += wireBytes;
   if (!window || windowReported) return;
-  const device = topic.slice(0, topic.lastIndexOf('/'));
+  const device = sparkplug ? topic : topic.slice(0, topic.lastIndexOf('/'));
   let byTs = cycles.get(device);
   if (!byTs) cycles.set(device, (byTs = new Map()));
   const cycle = byTs.get(ts);
   if (cycle) {
     cycle.messages++;
     cycle.values += values;
-  } else byTs.set(ts, { messages: 1, values });
+    cycle.payloadBytes += payloadBytes;
+    cycle.wireBytes += wireBytes;
+  } else byTs.set(ts, { messages: 1, values, payloadBytes, wireBytes });
   if (now >= window.t0 && now < window.t1) arrivedInWindow++;
-  // Latency and bad values: of the messages whose ts is in the window.
+  // Latency and bad values: of the values whose ts is in the window (a JSON message's values share its ts).
   if (ts < window.t0 || ts >= window.t1) return;
-  inLatency++;
   badInWindow += bad;
   lastWindowArrival = now;
-  latency[Math.min(MAX_LATENCY_MS, Math.max(0, now - ts))]!++;
+  cycleLatency.add(now - ts, values);
+  if (parsed.stamps) for (const stamp of parsed.stamps) latency.add(now - stamp);
+  else latency.add(now - ts, values);
 }
 
 /** A device's cycles put on their grid slots; those in [t0, t1). */
-function windowCycles(
-  byTs: Map<number, { messages: number; values: number }>,
-  t0: number,
-  t1: number,
-): { cycles: number; messages: number; values: number } {
+function windowCycles(byTs: Map<number, Cycle>, t0: number, t1: number): { cycles: number } & Cycle {
   const stamps = [...byTs.keys()];
   const residues = stamps.map((ts) => ts % interval);
   // The grid's residue: the one from which the other cycles are least late in total.
@@ -126,49 +254,35 @@ function windowCycles(
     }
   }
   const slots = new Set<number>();
-  let messages = 0;
-  let values = 0;
+  const sum: Cycle = { messages: 0, values: 0, payloadBytes: 0, wireBytes: 0 };
   for (const [ts, cycle] of byTs) {
     const slot = ts - (((ts % interval) - anchor + interval) % interval);
     if (slot < t0 || slot >= t1) continue;
     slots.add(slot);
-    messages += cycle.messages;
-    values += cycle.values;
+    sum.messages += cycle.messages;
+    sum.values += cycle.values;
+    sum.payloadBytes += cycle.payloadBytes;
+    sum.wireBytes += cycle.wireBytes;
   }
-  return { cycles: slots.size, messages, values };
-}
-
-function percentile(p: number): number | null {
-  const count = inLatency;
-  if (count === 0) return null;
-  const rank = Math.max(1, Math.ceil((p / 100) * count));
-  let seen = 0;
-  for (let ms = 0; ms < latency.length; ms++) {
-    seen += latency[ms]!;
-    if (seen >= rank) return ms;
-  }
-  return MAX_LATENCY_MS;
+  return { cycles: slots.size, ...sum };
 }
 
 function reportWindow(timedOut: boolean): void {
   if (windowReported || !window) return;
   windowReported = true;
   const seconds = (window.t1 - window.t0) / 1000;
-  let maxLatency = 0;
-  for (let ms = latency.length - 1; ms >= 0; ms--) {
-    if (latency[ms]! > 0) {
-      maxLatency = ms;
-      break;
-    }
-  }
   const perDevice: Record<string, { cycles: number; messages: number; values: number }> = {};
   let messages = 0;
   let values = 0;
+  let payloadBytes = 0;
+  let wireBytes = 0;
   for (const [device, byTs] of cycles) {
     const figures = windowCycles(byTs, window.t0, window.t1);
-    perDevice[device] = figures;
+    perDevice[device] = { cycles: figures.cycles, messages: figures.messages, values: figures.values };
     messages += figures.messages;
     values += figures.values;
+    payloadBytes += figures.payloadBytes;
+    wireBytes += figures.wireBytes;
   }
   const figures = {
     windowSeconds: seconds,
@@ -178,8 +292,11 @@ function reportWindow(timedOut: boolean): void {
     messagesPerSecond: Math.round(messages / seconds),
     valuesPerSecond: Math.round(values / seconds),
     arrivedPerSecond: Math.round(arrivedInWindow / seconds),
+    payloadBytes,
+    wireBytes,
     perDevice,
-    latencyMs: { p50: percentile(50), p90: percentile(90), p99: percentile(99), max: inLatency > 0 ? maxLatency : null },
+    latencyMs: latency.figures(),
+    cycleLatencyMs: cycleLatency.figures(),
     lastArrivalAfterWindowMs: lastWindowArrival > window.t1 ? lastWindowArrival - window.t1 : 0,
     timedOut,
   };
