@@ -47,6 +47,9 @@ class FakeSession implements FormatSession {
   nextSeq(): number {
     return this.seq++;
   }
+  peekSeq(): number {
+    return this.seq;
+  }
   resetSeq(): void {
     this.seq = 0;
   }

@@ -74,6 +74,10 @@ class ConnectionSession implements FormatSession {
     return this.seq++;
   }
 
+  peekSeq(): number {
+    return this.seq;
+  }
+
   resetSeq(): void {
     this.seq = 0;
   }

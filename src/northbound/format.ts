@@ -95,6 +95,8 @@ export interface FormatSession {
   readonly connectedAt: number;
   /** 0, 1, 2 … for every message of this session that asks (a format wraps it as it needs: Sparkplug at 256). */
   nextSeq(): number;
+  /** What nextSeq() will return, without taking it (a format that takes it only once its message is built). */
+  peekSeq(): number;
   /** The next nextSeq() is 0 again (Sparkplug: every NBIRTH, rebirths included, has seq 0). */
   resetSeq(): void;
   /** True for a row stored before this session's first births: replayed history, not live data. */

@@ -481,13 +481,13 @@ export class SparkplugFormat implements NorthboundFormat {
   }
 
   /**
-   * A message of the session: the payload encoded first, then the session's next seq appended
-   * (field 3 after fields 1 and 2: the same bytes protobuf writes), so a payload that cannot be
-   * encoded throws before it takes a seq, and leaves no gap ([tck-id-payloads-sequence-num-incrementing]).
+   * A message of the session with its seq, which is taken only once the payload is encoded: a
+   * payload that cannot be encoded throws without leaving a gap ([tck-id-payloads-sequence-num-incrementing]).
    */
   private message(topic: string, payload: SparkplugPayload, session: FormatSession, omitDatatypes = false): CloudMessage {
-    const bytes = encodePayload(payload, { omitDatatypes });
-    return { topic, payload: appendSeq(bytes, session.nextSeq() & 0xff), qos: 0, retain: false };
+    const bytes = encodePayload({ ...payload, seq: session.peekSeq() & 0xff }, { omitDatatypes });
+    session.nextSeq();
+    return { topic, payload: bytes, qos: 0, retain: false };
   }
 
   private topic(type: string, device?: string): string {
@@ -582,12 +582,6 @@ export class SparkplugFormat implements NorthboundFormat {
     }
     return actions;
   }
-}
-
-/** The payload with `seq` (field 3, varint; 0–255) appended. */
-function appendSeq(payload: Buffer, seq: number): Buffer {
-  const field = seq < 0x80 ? [0x18, seq] : [0x18, (seq & 0x7f) | 0x80, seq >> 7];
-  return Buffer.concat([payload, Buffer.from(field)]);
 }
 
 /** A sample value for a record: JSON, with 64-bit integers kept exact. */
