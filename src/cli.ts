@@ -90,6 +90,7 @@ program
             ? error.problems.map((problem) => `${formatPath(problem.path)}: ${problem.message}`)
             : [errorMessage(error)];
         log.error({ config: loaded.file, trigger, problems }, 'reload refused: the new config is invalid; the running config stays');
+        gateway.noteReloadRefused(problems);
         return;
       }
       gateway.reload(next).then(

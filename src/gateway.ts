@@ -99,6 +99,9 @@ interface CompiledDevice {
   samples: number;
 }
 
+/** The last reload: applied (with what it did) or refused (with the problems of the new config). */
+export type LastReload = { at: string } & ({ outcome: 'applied'; result: ReloadResult } | { outcome: 'refused'; problems: string[] });
+
 export interface GatewayStats {
   /** Readings normalized into samples. */
   samples: number;
@@ -149,6 +152,10 @@ export class Gateway {
   /** The gateway's JSON topics (tag, batch, status, command, result) in the integrated broker. */
   readonly topics: GatewayTopics;
   private readonly dataDir: string;
+  /** The config file the gateway runs. */
+  readonly configFile: string;
+  /** What the last reload did (or why it was refused), for the console. */
+  lastReload: LastReload | undefined;
   private readonly loadDriver: (device: DeviceConfig) => Promise<DriverModule<DeviceConfig>>;
   /** Commands are taken while the commands feature runs; the answers of those in progress are awaited at its stop. */
   private commandsOpen = false;
@@ -165,6 +172,7 @@ export class Gateway {
     const { config } = loaded;
     this.currentConfig = config;
     this.dataDir = loaded.dataDir;
+    this.configFile = loaded.file;
     this.log = log;
     this.version = options.version ?? '0.0.0';
     this.bus = new EventBus<GatewayEvents>(log.child({ module: 'events' }));
@@ -694,12 +702,23 @@ export class Gateway {
   reload(loaded: LoadedConfig): Promise<ReloadResult> {
     const run = this.reloading.then(async () => {
       const result = await applyReload(this.reloadTarget(), loaded.config);
+      this.lastReload = { at: new Date().toISOString(), outcome: 'applied', result };
       // Devices came, went or changed their tags: a format with births (Sparkplug) declares the node again.
       if (result.added.length + result.removed.length + result.restarted.length > 0) this.currentUplink?.devicesChanged();
       return result;
     });
     this.reloading = run.catch(() => undefined);
     return run;
+  }
+
+  /** A reload the CLI refused before it reached the gateway (the new config is invalid). */
+  noteReloadRefused(problems: string[]): void {
+    this.lastReload = { at: new Date().toISOString(), outcome: 'refused', problems };
+  }
+
+  /** Visits every tag with its latest sample (the console's live values and trends). */
+  eachTag(visit: (device: string, tag: string, last: Sample | undefined) => void): void {
+    for (const [name, device] of this.devices) for (const [tagName, tag] of device.tags) visit(name, tagName, tag.last);
   }
 
   /** What a reload may look at and change here. */
@@ -866,6 +885,7 @@ export class Gateway {
           writable: tagConfig.writable,
         };
         if (tagConfig.writable) status.commandTopic = this.topics.command(tag.topic);
+        if (tag.unit !== undefined) status.unit = tag.unit;
         if (tag.last) {
           status.value = tag.last.value;
           status.quality = tag.last.quality;

@@ -54,6 +54,8 @@ export interface TagStatus {
   /** Where writes are received, for writable tags. */
   commandTopic?: string;
   /** Absent until the first reading. */
+  /** Its engineering unit, when it has one. */
+  unit?: string;
   value?: TagValue | null;
   quality?: Quality;
   reason?: string;

@@ -97,6 +97,14 @@ export function closeWithoutWill(client: Client): void {
 }
 
 /**
+ * How many subscriptions the client has. Uses `client.subscriptions` (see subscriptionQoS): the
+ * types offer no count, and the web console lists it per client.
+ */
+export function subscriptionCount(client: Client): number {
+  return Object.keys(clientInternals(client).subscriptions).length;
+}
+
+/**
  * The connected clients. Uses `aedes.clients` (aedes 1.2.0 keeps them by client id): the types
  * give only their number (connectedClients).
  */

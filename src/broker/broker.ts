@@ -10,7 +10,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
-import { closeWithoutWill, connectedClientList, incomingQoS2Held } from './aedes-internals.js';
+import { closeWithoutWill, connectedClientList, incomingQoS2Held, subscriptionCount } from './aedes-internals.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
 import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './mqtt5.js';
 import { Acl, verifyPassword, type Identity } from './security.js';
@@ -110,6 +110,18 @@ interface QueuedPublish {
   options: PublishOptions;
 }
 
+/** A connected MQTT client, as the web console lists it. */
+export interface BrokerClient {
+  id: string;
+  /** The username it logged in with; null when anonymous. */
+  user: string | null;
+  /** Its remote address:port (null over WebSockets when unknown). */
+  address: string | null;
+  subscriptions: number;
+  /** QoS 1/2 deliveries written and not acknowledged, plus those queued for it. */
+  queued: number;
+}
+
 export interface BrokerStats {
   /** Messages the gateway handed to the broker. */
   published: number;
@@ -142,13 +154,37 @@ export class IntegratedBroker {
   private access: Access;
   /** The username each authenticated client logged in with, and the password hash it was checked against. */
   private readonly logins: WeakMap<Client, Login>;
+  private readonly outbound: WeakMap<Client, OutboundWindow>;
 
-  private constructor(aedes: Aedes, config: Config['broker'], log: Logger, access: Access, logins: WeakMap<Client, Login>) {
+  private constructor(
+    aedes: Aedes,
+    config: Config['broker'],
+    log: Logger,
+    access: Access,
+    logins: WeakMap<Client, Login>,
+    outbound: WeakMap<Client, OutboundWindow>,
+  ) {
     this.aedes = aedes;
     this.config = config;
     this.log = log;
     this.access = access;
     this.logins = logins;
+    this.outbound = outbound;
+  }
+
+  /** The connected clients: id, user, address, subscriptions and deliveries waiting (the web console). */
+  clients(): BrokerClient[] {
+    return connectedClientList(this.aedes).map((client) => {
+      const socket = client.conn as { remoteAddress?: string; remotePort?: number } | undefined;
+      const address = socket?.remoteAddress === undefined ? null : `${socket.remoteAddress}:${socket.remotePort ?? '?'}`;
+      return {
+        id: client.id,
+        user: this.logins.get(client)?.username ?? null,
+        address,
+        subscriptions: subscriptionCount(client),
+        queued: this.outbound.get(client)?.waiting ?? 0,
+      };
+    });
   }
 
   static async start(config: Config['broker'], log: Logger, dataDir: string, handlers: BrokerHandlers = {}): Promise<IntegratedBroker> {
@@ -335,7 +371,7 @@ export class IntegratedBroker {
       // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
       connectTimeout: 10_000,
     });
-    broker = new IntegratedBroker(aedes, config, log, initialAccess, logins);
+    broker = new IntegratedBroker(aedes, config, log, initialAccess, logins, outbound);
     // A reload between a client's login and its registration (aedes first restores a persistent
     // session, across event-loop turns) does not see it yet: checked again once it is registered.
     aedes.on('client', (client) => broker?.dropIfLoginLapsed(client, 'reloaded while logging in'));

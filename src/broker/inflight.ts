@@ -73,6 +73,11 @@ export class OutboundWindow {
     return window;
   }
 
+  /** Deliveries written and not acknowledged, plus those waiting behind them. */
+  get waiting(): number {
+    return this.inFlight + this.queue.length;
+  }
+
   /** Called from authorizeForward: the packet passed aedes' own filters and is being written. */
   forwarded(packet: object): void {
     this.pending.delete(packet);

@@ -88,6 +88,10 @@ export const brokerSection = z
               message: 'expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password',
             })
             .meta({ description: 'scrypt hash printed by `plc2mqtt passwd`.' }),
+          console: z.enum(['viewer', 'operator']).optional().meta({
+            description:
+              'Web console access: "viewer" sees everything, "operator" may also write writable tags. Without it the user cannot log in to the console.',
+          }),
         }),
       )
       .default([]),
@@ -364,14 +368,41 @@ export const writesSection = z
 
 export const httpSection = z
   .strictObject({
-    enabled: z.boolean().default(true).meta({ description: 'Serve /healthz, /readyz, /metrics (Prometheus) and /api/status.' }),
+    enabled: z
+      .boolean()
+      .default(true)
+      .meta({ description: 'Serve the web console (/), /healthz, /readyz, /metrics (Prometheus) and /api/status.' }),
     host: host.default('127.0.0.1'),
     port: port.default(9180),
+    console: z
+      .strictObject({
+        enabled: z.boolean().default(true).meta({ description: 'Serve the web console at /.' }),
+        updateInterval: duration(
+          'How often a browser gets the tag values that changed (at most): 10,000 changing tags cost one message per interval.',
+          50,
+        ).default(250),
+        trendMinutes: z.number().int().min(1).max(120).default(5).meta({
+          description:
+            'Minutes of history per numeric or boolean tag kept in memory for the trend: one point per second at most, 12 bytes each (10,000 tags changing every second for 5 minutes: 36 MB).',
+        }),
+      })
+      .prefault({}),
+    tls: z
+      .strictObject({
+        cert: z.string().min(1).meta({ description: "PEM file of the endpoint's certificate (chain)." }),
+        key: z.string().min(1).meta({ description: 'PEM file of its private key.' }),
+      })
+      .optional()
+      .meta({ description: "Serve HTTPS instead of HTTP (the console's session cookie is then Secure)." }),
+    metricsToken: z.string().min(16).optional().meta({
+      description:
+        'When set, /metrics asks for "Authorization: Bearer <token>". Use an environment variable: "${METRICS_TOKEN}". At least 16 characters.',
+    }),
   })
   .prefault({})
   .meta({
     description:
-      'The operations endpoint: health checks, Prometheus metrics and a status API. Bound to 127.0.0.1 by default; use 0.0.0.0 to let a Prometheus server on the network scrape it.',
+      'The operations endpoint: the web console, health checks, Prometheus metrics and a status API. Bound to 127.0.0.1 by default (no login needed there); on any other address the console asks for a login (broker.users with a "console" role).',
   });
 
 const deviceSchemas = Object.values(DRIVERS).map((driver) => driver.schema);
