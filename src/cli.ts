@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // plc2mqtt command line: run, validate, schema, read, browse, simulate, health, passwd.
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, watchFile } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -367,9 +369,8 @@ program
     // (an edit in progress), nor on the environment variables of its other sections.
     const url = options.url !== undefined ? healthUrl(options.url) : healthUrlOf(options.config);
     try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(options.timeout) });
-      const body = (await response.text()).trim();
-      if (!response.ok) fail(`${url}: ${response.status} ${body}`);
+      const { status, body } = await getText(url, options.timeout);
+      if (status < 200 || status > 299) fail(`${url}: ${status} ${body}`);
       process.stdout.write(`${url}: ${body}\n`);
     } catch (error) {
       fail(`${url}: ${errorMessage(error)}`);
@@ -387,7 +388,29 @@ function healthUrlOf(file: string): string {
   }
   if (!http.enabled) fail(`http.enabled is false in ${file}: there is no health endpoint to ask`);
   const host = http.host === '0.0.0.0' || http.host === '::' ? '127.0.0.1' : http.host;
-  return `http://${host.includes(':') ? `[${host}]` : host}:${http.port}/healthz`;
+  return `${http.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${http.port}/healthz`;
+}
+
+/**
+ * GETs a URL. Over HTTPS the certificate is not verified: the health check asks the gateway's own
+ * endpoint on this machine (often with a self-signed certificate) whether the process answers;
+ * browsers and Prometheus verify it.
+ */
+function getText(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const request = (url.startsWith('https:') ? httpsGet : httpGet)(
+      url,
+      { timeout: timeoutMs, ...(url.startsWith('https:') ? { rejectUnauthorized: false } : {}) },
+      (response) => {
+        let body = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => (body += chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: body.trim() }));
+      },
+    );
+    request.on('timeout', () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    request.on('error', reject);
+  });
 }
 
 /** --url with or without the path: http://host:port means http://host:port/healthz. */

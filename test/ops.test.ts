@@ -220,7 +220,7 @@ describe('operations endpoint and hot reload', () => {
     writeFileSync(elsewhere, JSON.stringify({ http: { port: deadPort } }));
     const unhealthy = await runHealth(['-c', elsewhere, '--timeout', '2000']);
     assert.equal(unhealthy.status, 1);
-    assert.match(unhealthy.stderr, new RegExp(`plc2mqtt: http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
+    assert.match(unhealthy.stderr, new RegExp(`plc2mqtt: http://127\\.0\\.0\\.1:${deadPort}/healthz: connect ECONNREFUSED`));
   });
 
   it('plc2mqtt health reads only the http section: a bad edit elsewhere or a missing ${ENV} does not make a healthy gateway unhealthy', async () => {
@@ -264,7 +264,7 @@ describe('operations endpoint and hot reload', () => {
     }
     const down = await health(['--url', `http://127.0.0.1:${deadPort}`, '--timeout', '2000']);
     assert.equal(down.status, 1);
-    assert.match(down.stderr, new RegExp(`http://127\\.0\\.0\\.1:${deadPort}/healthz: fetch failed`));
+    assert.match(down.stderr, new RegExp(`http://127\\.0\\.0\\.1:${deadPort}/healthz: connect ECONNREFUSED`));
   });
 
   it('unknown paths get 404, other methods 405', async () => {
