@@ -31,8 +31,6 @@ export interface ConnectionEvents {
   message(topic: string, payload: Buffer, retain: boolean): void;
   /** The connection stayed up STABLE_AFTER_MS (see stable()). */
   stable(): void;
-  /** A CONNECT packet (with the will asked for this attempt) went out: a TCP connect that failed sends none. */
-  connectSent?(): void;
 }
 
 export interface ConnectionOptions {
@@ -121,9 +119,7 @@ export class CloudConnection {
   }
 
   start(): void {
-    // manualConnect: the handlers are in place before the first CONNECT is written (mqtt.js writes it
-    // while connect() runs, so a 'packetsend' listener added afterwards would miss it).
-    const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption(), manualConnect: true });
+    const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption() });
     this.client = client;
     client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
@@ -132,12 +128,10 @@ export class CloudConnection {
     // Every PINGREQ and PINGRESP, also those of mqtt.js's keep-alive: responses answer requests in order.
     client.on('packetsend', (packet) => {
       if (packet.cmd === 'pingreq') this.checkpoint.pingSent();
-      else if (packet.cmd === 'connect') this.events.connectSent?.();
     });
     client.on('packetreceive', (packet) => {
       if (packet.cmd === 'pingresp') this.checkpoint.pingAnswered();
     });
-    client.connect();
   }
 
   /**

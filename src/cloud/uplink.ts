@@ -62,8 +62,8 @@ class ConnectionSession implements FormatSession {
   link: Link | undefined;
   /** The births went out (births(session) gave them): the sender runs. */
   born = false;
-  /** Its CONNECT packet went out (an attempt whose TCP connect failed sent none). */
-  connectSent = false;
+  /** The broker accepted its CONNECT (CONNACK): its will is registered there. */
+  accepted = false;
   /** When the first births went out: rows stored before are history (they may wait after the CONNACK for a primary host). */
   bornAt = Infinity;
   private seq = 0;
@@ -156,9 +156,6 @@ export class Uplink {
         closed: (wasConnected) => this.onClosed(wasConnected),
         message: (topic, payload, retain) => this.onCloudMessage(topic, payload, retain),
         stable: () => this.sender.stable(),
-        connectSent: () => {
-          if (this.session) this.session.connectSent = true;
-        },
       },
     );
     this.sender = new Sender(
@@ -254,12 +251,13 @@ export class Uplink {
 
   /**
    * The will of a connect attempt, from the format for the attempt's session. A new session (and
-   * Sparkplug's next bdSeq) only when the last one's CONNECT went out: a TCP connect that failed
-   * sent none, so the next attempt is the same session ([tck-id-topics-nbirth-bdseq-increment]
-   * counts CONNECT packets).
+   * Sparkplug's next bdSeq) only once a broker accepted the last one's CONNECT: an attempt whose
+   * TCP connect failed, or that the broker refused, registered no will, so the next attempt is the
+   * same session ([tck-id-topics-nbirth-bdseq-increment] counts CONNECT packets; mqtt.js reports a
+   * CONNECT as written even into a socket whose connect then fails).
    */
   private willOfAttempt(): CloudMessage {
-    if (!this.session || !this.sessionWill || this.session.connectSent) {
+    if (!this.session || !this.sessionWill || this.session.accepted) {
       const session = this.newSession();
       this.sessionWill = this.format.will(session);
     }
@@ -276,6 +274,7 @@ export class Uplink {
     if (connack.afterFailure || this.counters.reconnects > 0) this.counters.reconnects++;
     const backlog = this.outbox.length;
     const session = this.session ?? this.newSession();
+    session.accepted = true;
     session.connectedAt = Date.now();
     // (A session is one CONNECT; should one be taken up again, nothing of its births holds.)
     session.born = false;

@@ -89,7 +89,7 @@ export type DeviceRecorder = (report: DeviceReport) => OutboxRecord | undefined;
  * backlog and live messages of that connection are encoded in it, in the order they are sent.
  */
 export interface FormatSession {
-  /** 1, 2, 3 … for every CONNECT of this uplink (attempts whose TCP connect failed share the session of the next). */
+  /** 1, 2, 3 … for every session of this uplink: a new one after each CONNECT a broker accepted (failed attempts share the next one's). */
   readonly attempt: number;
   /** When the connection was established (CONNACK, ms since the epoch); 0 before that. */
   readonly connectedAt: number;
