@@ -136,10 +136,12 @@ function setUp(t: TestContext, options: { primaryHostId?: string; quality?: 'spa
       record(device, { kind: 'cycle', device, group: 'default', cycleTs: samples[0]?.ts ?? 0, samples }, created),
     lost: (device, created = Date.now()) => record(device, { kind: 'device-lost', device, ts: 5000 }, created),
     decode: (message) => {
+      // Births carry their datatypes (a rebirth may declare another one); other messages take the births'.
+      const birth = /\/(NBIRTH|DBIRTH)\//.test(message.topic);
       const payload = decodePayload(message.payload, {
-        datatypeOf: ({ alias }) => (alias === undefined ? undefined : datatypes.get(alias)),
+        datatypeOf: ({ alias }) => (alias === undefined || birth ? undefined : datatypes.get(alias)),
       });
-      if (/\/(NBIRTH|DBIRTH)\//.test(message.topic))
+      if (birth)
         for (const metric of payload.metrics ?? [])
           if (metric.alias !== undefined && metric.datatype !== undefined) datatypes.set(BigInt(metric.alias), metric.datatype);
       return payload;
@@ -463,5 +465,163 @@ describe('SparkplugFormat', () => {
     };
     assert.equal(setup.format.encode(damaged, setup.session), undefined);
     assert.equal(setup.format.encode({ ...damaged, kind: RecordKind.MESSAGE }, setup.session), undefined, 'not a Sparkplug row');
+  });
+});
+
+describe('SparkplugFormat: behaviours fixed after review', () => {
+  /** A FormatControl that counts the rebirths asked for. */
+  function control(setup: Setup, t: TestContext): string[] {
+    const asked: string[] = [];
+    setup.format.attach({ rebirth: (reason) => asked.push(reason), publishLive: () => undefined });
+    t.after(() => setup.format.detach());
+    return asked;
+  }
+  const untyped = (name: string, last?: Sample) => ({ name, type: {}, unit: undefined, last });
+
+  it('no declared type, born a guessed Double, first value a string: is_null + bad (never a String), one rebirth for 20 misfits, String at the next births', async (t) => {
+    const setup = setUp(t);
+    const asked = control(setup, t);
+    const names = Array.from({ length: 20 }, (_, i) => `t${i}`);
+    setup.devices.set('ua', { name: 'ua', connected: true, tags: names.map((name) => untyped(name)) });
+    const { births } = born(setup);
+    const birth = byName(setup.decode(births[3]!));
+    assert.deepEqual(
+      names.map((name) => [birth.get(name)?.datatype, birth.get(name)?.isNull]),
+      names.map(() => [DataType.Double, true]),
+      'no value, no type: a guessed Double',
+    );
+    const text = (ts: number) => names.map((name) => sample(name, `text ${ts}`, ts));
+    const [data] = list(setup.format.encode(setup.cycle('ua', text(100)), setup.session));
+    const raw = decodePayload(data!.payload);
+    assert.deepEqual(
+      raw.metrics?.map((m) => [m.value, m.isNull, m.properties?.Quality?.value]),
+      names.map(() => [undefined, true, 0]),
+      'is_null with Quality bad: no string_value under the Double alias',
+    );
+    assert.deepEqual(
+      setup.decode(data!).metrics?.map((m) => m.value),
+      names.map(() => undefined),
+    );
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(asked.length, 1, `one rebirth for 20 misfitting tags: ${JSON.stringify(asked)}`);
+    list(setup.format.encode(setup.cycle('ua', text(200)), setup.session));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(asked.length, 1, 'still one until the births are done');
+    // The rebirth: the catalog has the string values now.
+    setup.devices.get('ua')!.tags = names.map((name) => untyped(name, sample(name, 'text 200', 200)));
+    const again = setup.format.births(setup.session)!;
+    const reborn = byName(setup.decode(again[3]!));
+    assert.deepEqual(
+      names.map((name) => [reborn.get(name)?.datatype, reborn.get(name)?.value]),
+      names.map(() => [DataType.String, 'text 200']),
+    );
+    const next = setup.decode(list(setup.format.encode(setup.cycle('ua', text(300)), setup.session))[0]!);
+    assert.deepEqual(
+      next.metrics?.map((m) => [m.value, m.isNull]),
+      names.map(() => ['text 300', undefined]),
+    );
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(asked.length, 1, 'learned: no further rebirth');
+  });
+
+  it('a reload removed a tag: after births without it, a queued row with it goes as DDATA without its alias', (t) => {
+    const setup = setUp(t);
+    const queued = setup.cycle('plc', [sample('ramp', 11, 2000), sample('temp', 22.5, 2000)], 1);
+    const onlyTemp = setup.cycle('plc', [sample('temp', 23.5, 2100)], 2);
+    const { births } = born(setup);
+    const tempAlias = byName(setup.decode(births[1]!)).get('temp')!.alias;
+    const rampAlias = byName(setup.decode(births[1]!)).get('ramp')!.alias;
+    const plc = setup.devices.get('plc')!;
+    plc.tags = plc.tags.filter((tag) => tag.name !== 'temp');
+    const again = setup.format.births(setup.session)!;
+    assert.ok(!byName(setup.decode(again[1]!)).has('temp'), 'the new DBIRTH does not declare temp');
+    const [data] = list(setup.format.encode(queued, setup.session));
+    assert.deepEqual(
+      decodePayload(data!.payload).metrics?.map((m) => [m.alias, m.value, m.isHistorical]),
+      [[rampAlias, 11, true]],
+      `no metric of alias ${String(tempAlias)}: hosts rebirth on an alias no birth declared`,
+    );
+    assert.deepEqual(list(setup.format.encode(onlyTemp, setup.session)), [], 'a row of the removed tag only: nothing');
+    assert.equal(decodePayload(data!.payload).seq, 3);
+  });
+
+  it('a device born late (its DBIRTH carries ts 20): a live row of ts 10 goes as is_historical, ts 20 is not resent, ts 30 is live', (t) => {
+    const setup = setUp(t);
+    const aux = setup.devices.get('aux')!;
+    aux.connected = false;
+    born(setup);
+    aux.connected = true;
+    aux.tags = aux.tags.map((tag) => ({ ...tag, last: sample('level', 20, 20) }));
+    const rows = [10, 20, 30].map((ts) => setup.cycle('aux', [sample('level', ts, ts)]));
+    const first = list(setup.format.encode(rows[0]!, setup.session));
+    assert.deepEqual(
+      first.map((m) => m.topic),
+      [topic('DBIRTH', 'aux'), topic('DDATA', 'aux')],
+    );
+    const birth = byName(setup.decode(first[0]!)).get('level');
+    assert.deepEqual([birth?.value, birth?.timestamp], [20, 20], 'the birth carries the latest value');
+    assert.deepEqual(
+      setup.decode(first[1]!).metrics?.map((m) => [m.value, m.timestamp, m.isHistorical]),
+      [[10, 10, true]],
+      'older than the birth: history, never a step back of the current value',
+    );
+    assert.deepEqual(list(setup.format.encode(rows[1]!, setup.session)), [], 'the birth carried it');
+    const live = list(setup.format.encode(rows[2]!, setup.session));
+    assert.deepEqual(
+      live.map((m) => setup.decode(m).metrics?.map((x) => [x.value, x.timestamp, x.isHistorical])),
+      [[[30, 30, undefined]]],
+    );
+  });
+
+  it('births: a device not connected gets its DBIRTH, then a DDEATH after all DBIRTHs, before any data; seq continuous', (t) => {
+    const setup = setUp(t);
+    setup.devices.get('aux')!.connected = false;
+    setup.devices.set('ua', { name: 'ua', connected: true, tags: [untyped('speed', sample('speed', 1.5, 900))] });
+    const { births } = born(setup);
+    assert.deepEqual(
+      births.map((m) => [m.topic, decodePayload(m.payload).seq]),
+      [
+        [topic('NBIRTH'), 0],
+        [topic('DBIRTH', 'plc'), 1],
+        [topic('DBIRTH', 'aux'), 2],
+        [topic('DBIRTH', 'ua'), 3],
+        [topic('DDEATH', 'aux'), 4],
+      ],
+      '[tck-id-payloads-dbirth-order]: every DBIRTH right after the NBIRTH, the DDEATH after them',
+    );
+    const data = list(setup.format.encode(setup.cycle('plc', [sample('ramp', 12, 3000)]), setup.session));
+    assert.deepEqual(
+      data.map((m) => [m.topic, decodePayload(m.payload).seq]),
+      [[topic('DDATA', 'plc'), 5]],
+    );
+    assert.deepEqual(list(setup.format.encode(setup.cycle('aux', [sample('level', null, 3100, 'bad')]), setup.session)), []);
+    const back = list(setup.format.encode(setup.cycle('aux', [sample('level', 7, 3200)]), setup.session));
+    assert.deepEqual(back.map((m) => [m.topic, decodePayload(m.payload).seq]).slice(0, 1), [[topic('DBIRTH', 'aux'), 6]]);
+  });
+
+  it('NCMD with Rebirth = true and other metrics of other types (Int64, String, by alias) still rebirths', (t) => {
+    const setup = setUp(t);
+    born(setup);
+    const ncmd = (metrics: SparkplugMetric[], omitDatatypes: boolean) =>
+      setup.format.decodeDownlink(topic('NCMD'), encodePayload({ timestamp: Date.now(), metrics }, { omitDatatypes }), false);
+    const rebirth: SparkplugMetric = { name: 'Node Control/Rebirth', datatype: DataType.Boolean, value: true };
+    const others: SparkplugMetric[] = [
+      { name: 'Node Control/Next Server', datatype: DataType.Int64, value: -5n },
+      { name: 'Properties/Note', datatype: DataType.String, value: 'x' },
+      { alias: 3, datatype: DataType.UInt64, value: 2n ** 64n - 1n },
+    ];
+    for (const omitDatatypes of [false, true]) {
+      assert.deepEqual(
+        ncmd([rebirth, ...others], omitDatatypes),
+        [{ kind: 'rebirth' }],
+        `Rebirth first, datatypes omitted: ${omitDatatypes}`,
+      );
+      assert.deepEqual(
+        ncmd([...others, rebirth], omitDatatypes),
+        [{ kind: 'rebirth' }],
+        `Rebirth last, datatypes omitted: ${omitDatatypes}`,
+      );
+      assert.deepEqual(ncmd(others, omitDatatypes), [], 'no Rebirth: nothing');
+    }
   });
 });
