@@ -267,11 +267,9 @@ describe('Sparkplug B edge node with OPC UA and Modbus devices', () => {
       assert.deepEqual(seen(host, 'mb', tag.name).find((m) => !m.isNull)?.value, value, `Modbus ${tag.name}`);
     assertSeqChain(edgeMessages(host));
     assert.deepEqual(host.errors(), []);
-    // BUG: the DBIRTH of "ua" lists its metrics in config order, each with the timestamp of its last
-    // sample (the OPC UA source timestamp), so the timestamps go back where a node changed earlier
-    // (here the Line1.W.* and ReadOnly nodes, unchanged since the server started, after the ticking
-    // ones): the host flags [tck-id-operational-behavior-data-publish-dbirth-order], non-historical
-    // metrics of a payload in chronological order (format.ts dbirth(); DDATA: ddata(), see (a)).
+    // The DBIRTH's metrics carry their samples' OPC UA source timestamps (the Line1.W.* and ReadOnly
+    // nodes unchanged since the server started): in time order all the same
+    // [tck-id-operational-behavior-data-publish-dbirth-order].
     assert.deepEqual(host.violations(), []);
   });
 
@@ -361,10 +359,7 @@ describe('Sparkplug B edge node with OPC UA and Modbus devices', () => {
     await host.control({ dcmd: { device: 'ua', metric: 'wDate', value: date, byAlias: true } });
     const dateAudit = () => audits().find((entry) => entry.tag === 'wDate');
     await waitFor(() => dateAudit() !== undefined, WAIT, 'the audit line of the DateTime write');
-    // BUG: a DCMD of a DateTime metric is refused: format.ts deviceCommand passes the decoded
-    // DateTime (a bigint of ms) on as it is (tagValueOf), and the OPC UA driver's DateTime coercion
-    // (drivers/opcua/values.ts) takes only an ISO string or a number: "DateTime takes an ISO 8601
-    // string or milliseconds since the epoch, got 1772600767000n".
+    // A DateTime DCMD (ms since the epoch, 64-bit on the wire) is written as the node's DateTime.
     if (dateAudit()!.result !== 'written') bugs.push(`DateTime DCMD: ${dateAudit()!.result}: ${String(dateAudit()!.error)}`);
     else {
       await host.waitFor(
@@ -374,17 +369,12 @@ describe('Sparkplug B edge node with OPC UA and Modbus devices', () => {
       );
       assert.equal((onServer('W.DateTime') as Date).getTime(), date);
     }
-    // BUG: a DCMD whose value does not decode as its metric's datatype is only logged
-    // ("a DCMD that is not a Sparkplug B payload …: ignored", src/northbound/sparkplug/format.ts
-    // deviceCommand's catch), never audited, though README "Sparkplug B" says "A refused write, an
-    // unknown metric or a payload that does not decode is logged and audited".
+    // A DCMD whose value does not decode as its metric's datatype is refused by the write checks, audited.
     const wrongType = audits().find((entry) => entry.tag === 'wInt16' && entry.result === 'rejected');
     if (wrongType?.source !== 'sparkplug')
       bugs.push(`wrong-type DCMD not audited; logged: ${JSON.stringify(gateway.findLogs(/DCMD/).map((entry) => entry.msg))}`);
-    // BUG: a DDATA after a write holds the cycle's samples in config order with their OPC UA source
-    // timestamps: the written node's (the write's time) after a ticking node's newer one, so the
-    // timestamps go back (the host: [tck-id-operational-behavior-data-publish-dbirth-order];
-    // format.ts ddata() keeps the record's order).
+    // A DDATA after a write: the written node's source timestamp is older than a ticking node's,
+    // the payload is in time order all the same.
     for (const violation of host.violations().slice(baseline)) bugs.push(`${violation.rule}: ${violation.message}`);
     assert.deepEqual(bugs, []);
   });

@@ -290,6 +290,9 @@ export class SparkplugFormat implements NorthboundFormat {
       metrics.push(metric);
     }
     if (metrics.length === 0) return undefined;
+    // Metrics of one payload in time order [tck-id-operational-behavior-data-publish-dbirth-order]:
+    // a cycle's samples may carry the device's own (older) timestamps in config order.
+    inTimeOrder(metrics);
     return this.message(this.topic('DDATA', device), { timestamp: Date.now(), metrics }, session, true);
   }
 
@@ -416,6 +419,7 @@ export class SparkplugFormat implements NorthboundFormat {
       declared.set(tag.name, tag.last ? tag.last.ts : Number.NEGATIVE_INFINITY);
       metrics.push(metric);
     }
+    inTimeOrder(metrics);
     const message = this.message(this.topic('DBIRTH', device.name), { timestamp: now, metrics }, session);
     state.declared.set(device.name, declared);
     return message;
@@ -559,11 +563,18 @@ export class SparkplugFormat implements NorthboundFormat {
           },
         }).metrics ?? [];
     } catch (error) {
+      // A value that does not fit its metric's datatype: the metrics as they were sent go to the
+      // command handler, whose type check refuses them with an audit line.
+      try {
+        metrics = decodePayload(payload).metrics ?? [];
+      } catch {
+        this.log.warn({ device, error: errorMessage(error) }, 'a DCMD that is not a Sparkplug B payload: ignored');
+        return [];
+      }
       this.log.warn(
         { device, error: errorMessage(error) },
-        'a DCMD that is not a Sparkplug B payload (or a value that does not fit its metric): ignored',
+        'a DCMD value that does not fit its metric: handed to the write checks as sent',
       );
-      return [];
     }
     const actions: DownlinkAction[] = [];
     for (const metric of metrics) {
@@ -573,7 +584,7 @@ export class SparkplugFormat implements NorthboundFormat {
           ...(metric.name !== undefined ? { name: metric.name } : {}),
           ...(metric.alias !== undefined ? { alias: BigInt(metric.alias) } : {}),
         }) ?? `alias ${String(metric.alias)}`;
-      const value = tagValueOf(metric.value);
+      const value = tagValueOf(metric.value, declared?.get(tag)?.datatype ?? metric.datatype);
       if (value === undefined) {
         this.log.warn({ device, tag }, 'a DCMD metric without a value the gateway can write (null, a DataSet or a Template): ignored');
         continue;
@@ -581,6 +592,16 @@ export class SparkplugFormat implements NorthboundFormat {
       actions.push({ kind: 'write', device, tag, value });
     }
     return actions;
+  }
+}
+
+/** Sorts metrics by timestamp (stable), when they are not in order already. */
+function inTimeOrder(metrics: SparkplugMetric[]): void {
+  for (let index = 1; index < metrics.length; index++) {
+    if ((metrics[index]!.timestamp ?? 0) < (metrics[index - 1]!.timestamp ?? 0)) {
+      metrics.sort((a, b) => (a.timestamp ?? 0) - (b.timestamp ?? 0));
+      return;
+    }
   }
 }
 
@@ -608,8 +629,11 @@ function parseRecord<T>(payload: Buffer): T | undefined {
 }
 
 /** A DCMD metric's value as the command handler takes it (Bytes as base64, as the gateway carries them); undefined when there is none. */
-function tagValueOf(value: MetricValue | undefined): TagValue | undefined {
+function tagValueOf(value: MetricValue | undefined, datatype: DataType | undefined): TagValue | undefined {
   if (value === undefined) return undefined;
+  // DateTime is ms since the epoch, which a number holds exactly (the drivers take numbers or ISO text).
+  if ((datatype === DataType.DateTime || datatype === DataType.DateTimeArray) && (typeof value === 'bigint' || Array.isArray(value)))
+    return Array.isArray(value) ? value.map((item) => Number(item)) : Number(value);
   if (value instanceof Uint8Array) return Buffer.from(value).toString('base64');
   if (Array.isArray(value)) return [...value] as TagValue;
   if (typeof value === 'object') return undefined;
