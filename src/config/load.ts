@@ -68,7 +68,24 @@ export function parseConfigText(text: string, file = '<config>', env: NodeJS.Pro
   }
   const problems = checkSemantics(result.data);
   if (problems.length > 0) throw new ConfigError(file, problems);
+  ENV_REFERENCES.set(result.data, envReferences(raw, []));
   return result.data;
+}
+
+/** Per parsed config, the values the file wrote with ${VAR} references: their JSON path ("a.b.0") → the text as written. */
+const ENV_REFERENCES = new WeakMap<Config, Map<string, string>>();
+
+/** Where a config took values from environment variables, as written in its file (the console shows those, never the values). */
+export function envReferencesOf(config: Config): ReadonlyMap<string, string> {
+  return ENV_REFERENCES.get(config) ?? new Map();
+}
+
+function envReferences(value: unknown, path: JsonPath, found = new Map<string, string>()): Map<string, string> {
+  if (typeof value === 'string' && /\$\{[A-Za-z_]/.test(value)) found.set(path.join('.'), value);
+  else if (Array.isArray(value)) value.forEach((item, index) => envReferences(item, [...path, index], found));
+  else if (value !== null && typeof value === 'object')
+    for (const [key, item] of Object.entries(value)) envReferences(item, [...path, key], found);
+  return found;
 }
 
 /**

@@ -85,6 +85,11 @@ export class ConsoleAuth {
         retryAfterSeconds,
       };
     }
+    // Counted as a failure before the (slow) password check, so attempts sent at once are limited
+    // too; a success takes back only its own entry: logging in as oneself never clears the
+    // failures of guesses at someone else's password.
+    recent.push(now);
+    this.failures.set(address, recent);
     const user = typeof username === 'string' ? this.users().find((candidate) => candidate.username === username) : undefined;
     const valid =
       typeof password === 'string' &&
@@ -92,12 +97,12 @@ export class ConsoleAuth {
       user.console !== undefined &&
       (await verifyPassword(password, user.passwordHash));
     if (!valid || !user?.console) {
-      recent.push(now);
-      this.failures.set(address, recent);
       // One message for every reason: a caller learns nothing about which users exist.
       return { ok: false, status: 401, error: 'wrong username or password, or no console access for this user' };
     }
-    this.failures.delete(address);
+    const entries = this.failures.get(address);
+    const mine = entries?.indexOf(now) ?? -1;
+    if (entries && mine >= 0) entries.splice(mine, 1);
     const id = token();
     const session: StoredSession = { user: user.username, role: user.console, csrf: token(), lastSeen: now, hash: user.passwordHash };
     this.sessions.set(id, session);

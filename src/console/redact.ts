@@ -1,6 +1,7 @@
-// Secrets never reach the console: the running config is shown with every secret replaced, and a
-// validation report never repeats the value of an environment variable the pasted text refers to.
+// Secrets never reach the console: the running config is shown with every secret replaced and
+// every value that came from an environment variable as the file wrote it (${NAME}).
 import { redactUrl } from '../cloud/uplink.js';
+import { envReferencesOf } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 
 export const REDACTED = '<redacted>';
@@ -8,31 +9,31 @@ export const REDACTED = '<redacted>';
 /** Keys whose values are secrets wherever they are (passwords, hashes, passphrases, tokens). */
 const SECRET_KEYS = /^(password|passwordHash|passphrase|metricsToken|token|secret|apiKey)$/i;
 
-/** The config with secrets replaced and URLs without credentials. */
+/** The config with secrets replaced, environment variables as referenced, and URLs without credentials. */
 export function redactConfig(config: Config): unknown {
-  return redact(config, undefined);
+  return redact(config, undefined, [], envReferencesOf(config));
 }
 
-function redact(value: unknown, key: string | undefined): unknown {
+function redact(value: unknown, key: string | undefined, path: Array<string | number>, references: ReadonlyMap<string, string>): unknown {
   if (key !== undefined && SECRET_KEYS.test(key) && value !== undefined && value !== null) return REDACTED;
+  const written = references.get(path.join('.'));
+  if (written !== undefined) return key === 'url' ? redactUrl(written) : written;
   if (key === 'url' && typeof value === 'string') return redactUrl(value);
-  if (Array.isArray(value)) return value.map((item) => redact(item, undefined));
+  if (Array.isArray(value)) return value.map((item, index) => redact(item, undefined, [...path, index], references));
   if (value !== null && typeof value === 'object') {
     const result: Record<string, unknown> = {};
-    for (const [entryKey, entry] of Object.entries(value)) result[entryKey] = redact(entry, entryKey);
+    for (const [entryKey, entry] of Object.entries(value)) result[entryKey] = redact(entry, entryKey, [...path, entryKey], references);
     return result;
   }
   if (typeof value === 'bigint') return value.toString();
   return value;
 }
 
-/** `message` with the value of every environment variable `text` refers to (${NAME}) put back as ${NAME}. */
-export function scrubSecrets(text: string, message: string, env: NodeJS.ProcessEnv = process.env): string {
-  let scrubbed = message;
-  for (const match of text.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)) {
-    const name = match[1]!;
-    const value = env[name];
-    if (value !== undefined && value.length >= 3) scrubbed = scrubbed.split(value).join(`\${${name}}`);
-  }
-  return scrubbed;
-}
+/**
+ * The environment pasted configs are validated with: every variable stands for its own reference
+ * text, so no value of the gateway's environment can be read back through a problem message.
+ */
+export const UNRESOLVED_ENV: NodeJS.ProcessEnv = new Proxy(
+  {},
+  { get: (_target, name) => (typeof name === 'string' ? `\${${name}}` : undefined) },
+);

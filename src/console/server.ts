@@ -15,7 +15,7 @@ import type { TagValue } from '../pipeline/driver.js';
 import { errorMessage } from '../util/errors.js';
 import { ConsoleAuth, isLoopbackHost, type ConsoleSession } from './auth.js';
 import { ConsoleLive, tagKey } from './live.js';
-import { redactConfig, scrubSecrets } from './redact.js';
+import { redactConfig, UNRESOLVED_ENV } from './redact.js';
 
 /** Where the built page is: dist/console/ (this file runs as dist/src/console/server.js). */
 export const ASSETS = fileURLToPath(new URL('../../console/', import.meta.url));
@@ -274,20 +274,21 @@ export class ConsoleServer {
   }
 }
 
-/** `plc2mqtt validate`'s report for pasted text; values of environment variables it uses never shown. */
+/**
+ * `plc2mqtt validate`'s report for pasted text. Environment variables are not resolved (see
+ * UNRESOLVED_ENV): a field that takes one is checked as its ${NAME} text, which the report says.
+ */
 function validate(text: string): { ok: boolean; report: string; problems: Array<{ path: string; message: string }> } {
+  const note = /\$\{[A-Za-z_]/.test(text) ? '\n(environment variables are not resolved here: each ${NAME} is checked as that text)' : '';
   try {
-    const config = parseConfigText(text, 'pasted config');
+    const config = parseConfigText(text, 'pasted config', UNRESOLVED_ENV);
     const tags = config.devices.reduce((count, device) => count + device.tags.length, 0);
-    return {
-      ok: true,
-      problems: [],
-      report: `pasted config: valid — ${config.devices.length} device${config.devices.length === 1 ? '' : 's'}, ${tags} tag${tags === 1 ? '' : 's'}`,
-    };
+    const summary = `${config.devices.length} device${config.devices.length === 1 ? '' : 's'}, ${tags} tag${tags === 1 ? '' : 's'}`;
+    return { ok: true, problems: [], report: `pasted config: valid — ${summary}${note}` };
   } catch (error) {
-    if (!(error instanceof ConfigError)) return { ok: false, problems: [], report: scrubSecrets(text, errorMessage(error)) };
-    const problems = error.problems.map((problem) => ({ path: problem.path.join('.'), message: scrubSecrets(text, problem.message) }));
-    return { ok: false, problems, report: scrubSecrets(text, formatProblems('pasted config', error.problems)) };
+    if (!(error instanceof ConfigError)) return { ok: false, problems: [], report: errorMessage(error) + note };
+    const problems = error.problems.map((problem) => ({ path: problem.path.join('.'), message: problem.message }));
+    return { ok: false, problems, report: formatProblems('pasted config', error.problems) + note };
   }
 }
 
