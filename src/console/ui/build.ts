@@ -28,6 +28,7 @@ function page(script: string, style: string | undefined): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>plc2mqtt console</title>
+<link rel="icon" href="data:,">
 ${style ? `<link rel="stylesheet" href="/assets/${style}">\n` : ''}<script type="module" src="/assets/${script}"></script>
 </head>
 <body>

@@ -146,7 +146,7 @@ function Console({ session, onLogout }: { session: Session; onLogout: () => void
       <span class="brand">plc2mqtt</span>
       <span class="gw" data-testid="gateway-name">${name}</span>
       ${overview ? html`<span class="muted">v${overview.gateway.version}</span>` : null}
-      <span class=${`link link-${link.state}`} data-testid="link-state" title="live updates from the gateway">${linkText}</span>
+      <span class=${`stream stream-${link.state}`} data-testid="link-state" title="live updates from the gateway">${linkText}</span>
       <span class="spacer"></span>
       <span class="user" data-testid="user">${session.user} <span class=${`role role-${session.role}`}>${session.role}</span></span>
       ${session.loginRequired ? html`<button class="small" data-testid="logout" onClick=${logout}>Log out</button>` : null}

@@ -81,7 +81,9 @@ function TagTable({
   const viewport = useRef<HTMLDivElement>(null);
   const [scrollTop, setScrollTop] = useState(0);
   const [height, setHeight] = useState(600);
-  const now = useNow(1000);
+  // Re-renders every second for the ages; the time is taken at each render.
+  useNow(1000);
+  const now = Date.now();
 
   useEffect(() => {
     const element = viewport.current;
@@ -107,13 +109,14 @@ function TagTable({
       html`<${Row} key=${entry.key} entry=${entry} index=${index} now=${now} selected=${entry.key === selected} onSelect=${onSelect} />`,
     );
   }
+  // The header sits in the scrolling box (sticky), so its columns line up with the rows' whatever the scrollbar.
   return html`<div class="vt" role="table" aria-rowcount=${rows.length}>
-    <div class="vt-head" role="row">
-      <span role="columnheader">device</span><span role="columnheader">tag</span><span role="columnheader">value</span>
-      <span role="columnheader">unit</span><span role="columnheader">quality</span><span role="columnheader">reason</span>
-      <span role="columnheader">source time</span><span role="columnheader">age</span>
-    </div>
     <div class="vt-body" ref=${viewport} onScroll=${(event: Event) => setScrollTop((event.currentTarget as HTMLElement).scrollTop)}>
+      <div class="vt-head" role="row">
+        <span role="columnheader">device</span><span role="columnheader">tag</span><span role="columnheader">value</span>
+        <span role="columnheader">unit</span><span role="columnheader">quality</span><span role="columnheader">reason</span>
+        <span role="columnheader">source time</span><span role="columnheader">age</span>
+      </div>
       <div class="vt-space" style=${{ height: `${rows.length * ROW}px` }}>${visible}</div>
       ${rows.length === 0 ? html`<p class="muted empty">no tag matches</p>` : null}
     </div>
