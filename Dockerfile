@@ -15,7 +15,7 @@ COPY drivers ./drivers
 COPY config ./config
 COPY test ./test
 COPY bench ./bench
-# `npm ci` builds (prepare: tsc); the runtime stage gets production dependencies only.
+# `npm ci` builds (prepare: tsc and the console bundle); the runtime stage gets production dependencies only.
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 FROM node:24-bookworm-slim
@@ -24,6 +24,8 @@ ENV NODE_ENV=production
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/drivers ./dist/drivers
+# The web console's page (index.html and the hashed bundle), served at / by the operations endpoint.
+COPY --from=build /app/dist/console ./dist/console
 COPY --from=build /app/package.json ./package.json
 COPY config ./config
 # Outbox, retained messages and OPC UA PKI live on the /data volume; the config is mounted at

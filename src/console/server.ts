@@ -1,4 +1,4 @@
-// The web console: the page (dist/console/, built from src/console/ui/ by scripts/build-console.mjs)
+// The web console: the page (dist/console/, bundled from src/console/ui/app/ by src/console/ui/build.ts)
 // and its API under /api/console/, served by the operations endpoint for every path it does not
 // own. What each route returns is in docs/architecture.md ("The web console"); who may call it is
 // auth.ts's business: viewers read, operators also write; every POST needs the CSRF token.
