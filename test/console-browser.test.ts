@@ -131,7 +131,7 @@ describe('web console in chromium, loopback endpoint', () => {
     const simPort = await freePort();
     const httpPort = await freePort();
     // A cloud for the screenshots' overview (a live link and an outbox); the tests need none.
-    if (SCREENSHOTS) cloud = await Mosquitto.create(dir);
+    if (SCREENSHOTS) cloud = await Mosquitto.startNew(dir);
     const file = writeConfig(dir, {
       gateway: { name: 'line-3', dataDir: join(dir, 'data'), logLevel: 'info', shutdownTimeout: '10s' },
       broker: { listeners: [{ type: 'tcp', host: '127.0.0.1', port: await freePort() }], allowAnonymous: true },
@@ -231,6 +231,7 @@ describe('web console in chromium, loopback endpoint', () => {
     await new Promise((resolve) => setTimeout(resolve, 8000));
     await page.getByTestId('tab-overview').click();
     await waitForText(page, 'device-count-up', (value) => value === '2', 20_000, 'both devices up');
+    await waitForText(page, 'uplink-state', (value) => value === 'connected', 20_000, 'the cloud link up');
     await new Promise((resolve) => setTimeout(resolve, 2500));
     await shot('overview');
     await page.getByTestId('tab-devices').click();
