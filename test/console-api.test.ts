@@ -376,8 +376,7 @@ describe('web console API, loopback endpoint (no login)', () => {
 
   it('/config shows a value that came from an environment variable as ${NAME} (issue16-plan: redact.ts)', async () => {
     const body = (await client.get('/api/console/config')).body;
-    // BUG: redact.ts replaces only values under secret-looking keys; an ${ENV} value elsewhere
-    // (uplink.username here) is shown resolved, although the plan says it is shown as ${NAME}.
+    // Not only values under secret-looking keys: any ${ENV} value (uplink.username here) is shown as written.
     assert.ok(!body.includes(secrets.CLOUD_USER), "uplink.username's value from ${CLOUD_USER} is shown");
     assert.ok(body.includes('${CLOUD_USER}'), 'shown as ${CLOUD_USER}');
   });
@@ -433,12 +432,10 @@ describe('web console API, loopback endpoint (no login)', () => {
     assert.ok(short.body.includes('${PORT_SECRET}'), short.body);
     const defaulted = await check('${PORT_SECRET:-1}', 'PORT_SECRET', secrets.PORT_SECRET);
     assert.equal(defaulted.piece, undefined, `the report shows ${defaulted.name}: ${defaulted.body}`);
-    // BUG: a long value is cut to 57 characters in the message ("…"): the full value is then not in
-    // the message, so scrubSecrets (redact.ts) finds nothing to replace, and the first 55 characters
-    // of the secret are shown (src/config/load.ts describeValue; src/console/redact.ts scrubSecrets).
+    // Messages cut long values to 57 characters ("…"): a scrub of whole values would miss the piece,
+    // so variables are never resolved in the first place.
     const long = await check('${LONG_SECRET}', 'LONG_SECRET', secrets.LONG_SECRET);
-    // BUG: the same cut, with padding before the variable, shows all but the last 3 characters of a
-    // secret of any length (39 "A"s: 17 of the 20 characters of SHORT20).
+    // The same cut with padding before the variable (39 "A"s, then a 20-character secret).
     const padded = await check(`${'A'.repeat(39)}\${SHORT20}`, 'SHORT20', secrets.SHORT20);
     assert.deepEqual(
       [long.piece, padded.piece],
@@ -607,9 +604,7 @@ describe('web console API, endpoint beyond loopback (login required)', () => {
       statuses.every((status) => status === 401 || status === 429),
       statuses.join(','),
     );
-    // BUG: auth.ts login() reads the failures of the address before the (async) scrypt check and
-    // records them after it, so parallel attempts all pass the check (every guess is verified), and
-    // each stores its own copy of the list (the last one wins: the count stays low).
+    // Attempts are counted before the (async) scrypt check: parallel guesses are limited too.
     const checked = statuses.filter((status) => status === 401).length;
     const after = await attacker.login('ops', 'one-more-guess');
     assert.ok(checked <= 5, `${checked} of 20 parallel guesses were checked (401), ${20 - checked} refused (429); then: ${after.status}`);
