@@ -159,6 +159,11 @@ function born(setup: Setup): { will: CloudMessage; births: CloudMessage[] } {
   return { will, births };
 }
 
+/** A row as the outbox reads it back from disk: the same bytes in another Buffer. */
+function fromDisk(row: StoredMessage): StoredMessage {
+  return { ...row, payload: Buffer.from(row.payload) };
+}
+
 function list(encoded: CloudMessage | CloudMessage[] | undefined): CloudMessage[] {
   assert.ok(encoded !== undefined, 'the row can be encoded');
   return Array.isArray(encoded) ? encoded : [encoded];
@@ -334,11 +339,33 @@ describe('SparkplugFormat', () => {
     const setup = setUp(t);
     const row = setup.cycle('plc', [sample('big', INT64_MAX, 100), sample('big', -(2n ** 63n), 200)], 1);
     born(setup);
-    const data = setup.decode(list(setup.format.encode(row, setup.session))[0]!);
-    assert.deepEqual(
-      data.metrics?.map((m) => m.value),
-      [INT64_MAX, -(2n ** 63n)],
-    );
+    // The row as read back from disk (another Buffer: its JSON is parsed), then as recorded (from memory).
+    for (const stored of [fromDisk(row), row]) {
+      const data = setup.decode(list(setup.format.encode(stored, setup.session))[0]!);
+      assert.deepEqual(
+        data.metrics?.map((m) => m.value),
+        [INT64_MAX, -(2n ** 63n)],
+      );
+    }
+  });
+
+  it('a row read back from disk is encoded as the row recorded in memory: values, nulls, quality, history, misfits', (t) => {
+    const setup = setUp(t);
+    const samples = [
+      sample('ramp', 7, 900),
+      sample('temp', 21.75, 2000, 'uncertain'),
+      sample('sp', null, 2000, 'bad'),
+      sample('flag', true, 2000),
+      sample('big', -(2n ** 63n), 2000),
+      sample('ramp', 70000, 2000),
+    ];
+    const row = setup.cycle('plc', samples);
+    born(setup);
+    const metrics = (stored: StoredMessage) =>
+      list(setup.format.encode(stored, setup.session)).map((message) => setup.decode(message).metrics);
+    const fromMemory = metrics(row);
+    assert.deepEqual(metrics(fromDisk(row)), fromMemory);
+    assert.equal(fromMemory[0]?.length, 6);
   });
 
   it('a rebirth: NBIRTH seq 0 with the same bdSeq, DBIRTH of every device, DDEATH of the dead ones, then seq goes on from there', (t) => {
