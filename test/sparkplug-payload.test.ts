@@ -13,7 +13,10 @@ import { fileURLToPath } from 'node:url';
 import { packArray } from '../src/northbound/sparkplug/datatypes.js';
 import {
   DataType,
+  dataMetric,
+  dataProperties,
   decodePayload,
+  encodeDataPayload,
   encodePayload,
   engUnitProperty,
   QualityCode,
@@ -23,7 +26,8 @@ import {
   type SparkplugMetric,
   type SparkplugPayload,
 } from '../src/northbound/sparkplug/payload.js';
-import { metricValueOf, sparkplugTypeOf, tagMetric } from '../src/northbound/sparkplug/tags.js';
+import { metricValueOf, sparkplugTypeOf, tagMetric, wireValueOf } from '../src/northbound/sparkplug/tags.js';
+import type { TagValue } from '../src/pipeline/driver.js';
 
 const PROTO_DIR = fileURLToPath(new URL('../../test/helpers/', import.meta.url));
 const MESSAGE = 'org.eclipse.tahu.protobuf.Payload';
@@ -647,5 +651,36 @@ describe('sparkplug tags: the gateway’s tag types as Sparkplug datatypes', () 
     const bytes = oneMetric({ name: 'plc1/temp', ...metric });
     assert.ok(protocLines(bytes).includes('int_value: 4294967294'));
     assert.equal(decodedValue(bytes), -2);
+  });
+});
+
+describe('sparkplug payload: data messages built from data metrics (the DDATA hot path)', () => {
+  it('are the bytes encodePayload writes for the same metrics without datatypes', () => {
+    const bad = { Quality: { type: DataType.Int32, value: -2147483136 } };
+    const metrics: SparkplugMetric[] = [
+      { alias: 1, timestamp: 1000, datatype: DataType.Double, value: 21.5 },
+      { alias: 2, timestamp: 1001, datatype: DataType.UInt16, value: 65535, isHistorical: true },
+      { alias: 3, timestamp: 1002, datatype: DataType.Int64, value: -(2n ** 63n) },
+      { alias: 4, timestamp: 1003, datatype: DataType.UInt64, value: 2n ** 64n - 1n },
+      { alias: 5, timestamp: 1004, datatype: DataType.Int16, value: -2 },
+      { alias: 6, timestamp: 1005, datatype: DataType.Float, isNull: true, properties: bad },
+      { alias: 70000, timestamp: 2 ** 53 - 1, datatype: DataType.Int32Array, value: [1, -1] },
+      { alias: 8, timestamp: 1006, datatype: DataType.String, value: 'é', properties: { Quality: { type: DataType.Int32, value: 0 } } },
+    ];
+    const expected = encodePayload({ timestamp: 5000, seq: 7, metrics }, { omitDatatypes: true });
+    const data = metrics.map((metric) =>
+      dataMetric(
+        Number(metric.alias),
+        metric.timestamp!,
+        metric.value === undefined ? undefined : wireValueOf(metric.datatype!, metric.value as TagValue, 'metric'),
+        metric.isHistorical ?? false,
+        metric.properties && dataProperties(metric.properties),
+      ),
+    );
+    assert.deepEqual(encodeDataPayload(5000, 7, data), expected);
+  });
+
+  it('a timestamp that is not whole milliseconds ≥ 0 throws, naming the metric', () => {
+    assert.throws(() => dataMetric(9, -1, undefined, false, undefined), /metric alias 9: a timestamp is whole milliseconds/);
   });
 });

@@ -36,8 +36,13 @@ import {
 } from '../format.js';
 import type { BdSeqStore } from './bdseq.js';
 import {
+  type DataMetric,
+  type DataProperties,
   DataType,
+  dataMetric,
+  dataProperties,
   decodePayload,
+  encodeDataPayload,
   encodePayload,
   engUnitProperty,
   type MetricValue,
@@ -46,7 +51,8 @@ import {
   type SparkplugPayload,
 } from './payload.js';
 import { PrimaryHost } from './primary-host.js';
-import { metricValueOf, sparkplugTypeOf, type TagTypeInfo } from './tags.js';
+import type { WireScalar } from './datatypes.js';
+import { metricValueOf, sparkplugTypeOf, type TagTypeInfo, wireValueOf } from './tags.js';
 
 /** A tag as the format sees it: what it needs for births and data. */
 export interface CatalogTag {
@@ -193,6 +199,8 @@ export class SparkplugFormat implements NorthboundFormat {
    * back from disk are other Buffers: parsed. Weak: an entry goes with its row.
    */
   private readonly cycles = new WeakMap<Buffer, Cycle>();
+  /** A data metric's Quality property by its sample's quality (none when good), built once: shared by every metric. */
+  private readonly qualityProperties: Record<Quality, DataProperties | undefined>;
 
   constructor(options: SparkplugOptions) {
     this.options = options;
@@ -203,6 +211,9 @@ export class SparkplugFormat implements NorthboundFormat {
     this.ncmdTopic = this.topic('NCMD');
     this.dcmdPrefix = `${this.topic('DCMD')}/`;
     for (const metric of NODE_METRICS) this.declare('', metric.name, DataType.UInt64, false);
+    const codes = QUALITY_CODES[options.quality];
+    const quality = (code: number) => dataProperties({ Quality: { type: DataType.Int32, value: code } });
+    this.qualityProperties = { good: undefined, uncertain: quality(codes.uncertain), bad: quality(codes.bad) };
   }
 
   attach(control: FormatControl): void {
@@ -300,23 +311,37 @@ export class SparkplugFormat implements NorthboundFormat {
   ): CloudMessage | undefined {
     const metricsOf = this.metrics.get(device);
     const born = state.declared.get(device);
-    const metrics: SparkplugMetric[] = [];
-    for (const { tag, quality, ts, value } of samples) {
+    const metrics: DataMetric[] = [];
+    // The name of the tag at hand, for an error message: one closure per message, not a string per value.
+    let tag = '';
+    const what = () => `${device}/${tag}`;
+    // Metrics of one payload in time order [tck-id-operational-behavior-data-publish-dbirth-order]:
+    // a cycle's samples may carry the device's own (older) timestamps in config order.
+    for (const sample of inTimeOrder(samples)) {
+      tag = sample.tag;
+      const { ts } = sample;
       const info = metricsOf?.get(tag);
       const birthTs = born?.get(tag);
       // A tag the device's birth did not declare (removed by a reload since the row was stored): hosts rebirth on unknown aliases.
       if (!info || birthTs === undefined || ts === birthTs) continue;
-      const metric: SparkplugMetric = { alias: info.alias, timestamp: ts, datatype: info.datatype };
+      let properties = this.qualityProperties[sample.quality];
+      let value: WireScalar | undefined;
+      if (sample.value !== null) {
+        try {
+          value = wireValueOf(info.datatype, sample.value, what);
+        } catch (error) {
+          this.misfit(device, tag, info, sample.value, errorMessage(error));
+          properties = this.qualityProperties.bad;
+        }
+      }
       // Older than the value its birth carried: history, never a step back of the current value.
-      if (historical || ts < birthTs) metric.isHistorical = true;
-      this.fill(metric, device, tag, info, quality, value);
-      metrics.push(metric);
+      metrics.push(dataMetric(info.alias, ts, value, historical || ts < birthTs, properties));
     }
     if (metrics.length === 0) return undefined;
-    // Metrics of one payload in time order [tck-id-operational-behavior-data-publish-dbirth-order]:
-    // a cycle's samples may carry the device's own (older) timestamps in config order.
-    inTimeOrder(metrics);
-    return this.message(this.topic('DDATA', device), { timestamp: Date.now(), metrics }, session, true);
+    const payload = encodeDataPayload(Date.now(), session.peekSeq() & 0xff, metrics);
+    // The seq is taken once the payload is encoded (see message).
+    session.nextSeq();
+    return { topic: this.topic('DDATA', device), payload, qos: 0, retain: false };
   }
 
   /** A metric's value (or is_null) and quality property; a value that does not fit the declared datatype goes as is_null, bad. */
@@ -442,8 +467,7 @@ export class SparkplugFormat implements NorthboundFormat {
       declared.set(tag.name, tag.last ? tag.last.ts : Number.NEGATIVE_INFINITY);
       metrics.push(metric);
     }
-    inTimeOrder(metrics);
-    const message = this.message(this.topic('DBIRTH', device.name), { timestamp: now, metrics }, session);
+    const message = this.message(this.topic('DBIRTH', device.name), { timestamp: now, metrics: [...inTimeOrder(metrics)] }, session);
     state.declared.set(device.name, declared);
     return message;
   }
@@ -618,14 +642,13 @@ export class SparkplugFormat implements NorthboundFormat {
   }
 }
 
-/** Sorts metrics by timestamp (stable), when they are not in order already. */
-function inTimeOrder(metrics: SparkplugMetric[]): void {
-  for (let index = 1; index < metrics.length; index++) {
-    if ((metrics[index]!.timestamp ?? 0) < (metrics[index - 1]!.timestamp ?? 0)) {
-      metrics.sort((a, b) => (a.timestamp ?? 0) - (b.timestamp ?? 0));
-      return;
-    }
+/** The items by timestamp (stable): the same array when they are in order already, else a sorted copy. */
+function inTimeOrder<Item extends { timestamp?: number | undefined } | { ts: number }>(items: readonly Item[]): readonly Item[] {
+  const time = (item: Item) => ('ts' in item ? item.ts : (item.timestamp ?? 0));
+  for (let index = 1; index < items.length; index++) {
+    if (time(items[index]!) < time(items[index - 1]!)) return [...items].sort((a, b) => time(a) - time(b));
   }
+  return items;
 }
 
 /** A sample value for a record: JSON, with 64-bit integers kept exact. */

@@ -33,8 +33,11 @@ import {
   describeValue,
   elementTypeOf,
   isArrayType,
+  label,
   scalarToWire,
   type MetricValue,
+  type Where,
+  type WireScalar,
 } from './datatypes.js';
 
 const DECLARED: Record<string, DataType> = {
@@ -135,23 +138,31 @@ export function sparkplugTypeOf(tag: TagTypeInfo, value?: TagValue | null): Data
   return arrayType;
 }
 
-function integerOf(value: unknown, type: DataType, what: string): number | bigint {
+function integerOf(value: unknown, type: DataType, what: Where): number | bigint {
   if (typeof value === 'number' || typeof value === 'bigint') return value;
-  throw new TypeError(`${what}: ${dataTypeName(type)} takes a number, got ${describeValue(value)}`);
+  throw new TypeError(`${label(what)}: ${dataTypeName(type)} takes a number, got ${describeValue(value)}`);
 }
 
 /** DateTime from what the gateway carries: ms since the epoch, or an ISO 8601 string (OPC UA). */
-function dateTimeOf(value: unknown, what: string): number | bigint {
+function dateTimeOf(value: unknown, what: Where): number | bigint {
   if (typeof value === 'number' || typeof value === 'bigint') return value;
   if (typeof value === 'string') {
     const ms = Date.parse(value);
     if (!Number.isNaN(ms)) return ms;
   }
-  throw new TypeError(`${what}: DateTime takes ms since the epoch or an ISO 8601 time, got ${describeValue(value)}`);
+  throw new TypeError(`${label(what)}: DateTime takes ms since the epoch or an ISO 8601 time, got ${describeValue(value)}`);
 }
 
 /** One gateway scalar as the codec's value for a scalar datatype. */
-function scalarValueOf(type: DataType, value: unknown, what: string): MetricValue {
+function scalarValueOf(type: DataType, value: unknown, what: Where): MetricValue {
+  const converted = convertScalar(type, value, what);
+  // The codec's own checks: kind and range, with its messages.
+  scalarToWire(type, converted, what);
+  return converted as MetricValue;
+}
+
+/** A gateway scalar converted for a scalar datatype where the two differ, unchecked otherwise (the codec checks). */
+function convertScalar(type: DataType, value: unknown, what: Where): unknown {
   let converted: unknown = value;
   switch (type) {
     case DataType.Int8:
@@ -168,7 +179,7 @@ function scalarValueOf(type: DataType, value: unknown, what: string): MetricValu
     case DataType.UInt64: {
       const integer = integerOf(value, type, what);
       if (typeof integer === 'number' && !Number.isSafeInteger(integer))
-        throw new RangeError(`${what}: ${dataTypeName(type)} needs a whole number within ±2^53 or a bigint, got ${integer}`);
+        throw new RangeError(`${label(what)}: ${dataTypeName(type)} needs a whole number within ±2^53 or a bigint, got ${integer}`);
       converted = BigInt(integer);
       break;
     }
@@ -184,13 +195,11 @@ function scalarValueOf(type: DataType, value: unknown, what: string): MetricValu
       break;
     case DataType.Bytes:
       if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value))
-        throw new TypeError(`${what}: Bytes takes base64 text, got ${describeValue(value)}`);
+        throw new TypeError(`${label(what)}: Bytes takes base64 text, got ${describeValue(value)}`);
       converted = new Uint8Array(Buffer.from(value, 'base64'));
       break;
   }
-  // The codec's own checks: kind and range, with its messages.
-  scalarToWire(type, converted, what);
-  return converted as MetricValue;
+  return converted;
 }
 
 /**
@@ -198,14 +207,24 @@ function scalarValueOf(type: DataType, value: unknown, what: string): MetricValu
  * OPC UA DateTime string as ms, base64 as bytes). Throws TypeError/RangeError when it does not
  * fit, e.g. 300 as Int8. `what` names the tag in the message.
  */
-export function metricValueOf(datatype: DataType, value: TagValue, what = 'value'): MetricValue {
+export function metricValueOf(datatype: DataType, value: TagValue, what: Where = 'value'): MetricValue {
   if (!isArrayType(datatype)) {
-    if (Array.isArray(value)) throw new TypeError(`${what}: ${dataTypeName(datatype)} takes one value, got ${describeValue(value)}`);
+    if (Array.isArray(value)) throw new TypeError(`${label(what)}: ${dataTypeName(datatype)} takes one value, got ${describeValue(value)}`);
     return scalarValueOf(datatype, value, what);
   }
-  if (!Array.isArray(value)) throw new TypeError(`${what}: ${dataTypeName(datatype)} takes an array, got ${describeValue(value)}`);
+  if (!Array.isArray(value)) throw new TypeError(`${label(what)}: ${dataTypeName(datatype)} takes an array, got ${describeValue(value)}`);
   const element = elementTypeOf(datatype)!;
-  return value.map((item, index) => scalarValueOf(element, item, `${what}[${index}]`)) as MetricValue;
+  return value.map((item, index) => scalarValueOf(element, item, `${label(what)}[${index}]`)) as MetricValue;
+}
+
+/**
+ * A gateway value as the wire field and value of `datatype` (see scalarToWire): metricValueOf
+ * and the codec's check in one, for data messages (DDATA), where each value is converted and
+ * checked once instead of twice. Throws as metricValueOf does.
+ */
+export function wireValueOf(datatype: DataType, value: TagValue, what: Where): WireScalar {
+  if (isArrayType(datatype) || Array.isArray(value)) return scalarToWire(datatype, metricValueOf(datatype, value, what), what);
+  return scalarToWire(datatype, convertScalar(datatype, value, what), what);
 }
 
 /**
