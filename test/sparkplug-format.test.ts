@@ -366,6 +366,19 @@ describe('SparkplugFormat', () => {
     const fromMemory = metrics(row);
     assert.deepEqual(metrics(fromDisk(row)), fromMemory);
     assert.equal(fromMemory[0]?.length, 6);
+    // A row of the first version of the record (a tuple per sample), left in the outbox by an older gateway.
+    const firstVersion = {
+      d: 'plc',
+      s: [
+        ['ramp', 0, 900, 7],
+        ['temp', 1, 2000, 21.75],
+        ['sp', 2, 2000, null],
+        ['flag', 0, 2000, true],
+        ['big', 0, 2000, { n: (-(2n ** 63n)).toString() }],
+        ['ramp', 0, 2000, 70000],
+      ],
+    };
+    assert.deepEqual(metrics({ ...row, payload: Buffer.from(JSON.stringify(firstVersion)) }), fromMemory);
   });
 
   it('a rebirth: NBIRTH seq 0 with the same bdSeq, DBIRTH of every device, DDEATH of the dead ones, then seq goes on from there', (t) => {

@@ -116,13 +116,29 @@ const QUALITY_CODES = {
 const QUALITY_INDEX: Record<Quality, number> = { good: 0, uncertain: 1, bad: 2 };
 const QUALITY_OF: readonly Quality[] = ['good', 'uncertain', 'bad'];
 
-/** A record's sample: [tag, quality index, ts, value as JSON (bigint as {"n": "…"}), or null]. */
+/** A sample of a record of the first version: [tag, quality index, ts, value as JSON (bigint as {"n": "…"}), or null]. */
 type StoredSample = [string, number, number, unknown];
 
+/**
+ * A DATA record as stored: columns of the cycle's samples. Most cycles have one timestamp and
+ * only good samples: then `t` and `q` are left out. (The first version stored a tuple per
+ * sample, `s`; rows of it are still read.)
+ */
 interface DataRecord {
   /** The device. */
   d: string;
-  s: StoredSample[];
+  /** Tag names. */
+  n?: string[];
+  /** Values as JSON (bigint as {"n": "…"}), or null. */
+  v?: unknown[];
+  /** The timestamp of every sample, or… */
+  ts?: number;
+  /** …each sample's. */
+  t?: number[];
+  /** Quality indexes (QUALITY_INDEX), when not all are good. */
+  q?: number[];
+  /** The first version's samples. */
+  s?: StoredSample[];
 }
 
 /** A sample as a record carries it to encode: the gateway's own Sample (live rows), or one read back from disk. */
@@ -251,11 +267,23 @@ export class SparkplugFormat implements NorthboundFormat {
         const record: DeathRecord = { d: device, ts: report.ts };
         return { kind: RecordKind.SPARKPLUG_DEATH, topic: deathTopic, payload: Buffer.from(JSON.stringify(record)), qos: 0, retain: false };
       }
-      if (report.samples.length === 0) return undefined;
-      const record: DataRecord = {
-        d: device,
-        s: report.samples.map((sample) => [sample.tag, QUALITY_INDEX[sample.quality], sample.ts, storedValue(sample.value)]),
-      };
+      const { samples } = report;
+      if (samples.length === 0) return undefined;
+      const ts = samples[0]!.ts;
+      let sameTs = true;
+      let allGood = true;
+      const names: string[] = [];
+      const values: unknown[] = [];
+      for (const sample of samples) {
+        names.push(sample.tag);
+        values.push(storedValue(sample.value));
+        if (sample.ts !== ts) sameTs = false;
+        if (sample.quality !== 'good') allGood = false;
+      }
+      const record: DataRecord = { d: device, n: names, v: values };
+      if (sameTs) record.ts = ts;
+      else record.t = samples.map((sample) => sample.ts);
+      if (!allGood) record.q = samples.map((sample) => QUALITY_INDEX[sample.quality]);
       const payload = Buffer.from(JSON.stringify(record));
       // (The gateway's samples are new objects every cycle, never changed after: safe to keep.)
       this.cycles.set(payload, { device, samples: report.samples });
@@ -668,13 +696,30 @@ function loadValue(stored: unknown): TagValue | null {
 /** A DATA record read back from disk as its cycle; undefined when it is not one. */
 function parseCycle(payload: Buffer): Cycle | undefined {
   const record = parseRecord<DataRecord>(payload);
-  if (!record || typeof record.d !== 'string' || !Array.isArray(record.s)) return undefined;
+  if (!record || typeof record.d !== 'string') return undefined;
   const samples: CycleSample[] = [];
-  for (const sample of record.s as unknown[]) {
-    if (!Array.isArray(sample) || typeof sample[0] !== 'string') continue;
-    const [tag, qualityIndex, ts, stored] = sample as StoredSample;
-    samples.push({ tag, quality: QUALITY_OF[qualityIndex] ?? 'bad', ts, value: loadValue(stored) });
+  if (Array.isArray(record.s)) {
+    for (const sample of record.s as unknown[]) {
+      if (!Array.isArray(sample) || typeof sample[0] !== 'string') continue;
+      const [tag, qualityIndex, ts, stored] = sample as StoredSample;
+      samples.push({ tag, quality: QUALITY_OF[qualityIndex] ?? 'bad', ts, value: loadValue(stored) });
+    }
+    return { device: record.d, samples };
   }
+  const { n: names, v: values, t: times, q: qualities } = record;
+  if (!Array.isArray(names) || !Array.isArray(values) || names.length !== values.length) return undefined;
+  if (times !== undefined && (!Array.isArray(times) || times.length !== names.length)) return undefined;
+  if (qualities !== undefined && (!Array.isArray(qualities) || qualities.length !== names.length)) return undefined;
+  names.forEach((tag, index) => {
+    if (typeof tag !== 'string') return;
+    samples.push({
+      tag,
+      quality: qualities ? (QUALITY_OF[qualities[index]!] ?? 'bad') : 'good',
+      // (A timestamp that is not a number fails the row's encoding, as in the first version.)
+      ts: (times ? times[index] : record.ts) as number,
+      value: loadValue(values[index]),
+    });
+  });
   return { device: record.d, samples };
 }
 
