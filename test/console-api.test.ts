@@ -314,7 +314,10 @@ describe('web console API, loopback endpoint (no login)', () => {
     }
   });
 
-  it('/trend: points for a numeric tag after a few seconds, none for a string tag', async () => {
+  it('/trend: points for a numeric tag after a few seconds while a browser looks, none for a string tag', async (t) => {
+    // Trends are sampled while a console is open (and a while after): this test is one.
+    const events = await SseReader.open(`${base}/api/console/events`);
+    t.after(() => events.close());
     let points: Array<[number, number]> = [];
     await waitFor(
       async () => {

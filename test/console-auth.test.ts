@@ -1,10 +1,17 @@
 // The console's login limit per remote address, as a unit: failures count before the password
 // check, and a login that succeeds takes back only its own attempt, so a user cannot launder
-// guesses at someone else's password by logging in as themselves between them.
+// guesses at someone else's password by logging in as themselves between them. And the trends,
+// which cost nothing until someone opens the console.
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import { before, describe, it } from 'node:test';
 import { hashPassword } from '../src/broker/security.js';
+import pino from 'pino';
+import { EventBus } from '../src/app/event-bus.js';
+import type { GatewayEvents } from '../src/app/events.js';
 import { ConsoleAuth, LOGIN_FAILURES } from '../src/console/auth.js';
+import { ConsoleLive, tagKey } from '../src/console/live.js';
+import type { Sample } from '../src/pipeline/normalize.js';
 
 describe('console login limit', () => {
   let users: Array<{ username: string; passwordHash: string; console?: 'viewer' | 'operator' }>;
@@ -45,5 +52,38 @@ describe('console login limit', () => {
     const wrong = await console.login('10.0.0.12', 'ops', 'nope');
     assert.ok(!noRole.ok && !wrong.ok);
     assert.equal(noRole.ok === false && noRole.error, wrong.ok === false && wrong.error);
+  });
+});
+
+describe('console trends', () => {
+  it('are sampled only from the first browser on, and dropped trendMinutes after the last one left', async () => {
+    let value = 0;
+    const source = {
+      bus: new EventBus<GatewayEvents>(),
+      eachTag: (visit: (device: string, tag: string, last: Sample | undefined) => void) =>
+        visit('plc', 'level', { device: 'plc', group: 'default', tag: 'level', value: value++, quality: 'good', ts: Date.now() }),
+      overview: () => ({}),
+      outboxDepth: () => undefined,
+    };
+    const live = new ConsoleLive(source, { updateInterval: 1000, trendMinutes: 1 }, pino({ level: 'silent' }));
+    live.start();
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1200));
+      assert.deepEqual(live.trends.points(tagKey('plc', 'level')), [], 'nobody looked: nothing sampled');
+      // A browser: a request/response pair as node:http gives them (what attach uses of them).
+      const socket = { setTimeout: () => undefined, setNoDelay: () => undefined };
+      const response = Object.assign(new EventEmitter(), {
+        writableLength: 0,
+        writeHead: () => undefined,
+        write: () => true,
+        end: () => undefined,
+        destroy: () => undefined,
+      });
+      live.attach({ socket } as never, response as never);
+      assert.equal(live.trends.points(tagKey('plc', 'level')).length, 1, 'sampled at once when a browser connects');
+    } finally {
+      live.stop();
+    }
+    assert.deepEqual(live.trends.points(tagKey('plc', 'level')), [], 'stopped: the rings are gone');
   });
 });

@@ -54,6 +54,9 @@ export class ConsoleLive {
   private unsubscribe: Array<() => void> = [];
   private timers: NodeJS.Timeout[] = [];
   private clientTimers: NodeJS.Timeout[] = [];
+  /** Samples the trends once a second, from the first browser until trendMinutes after the last one left. */
+  private trendTimer: NodeJS.Timeout | undefined;
+  private trendStop: NodeJS.Timeout | undefined;
 
   constructor(source: LiveSource, options: LiveOptions, log: Logger) {
     this.source = source;
@@ -62,10 +65,9 @@ export class ConsoleLive {
     this.trends = new Trends(options.trendMinutes);
   }
 
-  /** Trend and outbox history sampling, from now on (whether or not a browser is connected). */
+  /** Outbox history sampling, from now on (whether or not a browser is connected: one point per 10 s). */
   start(): void {
     this.timers.push(
-      setInterval(() => this.sampleTrends(), 1000),
       setInterval(() => {
         const depth = this.source.outboxDepth();
         if (depth !== undefined) this.outboxHistory.add(Date.now(), depth);
@@ -77,6 +79,7 @@ export class ConsoleLive {
   stop(): void {
     for (const timer of this.timers) clearInterval(timer);
     this.timers = [];
+    this.stopTrends();
     for (const client of this.clients) client.end();
     this.clients.clear();
     this.idle();
@@ -108,9 +111,20 @@ export class ConsoleLive {
     this.send(response, 'overview', this.source.overview());
   }
 
-  /** The first browser: listen to the bus, start the update timers. */
+  /**
+   * The first browser: listen to the bus, start the update timers and the trends. Trends are kept
+   * while someone looks (and `trendMinutes` after, so a reload keeps them): a gateway whose
+   * console nobody opens spends neither CPU nor memory on them.
+   */
   private busy(): void {
     const { bus } = this.source;
+    clearTimeout(this.trendStop);
+    this.trendStop = undefined;
+    if (!this.trendTimer) {
+      this.trendTimer = setInterval(() => this.sampleTrends(), 1000);
+      this.trendTimer.unref();
+      this.sampleTrends();
+    }
     this.unsubscribe = [
       bus.on('device-state', (event) => this.broadcast('device-state', event)),
       bus.on('uplink-state', (event) => this.broadcast('uplink-state', event)),
@@ -141,6 +155,10 @@ export class ConsoleLive {
 
   /** No browser any more. */
   private idle(): void {
+    if (this.trendTimer && !this.trendStop) {
+      this.trendStop = setTimeout(() => this.stopTrends(), this.options.trendMinutes * 60_000);
+      this.trendStop.unref();
+    }
     for (const stop of this.unsubscribe) stop();
     this.unsubscribe = [];
     for (const timer of this.clientTimers) clearInterval(timer);
@@ -158,6 +176,14 @@ export class ConsoleLive {
       rows.push([device, tag, last.value, last.quality, last.reason ?? null, last.ts]);
     });
     if (rows.length > 0) this.broadcast('samples', rows);
+  }
+
+  private stopTrends(): void {
+    clearInterval(this.trendTimer);
+    clearTimeout(this.trendStop);
+    this.trendTimer = undefined;
+    this.trendStop = undefined;
+    this.trends.clear();
   }
 
   private sampleTrends(): void {

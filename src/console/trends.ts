@@ -2,7 +2,7 @@
 // point per second at most (the latest sample of that second), 12 bytes each (seconds as Uint32,
 // value as Float64), in a ring per tag that grows as it fills up to `minutes` of points. Points are
 // taken by sampling the tags' latest values once a second, not from the event bus, so the poll
-// path pays nothing for them.
+// path pays nothing for them; and only while a console is open (see live.ts).
 import type { TagValue } from '../pipeline/driver.js';
 
 const INITIAL_CAPACITY = 16;
@@ -100,8 +100,9 @@ export class Trends {
     return this.rings.get(key)?.points(Math.floor(now / 1000) - this.seconds) ?? [];
   }
 
-  forget(keep: (key: string) => boolean): void {
-    for (const key of this.rings.keys()) if (!keep(key)) this.rings.delete(key);
+  /** Drops every ring (their memory too). */
+  clear(): void {
+    this.rings.clear();
   }
 }
 
