@@ -176,7 +176,8 @@ await sleep(t1 - Date.now());
 const cpuEnd = cpuOf();
 const seconds = (Date.now() - t0) / 1000;
 const cpuPercent = Object.fromEntries(
-  Object.keys(cpuEnd).map((name) => [name, Math.round(((cpuEnd[name]! - cpuStart[name]!) / seconds) * 100)]),
+  // One decimal: at 1 s polls the formats differ by about one point.
+  Object.keys(cpuEnd).map((name) => [name, Math.round(((cpuEnd[name]! - cpuStart[name]!) / seconds) * 1000) / 10]),
 );
 const rssEnd = rssMb(pid);
 const peakRss = peakRssMb(pid);
