@@ -850,6 +850,7 @@ export class Gateway {
         overruns: health.overruns,
         cycles: health.cycles,
         plans: health.plans,
+        lastPollSeconds: health.lastPollSeconds,
       };
     }
     // Not running: its driver is being loaded and created, or that failed and is tried again.
@@ -866,6 +867,7 @@ export class Gateway {
       overruns: 0,
       cycles: 0,
       plans: {},
+      lastPollSeconds: {},
     };
   }
 

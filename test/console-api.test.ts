@@ -307,8 +307,12 @@ describe('web console API, loopback endpoint (no login)', () => {
         30_000,
         downAt + 1,
       );
-      const devices = json<{ devices: Array<{ name: string; state: string }> }>(await client.get('/api/console/devices')).devices;
+      const devices = json<{ devices: Array<{ name: string; state: string; lastPollSeconds: Record<string, number> }> }>(
+        await client.get('/api/console/devices'),
+      ).devices;
       assert.equal(devices.find((device) => device.name === 'plc')?.state, 'connected');
+      const lastRead = devices.find((device) => device.name === 'plc')?.lastPollSeconds.default;
+      assert.ok(typeof lastRead === 'number' && lastRead >= 0, `the last read's duration: ${String(lastRead)}`);
     } finally {
       events.close();
     }

@@ -43,6 +43,8 @@ export interface DeviceSnapshot {
   overruns: number;
   cycles: number;
   plans: Record<string, string>;
+  /** Per poll group, the duration of its last read in seconds. */
+  lastPollSeconds: Record<string, number>;
 }
 
 export interface TagStatus {

@@ -37,6 +37,8 @@ export interface DeviceHealth {
   cycles: number;
   /** Per poll group, what one poll costs as it runs now (the driver's plan.describe(): requests, ranges, learnt holes). */
   plans: Record<string, string>;
+  /** Per poll group, how long its last read took, in seconds (groups not read yet, and subscriptions, are absent). */
+  lastPollSeconds: Record<string, number>;
 }
 
 export interface ReadingsEvent {
@@ -72,6 +74,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     overruns: 0,
     cycles: 0,
     plans: {},
+    lastPollSeconds: {},
   };
   private readonly options: DeviceRunnerOptions<Tag>;
   private readonly clock: Clock;
@@ -171,12 +174,16 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         readings = await this.options.driver.read(plan);
         this.setNextTry(this.options.driver.nextTryAt);
         this.notePlan(group, plan);
-        this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, true);
+        const seconds = (performance.now() - started) / 1000;
+        this.health.lastPollSeconds[group.name] = seconds;
+        this.options.onPollDone?.(group.name, seconds, true);
         // Only a completed read proves the link works; a connect alone may be reset at once.
         this.consecutiveFailures = 0;
       } catch (error) {
         if (this.stopped) return; // stop() closed the connection under this read
-        this.options.onPollDone?.(group.name, (performance.now() - started) / 1000, false);
+        const seconds = (performance.now() - started) / 1000;
+        this.health.lastPollSeconds[group.name] = seconds;
+        this.options.onPollDone?.(group.name, seconds, false);
         const reason = errorMessage(error);
         this.health.lastError = reason;
         readings = allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error');

@@ -54,6 +54,8 @@ export interface DeviceSnapshot {
   overruns: number;
   cycles: number;
   plans: Record<string, string>;
+  /** Per poll group, how long its last read took (seconds). */
+  lastPollSeconds: Record<string, number>;
 }
 
 export type LastReload = { at: string } & (

@@ -16,6 +16,12 @@ function NextTry({ at, now }: { at: string | null; now: number }): VNode {
   return html`<span title=${at}>${seconds > 0 ? `in ${duration(seconds)}` : 'now'}</span>`;
 }
 
+/** The last read's duration, in ms below a second. */
+function pollDuration(seconds: number | undefined): string {
+  if (seconds === undefined) return '';
+  return seconds < 1 ? `last read ${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1)} ms` : `last read ${seconds.toFixed(2)} s`;
+}
+
 function Details({ device }: { device: DeviceSnapshot }): VNode {
   const codes = Object.entries(device.errorsByCode).sort((a, b) => b[1] - a[1]);
   const plans = Object.entries(device.plans);
@@ -33,7 +39,14 @@ function Details({ device }: { device: DeviceSnapshot }): VNode {
       ${
         plans.length > 0
           ? html`<table class="plans">
-              ${plans.map(([group, plan]) => html`<tr><th>${group}</th><td><pre>${plan}</pre></td></tr>`)}
+              ${plans.map(
+                ([group, plan]) =>
+                  html`<tr>
+                    <th>${group}</th>
+                    <td><pre>${plan}</pre></td>
+                    <td class="num" data-testid=${`poll-duration-${device.name}-${group}`}>${pollDuration(device.lastPollSeconds[group])}</td>
+                  </tr>`,
+              )}
             </table>`
           : html`<span class="muted">none yet (the device has not connected)</span>`
       }
