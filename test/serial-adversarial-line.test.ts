@@ -3,6 +3,7 @@
 // written to, late replies on a shared line. Each peer is a plain net.Server whose script reacts to
 // the bytes it receives, so every sequence is exactly the same on every run.
 import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
@@ -235,11 +236,21 @@ describe('serial adversarial: floods', () => {
     const frames = Buffer.from('W 1.250 kg\r\n'.repeat(5000));
     let phase: 'garbage' | 'frames' = 'garbage';
     let sent = 0;
+    // Paused while memory is measured: what is in transit between the two ends then (a loaded
+    // machine lets the sender run far ahead) is not what the gateway keeps.
+    let paused = false;
+    let resume: (() => void) | undefined;
+    let server: Socket | undefined;
     const device = await startDeviceServer(
       () => undefined,
       (socket) => {
+        server = socket;
         const pump = (): void => {
           while (!socket.destroyed) {
+            if (paused) {
+              resume = pump;
+              return;
+            }
             const chunk = phase === 'garbage' ? garbage : frames;
             sent += chunk.length;
             if (!socket.write(chunk)) {
@@ -266,25 +277,33 @@ describe('serial adversarial: floods', () => {
     // Memory that is still referenced after a full collection (received chunks are garbage at once).
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
-    const live = (): NodeJS.MemoryUsage => {
+    const live = async (): Promise<NodeJS.MemoryUsage> => {
+      paused = true;
+      // Until the sender's own buffer is handed to the kernel (received data is garbage at once).
+      await waitFor(() => (server?.writableLength ?? 0) === 0, 10_000, "the sender's buffer to drain");
       gc();
-      return process.memoryUsage();
+      const usage = process.memoryUsage();
+      paused = false;
+      const next = resume;
+      resume = undefined;
+      next?.();
+      return usage;
     };
-    const baseline = live();
+    const baseline = await live();
     await waitFor(
       () => sent > 300 * 1024 * 1024,
       30_000,
       () => `300 MB of garbage sent (${sent})`,
     );
     assert.equal(good, 0);
-    const afterGarbage = live();
+    const afterGarbage = await live();
     phase = 'frames';
     await waitFor(
       () => good > 200_000,
       30_000,
       () => `200 000 frames (${good})`,
     );
-    const afterFrames = live();
+    const afterFrames = await live();
     await driver.close();
     const grew = (from: NodeJS.MemoryUsage, to: NodeJS.MemoryUsage) => to.heapUsed + to.arrayBuffers - (from.heapUsed + from.arrayBuffers);
     // Unbounded buffering would hold hundreds of MB; the splitter keeps at most maxLength.
