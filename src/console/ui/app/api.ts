@@ -1,5 +1,8 @@
 // The console API (src/console/server.ts) as the page sees it: the JSON shapes, and fetch with the
 // session's CSRF token on every POST. A 401 means the session ended: the app shows the login form.
+// The shapes follow the server's types (src/app/status.ts and others) as JSON carries them — 64-bit
+// integers as decimal strings, times as ISO text — rather than importing those types: the page is
+// type-checked on its own (DOM libraries, no Node types), and the server's types hold bigints.
 
 export type Role = 'viewer' | 'operator';
 export type Quality = 'good' | 'uncertain' | 'bad';
