@@ -283,7 +283,9 @@ describe('config errors: each bad file gets the exact report', () => {
     [
       'a plain password where a hash belongs',
       { broker: { users: [{ username: 'hmi', passwordHash: 'secret' }] } },
-      ['broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got "secret"'],
+      [
+        'broker.users[0].passwordHash: expected a hash from `plc2mqtt passwd` ("scrypt$16384$8$1$…"), never a plain password, got a value that is not shown (a secret)',
+      ],
     ],
     [
       "http.port on a broker listener's port",

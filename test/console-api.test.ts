@@ -24,6 +24,7 @@ import {
   json,
   type SessionInfo,
   SseReader,
+  sessionCookie,
   send,
   setCookie,
   writeConfig,
@@ -181,6 +182,19 @@ describe('web console API, loopback endpoint (no login)', () => {
     }
     assert.equal((await client.get('/api/console/overview', { Host: `localhost:${httpPort}` })).status, 200);
     assert.equal((await client.get('/api/console/overview', { Host: `127.0.0.1:${httpPort}` })).status, 200);
+  });
+
+  it('the same guard holds for /api/status and /metrics (a rebinding page must not read them), not for the health checks; a forwarded request is refused', async () => {
+    for (const path of ['/api/status', '/metrics']) {
+      const answer = await client.get(path, { Host: `evil.example.com:${httpPort}` });
+      assert.equal(answer.status, 403, `${path}: ${answer.body}`);
+    }
+    assert.equal((await client.get('/api/status')).status, 200);
+    assert.equal((await client.get('/healthz', { Host: 'probe.internal' })).status, 200);
+    // A reverse proxy in front of a loopback endpoint would hand everyone operator rights without a login.
+    const proxied = await client.get('/api/console/overview', { 'X-Forwarded-For': '203.0.113.9' });
+    assert.equal(proxied.status, 403, proxied.body);
+    assert.match(proxied.body, /set http\.host/);
   });
 
   it('a POST without the CSRF token (or with a wrong one) is refused and writes nothing; with it the write reaches the Modbus server, audited as "console"', async () => {
@@ -611,11 +625,17 @@ describe('web console API, endpoint beyond loopback (login required)', () => {
       statuses.every((status) => status === 401 || status === 429),
       statuses.join(','),
     );
-    // Attempts are counted before the (async) scrypt check: parallel guesses are limited too.
-    const checked = statuses.filter((status) => status === 401).length;
-    const after = await attacker.login('ops', 'one-more-guess');
-    assert.ok(checked <= 5, `${checked} of 20 parallel guesses were checked (401), ${20 - checked} refused (429); then: ${after.status}`);
-    assert.equal(after.status, 429, 'the address is limited afterwards');
+    // Attempts are counted before the (async) scrypt check, and only a few checks run at once:
+    // parallel guesses are limited too. Then one after the other until the address is limited.
+    let checked = statuses.filter((status) => status === 401).length;
+    assert.ok(checked <= 5, `${checked} of 20 parallel guesses were checked (401), ${20 - checked} refused (429)`);
+    let after = 0;
+    for (let attempt = 0; attempt < 6 && after !== 429; attempt++) {
+      after = (await attacker.login('ops', `one-more-guess-${attempt}`)).status;
+      if (after === 401) checked++;
+    }
+    assert.equal(after, 429, 'the address is limited');
+    assert.equal(checked, 5, 'five checked guesses in all');
   });
 
   it('a viewer logs in (HttpOnly, SameSite=Strict, Path=/ cookie; not Secure over HTTP), reads every page, and cannot write', async () => {
@@ -677,6 +697,22 @@ describe('web console API, endpoint beyond loopback (login required)', () => {
     const refusal = await gateway.waitForLog((line) => line.audit === 'write' && line.tag === 'fixed' && line.username === 'ops', 5000);
     assert.equal(refusal.result, 'rejected');
     assert.equal(refusal.source, 'console');
+  });
+
+  it('a live stream ends with its session (logout); /api/status needs a session off loopback', async () => {
+    const ops = new ConsoleClient(base);
+    const login = await ops.login('ops', 'ops-pw-1');
+    assert.equal(login.status, 200);
+    const events = await SseReader.open(`${base}/api/console/events`, { Cookie: sessionCookie(login) });
+    try {
+      await events.waitFor('the overview', (event) => event.event === 'overview', 5000);
+      assert.equal((await send(`${base}/api/status`)).status, 401, 'anonymous: no tag values');
+      assert.equal((await ops.get('/api/status')).status, 200, 'with the console session');
+      assert.equal((await ops.post('/api/console/logout', '')).status, 204);
+      await waitFor(() => events.ended, 5000, 'the stream to end with the session');
+    } finally {
+      events.close();
+    }
   });
 
   it('logout ends the session (and needs the CSRF token)', async () => {

@@ -5,11 +5,11 @@
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { before, describe, it } from 'node:test';
-import { hashPassword } from '../src/broker/security.js';
+import { hashPassword, verifyPassword } from '../src/broker/security.js';
 import pino from 'pino';
 import { EventBus } from '../src/app/event-bus.js';
 import type { GatewayEvents } from '../src/app/events.js';
-import { ConsoleAuth, LOGIN_FAILURES } from '../src/console/auth.js';
+import { addressKey, ConsoleAuth, LOGIN_FAILURES } from '../src/console/auth.js';
 import { ConsoleLive, tagKey } from '../src/console/live.js';
 import type { Sample } from '../src/pipeline/normalize.js';
 
@@ -20,6 +20,7 @@ describe('console login limit', () => {
     users = [
       { username: 'ops', passwordHash: await hashPassword('ops-secret'), console: 'operator' },
       { username: 'eve', passwordHash: await hashPassword('eve-secret'), console: 'viewer' },
+      { username: 'mqtt-only', passwordHash: await hashPassword('device-secret') },
     ];
   });
 
@@ -37,16 +38,46 @@ describe('console login limit', () => {
     assert.equal(elsewhere.ok, true, 'another address is not limited');
   });
 
-  it('guesses sent at once are limited as if one after the other', async () => {
+  it('guesses sent at once: two password checks at a time, and five checked guesses per address in all', async () => {
     const console = auth();
     const results = await Promise.all(Array.from({ length: 12 }, (_, index) => console.login('10.0.0.11', 'ops', `parallel-${index}`)));
-    const checked = results.filter((result) => !result.ok && result.status === 401).length;
+    let checked = results.filter((result) => !result.ok && result.status === 401).length;
+    assert.equal(checked, 2, 'two scrypt checks at once; the rest "too many logins at once"');
+    for (let guess = 0; guess < 10; guess++) {
+      const result = await console.login('10.0.0.11', 'ops', `after-${guess}`);
+      if (!result.ok && result.status === 401) checked++;
+    }
     assert.equal(checked, LOGIN_FAILURES);
-    assert.equal(results.filter((result) => !result.ok && result.status === 429).length, 12 - LOGIN_FAILURES);
+  });
+
+  it('IPv6 addresses count by their /64, IPv4-mapped ones as IPv4', () => {
+    assert.equal(addressKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+    assert.equal(addressKey('2001:db8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64');
+    assert.equal(addressKey('::ffff:192.0.2.7'), '192.0.2.7');
+    assert.equal(addressKey('192.0.2.7'), '192.0.2.7');
+    assert.equal(addressKey('::1'), '0:0:0:0::/64');
+  });
+
+  it('an unknown user, or one without a console role, costs a password check as a known one does (the answer time tells no user names)', async () => {
+    const hashes: string[] = [];
+    const console = new ConsoleAuth({
+      loginRequired: true,
+      secure: false,
+      users: () => users,
+      verify: async (password, hash) => {
+        hashes.push(hash);
+        return verifyPassword(password, hash);
+      },
+    });
+    await console.login('10.0.0.13', 'nobody-here', 'x');
+    await console.login('10.0.0.13', 'mqtt-only', 'device-secret');
+    await console.login('10.0.0.13', 'ops', 'wrong');
+    assert.equal(hashes.length, 3);
+    assert.match(hashes[0]!, /^scrypt\$16384\$8\$1\$/, 'the same scrypt cost as a real hash');
+    assert.equal(hashes[0], hashes[1], 'one dummy hash for every name that cannot log in');
   });
 
   it('a user without a console role cannot log in, with the same message as a wrong password', async () => {
-    users.push({ username: 'mqtt-only', passwordHash: await hashPassword('device-secret') });
     const console = auth();
     const noRole = await console.login('10.0.0.12', 'mqtt-only', 'device-secret');
     const wrong = await console.login('10.0.0.12', 'ops', 'nope');
@@ -79,7 +110,7 @@ describe('console trends', () => {
         end: () => undefined,
         destroy: () => undefined,
       });
-      live.attach({ socket } as never, response as never);
+      live.attach({ socket } as never, response as never, () => true);
       assert.equal(live.trends.points(tagKey('plc', 'level')).length, 1, 'sampled at once when a browser connects');
     } finally {
       live.stop();

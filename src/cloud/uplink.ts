@@ -438,5 +438,15 @@ export class Uplink {
 
 /** The URL without user:password, for logs. */
 export function redactUrl(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//');
+  try {
+    const parsed = new URL(url);
+    parsed.username = '';
+    parsed.password = '';
+    // Query parameters may carry credentials too (wss://…?password=…).
+    parsed.search = '';
+    return parsed.href.replace(/\/$/, url.endsWith('/') ? '/' : '');
+  } catch {
+    // Not a URL the parser takes: everything up to the authority's last "@" goes.
+    return url.replace(/\/\/[^/]*@/, '//').replace(/\?.*$/, '');
+  }
 }

@@ -119,3 +119,6 @@ export const baseDeviceFields = {
     .default({})
     .meta({ description: 'Extra placeholders for topic templates, e.g. {"site": "plant1", "line": "press"} for {site}/{line}.' }),
 };
+
+/** Keys whose values are secrets wherever they are in a config: never shown in messages, logs or the console. */
+export const SECRET_KEY = /^(password|passwordHash|passphrase|metricsToken|token|secret|apiKey)$/i;

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { compileTopicTemplate, filterProblem, RESERVED_PLACEHOLDERS, topicProblem, type TopicTemplate } from '../northbound/topics.js';
 import { commandTopic, renderStatusTopic, tagTopicSource, topicVariables } from '../northbound/json/topics.js';
 import { configJsonSchema, configSchema, httpSection, type Config } from './schema.js';
+import { SECRET_KEY } from './common.js';
 
 export type JsonPath = ReadonlyArray<string | number>;
 
@@ -295,14 +296,14 @@ function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
     case 'invalid_type': {
       if (input === undefined) return [{ path, message: `is required (expected ${issue.expected})` }];
       const hint = issue.expected === 'number' && typeof input === 'string' && /^-?\d/.test(input) ? ' (write numbers without quotes)' : '';
-      return [{ path, message: `expected ${issue.expected}, got ${describeValue(input)}${hint}` }];
+      return [{ path, message: `expected ${issue.expected}, got ${shown(input, path)}${hint}` }];
     }
     case 'invalid_value': {
       const options = issue.values.map((value) => JSON.stringify(value));
       if (input === undefined) return [{ path, message: `is required (one of ${options.join(', ')})` }];
       const suggestion = typeof input === 'string' ? closest(input, issue.values.map(String)) : undefined;
       const hint = suggestion ? `; did you mean "${suggestion}"?` : '';
-      return [{ path, message: `got ${describeValue(input)}, expected one of ${options.join(', ')}${hint}` }];
+      return [{ path, message: `got ${shown(input, path)}, expected one of ${options.join(', ')}${hint}` }];
     }
     case 'invalid_union': {
       if ('discriminator' in issue && issue.discriminator) {
@@ -336,7 +337,7 @@ function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
           message:
             input === undefined
               ? `is required (expected ${expected.join(' or ')})`
-              : `expected ${expected.join(' or ')}, got ${describeValue(input)}`,
+              : `expected ${expected.join(' or ')}, got ${shown(input, path)}`,
         },
       ];
     }
@@ -349,18 +350,18 @@ function describeIssue(issue: Issue, root: unknown): ConfigProblem[] {
         return [
           {
             path,
-            message: `must have ${op} ${bound} item${bound === 1 ? '' : 's'}, got ${Array.isArray(input) ? input.length : describeValue(input)}`,
+            message: `must have ${op} ${bound} item${bound === 1 ? '' : 's'}, got ${Array.isArray(input) ? input.length : shown(input, path)}`,
           },
         ];
       }
       const what = issue.origin === 'string' ? `${bound} characters long` : String(bound);
-      return [{ path, message: `must be ${op} ${what}, got ${describeValue(input)}` }];
+      return [{ path, message: `must be ${op} ${what}, got ${shown(input, path)}` }];
     }
     case 'invalid_format':
       return [
         {
           path,
-          message: `${issue.message.startsWith('Invalid') ? `not a valid ${issue.format}` : issue.message}, got ${describeValue(input)}`,
+          message: `${issue.message.startsWith('Invalid') ? `not a valid ${issue.format}` : issue.message}, got ${shown(input, path)}`,
         },
       ];
     default:
@@ -375,6 +376,12 @@ function valueAt(root: unknown, path: JsonPath): unknown {
     node = (node as Record<string | number, unknown>)[key];
   }
   return node;
+}
+
+/** A value for a message, unless it sits under a secret's key (a password typed in the wrong field must not reach logs or the console). */
+function shown(value: unknown, path: readonly (string | number)[]): string {
+  const key = path.at(-1);
+  return typeof key === 'string' && SECRET_KEY.test(key) ? 'a value that is not shown (a secret)' : describeValue(value);
 }
 
 function describeValue(value: unknown): string {

@@ -381,9 +381,9 @@ export const httpSection = z
           'How often a browser gets the tag values that changed (at most): 10,000 changing tags cost one message per interval.',
           50,
         ).default(250),
-        trendMinutes: z.number().int().min(1).max(120).default(5).meta({
+        trendMinutes: z.number().int().min(1).max(30).default(5).meta({
           description:
-            'Minutes of history per numeric or boolean tag kept in memory for the trend: one point per second at most, 12 bytes each (10,000 tags changing every second for 5 minutes: 36 MB).',
+            'Minutes of history per numeric or boolean tag kept in memory for the trend: one point per second at most, 12 bytes each (10,000 tags changing every second for 5 minutes: 36 MB; at most 30 minutes: 216 MB).',
         }),
       })
       .prefault({}),

@@ -39,6 +39,8 @@ const OUTBOX_HISTORY_EVERY_MS = 10_000;
 /** One hour of outbox depth at one point per 10 s. */
 const OUTBOX_HISTORY_POINTS = 360;
 const MAX_UNSENT_BYTES = 4 * 1024 * 1024;
+/** Streams at once, all browsers together (each may hold up to MAX_UNSENT_BYTES). */
+export const MAX_BROWSERS = 32;
 
 export const tagKey = (device: string, tag: string): string => `${device}\u0000${tag}`;
 
@@ -48,7 +50,8 @@ export class ConsoleLive {
   private readonly source: LiveSource;
   private readonly options: LiveOptions;
   private readonly log: Logger;
-  private readonly clients = new Set<ServerResponse>();
+  /** Each browser's stream, with the check that its session still holds. */
+  private readonly clients = new Map<ServerResponse, () => boolean>();
   /** The sample last sent of each tag (by identity: a new sample is a new object). */
   private readonly sent = new Map<string, Sample>();
   private unsubscribe: Array<() => void> = [];
@@ -80,7 +83,7 @@ export class ConsoleLive {
     for (const timer of this.timers) clearInterval(timer);
     this.timers = [];
     this.stopTrends();
-    for (const client of this.clients) client.end();
+    for (const client of this.clients.keys()) client.end();
     this.clients.clear();
     this.idle();
   }
@@ -89,8 +92,16 @@ export class ConsoleLive {
     return this.clients.size;
   }
 
-  /** Turns the request into an event stream for one browser. */
-  attach(request: IncomingMessage, response: ServerResponse): void {
+  /**
+   * Turns the request into an event stream for one browser, while `allowed` holds (its session:
+   * checked every 2 s and at every logout, so a stream ends with its session).
+   */
+  attach(request: IncomingMessage, response: ServerResponse, allowed: () => boolean): void {
+    if (this.clients.size >= MAX_BROWSERS) {
+      response.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Retry-After': '10', 'Cache-Control': 'no-store' });
+      response.end(JSON.stringify({ error: `${MAX_BROWSERS} console browsers are connected already` }));
+      return;
+    }
     response.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-store',
@@ -102,7 +113,7 @@ export class ConsoleLive {
     request.socket.setTimeout(0);
     request.socket.setNoDelay(true);
     if (this.clients.size === 0) this.busy();
-    this.clients.add(response);
+    this.clients.set(response, allowed);
     const forget = () => {
       this.clients.delete(response);
       if (this.clients.size === 0) this.idle();
@@ -138,16 +149,14 @@ export class ConsoleLive {
         }),
       ),
     ];
-    // Changes from now on: what the browser's snapshot holds is newer than anything sent before.
-    this.sent.clear();
-    this.source.eachTag((device, tag, last) => {
-      if (last) this.sent.set(tagKey(device, tag), last);
-    });
     this.clientTimers = [
       setInterval(() => this.flushSamples(), this.options.updateInterval),
-      setInterval(() => this.broadcast('overview', this.source.overview()), OVERVIEW_EVERY_MS),
       setInterval(() => {
-        for (const client of this.clients) client.write(': keep-alive\n\n');
+        this.revalidate();
+        this.broadcast('overview', this.source.overview());
+      }, OVERVIEW_EVERY_MS),
+      setInterval(() => {
+        for (const client of this.clients.keys()) client.write(': keep-alive\n\n');
       }, HEARTBEAT_EVERY_MS),
     ];
     for (const timer of this.clientTimers) timer.unref();
@@ -163,7 +172,8 @@ export class ConsoleLive {
     this.unsubscribe = [];
     for (const timer of this.clientTimers) clearInterval(timer);
     this.clientTimers = [];
-    this.sent.clear();
+    // (What was sent stays known: the next browser's first update has everything that changed
+    // since, so nothing between its snapshot and its stream is missed; the page keeps the newer.)
   }
 
   private flushSamples(): void {
@@ -187,15 +197,22 @@ export class ConsoleLive {
   }
 
   private sampleTrends(): void {
+    const now = Date.now();
     this.source.eachTag((device, tag, last) => {
-      if (last) this.trends.record(tagKey(device, tag), last.ts, last.value);
+      // By the gateway's clock: a device whose clock is off would put its points outside the window.
+      if (last) this.trends.record(tagKey(device, tag), now, last.value);
     });
+  }
+
+  /** Ends the streams whose session ended (a logout, an expiry, a reload that removed the user or changed the role). */
+  revalidate(): void {
+    for (const [client, allowed] of this.clients) if (!allowed()) client.end();
   }
 
   private broadcast(event: string, data: unknown): void {
     if (this.clients.size === 0) return;
     const text = frame(event, data);
-    for (const client of this.clients) this.write(client, text);
+    for (const client of this.clients.keys()) this.write(client, text);
   }
 
   private send(client: ServerResponse, event: string, data: unknown): void {

@@ -1,13 +1,11 @@
 // Secrets never reach the console: the running config is shown with every secret replaced and
 // every value that came from an environment variable as the file wrote it (${NAME}).
 import { redactUrl } from '../cloud/uplink.js';
+import { SECRET_KEY } from '../config/common.js';
 import { envReferencesOf } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 
 export const REDACTED = '<redacted>';
-
-/** Keys whose values are secrets wherever they are (passwords, hashes, passphrases, tokens). */
-const SECRET_KEYS = /^(password|passwordHash|passphrase|metricsToken|token|secret|apiKey)$/i;
 
 /** The config with secrets replaced, environment variables as referenced, and URLs without credentials. */
 export function redactConfig(config: Config): unknown {
@@ -15,7 +13,7 @@ export function redactConfig(config: Config): unknown {
 }
 
 function redact(value: unknown, key: string | undefined, path: Array<string | number>, references: ReadonlyMap<string, string>): unknown {
-  if (key !== undefined && SECRET_KEYS.test(key) && value !== undefined && value !== null) return REDACTED;
+  if (key !== undefined && SECRET_KEY.test(key) && value !== undefined && value !== null) return REDACTED;
   const written = references.get(path.join('.'));
   if (written !== undefined) return key === 'url' ? redactUrl(written) : written;
   if (key === 'url' && typeof value === 'string') return redactUrl(value);

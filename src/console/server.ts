@@ -37,7 +37,9 @@ const SECURITY_HEADERS = {
 };
 
 const MAX_JSON_BODY = 64 * 1024;
-const MAX_CONFIG_BODY = 1024 * 1024;
+const MAX_CONFIG_BODY = 256 * 1024;
+/** Problems listed by the validate box at most (a pasted file of garbage keys makes thousands). */
+const MAX_REPORTED_PROBLEMS = 200;
 
 class HttpError extends Error {
   constructor(
@@ -63,6 +65,7 @@ export class ConsoleServer {
   private readonly configFile: string | undefined;
   private readonly assets = new Map<string, Buffer>();
   private cpu = { at: process.hrtime.bigint(), usage: process.cpuUsage(), percent: 0 };
+  private validating = false;
 
   constructor(gateway: Gateway, options: ConsoleOptions, log: Logger) {
     this.gateway = gateway;
@@ -109,15 +112,43 @@ export class ConsoleServer {
   }
 
   /**
-   * Without a login (loopback), a page on another site could still reach 127.0.0.1 through the
-   * browser (DNS rebinding): the Host must be a loopback name. And a POST from another origin is refused.
+   * What every request to the endpoint must pass, also /api/status and /metrics (the caller
+   * answers with the error): without a login (loopback), a page on another site could still reach
+   * 127.0.0.1 through the browser (DNS rebinding), so the Host must be a loopback name; and a
+   * reverse proxy in front of a loopback endpoint would give the whole network operator rights
+   * without a login, so forwarded requests are refused.
    */
-  private checkOrigin(request: IncomingMessage): void {
+  checkHost(request: IncomingMessage): { status: number; message: string } | undefined {
+    if (this.auth.loginRequired) return undefined;
     const host = request.headers.host ?? '';
-    if (!this.auth.loginRequired && !isLoopbackHost(hostName(host)))
-      throw new HttpError(403, `the console answers on this machine's loopback address only, not "${host}"`);
+    if (!isLoopbackHost(hostName(host)))
+      return { status: 403, message: `this endpoint answers on this machine's loopback address only, not "${host}"` };
+    if (
+      request.headers.forwarded !== undefined ||
+      request.headers['x-forwarded-for'] !== undefined ||
+      request.headers['x-forwarded-host'] !== undefined
+    )
+      return {
+        status: 403,
+        message:
+          'a forwarded request (a reverse proxy?) to an endpoint without logins: set http.host to the address the proxy uses (not 127.0.0.1), so that logins are required',
+      };
+    return undefined;
+  }
+
+  /** Whether /api/status may answer: always on loopback; elsewhere with a console session (or the caller checks the metrics token). */
+  mayReadStatus(request: IncomingMessage): boolean {
+    return this.auth.session(request) !== undefined;
+  }
+
+  /** A POST from another origin is refused (a null origin too: a sandboxed frame's form). */
+  private checkOrigin(request: IncomingMessage): void {
+    const refused = this.checkHost(request);
+    if (refused) throw new HttpError(refused.status, refused.message);
+    const host = request.headers.host ?? '';
     const origin = request.headers.origin;
-    if (request.method === 'POST' && origin !== undefined && origin !== 'null') {
+    if (request.method === 'POST' && origin === 'null') throw new HttpError(403, 'a request from an opaque origin');
+    if (request.method === 'POST' && origin !== undefined) {
       let originHost: string;
       try {
         originHost = new URL(origin).host;
@@ -142,9 +173,14 @@ export class ConsoleServer {
     if (route === 'POST /login') {
       const body = await readJson(request, MAX_JSON_BODY);
       const address = request.socket.remoteAddress ?? 'unknown';
-      const result = await this.auth.login(address, field(body, 'username'), field(body, 'password'));
+      const username = field(body, 'username');
+      const result = await this.auth.login(address, username, field(body, 'password'));
       if (!result.ok) {
-        this.log.warn({ address, username: String(field(body, 'username')).slice(0, 64), status: result.status }, 'console login refused');
+        // The name only when it is a user's: a password typed into the name field is never logged.
+        this.log.warn(
+          { address, username: this.auth.isUser(username) ? username : '(not a user)', status: result.status },
+          'console login refused',
+        );
         const headers: Record<string, string> = result.retryAfterSeconds ? { 'Retry-After': String(result.retryAfterSeconds) } : {};
         throw new HttpError(result.status, result.error, headers);
       }
@@ -163,9 +199,11 @@ export class ConsoleServer {
     switch (route) {
       case 'POST /logout':
         response.writeHead(204, { 'Set-Cookie': this.auth.logout(request), 'Cache-Control': 'no-store' });
-        return void response.end();
+        response.end();
+        // Its live streams end now, not at their next check.
+        return this.live.revalidate();
       case 'GET /events':
-        return this.live.attach(request, response);
+        return this.live.attach(request, response, () => this.auth.session(request) !== undefined);
       case 'GET /overview':
         return sendJson(response, 200, this.overview());
       case 'GET /devices':
@@ -192,8 +230,16 @@ export class ConsoleServer {
       }
       case 'GET /config':
         return sendJson(response, 200, { file: this.configFile ?? null, config: redactConfig(this.gateway.config) });
-      case 'POST /validate':
-        return sendJson(response, 200, validate(await readText(request, MAX_CONFIG_BODY)));
+      case 'POST /validate': {
+        // One at a time: a large config blocks the event loop while it is checked.
+        if (this.validating) throw new HttpError(429, 'another validation is running; try again in a moment', { 'Retry-After': '1' });
+        this.validating = true;
+        try {
+          return sendJson(response, 200, validate(await readText(request, MAX_CONFIG_BODY)));
+        } finally {
+          this.validating = false;
+        }
+      }
       case 'POST /write':
         return sendJson(response, 200, await this.write(session, await readJson(request, MAX_JSON_BODY)));
       default:
@@ -287,8 +333,21 @@ function validate(text: string): { ok: boolean; report: string; problems: Array<
     return { ok: true, problems: [], report: `pasted config: valid — ${summary}${note}` };
   } catch (error) {
     if (!(error instanceof ConfigError)) return { ok: false, problems: [], report: errorMessage(error) + note };
-    const problems = error.problems.map((problem) => ({ path: problem.path.join('.'), message: problem.message }));
-    return { ok: false, problems, report: formatProblems('pasted config', error.problems) + note };
+    const shown = error.problems.slice(0, MAX_REPORTED_PROBLEMS);
+    const problems = shown.map((problem) => ({ path: problem.path.join('.'), message: problem.message }));
+    const more = error.problems.length - shown.length;
+    const cut = more > 0 ? `\n  … and ${more} more` : '';
+    return {
+      ok: false,
+      problems,
+      report:
+        formatProblems('pasted config', shown).replace(
+          /^pasted config: \d+ problems?/,
+          `pasted config: ${error.problems.length} problem${error.problems.length === 1 ? '' : 's'}`,
+        ) +
+        cut +
+        note,
+    };
   }
 }
 
@@ -318,6 +377,9 @@ async function readText(request: IncomingMessage, limit: number): Promise<string
 }
 
 async function readJson(request: IncomingMessage, limit: number): Promise<unknown> {
+  // A form cannot send application/json across origins without a preflight this server never grants.
+  if (!/^application\/json\b/i.test(request.headers['content-type'] ?? ''))
+    throw new HttpError(415, 'expected Content-Type: application/json');
   const text = await readText(request, limit);
   try {
     return JSON.parse(text) as unknown;

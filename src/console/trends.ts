@@ -25,6 +25,8 @@ class Ring {
   }
 
   push(second: number, value: number): void {
+    // Points only go forward (a clock set back must not fold the trend).
+    if (this.length > 0 && second < this.lastSecond) return;
     if (this.length > 0 && this.lastSecond === second) {
       this.values[(this.start + this.length - 1) % this.values.length] = value;
       return;

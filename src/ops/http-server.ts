@@ -91,6 +91,10 @@ async function handle(
 ): Promise<void> {
   const url = new URL(request.url ?? '/', 'http://localhost');
   if (webConsole && (await webConsole.handle(request, response, url))) return;
+  // The console's Host and proxy guard holds for every path (a rebinding page must not read
+  // /api/status either); health checks are answered whatever the name they use.
+  const refused = url.pathname === '/healthz' || url.pathname === '/readyz' ? undefined : webConsole?.checkHost(request);
+  if (refused) return send(response, refused.status, 'text/plain', `${refused.message}\n`);
   if (request.method !== 'GET' && request.method !== 'HEAD') {
     response.setHeader('Allow', 'GET, HEAD');
     return send(response, 405, 'text/plain', 'method not allowed\n');
@@ -109,6 +113,20 @@ async function handle(
       }
       return send(response, 200, metrics.registry.contentType, await metrics.scrape());
     case '/api/status': {
+      // Off loopback the tag values are the console's business: a console session or the metrics token.
+      if (
+        webConsole?.auth.loginRequired &&
+        !webConsole.mayReadStatus(request) &&
+        !(config.metricsToken !== undefined && bearerMatches(request, config.metricsToken))
+      ) {
+        response.setHeader('WWW-Authenticate', 'Bearer realm="plc2mqtt status"');
+        return send(
+          response,
+          401,
+          'text/plain',
+          'log in to the console first, or send the metrics token (http.metricsToken) as a bearer token\n',
+        );
+      }
       const device = url.searchParams.get('device');
       const names = gateway.config.devices.map((entry) => entry.name);
       if (device !== null && !names.includes(device)) {

@@ -156,6 +156,8 @@ export interface SseEvent {
 export class SseReader {
   readonly events: SseEvent[] = [];
   status = 0;
+  /** The server ended the stream. */
+  ended = false;
   private buffer = '';
   private request: ReturnType<typeof httpRequest> | undefined;
 
@@ -172,6 +174,7 @@ export class SseReader {
           response.setEncoding('utf8');
           response.on('data', (chunk: string) => reader.take(chunk));
           response.on('error', () => undefined);
+          response.on('end', () => (reader.ended = true));
           resolve();
         },
       );

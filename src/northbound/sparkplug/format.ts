@@ -352,6 +352,9 @@ export class SparkplugFormat implements NorthboundFormat {
       const birthTs = born?.get(tag);
       // A tag the device's birth did not declare (removed by a reload since the row was stored): hosts rebirth on unknown aliases.
       if (!info || birthTs === undefined || ts === birthTs) continue;
+      // A time that is not whole ms since the epoch (a damaged stored row) would fail the whole
+      // message after a birth took its seq: the sample is left out instead.
+      if (!Number.isSafeInteger(ts) || ts < 0) continue;
       let properties = this.qualityProperties[sample.quality];
       let value: WireScalar | undefined;
       if (sample.value !== null) {

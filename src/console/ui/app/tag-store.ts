@@ -32,6 +32,8 @@ export class TagStore {
   /** Rows for tags the snapshot did not have (a reload added them): the snapshot is due again. */
   onUnknown: () => void = () => {};
   private byKey = new Map<string, TagEntry>();
+  /** Rows that came before the first snapshot: applied once it is loaded (newer ones win by ts). */
+  private early: SampleRow[] = [];
   private readonly listeners = new Set<() => void>();
   private frame = 0;
 
@@ -70,11 +72,18 @@ export class TagStore {
     this.devices = [...devices];
     this.loaded = true;
     this.structure++;
+    const early = this.early;
+    this.early = [];
+    if (early.length > 0) this.apply(early);
     this.changed();
   }
 
   apply(rows: SampleRow[]): void {
-    if (!this.loaded) return;
+    if (!this.loaded) {
+      // (Bounded: a snapshot that never comes must not grow the page.)
+      if (this.early.length < 200_000) this.early.push(...rows);
+      return;
+    }
     let unknown = false;
     for (const [device, tag, value, quality, reason, ts] of rows) {
       const entry = this.byKey.get(mapKey(device, tag));

@@ -195,6 +195,8 @@ function Trend({ entry }: { entry: TagEntry }): VNode {
 
 /** The text typed: JSON when it parses to a number, true/false, text or an array; else the text itself. */
 export function parseWriteValue(text: string): TagValue {
+  // An integer beyond 2^53 would lose digits as a JSON number: sent as text, which int64 tags take exactly.
+  if (/^-?\d+$/.test(text) && !Number.isSafeInteger(Number(text))) return text;
   try {
     const parsed: unknown = JSON.parse(text);
     if (typeof parsed === 'number' || typeof parsed === 'boolean' || typeof parsed === 'string') return parsed;
