@@ -286,9 +286,11 @@ describe('plc2mqtt simulate + read with the demo scale', () => {
 
   it('--pty without socat on PATH: a clear error, exit 1, the ports freed', async () => {
     const port = await freePort();
+    // (Each port claimed: port + 1 may be another test's.)
+    const scale = await freePort();
     const result = spawnSync(
       process.execPath,
-      [CLI, 'simulate', '--port', String(port), '--scale-port', String(port === 65535 ? port - 1 : port + 1), '--pty', join(folder, 'x')],
+      [CLI, 'simulate', '--port', String(port), '--scale-port', String(scale), '--pty', join(folder, 'x')],
       { encoding: 'utf8', timeout: 30_000, env: { ...process.env, PATH: dirname(process.execPath) } },
     );
     assert.equal(result.status, 1, result.stderr);
