@@ -1,12 +1,14 @@
 // The cloud uplink, composed: messages for the cloud go into the outbox (outbox.ts); the sender
 // (sender.ts) drains it over the connection (connection.ts), each message deleted only after its
-// PUBACK (QoS 0: after a ping round trip that follows it, see checkpoint.ts). What the messages look like is the northbound format's business
-// (northbound/format.ts): its records are encoded here, between the sender and the connection,
-// at send time and in the connection's session; its births go out after every connect before the
-// backlog, its will with every CONNECT, its goodbye at stop; what comes down from the cloud is
-// decoded by it into local publishes (into the integrated broker, without the gateway's own
-// messages coming back: echo.ts), writes, or a rebirth. Messages of local clients on forwarded
-// topics (bridge-rules.ts) pass through untouched.
+// PUBACK (QoS 0: after a ping round trip that follows it, see checkpoint.ts). What the messages
+// look like is the northbound format's business (northbound/format.ts): its records are encoded
+// here, between the sender and the connection, at send time and in the connection's session; after
+// every connect its subscriptions are made, then its births go out before the backlog (a format
+// may hold them: Sparkplug waits for its primary host), its will goes with every CONNECT and its
+// goodbye at a stop; what comes down from the cloud is decoded by it into local publishes (into
+// the integrated broker, without the gateway's own messages coming back: echo.ts), writes, a
+// rebirth or a reconnect. Messages of local clients on forwarded topics (bridge-rules.ts) pass
+// through untouched.
 import type { Logger } from 'pino';
 import type { IntegratedBroker } from '../broker/broker.js';
 import {
