@@ -20,7 +20,8 @@ import { Fifo } from '../util/fifo.js';
 import { RetainedStore } from './retained-store.js';
 
 // CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum we can't import).
-type AuthErrorCode = 4 | 5;
+type AuthErrorCode = 2 | 4 | 5;
+const AUTH_IDENTIFIER_REJECTED: AuthErrorCode = 2;
 const AUTH_BAD_CREDENTIALS: AuthErrorCode = 4;
 const AUTH_NOT_AUTHORIZED: AuthErrorCode = 5;
 
@@ -198,6 +199,11 @@ export class IntegratedBroker {
     const outbound = new WeakMap<Client, OutboundWindow>();
     const inboundQoS2 = new WeakMap<Client, InboundQoS2>();
     const identity = (client: Client): Identity => ({ username: usernameOf(client), clientId: client.id });
+    /**
+     * Clients whose CONNECT had an empty client id where one is required: refused in authenticate,
+     * the first step after preConnect that can answer with a CONNACK, before aedes stores anything.
+     */
+    const badClientIds = new WeakSet<Client>();
     const { limits } = config;
     const aedes = await Aedes.createBroker({
       // Keep-alive bounds and the connection limit, before anything else is done for the client.
@@ -213,6 +219,10 @@ export class IntegratedBroker {
         if (keepalive * 1000 > limits.keepAlive.max) return refuse(`keep-alive ${keepalive}s is longer than broker.limits.keepAlive.max`);
         if (limits.keepAlive.min > 0 && (keepalive === 0 || keepalive * 1000 < limits.keepAlive.min))
           return refuse(`keep-alive ${keepalive}s is shorter than broker.limits.keepAlive.min`);
+        // [MQTT-3.1.3-8]: an empty client id with Clean Session 0 asks for a session nobody could
+        // resume (aedes would store it under a random id); MQTT 3.1 requires an id always. MQTT 5
+        // clients are answered by the bridge (mqtt5.ts) before aedes sees them.
+        if (packet.clientId === '' && (packet.clean === false || packet.protocolVersion === 3)) badClientIds.add(client);
         inboundQoS2.set(client, InboundQoS2.watch(client));
         outbound.set(
           client,
@@ -241,6 +251,17 @@ export class IntegratedBroker {
           );
           callback(Object.assign(new Error(why), { returnCode: code }), false);
         };
+        if (badClientIds.has(client)) {
+          broker?.noteOnce(
+            'refused:emptyClientId',
+            { remote: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress },
+            'mqtt client refused: empty client id without a clean session (CONNACK 2 identifier rejected)',
+          );
+          return callback(
+            Object.assign(new Error('empty client id without a clean session'), { returnCode: AUTH_IDENTIFIER_REJECTED }),
+            false,
+          );
+        }
         if (username === undefined) {
           return access().allowAnonymous
             ? callback(null, true)

@@ -48,6 +48,7 @@ const PROTOCOL_ERROR = 0x82;
 const NOT_AUTHORIZED = 0x87;
 const BAD_USER_NAME_OR_PASSWORD = 0x86;
 const BAD_AUTHENTICATION_METHOD = 0x8c;
+const CLIENT_IDENTIFIER_NOT_VALID = 0x85;
 const TOPIC_ALIAS_INVALID = 0x94;
 const DISCONNECT_WITH_WILL = 0x04;
 /** MQTT 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
@@ -319,6 +320,9 @@ class Mqtt5Bridge {
     if (properties.maximumPacketSize !== undefined) this.clientMaximumPacketSize = properties.maximumPacketSize;
     // The broker's flow control (inflight.ts) reads it in preConnect, right after this CONNECT reaches aedes.
     if (properties.receiveMaximum !== undefined) receiveMaximums.set(this.aedesSide, properties.receiveMaximum);
+    // [MQTT-3.1.3-8] (MQTT 5: the server may refuse a client id): Clean Start 0 asks to resume a
+    // session, which an empty id can't name; refused as in 3.1.1 rather than given a new session.
+    if (connect.clientId === '' && connect.clean === false) return this.refuse(CLIENT_IDENTIFIER_NOT_VALID);
     let clientId = connect.clientId;
     // MQTT 5 lets the server assign an id and tell the client (CONNACK Assigned Client Identifier).
     if (clientId === '') clientId = this.assignedClientId = `auto-${randomUUID()}`;
