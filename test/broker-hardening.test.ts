@@ -1,11 +1,13 @@
 // Hardening of the integrated broker against careless and hostile clients (issue 17), at MQTT
-// 3.1.1 and 5: client ids that cannot name a session. Raw sockets (mqtt-packet) send what mqtt.js
+// 3.1.1 and 5: client ids that cannot name a session; ill-formed UTF-8 and U+0000 in topic names,
+// filters and will topics. Raw sockets (mqtt-packet) send what mqtt.js
 // would refuse to.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { generate, type IConnectPacket } from 'mqtt-packet';
-import { BrokerUnderTest, connectClient, endAll, RawClient } from './helpers/broker-harness.js';
+import { generate, type IConnectPacket, type Packet } from 'mqtt-packet';
+import { BrokerUnderTest, connectClient, endAll, RawClient, recordMessages, type Message } from './helpers/broker-harness.js';
+import { waitFor } from './helpers/net.js';
 
 /** What aedes' persistence reports about sessions kept for clients that are gone. */
 interface OfflineCount {
@@ -31,6 +33,46 @@ async function connectAndSubscribe(port: number, level: 4 | 5, connect: Partial<
   }
   raw.write(bytes);
   raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'orphan/#', qos: 1 }] });
+  return raw;
+}
+
+/** Ill-formed UTF-8: a lead byte without its continuation, a UTF-16 surrogate encoded as UTF-8, a stray continuation byte. */
+const ILL_FORMED: Array<[name: string, bytes: Buffer]> = [
+  ['a truncated sequence (C3 28)', Buffer.from([0xc3, 0x28])],
+  ['an encoded surrogate (ED A0 80)', Buffer.from([0xed, 0xa0, 0x80])],
+  ['a lone continuation byte (80)', Buffer.from([0x80])],
+];
+/** Stands for bad bytes while mqtt-packet encodes (it only encodes well-formed strings): '§' is C2 A7. */
+const MARK = '\u00a7';
+
+/** The placeholder for `bytes` in a string: as many MARKs as their 2 bytes each need. */
+function placeholder(bytes: Buffer): string {
+  return MARK.repeat(Math.ceil(bytes.length / 2));
+}
+
+/** `packet` encoded, with the placeholder for `bytes` in its strings replaced by them (padded with 'x' to its length). */
+function encodeWith(packet: Packet, level: 4 | 5, bytes: Buffer): Buffer {
+  const encoded = generate(packet, { protocolVersion: level });
+  const marks = Buffer.from(placeholder(bytes));
+  const at = encoded.indexOf(marks);
+  assert.ok(at > 0, 'the packet has the placeholder');
+  Buffer.concat([bytes, Buffer.from('x')]).copy(encoded, at, 0, marks.length);
+  return encoded;
+}
+
+/** Opens a raw connection at protocol level 4 or 5 and waits for a successful CONNACK. */
+async function rawConnect(port: number, level: 4 | 5): Promise<RawClient> {
+  const raw = await RawClient.open(port, level);
+  raw.send({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion: level,
+    keepalive: 60,
+    clean: true,
+    clientId: `raw-${level}-${Math.random()}`,
+  });
+  const connack = await raw.next('connack');
+  assert.equal(level === 5 ? connack.reasonCode : connack.returnCode, 0);
   return raw;
 }
 
@@ -100,5 +142,166 @@ describe('integrated broker hardening', () => {
       clients.push(client);
       assert.equal(client.connected, true);
     });
+  });
+
+  describe('ill-formed UTF-8 and U+0000 in topics close the connection; nothing is delivered or retained', () => {
+    let watcher: MqttClient;
+    let seen: Message[];
+    /** Topics of every message that reached aedes (each retained one would go to retained.db from there). */
+    const published: string[] = [];
+    let marker = 0;
+
+    before(async () => {
+      broker.broker.aedes.on('publish', (packet) => void published.push(packet.topic));
+      watcher = await connectClient(broker.url(), { clientId: 'utf8-watcher' });
+      clients.push(watcher);
+      seen = recordMessages(watcher);
+      await watcher.subscribeAsync('#', { qos: 1 });
+    });
+
+    /** Everything sent before has been routed once a marker went round; then nothing odd arrived or was kept. */
+    const assertNothingGotThrough = async (): Promise<void> => {
+      const text = `marker-${++marker}`;
+      await watcher.publishAsync('hardening/marker', text, { qos: 1 });
+      await waitFor(() => seen.some((message) => message.payload === text), 3000, text);
+      const odd = (topic: string) => topic.startsWith('bad');
+      assert.deepEqual(
+        seen.filter((message) => odd(message.topic)),
+        [],
+      );
+      assert.deepEqual(published.filter(odd), []);
+      // A new subscriber gets every retained message: none from the refused publishes.
+      const late = await connectClient(broker.url(), { clientId: `late-${marker}` });
+      const retained = recordMessages(late);
+      await late.subscribeAsync('#', { qos: 1 });
+      await waitFor(() => retained.some((message) => message.topic === 'hardening/retained-marker'), 3000, 'the retained marker');
+      await late.endAsync();
+      assert.deepEqual(
+        retained.filter((message) => odd(message.topic)),
+        [],
+      );
+    };
+
+    before(async () => {
+      await watcher.publishAsync('hardening/retained-marker', 'here', { qos: 1, retain: true });
+    });
+
+    /** The connection was closed for the bad packet: without an answer to it (MQTT 5: DISCONNECT 0x81 first). */
+    const assertClosed = async (raw: RawClient, level: 4 | 5, answer: Packet['cmd']): Promise<void> => {
+      raw.send({ cmd: 'pingreq' });
+      assert.equal(await raw.closedWithin(3000), true, 'the broker closes the connection');
+      assert.deepEqual(raw.of(answer), []);
+      if (level === 5) assert.equal(raw.of('disconnect')[0]?.reasonCode, 0x81, 'MQTT 5: DISCONNECT 0x81 Malformed Packet');
+    };
+
+    for (const level of [4, 5] as const) {
+      const spec = level === 4 ? '[MQTT-1.5.3-1]' : '[MQTT-1.5.4-1]';
+      const specNul = level === 4 ? '[MQTT-1.5.3-2]' : '[MQTT-1.5.4-2]';
+      for (const [name, bytes] of ILL_FORMED) {
+        it(`MQTT ${level === 4 ? '3.1.1' : '5'}: PUBLISH (QoS 1, retained) with ${name} in its topic ${spec}`, async () => {
+          const raw = keep(await rawConnect(broker.port(), level));
+          raw.write(
+            encodeWith(
+              {
+                cmd: 'publish',
+                topic: `bad/${placeholder(bytes)}/pub`,
+                payload: Buffer.from('x'),
+                qos: 1,
+                retain: true,
+                dup: false,
+                messageId: 1,
+              },
+              level,
+              bytes,
+            ),
+          );
+          await assertClosed(raw, level, 'puback');
+          await assertNothingGotThrough();
+        });
+      }
+
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: PUBLISH (QoS 0, retained) with U+0000 in its topic ${specNul}`, async () => {
+        const raw = keep(await rawConnect(broker.port(), level));
+        raw.send({ cmd: 'publish', topic: 'bad/\u0000/pub', payload: Buffer.from('x'), qos: 0, retain: true, dup: false });
+        await assertClosed(raw, level, 'pingresp');
+        await assertNothingGotThrough();
+      });
+
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: SUBSCRIBE with ill-formed UTF-8 or U+0000 in a filter ${spec} ${specNul}`, async () => {
+        for (const bytes of [ILL_FORMED[0]![1], Buffer.from([0])]) {
+          const raw = keep(await rawConnect(broker.port(), level));
+          raw.write(
+            encodeWith(
+              {
+                cmd: 'subscribe',
+                messageId: 2,
+                subscriptions: [
+                  { topic: 'ok/#', qos: 1 },
+                  { topic: `bad/${placeholder(bytes)}/#`, qos: 1 },
+                ],
+              },
+              level,
+              bytes,
+            ),
+          );
+          await assertClosed(raw, level, 'suback');
+        }
+        assert.equal(
+          broker.broker.clients().every((client) => client.id.startsWith('utf8-watcher') || client.subscriptions === 0),
+          true,
+        );
+      });
+
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: UNSUBSCRIBE with ill-formed UTF-8 or U+0000 in a filter ${spec} ${specNul}`, async () => {
+        for (const bytes of [ILL_FORMED[1]![1], Buffer.from([0])]) {
+          const raw = keep(await rawConnect(broker.port(), level));
+          raw.write(encodeWith({ cmd: 'unsubscribe', messageId: 3, unsubscriptions: [`bad/${placeholder(bytes)}`] }, level, bytes));
+          await assertClosed(raw, level, 'unsuback');
+        }
+      });
+
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: a will topic with ill-formed UTF-8 or U+0000 refuses the CONNECT; no will is published ${spec} ${specNul}`, async () => {
+        for (const bytes of [ILL_FORMED[2]![1], Buffer.from([0])]) {
+          const raw = keep(await RawClient.open(broker.port(), level));
+          raw.write(
+            encodeWith(
+              {
+                cmd: 'connect',
+                protocolId: 'MQTT',
+                protocolVersion: level,
+                keepalive: 60,
+                clean: true,
+                clientId: `will-${level}-${bytes.length}`,
+                will: { topic: `bad/${placeholder(bytes)}/will`, payload: Buffer.from('gone'), qos: 1, retain: true },
+              },
+              level,
+              bytes,
+            ),
+          );
+          assert.equal(await raw.closedWithin(3000), true);
+          const connack = raw.of('connack')[0];
+          // MQTT 3.1.1: closed without a CONNACK; MQTT 5: CONNACK 0x81 Malformed Packet.
+          if (level === 4) assert.equal(connack, undefined);
+          else assert.equal(connack?.reasonCode, 0x81);
+        }
+        await assertNothingGotThrough();
+      });
+
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: a topic with a real U+FFFD (well-formed) is accepted and delivered`, async () => {
+        const raw = keep(await rawConnect(broker.port(), level));
+        raw.send({
+          cmd: 'publish',
+          topic: `ok/\uFFFD/${level}`,
+          payload: Buffer.from('fine'),
+          qos: 1,
+          retain: false,
+          dup: false,
+          messageId: 4,
+        });
+        assert.equal((await raw.next('puback')).messageId, 4);
+        await waitFor(() => seen.some((message) => message.topic === `ok/\uFFFD/${level}`), 3000, 'the U+FFFD topic');
+        raw.send({ cmd: 'disconnect' });
+      });
+    }
   });
 });

@@ -87,6 +87,14 @@ export function onClientPacket(client: Client, listener: (packet: ClientPacket) 
 }
 
 /**
+ * The client's mqtt-packet parser, for refuseIllFormedStrings (mqtt-strings.ts). Uses
+ * `client._parser` (see onClientPacket): created with the client, before it parses anything.
+ */
+export function clientParser(client: Client): unknown {
+  return (client as Partial<ClientInternals>)._parser;
+}
+
+/**
  * Closes the client without publishing its will, as after a DISCONNECT packet. Uses
  * `client._disconnected` (aedes 1.2.0 sets it on DISCONNECT; close() publishes the will only
  * without it): aedes' close() has no option to drop the will.

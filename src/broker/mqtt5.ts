@@ -18,6 +18,8 @@ import {
   type Packet,
 } from 'mqtt-packet';
 import { Fifo } from '../util/fifo.js';
+import { clientParser } from './aedes-internals.js';
+import { refuseIllFormedStrings } from './mqtt-strings.js';
 
 /** Properties of an MQTT 5 PUBLISH: responseTopic, correlationData, contentType, userProperties… */
 export type PublishProperties = NonNullable<IPublishPacket['properties']>;
@@ -86,7 +88,8 @@ export function handleConnection(aedes: Pick<Aedes, 'handle'>, stream: Duplex, o
       // Not MQTT 5 (or not MQTT at all: aedes refuses that itself). Put the bytes back; aedes reads
       // the socket from here on as if nobody had looked.
       stream.unshift(head);
-      aedes.handle(stream, request);
+      // aedes parses the bytes on the next 'readable', so its parser is still untouched here.
+      refuseIllFormedStrings(clientParser(aedes.handle(stream, request)));
     }
   };
   stream.on('readable', onReadable);
@@ -251,6 +254,8 @@ class Mqtt5Bridge {
     });
     pendingProperties.set(this.aedesSide, this.properties);
     refusals.set(this.aedesSide, this.refused);
+    // Ill-formed UTF-8 or U+0000 in a string: DISCONNECT 0x81 (or CONNACK 0x81), below.
+    refuseIllFormedStrings(this.fromClient);
     this.fromClient.on('packet', (packet: Packet) => this.onClientPacket(packet));
     this.fromClient.on('error', () => this.refuse(MALFORMED_PACKET));
     this.fromAedes.on('packet', (packet: Packet) => this.onAedesPacket(packet));
