@@ -1,12 +1,22 @@
 // Hardening of the integrated broker against careless and hostile clients (issue 17), at MQTT
 // 3.1.1 and 5: client ids that cannot name a session; ill-formed UTF-8 and U+0000 in topic names,
-// filters and will topics. Raw sockets (mqtt-packet) send what mqtt.js
+// filters and will topics; ACL deny rules. Raw sockets (mqtt-packet) send what mqtt.js
 // would refuse to.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { generate, type IConnectPacket, type Packet } from 'mqtt-packet';
-import { BrokerUnderTest, connectClient, endAll, RawClient, recordMessages, type Message } from './helpers/broker-harness.js';
+import { hashPassword } from '../src/broker/security.js';
+import {
+  BrokerUnderTest,
+  closedWithin,
+  connectClient,
+  endAll,
+  RawClient,
+  recordMessages,
+  subscribeGranted,
+  type Message,
+} from './helpers/broker-harness.js';
 import { waitFor } from './helpers/net.js';
 
 /** What aedes' persistence reports about sessions kept for clients that are gone. */
@@ -304,4 +314,98 @@ describe('integrated broker hardening', () => {
       });
     }
   });
+});
+
+describe('ACL deny rules', () => {
+  let broker: BrokerUnderTest;
+  const clients: MqttClient[] = [];
+  let admin: MqttClient;
+  let adminSeen: Message[];
+  let sequence = 0;
+  const PASSWORDS = { admin: 'admin-pw', alice: 'alice-pw' } as const;
+
+  before(async () => {
+    const [adminHash, aliceHash] = await Promise.all([hashPassword(PASSWORDS.admin), hashPassword(PASSWORDS.alice)]);
+    broker = await BrokerUnderTest.start({
+      listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
+      users: [
+        { username: 'admin', passwordHash: adminHash },
+        { username: 'alice', passwordHash: aliceHash },
+      ],
+      acl: [
+        { user: 'admin', publish: ['#'], subscribe: ['#'] },
+        {
+          user: 'alice',
+          publish: ['plant/#'],
+          subscribe: ['plant/#'],
+          deny: { publish: ['plant/secret/#'], subscribe: ['plant/secret/#'] },
+        },
+      ],
+    });
+    admin = await connectClient(broker.url(), { username: 'admin', password: PASSWORDS.admin, clientId: 'deny-admin' });
+    clients.push(admin);
+    adminSeen = recordMessages(admin);
+    await admin.subscribeAsync('#', { qos: 1 });
+    await admin.publishAsync('plant/secret/retained', 'hidden', { qos: 1, retain: true });
+    await admin.publishAsync('plant/open/retained', 'visible', { qos: 1, retain: true });
+  });
+
+  after(async () => {
+    await endAll(clients);
+    await broker.close();
+  });
+
+  const alice = async (protocolVersion: 4 | 5): Promise<MqttClient> => {
+    const client = await connectClient(broker.url(), {
+      username: 'alice',
+      password: PASSWORDS.alice,
+      protocolVersion,
+      clientId: `deny-alice-${protocolVersion}-${++sequence}`,
+    });
+    clients.push(client);
+    return client;
+  };
+
+  for (const level of [4, 5] as const) {
+    const version = level === 4 ? '3.1.1' : '5';
+    // MQTT 5 says 0x87 Not authorized where 3.1.1 has only 0x80 Failure.
+    const refused = level === 4 ? 0x80 : 0x87;
+
+    it(`MQTT ${version}: a subscription inside a denied filter is refused, one around it granted`, async () => {
+      const client = await alice(level);
+      assert.deepEqual(await subscribeGranted(client, ['plant/secret/#', 'plant/secret/key', 'plant/#']), [refused, refused, 1]);
+      assert.equal(client.connected, true);
+    });
+
+    it(`MQTT ${version}: through a granted wildcard, messages and retained messages on denied topics are not delivered`, async () => {
+      const client = await alice(level);
+      const seen = recordMessages(client);
+      assert.deepEqual(await subscribeGranted(client, ['plant/#']), [1]);
+      await waitFor(() => seen.some((message) => message.topic === 'plant/open/retained'), 3000, 'the open retained message');
+      const marker = `marker-${level}`;
+      await admin.publishAsync('plant/secret/live', 'hidden', { qos: 1 });
+      await admin.publishAsync('plant/open/live', marker, { qos: 1 });
+      await waitFor(() => seen.some((message) => message.payload === marker), 3000, marker);
+      assert.deepEqual(
+        seen.filter((message) => message.topic.startsWith('plant/secret')),
+        [],
+      );
+    });
+
+    it(`MQTT ${version}: a publish on a denied topic inside an allowed one is refused and reaches nobody`, async () => {
+      const allowed = await alice(level);
+      await allowed.publishAsync('plant/open/from-alice', `ok-${level}`, { qos: 1 });
+      await waitFor(() => adminSeen.some((message) => message.payload === `ok-${level}`), 3000, 'the allowed publish');
+      const client = await alice(level);
+      client.publish('plant/secret/from-alice', `leak-${level}`, { qos: 1 }, () => undefined);
+      // Denied publishes disconnect the publisher at both levels (see the README's ACL notes).
+      assert.equal(await closedWithin(client, 3000), true);
+      await admin.publishAsync('plant/open/after', `after-${level}`, { qos: 1 });
+      await waitFor(() => adminSeen.some((message) => message.payload === `after-${level}`), 3000, 'the marker');
+      assert.deepEqual(
+        adminSeen.filter((message) => message.payload === `leak-${level}`),
+        [],
+      );
+    });
+  }
 });

@@ -151,6 +151,54 @@ describe('Acl', () => {
     assert.equal(closed.maySubscribe(who('admin'), 'a/b'), false);
   });
 
+  describe('deny rules (evaluated before allows)', () => {
+    const denying = new Acl(
+      brokerSection.parse({
+        acl: [
+          { user: 'admin', publish: ['#'], subscribe: ['#'] },
+          {
+            user: 'alice',
+            publish: ['plant/#'],
+            subscribe: ['plant/#'],
+            deny: { publish: ['plant/secret/#', 'plant/+/stop'], subscribe: ['plant/secret/#'] },
+          },
+          // For every client, admin included.
+          { subscribe: ['public/#'], deny: { subscribe: ['public/private'] } },
+        ],
+      }).acl,
+    );
+    const table: Array<[action: 'publish' | 'subscribe', Identity, string, boolean, string]> = [
+      ['publish', who('alice'), 'plant/line1/temp', true, 'allowed, not denied'],
+      ['publish', who('alice'), 'plant/secret/key', false, 'inside the denied filter'],
+      ['publish', who('alice'), 'plant/secret', false, '"#" includes the parent level'],
+      ['publish', who('alice'), 'plant/line1/stop', false, 'a "+" deny'],
+      ['publish', who('alice'), 'plant/secrets/x', true, 'only a prefix alike'],
+      ['publish', who('admin'), 'plant/secret/key', true, "alice's deny is not admin's"],
+      ['subscribe', who('alice'), 'plant/#', true, 'overlaps the deny: granted, deliveries filtered'],
+      ['subscribe', who('alice'), 'plant/+/key', true, 'overlaps the deny'],
+      ['subscribe', who('alice'), 'plant/secret/#', false, 'exactly the deny'],
+      ['subscribe', who('alice'), 'plant/secret/+', false, 'inside the deny'],
+      ['subscribe', who('alice'), 'plant/secret/key', false, 'a topic inside the deny (also how deliveries are checked)'],
+      ['subscribe', who('alice'), 'plant/line1/stop', true, 'the publish deny does not deny subscribing'],
+      ['subscribe', who('admin'), 'public/private', false, 'a deny without user applies to everyone, admin too'],
+      ['subscribe', who('admin'), 'public/#', true, 'overlapping the deny'],
+      ['subscribe', who(undefined), 'public/news', true, 'the default rule'],
+      ['subscribe', who(undefined), 'public/private', false, 'the default deny'],
+    ];
+    for (const [action, identity, topic, allowed, why] of table) {
+      it(`${action} ${allowed ? 'allowed' : 'denied'}: ${identity.username ?? '(anonymous)'} on "${topic}" (${why})`, () => {
+        assert.equal(action === 'publish' ? denying.mayPublish(identity, topic) : denying.maySubscribe(identity, topic), allowed);
+      });
+    }
+
+    it('deny patterns take no %u or %c', () => {
+      for (const pattern of ['users/%u/secret', 'devices/%c/#']) {
+        const result = brokerSection.safeParse({ acl: [{ deny: { publish: [pattern] } }] });
+        assert.equal(result.success, false, pattern);
+      }
+    });
+  });
+
   it('a rule for a user never applies to an anonymous client', () => {
     const userOnly = new Acl(brokerSection.parse({ acl: [{ user: 'alice', publish: ['#'], subscribe: ['#'] }] }).acl);
     assert.equal(userOnly.mayPublish(who('alice'), 'x'), true);

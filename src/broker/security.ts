@@ -67,19 +67,32 @@ export class Acl {
     this.rules = rules;
   }
 
-  /** Without rules everything is allowed; with rules, only what a rule for this client allows. */
+  /**
+   * Without rules everything is allowed; with rules, a topic a deny of a rule for this client
+   * matches is refused, otherwise what a rule for it allows is allowed.
+   */
   mayPublish(who: Identity, topic: string): boolean {
     return this.check(who, 'publish', (pattern) => topicMatches(pattern, topic));
   }
 
+  /**
+   * A filter (or, for a delivery, a topic) entirely inside a denied filter is refused; one that
+   * only overlaps it is not (its deliveries are checked one by one, with the topic as filter).
+   */
   maySubscribe(who: Identity, filter: string): boolean {
     return this.check(who, 'subscribe', (pattern) => filterCovers(pattern, filter));
   }
 
+  /** `matches`: does this allow or deny pattern cover the topic or filter asked for. */
   private check(who: Identity, action: 'publish' | 'subscribe', matches: (pattern: string) => boolean): boolean {
     if (!this.rules) return true;
+    const applies = (rule: AclRule) => rule.user === undefined || rule.user === who.username;
+    // Denies first, from every rule for this client: one topic inside an allowed wildcard can be refused.
     for (const rule of this.rules) {
-      if (rule.user !== undefined && rule.user !== who.username) continue;
+      if (applies(rule) && rule.deny?.[action].some(matches)) return false;
+    }
+    for (const rule of this.rules) {
+      if (!applies(rule)) continue;
       for (const pattern of rule[action]) {
         // A %u rule can't match an anonymous client: there is no username to put in.
         if (pattern.includes('%u') && who.username === undefined) continue;

@@ -67,6 +67,18 @@ const topicPatterns = z
   .default([])
   .meta({ description: 'Topic filters (+ and #); %u is the username, %c the client id.' });
 
+const denyPatterns = z
+  .array(
+    z
+      .string()
+      .min(1)
+      .refine((pattern) => !/%[uc]/.test(pattern), {
+        message: 'deny patterns take no %u or %c (a name that cannot be put in would make the deny match nothing)',
+      }),
+  )
+  .default([])
+  .meta({ description: 'Topic filters (+ and #), without %u/%c.' });
+
 export const brokerSection = z
   .strictObject({
     // The integrated MQTT broker: local HMIs, historians and MQTT devices connect to its listeners.
@@ -105,11 +117,16 @@ export const brokerSection = z
             .meta({ description: 'Username the rule is for; without it the rule applies to every client (anonymous ones too).' }),
           publish: topicPatterns,
           subscribe: topicPatterns,
+          deny: z.strictObject({ publish: denyPatterns, subscribe: denyPatterns }).optional().meta({
+            description:
+              'Refused even where an allow (of any rule) covers it, like mosquitto\'s "topic deny": checked before the allows, for the clients the rule is for. publish: topics nobody of them may publish on. subscribe: what they never receive; a subscription entirely inside it is refused, a wider one (e.g. "plant/#" next to a denied "plant/secret/#") is granted but its messages on denied topics are not delivered.',
+          }),
         }),
       )
       .optional()
       .meta({
-        description: 'Who may publish and subscribe where. Without acl everything is allowed; with it, what no rule allows is denied.',
+        description:
+          'Who may publish and subscribe where. Without acl everything is allowed; with it, what a deny of a rule for the client refuses is denied, then what no rule allows.',
       }),
     limits: z
       .strictObject({
