@@ -1,6 +1,6 @@
 // Hardening of the integrated broker against careless and hostile clients (issue 17), at MQTT
 // 3.1.1 and 5: client ids that cannot name a session; ill-formed UTF-8 and U+0000 in topic names,
-// filters and will topics; ACL deny rules. Raw sockets (mqtt-packet) send what mqtt.js
+// filters and will topics; ACL deny rules; $SYS only for clients a rule grants it. Raw sockets (mqtt-packet) send what mqtt.js
 // would refuse to.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -314,6 +314,27 @@ describe('integrated broker hardening', () => {
       });
     }
   });
+
+  describe('$SYS without an acl', () => {
+    for (const level of [4, 5] as const) {
+      it(`MQTT ${level === 4 ? '3.1.1' : '5'}: $SYS subscriptions are refused; "#" never delivers $SYS [MQTT-4.7.2-1]`, async () => {
+        const client = await connectClient(broker.url(), { protocolVersion: level, clientId: `sys-${level}` });
+        clients.push(client);
+        const seen = recordMessages(client);
+        const refused = level === 4 ? 0x80 : 0x87;
+        assert.deepEqual(await subscribeGranted(client, ['$SYS/#', '$SYS/+/new/clients', '#']), [refused, refused, 1]);
+        // aedes announces every new client on $SYS/<broker id>/new/clients (its id in the payload).
+        const other = await connectClient(broker.url(), { clientId: `sys-other-${level}` });
+        await other.publishAsync('sys/marker', `after-${level}`, { qos: 1 });
+        await waitFor(() => seen.some((message) => message.payload === `after-${level}`), 3000, 'the marker');
+        await other.endAsync();
+        assert.deepEqual(
+          seen.filter((message) => message.topic.startsWith('$')),
+          [],
+        );
+      });
+    }
+  });
 });
 
 describe('ACL deny rules', () => {
@@ -333,7 +354,7 @@ describe('ACL deny rules', () => {
         { username: 'alice', passwordHash: aliceHash },
       ],
       acl: [
-        { user: 'admin', publish: ['#'], subscribe: ['#'] },
+        { user: 'admin', publish: ['#'], subscribe: ['#', '$SYS/#'] },
         {
           user: 'alice',
           publish: ['plant/#'],
@@ -405,6 +426,26 @@ describe('ACL deny rules', () => {
       assert.deepEqual(
         adminSeen.filter((message) => message.payload === `leak-${level}`),
         [],
+      );
+    });
+
+    it(`MQTT ${version}: $SYS only for a user whose rule names it, not through alice's "plant/#" or admin's "#"`, async () => {
+      const client = await alice(level);
+      assert.deepEqual(await subscribeGranted(client, ['$SYS/#']), [refused]);
+      const sys = await connectClient(broker.url(), {
+        username: 'admin',
+        password: PASSWORDS.admin,
+        protocolVersion: level,
+        clientId: `deny-sys-${level}`,
+      });
+      clients.push(sys);
+      const seen = recordMessages(sys);
+      assert.deepEqual(await subscribeGranted(sys, ['$SYS/+/new/clients']), [1]);
+      const newcomer = await alice(level);
+      await waitFor(
+        () => seen.some((message) => message.topic.endsWith('/new/clients') && message.payload === newcomer.options.clientId),
+        3000,
+        'the $SYS announcement of the new client',
       );
     });
   }

@@ -142,7 +142,28 @@ describe('Acl', () => {
     const open = new Acl(undefined);
     assert.equal(open.mayPublish(who(undefined), 'a/b'), true);
     assert.equal(open.maySubscribe(who(undefined), '#'), true);
-    assert.equal(open.maySubscribe(who('x'), '$SYS/#'), true);
+    assert.equal(open.maySubscribe(who('x'), 'a/#'), true);
+  });
+
+  it('$SYS only for a rule that names it: never without rules, never through a wildcard', () => {
+    const open = new Acl(undefined);
+    for (const asked of ['$SYS/#', '$SYS', '$SYS/broker/clients']) {
+      assert.equal(open.maySubscribe(who('admin'), asked), false, asked);
+      assert.equal(open.maySubscribe(who(undefined), asked), false, asked);
+    }
+    const rules = new Acl(
+      brokerSection.parse({
+        acl: [
+          { user: 'admin', subscribe: ['#', '+/#', '$SYS/#'] },
+          { user: 'ops', subscribe: ['#', '+/broker/#'] },
+        ],
+      }).acl,
+    );
+    assert.equal(rules.maySubscribe(who('admin'), '$SYS/#'), true);
+    assert.equal(rules.maySubscribe(who('admin'), '$SYS/x/new/clients'), true);
+    assert.equal(rules.maySubscribe(who('ops'), '$SYS/#'), false);
+    assert.equal(rules.maySubscribe(who('ops'), '$SYS/broker/x'), false);
+    assert.equal(rules.maySubscribe(who('ops'), 'plant/broker/x'), true);
   });
 
   it('an empty rule list denies everything', () => {

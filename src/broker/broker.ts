@@ -13,7 +13,7 @@ import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
 import { closeWithoutWill, connectedClientList, incomingQoS2Held, subscriptionCount } from './aedes-internals.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
 import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './mqtt5.js';
-import { Acl, verifyPassword, type Identity } from './security.js';
+import { Acl, isSys, verifyPassword, type Identity } from './security.js';
 import type { CommandOrigin } from '../commands/command-handler.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { Fifo } from '../util/fifo.js';
@@ -381,7 +381,8 @@ export class IntegratedBroker {
         // Messages queued for a persistent session were matched against whoever subscribed; the
         // client now holding that session id may be someone else: check its own rights again.
         // (And after a reload, existing subscriptions get only what the new rules allow.)
-        if (access().aclConfigured && !access().acl.maySubscribe(identity(client), packet.topic)) return null;
+        // $SYS is checked without rules too: it is only for clients a rule grants it (security.ts).
+        if ((access().aclConfigured || isSys(packet.topic)) && !access().acl.maySubscribe(identity(client), packet.topic)) return null;
         broker!.stats.messagesOut++;
         outbound.get(client)?.forwarded(packet);
         return packet;

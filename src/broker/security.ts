@@ -68,11 +68,11 @@ export class Acl {
   }
 
   /**
-   * Without rules everything is allowed; with rules, a topic a deny of a rule for this client
+   * Without rules everything is allowed but $SYS; with rules, a topic a deny of a rule for this client
    * matches is refused, otherwise what a rule for it allows is allowed.
    */
   mayPublish(who: Identity, topic: string): boolean {
-    return this.check(who, 'publish', (pattern) => topicMatches(pattern, topic));
+    return this.check(who, 'publish', (pattern) => topicMatches(pattern, topic), topic);
   }
 
   /**
@@ -80,12 +80,16 @@ export class Acl {
    * only overlaps it is not (its deliveries are checked one by one, with the topic as filter).
    */
   maySubscribe(who: Identity, filter: string): boolean {
-    return this.check(who, 'subscribe', (pattern) => filterCovers(pattern, filter));
+    return this.check(who, 'subscribe', (pattern) => filterCovers(pattern, filter), filter);
   }
 
   /** `matches`: does this allow or deny pattern cover the topic or filter asked for. */
-  private check(who: Identity, action: 'publish' | 'subscribe', matches: (pattern: string) => boolean): boolean {
-    if (!this.rules) return true;
+  private check(who: Identity, action: 'publish' | 'subscribe', matches: (pattern: string) => boolean, asked: string): boolean {
+    // $SYS (client ids, subscriptions, broker figures) only for a rule that names it: never
+    // without rules, and no wildcard reaches it (as wildcards at the first level don't match "$"
+    // topics in MQTT, [MQTT-4.7.2-1]).
+    const sys = isSys(asked);
+    if (!this.rules) return !sys;
     const applies = (rule: AclRule) => rule.user === undefined || rule.user === who.username;
     // Denies first, from every rule for this client: one topic inside an allowed wildcard can be refused.
     for (const rule of this.rules) {
@@ -96,11 +100,17 @@ export class Acl {
       for (const pattern of rule[action]) {
         // A %u rule can't match an anonymous client: there is no username to put in.
         if (pattern.includes('%u') && who.username === undefined) continue;
+        if (sys && !isSys(pattern)) continue;
         if (matches(substitute(pattern, who))) return true;
       }
     }
     return false;
   }
+}
+
+/** Is this topic or filter in the broker's $SYS tree? */
+export function isSys(topic: string): boolean {
+  return topic === '$SYS' || topic.startsWith('$SYS/');
 }
 
 /** %u → username, %c → client id; a value containing / + # would widen the pattern, so it can't match. */

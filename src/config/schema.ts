@@ -126,7 +126,7 @@ export const brokerSection = z
       .optional()
       .meta({
         description:
-          'Who may publish and subscribe where. Without acl everything is allowed; with it, what a deny of a rule for the client refuses is denied, then what no rule allows.',
+          'Who may publish and subscribe where. Without acl everything is allowed but reading $SYS; with it, what a deny of a rule for the client refuses is denied, then what no rule allows. $SYS only for a rule that names it ("$SYS/#"), never through "#" or "+".',
       }),
     limits: z
       .strictObject({
