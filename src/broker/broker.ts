@@ -371,7 +371,9 @@ export class IntegratedBroker {
         broker?.noteOnce(
           `sub:${client.id}:${subscription.topic}`,
           { clientId: client.id, username: usernameOf(client), topic: subscription.topic },
-          'subscribe denied by the ACL',
+          access().aclConfigured
+            ? 'subscribe denied by the ACL'
+            : 'subscribe denied: $SYS is only for users an ACL rule grants it (broker.acl)',
         );
         // null grants nothing: the SUBACK carries 0x80 for this filter and the client stays connected.
         callback(null, null);
