@@ -6,7 +6,10 @@
 // remote address.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { addressKey, DUMMY_HASH, LoginLimiter } from '../broker/login-limit.js';
 import { verifyPassword } from '../broker/security.js';
+
+export { addressKey, LOGIN_FAILURES } from '../broker/login-limit.js';
 import type { Config } from '../config/schema.js';
 
 export type ConsoleRole = 'viewer' | 'operator';
@@ -31,20 +34,6 @@ export const SESSION_COOKIE = 'plc2mqtt_session';
 /** A session unused this long ends. */
 const IDLE_MS = 12 * 3_600_000;
 const MAX_SESSIONS = 1000;
-/** Failed logins allowed per remote address within the window, then 429 until the oldest leaves it. */
-export const LOGIN_FAILURES = 5;
-const FAILURE_WINDOW_MS = 5 * 60_000;
-/** Addresses remembered for their failures at most; the oldest are forgotten first (a flood of addresses costs bounded memory). */
-const MAX_ADDRESSES = 10_000;
-/** Password checks (scrypt: ~35 ms and 16 MB each) running at once; more logins are refused with 429 until one ends. */
-const MAX_CHECKS_IN_FLIGHT = 2;
-/**
- * Checked when the user does not exist or has no console role, so such a login costs the same time
- * as a wrong password: the answer's timing tells nothing about which users exist. (A well-formed
- * scrypt hash of random bytes: no password matches it.)
- */
-const DUMMY_HASH = `scrypt$16384$8$1$${randomBytes(16).toString('base64')}$${randomBytes(32).toString('base64')}`;
-
 type User = Config['broker']['users'][number];
 
 export class ConsoleAuth {
@@ -53,8 +42,7 @@ export class ConsoleAuth {
   private readonly secure: boolean;
   private readonly users: () => readonly User[];
   private readonly sessions = new Map<string, StoredSession>();
-  private readonly failures = new Map<string, number[]>();
-  private checksInFlight = 0;
+  private readonly limiter: LoginLimiter;
   /** The loopback session: one token for the process. */
   private readonly local: ConsoleSession = { user: 'local', role: 'operator', csrf: token() };
   private readonly now: () => number;
@@ -73,6 +61,7 @@ export class ConsoleAuth {
     this.users = options.users;
     this.now = options.now ?? Date.now;
     this.verify = options.verify ?? verifyPassword;
+    this.limiter = new LoginLimiter(this.now);
   }
 
   /** The request's session: the loopback one, or the cookie's while its user still has that role and password. */
@@ -94,48 +83,40 @@ export class ConsoleAuth {
 
   /** Checks a login; a success opens a session (its cookie), a failure counts against the address. */
   async login(remoteAddress: string, username: unknown, password: unknown): Promise<LoginResult> {
-    const now = this.now();
-    const address = addressKey(remoteAddress);
-    this.forgetOldFailures(now);
-    const recent = (this.failures.get(address) ?? []).filter((at) => now - at < FAILURE_WINDOW_MS);
-    if (recent.length >= LOGIN_FAILURES) {
-      const retryAfterSeconds = Math.max(1, Math.ceil((recent[0]! + FAILURE_WINDOW_MS - now) / 1000));
+    const admission = this.limiter.admit(remoteAddress);
+    if (!admission.admitted) {
+      if (admission.reason === 'busy')
+        return { ok: false, status: 429, error: 'too many logins at once; try again in a moment', retryAfterSeconds: 1 };
+      const { retryAfterSeconds } = admission;
       return {
         ok: false,
         status: 429,
-        error: `too many failed logins from ${address}; try again in ${retryAfterSeconds} s`,
+        error: `too many failed logins from ${addressKey(remoteAddress)}; try again in ${retryAfterSeconds} s`,
         retryAfterSeconds,
       };
     }
-    // Counted as a failure before the (slow) password check, so attempts sent at once are limited
-    // too; a success takes back only its own entry: logging in as oneself never clears the
-    // failures of guesses at someone else's password.
-    recent.push(now);
-    this.failures.set(address, recent);
-    if (this.checksInFlight >= MAX_CHECKS_IN_FLIGHT) {
-      // Not counted as a failure of this address: it may be someone else's flood.
-      recent.pop();
-      return { ok: false, status: 429, error: 'too many logins at once; try again in a moment', retryAfterSeconds: 1 };
-    }
     const user = typeof username === 'string' ? this.users().find((candidate) => candidate.username === username) : undefined;
     const known = user !== undefined && user.console !== undefined;
-    this.checksInFlight++;
     let matches: boolean;
     try {
       matches = await this.verify(typeof password === 'string' ? password : '', known ? user.passwordHash : DUMMY_HASH);
     } finally {
-      this.checksInFlight--;
+      this.limiter.done();
     }
     const valid = known && typeof password === 'string' && matches;
     if (!valid || !user?.console) {
       // One message for every reason: a caller learns nothing about which users exist.
       return { ok: false, status: 401, error: 'wrong username or password, or no console access for this user' };
     }
-    const entries = this.failures.get(address);
-    const mine = entries?.indexOf(now) ?? -1;
-    if (entries && mine >= 0) entries.splice(mine, 1);
+    this.limiter.succeeded(admission);
     const id = token();
-    const session: StoredSession = { user: user.username, role: user.console, csrf: token(), lastSeen: now, hash: user.passwordHash };
+    const session: StoredSession = {
+      user: user.username,
+      role: user.console,
+      csrf: token(),
+      lastSeen: this.now(),
+      hash: user.passwordHash,
+    };
     this.sessions.set(id, session);
     this.evictOldest();
     return { ok: true, cookie: this.cookie(id, IDLE_MS / 1000), session };
@@ -151,14 +132,6 @@ export class ConsoleAuth {
   /** Whether a login of this name could succeed: the log names only users that exist (a password typed into the name field must not be logged). */
   isUser(username: unknown): boolean {
     return typeof username === 'string' && this.users().some((candidate) => candidate.username === username);
-  }
-
-  /** Drops addresses whose failures are all older than the window, and the oldest beyond MAX_ADDRESSES. */
-  private forgetOldFailures(now: number): void {
-    for (const [address, times] of this.failures) {
-      if (times.length === 0 || now - times.at(-1)! >= FAILURE_WINDOW_MS) this.failures.delete(address);
-    }
-    while (this.failures.size > MAX_ADDRESSES) this.failures.delete(this.failures.keys().next().value!);
   }
 
   /** A POST carries the session's CSRF token in X-CSRF-Token. */
@@ -193,21 +166,6 @@ function cookieValue(header: string | undefined, name: string): string | undefin
     if (key === name) return rest.join('=');
   }
   return undefined;
-}
-
-/**
- * The address login failures are counted against: IPv4 as it is (also when mapped into IPv6), IPv6
- * by its /64 (one host usually has a whole /64 to pick addresses from).
- */
-export function addressKey(address: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1]!;
-  if (!address.includes(':')) return address;
-  const [head = '', tail = ''] = address.split('::');
-  const groups = [...head.split(':').filter(Boolean)];
-  const rest = tail.split(':').filter(Boolean);
-  while (groups.length + rest.length < 8) groups.push('0');
-  return `${[...groups, ...rest].slice(0, 4).join(':')}::/64`;
 }
 
 /** An address only this machine reaches: the console then needs no login. */
