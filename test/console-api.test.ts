@@ -22,6 +22,7 @@ import {
   ConsoleGateway,
   hashOf,
   json,
+  modbusDevice,
   type SessionInfo,
   SseReader,
   sessionCookie,
@@ -68,13 +69,6 @@ function holdsPieceOf(text: string, secret: string, size = 8): string | undefine
   return undefined;
 }
 
-const modbusDevice = (name: string, port: number, tags: object[], pollInterval = '100ms') => ({
-  name,
-  driver: 'modbus',
-  connection: { transport: 'tcp', host: '127.0.0.1', port, unitId: 1, timeout: '300ms' },
-  pollInterval,
-  tags,
-});
 const PLC_TAGS = [
   { name: 'level', area: 'holding', address: 0, type: 'uint16', writable: true },
   { name: 'fixed', area: 'holding', address: 1, type: 'uint16' },

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { killAllChildren, makeTempDir, Mosquitto, removeDir } from './helpers/cloud-broker.js';
-import { ConsoleGateway, hashOf, writeConfig } from './helpers/console.js';
+import { ConsoleGateway, hashOf, modbusDevice, writeConfig } from './helpers/console.js';
 import { TcpTestServer } from './helpers/modbus-servers.js';
 import { freePort, waitFor } from './helpers/net.js';
 
@@ -99,13 +99,6 @@ const PLC_TAGS = [
   { name: 'level', area: 'holding', address: 0, type: 'uint16', writable: true, unit: 'mm' },
   { name: 'fixed', area: 'holding', address: 1, type: 'uint16' },
 ];
-const modbusDevice = (name: string, port: number, tags: object[], pollInterval = '100ms') => ({
-  name,
-  driver: 'modbus',
-  connection: { transport: 'tcp', host: '127.0.0.1', port, unitId: 1, timeout: '300ms' },
-  pollInterval,
-  tags,
-});
 
 let browser: Browser;
 before(async () => {

@@ -104,6 +104,21 @@ export function outboxBytesOnDisk(setup: GatewaySetup): number {
   return total;
 }
 
+/** The pino log lines (one JSON object per line) in a gateway's output. */
+export function logLines(text: string): LogLine[] {
+  const lines: LogLine[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const parsed = JSON.parse(line) as unknown;
+      if (typeof parsed === 'object' && parsed !== null && typeof (parsed as LogLine).msg === 'string') lines.push(parsed as LogLine);
+    } catch {
+      // a line cut in the middle by a kill
+    }
+  }
+  return lines;
+}
+
 export class GatewayProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -131,17 +146,7 @@ export class GatewayProcess {
 
   /** The JSON log lines so far (pino, one object per line). */
   logs(): LogLine[] {
-    const lines: LogLine[] = [];
-    for (const line of this.text.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const parsed = JSON.parse(line) as unknown;
-        if (typeof parsed === 'object' && parsed !== null && typeof (parsed as LogLine).msg === 'string') lines.push(parsed as LogLine);
-      } catch {
-        // a line cut in the middle by a kill
-      }
-    }
-    return lines;
+    return logLines(this.text);
   }
 
   findLogs(match: string | RegExp): LogLine[] {

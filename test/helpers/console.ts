@@ -9,7 +9,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { hashPassword } from '../../src/broker/security.js';
 import { track } from './cloud-broker.js';
-import { CLI, type ConfigInput, type LogLine } from './cloud-gateway.js';
+import { CLI, type ConfigInput, type LogLine, logLines } from './cloud-gateway.js';
 import { waitFor } from './net.js';
 
 export interface Answer {
@@ -254,17 +254,7 @@ export class ConsoleGateway {
   }
 
   logs(): LogLine[] {
-    const lines: LogLine[] = [];
-    for (const line of this.text.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const parsed = JSON.parse(line) as unknown;
-        if (typeof parsed === 'object' && parsed !== null && typeof (parsed as LogLine).msg === 'string') lines.push(parsed as LogLine);
-      } catch {
-        // a line cut by a kill
-      }
-    }
-    return lines;
+    return logLines(this.text);
   }
 
   async waitForLog(match: string | ((line: LogLine) => boolean), timeoutMs: number, after = 0): Promise<LogLine> {
@@ -296,6 +286,15 @@ export class ConsoleGateway {
 }
 
 /** Writes `config` as `<dir>/<name>` (JSON). */
+/** A Modbus TCP device on a local test server, for the consoles' gateways. */
+export const modbusDevice = (name: string, port: number, tags: object[], pollInterval = '100ms') => ({
+  name,
+  driver: 'modbus',
+  connection: { transport: 'tcp', host: '127.0.0.1', port, unitId: 1, timeout: '300ms' },
+  pollInterval,
+  tags,
+});
+
 export function writeConfig(dir: string, config: ConfigInput | Record<string, unknown>, name = 'gateway.json'): string {
   const file = join(dir, name);
   writeFileSync(file, JSON.stringify(config, null, 2));
