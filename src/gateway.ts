@@ -319,8 +319,9 @@ export class Gateway {
     const batchTopic = device.config.publish === 'batch' ? device.batchTopics.get(event.group)! : undefined;
     // Asked once per poll cycle: without a listener, a sample costs the bus nothing.
     const announce = this.bus.has('sample');
-    // The cycle's reported samples, for a format that records per device (Sparkplug DDATA).
-    const cycle: Sample[] | undefined = device.cloud ? [] : undefined;
+    // The cycle's reported samples, for a format that records per device (Sparkplug DDATA): a batch
+    // device reports all of them, so its batch is that list.
+    const cycle: Sample[] | undefined = device.cloud ? (batchTopic ? batch : []) : undefined;
     for (const reading of event.readings) {
       const tag = device.tags.get(reading.tag);
       if (!tag) continue;
@@ -331,7 +332,6 @@ export class Gateway {
       let reported = true;
       if (batchTopic) {
         batch.push(sample);
-        cycle?.push(sample);
       } else if (tag.normalizer.shouldReport(sample, now)) {
         cycle?.push(sample);
         const payload = this.publish(tag.topic, encodeTagPayload(sample, topics.timestamp), topics.retain);
