@@ -43,7 +43,6 @@ import { applyReload, type ReloadResult, type ReloadTarget } from './app/reload.
 import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from './app/status.js';
 import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
 import { IntegratedBroker, PublishRefused } from './broker/broker.js';
-import { attachOutgoingProperties } from './broker/mqtt5.js';
 import { CommandHandler, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
@@ -909,9 +908,8 @@ export class Gateway {
     // never onto a topic of the gateway's own, where an answer would pass for a sample or a command.
     if (responseTopic !== undefined && !this.ownsTopic(responseTopic)) {
       // The requester matches the answer by its correlation data, carried as a property.
-      if (origin.correlationData !== undefined)
-        attachOutgoingProperties(responseTopic, payload, { correlationData: origin.correlationData });
-      this.broker.publish(responseTopic, payload, { qos: 1, retain: false });
+      const properties = origin.correlationData !== undefined ? { correlationData: origin.correlationData } : undefined;
+      this.broker.publish(responseTopic, payload, { qos: 1, retain: false, ...(properties ? { properties } : {}) });
       return;
     }
     this.broker.publish(resultTopic, payload, { qos: 1, retain: false });

@@ -418,9 +418,19 @@ describe('ACL deny rules', () => {
       await allowed.publishAsync('plant/open/from-alice', `ok-${level}`, { qos: 1 });
       await waitFor(() => adminSeen.some((message) => message.payload === `ok-${level}`), 3000, 'the allowed publish');
       const client = await alice(level);
-      client.publish('plant/secret/from-alice', `leak-${level}`, { qos: 1 }, () => undefined);
-      // Denied publishes disconnect the publisher at both levels (see the README's ACL notes).
-      assert.equal(await closedWithin(client, 3000), true);
+      let refusal: number | undefined;
+      client.publish('plant/secret/from-alice', `leak-${level}`, { qos: 1 }, (error) => {
+        refusal = (error as { code?: number } | undefined)?.code;
+      });
+      if (level === 5) {
+        // MQTT 5: PUBACK 0x87 Not authorized, and the publisher stays [3.4.2.1].
+        await waitFor(() => refusal !== undefined, 3000, 'PUBACK 0x87');
+        assert.equal(refusal, 0x87);
+        assert.equal(client.connected, true);
+      } else {
+        // MQTT 3.1.1 has no negative PUBACK: the publisher is disconnected.
+        assert.equal(await closedWithin(client, 3000), true);
+      }
       await admin.publishAsync('plant/open/after', `after-${level}`, { qos: 1 });
       await waitFor(() => adminSeen.some((message) => message.payload === `after-${level}`), 3000, 'the marker');
       assert.deepEqual(

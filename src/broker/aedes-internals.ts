@@ -15,7 +15,9 @@
 // If one became public API, use that and drop the function; then unpin aedes once this file is empty.
 // The tests that fail when one of these breaks: broker-limits (flow control), broker-reload (clients,
 // will), writes (QoS 2 commands).
+import { createRequire } from 'node:module';
 import type { Aedes, Client, PublishPacket } from 'aedes';
+import type { Packet } from 'mqtt-packet';
 
 /** One of a client's delivery functions: writes `packet` to the client, `done` when handed on. */
 export type Deliver = (packet: PublishPacket, done: () => void) => void;
@@ -128,4 +130,78 @@ export function connectedClientList(aedes: Aedes): Client[] {
  */
 export function incomingQoS2Held(aedes: Aedes, client: Client, packet: { messageId?: number }): Promise<unknown> {
   return aedesInternals(aedes).persistence.incomingGetPacket(client, packet);
+}
+
+/** A client's subscription as aedes keeps it (lib/handlers/subscribe.js Subscription). */
+export interface ClientSubscription {
+  topic: string;
+  qos: number;
+  rh?: number;
+  rap?: boolean;
+  nl?: boolean;
+}
+
+/**
+ * The client's subscriptions with their options. Uses `client.subscriptions` (see
+ * subscriptionQoS): an MQTT 5 client that takes up a live session by client id gets its
+ * subscriptions (sessions.ts), and the types offer no list.
+ */
+export function clientSubscriptions(client: Client): ClientSubscription[] {
+  const subscriptions = clientInternals(client).subscriptions as Record<string, Omit<ClientSubscription, 'topic'> | undefined>;
+  return Object.entries(subscriptions).flatMap(([topic, sub]) =>
+    sub ? [{ topic, qos: sub.qos, rh: sub.rh, rap: sub.rap, nl: sub.nl }] : [],
+  );
+}
+
+/**
+ * Was the client closed by its DISCONNECT packet (so without its will)? Uses `client._disconnected`
+ * (see closeWithoutWill): MQTT 5 wills may be delayed, and then the broker publishes them itself.
+ */
+export function closedByDisconnect(client: Client): boolean {
+  return clientInternals(client)._disconnected;
+}
+
+/**
+ * Makes the client's parser read MQTT 5 packets after the CONNECT. Uses `client._parser` (see
+ * onClientPacket) and its `settings`: mqtt-packet 9's Parser reads every packet but CONNECT at
+ * `settings.protocolVersion`, and takes the parsed CONNECT itself as its settings. aedes accepts
+ * 3.1.1 CONNECTs only, so MQTT 5 connections (mqtt5.ts) hand it a 3.1.1 CONNECT followed by MQTT 5
+ * packets, whose properties and subscription options aedes' handlers carry.
+ * Call it before the parser sees a byte (right after aedes.handle).
+ */
+export function parseAsMqtt5(client: Client): void {
+  const parser = (client as unknown as { _parser: ParserInternals })._parser;
+  parser.prependListener('packet', (packet: ClientPacket) => {
+    // Runs before aedes sees the CONNECT and before the next packet is parsed.
+    if (packet.cmd === 'connect') parser.settings = { protocolVersion: 5 };
+  });
+}
+
+interface ParserInternals {
+  settings: { protocolVersion?: number };
+  prependListener(event: 'packet', listener: (packet: ClientPacket) => void): void;
+}
+
+type WriteToStream = (packet: Packet, stream: object, options?: unknown) => boolean;
+const mqttPacket = createRequire(import.meta.url)('mqtt-packet') as { writeToStream: WriteToStream };
+const packetWriters = new WeakMap<object, (packet: Packet) => boolean>();
+let diverting = false;
+
+/**
+ * Every packet aedes writes to `stream` goes to `write` as an object instead of being encoded.
+ * Uses mqtt-packet's `writeToStream`, which aedes 1.2.0's lib/write.js calls (as a property of the
+ * module, at each write) for every packet to a client: aedes encodes at 3.1.1 only, and an MQTT 5
+ * connection (mqtt5.ts) must send the packet's properties (user properties, message expiry…)
+ * that aedes carries but cannot encode. Other streams (every other client, mqtt.js) are untouched.
+ * `write` returns false when the client's buffer is full; then the stream must emit 'drain' later.
+ */
+export function divertPacketWrites(stream: object, write: (packet: Packet) => boolean): void {
+  packetWriters.set(stream, write);
+  if (diverting) return;
+  diverting = true;
+  const encode = mqttPacket.writeToStream;
+  mqttPacket.writeToStream = (packet, target, options) => {
+    const writer = packetWriters.get(target);
+    return writer ? writer(packet) : encode(packet, target, options);
+  };
 }

@@ -8,11 +8,35 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { join } from 'node:path';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
+import type { IConnectPacket } from 'mqtt-packet';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
-import { closeWithoutWill, connectedClientList, incomingQoS2Held, subscriptionCount } from './aedes-internals.js';
+import {
+  clientSubscriptions,
+  closedByDisconnect,
+  closeWithoutWill,
+  connectedClientList,
+  incomingQoS2Held,
+  subscriptionCount,
+} from './aedes-internals.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
-import { clientReceiveMaximum, handleConnection, QUOTA_EXCEEDED, refuseMqtt5Publish, takePublishProperties } from './mqtt5.js';
+import {
+  clientReceiveMaximum,
+  handleConnection,
+  type Mqtt5Options,
+  mqtt5ConnectOf,
+  NOT_AUTHORIZED,
+  PACKET_TOO_LARGE,
+  type PublishProperties,
+  QUOTA_EXCEEDED,
+  refuseMqtt5Connection,
+  refuseMqtt5Publish,
+  refuseMqtt5Subscription,
+  SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+  type SubscriptionIds,
+  wantsRetainedOnSubscribe,
+} from './mqtt5.js';
+import { expired, SessionStore, SessionTimers } from './sessions.js';
 import { Acl, isSys, verifyPassword, type Identity } from './security.js';
 import type { CommandOrigin } from '../commands/command-handler.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
@@ -33,15 +57,28 @@ const AUTH_NOT_AUTHORIZED: AuthErrorCode = 5;
 export class PublishRefused extends Error {}
 
 /**
- * aedes 1.2 cannot drop a publish without closing the connection. A QoS 1 publish refused with a
- * negative PUBACK is therefore turned into this topic before aedes goes on, which no delivery
- * passes (authorizeForward), not retained and without payload.
+ * aedes 1.2 cannot drop a publish without closing the connection. A publish of an MQTT 5 client
+ * refused with a reason code (PUBACK/PUBREC 0x87 or 0x97, or silently at QoS 0) is therefore turned
+ * into this topic before aedes goes on, which no delivery passes (authorizeForward), not retained
+ * and without payload.
  */
 const REFUSED_TOPIC = '$SYS/plc2mqtt/refused-publish';
 
 export interface PublishOptions {
   qos: 0 | 1;
   retain: boolean;
+  /** MQTT 5 properties for MQTT 5 subscribers (e.g. the correlation data of an answer). */
+  properties?: PublishProperties;
+}
+
+/** A will as aedes keeps it (the CONNECT's will, with the MQTT 5 properties of its PUBLISH). */
+type Will = NonNullable<IConnectPacket['will']>;
+
+/** What a retained message carries beyond its payload, kept for the subscriptions made later. */
+interface RetainedExtras {
+  payload: Buffer;
+  properties?: PublishProperties;
+  messageExpiry?: number;
 }
 
 /**
@@ -105,6 +142,15 @@ interface Login {
 /** The broker sections that a reload applies without restarting the broker. */
 export const ACCESS_SETTINGS = ['users', 'acl', 'allowAnonymous'] as const;
 
+/** The broker's session state beside aedes: store, timers and what MQTT 5 connections share. */
+interface BrokerSessions {
+  store: SessionStore;
+  timers: SessionTimers;
+  subscriptionIds: SubscriptionIds;
+  /** Options of every MQTT 5 connection (handleConnection). */
+  mqtt5: Mqtt5Options;
+}
+
 interface QueuedPublish {
   topic: string;
   payload: Buffer;
@@ -135,11 +181,13 @@ export interface BrokerStats {
   messagesOut: number;
   /** Connections refused and publishes/subscriptions denied. */
   denied: number;
+  /** Messages not kept for a session that was full (broker.limits.maxInflight + maxQueued). */
+  sessionDropped: number;
 }
 
 export class IntegratedBroker {
   readonly aedes: Aedes;
-  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0, messagesIn: 0, messagesOut: 0, denied: 0 };
+  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0, messagesIn: 0, messagesOut: 0, denied: 0, sessionDropped: 0 };
   private readonly queue = new Fifo<QueuedPublish>();
   private inFlight = 0;
   private dropping = false;
@@ -156,6 +204,7 @@ export class IntegratedBroker {
   /** The username each authenticated client logged in with, and the password hash it was checked against. */
   private readonly logins: WeakMap<Client, Login>;
   private readonly outbound: WeakMap<Client, OutboundWindow>;
+  private readonly sessions: BrokerSessions;
 
   private constructor(
     aedes: Aedes,
@@ -164,6 +213,7 @@ export class IntegratedBroker {
     access: Access,
     logins: WeakMap<Client, Login>,
     outbound: WeakMap<Client, OutboundWindow>,
+    sessions: BrokerSessions,
   ) {
     this.aedes = aedes;
     this.config = config;
@@ -171,6 +221,7 @@ export class IntegratedBroker {
     this.access = access;
     this.logins = logins;
     this.outbound = outbound;
+    this.sessions = sessions;
   }
 
   /** The connected clients: id, user, address, subscriptions and deliveries waiting (the web console). */
@@ -205,7 +256,92 @@ export class IntegratedBroker {
      */
     const badClientIds = new WeakSet<Client>();
     const { limits } = config;
-    const aedes = await Aedes.createBroker({
+    const sessions: BrokerSessions = {
+      // A session holds what the flow control lets wait for a connected client (inflight.ts).
+      store: new SessionStore(limits.maxInflight + limits.maxQueued, (clientId) => broker?.sessionQueueFull(clientId)),
+      timers: new SessionTimers(),
+      subscriptionIds: new Map(),
+      mqtt5: {
+        maxPacketSize: limits.maxPacketSize,
+        receiveMaximum: limits.maxInflight,
+        keepAlive: limits.keepAlive,
+        maxSessionExpiry: Math.floor(limits.maxSessionExpiry / 1000),
+      },
+    };
+    sessions.mqtt5.subscriptionIds = sessions.subscriptionIds;
+    /** How long each client's session outlives its connection (ms); 0 ends it with the connection. */
+    const sessionExpiry = new WeakMap<Client, number>();
+    const retainedExtras = new Map<string, RetainedExtras>();
+    /** MQTT 5 wills with a Will Delay Interval: published by the broker, not by aedes. */
+    const delayedWills = new WeakMap<Client, Will>();
+    const connected = (clientId: string): Client | undefined => connectedClientList(aedes).find((client) => client.id === clientId);
+    /** Ends a session that outlived its connection: nobody took it up in time. */
+    const endSession = (clientId: string) => {
+      if (connected(clientId)) return;
+      sessions.timers.sendWillNow(clientId);
+      sessions.subscriptionIds.delete(clientId);
+      sessions.store
+        .endSession(clientId)
+        .catch((error: unknown) => log.warn({ clientId, error: String(error) }, 'ending a session failed'));
+    };
+    /** Publishes a will as aedes does when a connection breaks: after the publish checks, as its client. */
+    const publishWill = (client: Client, will: Will) => {
+      const packet = {
+        cmd: 'publish' as const,
+        dup: false,
+        ...will,
+        qos: will.qos ?? 0,
+        retain: will.retain ?? false,
+        payload: Buffer.from(will.payload),
+      };
+      aedes.authorizePublish(client, packet, (error) => {
+        if (!error) aedes.publish(packet, () => undefined);
+      });
+    };
+    /**
+     * Decides what becomes of an earlier session under this client id, before aedes looks (it
+     * knows 3.1.1's Clean Session only). MQTT 5 keeps Clean Start (at connect: discard the old
+     * session?) apart from Session Expiry (after the connection: keep it how long?), 3.1.2.4:
+     * - Clean Start 1, no expiry: aedes' clean session.
+     * - Clean Start 1 with an expiry: the old session is ended here, then aedes keeps a new one.
+     * - Clean Start 0: aedes resumes the session, a live one too: a client holding it that aedes
+     *   keeps no session for (Clean Start 1, no expiry) hands over its subscriptions first.
+     * 3.1.1 persistent sessions expire too, after broker.limits.maxSessionExpiry.
+     */
+    const prepareSession = async (client: Client, packet: IConnectPacket): Promise<void> => {
+      const v5 = mqtt5ConnectOf(client.conn);
+      const clientId = packet.clientId;
+      if (v5) {
+        sessionExpiry.set(client, v5.sessionExpiry * 1000);
+        const will = packet.will as Will | undefined;
+        if (will && v5.willProperties) will.properties = v5.willProperties;
+        if (will && v5.willDelay > 0) {
+          delayedWills.set(client, will);
+          packet.will = undefined;
+        }
+      } else sessionExpiry.set(client, packet.clean ? 0 : limits.maxSessionExpiry);
+      // aedes names a 3.1.1 client without an id itself (clean sessions only): nothing to take up.
+      if (clientId === '') return;
+      sessions.timers.cancelExpiry(clientId);
+      const cleanStart = v5 ? v5.cleanStart : packet.clean !== false;
+      if (cleanStart) {
+        // The old session ends now, and a will it still delays goes with it.
+        sessions.timers.sendWillNow(clientId);
+        sessions.subscriptionIds.delete(clientId);
+        if (v5 && v5.sessionExpiry > 0) {
+          await sessions.store.endSession(clientId);
+          packet.clean = false;
+        }
+        return;
+      }
+      sessions.timers.dropWill(clientId);
+      if (!v5) return;
+      const live = connected(clientId);
+      if (live?.clean) await sessions.store.addSubscriptions({ id: clientId }, clientSubscriptions(live));
+      packet.clean = false;
+    };
+    const aedes: Aedes = await Aedes.createBroker({
+      persistence: sessions.store,
       // Keep-alive bounds and the connection limit, before anything else is done for the client.
       preConnect: (client, packet, callback) => {
         const refuse = (reason: string) => {
@@ -240,7 +376,10 @@ export class IntegratedBroker {
             clientReceiveMaximum(client.conn),
           ),
         );
-        callback(null, true);
+        prepareSession(client, packet).then(
+          () => callback(null, true),
+          (error: unknown) => callback(error instanceof Error ? error : new Error(String(error)), false),
+        );
       },
       authenticate: (client, username, password, callback) => {
         const fail = (code: AuthErrorCode, why: string) => {
@@ -281,17 +420,33 @@ export class IntegratedBroker {
         );
       },
       authorizePublish: (client, packet, callback) => {
-        // Taken for every PUBLISH of an MQTT 5 client, in order, so the queue stays in step.
-        const properties = client ? takePublishProperties(client.conn) : undefined;
-        if (packet.topic.startsWith('$SYS')) return callback(new Error('$SYS topics are reserved for the broker'));
+        const properties = packet.properties;
+        // MQTT 5 Message Expiry: the interval counts from now, for every copy of the message.
+        const timed = packet as { messageExpiry?: number };
+        if (properties?.messageExpiryInterval !== undefined && timed.messageExpiry === undefined)
+          timed.messageExpiry = Date.now() + properties.messageExpiryInterval * 1000;
+        /**
+         * Refuses the publish. An MQTT 5 client gets PUBACK/PUBREC with `reasonCode` (nothing at
+         * QoS 0) and stays connected (3.3.4); 3.1.1 has no negative acknowledgement, so aedes closes
+         * the connection on the error. A will (its client is closed) is simply not published.
+         */
+        const refuse = (error: Error, reasonCode: number) => {
+          if (!client || client.closed || !mqtt5ConnectOf(client.conn)) return callback(error);
+          if (packet.qos > 0 && packet.messageId !== undefined) refuseMqtt5Publish(client.conn, packet.messageId, reasonCode);
+          // The message itself reaches no subscriber and is not retained.
+          packet.topic = REFUSED_TOPIC;
+          packet.payload = Buffer.alloc(0);
+          packet.retain = false;
+          callback(null);
+        };
+        if (packet.topic.startsWith('$SYS')) return refuse(new Error('$SYS topics are reserved for the broker'), NOT_AUTHORIZED);
         if (client && !access().acl.mayPublish(identity(client), packet.topic)) {
-          // MQTT 3.1.1 has no negative PUBACK: the client is disconnected (aedes does that on an error).
           broker?.noteOnce(
             `pub:${client.id}:${packet.topic}`,
             { clientId: client.id, username: usernameOf(client), topic: packet.topic },
             'publish denied by the ACL',
           );
-          return callback(new Error(`not allowed to publish on ${packet.topic}`));
+          return refuse(new Error(`not allowed to publish on ${packet.topic}`), NOT_AUTHORIZED);
         }
         if (client) {
           broker!.stats.messagesIn++;
@@ -341,8 +496,7 @@ export class IntegratedBroker {
           () => callback(null),
           (error: unknown) => {
             if (!(error instanceof PublishRefused)) return callback(error instanceof Error ? error : new Error(String(error)));
-            const mqtt5 =
-              packet.qos === 1 && packet.messageId !== undefined && refuseMqtt5Publish(client.conn, packet.messageId, QUOTA_EXCEEDED);
+            const mqtt5 = !client.closed && mqtt5ConnectOf(client.conn) !== undefined;
             broker?.warnOnce(
               `refused:${client.id}`,
               {
@@ -350,23 +504,32 @@ export class IntegratedBroker {
                 topic: packet.topic,
                 qos: packet.qos,
                 why: error.message,
-                answer: mqtt5 ? 'PUBACK 0x97 quota exceeded' : 'disconnected (MQTT 3.1.1 has no negative PUBACK)',
+                answer: mqtt5
+                  ? `${packet.qos === 2 ? 'PUBREC' : 'PUBACK'} 0x97 quota exceeded`
+                  : 'disconnected (MQTT 3.1.1 has no negative PUBACK)',
               },
               'publish refused: not acknowledged, because the outbox did not keep it',
             );
             // Closing the connection at once would discard the PUBACKs of the messages kept in the
             // same commit, which aedes has written but not yet flushed.
             if (!mqtt5) return void setImmediate(() => callback(error));
-            // The client gets PUBACK 0x97 (the bridge answers for this message id) and stays;
-            // the message itself reaches no subscriber and is not retained.
-            packet.topic = REFUSED_TOPIC;
-            packet.payload = Buffer.alloc(0);
-            packet.retain = false;
-            callback(null);
+            refuse(error, QUOTA_EXCEEDED);
           },
         );
       },
       authorizeSubscribe: (client, subscription, callback) => {
+        // Shared subscriptions (MQTT 5 4.8.2) are not offered, and say so (CONNACK
+        // sharedSubscriptionAvailable false; SUBACK 0x9E, 0x80 in 3.1.1) instead of a grant that
+        // would never deliver.
+        if (subscription.topic.startsWith('$share/')) {
+          refuseMqtt5Subscription(client.conn, subscription.topic, SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+          broker?.warnOnce(
+            `shared:${client.id}`,
+            { clientId: client.id, topic: subscription.topic },
+            'shared subscription refused: the integrated broker does not offer $share (SUBACK 0x9E; 0x80 for MQTT 3.1.1)',
+          );
+          return callback(null, null);
+        }
         if (access().acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
         broker?.noteOnce(
           `sub:${client.id}:${subscription.topic}`,
@@ -380,6 +543,21 @@ export class IntegratedBroker {
       },
       authorizeForward: (client, packet) => {
         if (packet.topic === REFUSED_TOPIC) return null;
+        const timed = packet as typeof packet & { messageExpiry?: number; brokerId?: string | null };
+        // A retained message sent because of a new subscription (aedes makes it without a broker id).
+        if (timed.brokerId === null && packet.retain) {
+          // MQTT 5 Retain Handling of the subscription that asked for it.
+          if (!wantsRetainedOnSubscribe(client.conn, packet.topic)) return null;
+          // aedes copies only topic and payload: the properties and expiry come back from here.
+          const extras = retainedExtras.get(packet.topic);
+          const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+          if (extras?.payload.equals(payload)) {
+            if (extras.properties !== undefined) packet.properties = extras.properties;
+            if (extras.messageExpiry !== undefined) timed.messageExpiry = extras.messageExpiry;
+          }
+        }
+        // [MQTT-3.3.2-5]: an expired message is delivered to nobody any more.
+        if (expired(timed)) return null;
         // Messages queued for a persistent session were matched against whoever subscribed; the
         // client now holding that session id may be someone else: check its own rights again.
         // (And after a reload, existing subscriptions get only what the new rules allow.)
@@ -395,10 +573,33 @@ export class IntegratedBroker {
       // Clients that open a socket and never send CONNECT don't hold a connection slot for long.
       connectTimeout: 10_000,
     });
-    broker = new IntegratedBroker(aedes, config, log, initialAccess, logins, outbound);
+    broker = new IntegratedBroker(aedes, config, log, initialAccess, logins, outbound, sessions);
     // A reload between a client's login and its registration (aedes first restores a persistent
     // session, across event-loop turns) does not see it yet: checked again once it is registered.
     aedes.on('client', (client) => broker?.dropIfLoginLapsed(client, 'reloaded while logging in'));
+    // The connection is gone; the session may outlive it (prepareSession), and an MQTT 5 will may wait.
+    aedes.on('clientDisconnect', (client) => {
+      const clientId = client.id;
+      const will = closedByDisconnect(client) ? undefined : delayedWills.get(client);
+      // A DISCONNECT may have changed the MQTT 5 session expiry.
+      const v5 = mqtt5ConnectOf(client.conn);
+      const endsIn = client.clean ? 0 : v5 ? v5.sessionExpiry * 1000 : (sessionExpiry.get(client) ?? 0);
+      // aedes closes a client whose id connects again before it registers the new one: look once that is done.
+      setImmediate(() => {
+        if (connected(clientId)) return; // taken over: the session goes on with the new connection
+        if (will) sessions.timers.delayWill(clientId, Math.min(v5!.willDelay * 1000, endsIn), () => publishWill(client, will));
+        if (client.clean) sessions.subscriptionIds.delete(clientId);
+        else sessions.timers.expireAfter(clientId, endsIn, () => endSession(clientId));
+      });
+    });
+    // What retained messages carry beyond their payload, for subscriptions made later (authorizeForward).
+    aedes.on('publish', (packet) => {
+      if (!packet.retain || packet.topic.startsWith('$')) return;
+      const { properties, messageExpiry } = packet as { properties?: PublishProperties; messageExpiry?: number };
+      const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      if (payload.length === 0 || (properties === undefined && messageExpiry === undefined)) retainedExtras.delete(packet.topic);
+      else retainedExtras.set(packet.topic, { payload, properties, messageExpiry });
+    });
     aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
     aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
     try {
@@ -467,6 +668,16 @@ export class IntegratedBroker {
     });
   }
 
+  /** A message for a session that holds broker.limits.maxInflight + maxQueued already: not kept, counted. */
+  sessionQueueFull(clientId: string): void {
+    this.stats.sessionDropped++;
+    this.warnOnce(
+      `session-full:${clientId}`,
+      { clientId, kept: this.config.limits.maxInflight + this.config.limits.maxQueued },
+      'session full (broker.limits.maxInflight + maxQueued messages): new messages for this client are not kept for it (counted in broker stats)',
+    );
+  }
+
   /** Logs a refusal or denial once per key (client and topic), never with a payload. */
   private noteOnce(key: string, fields: Record<string, unknown>, message: string): void {
     this.stats.denied++;
@@ -492,16 +703,20 @@ export class IntegratedBroker {
     const guarded = <T extends Readable>(stream: T, remote: string): T => {
       const sizes = new PacketSizeGuard(maxPacketSize);
       const push = stream.push.bind(stream);
+      let cut = false;
       stream.push = (chunk: unknown, encoding?: BufferEncoding) => {
         if (Buffer.isBuffer(chunk)) {
+          if (cut) return false;
           const announced = sizes.feed(chunk);
           if (announced !== undefined) {
+            cut = true;
             this.noteOnce(
               `size:${remote}`,
               { remote, bytes: announced, max: maxPacketSize },
               'mqtt packet larger than broker.limits.maxPacketSize: client disconnected',
             );
-            stream.destroy();
+            // An MQTT 5 client is told why first (DISCONNECT 0x95, [MQTT-3.2.2-15]).
+            if (!refuseMqtt5Connection(stream, PACKET_TOO_LARGE)) stream.destroy();
             return false;
           }
         }
@@ -511,10 +726,7 @@ export class IntegratedBroker {
     };
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
-      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), {
-        maxPacketSize,
-        receiveMaximum: this.config.limits.maxInflight,
-      });
+      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), this.sessions.mqtt5);
     };
     let server: Server;
     // No Nagle: a subscriber's keep-alive ping otherwise meets a delayed ACK and holds the next
@@ -534,7 +746,7 @@ export class IntegratedBroker {
         handleConnection(
           this.aedes,
           guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`),
-          { maxPacketSize, receiveMaximum: this.config.limits.maxInflight },
+          this.sessions.mqtt5,
           request,
         );
       });
@@ -662,7 +874,15 @@ export class IntegratedBroker {
       }
       this.inFlight++;
       this.aedes.publish(
-        { cmd: 'publish', topic: next.topic, payload: next.payload, qos: next.options.qos, retain: next.options.retain, dup: false },
+        {
+          cmd: 'publish',
+          topic: next.topic,
+          payload: next.payload,
+          qos: next.options.qos,
+          retain: next.options.retain,
+          dup: false,
+          ...(next.options.properties ? { properties: next.options.properties } : {}),
+        },
         (error) => {
           this.inFlight--;
           if (error) {
@@ -692,6 +912,7 @@ export class IntegratedBroker {
     for (const socket of this.sockets) socket.destroy();
     await serversClosed;
     this.retained?.close();
+    this.sessions.timers.close();
     this.log.debug({ listeners: this.config.listeners.length }, 'integrated broker closed');
   }
 }

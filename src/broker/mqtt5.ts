@@ -1,67 +1,97 @@
-// MQTT 5 for the integrated broker. aedes speaks MQTT 3.1/3.1.1 only, so each connection is
-// looked at once, at its CONNECT: 3.1/3.1.1 clients get their own stream handed to aedes untouched
-// (nothing in their path after the first chunk); an MQTT 5 client gets a translating pair of
-// streams in between — its packets are parsed as MQTT 5 and re-encoded as 3.1.1 for aedes, and
-// aedes' answers the other way round. What MQTT 5 can say and 3.1.1 cannot (user properties,
-// message expiry, subscription options…) is dropped; see the README for the list.
+// MQTT 5 for the integrated broker. aedes 1.2 accepts MQTT 3.1/3.1.1 CONNECTs only, but its
+// handlers carry what MQTT 5 adds: a packet's properties travel with it to every subscriber and
+// into the session store, and subscriptions keep No Local and Retain As Published. So each
+// connection is looked at once, at its CONNECT: 3.1/3.1.1 clients get their own stream handed to
+// aedes untouched; an MQTT 5 client gets a bridge in between, which
+// - parses the client's packets as MQTT 5, checks what aedes does not (topic aliases, Receive
+//   Maximum, AUTH, ill-formed strings) and hands them on as MQTT 5 bytes, the CONNECT as 3.1.1;
+// - takes aedes' packets as objects (aedes-internals.ts divertPacketWrites) and writes them as
+//   MQTT 5, adding what is per connection or per delivery: reason codes, CONNACK properties,
+//   subscription identifiers, the remaining message expiry, the client's Maximum Packet Size.
+// The broker (broker.ts) reads the session side of the CONNECT (Clean Start, Session Expiry, will
+// delay) through mqtt5ConnectOf, and answers publishes and subscriptions with reason codes through
+// refuseMqtt5Publish / refuseMqtt5Subscription.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
-import type { Aedes } from 'aedes';
+import type { Aedes, Client } from 'aedes';
 import {
   generate,
   parser,
   type IConnackPacket,
   type IConnectPacket,
   type IPublishPacket,
+  type ISubackPacket,
   type ISubscribePacket,
   type Packet,
 } from 'mqtt-packet';
-import { Fifo } from '../util/fifo.js';
-import { clientParser } from './aedes-internals.js';
+import { clientParser, divertPacketWrites, parseAsMqtt5, subscriptionQoS } from './aedes-internals.js';
 import { refuseIllFormedStrings } from './mqtt-strings.js';
+import { filterCovers } from './security.js';
 
 /** Properties of an MQTT 5 PUBLISH: responseTopic, correlationData, contentType, userProperties… */
 export type PublishProperties = NonNullable<IPublishPacket['properties']>;
 
+/** Subscription identifiers of the sessions: client id → filter → identifier. Session state. */
+export type SubscriptionIds = Map<string, Map<string, number>>;
+
 export interface Mqtt5Options {
   /** broker.limits.maxPacketSize: announced to MQTT 5 clients as their Maximum Packet Size. */
   maxPacketSize: number;
-  /** broker.limits.maxInflight: announced as Receive Maximum (aedes cuts clients with more QoS 2 in flight). */
+  /** broker.limits.maxInflight: announced as Receive Maximum and enforced (DISCONNECT 0x93). */
   receiveMaximum?: number;
+  /** broker.limits.keepAlive (ms): a keep-alive outside is replaced (CONNACK Server Keep Alive). */
+  keepAlive?: { min: number; max: number };
+  /** broker.limits.maxSessionExpiry in seconds: longer Session Expiry Intervals are cut to it. */
+  maxSessionExpiry?: number;
+  /** Where the sessions' subscription identifiers are kept (shared by the broker's connections). */
+  subscriptionIds?: SubscriptionIds;
   /** A socket that has not sent the start of a CONNECT by then is closed (aedes' connectTimeout). */
   connectTimeoutMs?: number;
+}
+
+/** The session side of an MQTT 5 CONNECT (and of its DISCONNECT), for the broker. */
+export interface Mqtt5Connect {
+  cleanStart: boolean;
+  /** Session Expiry Interval in seconds, after broker.limits.maxSessionExpiry. */
+  sessionExpiry: number;
+  /** Will Delay Interval in seconds (0: the will goes when the connection ends). */
+  willDelay: number;
+  /** The will's properties as its PUBLISH carries them (no Will Delay Interval). */
+  willProperties?: PublishProperties;
 }
 
 const V5 = { protocolVersion: 5 };
 const V4 = { protocolVersion: 4 };
 /** Topic aliases a client may define; each is one map entry per connection. */
 const TOPIC_ALIAS_MAXIMUM = 64;
-/** Publish properties kept per connection for takePublishProperties. */
-const MAX_PENDING_PROPERTIES = 10_000;
-/** Entries of attachOutgoingProperties. */
-const MAX_OUTGOING = 10_000;
 /** After the broker side is done, how long a client may take to close its end. */
 const CLOSE_GRACE_MS = 5_000;
+/** The largest Maximum Packet Size / Session Expiry MQTT 5 can express. */
+const MAX_VARIABLE_INT = 268_435_455;
+const MAX_FOUR_BYTE_INT = 0xffff_ffff;
 
 // MQTT 5 reason codes used here.
 const MALFORMED_PACKET = 0x81;
 const PROTOCOL_ERROR = 0x82;
-const NOT_AUTHORIZED = 0x87;
+export const NOT_AUTHORIZED = 0x87;
 const BAD_USER_NAME_OR_PASSWORD = 0x86;
 const BAD_AUTHENTICATION_METHOD = 0x8c;
 const CLIENT_IDENTIFIER_NOT_VALID = 0x85;
+const RECEIVE_MAXIMUM_EXCEEDED = 0x93;
 const TOPIC_ALIAS_INVALID = 0x94;
+export const PACKET_TOO_LARGE = 0x95;
+/** PUBACK reason for a publish the gateway did not keep (its outbox dropped it); SUBACK reason over a limit. */
+export const QUOTA_EXCEEDED = 0x97;
+export const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9e;
 const DISCONNECT_WITH_WILL = 0x04;
 /** MQTT 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
 const CONNACK_REASONS: Record<number, number> = { 0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: BAD_USER_NAME_OR_PASSWORD, 5: NOT_AUTHORIZED };
 const UNSPECIFIED_ERROR = 0x80;
-/** PUBACK reason for a publish the gateway did not keep (its outbox dropped it). */
-export const QUOTA_EXCEEDED = 0x97;
 
 /**
- * Hands a new client connection to aedes: `stream` itself for MQTT 3.1/3.1.1, a translating
- * stream for MQTT 5. Decided from the protocol level of the client's CONNECT.
+ * Hands a new client connection to aedes: `stream` itself for MQTT 3.1/3.1.1, a bridge for MQTT 5.
+ * Decided from the protocol level of the client's CONNECT.
  */
 export function handleConnection(aedes: Pick<Aedes, 'handle'>, stream: Duplex, options: Mqtt5Options, request?: IncomingMessage): void {
   let head: Buffer = Buffer.alloc(0);
@@ -82,8 +112,10 @@ export function handleConnection(aedes: Pick<Aedes, 'handle'>, stream: Duplex, o
     stopWaiting();
     if (level === 5) {
       const bridge = new Mqtt5Bridge(stream, options);
-      aedes.handle(bridge.aedesSide, request);
-      bridge.start(head);
+      const client = aedes.handle(bridge.aedesSide, request);
+      // aedes parses on the next 'readable': its parser has seen nothing yet.
+      parseAsMqtt5(client);
+      bridge.start(client, head);
     } else {
       // Not MQTT 5 (or not MQTT at all: aedes refuses that itself). Put the bytes back; aedes reads
       // the socket from here on as if nobody had looked.
@@ -118,114 +150,95 @@ export function connectProtocolLevel(bytes: Buffer): number | 'more' | undefined
   return levelAt < bytes.length ? bytes[levelAt] : 'more';
 }
 
-// ---- side channels for the command path -----------------------------------------------------
+// ---- what the broker asks of a connection ------------------------------------------------------
 
-const pendingProperties = new WeakMap<object, Fifo<PublishProperties>>();
-const receiveMaximums = new WeakMap<object, number>();
-const refusals = new WeakMap<object, Map<number, number>>();
-
-/**
- * Makes aedes' coming PUBACK for `messageId` on this connection a negative one with `reasonCode`.
- * False for 3.1/3.1.1 connections, which have no negative PUBACK.
- */
-export function refuseMqtt5Publish(conn: object, messageId: number, reasonCode: number): boolean {
-  const refused = refusals.get(conn);
-  if (!refused) return false;
-  refused.set(messageId, reasonCode);
-  return true;
+/** The bridge of each connection, by aedes' side of it (`client.conn`) and by the client's own stream. */
+const bridges = new WeakMap<object, Mqtt5Bridge>();
+const clientBridges = new WeakMap<object, Mqtt5Bridge>();
+/** The session side of the client's CONNECT when it speaks MQTT 5 (`client.conn`); undefined for 3.1.1. */
+export function mqtt5ConnectOf(conn: object): Mqtt5Connect | undefined {
+  return bridges.get(conn)?.connect;
 }
 
 /** The Receive Maximum an MQTT 5 client announced in its CONNECT (unacknowledged QoS 1/2 it accepts), if any. */
 export function clientReceiveMaximum(conn: object): number | undefined {
-  return receiveMaximums.get(conn);
+  return bridges.get(conn)?.clientReceiveMaximum;
 }
 
 /**
- * The properties of the next PUBLISH an MQTT 5 client sent, oldest first: call it once in aedes'
- * authorizePublish with `client.conn` (aedes calls that once per PUBLISH, in order). `{}` for a
- * PUBLISH without properties; undefined for 3.1/3.1.1 connections and when nothing is pending
- * (e.g. a will message, which aedes publishes itself).
+ * Makes aedes' coming PUBACK (QoS 1) or PUBREC (QoS 2) for `messageId` on this connection a negative
+ * one with `reasonCode`. False for 3.1/3.1.1 connections, which have no negative acknowledgement.
  */
-export function takePublishProperties(conn: object): PublishProperties | undefined {
-  return pendingProperties.get(conn)?.shift();
+export function refuseMqtt5Publish(conn: object, messageId: number, reasonCode: number): boolean {
+  const bridge = bridges.get(conn);
+  if (!bridge) return false;
+  bridge.refusedPublishes.set(messageId, reasonCode);
+  return true;
 }
 
-interface OutgoingEntry {
-  payload: Buffer;
-  properties: PublishProperties;
-  expires: number;
+/** Makes the SUBACK code of this filter (aedes' 0x80 refusal) `reasonCode` on an MQTT 5 connection. */
+export function refuseMqtt5Subscription(conn: object, filter: string, reasonCode: number): void {
+  bridges.get(conn)?.refusedFilters.set(filter, reasonCode);
 }
 
 /**
- * Registered properties by topic, for every broker in the process. An entry is used for every
- * matching delivery (several subscribers may want the same response) until it expires.
+ * Should a retained message on `topic`, sent because of a new subscription, reach this client?
+ * Its Retain Handling decides (MQTT 5 3.8.3.1): 0 yes, 1 only for a subscription that is new, 2 no.
+ * Always yes for 3.1.1 clients.
  */
-const outgoing = new Map<string, OutgoingEntry[]>();
-let outgoingCount = 0;
-
-/**
- * Adds `properties` (e.g. the correlationData of a response) to deliveries to MQTT 5 clients of a
- * message with exactly this topic and payload, for `ttlMs`. Register before publishing into aedes.
- * 3.1.1 subscribers get the message without them.
- */
-export function attachOutgoingProperties(topic: string, payload: Buffer, properties: PublishProperties, ttlMs = 10_000): void {
-  if (outgoingCount >= MAX_OUTGOING) pruneOutgoing();
-  const entries = outgoing.get(topic);
-  const entry = { payload, properties, expires: Date.now() + ttlMs };
-  if (entries) entries.push(entry);
-  else outgoing.set(topic, [entry]);
-  outgoingCount++;
-}
-
-/** Drops expired entries, then if still full the oldest topics (registration order) until a tenth is free. */
-function pruneOutgoing(): void {
-  const now = Date.now();
-  for (const [topic, entries] of outgoing) {
-    const live = entries.filter((entry) => entry.expires > now);
-    outgoingCount -= entries.length - live.length;
-    if (live.length === 0) outgoing.delete(topic);
-    else outgoing.set(topic, live);
+export function wantsRetainedOnSubscribe(conn: object, topic: string): boolean {
+  const decisions = bridges.get(conn)?.retainOnSubscribe;
+  if (!decisions || decisions.size === 0) return true;
+  let matched = false;
+  for (const [filter, send] of decisions) {
+    if (!matches(filter, topic)) continue;
+    if (send) return true;
+    matched = true;
   }
-  for (const [topic, entries] of outgoing) {
-    if (outgoingCount < MAX_OUTGOING * 0.9) break;
-    outgoing.delete(topic);
-    outgoingCount -= entries.length;
-  }
+  return !matched;
 }
 
-function outgoingProperties(topic: string, payload: Buffer): PublishProperties | undefined {
-  const entries = outgoing.get(topic);
-  if (!entries) return undefined;
-  const now = Date.now();
-  const live = entries.filter((entry) => entry.expires > now);
-  outgoingCount -= entries.length - live.length;
-  if (live.length === 0) outgoing.delete(topic);
-  else if (live.length !== entries.length) outgoing.set(topic, live);
-  return live.find((entry) => entry.payload.equals(payload))?.properties;
+/** Does `filter` match the topic name `topic`? ([MQTT-4.7.2-1]: wildcards first never match $ topics.) */
+function matches(filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
+  return filterCovers(filter, topic);
 }
 
-// ---- the translation --------------------------------------------------------------------------
+// ---- the bridge -----------------------------------------------------------------------------------
 
 /**
  * One MQTT 5 connection: `client` is the client's stream (its bytes already through the packet
- * size guard), `aedesSide` the 3.1.1 stream aedes reads and writes.
+ * size guard), `aedesSide` the stream aedes reads from.
  */
 class Mqtt5Bridge {
   readonly aedesSide: Duplex;
+  connect: Mqtt5Connect | undefined;
+  clientReceiveMaximum: number | undefined;
+  /** Publishes the gateway refused: message id → the reason code of their PUBACK/PUBREC. */
+  readonly refusedPublishes = new Map<number, number>();
+  /** Filters refused with a reason of their own (aedes only knows 0x80). */
+  readonly refusedFilters = new Map<string, number>();
+  /** The latest Retain Handling per filter: send the retained messages at subscribe time? */
+  readonly retainOnSubscribe = new Map<string, boolean>();
   private readonly client: Duplex;
   private readonly options: Mqtt5Options;
+  private aedesClient: Client | undefined;
   private readonly fromClient = parser(V5);
-  private readonly fromAedes = parser(V4);
   private readonly topicAliases = new Map<number, string>();
-  /** Filters per UNSUBSCRIBE in flight: an MQTT 5 UNSUBACK has one reason code per filter. */
+  /** Filters per SUBSCRIBE / UNSUBSCRIBE in flight: MQTT 5 answers with one reason code per filter. */
+  private readonly subscribeFilters = new Map<number, string[]>();
   private readonly unsubscribeCounts = new Map<number, number>();
-  /** QoS 2 deliveries dropped for the client's Maximum Packet Size: their PUBREL is answered here. */
-  private readonly droppedQos2 = new Set<number>();
-  private readonly properties = new Fifo<PublishProperties>();
-  /** Publishes the gateway refused: message id → the reason code their PUBACK carries. */
-  private readonly refused = new Map<number, number>();
+  /** QoS 1/2 publishes of the client not yet acknowledged (Receive Maximum). */
+  private readonly inbound = new Set<number>();
+  /** QoS 2 deliveries the client will not finish (dropped here, or its PUBREC refused): aedes' PUBREL is answered here. */
+  private readonly endedQos2 = new Set<number>();
+  /** QoS 2 publishes refused with PUBREC ≥ 0x80: the PUBCOMP aedes then sends is not the client's business. */
+  private readonly swallowPubcomp = new Set<number>();
   private clientMaximumPacketSize = Infinity;
+  private clientId = '';
   private assignedClientId: string | undefined;
+  private requestedSessionExpiry = 0;
+  private serverKeepAlive: number | undefined;
   private connackSent = false;
   /** The client's CONNECT went through, or the connection is being refused. */
   private connectSeen = false;
@@ -241,7 +254,8 @@ class Mqtt5Bridge {
       allowHalfOpen: false,
       // aedes reads again: let the client's bytes flow again (see toAedes).
       read: () => this.client.resume(),
-      write: (chunk: Buffer, _encoding, callback) => this.fromAedesBytes(chunk, callback),
+      // aedes writes objects (divertPacketWrites); bytes never come this way.
+      write: (_chunk, _encoding, callback) => callback(new Error('MQTT 5 bridge: unexpected bytes from aedes')),
       final: (callback) => {
         this.closeClient();
         callback();
@@ -252,18 +266,18 @@ class Mqtt5Bridge {
         callback(null);
       },
     });
-    pendingProperties.set(this.aedesSide, this.properties);
-    refusals.set(this.aedesSide, this.refused);
+    bridges.set(this.aedesSide, this);
+    clientBridges.set(client, this);
+    divertPacketWrites(this.aedesSide, (packet) => this.fromAedes(packet));
     // Ill-formed UTF-8 or U+0000 in a string: DISCONNECT 0x81 (or CONNACK 0x81), below.
     refuseIllFormedStrings(this.fromClient);
     this.fromClient.on('packet', (packet: Packet) => this.onClientPacket(packet));
     this.fromClient.on('error', () => this.refuse(MALFORMED_PACKET));
-    this.fromAedes.on('packet', (packet: Packet) => this.onAedesPacket(packet));
-    this.fromAedes.on('error', () => this.destroyBoth());
   }
 
   /** Starts translating; `head` is what was read from the client to recognise MQTT 5. */
-  start(head: Buffer): void {
+  start(aedesClient: Client, head: Buffer): void {
+    this.aedesClient = aedesClient;
     const client = this.client;
     client.on('data', (chunk: Buffer) => {
       if (!this.done) this.fromClient.parse(chunk);
@@ -274,9 +288,24 @@ class Mqtt5Bridge {
     client.on('close', () => {
       if (!this.aedesEnded) this.aedesSide.destroy();
     });
+    client.on('drain', () => {
+      if (!this.waitingForDrain) return;
+      this.waitingForDrain = false;
+      this.aedesSide.emit('drain');
+    });
     client.on('error', () => this.destroyBoth());
     this.fromClient.parse(head);
     client.resume();
+  }
+
+  /** Tells the client why (DISCONNECT with `reasonCode`, CONNACK before it is connected) and closes. */
+  refuse(reasonCode: number): void {
+    if (this.done) return;
+    this.connectSeen = true;
+    this.toClient(this.connackSent ? { cmd: 'disconnect', reasonCode } : { cmd: 'connack', sessionPresent: false, reasonCode });
+    this.done = true;
+    this.closeClient();
+    this.aedesSide.destroy();
   }
 
   // client → aedes
@@ -291,24 +320,29 @@ class Mqtt5Bridge {
       case 'publish':
         return this.onPublish(packet);
       case 'puback':
-      case 'pubrec':
       case 'pubrel':
       case 'pubcomp':
-        // A 3.1.1 acknowledgement has no reason code; aedes only needs the message id.
         if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
-        return this.toAedes({ cmd: packet.cmd, messageId: packet.messageId });
+        return this.toAedes(packet);
+      case 'pubrec':
+        if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
+        // A refusing PUBREC ends the QoS 2 delivery [MQTT-4.3.3-4]: no PUBREL follows; aedes'
+        // is answered here so it forgets the message.
+        if ((packet.reasonCode ?? 0) >= 0x80) this.endedQos2.add(packet.messageId);
+        return this.toAedes(packet);
       case 'subscribe':
         return this.onSubscribe(packet);
-      case 'unsubscribe':
+      case 'unsubscribe': {
         if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
         this.unsubscribeCounts.set(packet.messageId, packet.unsubscriptions.length);
-        return this.toAedes({ cmd: 'unsubscribe', messageId: packet.messageId, unsubscriptions: packet.unsubscriptions });
+        const ids = this.options.subscriptionIds?.get(this.clientId);
+        for (const filter of packet.unsubscriptions) ids?.delete(filter);
+        return this.toAedes(packet);
+      }
       case 'pingreq':
-        return this.toAedes({ cmd: 'pingreq' });
+        return this.toAedes(packet);
       case 'disconnect':
-        // 0x04 asks for the will: end the stream without a DISCONNECT, as if the connection broke.
-        if (packet.reasonCode === DISCONNECT_WITH_WILL) return this.endAedesSide();
-        return this.toAedes({ cmd: 'disconnect' });
+        return this.onDisconnect(packet.reasonCode ?? 0, packet.properties?.sessionExpiryInterval);
       default:
         // A second CONNECT, AUTH (no authentication method was agreed), server-only packets.
         return this.refuse(PROTOCOL_ERROR);
@@ -323,32 +357,55 @@ class Mqtt5Bridge {
     // MQTT 5 allows a password without a user name; 3.1.1 and our user list don't.
     if (connect.password !== undefined && connect.username === undefined) return this.refuse(BAD_USER_NAME_OR_PASSWORD);
     if (properties.maximumPacketSize !== undefined) this.clientMaximumPacketSize = properties.maximumPacketSize;
-    // The broker's flow control (inflight.ts) reads it in preConnect, right after this CONNECT reaches aedes.
-    if (properties.receiveMaximum !== undefined) receiveMaximums.set(this.aedesSide, properties.receiveMaximum);
+    // The broker's flow control (inflight.ts) reads it in preConnect.
+    this.clientReceiveMaximum = properties.receiveMaximum;
     // [MQTT-3.1.3-8] (MQTT 5: the server may refuse a client id): Clean Start 0 asks to resume a
     // session, which an empty id can't name; refused as in 3.1.1 rather than given a new session.
     if (connect.clientId === '' && connect.clean === false) return this.refuse(CLIENT_IDENTIFIER_NOT_VALID);
     let clientId = connect.clientId;
     // MQTT 5 lets the server assign an id and tell the client (CONNACK Assigned Client Identifier).
     if (clientId === '') clientId = this.assignedClientId = `auto-${randomUUID()}`;
+    this.clientId = clientId;
+    this.requestedSessionExpiry = properties.sessionExpiryInterval ?? 0;
     const will = connect.will;
-    this.toAedes({
-      cmd: 'connect',
-      protocolId: 'MQTT',
-      protocolVersion: 4,
-      clientId,
-      // A session outlives the connection when it has an expiry (any: aedes keeps it until the
-      // client returns with a clean start). Clean Start alone can't wipe a session 3.1.1 keeps.
-      clean: !((properties.sessionExpiryInterval ?? 0) > 0),
-      keepalive: connect.keepalive ?? 0,
-      ...(connect.username !== undefined ? { username: connect.username } : {}),
-      ...(connect.password !== undefined ? { password: connect.password } : {}),
-      ...(will ? { will: { topic: will.topic, payload: will.payload, qos: will.qos ?? 0, retain: will.retain ?? false } } : {}),
-    });
+    const { willDelayInterval, ...willProperties } = will?.properties ?? {};
+    this.connect = {
+      cleanStart: connect.clean !== false,
+      sessionExpiry: Math.min(this.requestedSessionExpiry, this.options.maxSessionExpiry ?? MAX_FOUR_BYTE_INT),
+      willDelay: willDelayInterval ?? 0,
+      ...(Object.keys(willProperties).length > 0 ? { willProperties } : {}),
+    };
+    const keepalive = this.keepAlive(connect.keepalive ?? 0);
+    // aedes gets a 3.1.1 CONNECT: the broker decides the session from `connect` in preConnect.
+    this.toAedes(
+      {
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clientId,
+        clean: this.connect.cleanStart,
+        keepalive,
+        ...(connect.username !== undefined ? { username: connect.username } : {}),
+        ...(connect.password !== undefined ? { password: connect.password } : {}),
+        ...(will ? { will: { topic: will.topic, payload: will.payload, qos: will.qos ?? 0, retain: will.retain ?? false } } : {}),
+      },
+      V4,
+    );
+  }
+
+  /** The keep-alive the client gets within broker.limits.keepAlive; Server Keep Alive tells it when it differs. */
+  private keepAlive(requested: number): number {
+    const bounds = this.options.keepAlive;
+    if (!bounds) return requested;
+    let seconds = requested;
+    if (seconds * 1000 > bounds.max) seconds = Math.floor(bounds.max / 1000);
+    if (bounds.min > 0 && (seconds === 0 || seconds * 1000 < bounds.min)) seconds = Math.ceil(bounds.min / 1000);
+    if (seconds !== requested) this.serverKeepAlive = seconds;
+    return seconds;
   }
 
   private onPublish(publish: IPublishPacket): void {
-    const { topicAlias, subscriptionIdentifier: _notForServers, ...properties } = publish.properties ?? {};
+    const { topicAlias, subscriptionIdentifier: _notFromClients, ...properties } = publish.properties ?? {};
     let topic = publish.topic;
     if (topicAlias !== undefined) {
       if (topicAlias === 0 || topicAlias > TOPIC_ALIAS_MAXIMUM) return this.refuse(TOPIC_ALIAS_INVALID);
@@ -360,9 +417,12 @@ class Mqtt5Bridge {
       }
     }
     if (topic === '') return this.refuse(PROTOCOL_ERROR);
-    // Oldest dropped: a consumer that never takes must not grow this without bound.
-    if (this.properties.length >= MAX_PENDING_PROPERTIES) this.properties.shift();
-    this.properties.push(properties);
+    if (publish.qos > 0 && publish.messageId !== undefined) {
+      // [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 publishes than the Receive Maximum we announced.
+      this.inbound.add(publish.messageId);
+      if (this.options.receiveMaximum !== undefined && this.inbound.size > this.options.receiveMaximum)
+        return this.refuse(RECEIVE_MAXIMUM_EXCEEDED);
+    }
     this.toAedes({
       cmd: 'publish',
       topic,
@@ -371,25 +431,47 @@ class Mqtt5Bridge {
       retain: publish.retain,
       dup: publish.dup,
       ...(publish.qos > 0 ? { messageId: publish.messageId } : {}),
+      ...(Object.keys(properties).length > 0 ? { properties } : {}),
     });
   }
 
   private onSubscribe(subscribe: ISubscribePacket): void {
-    // No Local, Retain As Published and Retain Handling have no 3.1.1 encoding: only the QoS goes.
-    this.toAedes({
-      cmd: 'subscribe',
-      messageId: subscribe.messageId,
-      subscriptions: subscribe.subscriptions.map(({ topic, qos }) => ({ topic, qos })),
-    });
+    if (subscribe.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
+    const filters = subscribe.subscriptions.map(({ topic }) => topic);
+    this.subscribeFilters.set(subscribe.messageId, filters);
+    const id = subscribe.properties?.subscriptionIdentifier;
+    const store = this.options.subscriptionIds;
+    let ids = store?.get(this.clientId);
+    if (store && id !== undefined && !ids) store.set(this.clientId, (ids = new Map()));
+    for (const { topic, rh } of subscribe.subscriptions) {
+      // A subscription replaced without an identifier has none any more (3.8.2.1.2).
+      if (id !== undefined) ids?.set(topic, Array.isArray(id) ? id[0]! : id);
+      else ids?.delete(topic);
+      const exists = this.aedesClient !== undefined && subscriptionQoS(this.aedesClient, topic) !== undefined;
+      this.retainOnSubscribe.set(topic, rh === undefined || rh === 0 || (rh === 1 && !exists));
+      this.refusedFilters.delete(topic);
+    }
+    // Only the identifier is ours; aedes keeps No Local, Retain As Published and Retain Handling.
+    this.toAedes({ cmd: 'subscribe', messageId: subscribe.messageId, subscriptions: subscribe.subscriptions });
   }
 
-  private toAedes(packet: Packet): void {
+  private onDisconnect(reasonCode: number, sessionExpiry: number | undefined): void {
+    if (sessionExpiry !== undefined && this.connect) {
+      // [MQTT-3.14.2-2]: a session that ends with its connection can't be given an expiry now.
+      if (this.requestedSessionExpiry === 0 && sessionExpiry !== 0) return this.refuse(PROTOCOL_ERROR);
+      this.connect.sessionExpiry = Math.min(sessionExpiry, this.options.maxSessionExpiry ?? MAX_FOUR_BYTE_INT);
+    }
+    // 0x04 asks for the will: end the stream without a DISCONNECT, as if the connection broke.
+    if (reasonCode === DISCONNECT_WITH_WILL) return this.endAedesSide();
+    this.toAedes({ cmd: 'disconnect' });
+  }
+
+  private toAedes(packet: Packet, version = V5): void {
     if (this.done || this.aedesEnded) return;
     let bytes: Buffer;
     try {
-      bytes = generate(packet, V4);
+      bytes = generate(packet, version);
     } catch {
-      // Parsed as MQTT 5 but not encodable as 3.1.1.
       return this.refuse(PROTOCOL_ERROR);
     }
     // Back-pressure: stop reading the client until aedes reads (the Duplex calls read()).
@@ -404,82 +486,123 @@ class Mqtt5Bridge {
 
   // aedes → client
 
-  private fromAedesBytes(chunk: Buffer, callback: (error?: Error | null) => void): void {
-    this.fromAedes.parse(chunk);
-    if (!this.waitingForDrain || this.client.destroyed) return callback();
-    // Hold aedes' write until the client takes more: aedes then waits for 'drain' like on a socket.
-    this.client.once('drain', () => {
-      this.waitingForDrain = false;
-      callback();
-    });
-  }
-
-  private onAedesPacket(packet: Packet): void {
-    if (this.done) return;
+  /** Every packet aedes writes to this client; false when the client's buffer is full. */
+  private fromAedes(packet: Packet): boolean {
+    if (this.done) return true;
     switch (packet.cmd) {
       case 'connack':
         return this.onConnack(packet);
       case 'publish':
         return this.onDelivery(packet);
-      case 'pubrel':
-        if (packet.messageId !== undefined && this.droppedQos2.delete(packet.messageId))
-          return this.toAedes({ cmd: 'pubcomp', messageId: packet.messageId });
-        return this.toClient({ cmd: 'pubrel', messageId: packet.messageId, reasonCode: 0 });
       case 'puback': {
-        const refused = packet.messageId === undefined ? undefined : this.refused.get(packet.messageId);
-        if (refused !== undefined) this.refused.delete(packet.messageId!);
-        return this.toClient({ cmd: 'puback', messageId: packet.messageId, reasonCode: refused ?? 0 });
+        const messageId = packet.messageId!;
+        this.inbound.delete(messageId);
+        return this.toClient({ cmd: 'puback', messageId, reasonCode: this.takeRefusal(messageId) });
       }
-      case 'pubrec':
-      case 'pubcomp':
-        return this.toClient({ cmd: packet.cmd, messageId: packet.messageId, reasonCode: 0 });
+      case 'pubrec': {
+        const messageId = packet.messageId!;
+        const reasonCode = this.takeRefusal(messageId);
+        if (reasonCode >= 0x80) {
+          // The flow ends with this PUBREC: the client sends no PUBREL, so aedes gets one from here.
+          this.inbound.delete(messageId);
+          this.swallowPubcomp.add(messageId);
+          this.toAedes({ cmd: 'pubrel', messageId });
+        }
+        return this.toClient({ cmd: 'pubrec', messageId, reasonCode });
+      }
+      case 'pubcomp': {
+        const messageId = packet.messageId!;
+        this.inbound.delete(messageId);
+        if (this.swallowPubcomp.delete(messageId)) return true;
+        return this.toClient({ cmd: 'pubcomp', messageId, reasonCode: 0 });
+      }
+      case 'pubrel': {
+        const messageId = packet.messageId!;
+        if (this.endedQos2.delete(messageId)) {
+          this.toAedes({ cmd: 'pubcomp', messageId });
+          return true;
+        }
+        return this.toClient({ cmd: 'pubrel', messageId, reasonCode: 0 });
+      }
       case 'suback':
-        // aedes grants 0x80 for filters the ACL denies: that is MQTT 5's 0x87 Not authorized.
-        return this.toClient({
-          cmd: 'suback',
-          messageId: packet.messageId,
-          granted: packet.granted.map((code) => (code === 0x80 ? NOT_AUTHORIZED : code)),
-        });
+        return this.onSuback(packet);
       case 'unsuback': {
-        const count = packet.messageId === undefined ? undefined : this.unsubscribeCounts.get(packet.messageId);
-        if (packet.messageId !== undefined) this.unsubscribeCounts.delete(packet.messageId);
-        return this.toClient({ cmd: 'unsuback', messageId: packet.messageId, granted: new Array<number>(count ?? 1).fill(0) });
+        const count = this.unsubscribeCounts.get(packet.messageId!) ?? 1;
+        this.unsubscribeCounts.delete(packet.messageId!);
+        return this.toClient({ cmd: 'unsuback', messageId: packet.messageId, granted: new Array<number>(count).fill(0) });
       }
       case 'pingresp':
         return this.toClient({ cmd: 'pingresp' });
       default:
-        return undefined; // aedes sends nothing else to clients
+        return true; // aedes sends nothing else to clients
     }
   }
 
-  private onConnack(connack: IConnackPacket): void {
+  private takeRefusal(messageId: number): number {
+    const reasonCode = this.refusedPublishes.get(messageId);
+    if (reasonCode === undefined) return 0;
+    this.refusedPublishes.delete(messageId);
+    return reasonCode;
+  }
+
+  private onConnack(connack: IConnackPacket): boolean {
     this.connackSent = true;
     const returnCode = connack.returnCode ?? 0;
     if (returnCode !== 0) {
       // aedes closes the connection next; the CONNACK is written before that.
-      this.toClient({ cmd: 'connack', sessionPresent: false, reasonCode: CONNACK_REASONS[returnCode] ?? UNSPECIFIED_ERROR });
-      return;
+      return this.toClient({ cmd: 'connack', sessionPresent: false, reasonCode: CONNACK_REASONS[returnCode] ?? UNSPECIFIED_ERROR });
     }
-    this.toClient({
+    const sessionExpiry = this.connect?.sessionExpiry ?? 0;
+    return this.toClient({
       cmd: 'connack',
       sessionPresent: connack.sessionPresent,
       reasonCode: 0,
       properties: {
         ...(this.assignedClientId !== undefined ? { assignedClientIdentifier: this.assignedClientId } : {}),
-        maximumPacketSize: Math.min(this.options.maxPacketSize, 268_435_455),
+        // 3.2.2.3.2: the server says so when it uses another Session Expiry than the client asked.
+        ...(sessionExpiry !== this.requestedSessionExpiry ? { sessionExpiryInterval: sessionExpiry } : {}),
+        ...(this.serverKeepAlive !== undefined ? { serverKeepAlive: this.serverKeepAlive } : {}),
+        maximumPacketSize: Math.min(this.options.maxPacketSize, MAX_VARIABLE_INT),
         ...(this.options.receiveMaximum !== undefined ? { receiveMaximum: this.options.receiveMaximum } : {}),
         topicAliasMaximum: TOPIC_ALIAS_MAXIMUM,
         retainAvailable: true,
         wildcardSubscriptionAvailable: true,
-        subscriptionIdentifiersAvailable: false,
+        subscriptionIdentifiersAvailable: true,
         sharedSubscriptionAvailable: false,
       },
     });
   }
 
-  private onDelivery(publish: IPublishPacket): void {
+  private onSuback(suback: ISubackPacket): boolean {
+    const messageId = suback.messageId ?? 0;
+    const filters = this.subscribeFilters.get(messageId) ?? [];
+    this.subscribeFilters.delete(messageId);
+    // aedes answers once per distinct filter (the last of a repeated one counts), in first-seen order.
+    const distinct = [...new Set(filters)];
+    const codeOf = new Map(distinct.map((filter, index) => [filter, suback.granted[index] ?? UNSPECIFIED_ERROR]));
+    const granted = filters.map((filter) => {
+      const code = codeOf.get(filter) ?? UNSPECIFIED_ERROR;
+      if (typeof code !== 'number' || code < 0x80) return code;
+      // A refusal: ours when the broker gave a reason, else aedes' 0x80 from the ACL = 0x87 Not authorized.
+      return this.refusedFilters.get(filter) ?? NOT_AUTHORIZED;
+    });
+    for (const filter of filters) this.refusedFilters.delete(filter);
+    return this.toClient({ cmd: 'suback', messageId, granted: granted as number[] });
+  }
+
+  private onDelivery(publish: IPublishPacket & { messageExpiry?: number }): boolean {
     const payload = Buffer.isBuffer(publish.payload) ? publish.payload : Buffer.from(publish.payload);
-    const properties = outgoing.size > 0 ? outgoingProperties(publish.topic, payload) : undefined;
+    const { subscriptionIdentifier: _perSubscriber, topicAlias: _perConnection, ...carried } = publish.properties ?? {};
+    const properties: PublishProperties = carried;
+    if (publish.messageExpiry !== undefined) {
+      const left = publish.messageExpiry - Date.now();
+      // [MQTT-3.3.2-5]: expired before it could be sent: not delivered.
+      if (left <= 0) return this.dropDelivery(publish);
+      // [MQTT-3.3.2-6]: the receiver gets what is left of the interval.
+      properties.messageExpiryInterval = Math.ceil(left / 1000);
+    }
+    const ids = this.subscriptionIdentifiers(publish.topic);
+    if (ids.length > 0) properties.subscriptionIdentifier = ids.length === 1 ? ids[0]! : ids;
     const packet: IPublishPacket = {
       cmd: 'publish',
       topic: publish.topic,
@@ -488,26 +611,37 @@ class Mqtt5Bridge {
       retain: publish.retain,
       dup: publish.dup,
       ...(publish.qos > 0 ? { messageId: publish.messageId } : {}),
-      ...(properties ? { properties } : {}),
+      ...(Object.keys(properties).length > 0 ? { properties } : {}),
     };
     const bytes = this.encodeForClient(packet);
-    if (!bytes) return;
-    if (bytes.length > this.clientMaximumPacketSize) {
-      // Too big for this client: MQTT 5 says discard it as if it had been delivered, so aedes
-      // gets the acknowledgement the client would have sent.
-      if (publish.qos === 1) this.toAedes({ cmd: 'puback', messageId: publish.messageId });
-      if (publish.qos === 2 && publish.messageId !== undefined) {
-        this.droppedQos2.add(publish.messageId);
-        this.toAedes({ cmd: 'pubrec', messageId: publish.messageId });
-      }
-      return;
-    }
-    this.writeToClient(bytes);
+    if (!bytes) return true;
+    // [MQTT-3.1.2-25]: too big for this client: discard it as if it had been delivered.
+    if (bytes.length > this.clientMaximumPacketSize) return this.dropDelivery(publish);
+    return this.writeToClient(bytes);
   }
 
-  private toClient(packet: Packet): void {
+  /** The identifiers of the client's subscriptions that match `topic` ([MQTT-3.3.4-3]). */
+  private subscriptionIdentifiers(topic: string): number[] {
+    const ids = this.options.subscriptionIds?.get(this.clientId);
+    if (!ids || ids.size === 0) return [];
+    const found: number[] = [];
+    for (const [filter, id] of ids) if (matches(filter, topic) && !found.includes(id)) found.push(id);
+    return found;
+  }
+
+  /** A delivery not sent: aedes gets the acknowledgement the client would have sent. */
+  private dropDelivery(publish: IPublishPacket): boolean {
+    if (publish.qos === 1) this.toAedes({ cmd: 'puback', messageId: publish.messageId });
+    if (publish.qos === 2 && publish.messageId !== undefined) {
+      this.endedQos2.add(publish.messageId);
+      this.toAedes({ cmd: 'pubrec', messageId: publish.messageId });
+    }
+    return true;
+  }
+
+  private toClient(packet: Packet): boolean {
     const bytes = this.encodeForClient(packet);
-    if (bytes) this.writeToClient(bytes);
+    return bytes ? this.writeToClient(bytes) : true;
   }
 
   private encodeForClient(packet: Packet): Buffer | undefined {
@@ -519,22 +653,15 @@ class Mqtt5Bridge {
     }
   }
 
-  private writeToClient(bytes: Buffer): void {
-    if (this.client.destroyed || this.client.writableEnded) return;
-    if (!this.client.write(bytes)) this.waitingForDrain = true;
+  private writeToClient(bytes: Buffer): boolean {
+    if (this.client.destroyed || this.client.writableEnded) return true;
+    if (this.client.write(bytes)) return true;
+    // aedes waits for 'drain' on its stream (see start).
+    this.waitingForDrain = true;
+    return false;
   }
 
   // closing
-
-  /** Tells the client why (CONNACK before it is connected, DISCONNECT after) and closes both sides. */
-  private refuse(reasonCode: number): void {
-    if (this.done) return;
-    this.connectSeen = true;
-    this.toClient(this.connackSent ? { cmd: 'disconnect', reasonCode } : { cmd: 'connack', sessionPresent: false, reasonCode });
-    this.done = true;
-    this.closeClient();
-    this.aedesSide.destroy();
-  }
 
   /** Ends the client's stream after what was written to it, and makes sure it goes. */
   private closeClient(): void {
@@ -553,4 +680,12 @@ class Mqtt5Bridge {
     this.client.destroy();
     this.aedesSide.destroy();
   }
+}
+
+/** The bridge in front of a client stream, to tell an MQTT 5 client why it is cut (e.g. 0x95). */
+export function refuseMqtt5Connection(clientStream: object, reasonCode: number): boolean {
+  const bridge = clientBridges.get(clientStream);
+  if (!bridge) return false;
+  bridge.refuse(reasonCode);
+  return true;
 }

@@ -138,12 +138,18 @@ export const brokerSection = z
         }),
         maxQueued: z.number().int().positive().default(100_000).meta({
           description:
-            'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps its messages for when it returns.',
+            'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps up to maxInflight + maxQueued messages while its client is away (more are not kept for it: counted and logged).',
         }),
+        maxSessionExpiry: duration(
+          'Longest a session outlives its connection: MQTT 5 Session Expiry Intervals above it are cut to it (the CONNACK says so), and MQTT 3.1.1 persistent sessions (Clean Session 0) end after it.',
+          1000,
+        ).default(86_400_000),
         keepAlive: z
           .strictObject({
-            min: duration('Shortest keep-alive a client may ask for; 0 allows clients without keep-alive.').default(0),
-            max: duration('Longest keep-alive a client may ask for.', 1000).default(3_600_000),
+            min: duration(
+              'Shortest keep-alive a client may ask for; 0 allows clients without keep-alive. MQTT 3.1.1 clients outside the bounds are refused; MQTT 5 clients get the nearest bound (CONNACK Server Keep Alive).',
+            ).default(0),
+            max: duration('Longest keep-alive a client may ask for (see min).', 1000).default(3_600_000),
           })
           .prefault({}),
       })
