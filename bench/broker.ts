@@ -7,9 +7,10 @@
 //        [--rate R|max] [--seconds 10] [--warmup 3] [--payload 64] [--unacked 10] [--client-processes 1]
 //
 // fanin (default): N publishers (200) at QoS 1, R messages/s in all (20000), each publisher at
-//   R / N on a steady grid; one subscriber on bench/# at QoS 1, with the first publishers in the
-//   first client process. --rate max: every publisher keeps --unacked (10) publishes unacknowledged
-//   and sends the next at each PUBACK.
+//   R / N on a steady grid; one subscriber on bench/# at QoS 1, with the publishers in one client
+//   process, or alone in the first of --client-processes 2+ (the publishers split over the others).
+//   --rate max: every publisher keeps --unacked (10) publishes unacknowledged and sends the next at
+//   each PUBACK.
 // fanout: one publisher at R messages/s (100; or max) to N subscribers (200) of bench/fanout, QoS 1;
 //   the subscribers in the first client process, the publisher in the last.
 // connections: N idle clients (2000; keep-alive 60, each subscribed at QoS 1 to a topic of its
@@ -93,9 +94,9 @@ function startClients(shares: string[][]): Promise<Started[]> {
     ),
   );
 }
-/** [from, to) of share `index` of `count` split over the client processes. */
-const slice = (count: number, index: number) =>
-  `${Math.floor((count * index) / processes)}:${Math.floor((count * (index + 1)) / processes)}`;
+/** [from, to) of share `index` of `count` split over `parts` client processes. */
+const slice = (count: number, index: number, parts = processes) =>
+  `${Math.floor((count * index) / parts)}:${Math.floor((count * (index + 1)) / parts)}`;
 
 let figures: Record<string, unknown>;
 if (scenario === 'connections') {
@@ -143,18 +144,28 @@ if (scenario === 'connections') {
   ];
   const shares = Array.from({ length: processes }, (_, index) => [
     ...common,
-    // fanin: the subscriber and the first publishers in the first process; fanout: the subscribers
+    // fanin: the subscriber in the first process, alone if there are more; fanout: the subscribers
     // in the first, the publisher in the last.
     ...(fanout
       ? [...(index === 0 ? ['--subscribers', String(clients)] : []), ...(index === processes - 1 ? ['--publishers', '0:1'] : [])]
-      : [...(index === 0 ? ['--subscribers', '1'] : []), '--publishers', slice(clients, index)]),
+      : processes === 1
+        ? ['--subscribers', '1', '--publishers', `0:${clients}`]
+        : index === 0
+          ? ['--subscribers', '1']
+          : ['--publishers', slice(clients, index - 1, processes - 1)]),
   ]);
   const clientProcesses = await startClients(shares);
   const startAt = Date.now() + 200;
   const t0 = startAt + warmupMs;
   const t1 = t0 + seconds * 1000;
   for (const client of clientProcesses) client.child.stdin!.write(`go ${startAt} ${t0} ${t1}\n`);
-  const cpuOf = () => [brokerPid, ...clientProcesses.map((client) => client.child.pid!)].map(cpuSeconds);
+  const everyProcess = [broker, ...clientProcesses];
+  const cpuOf = () =>
+    everyProcess.map((started) => {
+      if (started.child.exitCode !== null || started.child.signalCode !== null)
+        throw new Error(`a child exited during the run: ${started.output().slice(-1000)}`);
+      return cpuSeconds(started.child.pid!);
+    });
   await sleep(t0 - Date.now());
   const cpuStart = cpuOf();
   const rssStart = rssMb(brokerPid);
