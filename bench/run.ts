@@ -30,6 +30,8 @@ const runs: Array<[string, string[]]> = [
   ['saturation.js', []],
   // node dist/bench/replay.js --messages 1000000
   ['replay.js', ['--messages', '1000000']],
+  // the broker alone, 200 QoS 1 publishers → 1 subscriber (also --rate max, --protocol 5, --scenario connections): node dist/bench/broker.js --scenario fanin --clients 200 --protocol 4 --rate 20000 --seconds 10
+  ['broker.js', ['--scenario', 'fanin', '--clients', '200', '--protocol', '4', '--rate', '20000', '--seconds', '10']],
   // node dist/bench/idle.js
   ['idle.js', []],
   // what the event bus costs a sample: node dist/bench/event-bus.js
