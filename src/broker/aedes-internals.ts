@@ -122,6 +122,11 @@ export function connectedClientList(aedes: Aedes): Client[] {
   return Object.values(aedesInternals(aedes).clients);
 }
 
+/** The connected client with this id, if any. Uses `aedes.clients` (see connectedClientList). */
+export function connectedClient(aedes: Aedes, clientId: string): Client | undefined {
+  return Object.hasOwn(aedesInternals(aedes).clients, clientId) ? aedesInternals(aedes).clients[clientId] : undefined;
+}
+
 /**
  * Resolves when aedes still holds this client's incoming QoS 2 message (it waits for its PUBREL),
  * rejects when it does not. Uses `aedes.persistence.incomingGetPacket` (aedes 1.2.0's own check

@@ -15,6 +15,7 @@ import {
   clientSubscriptions,
   closedByDisconnect,
   closeWithoutWill,
+  connectedClient,
   connectedClientList,
   incomingQoS2Held,
   subscriptionCount,
@@ -26,6 +27,7 @@ import {
   type Mqtt5Options,
   mqtt5ConnectOf,
   NOT_AUTHORIZED,
+  noteTakeover,
   PACKET_TOO_LARGE,
   type PublishProperties,
   QUOTA_EXCEEDED,
@@ -274,7 +276,7 @@ export class IntegratedBroker {
     const retainedExtras = new Map<string, RetainedExtras>();
     /** MQTT 5 wills with a Will Delay Interval: published by the broker, not by aedes. */
     const delayedWills = new WeakMap<Client, Will>();
-    const connected = (clientId: string): Client | undefined => connectedClientList(aedes).find((client) => client.id === clientId);
+    const connected = (clientId: string): Client | undefined => connectedClient(aedes, clientId);
     /** Ends a session that outlived its connection: nobody took it up in time. */
     const endSession = (clientId: string) => {
       if (connected(clientId)) return;
@@ -322,6 +324,8 @@ export class IntegratedBroker {
       } else sessionExpiry.set(client, packet.clean ? 0 : limits.maxSessionExpiry);
       // aedes names a 3.1.1 client without an id itself (clean sessions only): nothing to take up.
       if (clientId === '') return;
+      const live = connected(clientId);
+      if (live) noteTakeover(live.conn, client);
       sessions.timers.cancelExpiry(clientId);
       const cleanStart = v5 ? v5.cleanStart : packet.clean !== false;
       if (cleanStart) {
@@ -336,7 +340,6 @@ export class IntegratedBroker {
       }
       sessions.timers.dropWill(clientId);
       if (!v5) return;
-      const live = connected(clientId);
       if (live?.clean) await sessions.store.addSubscriptions({ id: clientId }, clientSubscriptions(live));
       packet.clean = false;
     };

@@ -85,6 +85,7 @@ export const PACKET_TOO_LARGE = 0x95;
 export const QUOTA_EXCEEDED = 0x97;
 export const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9e;
 const DISCONNECT_WITH_WILL = 0x04;
+const SESSION_TAKEN_OVER = 0x8e;
 /** MQTT 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
 const CONNACK_REASONS: Record<number, number> = { 0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: BAD_USER_NAME_OR_PASSWORD, 5: NOT_AUTHORIZED };
 const UNSPECIFIED_ERROR = 0x80;
@@ -176,6 +177,15 @@ export function refuseMqtt5Publish(conn: object, messageId: number, reasonCode: 
   return true;
 }
 
+/**
+ * `client` is connecting with the client id of the MQTT 5 connection `conn`: if aedes closes `conn`
+ * while `client` is still open, that is a takeover, and the client is told (DISCONNECT 0x8E).
+ */
+export function noteTakeover(conn: object, client: { closed: boolean }): void {
+  const bridge = bridges.get(conn);
+  if (bridge) bridge.takenOverBy = client;
+}
+
 /** Makes the SUBACK code of this filter (aedes' 0x80 refusal) `reasonCode` on an MQTT 5 connection. */
 export function refuseMqtt5Subscription(conn: object, filter: string, reasonCode: number): void {
   bridges.get(conn)?.refusedFilters.set(filter, reasonCode);
@@ -234,6 +244,8 @@ class Mqtt5Bridge {
   private readonly endedQos2 = new Set<number>();
   /** QoS 2 publishes refused with PUBREC ≥ 0x80: the PUBCOMP aedes then sends is not the client's business. */
   private readonly swallowPubcomp = new Set<number>();
+  /** A new connection for this client id that is logging in (aedes closes this one once it is in). */
+  takenOverBy: { closed: boolean } | undefined;
   private clientMaximumPacketSize = Infinity;
   private clientId = '';
   private assignedClientId: string | undefined;
@@ -261,8 +273,10 @@ class Mqtt5Bridge {
         callback();
       },
       destroy: (_error, callback) => {
+        // [MQTT-3.1.4-3]: closed for a new connection with the same client id: say so.
+        if (this.takenOverBy && !this.takenOverBy.closed) this.refuse(SESSION_TAKEN_OVER);
         // aedes destroys its stream right after a refusing CONNACK: close gently so it still arrives.
-        this.closeClient();
+        else this.closeClient();
         callback(null);
       },
     });
