@@ -140,6 +140,10 @@ export const brokerSection = z
           description:
             'QoS 1/2 deliveries that may wait for one client beyond maxInflight. A client that falls further behind is disconnected with a reason (never a silent drop); a persistent session keeps its messages for when it returns.',
         }),
+        maxSubscriptions: z.number().int().positive().default(1000).meta({
+          description:
+            'Subscriptions one client may hold. A SUBSCRIBE that would take it over the limit gets 0x80 (refused) for the filters beyond it, the client stays connected; subscribing again to a filter it has does not count. Logged once per client.',
+        }),
         keepAlive: z
           .strictObject({
             min: duration('Shortest keep-alive a client may ask for; 0 allows clients without keep-alive.').default(0),
