@@ -792,6 +792,23 @@ describe('MQTT 5 conformance of the integrated broker', () => {
       assert.equal(disconnect.reasonCode, RC.receiveMaximumExceeded);
       assert.equal(await raw.closedWithin(3000), true);
     });
+
+    it('QoS 1 beyond the Receive Maximum (mqtt.js 5 does not honour it) is read as PUBACKs go out: all acknowledged, in order, the client stays', async () => {
+      const burst = await v5('recv-max-qos1');
+      const sub = await v5('recv-max-qos1-sub');
+      await sub.client.subscribeAsync('recvmax/burst/#', { qos: 1 });
+      const count = 60 * MAX_INFLIGHT;
+      // All at once: far more unacknowledged than CONNACK's Receive Maximum allows.
+      await Promise.all(
+        Array.from({ length: count }, (_, index) => burst.client.publishAsync('recvmax/burst/x', String(index), { qos: 1 })),
+      );
+      await waitFor(() => payloads(sub.got, 'recvmax/burst/').length === count, 10_000, 'every message delivered');
+      assert.deepEqual(
+        payloads(sub.got, 'recvmax/burst/'),
+        Array.from({ length: count }, (_, index) => String(index)),
+      );
+      assert.equal(burst.client.connected, true);
+    });
   });
 
   describe('Topic Alias Maximum (§3.2.2.3.8, §3.3.2.3.4)', () => {

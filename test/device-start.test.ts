@@ -179,6 +179,7 @@ describe('a device that cannot start, beside a healthy one', () => {
       'messagesIn',
       'messagesOut',
       'denied',
+      'sessionDropped',
     ]);
   });
 

@@ -7,11 +7,12 @@ import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
-import { Aedes, type Client } from 'aedes';
+import { Aedes, type AuthenticateHandler, type Client } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer, type WebSocket } from 'ws';
 import {
+  clientParser,
   clientSubscriptions,
   closedByDisconnect,
   closeWithoutWill,
@@ -20,12 +21,25 @@ import {
   incomingQoS2Held,
   subscriptionCount,
 } from './aedes-internals.js';
+import { Episodes, episodesOf, limitSubscriptions, overSubscriptionLimit } from './client-limits.js';
+import { addressKey, DUMMY_HASH, LoginLimiter, MAX_WAITING_PER_ADDRESS } from './login-limit.js';
+import {
+  guarded,
+  MALFORMED_PACKET_MESSAGE,
+  rememberRemote,
+  remoteOf,
+  remoteText,
+  tlsFailureCause,
+  type GuardVerdict,
+  type Remote,
+} from './packet-guard.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
 import {
   clientReceiveMaximum,
   handleConnection,
   type Mqtt5Options,
   mqtt5ConnectOf,
+  MALFORMED_PACKET,
   NOT_AUTHORIZED,
   noteTakeover,
   PACKET_TOO_LARGE,
@@ -44,6 +58,8 @@ import type { CommandOrigin } from '../commands/command-handler.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { Fifo } from '../util/fifo.js';
 import { RetainedStore } from './retained-store.js';
+
+export { PacketSizeGuard } from './packet-guard.js';
 
 // CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum we can't import).
 type AuthErrorCode = 2 | 4 | 5;
@@ -384,44 +400,85 @@ export class IntegratedBroker {
           (error: unknown) => callback(error instanceof Error ? error : new Error(String(error)), false),
         );
       },
-      authenticate: (client, username, password, callback) => {
-        const fail = (code: AuthErrorCode, why: string) => {
-          broker?.noteOnce(
-            `auth:${client.id}:${username ?? ''}`,
-            { clientId: client.id, username, why },
-            'mqtt client authentication failed',
-          );
-          callback(Object.assign(new Error(why), { returnCode: code }), false);
-        };
-        if (badClientIds.has(client)) {
-          broker?.noteOnce(
-            'refused:emptyClientId',
-            { remote: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress },
-            'mqtt client refused: empty client id without a clean session (CONNACK 2 identifier rejected)',
-          );
-          return callback(
-            Object.assign(new Error('empty client id without a clean session'), { returnCode: AUTH_IDENTIFIER_REJECTED }),
-            false,
-          );
-        }
-        if (username === undefined) {
-          return access().allowAnonymous
-            ? callback(null, true)
-            : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
-        }
-        const hash = access().users.get(username);
-        if (hash === undefined || password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
-        verifyPassword(password.toString('utf8'), hash).then(
-          (ok) => {
-            if (!ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
-            // A reload while the hash was being checked may have removed the user or changed the password.
-            if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
-            logins.set(client, { username, hash });
-            callback(null, true);
-          },
-          () => fail(AUTH_BAD_CREDENTIALS, 'password check failed'),
+      // Password checks (scrypt) wait in a queue fair between remote addresses, one at a time per
+      // address, delayed after its failures; an address with too many waiting gets the excess
+      // refused unchecked (login-limit.ts). A wrong password never locks out the right one.
+      authenticate: ((): AuthenticateHandler => {
+        const limiter = new LoginLimiter();
+        const floods = new Episodes<{ address: string; remote: string }>(
+          60_000,
+          (_key, fields) =>
+            broker?.log.warn(
+              { ...fields, maxWaiting: MAX_WAITING_PER_ADDRESS },
+              'mqtt logins refused: too many waiting for their password check from one address',
+            ),
+          (_key, refused, { address }) => broker?.log.info({ address, refused }, 'mqtt logins from one address no longer refused'),
         );
-      },
+        return (client, username, password, callback) => {
+          const remote: Remote = remoteOf(client) ?? {
+            address: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress ?? client.req?.socket.remoteAddress,
+            port: (client.conn as { remotePort?: number } | undefined)?.remotePort ?? client.req?.socket.remotePort,
+          };
+          const address = addressKey(remote.address ?? 'unknown');
+          const fail = (code: AuthErrorCode, why: string) => {
+            // Once per address, user and reason (a flood of client ids is one line), never with the password.
+            broker?.noteOnce(
+              `auth:${address}:${username ?? ''}:${why}`,
+              { remote: remoteText(remote), clientId: client.id, username, why },
+              'mqtt client authentication failed',
+            );
+            callback(Object.assign(new Error(why), { returnCode: code }), false);
+          };
+          if (badClientIds.has(client)) {
+            broker?.noteOnce(
+              'refused:emptyClientId',
+              { remote: remoteText(remote) },
+              'mqtt client refused: empty client id without a clean session (CONNACK 2 identifier rejected)',
+            );
+            return callback(
+              Object.assign(new Error('empty client id without a clean session'), { returnCode: AUTH_IDENTIFIER_REJECTED }),
+              false,
+            );
+          }
+          if (username === undefined) {
+            return access().allowAnonymous
+              ? callback(null, true)
+              : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
+          }
+          if (password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
+          const hash = access().users.get(username);
+          // An unknown user costs a check too: the answer's timing tells nothing about which users exist.
+          limiter
+            .check(
+              remote.address ?? 'unknown',
+              () => verifyPassword(password.toString('utf8'), hash ?? DUMMY_HASH),
+              () => client.closed,
+            )
+            .then((result) => {
+              if (result.outcome === 'refused') {
+                if (broker) broker.stats.denied++;
+                floods.hit(address, { address, remote: remoteText(remote) });
+                return callback(
+                  Object.assign(new Error('too many logins from this address are waiting for their password check'), {
+                    returnCode: AUTH_NOT_AUTHORIZED,
+                  }),
+                  false,
+                );
+              }
+              if (result.outcome === 'abandoned')
+                return callback(
+                  Object.assign(new Error('the client left before its password was checked'), { returnCode: AUTH_NOT_AUTHORIZED }),
+                  false,
+                );
+              if (hash === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
+              if (!result.ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
+              // A reload while the hash was being checked may have removed the user or changed the password.
+              if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
+              logins.set(client, { username, hash });
+              callback(null, true);
+            });
+        };
+      })(),
       authorizePublish: (client, packet, callback) => {
         const properties = packet.properties;
         // MQTT 5 Message Expiry: the interval counts from now, for every copy of the message.
@@ -533,6 +590,10 @@ export class IntegratedBroker {
           );
           return callback(null, null);
         }
+        if (overSubscriptionLimit(client, subscription.topic)) {
+          refuseMqtt5Subscription(client.conn, subscription.topic, QUOTA_EXCEEDED);
+          return callback(null, null);
+        }
         if (access().acl.maySubscribe(identity(client), subscription.topic)) return callback(null, subscription);
         broker?.noteOnce(
           `sub:${client.id}:${subscription.topic}`,
@@ -603,8 +664,26 @@ export class IntegratedBroker {
       if (payload.length === 0 || (properties === undefined && messageExpiry === undefined)) retainedExtras.delete(packet.topic);
       else retainedExtras.set(packet.topic, { payload, properties, messageExpiry });
     });
-    aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, error: error.message }, 'mqtt client error'));
-    aedes.on('connectionError', (client, error) => log.debug({ clientId: client?.id, error: error.message }, 'mqtt connection error'));
+    // A packet the parser (mqtt-packet) refuses is the client's fault: a warning, once per address.
+    // Everything else (resets, keep-alive timeouts) is the normal life of a network: debug.
+    const malformed = (client: Client | undefined, error: Error): boolean => {
+      if (!client || (clientParser(client) as { error?: unknown } | undefined)?.error !== error) return false;
+      const remote = remoteOf(client);
+      broker?.noteOnce(
+        `malformed:${remote?.address ?? 'unknown'}`,
+        { remote: remoteText(remote), clientId: client.id || undefined, error: error.message },
+        MALFORMED_PACKET_MESSAGE,
+      );
+      return true;
+    };
+    aedes.on('clientError', (client, error) => {
+      if (!malformed(client, error))
+        log.debug({ clientId: client.id, remote: remoteText(remoteOf(client)), error: error.message }, 'mqtt client error');
+    });
+    aedes.on('connectionError', (client, error) => {
+      if (!malformed(client, error))
+        log.debug({ clientId: client?.id, remote: remoteText(remoteOf(client)), error: error.message }, 'mqtt connection error');
+    });
     try {
       if (config.persistRetained) await broker.restoreRetained(join(dataDir, 'retained.db'));
       for (const listener of config.listeners) await broker.listen(listener);
@@ -696,40 +775,47 @@ export class IntegratedBroker {
   }
 
   private listen(listener: ListenerConfig): Promise<void> {
-    const maxPacketSize = this.config.limits.maxPacketSize;
-    // aedes has no packet size limit: watch the MQTT framing of every connection and cut a client
-    // that announces a bigger packet, before its payload is buffered.
-    // aedes has no packet size limit. Every chunk a connection receives passes this guard before
-    // it enters the stream's buffer (Readable.push, which node's sockets and ws' streams call for
-    // incoming data): a client announcing a bigger packet is cut, and the chunk carrying that
-    // header never reaches aedes. Hooking push keeps the hot write path untouched.
-    const guarded = <T extends Readable>(stream: T, remote: string): T => {
-      const sizes = new PacketSizeGuard(maxPacketSize);
-      const push = stream.push.bind(stream);
-      let cut = false;
-      stream.push = (chunk: unknown, encoding?: BufferEncoding) => {
-        if (Buffer.isBuffer(chunk)) {
-          if (cut) return false;
-          const announced = sizes.feed(chunk);
-          if (announced !== undefined) {
-            cut = true;
-            this.noteOnce(
-              `size:${remote}`,
-              { remote, bytes: announced, max: maxPacketSize },
-              'mqtt packet larger than broker.limits.maxPacketSize: client disconnected',
-            );
-            // An MQTT 5 client is told why first (DISCONNECT 0x95, [MQTT-3.2.2-15]).
-            if (!refuseMqtt5Connection(stream, PACKET_TOO_LARGE)) stream.destroy();
-            return false;
-          }
-        }
-        return push(chunk, encoding);
-      };
-      return stream;
-    };
+    const { maxPacketSize, maxSubscriptions, maxConnections } = this.config.limits;
+    // aedes has no packet size limit: every chunk a connection receives passes the guard
+    // (packet-guard.ts) before aedes buffers it; a client announcing a bigger packet is cut
+    // before its payload comes, one sending bytes no MQTT packet starts with too.
+    const guard = <T extends Readable>(stream: T, remote: Remote): T =>
+      guarded(stream, maxPacketSize, (verdict: GuardVerdict, cut) => {
+        if (verdict.problem === 'size')
+          this.noteOnce(
+            `size:${remoteText(remote)}`,
+            { remote: remoteText(remote), bytes: verdict.bytes, max: maxPacketSize },
+            'mqtt packet larger than broker.limits.maxPacketSize: client disconnected',
+          );
+        // Once per address, as the parser's own refusals (the aedes connectionError handler).
+        else
+          this.noteOnce(
+            `malformed:${remote.address ?? 'unknown'}`,
+            { remote: remoteText(remote), error: verdict.reason },
+            MALFORMED_PACKET_MESSAGE,
+          );
+        // An MQTT 5 client is told why first: DISCONNECT 0x95 [MQTT-3.2.2-15] or 0x81.
+        return refuseMqtt5Connection(cut, verdict.problem === 'size' ? PACKET_TOO_LARGE : MALFORMED_PACKET);
+      });
+    // What aedes makes of a connection, with who is on the other end and the client's own limits.
+    const front = (remote: Remote): Pick<Aedes, 'handle'> => ({
+      handle: (stream, request) => {
+        const client = this.aedes.handle(stream, request);
+        rememberRemote(client, remote);
+        limitSubscriptions(client, maxSubscriptions, (refused, filter) =>
+          this.noteOnce(
+            `maxSubscriptions:${refused.id}`,
+            { clientId: refused.id, remote: remoteText(remote), filter, max: maxSubscriptions },
+            'subscription refused: the client has broker.limits.maxSubscriptions subscriptions',
+          ),
+        );
+        return client;
+      },
+    });
     const accept = (socket: Socket) => {
       if (socket.destroyed) return; // refused by the connection limit
-      handleConnection(this.aedes, guarded(socket, `${socket.remoteAddress}:${socket.remotePort}`), this.sessions.mqtt5);
+      const remote: Remote = { address: socket.remoteAddress, port: socket.remotePort };
+      handleConnection(front(remote), guard(socket, remote), this.sessions.mqtt5);
     };
     let server: Server;
     // No Nagle: a subscriber's keep-alive ping otherwise meets a delayed ACK and holds the next
@@ -746,37 +832,56 @@ export class IntegratedBroker {
         stream.on('error', () => ws.terminate());
         this.wsSockets.add(ws);
         ws.once('close', () => this.wsSockets.delete(ws));
-        handleConnection(
-          this.aedes,
-          guarded(stream, `${request.socket.remoteAddress}:${request.socket.remotePort} (websocket)`),
-          this.sessions.mqtt5,
-          request,
-        );
+        const remote: Remote = { address: request.socket.remoteAddress, port: request.socket.remotePort, websocket: true };
+        handleConnection(front(remote), guard(stream, remote), this.sessions.mqtt5, request);
       });
       this.webSocketServers.push(wss);
       server = http;
     }
     if (listener.type === 'tls' || listener.type === 'wss') {
-      server.on('tlsClientError', (error: Error, socket: { remoteAddress?: string }) =>
-        this.noteOnce(
-          `tls:${socket.remoteAddress}:${error.message}`,
-          { remote: socket.remoteAddress, error: error.message },
-          'TLS handshake failed',
-        ),
+      // One line per address and cause (a client retrying with the same problem is one line).
+      // The TLS socket of a failed handshake may be closed already (no address left): its TCP
+      // socket (node's _parent) was remembered when it connected.
+      server.on(
+        'tlsClientError',
+        (error: Error & { code?: string }, socket: { remoteAddress?: string; remotePort?: number; _parent?: object }) => {
+          const cause = tlsFailureCause(error);
+          const remote = remoteOf(socket._parent) ?? { address: socket.remoteAddress, port: socket.remotePort };
+          this.noteOnce(
+            `tls:${remote.address ?? 'unknown'}:${cause}`,
+            { remote: remoteText(remote), cause, error: error.message },
+            'TLS handshake failed',
+          );
+        },
       );
     }
     // The connection limit counts sockets, so simultaneous connects and clients that never send
-    // CONNECT are limited too (aedes counts clients only once they are connected).
+    // CONNECT are limited too (aedes counts clients only once they are connected). Refusals are
+    // logged by episode: a warning when the first comes, a count when a connection is accepted
+    // again or none was refused for a minute (one broker, all listeners).
+    const refusals = episodesOf(
+      this,
+      'maxConnections',
+      () =>
+        new Episodes<{ remote: string; max: number }>(
+          60_000,
+          (_key, fields) => this.log.warn(fields, 'connection refused: broker.limits.maxConnections reached'),
+          (_key, refused, { max }) =>
+            this.log.info({ refused, max }, 'connections refused for broker.limits.maxConnections: the episode ended'),
+        ),
+    );
     server.prependListener('connection', (socket: Socket) => {
-      if (this.sockets.size >= this.config.limits.maxConnections) {
-        this.noteOnce(
-          'refused:maxConnections',
-          { remote: `${socket.remoteAddress}:${socket.remotePort}`, max: this.config.limits.maxConnections },
-          'connection refused: broker.limits.maxConnections reached',
-        );
+      if (this.sockets.size >= maxConnections) {
+        this.stats.denied++;
+        refusals.hit('maxConnections', {
+          remote: remoteText({ address: socket.remoteAddress, port: socket.remotePort }),
+          max: maxConnections,
+        });
         socket.destroy();
         return;
       }
+      refusals.end('maxConnections');
+      rememberRemote(socket, { address: socket.remoteAddress, port: socket.remotePort });
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
@@ -943,48 +1048,4 @@ function listenerUrl(listener: ListenerConfig, port: number): string {
   const scheme = { tcp: 'mqtt', tls: 'mqtts', ws: 'ws', wss: 'wss' }[listener.type];
   const path = listener.type === 'ws' || listener.type === 'wss' ? listener.path : '';
   return `${scheme}://${listener.host}:${port}${path}`;
-}
-
-/**
- * Follows MQTT framing on a byte stream (fixed header byte, 1–4 byte remaining length, body) and
- * reports the size a packet announces once it is over the limit.
- */
-export class PacketSizeGuard {
-  private readonly max: number;
-  private state: 'header' | 'length' | 'body' = 'header';
-  private length = 0;
-  private multiplier = 1;
-  private remaining = 0;
-
-  constructor(max: number) {
-    this.max = max;
-  }
-
-  /** Returns the announced packet size when it exceeds the limit, otherwise undefined. */
-  feed(chunk: Buffer): number | undefined {
-    let index = 0;
-    while (index < chunk.length) {
-      if (this.state === 'header') {
-        index++;
-        this.state = 'length';
-        this.length = 0;
-        this.multiplier = 1;
-      } else if (this.state === 'length') {
-        const byte = chunk[index++]!;
-        this.length += (byte & 0x7f) * this.multiplier;
-        this.multiplier *= 128;
-        if ((byte & 0x80) === 0 || this.multiplier > 128 ** 4) {
-          if (this.length > this.max) return this.length;
-          this.remaining = this.length;
-          this.state = this.remaining === 0 ? 'header' : 'body';
-        }
-      } else {
-        const take = Math.min(this.remaining, chunk.length - index);
-        index += take;
-        this.remaining -= take;
-        if (this.remaining === 0) this.state = 'header';
-      }
-    }
-    return undefined;
-  }
 }

@@ -72,7 +72,7 @@ const MAX_VARIABLE_INT = 268_435_455;
 const MAX_FOUR_BYTE_INT = 0xffff_ffff;
 
 // MQTT 5 reason codes used here.
-const MALFORMED_PACKET = 0x81;
+export const MALFORMED_PACKET = 0x81;
 const PROTOCOL_ERROR = 0x82;
 export const NOT_AUTHORIZED = 0x87;
 const BAD_USER_NAME_OR_PASSWORD = 0x86;
@@ -238,8 +238,13 @@ class Mqtt5Bridge {
   /** Filters per SUBSCRIBE / UNSUBSCRIBE in flight: MQTT 5 answers with one reason code per filter. */
   private readonly subscribeFilters = new Map<number, string[]>();
   private readonly unsubscribeCounts = new Map<number, number>();
-  /** QoS 1/2 publishes of the client not yet acknowledged (Receive Maximum). */
-  private readonly inbound = new Set<number>();
+  /** The client's QoS 1 publishes not yet acknowledged, and QoS 2 ones not yet completed (Receive Maximum). */
+  private readonly inboundQos1 = new Set<number>();
+  private readonly inboundQos2 = new Set<number>();
+  /** Packets of the client read while it had Receive Maximum QoS 1 publishes unacknowledged: held, in order. */
+  private readonly held: Packet[] = [];
+  /** aedes' side is full: the client is not read until aedes reads. */
+  private aedesFull = false;
   /** QoS 2 deliveries the client will not finish (dropped here, or its PUBREC refused): aedes' PUBREL is answered here. */
   private readonly endedQos2 = new Set<number>();
   /** QoS 2 publishes refused with PUBREC ≥ 0x80: the PUBCOMP aedes then sends is not the client's business. */
@@ -265,7 +270,10 @@ class Mqtt5Bridge {
     this.aedesSide = new Duplex({
       allowHalfOpen: false,
       // aedes reads again: let the client's bytes flow again (see toAedes).
-      read: () => this.client.resume(),
+      read: () => {
+        this.aedesFull = false;
+        this.resumeClient();
+      },
       // aedes writes objects (divertPacketWrites); bytes never come this way.
       write: (_chunk, _encoding, callback) => callback(new Error('MQTT 5 bridge: unexpected bytes from aedes')),
       final: (callback) => {
@@ -326,6 +334,15 @@ class Mqtt5Bridge {
 
   private onClientPacket(packet: Packet): void {
     if (this.done) return;
+    // Behind a held publish, everything waits its turn (order is kept).
+    if (this.held.length > 0) {
+      this.held.push(packet);
+      return;
+    }
+    this.dispatch(packet);
+  }
+
+  private dispatch(packet: Packet): void {
     if (!this.connectSeen) {
       if (packet.cmd === 'connect') return this.onConnect(packet);
       return this.refuse(PROTOCOL_ERROR);
@@ -431,11 +448,23 @@ class Mqtt5Bridge {
       }
     }
     if (topic === '') return this.refuse(PROTOCOL_ERROR);
-    if (publish.qos > 0 && publish.messageId !== undefined) {
-      // [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 publishes than the Receive Maximum we announced.
-      this.inbound.add(publish.messageId);
-      if (this.options.receiveMaximum !== undefined && this.inbound.size > this.options.receiveMaximum)
-        return this.refuse(RECEIVE_MAXIMUM_EXCEEDED);
+    const receiveMaximum = this.options.receiveMaximum ?? Infinity;
+    if (publish.qos === 2 && publish.messageId !== undefined && !this.inboundQos2.has(publish.messageId)) {
+      // 4.9: more QoS 2 messages waiting to complete than the Receive Maximum we announced: each
+      // is held in aedes' store until its PUBREL, so this bounds what a client can make us keep.
+      if (this.inboundQos2.size >= receiveMaximum) return this.refuse(RECEIVE_MAXIMUM_EXCEEDED);
+      this.inboundQos2.add(publish.messageId);
+    }
+    if (publish.qos === 1 && publish.messageId !== undefined) {
+      // More QoS 1 publishes than the Receive Maximum before their PUBACK (the outbox may hold it
+      // for its commit): read on as PUBACKs go out. mqtt.js 5 ignores the server's Receive
+      // Maximum, and disconnecting such a client (0x93) would only make it reconnect and resend.
+      if (this.inboundQos1.size >= receiveMaximum && !this.inboundQos1.has(publish.messageId)) {
+        this.held.push(publish);
+        this.client.pause();
+        return;
+      }
+      this.inboundQos1.add(publish.messageId);
     }
     this.toAedes({
       cmd: 'publish',
@@ -480,6 +509,21 @@ class Mqtt5Bridge {
     this.toAedes({ cmd: 'disconnect' });
   }
 
+  /** A QoS 1 publish was acknowledged: packets held behind the Receive Maximum go on, in order. */
+  private releaseHeld(): void {
+    while (this.held.length > 0 && !this.done) {
+      const next = this.held[0]!;
+      if (next.cmd === 'publish' && next.qos === 1 && this.inboundQos1.size >= (this.options.receiveMaximum ?? Infinity)) return;
+      this.held.shift();
+      this.dispatch(next);
+    }
+    this.resumeClient();
+  }
+
+  private resumeClient(): void {
+    if (this.held.length === 0 && !this.aedesFull && !this.done) this.client.resume();
+  }
+
   private toAedes(packet: Packet, version = V5): void {
     if (this.done || this.aedesEnded) return;
     let bytes: Buffer;
@@ -489,7 +533,10 @@ class Mqtt5Bridge {
       return this.refuse(PROTOCOL_ERROR);
     }
     // Back-pressure: stop reading the client until aedes reads (the Duplex calls read()).
-    if (!this.aedesSide.push(bytes)) this.client.pause();
+    if (!this.aedesSide.push(bytes)) {
+      this.aedesFull = true;
+      this.client.pause();
+    }
   }
 
   private endAedesSide(): void {
@@ -510,15 +557,16 @@ class Mqtt5Bridge {
         return this.onDelivery(packet);
       case 'puback': {
         const messageId = packet.messageId!;
-        this.inbound.delete(messageId);
-        return this.toClient({ cmd: 'puback', messageId, reasonCode: this.takeRefusal(messageId) });
+        const written = this.toClient({ cmd: 'puback', messageId, reasonCode: this.takeRefusal(messageId) });
+        if (this.inboundQos1.delete(messageId)) this.releaseHeld();
+        return written;
       }
       case 'pubrec': {
         const messageId = packet.messageId!;
         const reasonCode = this.takeRefusal(messageId);
         if (reasonCode >= 0x80) {
           // The flow ends with this PUBREC: the client sends no PUBREL, so aedes gets one from here.
-          this.inbound.delete(messageId);
+          this.inboundQos2.delete(messageId);
           this.swallowPubcomp.add(messageId);
           this.toAedes({ cmd: 'pubrel', messageId });
         }
@@ -526,7 +574,7 @@ class Mqtt5Bridge {
       }
       case 'pubcomp': {
         const messageId = packet.messageId!;
-        this.inbound.delete(messageId);
+        this.inboundQos2.delete(messageId);
         if (this.swallowPubcomp.delete(messageId)) return true;
         return this.toClient({ cmd: 'pubcomp', messageId, reasonCode: 0 });
       }

@@ -144,6 +144,10 @@ export const brokerSection = z
           'Longest a session outlives its connection: MQTT 5 Session Expiry Intervals above it are cut to it (the CONNACK says so), and MQTT 3.1.1 persistent sessions (Clean Session 0) end after it.',
           1000,
         ).default(86_400_000),
+        maxSubscriptions: z.number().int().positive().default(1000).meta({
+          description:
+            'Subscriptions one client may hold. A SUBSCRIBE that would take it over the limit gets 0x80 (MQTT 5: 0x97 Quota exceeded) for the filters beyond it, the client stays connected; subscribing again to a filter it has does not count. Logged once per client.',
+        }),
         keepAlive: z
           .strictObject({
             min: duration(
