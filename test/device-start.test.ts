@@ -180,6 +180,7 @@ describe('a device that cannot start, beside a healthy one', () => {
       'messagesOut',
       'denied',
       'sessionDropped',
+      'qos0Dropped',
     ]);
   });
 

@@ -9,6 +9,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import mqtt from 'mqtt';
+import { generate } from 'mqtt-packet';
 import { makeTempDir, removeDir } from './helpers/cloud-broker.js';
 import { CLI, runGateway } from './helpers/gateway-cli.js';
 import { freePort, waitFor } from './helpers/net.js';
@@ -59,21 +60,25 @@ async function brokerUp(url: string, stderr: () => string): Promise<void> {
 }
 
 /**
- * A TCP connection that sends bytes no MQTT parser accepts: the broker logs it at debug level and
- * closes it. False when the broker did not close it within 5 s.
+ * An MQTT client that connects and then resets its TCP connection: the broker logs the reset at
+ * debug level, once per client. False when the broker did not answer the CONNECT within 5 s.
  */
-async function garbageConnection(port: number): Promise<boolean> {
+async function resetConnection(port: number): Promise<boolean> {
   return new Promise<boolean>((resolve) => {
     const socket = connect(port, '127.0.0.1');
-    const timer = setTimeout(() => {
-      socket.destroy();
-      resolve(false);
-    }, 5000);
-    socket.on('connect', () => socket.end(Buffer.alloc(64, 0xff)));
+    let answered = false;
+    const timer = setTimeout(() => socket.destroy(), 5000);
+    socket.on('connect', () =>
+      socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: '', clean: true, keepalive: 0 })),
+    );
+    socket.once('data', () => {
+      answered = true;
+      socket.resetAndDestroy();
+    });
     socket.on('error', () => undefined);
     socket.on('close', () => {
       clearTimeout(timer);
-      resolve(true);
+      resolve(answered);
     });
   });
 }
@@ -164,7 +169,7 @@ describe('logging at shutdown', () => {
         // ~2000 debug lines of ~150 bytes: several times what the pipe holds. A frozen gateway
         // answers none: stop at the first batch with an unanswered connection.
         for (let batch = 0; batch < 20; batch++) {
-          const answered = await Promise.all(Array.from({ length: 100 }, () => garbageConnection(port)));
+          const answered = await Promise.all(Array.from({ length: 100 }, () => resetConnection(port)));
           if (answered.includes(false)) break;
         }
         // The event loop still runs: the broker accepts a client while stdout is full.

@@ -2,8 +2,8 @@
 // package.json pins aedes exactly (1.2.0) for as long as this file is not empty; each function
 // below says which internal it relies on and why, checked against aedes 1.2.0.
 //
-// When aedes is upgraded (issue 17 may move to 2.0.0-beta), check against the new lib/client.js,
-// aedes.js and lib/handlers/ that, for each function here:
+// When aedes is upgraded (2.0 has native MQTT 5: much of mqtt5.ts and this file may go), check
+// against the new lib/client.js, aedes.js, lib/write.js and lib/handlers/ that, for each function here:
 // - the field still exists under that name, with the same shape (Client: deliverQoS, deliver0,
 //   subscriptions, _parser, _disconnected; Aedes: clients, persistence.incomingGetPacket);
 // - deliverQoS/deliver0 are still own fields of the client, read when a subscription is made
@@ -11,10 +11,15 @@
 //   preConnect still catches every delivery; deliverQoS still hands QoS 0 packets to deliver0;
 // - _parser still emits 'packet' for every packet the client sends (PUBACK, PUBCOMP, PUBREL);
 // - _disconnected is still the flag close() reads to skip the will;
-// - incomingGetPacket still resolves only while a QoS 2 message waits for its PUBREL.
+// - incomingGetPacket still resolves only while a QoS 2 message waits for its PUBREL;
+// - lib/write.js still writes every packet with mqtt-packet's writeToStream, looked up on the
+//   module at each call; the client's mqtt-packet parser still takes a parsed CONNECT as its
+//   settings; aedes-packet still copies `properties` and `messageExpiry`; the persistence still
+//   goes through outgoingEnqueue(Combi)/outgoingUpdate/outgoingClearMessageId/outgoingStream
+//   (sessions.ts replaces them).
 // If one became public API, use that and drop the function; then unpin aedes once this file is empty.
 // The tests that fail when one of these breaks: broker-limits (flow control), broker-reload (clients,
-// will), writes (QoS 2 commands).
+// will), writes (QoS 2 commands), broker-mqtt5 and broker-mqtt5-spec (MQTT 5, sessions).
 import { createRequire } from 'node:module';
 import type { Aedes, Client, PublishPacket } from 'aedes';
 import type { Packet } from 'mqtt-packet';
@@ -129,12 +134,13 @@ export function connectedClient(aedes: Aedes, clientId: string): Client | undefi
 
 /**
  * Resolves when aedes still holds this client's incoming QoS 2 message (it waits for its PUBREL),
- * rejects when it does not. Uses `aedes.persistence.incomingGetPacket` (aedes 1.2.0's own check
+ * rejects when it does not. Uses `client.broker` and `aedes.persistence.incomingGetPacket` (aedes 1.2.0's own check
  * for a resent QoS 2 PUBLISH): a persistent session may resend one after a reconnect, and that
  * is not a new message.
  */
-export function incomingQoS2Held(aedes: Aedes, client: Client, packet: { messageId?: number }): Promise<unknown> {
-  return aedesInternals(aedes).persistence.incomingGetPacket(client, packet);
+export function incomingQoS2Held(client: Client, packet: { messageId?: number }): Promise<unknown> {
+  const broker = (client as unknown as { broker: Aedes }).broker;
+  return aedesInternals(broker).persistence.incomingGetPacket(client, packet);
 }
 
 /** A client's subscription as aedes keeps it (lib/handlers/subscribe.js Subscription). */
@@ -190,23 +196,45 @@ interface ParserInternals {
 type WriteToStream = (packet: Packet, stream: object, options?: unknown) => boolean;
 const mqttPacket = createRequire(import.meta.url)('mqtt-packet') as { writeToStream: WriteToStream };
 const packetWriters = new WeakMap<object, (packet: Packet) => boolean>();
-let diverting = false;
+const writtenIds = new WeakMap<object, Set<number>>();
+let hooked = false;
 
 /**
- * Every packet aedes writes to `stream` goes to `write` as an object instead of being encoded.
- * Uses mqtt-packet's `writeToStream`, which aedes 1.2.0's lib/write.js calls (as a property of the
- * module, at each write) for every packet to a client: aedes encodes at 3.1.1 only, and an MQTT 5
- * connection (mqtt5.ts) must send the packet's properties (user properties, message expiry…)
- * that aedes carries but cannot encode. Other streams (every other client, mqtt.js) are untouched.
- * `write` returns false when the client's buffer is full; then the stream must emit 'drain' later.
+ * Hooks mqtt-packet's `writeToStream`, which aedes 1.2.0's lib/write.js calls (as a property of
+ * the module, at each write) for every packet to a client. Streams nobody asked about (mqtt.js'
+ * own, the uplink's) are written as before.
  */
-export function divertPacketWrites(stream: object, write: (packet: Packet) => boolean): void {
-  packetWriters.set(stream, write);
-  if (diverting) return;
-  diverting = true;
+function hookPacketWrites(): void {
+  if (hooked) return;
+  hooked = true;
   const encode = mqttPacket.writeToStream;
   mqttPacket.writeToStream = (packet, target, options) => {
+    if (packet.cmd === 'publish' && packet.qos > 0 && packet.messageId !== undefined) writtenIds.get(target)?.add(packet.messageId);
     const writer = packetWriters.get(target);
     return writer ? writer(packet) : encode(packet, target, options);
   };
+}
+
+/**
+ * Every packet aedes writes to `stream` goes to `write` as an object instead of being encoded
+ * (see hookPacketWrites): aedes encodes at 3.1.1 only, and an MQTT 5 connection (mqtt5.ts) must
+ * send the packet's properties (user properties, message expiry…) that aedes carries but cannot
+ * encode. `write` returns false when the client's buffer is full; the stream emits 'drain' later.
+ */
+export function divertPacketWrites(stream: object, write: (packet: Packet) => boolean): void {
+  hookPacketWrites();
+  packetWriters.set(stream, write);
+}
+
+/**
+ * The message ids of the QoS 1/2 publishes aedes writes to `stream` from now on (see
+ * hookPacketWrites); the caller deletes an id when its acknowledgement comes. aedes has no record
+ * of a clean session's deliveries, and a client acknowledging ids it was never sent must not
+ * widen its flow-control window (inflight.ts).
+ */
+export function trackWrittenIds(stream: object): Set<number> {
+  hookPacketWrites();
+  let ids = writtenIds.get(stream);
+  if (!ids) writtenIds.set(stream, (ids = new Set()));
+  return ids;
 }

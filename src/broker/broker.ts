@@ -35,6 +35,7 @@ import {
 } from './packet-guard.js';
 import { InboundQoS2, OutboundWindow } from './inflight.js';
 import {
+  bufferedToClient,
   clientReceiveMaximum,
   handleConnection,
   type Mqtt5Options,
@@ -201,11 +202,22 @@ export interface BrokerStats {
   denied: number;
   /** Messages not kept for a session that was full (broker.limits.maxInflight + maxQueued). */
   sessionDropped: number;
+  /** QoS 0 deliveries dropped for clients that did not read (their connection was full). */
+  qos0Dropped: number;
 }
 
 export class IntegratedBroker {
   readonly aedes: Aedes;
-  readonly stats: BrokerStats = { published: 0, dropped: 0, errors: 0, messagesIn: 0, messagesOut: 0, denied: 0, sessionDropped: 0 };
+  readonly stats: BrokerStats = {
+    published: 0,
+    dropped: 0,
+    errors: 0,
+    messagesIn: 0,
+    messagesOut: 0,
+    denied: 0,
+    sessionDropped: 0,
+    qos0Dropped: 0,
+  };
   private readonly queue = new Fifo<QueuedPublish>();
   private inFlight = 0;
   private dropping = false;
@@ -290,9 +302,24 @@ export class IntegratedBroker {
     /** How long each client's session outlives its connection (ms); 0 ends it with the connection. */
     const sessionExpiry = new WeakMap<Client, number>();
     const retainedExtras = new Map<string, RetainedExtras>();
+    /** The client aedes registered last for each id (see the 'client' handler). */
+    const registered = new Map<string, Client>();
     /** MQTT 5 wills with a Will Delay Interval: published by the broker, not by aedes. */
     const delayedWills = new WeakMap<Client, Will>();
-    const connected = (clientId: string): Client | undefined => connectedClient(aedes, clientId);
+    /**
+     * Connections past their login and not yet registered by aedes, by client id: their session is
+     * being taken up, so a timer of the old connection must not end it meanwhile.
+     */
+    const arriving = new Map<string, Client>();
+    /** The client holding this id: connected, or past its login and about to be. */
+    const connected = (clientId: string): Client | undefined => {
+      const pending = arriving.get(clientId);
+      if (pending && !pending.closed) return pending;
+      if (pending) arriving.delete(clientId);
+      return connectedClient(aedes, clientId);
+    };
+    /** Whether a client's CONNECT had Clean Start (MQTT 5) / Clean Session (3.1.1). */
+    const cleanStarts = new WeakMap<Client, boolean>();
     /** Ends a session that outlived its connection: nobody took it up in time. */
     const endSession = (clientId: string) => {
       if (connected(clientId)) return;
@@ -317,18 +344,19 @@ export class IntegratedBroker {
       });
     };
     /**
-     * Decides what becomes of an earlier session under this client id, before aedes looks (it
-     * knows 3.1.1's Clean Session only). MQTT 5 keeps Clean Start (at connect: discard the old
-     * session?) apart from Session Expiry (after the connection: keep it how long?), 3.1.2.4:
+     * What becomes of an earlier session under this client id; aedes knows 3.1.1's Clean Session
+     * only. MQTT 5 keeps Clean Start (at connect: discard the old session?) apart from Session
+     * Expiry (after the connection: keep it how long?), 3.1.2.4:
      * - Clean Start 1, no expiry: aedes' clean session.
      * - Clean Start 1 with an expiry: the old session is ended here, then aedes keeps a new one.
      * - Clean Start 0: aedes resumes the session, a live one too: a client holding it that aedes
      *   keeps no session for (Clean Start 1, no expiry) hands over its subscriptions first.
      * 3.1.1 persistent sessions expire too, after broker.limits.maxSessionExpiry.
+     * decideSession only sets the CONNECT up (preConnect, before aedes copies it); takeUpSession
+     * acts on the old session, once the client has logged in (a failed login changes nothing).
      */
-    const prepareSession = async (client: Client, packet: IConnectPacket): Promise<void> => {
+    const decideSession = (client: Client, packet: IConnectPacket): void => {
       const v5 = mqtt5ConnectOf(client.conn);
-      const clientId = packet.clientId;
       if (v5) {
         sessionExpiry.set(client, v5.sessionExpiry * 1000);
         const will = packet.will as Will | undefined;
@@ -337,28 +365,40 @@ export class IntegratedBroker {
           delayedWills.set(client, will);
           packet.will = undefined;
         }
+        if (!v5.cleanStart || v5.sessionExpiry > 0) packet.clean = false;
       } else sessionExpiry.set(client, packet.clean ? 0 : limits.maxSessionExpiry);
+      cleanStarts.set(client, v5 ? v5.cleanStart : packet.clean !== false);
+    };
+    const takeUpSession = async (client: Client): Promise<void> => {
+      const clientId = client.id;
       // aedes names a 3.1.1 client without an id itself (clean sessions only): nothing to take up.
-      if (clientId === '') return;
+      if (!clientId) return;
       const live = connected(clientId);
-      if (live) noteTakeover(live.conn, client);
+      arriving.set(clientId, client);
+      if (live && live !== client) noteTakeover(live.conn, client);
       sessions.timers.cancelExpiry(clientId);
-      const cleanStart = v5 ? v5.cleanStart : packet.clean !== false;
-      if (cleanStart) {
+      const v5 = mqtt5ConnectOf(client.conn);
+      if (cleanStarts.get(client)) {
         // The old session ends now, and a will it still delays goes with it.
         sessions.timers.sendWillNow(clientId);
         sessions.subscriptionIds.delete(clientId);
-        if (v5 && v5.sessionExpiry > 0) {
-          await sessions.store.endSession(clientId);
-          packet.clean = false;
-        }
+        if (v5 && v5.sessionExpiry > 0) await sessions.store.endSession(clientId);
         return;
       }
       sessions.timers.dropWill(clientId);
-      if (!v5) return;
-      if (live?.clean) await sessions.store.addSubscriptions({ id: clientId }, clientSubscriptions(live));
-      packet.clean = false;
+      if (v5 && live && live !== client && live.clean) await sessions.store.addSubscriptions({ id: clientId }, clientSubscriptions(live));
     };
+    /** Runs takeUpSession once `authenticate` let a client in, before aedes restores its session. */
+    const afterLogin =
+      (authenticate: AuthenticateHandler): AuthenticateHandler =>
+      (client, username, password, callback) =>
+        authenticate(client, username, password, (error, success) => {
+          if (error || !success) return callback(error, success);
+          takeUpSession(client).then(
+            () => callback(null, true),
+            (failure: unknown) => callback(Object.assign(new Error(String(failure)), { returnCode: AUTH_NOT_AUTHORIZED }), false),
+          );
+        });
     const aedes: Aedes = await Aedes.createBroker({
       persistence: sessions.store,
       // Keep-alive bounds and the connection limit, before anything else is done for the client.
@@ -392,93 +432,105 @@ export class IntegratedBroker {
               );
               client.close();
             },
-            clientReceiveMaximum(client.conn),
+            {
+              clientReceiveMaximum: clientReceiveMaximum(client.conn),
+              bufferedBytes: () => bufferedToClient(client.conn),
+              qos0BufferLimit: Math.max(1024 * 1024, 2 * limits.maxPacketSize),
+              onQos0Dropped: () => {
+                broker!.stats.qos0Dropped++;
+                broker?.warnOnce(
+                  `qos0:${client.id}`,
+                  { clientId: client.id },
+                  'mqtt client does not read: QoS 0 messages for it are dropped while its connection is full (counted in broker stats)',
+                );
+              },
+            },
           ),
         );
-        prepareSession(client, packet).then(
-          () => callback(null, true),
-          (error: unknown) => callback(error instanceof Error ? error : new Error(String(error)), false),
-        );
+        decideSession(client, packet);
+        callback(null, true);
       },
       // Password checks (scrypt) wait in a queue fair between remote addresses, one at a time per
       // address, delayed after its failures; an address with too many waiting gets the excess
       // refused unchecked (login-limit.ts). A wrong password never locks out the right one.
-      authenticate: ((): AuthenticateHandler => {
-        const limiter = new LoginLimiter();
-        const floods = new Episodes<{ address: string; remote: string }>(
-          60_000,
-          (_key, fields) =>
-            broker?.log.warn(
-              { ...fields, maxWaiting: MAX_WAITING_PER_ADDRESS },
-              'mqtt logins refused: too many waiting for their password check from one address',
-            ),
-          (_key, refused, { address }) => broker?.log.info({ address, refused }, 'mqtt logins from one address no longer refused'),
-        );
-        return (client, username, password, callback) => {
-          const remote: Remote = remoteOf(client) ?? {
-            address: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress ?? client.req?.socket.remoteAddress,
-            port: (client.conn as { remotePort?: number } | undefined)?.remotePort ?? client.req?.socket.remotePort,
+      authenticate: afterLogin(
+        ((): AuthenticateHandler => {
+          const limiter = new LoginLimiter();
+          const floods = new Episodes<{ address: string; remote: string }>(
+            60_000,
+            (_key, fields) =>
+              broker?.log.warn(
+                { ...fields, maxWaiting: MAX_WAITING_PER_ADDRESS },
+                'mqtt logins refused: too many waiting for their password check from one address',
+              ),
+            (_key, refused, { address }) => broker?.log.info({ address, refused }, 'mqtt logins from one address no longer refused'),
+          );
+          return (client, username, password, callback) => {
+            const remote: Remote = remoteOf(client) ?? {
+              address: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress ?? client.req?.socket.remoteAddress,
+              port: (client.conn as { remotePort?: number } | undefined)?.remotePort ?? client.req?.socket.remotePort,
+            };
+            const address = addressKey(remote.address ?? 'unknown');
+            const fail = (code: AuthErrorCode, why: string) => {
+              // Once per address, user and reason (a flood of client ids is one line), never with the password.
+              broker?.noteOnce(
+                `auth:${address}:${username ?? ''}:${why}`,
+                { remote: remoteText(remote), clientId: client.id, username, why },
+                'mqtt client authentication failed',
+              );
+              callback(Object.assign(new Error(why), { returnCode: code }), false);
+            };
+            if (badClientIds.has(client)) {
+              broker?.noteOnce(
+                'refused:emptyClientId',
+                { remote: remoteText(remote) },
+                'mqtt client refused: empty client id without a clean session (CONNACK 2 identifier rejected)',
+              );
+              return callback(
+                Object.assign(new Error('empty client id without a clean session'), { returnCode: AUTH_IDENTIFIER_REJECTED }),
+                false,
+              );
+            }
+            if (username === undefined) {
+              return access().allowAnonymous
+                ? callback(null, true)
+                : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
+            }
+            if (password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
+            const hash = access().users.get(username);
+            // An unknown user costs a check too: the answer's timing tells nothing about which users exist.
+            limiter
+              .check(
+                remote.address ?? 'unknown',
+                () => verifyPassword(password.toString('utf8'), hash ?? DUMMY_HASH),
+                () => client.closed,
+              )
+              .then((result) => {
+                if (result.outcome === 'refused') {
+                  if (broker) broker.stats.denied++;
+                  floods.hit(address, { address, remote: remoteText(remote) });
+                  return callback(
+                    Object.assign(new Error('too many logins from this address are waiting for their password check'), {
+                      returnCode: AUTH_NOT_AUTHORIZED,
+                    }),
+                    false,
+                  );
+                }
+                if (result.outcome === 'abandoned')
+                  return callback(
+                    Object.assign(new Error('the client left before its password was checked'), { returnCode: AUTH_NOT_AUTHORIZED }),
+                    false,
+                  );
+                if (hash === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
+                if (!result.ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
+                // A reload while the hash was being checked may have removed the user or changed the password.
+                if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
+                logins.set(client, { username, hash });
+                callback(null, true);
+              });
           };
-          const address = addressKey(remote.address ?? 'unknown');
-          const fail = (code: AuthErrorCode, why: string) => {
-            // Once per address, user and reason (a flood of client ids is one line), never with the password.
-            broker?.noteOnce(
-              `auth:${address}:${username ?? ''}:${why}`,
-              { remote: remoteText(remote), clientId: client.id, username, why },
-              'mqtt client authentication failed',
-            );
-            callback(Object.assign(new Error(why), { returnCode: code }), false);
-          };
-          if (badClientIds.has(client)) {
-            broker?.noteOnce(
-              'refused:emptyClientId',
-              { remote: remoteText(remote) },
-              'mqtt client refused: empty client id without a clean session (CONNACK 2 identifier rejected)',
-            );
-            return callback(
-              Object.assign(new Error('empty client id without a clean session'), { returnCode: AUTH_IDENTIFIER_REJECTED }),
-              false,
-            );
-          }
-          if (username === undefined) {
-            return access().allowAnonymous
-              ? callback(null, true)
-              : fail(AUTH_NOT_AUTHORIZED, 'anonymous access is off (broker.allowAnonymous)');
-          }
-          if (password === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
-          const hash = access().users.get(username);
-          // An unknown user costs a check too: the answer's timing tells nothing about which users exist.
-          limiter
-            .check(
-              remote.address ?? 'unknown',
-              () => verifyPassword(password.toString('utf8'), hash ?? DUMMY_HASH),
-              () => client.closed,
-            )
-            .then((result) => {
-              if (result.outcome === 'refused') {
-                if (broker) broker.stats.denied++;
-                floods.hit(address, { address, remote: remoteText(remote) });
-                return callback(
-                  Object.assign(new Error('too many logins from this address are waiting for their password check'), {
-                    returnCode: AUTH_NOT_AUTHORIZED,
-                  }),
-                  false,
-                );
-              }
-              if (result.outcome === 'abandoned')
-                return callback(
-                  Object.assign(new Error('the client left before its password was checked'), { returnCode: AUTH_NOT_AUTHORIZED }),
-                  false,
-                );
-              if (hash === undefined) return fail(AUTH_BAD_CREDENTIALS, 'unknown user or no password');
-              if (!result.ok) return fail(AUTH_BAD_CREDENTIALS, 'wrong password');
-              // A reload while the hash was being checked may have removed the user or changed the password.
-              if (access().users.get(username) !== hash) return fail(AUTH_BAD_CREDENTIALS, 'the user changed while logging in');
-              logins.set(client, { username, hash });
-              callback(null, true);
-            });
-        };
-      })(),
+        })(),
+      ),
       authorizePublish: (client, packet, callback) => {
         const properties = packet.properties;
         // MQTT 5 Message Expiry: the interval counts from now, for every copy of the message.
@@ -539,7 +591,7 @@ export class IntegratedBroker {
               );
             // A persistent session may resend a QoS 2 message after a reconnect (before its PUBREL):
             // aedes still holds it then, and it is not a new command.
-            if (packet.qos === 2 && !client.clean) incomingQoS2Held(aedes, client, packet).then(() => undefined, fire);
+            if (packet.qos === 2 && !client.clean) incomingQoS2Held(client, packet).then(() => undefined, fire);
             else fire();
           }
         }
@@ -640,7 +692,21 @@ export class IntegratedBroker {
     broker = new IntegratedBroker(aedes, config, log, initialAccess, logins, outbound, sessions);
     // A reload between a client's login and its registration (aedes first restores a persistent
     // session, across event-loop turns) does not see it yet: checked again once it is registered.
-    aedes.on('client', (client) => broker?.dropIfLoginLapsed(client, 'reloaded while logging in'));
+    aedes.on('client', (client) => {
+      if (arriving.get(client.id) === client) arriving.delete(client.id);
+      // [MQTT-3.1.4-3]: one connection per client id. aedes closes the one it has registered, but
+      // two connections registering at once can both stay: the older one goes here.
+      const previous = registered.get(client.id);
+      registered.set(client.id, client);
+      if (previous && previous !== client && !previous.closed) {
+        noteTakeover(previous.conn, client);
+        previous.close();
+      }
+      // Registered: a will or expiry an old connection of this id armed meanwhile is void.
+      sessions.timers.dropWill(client.id);
+      sessions.timers.cancelExpiry(client.id);
+      broker?.dropIfLoginLapsed(client, 'reloaded while logging in');
+    });
     // The connection is gone; the session may outlive it (prepareSession), and an MQTT 5 will may wait.
     aedes.on('clientDisconnect', (client) => {
       const clientId = client.id;
@@ -648,9 +714,16 @@ export class IntegratedBroker {
       // A DISCONNECT may have changed the MQTT 5 session expiry.
       const v5 = mqtt5ConnectOf(client.conn);
       const endsIn = client.clean ? 0 : v5 ? v5.sessionExpiry * 1000 : (sessionExpiry.get(client) ?? 0);
+      if (registered.get(clientId) === client) registered.delete(clientId);
       // aedes closes a client whose id connects again before it registers the new one: look once that is done.
       setImmediate(() => {
-        if (connected(clientId)) return; // taken over: the session goes on with the new connection
+        const successor = connected(clientId);
+        if (successor && successor !== client) {
+          // Taken over: with Clean Start 0 the session goes on (and a delayed will is not sent,
+          // [MQTT-3.1.3-9]); Clean Start 1 ended it, and its will goes now.
+          if (will && cleanStarts.get(successor)) publishWill(client, will);
+          return;
+        }
         if (will) sessions.timers.delayWill(clientId, Math.min(v5!.willDelay * 1000, endsIn), () => publishWill(client, will));
         if (client.clean) sessions.subscriptionIds.delete(clientId);
         else sessions.timers.expireAfter(clientId, endsIn, () => endSession(clientId));

@@ -8,11 +8,32 @@
 // messages in aedes' persistence for when it comes back.
 import type { Client, PublishPacket } from 'aedes';
 import { Fifo } from '../util/fifo.js';
-import { clientDeliveries, type Deliver, onClientPacket, replaceClientDeliveries, subscriptionQoS } from './aedes-internals.js';
+import {
+  clientDeliveries,
+  type Deliver,
+  onClientPacket,
+  replaceClientDeliveries,
+  subscriptionQoS,
+  trackWrittenIds,
+} from './aedes-internals.js';
+
+const noop = (): void => undefined;
 
 export interface OutboundLimits {
   maxInflight: number;
   maxQueued: number;
+}
+
+/** How a watched client is reached, for what the window cannot see in aedes. */
+export interface OutboundWatch {
+  /** What an MQTT 5 client announced it accepts unacknowledged (Receive Maximum). */
+  clientReceiveMaximum?: number;
+  /** Bytes written to the client and not yet taken by its socket. */
+  bufferedBytes: () => number;
+  /** Above this many buffered bytes, QoS 0 deliveries to the client are dropped. */
+  qos0BufferLimit: number;
+  /** A QoS 0 delivery dropped because the client does not read. */
+  onQos0Dropped: () => void;
 }
 
 /** One delivery to the client and the aedes function that writes it. */
@@ -39,22 +60,19 @@ export class OutboundWindow {
     private readonly deliverQoS: Deliver,
     private readonly deliver0: Deliver,
     private readonly onExceeded: (waiting: number) => void,
+    private readonly watchOptions: OutboundWatch,
   ) {}
 
   /**
    * Watches one client. Must run before the client's subscriptions exist (preConnect), because
    * aedes captures the delivery functions when a subscription is made.
-   * `clientReceiveMaximum`: what an MQTT 5 client announced it accepts unacknowledged.
    */
-  static watch(
-    client: Client,
-    limits: OutboundLimits,
-    onExceeded: (waiting: number) => void,
-    clientReceiveMaximum?: number,
-  ): OutboundWindow {
-    const limit = { maxInflight: Math.min(limits.maxInflight, clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued };
+  static watch(client: Client, limits: OutboundLimits, onExceeded: (waiting: number) => void, options: OutboundWatch): OutboundWindow {
+    const limit = { maxInflight: Math.min(limits.maxInflight, options.clientReceiveMaximum ?? Infinity), maxQueued: limits.maxQueued };
     const own = clientDeliveries(client);
-    const window = new OutboundWindow(limit, client, own.deliverQoS, own.deliver0, onExceeded);
+    const window = new OutboundWindow(limit, client, own.deliverQoS, own.deliver0, onExceeded, options);
+    // The QoS 1/2 message ids aedes wrote to this client: only their acknowledgements free a slot.
+    const written = trackWrittenIds(client.conn);
     const deliver0: Deliver = (packet, done) => window.offer({ packet, qos: false }, done);
     replaceClientDeliveries(client, {
       deliver0,
@@ -65,10 +83,11 @@ export class OutboundWindow {
       },
     });
     onClientPacket(client, (packet) => {
-      // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one. (Messages aedes resends from a
-      // persistent session's store bypass the window; their acknowledgements can briefly let
-      // up to that many more through, never more than the store held.)
-      if (packet.cmd === 'puback' || packet.cmd === 'pubcomp') window.release();
+      // PUBACK ends a QoS 1 delivery, PUBCOMP a QoS 2 one; one for an id never sent frees nothing.
+      // (Messages aedes resends from a persistent session's store bypass the window; their
+      // acknowledgements can briefly let up to that many more through, never more than the store held.)
+      if ((packet.cmd === 'puback' || packet.cmd === 'pubcomp') && packet.messageId !== undefined && written.delete(packet.messageId))
+        window.release();
     });
     return window;
   }
@@ -106,16 +125,25 @@ export class OutboundWindow {
     setImmediate(done);
   }
 
+  /**
+   * Hands one delivery to aedes. The publisher's side (`done`, which aedes' message router waits
+   * for) goes on at once: aedes would hold it until the client's socket drains, and a client that
+   * stops reading would stall every delivery of the broker. What one client may cost is bounded
+   * here instead: maxInflight + maxQueued for QoS 1/2, and QoS 0 is dropped while its socket
+   * holds more than qos0BufferLimit bytes (QoS 0 promises at most once).
+   */
   private send(delivery: Delivery, done: () => void): void {
     const { packet } = delivery;
-    if (!delivery.qos) return this.deliver0(packet, done);
-    if (!this.acknowledged(delivery)) return this.deliverQoS(packet, done);
+    setImmediate(done);
+    if (!delivery.qos || !this.acknowledged(delivery)) {
+      if (this.watchOptions.bufferedBytes() > this.watchOptions.qos0BufferLimit) return this.watchOptions.onQos0Dropped();
+      return delivery.qos ? this.deliverQoS(packet, noop) : this.deliver0(packet, noop);
+    }
     this.inFlight++;
     this.pending.add(packet);
     this.deliverQoS(packet, () => {
       // Never forwarded (a duplicate of an overlapping subscription, or denied): no PUBACK will come.
       if (this.pending.delete(packet)) this.release();
-      done();
     });
   }
 

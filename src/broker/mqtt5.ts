@@ -25,7 +25,7 @@ import {
   type ISubscribePacket,
   type Packet,
 } from 'mqtt-packet';
-import { clientParser, divertPacketWrites, parseAsMqtt5, subscriptionQoS } from './aedes-internals.js';
+import { clientParser, divertPacketWrites, incomingQoS2Held, parseAsMqtt5, subscriptionQoS } from './aedes-internals.js';
 import { refuseIllFormedStrings } from './mqtt-strings.js';
 import { filterCovers } from './security.js';
 
@@ -86,6 +86,10 @@ export const QUOTA_EXCEEDED = 0x97;
 export const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9e;
 const DISCONNECT_WITH_WILL = 0x04;
 const SESSION_TAKEN_OVER = 0x8e;
+const NO_SUBSCRIPTION_EXISTED = 0x11;
+const PACKET_IDENTIFIER_NOT_FOUND = 0x92;
+/** Packets held behind the Receive Maximum (one read's worth); a client that sends more is cut (0x93). */
+const MAX_HELD = 10_000;
 /** MQTT 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
 const CONNACK_REASONS: Record<number, number> = { 0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: BAD_USER_NAME_OR_PASSWORD, 5: NOT_AUTHORIZED };
 const UNSPECIFIED_ERROR = 0x80;
@@ -166,6 +170,12 @@ export function clientReceiveMaximum(conn: object): number | undefined {
   return bridges.get(conn)?.clientReceiveMaximum;
 }
 
+/** Bytes written to a client (`client.conn`) that its connection has not taken yet. */
+export function bufferedToClient(conn: object): number {
+  const stream = bridges.get(conn)?.clientStream ?? (conn as { writableLength?: number });
+  return stream.writableLength ?? 0;
+}
+
 /**
  * Makes aedes' coming PUBACK (QoS 1) or PUBREC (QoS 2) for `messageId` on this connection a negative
  * one with `reasonCode`. False for 3.1/3.1.1 connections, which have no negative acknowledgement.
@@ -208,6 +218,14 @@ export function wantsRetainedOnSubscribe(conn: object, topic: string): boolean {
   return !matched;
 }
 
+/** Does the packet (or its will) carry a property other than a user property more than once? */
+function repeatsAProperty(packet: Packet): boolean {
+  const repeated = (properties: object | undefined) =>
+    properties !== undefined && Object.entries(properties).some(([name, value]) => name !== 'userProperties' && Array.isArray(value));
+  const { properties } = packet as { properties?: object };
+  return repeated(properties) || (packet.cmd === 'connect' && repeated(packet.will?.properties));
+}
+
 /** Does `filter` match the topic name `topic`? ([MQTT-4.7.2-1]: wildcards first never match $ topics.) */
 function matches(filter: string, topic: string): boolean {
   if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
@@ -228,16 +246,24 @@ class Mqtt5Bridge {
   readonly refusedPublishes = new Map<number, number>();
   /** Filters refused with a reason of their own (aedes only knows 0x80). */
   readonly refusedFilters = new Map<string, number>();
-  /** The latest Retain Handling per filter: send the retained messages at subscribe time? */
-  readonly retainOnSubscribe = new Map<string, boolean>();
+  /** Retain Handling of the latest SUBSCRIBE, per filter: send its retained messages? */
+  retainOnSubscribe = new Map<string, boolean>();
   private readonly client: Duplex;
   private readonly options: Mqtt5Options;
+
+  /** The client's own stream (the bytes not yet written to it). */
+  get clientStream(): Duplex {
+    return this.client;
+  }
   private aedesClient: Client | undefined;
   private readonly fromClient = parser(V5);
   private readonly topicAliases = new Map<number, string>();
-  /** Filters per SUBSCRIBE / UNSUBSCRIBE in flight: MQTT 5 answers with one reason code per filter. */
-  private readonly subscribeFilters = new Map<number, string[]>();
-  private readonly unsubscribeCounts = new Map<number, number>();
+  /** SUBSCRIBEs in flight: MQTT 5 answers with one reason code per filter; the identifier counts once granted. */
+  private readonly subscribes = new Map<number, { filters: string[]; id: number | undefined }>();
+  /** UNSUBSCRIBEs in flight: the reason code per filter (0x11 for a filter the client had not). */
+  private readonly unsubscribes = new Map<number, number[]>();
+  /** Filters the client subscribed to on this connection, or that aedes restored (Retain Handling 1, UNSUBACK). */
+  private readonly filters = new Set<string>();
   /** The client's QoS 1 publishes not yet acknowledged, and QoS 2 ones not yet completed (Receive Maximum). */
   private readonly inboundQos1 = new Set<number>();
   private readonly inboundQos2 = new Set<number>();
@@ -249,6 +275,8 @@ class Mqtt5Bridge {
   private readonly endedQos2 = new Set<number>();
   /** QoS 2 publishes refused with PUBREC ≥ 0x80: the PUBCOMP aedes then sends is not the client's business. */
   private readonly swallowPubcomp = new Set<number>();
+  /** PUBRELs for message ids aedes did not hold: their PUBCOMP says so. */
+  private readonly unknownPubrel = new Set<number>();
   /** A new connection for this client id that is logging in (aedes closes this one once it is in). */
   takenOverBy: { closed: boolean } | undefined;
   private clientMaximumPacketSize = Infinity;
@@ -336,9 +364,12 @@ class Mqtt5Bridge {
     if (this.done) return;
     // Behind a held publish, everything waits its turn (order is kept).
     if (this.held.length > 0) {
+      if (this.held.length >= MAX_HELD) return this.refuse(RECEIVE_MAXIMUM_EXCEEDED);
       this.held.push(packet);
       return;
     }
+    // 2.2.2.2: a property other than a user property given twice is a Protocol Error.
+    if (repeatsAProperty(packet)) return this.refuse(PROTOCOL_ERROR);
     this.dispatch(packet);
   }
 
@@ -351,10 +382,21 @@ class Mqtt5Bridge {
       case 'publish':
         return this.onPublish(packet);
       case 'puback':
-      case 'pubrel':
       case 'pubcomp':
         if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
         return this.toAedes(packet);
+      case 'pubrel': {
+        const messageId = packet.messageId;
+        if (messageId === undefined) return this.refuse(PROTOCOL_ERROR);
+        // 3.7.2.1: PUBCOMP 0x92 for a message aedes does not hold. Asked before aedes asks the
+        // same store (in order), so the answer is there when aedes' PUBCOMP comes.
+        if (this.aedesClient)
+          incomingQoS2Held(this.aedesClient, { messageId }).then(
+            () => undefined,
+            () => this.unknownPubrel.add(messageId),
+          );
+        return this.toAedes(packet);
+      }
       case 'pubrec':
         if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
         // A refusing PUBREC ends the QoS 2 delivery [MQTT-4.3.3-4]: no PUBREL follows; aedes'
@@ -365,9 +407,16 @@ class Mqtt5Bridge {
         return this.onSubscribe(packet);
       case 'unsubscribe': {
         if (packet.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
-        this.unsubscribeCounts.set(packet.messageId, packet.unsubscriptions.length);
         const ids = this.options.subscriptionIds?.get(this.clientId);
-        for (const filter of packet.unsubscriptions) ids?.delete(filter);
+        this.unsubscribes.set(
+          packet.messageId,
+          packet.unsubscriptions.map((filter) => {
+            const had = this.subscribed(filter);
+            this.filters.delete(filter);
+            ids?.delete(filter);
+            return had ? 0 : NO_SUBSCRIPTION_EXISTED;
+          }),
+        );
         return this.toAedes(packet);
       }
       case 'pingreq':
@@ -436,7 +485,9 @@ class Mqtt5Bridge {
   }
 
   private onPublish(publish: IPublishPacket): void {
-    const { topicAlias, subscriptionIdentifier: _notFromClients, ...properties } = publish.properties ?? {};
+    const { topicAlias, subscriptionIdentifier, ...properties } = publish.properties ?? {};
+    // [MQTT-3.3.4-6]: a PUBLISH to the server must not carry a Subscription Identifier.
+    if (subscriptionIdentifier !== undefined) return this.refuse(PROTOCOL_ERROR);
     let topic = publish.topic;
     if (topicAlias !== undefined) {
       if (topicAlias === 0 || topicAlias > TOPIC_ALIAS_MAXIMUM) return this.refuse(TOPIC_ALIAS_INVALID);
@@ -480,22 +531,26 @@ class Mqtt5Bridge {
 
   private onSubscribe(subscribe: ISubscribePacket): void {
     if (subscribe.messageId === undefined) return this.refuse(PROTOCOL_ERROR);
-    const filters = subscribe.subscriptions.map(({ topic }) => topic);
-    this.subscribeFilters.set(subscribe.messageId, filters);
     const id = subscribe.properties?.subscriptionIdentifier;
-    const store = this.options.subscriptionIds;
-    let ids = store?.get(this.clientId);
-    if (store && id !== undefined && !ids) store.set(this.clientId, (ids = new Map()));
-    for (const { topic, rh } of subscribe.subscriptions) {
-      // A subscription replaced without an identifier has none any more (3.8.2.1.2).
-      if (id !== undefined) ids?.set(topic, Array.isArray(id) ? id[0]! : id);
-      else ids?.delete(topic);
-      const exists = this.aedesClient !== undefined && subscriptionQoS(this.aedesClient, topic) !== undefined;
-      this.retainOnSubscribe.set(topic, rh === undefined || rh === 0 || (rh === 1 && !exists));
-      this.refusedFilters.delete(topic);
+    // 3.8.2.1.2: 0 is a Protocol Error (and twice is caught as a repeated property).
+    if (id === 0 || Array.isArray(id)) return this.refuse(PROTOCOL_ERROR);
+    const filters = subscribe.subscriptions.map(({ topic }) => topic);
+    this.subscribes.set(subscribe.messageId, { filters, id });
+    // The retained messages aedes sends next belong to this SUBSCRIBE: its Retain Handling decides.
+    this.retainOnSubscribe = new Map(
+      subscribe.subscriptions.map(({ topic, rh }) => [topic, rh === undefined || rh === 0 || (rh === 1 && !this.subscribed(topic))]),
+    );
+    for (const filter of filters) {
+      this.filters.add(filter);
+      this.refusedFilters.delete(filter);
     }
     // Only the identifier is ours; aedes keeps No Local, Retain As Published and Retain Handling.
     this.toAedes({ cmd: 'subscribe', messageId: subscribe.messageId, subscriptions: subscribe.subscriptions });
+  }
+
+  /** Has the client a subscription to exactly this filter (made here, or restored by aedes)? */
+  private subscribed(filter: string): boolean {
+    return this.filters.has(filter) || (this.aedesClient !== undefined && subscriptionQoS(this.aedesClient, filter) !== undefined);
   }
 
   private onDisconnect(reasonCode: number, sessionExpiry: number | undefined): void {
@@ -576,7 +631,8 @@ class Mqtt5Bridge {
         const messageId = packet.messageId!;
         this.inboundQos2.delete(messageId);
         if (this.swallowPubcomp.delete(messageId)) return true;
-        return this.toClient({ cmd: 'pubcomp', messageId, reasonCode: 0 });
+        const reasonCode = this.unknownPubrel.delete(messageId) ? PACKET_IDENTIFIER_NOT_FOUND : 0;
+        return this.toClient({ cmd: 'pubcomp', messageId, reasonCode });
       }
       case 'pubrel': {
         const messageId = packet.messageId!;
@@ -589,9 +645,9 @@ class Mqtt5Bridge {
       case 'suback':
         return this.onSuback(packet);
       case 'unsuback': {
-        const count = this.unsubscribeCounts.get(packet.messageId!) ?? 1;
-        this.unsubscribeCounts.delete(packet.messageId!);
-        return this.toClient({ cmd: 'unsuback', messageId: packet.messageId, granted: new Array<number>(count).fill(0) });
+        const codes = this.unsubscribes.get(packet.messageId!) ?? [0];
+        this.unsubscribes.delete(packet.messageId!);
+        return this.toClient({ cmd: 'unsuback', messageId: packet.messageId, granted: codes });
       }
       case 'pingresp':
         return this.toClient({ cmd: 'pingresp' });
@@ -637,14 +693,23 @@ class Mqtt5Bridge {
 
   private onSuback(suback: ISubackPacket): boolean {
     const messageId = suback.messageId ?? 0;
-    const filters = this.subscribeFilters.get(messageId) ?? [];
-    this.subscribeFilters.delete(messageId);
+    const { filters, id } = this.subscribes.get(messageId) ?? { filters: [], id: undefined };
+    this.subscribes.delete(messageId);
     // aedes answers once per distinct filter (the last of a repeated one counts), in first-seen order.
     const distinct = [...new Set(filters)];
     const codeOf = new Map(distinct.map((filter, index) => [filter, suback.granted[index] ?? UNSPECIFIED_ERROR]));
+    const store = this.options.subscriptionIds;
+    let ids = store?.get(this.clientId);
     const granted = filters.map((filter) => {
       const code = codeOf.get(filter) ?? UNSPECIFIED_ERROR;
-      if (typeof code !== 'number' || code < 0x80) return code;
+      if (typeof code === 'number' && code < 0x80) {
+        // Granted: the subscription has this identifier now, or none if it was made without (3.8.2.1.2).
+        if (id !== undefined && store && !ids) store.set(this.clientId, (ids = new Map()));
+        if (id !== undefined) ids?.set(filter, id);
+        else ids?.delete(filter);
+        return code;
+      }
+      if (!(this.aedesClient && subscriptionQoS(this.aedesClient, filter) !== undefined)) this.filters.delete(filter);
       // A refusal: ours when the broker gave a reason, else aedes' 0x80 from the ACL = 0x87 Not authorized.
       return this.refusedFilters.get(filter) ?? NOT_AUTHORIZED;
     });

@@ -140,49 +140,68 @@ export class SessionStore extends MemoryPersistence {
   }
 }
 
+/** setTimeout takes at most 2^31 − 1 ms (24.8 days); longer sessions are timed in steps. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/** A timer of any length, not keeping the process alive; cancel() stops it. */
+class LongTimer {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(ms: number, fire: () => void) {
+    this.arm(Date.now() + ms, fire);
+  }
+
+  private arm(at: number, fire: () => void): void {
+    const left = at - Date.now();
+    const step = Math.min(Math.max(left, 0), MAX_TIMEOUT_MS);
+    this.timer = setTimeout(() => (left > MAX_TIMEOUT_MS ? this.arm(at, fire) : fire()), step);
+    this.timer.unref();
+  }
+
+  cancel(): void {
+    clearTimeout(this.timer);
+  }
+}
+
 /**
  * Timers of sessions that outlive their connection: each ends after its expiry interval unless a
  * client takes it up again first. Also the delayed wills of MQTT 5 (Will Delay Interval).
  */
 export class SessionTimers {
-  private readonly expiries = new Map<string, NodeJS.Timeout>();
-  private readonly wills = new Map<string, { timer: NodeJS.Timeout; publish: () => void }>();
+  private readonly expiries = new Map<string, LongTimer>();
+  private readonly wills = new Map<string, { timer: LongTimer; publish: () => void }>();
 
   /** Ends the session of `clientId` after `ms` by calling `end` (at once for 0). */
   expireAfter(clientId: string, ms: number, end: () => void): void {
     this.cancelExpiry(clientId);
     if (ms <= 0) return end();
-    const timer = setTimeout(() => {
-      this.expiries.delete(clientId);
-      end();
-    }, ms);
-    timer.unref();
-    this.expiries.set(clientId, timer);
+    this.expiries.set(
+      clientId,
+      new LongTimer(ms, () => {
+        this.expiries.delete(clientId);
+        end();
+      }),
+    );
   }
 
   cancelExpiry(clientId: string): void {
-    const timer = this.expiries.get(clientId);
-    if (timer === undefined) return;
-    clearTimeout(timer);
+    this.expiries.get(clientId)?.cancel();
     this.expiries.delete(clientId);
   }
 
   /** Publishes a will after `ms`, unless the session is taken up again before ([MQTT-3.1.3-9]). */
   delayWill(clientId: string, ms: number, publish: () => void): void {
     this.dropWill(clientId);
-    const timer = setTimeout(() => {
+    const timer = new LongTimer(ms, () => {
       this.wills.delete(clientId);
       publish();
-    }, ms);
-    timer.unref();
+    });
     this.wills.set(clientId, { timer, publish });
   }
 
   /** The session was taken up again: its delayed will is not published. */
   dropWill(clientId: string): void {
-    const will = this.wills.get(clientId);
-    if (!will) return;
-    clearTimeout(will.timer);
+    this.wills.get(clientId)?.timer.cancel();
     this.wills.delete(clientId);
   }
 
@@ -200,8 +219,8 @@ export class SessionTimers {
   }
 
   close(): void {
-    for (const timer of this.expiries.values()) clearTimeout(timer);
-    for (const will of this.wills.values()) clearTimeout(will.timer);
+    for (const timer of this.expiries.values()) timer.cancel();
+    for (const will of this.wills.values()) will.timer.cancel();
     this.expiries.clear();
     this.wills.clear();
   }

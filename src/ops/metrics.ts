@@ -231,6 +231,20 @@ export class GatewayMetrics {
       [],
       () => [[{}, broker().denied]],
     );
+    mirroredCounter(
+      this.registry,
+      'plc2mqtt_broker_session_dropped_total',
+      'Messages not kept for a persistent session that was full (broker.limits.maxInflight + maxQueued).',
+      [],
+      () => [[{}, broker().sessionDropped]],
+    );
+    mirroredCounter(
+      this.registry,
+      'plc2mqtt_broker_qos0_dropped_total',
+      'QoS 0 deliveries dropped for MQTT clients that did not read (their connection was full).',
+      [],
+      () => [[{}, broker().qos0Dropped]],
+    );
 
     mirroredCounter(
       this.registry,

@@ -1,4 +1,5 @@
-// Review findings on the MQTT 5 / session change: each test fails while its defect is there.
+// Sessions under a failed login and under races between an old connection and its successor:
+// a login that fails changes no session, and a session being taken up is not ended or willed away.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -28,7 +29,7 @@ async function open(url: string, options: IClientOptions): Promise<Session> {
   return { client, got, connack };
 }
 
-describe('review findings', () => {
+describe('sessions, failed logins and successors', () => {
   let broker: BrokerUnderTest;
   let url: string;
   const clients: MqttClient[] = [];
@@ -54,7 +55,7 @@ describe('review findings', () => {
     await broker?.close();
   });
 
-  it('F1a: a CONNECT that fails authentication (Clean Start 1, Session Expiry > 0) must not end the stored session of that client id', async () => {
+  it('a CONNECT that fails authentication (Clean Start 1, Session Expiry > 0) must not end the stored session of that client id', async () => {
     const first = await v5('victim-a', { clean: false, properties: { sessionExpiryInterval: 300 } });
     await first.client.subscribeAsync('victim-a/#', { qos: 1 });
     await first.client.endAsync();
@@ -76,7 +77,7 @@ describe('review findings', () => {
     await waitFor(() => back.got.some((m) => m.topic === 'victim-a/1'), 3000, 'the queued message');
   });
 
-  it('F1b: a CONNECT that fails authentication must not cancel the expiry of a stored session (it would never end)', async () => {
+  it('a CONNECT that fails authentication must not cancel the expiry of a stored session (it would never end)', async () => {
     const first = await v5('victim-b', { clean: false, properties: { sessionExpiryInterval: 1 } });
     await first.client.subscribeAsync('victim-b/#', { qos: 1 });
     await first.client.endAsync();
@@ -89,7 +90,7 @@ describe('review findings', () => {
     assert.equal(back.connack.sessionPresent, false, 'the session expired after 1 s');
   });
 
-  it('F1c: a CONNECT that fails authentication must not publish the delayed will of an offline session', async () => {
+  it('a CONNECT that fails authentication must not publish the delayed will of an offline session', async () => {
     const watcher = await v5('watcher-c', {});
     await watcher.client.subscribeAsync('wills/c', { qos: 1 });
     const first = await v5('victim-c', {
@@ -102,10 +103,14 @@ describe('review findings', () => {
     const attack = await tryConnect(url, { protocolVersion: 4, clientId: 'victim-c', clean: true, username: 'u', password: 'wrong' });
     assert.equal(attack.ok, false);
     await delay(300);
-    assert.deepEqual(watcher.got.filter((m) => m.topic === 'wills/c'), [], 'no will 120 s early from a failed login');
+    assert.deepEqual(
+      watcher.got.filter((m) => m.topic === 'wills/c'),
+      [],
+      'no will 120 s early from a failed login',
+    );
   });
 
-  it('F1d: a failed Clean Start 0 login over a live clean session leaves a phantom persistent session (subscriptions, queue, no expiry)', async () => {
+  it('a failed Clean Start 0 login over a live clean session leaves no persistent session behind (subscriptions, queue, no expiry)', async () => {
     const live = await open(url, { protocolVersion: 4, clientId: 'victim-d', clean: true, ...user });
     clients.push(live.client);
     await live.client.subscribeAsync('ph/#', { qos: 1 });
@@ -123,7 +128,7 @@ describe('review findings', () => {
     assert.equal(back.connack.sessionPresent, false, 'the clean session ended with its connection');
   });
 
-  it('F4: the old connection dying while its successor (Clean Start 0) authenticates arms its delayed will; it fires during the resumed session', async () => {
+  it('the old connection dying while its successor (Clean Start 0) logs in: its delayed will is not published during the resumed session', async () => {
     const watcher = await v5('watcher-4', {});
     await watcher.client.subscribeAsync('wills/4', { qos: 1 });
     const old = await v5('victim-4', {
@@ -131,7 +136,14 @@ describe('review findings', () => {
       properties: { sessionExpiryInterval: 300 },
       will: { topic: 'wills/4', payload: Buffer.from('gone'), qos: 1, retain: false, properties: { willDelayInterval: 1 } },
     });
-    const next = mqtt.connect(url, { ...CLIENT_DEFAULTS, protocolVersion: 5, clientId: 'victim-4', clean: false, properties: { sessionExpiryInterval: 300 }, ...user });
+    const next = mqtt.connect(url, {
+      ...CLIENT_DEFAULTS,
+      protocolVersion: 5,
+      clientId: 'victim-4',
+      clean: false,
+      properties: { sessionExpiryInterval: 300 },
+      ...user,
+    });
     next.on('error', () => undefined);
     clients.push(next);
     // The new CONNECT is in preConnect / the scrypt check when the old connection goes.
@@ -140,10 +152,14 @@ describe('review findings', () => {
     await new Promise((resolve) => next.once('connect', resolve));
     await delay(1_500);
     assert.equal(next.connected, true);
-    assert.deepEqual(watcher.got.filter((m) => m.topic === 'wills/4'), [], 'no will while the session is resumed [MQTT-3.1.3-9]');
+    assert.deepEqual(
+      watcher.got.filter((m) => m.topic === 'wills/4'),
+      [],
+      'no will while the session is resumed [MQTT-3.1.3-9]',
+    );
   });
 
-  it('F2: Retain Handling 2 on a new subscription is overridden by an older overlapping subscription with Retain Handling 0', async () => {
+  it('Retain Handling 2 on a new subscription holds beside an older overlapping subscription with Retain Handling 0', async () => {
     const pub = await v5('pub-f2', {});
     await pub.client.publishAsync('rh/a/b', 'retained', { qos: 1, retain: true });
     const sub = await v5('sub-f2', {});
@@ -156,11 +172,13 @@ describe('review findings', () => {
     assert.equal(sub.got.filter((m) => m.topic === 'rh/a/b').length, 1, '[MQTT-3.8.4-?] rh 2: no retained at subscribe time');
   });
 
-  it('F3: refused subscriptions keep their Subscription Identifiers in the broker map (grows without bound per session)', async () => {
+  it('refused subscriptions leave no Subscription Identifier behind (the map does not grow with refusals)', async () => {
     const sub = await v5('sub-f3', {});
     await sub.client.subscribeAsync('sid/#', { qos: 1, properties: { subscriptionIdentifier: 1 } });
     for (let n = 0; n < 200; n++)
-      await sub.client.subscribeAsync(`$share/g/sid/${n}`, { qos: 1, properties: { subscriptionIdentifier: 2 + n } }).catch(() => undefined);
+      await sub.client
+        .subscribeAsync(`$share/g/sid/${n}`, { qos: 1, properties: { subscriptionIdentifier: 2 + n } })
+        .catch(() => undefined);
     const ids = (broker.broker as unknown as { sessions: { subscriptionIds: Map<string, Map<string, number>> } }).sessions.subscriptionIds;
     assert.equal(ids.get('sub-f3')?.size, 1, 'only the granted subscription has an identifier');
   });
