@@ -173,7 +173,11 @@ it('a cloud slower than the plant: the backlog stays in SQLite, and what the out
   // Every acknowledgement deleted a message that was still in the outbox: the bound dropped only
   // messages nobody was sending, so "dropped" counts exactly what the cloud never got.
   assert.ok(outbox.stats.dropped >= 44_000, `dropped ${outbox.stats.dropped}`);
-  assert.equal(outbox.stats.delivered, acknowledged.length, `delivered ${outbox.stats.delivered} of ${acknowledged.length} acknowledged`);
+  // A PUBACK the cloud wrote while the uplink was already leaving is not read (stop forgets what is
+  // in flight): that message stays in the outbox and is sent again, never lost. So at most the
+  // window (inFlight 20) is acknowledged without being counted delivered.
+  const unread = acknowledged.length - outbox.stats.delivered;
+  assert.ok(unread >= 0 && unread <= 20, `delivered ${outbox.stats.delivered} of ${acknowledged.length} acknowledged`);
   assert.equal(
     outbox.stats.dropped + outbox.stats.delivered + outbox.stats.messages,
     50_000 + 0,
