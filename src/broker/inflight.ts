@@ -126,24 +126,34 @@ export class OutboundWindow {
   }
 
   /**
-   * Hands one delivery to aedes. The publisher's side (`done`, which aedes' message router waits
-   * for) goes on at once: aedes would hold it until the client's socket drains, and a client that
-   * stops reading would stall every delivery of the broker. What one client may cost is bounded
-   * here instead: maxInflight + maxQueued for QoS 1/2, and QoS 0 is dropped while its socket
-   * holds more than qos0BufferLimit bytes (QoS 0 promises at most once).
+   * Hands one delivery to aedes. aedes holds the message router's `done` until the write is done,
+   * and until the client's socket drains when it was full: one client that stops reading would
+   * stall every delivery of the broker. So once the client's connection holds unsent bytes, the
+   * router goes on at once, and what the client may cost is bounded here instead: maxInflight +
+   * maxQueued for QoS 1/2, and QoS 0 is dropped while its connection holds more than
+   * qos0BufferLimit bytes (QoS 0 promises at most once).
    */
   private send(delivery: Delivery, done: () => void): void {
     const { packet } = delivery;
-    setImmediate(done);
+    const buffered = this.watchOptions.bufferedBytes();
+    let written = done;
+    if (buffered > 0) {
+      setImmediate(done);
+      written = noop;
+    }
     if (!delivery.qos || !this.acknowledged(delivery)) {
-      if (this.watchOptions.bufferedBytes() > this.watchOptions.qos0BufferLimit) return this.watchOptions.onQos0Dropped();
-      return delivery.qos ? this.deliverQoS(packet, noop) : this.deliver0(packet, noop);
+      if (buffered > this.watchOptions.qos0BufferLimit) {
+        this.watchOptions.onQos0Dropped();
+        return written();
+      }
+      return delivery.qos ? this.deliverQoS(packet, written) : this.deliver0(packet, written);
     }
     this.inFlight++;
     this.pending.add(packet);
     this.deliverQoS(packet, () => {
       // Never forwarded (a duplicate of an overlapping subscription, or denied): no PUBACK will come.
       if (this.pending.delete(packet)) this.release();
+      written();
     });
   }
 
