@@ -32,6 +32,10 @@ const runs: Array<[string, string[]]> = [
   ['replay.js', ['--messages', '1000000']],
   // the broker alone, 200 QoS 1 publishers → 1 subscriber (also --rate max, --protocol 5, --scenario connections): node dist/bench/broker.js --scenario fanin --clients 200 --protocol 4 --rate 20000 --seconds 10
   ['broker.js', ['--scenario', 'fanin', '--clients', '200', '--protocol', '4', '--rate', '20000', '--seconds', '10']],
+  ['broker.js', ['--scenario', 'fanin', '--clients', '200', '--protocol', '5', '--rate', '20000', '--seconds', '10']],
+  // 2,000 idle clients, RSS after a GC: node dist/bench/broker.js --scenario connections --protocol 4|5 --clients 2000
+  ['broker.js', ['--scenario', 'connections', '--protocol', '4', '--clients', '2000']],
+  ['broker.js', ['--scenario', 'connections', '--protocol', '5', '--clients', '2000']],
   // node dist/bench/idle.js
   ['idle.js', []],
   // what the event bus costs a sample: node dist/bench/event-bus.js
