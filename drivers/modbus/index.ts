@@ -61,6 +61,8 @@ interface PollState {
   timedOut: boolean;
   /** Set when the device seems gone: the remaining blocks are not requested in this poll. */
   abortReason?: string;
+  /** Hands over the tags of each reply as it comes (read()'s `early`); their names, not to be returned again. */
+  early?: { deliver: (readings: TagReading[]) => void; delivered: Set<string> };
 }
 
 export class ModbusReadPlan implements ReadPlan {
@@ -197,7 +199,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     return new ModbusReadPlan(this, tags, this.plannerOptions);
   }
 
-  async read(plan: ReadPlan): Promise<TagReading[]> {
+  async read(plan: ReadPlan, early?: (readings: TagReading[]) => void): Promise<TagReading[]> {
     if (!(plan instanceof ModbusReadPlan) || plan.owner !== this) {
       throw new DriverError('read() got a plan made by another driver instance', { code: 'foreign-plan' });
     }
@@ -212,19 +214,34 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     // Not requested at all (an exception 2 earlier): bad with the device's word, counted apart
     // from exceptions this poll actually received.
     for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'known-illegal-address'));
-    const poll: PollState = { answered: false, timedOut: false };
+    const poll: PollState = { answered: false, timedOut: false, ...(early ? { early: { deliver: early, delivered: new Set() } } : {}) };
     for (const block of compiled.blocks) {
       if (poll.abortReason !== undefined) {
         for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
         continue;
       }
-      await this.readBlock(line, block, results, poll);
+      const ok = await this.readBlock(line, block, results, poll);
+      // With `early`, a block's values go as soon as its reply is in (failures at the poll's end,
+      // with the reason the whole poll decides).
+      if (ok && poll.early) {
+        const { deliver, delivered } = poll.early;
+        const readings: TagReading[] = [];
+        for (const { tag } of block.tags) {
+          const reading = results.get(tag.name);
+          if (!reading || delivered.has(tag.name)) continue;
+          delivered.add(tag.name);
+          readings.push(reading);
+        }
+        if (readings.length > 0) deliver(readings);
+      }
     }
     this.accountPoll(poll, line, started);
     // While skipped, a probe that times out reads like the skipped polls around it: one reason for
     // the whole episode, so report-by-exception publishes it once.
     const skipping = this.skipInterval > 0;
-    return plan.tags.map((tag) => {
+    const delivered = poll.early?.delivered;
+    const rest = delivered && delivered.size > 0 ? plan.tags.filter((tag) => !delivered.has(tag.name)) : plan.tags;
+    return rest.map((tag) => {
       const reading = results.get(tag.name) ?? bad(tag, 'not read', 'internal');
       return skipping && reading.code === 'timeout' ? { ...reading, reason: this.skipReason } : reading;
     });
@@ -391,7 +408,7 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
       );
       if (result.data.length !== count)
         throw byteCountMismatch(result.buffer.length, `${count} register${count === 1 ? '' : 's'}`, 2 * count);
-      registers.push(...result.data);
+      for (const register of result.data) registers.push(register);
     }
     return registers;
   }

@@ -61,6 +61,12 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
   onPollDone?: (group: string, seconds: number, ok: boolean) => void;
   /** Told every change of `health.state`, with the reason it is not connected (if any). */
   onStateChange?: (state: DeviceHealth['state'], lastError: string | undefined) => void;
+  /**
+   * Hand over the readings of a poll as the driver has them (Modbus: each reply's tags), in
+   * several onReadings events per cycle, instead of one at its end. For tags published one by
+   * one; a batch or a per-cycle record needs the whole cycle.
+   */
+  early?: boolean;
   clock?: Clock;
 }
 
@@ -166,12 +172,26 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     this.health.cycles++;
     if (plan.mode === 'push') return this.supervise(group, plan);
     let readings: TagReading[];
+    /** Failure codes of the readings handed over early: a cycle counts its errors once (countErrors). */
+    const earlyCodes = new Set<string>();
+    /** Tags handed over early: a failure after them concerns only the others. */
+    const handedOver = new Set<string>();
+    const early = this.options.early
+      ? (part: TagReading[]) => {
+          if (this.stopped) return;
+          for (const reading of part) {
+            handedOver.add(reading.tag);
+            if (reading.quality === 'bad') earlyCodes.add(reading.code ?? 'error');
+          }
+          this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings: part });
+        }
+      : undefined;
     if (!(await this.ensureConnected())) {
       readings = allBad(group.tags, `not connected: ${this.health.lastError ?? 'connecting'}`, 'not-connected');
     } else {
       const started = performance.now();
       try {
-        readings = await this.options.driver.read(plan);
+        readings = await this.options.driver.read(plan, early);
         this.setNextTry(this.options.driver.nextTryAt);
         this.notePlan(group, plan);
         const seconds = (performance.now() - started) / 1000;
@@ -186,17 +206,20 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
         this.options.onPollDone?.(group.name, seconds, false);
         const reason = errorMessage(error);
         this.health.lastError = reason;
-        readings = allBad(group.tags, reason, error instanceof DriverError ? error.code : 'error');
+        const rest = handedOver.size > 0 ? group.tags.filter((tag) => !handedOver.has(tag.name)) : group.tags;
+        readings = allBad(rest, reason, error instanceof DriverError ? error.code : 'error');
         if (error instanceof DriverError && error.connectionLost) await this.lostConnection(reason);
       }
     }
-    this.emit(group, cycleTs, readings);
+    this.emit(group, cycleTs, readings, earlyCodes);
   }
 
-  private emit(group: PollGroup<Tag>, cycleTs: number, readings: TagReading[]): void {
+  /** The (rest of the) cycle's readings; `earlyCodes`: failure codes of readings handed over before. */
+  private emit(group: PollGroup<Tag>, cycleTs: number, readings: TagReading[], earlyCodes?: ReadonlySet<string>): void {
     if (this.stopped) return; // a cycle cut short by stop(): its "connection closed" is not news
-    this.countErrors(readings);
-    this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
+    this.countErrors(readings, earlyCodes);
+    // An early read may have handed over every tag already.
+    if (readings.length > 0) this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings });
   }
 
   /**
@@ -233,8 +256,8 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     }
   }
 
-  private countErrors(readings: readonly TagReading[]): void {
-    const codes = new Set<string>();
+  private countErrors(readings: readonly TagReading[], earlier?: ReadonlySet<string>): void {
+    const codes = new Set<string>(earlier);
     for (const reading of readings) if (reading.quality === 'bad') codes.add(reading.code ?? 'error');
     if (codes.size > 0) this.health.pollErrors++;
     for (const code of codes) this.health.errorsByCode[code] = (this.health.errorsByCode[code] ?? 0) + 1;

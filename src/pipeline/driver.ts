@@ -103,8 +103,14 @@ export interface Driver<Tag extends DriverTag = DriverTag> {
   connect(): Promise<void>;
   /** Compile the tags of one poll group into a plan. Pure with respect to the device. */
   plan(tags: readonly Tag[]): ReadPlan;
-  /** Read every tag of a plan. Per-tag failures come back as bad readings; device failures throw DriverError. */
-  read(plan: ReadPlan): Promise<TagReading[]>;
+  /**
+   * Read every tag of a plan. Per-tag failures come back as bad readings; device failures throw
+   * DriverError. With `early`, a driver may hand over readings as soon as it has them (Modbus: the
+   * tags of each reply, while the next request is on the wire), so a big plan's first values need
+   * not wait for its last request; the promise then resolves with the readings not handed over.
+   * Every tag of the plan is read once per call, early or in the result.
+   */
+  read(plan: ReadPlan, early?: (readings: TagReading[]) => void): Promise<TagReading[]>;
   /**
    * For push plans: start delivering readings of the plan's tags, as they change and as bad quality
    * when they can't be read. Resolves once the subscription is established. Called again after every
