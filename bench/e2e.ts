@@ -6,7 +6,7 @@
 //   node dist/bench/e2e.js --tags 10000 --interval 500 [--devices 10] [--format per-tag|batch]
 //        [--uplink-format json|sparkplug-b] [--at cloud|local] [--window 10] [--warmup 3]
 //        [--inflight 500] [--commit-interval 5] [--report always|change] [--nodelay true|false]
-//        [--prof DIR] [--gateway-flags=--max-semi-space-size=4]
+//        [--prof DIR] [--gateway-flags=--max-semi-space-size=4] [--source-clock] [--local-subscriber]
 //
 // --format is how the devices publish locally (a message per tag, or one per poll cycle).
 // --uplink-format sparkplug-b sends the tags up as a Sparkplug B edge node (uplink.format, group
@@ -18,6 +18,12 @@
 // delayed, and Nagle holds each DDATA's last segment in mosquitto: p90–p99 at ~35–47 ms instead of
 // ~10–13 at 10k tags @ 100 ms. JSON at QoS 1 measures the same either way.
 // --at local measures at the integrated broker instead (no uplink, no outbox, QoS 0 subscriber).
+// --source-clock: the load server's registers read as its clock when it serves the request (ms mod
+// 65536, bench/load-server.py --clock), and the subscriber takes each value's latency from that too:
+// sourceLatencyMs, from the Modbus server's serve time to arrival (latencyMs stays from the
+// gateway's ts). --local-subscriber (with the cloud): a second subscriber, QoS 0, on the integrated
+// broker, that measures the same at the local broker (localLatencyMs, localSourceLatencyMs with
+// --source-clock; delivery and bytes are the cloud subscriber's): the first stage of the path.
 // --gateway-flags are Node options for the gateway process (space-separated; write them with "=").
 // --prof writes the gateway's CPU profile (node --cpu-prof) into DIR; read it with
 // `node dist/bench/profile-top.js DIR/*.cpuprofile`.
@@ -39,6 +45,7 @@ import {
   rssMb,
   sleep,
   start,
+  type Started,
   startModbusServer,
   startMosquitto,
   tempFolder,
@@ -63,6 +70,8 @@ const { values: args } = parseArgs({
     nodelay: { type: 'string', default: 'true' },
     prof: { type: 'string' },
     'gateway-flags': { type: 'string' },
+    'source-clock': { type: 'boolean', default: false },
+    'local-subscriber': { type: 'boolean', default: false },
     // Debugging: write the tail of the gateway's output (logs, --trace-gc lines) to this file.
     'gateway-log': { type: 'string' },
   },
@@ -80,13 +89,16 @@ const GROUP = 'bench';
 const windowMs = Math.max(1, Math.round((Number(args.window) * 1000) / interval)) * interval;
 const warmupMs = Number(args.warmup) * 1000;
 const report = args.report === 'change' ? 'change' : 'always';
+const sourceClock = args['source-clock'];
+const localSubscriber = args['local-subscriber'];
+if (localSubscriber && !cloud) throw new Error('--local-subscriber is the second subscriber beside the cloud one (not with --at local)');
 
 const folder = tempFolder('plc2mqtt-e2e-');
 const units = Array.from({ length: devices }, (_, index) => index + 1);
 const perDevice = Math.ceil(tags / devices);
 const tagsOf = new Map(units.map((unit) => [`plc${unit}`, Math.max(0, Math.min(perDevice, tags - (unit - 1) * perDevice))]));
 
-const modbus = await startModbusServer(ROOT, units);
+const modbus = await startModbusServer(ROOT, units, { clock: sourceClock });
 const mosquitto = cloud ? await startMosquitto(folder, { noDelay: args.nodelay !== 'false' }) : undefined;
 const brokerPort = await freePort();
 const config = {
@@ -126,20 +138,22 @@ const config = {
 const configFile = join(folder, 'bench.json');
 writeFileSync(configFile, JSON.stringify(config));
 
-const subscriberArgs = (port: number, qos: number) => [
+// local: on the integrated broker, where the tags are JSON whatever the uplink sends.
+const subscriberArgs = (port: number, qos: number, local = false) => [
   join(ROOT, 'dist/bench/subscriber.js'),
   '--url',
   `mqtt://127.0.0.1:${port}`,
   '--filter',
-  sparkplug ? `spBv1.0/${GROUP}/#` : 'plc2mqtt/bench/+/+',
+  sparkplug && !local ? `spBv1.0/${GROUP}/#` : 'plc2mqtt/bench/+/+',
   '--uplink-format',
-  sparkplug ? 'sparkplug-b' : 'json',
+  sparkplug && !local ? 'sparkplug-b' : 'json',
   '--qos',
   String(qos),
   '--interval',
   String(interval),
   '--grace',
   args.grace,
+  ...(sourceClock ? ['--source-clock'] : []),
 ];
 // On the cloud the subscriber is there before the gateway, so its totals cover every message.
 let subscriber = mosquitto
@@ -157,12 +171,21 @@ const gateway = await start(
   120_000,
 );
 const pid = gateway.child.pid!;
-subscriber ??= await start(process.execPath, subscriberArgs(brokerPort, 0), /SUBSCRIBED/, 30_000, { stdin: true });
+subscriber ??= await start(process.execPath, subscriberArgs(brokerPort, 0, true), /SUBSCRIBED/, 30_000, { stdin: true });
+const local = localSubscriber
+  ? await start(process.execPath, subscriberArgs(brokerPort, 0, true), /SUBSCRIBED/, 30_000, { stdin: true })
+  : undefined;
 
 const t0 = Date.now() + warmupMs;
 const t1 = t0 + windowMs;
 subscriber.child.stdin!.write(`window ${t0} ${t1}\n`);
-const others = { mosquitto: mosquitto?.child.pid, subscriber: subscriber.child.pid, modbusServer: modbus.child.pid };
+local?.child.stdin?.write(`window ${t0} ${t1}\n`);
+const others = {
+  mosquitto: mosquitto?.child.pid,
+  subscriber: subscriber.child.pid,
+  localSubscriber: local?.child.pid,
+  modbusServer: modbus.child.pid,
+};
 const cpuOf = () =>
   ({
     gateway: cpuSeconds(pid),
@@ -202,12 +225,14 @@ interface WindowFigures {
   perDevice: Record<string, { cycles: number; messages: number; values: number }>;
   latencyMs: Latency;
   cycleLatencyMs: Latency;
+  sourceLatencyMs?: Latency;
   lastArrivalAfterWindowMs: number;
   timedOut: boolean;
 }
-const received = JSON.parse(
-  (await waitForOutput(subscriber, /WINDOW (\{.*\})\n/, Number(args.grace) * 1000 + 10_000))[1]!,
-) as WindowFigures;
+const windowOf = async (process: Started) =>
+  JSON.parse((await waitForOutput(process, /WINDOW (\{.*\})\n/, Number(args.grace) * 1000 + 10_000))[1]!) as WindowFigures;
+const received = await windowOf(subscriber);
+const receivedLocally = local ? await windowOf(local) : undefined;
 
 // Expected: every slot of every device in the window (window / interval each), all its tags.
 const nominalCycles = windowMs / interval;
@@ -314,11 +339,25 @@ console.log(
     latencyMs: received.latencyMs,
     // From the ts of the message's cycle: the JSON batch's poll slot (so its read time is in it).
     ...(format === 'batch' && !sparkplug ? { cycleLatencyMs: received.cycleLatencyMs } : {}),
+    // From the Modbus server's serve time (--source-clock): to the cloud (or where --at says), and to the integrated broker.
+    ...(sourceClock ? { sourceLatencyMs: received.sourceLatencyMs } : {}),
+    ...(receivedLocally
+      ? {
+          localLatencyMs: receivedLocally.latencyMs,
+          ...(sourceClock ? { localSourceLatencyMs: receivedLocally.sourceLatencyMs } : {}),
+          localDeliveredPercent: expectedValues === 0 ? 0 : Math.floor((receivedLocally.values / expectedValues) * 10_000) / 100,
+        }
+      : {}),
     lastArrivalAfterWindowMs: received.lastArrivalAfterWindowMs,
     bytesPerValue: { payload: perValue(received.payloadBytes), wire: perValue(received.wireBytes) },
     gatewayCpuPercent: cpuPercent.gateway,
     gatewayRssMb: { atWindowStart: rssStart, atWindowEnd: rssEnd, peak: peakRss },
-    otherCpuPercent: { mosquitto: cpuPercent.mosquitto, subscriber: cpuPercent.subscriber, modbusServer: cpuPercent.modbusServer },
+    otherCpuPercent: {
+      mosquitto: cpuPercent.mosquitto,
+      subscriber: cpuPercent.subscriber,
+      ...(local ? { localSubscriber: cpuPercent.localSubscriber } : {}),
+      modbusServer: cpuPercent.modbusServer,
+    },
     accounting,
     ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
     ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),

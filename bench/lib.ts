@@ -157,8 +157,16 @@ export async function startMosquitto(folder: string, options: { noDelay?: boolea
   return { port, child };
 }
 
-/** The load Modbus server (pymodbus, bench/load-server.py) with the given unit ids. */
-export async function startModbusServer(root: string, units: number[]): Promise<{ port: number; child: ChildProcess }> {
-  const server = await start('/usr/bin/python3', [join(root, 'bench/load-server.py'), '--units', units.join(',')], /READY (\d+)/);
+/** The load Modbus server (pymodbus, bench/load-server.py) with the given unit ids; clock: its registers read as the serve time (--clock). */
+export async function startModbusServer(
+  root: string,
+  units: number[],
+  options: { clock?: boolean } = {},
+): Promise<{ port: number; child: ChildProcess }> {
+  const server = await start(
+    '/usr/bin/python3',
+    [join(root, 'bench/load-server.py'), '--units', units.join(','), ...(options.clock ? ['--clock'] : [])],
+    /READY (\d+)/,
+  );
   return { port: Number(server.match[1]), child: server.child };
 }

@@ -5,6 +5,11 @@
 //                    batch each value's "ts") to arrival
 //   cycleLatencyMs   from the ts that names the message's cycle (batch: the poll slot, before the
 //                    read; otherwise the same as latencyMs) to arrival
+//   sourceLatencyMs  (--source-clock, with bench/load-server.py --clock) from the moment the Modbus
+//                    server served the register to arrival: each value N is the server's clock then,
+//                    mod 65536, so serve = arrival − ((arrival − N) mod 65536) (right while the
+//                    latency is under 65 s); every "value":N of a JSON message (a tag's, or each of
+//                    a batch's), each metric's value of a DDATA
 //
 // --uplink-format sparkplug-b: counts the DDATA messages instead (spBv1.0/<group>/DDATA/<node>/<device>,
 // decoded with the gateway's own decodePayload), a metric for a value and its timestamp (the sample's
@@ -12,20 +17,21 @@
 // value. NBIRTH, DBIRTH and NDATA are counted in the totals, apart.
 //
 //   node dist/bench/subscriber.js --url mqtt://127.0.0.1:PORT --filter 'plc2mqtt/#' --qos 1 --interval 500
-//        [--uplink-format json|sparkplug-b]
+//        [--uplink-format json|sparkplug-b] [--source-clock]
 //
 // Control, one line each on stdin:
 //   window T0 T1   count the poll cycles of the slots in [T0, T1) (epoch ms); once T1 has passed and
 //                  no message of the window arrived for a while, prints "WINDOW {json}"
 //   stop           prints "FINAL {json}" (totals since subscribing) and exits
 //
-// Delivery is counted per poll cycle, not per second of arrival: every message of one device's
-// cycle carries the same ts, and the cycles sit on a fixed grid (anchor + k × interval; a skipped
-// slot stays a gap). Per tag, ts is the read's completion (slot + a few ms, more under load); a
-// batch carries the slot itself. So each device's grid is recovered from its cycles' ts (the
-// residue mod interval with the least total delay to all others), every cycle is put on its slot,
-// and the window takes the slots in [T0, T1): exactly window / interval of them per device, wherever
-// the edges fall, and a cycle that was skipped or lost is missing from them.
+// Delivery is counted per poll cycle, not per second of arrival: the cycles sit on a fixed grid
+// (anchor + k × interval; a skipped slot stays a gap), and every message of one device's cycle
+// carries a ts in [slot, slot + interval): per tag the read's completion (slot + a few ms, more under
+// load) — the same for the whole cycle, or one per chunk (Modbus request) when a cycle is published
+// in chunks, spread over the cycle's read time; a batch carries the slot itself. So each device's
+// grid is recovered from its ts (see gridAnchor), every ts is put on its slot (the chunks of one
+// cycle on the same one), and the window takes the slots in [T0, T1): exactly window / interval of
+// them per device, wherever the edges fall, and a cycle that was skipped or lost is missing from them.
 //
 // Bytes: each message's payload, and its size on the wire as an MQTT PUBLISH packet at the QoS it
 // arrived with (fixed header, topic, packet id, payload), per cycle like the values.
@@ -45,14 +51,17 @@ const { values: args } = parseArgs({
     // Quiet time after which the window is considered complete.
     quiet: { type: 'string', default: '1500' },
     'uplink-format': { type: 'string', default: 'json' },
+    'source-clock': { type: 'boolean', default: false },
   },
 });
 const sparkplug = args['uplink-format'] === 'sparkplug-b';
 const interval = Number(args.interval);
 const graceMs = Number(args.grace) * 1000;
 const quietMs = Number(args.quiet);
+const sourceClock = args['source-clock'];
 
 const TS = Buffer.from('"ts":');
+const VALUE = Buffer.from('"value":');
 const QUALITY = Buffer.from('"quality":"');
 const GOOD = Buffer.from('"quality":"good"');
 const MAX_LATENCY_MS = 120_000;
@@ -119,6 +128,7 @@ let lastWindowArrival = 0;
 const cycles = new Map<string, Map<number, Cycle>>();
 const latency = new Histogram();
 const cycleLatency = new Histogram();
+const sourceLatency = new Histogram();
 let windowReported = false;
 
 function occurrences(payload: Buffer, needle: Buffer): number {
@@ -153,6 +163,29 @@ interface Parsed {
   bad: number;
   /** Each value's own ts, when it is not the cycle's (a JSON batch, Sparkplug's metrics). */
   stamps?: number[];
+  /** --source-clock: each numeric value (the server's clock when it served the register, mod 65536). */
+  served?: number[];
+}
+
+/** Every "value":<digits> of the payload (a null value, of a bad sample, has none). */
+function servedValues(payload: Buffer): number[] {
+  const served: number[] = [];
+  for (let at = payload.indexOf(VALUE); at !== -1; at = payload.indexOf(VALUE, at + VALUE.length)) {
+    let value = 0;
+    let digits = 0;
+    for (let index = at + VALUE.length; index < payload.length; index++, digits++) {
+      const digit = payload[index]! - 48;
+      if (digit < 0 || digit > 9) break;
+      value = value * 10 + digit;
+    }
+    if (digits > 0) served.push(value);
+  }
+  return served;
+}
+
+/** From the server's serve time (its clock mod 65536, N) to arrival: (arrival − N) mod 65536. */
+function sinceServed(arrival: number, served: number): number {
+  return (((arrival - served) % 65_536) + 65_536) % 65_536;
 }
 
 /** Every "ts":<digits> of the payload after the first (a batch's values'). */
@@ -179,6 +212,7 @@ function parseJson(payload: Buffer): Parsed | undefined {
   // A batch: {"device", "group", "ts" (the slot), "values": {tag: {…, "ts"}}}; a tag's message has one ts.
   const stamps = laterTs(payload);
   if (stamps.length > 0) parsed.stamps = stamps;
+  if (sourceClock) parsed.served = servedValues(payload);
   return parsed;
 }
 
@@ -195,13 +229,15 @@ function parseSparkplug(topic: string, payload: Buffer): Parsed | undefined {
   const metrics = decodePayload(payload).metrics ?? [];
   if (metrics.length === 0) return undefined;
   const stamps: number[] = [];
+  const served: number[] = [];
   let bad = 0;
   for (const metric of metrics) {
     stamps.push(metric.timestamp ?? 0);
     if (metric.isNull || metric.properties?.Quality !== undefined) bad++;
+    else if (sourceClock && (typeof metric.value === 'number' || typeof metric.value === 'bigint')) served.push(Number(metric.value));
   }
   // One cycle per DDATA: its samples share the read time; the first metric's names the cycle.
-  return { ts: stamps[0]!, values: metrics.length, bad, stamps };
+  return { ts: stamps[0]!, values: metrics.length, bad, stamps, ...(sourceClock ? { served } : {}) };
 }
 
 function onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
@@ -235,17 +271,20 @@ function onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void
   cycleLatency.add(now - ts, values);
   if (parsed.stamps) for (const stamp of parsed.stamps) latency.add(now - stamp);
   else latency.add(now - ts, values);
+  if (parsed.served) for (const served of parsed.served) sourceLatency.add(sinceServed(now, served));
 }
 
-/** A device's cycles put on their grid slots; those in [t0, t1). */
-function windowCycles(byTs: Map<number, Cycle>, t0: number, t1: number): { cycles: number } & Cycle {
-  const stamps = [...byTs.keys()];
+/** The ts's slot on the grid of the given anchor (a residue mod interval): the last slot at or before it. */
+function slotOf(ts: number, anchor: number): number {
+  return ts - (((ts % interval) - anchor + interval) % interval);
+}
+
+/** The residue mod interval from which the given ts are least late in total (of those of the ts). */
+function leastLate(stamps: readonly number[]): number {
   const residues = stamps.map((ts) => ts % interval);
-  // The grid's residue: the one from which the other cycles are least late in total.
   let anchor = residues[0]!;
   let best = Infinity;
-  // (Candidates: the first 200 cycles' residues; every device of ours has its grid in them.)
-  for (const candidate of residues.slice(0, 200)) {
+  for (const candidate of new Set(residues)) {
     let late = 0;
     for (const residue of residues) late += (residue - candidate + interval) % interval;
     if (late < best) {
@@ -253,10 +292,49 @@ function windowCycles(byTs: Map<number, Cycle>, t0: number, t1: number): { cycle
       anchor = candidate;
     }
   }
+  return anchor;
+}
+
+/**
+ * A device's grid: the residue mod interval of its slots, from its distinct ts. Weighing each ts
+ * alike is right while a cycle has one ts; but when a cycle is published in chunks with a ts each, a
+ * few cycles whose first chunk came a little earlier than usual would weigh less than the many
+ * chunks after them, and the least-late residue would fall after those early chunks (which then
+ * land on the slot before). So, in two steps:
+ * 1. the cycles apart: the ts's residues occupy an arc of the circle (the read time of a cycle,
+ *    shorter than the interval) and the longest empty arc ends where the cycles start; putting every
+ *    ts on the slot of that residue groups the ts of each cycle (a late outlier inside the empty arc
+ *    only shifts the grouping: whole cycles still fall in one group);
+ * 2. each group (a cycle) by its first ts: the least-late residue of those, one per cycle, as with
+ *    one ts per cycle (a lone late cycle, a GC pause, does not move it).
+ */
+function gridAnchor(stamps: readonly number[]): number {
+  const residues = [...new Set(stamps.map((ts) => ts % interval))].sort((a, b) => a - b);
+  let start = residues[0]!;
+  let longest = residues[0]! + interval - residues[residues.length - 1]!;
+  for (let index = 1; index < residues.length; index++) {
+    const gap = residues[index]! - residues[index - 1]!;
+    if (gap > longest) {
+      longest = gap;
+      start = residues[index]!;
+    }
+  }
+  const first = new Map<number, number>();
+  for (const ts of stamps) {
+    const slot = slotOf(ts, start);
+    const earliest = first.get(slot);
+    if (earliest === undefined || ts < earliest) first.set(slot, ts);
+  }
+  return leastLate([...first.values()]);
+}
+
+/** A device's cycles put on their grid slots; those in [t0, t1). */
+function windowCycles(byTs: Map<number, Cycle>, t0: number, t1: number): { cycles: number } & Cycle {
+  const anchor = gridAnchor([...byTs.keys()]);
   const slots = new Set<number>();
   const sum: Cycle = { messages: 0, values: 0, payloadBytes: 0, wireBytes: 0 };
   for (const [ts, cycle] of byTs) {
-    const slot = ts - (((ts % interval) - anchor + interval) % interval);
+    const slot = slotOf(ts, anchor);
     if (slot < t0 || slot >= t1) continue;
     slots.add(slot);
     sum.messages += cycle.messages;
@@ -297,6 +375,7 @@ function reportWindow(timedOut: boolean): void {
     perDevice,
     latencyMs: latency.figures(),
     cycleLatencyMs: cycleLatency.figures(),
+    ...(sourceClock ? { sourceLatencyMs: sourceLatency.figures() } : {}),
     lastArrivalAfterWindowMs: lastWindowArrival > window.t1 ? lastWindowArrival - window.t1 : 0,
     timedOut,
   };
