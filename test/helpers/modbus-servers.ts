@@ -416,6 +416,7 @@ export class RawModbusServer {
         const proper = this.reply(request);
         const sent = this.misbehave(request, proper);
         if (sent === null) continue;
+        if (this.holdBack(request, stream, () => write(sent ?? proper))) continue;
         write(sent ?? proper);
       }
     });
@@ -461,4 +462,66 @@ export class RawModbusServer {
     this.server = undefined;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
+
+  private readonly holds: {
+    match: (request: RawRequest) => boolean;
+    arrive: (request: RawRequest, send: () => void, cut: () => void) => void;
+  }[] = [];
+
+  /**
+   * Holds back the reply to the next request `match` accepts (once), so a test can look at what a
+   * client does while that request is outstanding: `seen` resolves when it arrived, release()
+   * sends the reply, cut() closes the connection it came on instead (a socket) and sends nothing.
+   */
+  hold(match: (request: RawRequest) => boolean): HeldReply {
+    let arrived: (request: RawRequest) => void = () => undefined;
+    const seen = new Promise<RawRequest>((resolve) => (arrived = resolve));
+    let decided: 'release' | 'cut' | undefined;
+    let pending: { send: () => void; cut: () => void } | undefined;
+    const settle = (): void => {
+      if (!pending || !decided) return;
+      const { send, cut } = pending;
+      pending = undefined;
+      if (decided === 'release') send();
+      else cut();
+    };
+    this.holds.push({
+      match,
+      arrive: (request, send, cut) => {
+        pending = { send, cut };
+        arrived(request);
+        settle();
+      },
+    });
+    return {
+      seen,
+      release: () => {
+        decided ??= 'release';
+        settle();
+      },
+      cut: () => {
+        decided ??= 'cut';
+        settle();
+      },
+    };
+  }
+
+  /** True when the reply to `request` is held (see hold()). */
+  private holdBack(request: RawRequest, stream: NodeJS.EventEmitter, send: () => void): boolean {
+    const index = this.holds.findIndex((hold) => hold.match(request));
+    if (index < 0) return false;
+    const [hold] = this.holds.splice(index, 1);
+    hold!.arrive(request, send, () => (stream as Partial<net.Socket>).destroy?.());
+    return true;
+  }
+}
+
+/** A reply RawModbusServer.hold() keeps back. */
+export interface HeldReply {
+  /** The request, once it arrived. */
+  seen: Promise<RawRequest>;
+  /** Sends the reply (at once, or on arrival if the request is not in yet). */
+  release(): void;
+  /** Closes the request's connection without a reply. */
+  cut(): void;
 }
