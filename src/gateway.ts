@@ -638,8 +638,9 @@ export class Gateway {
         phaseOf: (group) => phases.get(group.name) ?? 0,
         onReadings: (event) => this.onReadings(entry, event),
         // Tags published one by one go out as each reply comes; a batch, or a format's per-device
-        // cycle record (Sparkplug DDATA), waits for the whole cycle.
-        early: device.publish !== 'batch' && entry.cloud === undefined,
+        // cycle record (Sparkplug DDATA, set again by a reload that changes the format), waits for
+        // the whole cycle.
+        early: () => device.publish !== 'batch' && entry.cloud === undefined,
         onPollDone: (group, seconds, ok) => this.bus.emit('poll', { device: device.name, group, seconds, ok }),
         onStateChange: (state, lastError) => {
           // A connection lost: a format that tracks devices (Sparkplug DDEATH) records it, in order with

@@ -198,7 +198,7 @@ function runner(defer: (fn: () => unknown) => void, port: number, onReadings: (e
     groups: [{ name: 'default', interval: 50, tags: config.tags as DriverTag[] }],
     log,
     phaseOf: () => 0,
-    early: true,
+    early: () => true,
     onReadings: (event) => onReadings(event, created),
   });
   created.start();
@@ -309,7 +309,7 @@ describe('DeviceRunner with early: true', () => {
       groups: [{ name: 'default', interval: 20, tags }],
       log: testLogger(),
       phaseOf: () => 0,
-      early: true,
+      early: () => true,
       onReadings: (event) =>
         events.push({ event, pollErrors: deviceRunner.health.pollErrors, errorsByCode: { ...deviceRunner.health.errorsByCode } }),
     });

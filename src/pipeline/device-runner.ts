@@ -64,9 +64,10 @@ export interface DeviceRunnerOptions<Tag extends DriverTag> {
   /**
    * Hand over the readings of a poll as the driver has them (Modbus: each reply's tags), in
    * several onReadings events per cycle, instead of one at its end. For tags published one by
-   * one; a batch or a per-cycle record needs the whole cycle.
+   * one; a batch or a per-cycle record needs the whole cycle. Asked at each poll (a reload may
+   * change the answer without restarting the device).
    */
-  early?: boolean;
+  early?: () => boolean;
   clock?: Clock;
 }
 
@@ -176,7 +177,7 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
     const earlyCodes = new Set<string>();
     /** Tags handed over early: a failure after them concerns only the others. */
     const handedOver = new Set<string>();
-    const early = this.options.early
+    const early = this.options.early?.()
       ? (part: TagReading[]) => {
           if (this.stopped) return;
           for (const reading of part) {
