@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // plc2mqtt command line: run, validate, schema, read, browse, simulate, health, passwd.
+// First: before mqtt-packet and mqtt.js load `debug` (see the module).
+import './util/quiet-debug.js';
 import { get as httpGet } from 'node:http';
 import { get as httpsGet } from 'node:https';
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -11,6 +11,7 @@ import { errorMessage } from '../util/errors.js';
 import type { CloudMessage } from '../northbound/format.js';
 import type { CloudSubscriptions, UplinkConfig } from './bridge-rules.js';
 import { PingCheckpoint } from './checkpoint.js';
+import { sendWithoutStoreCopies } from './mqttjs-internals.js';
 
 /** A connection that stays up this long without trouble resets the back-off. */
 const STABLE_AFTER_MS = 10_000;
@@ -91,6 +92,9 @@ export class CloudConnection {
         ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } }
         : {}),
       keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
+      // A keep-alive PINGREQ every keepalive even under traffic, instead of mqtt.js re-arming its
+      // interval timer at every PUBACK (a timer per message sent); a PINGRESP still re-arms it.
+      reschedulePings: false,
       // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
       reconnectPeriod: 0,
       connectTimeout: 15_000,
@@ -120,6 +124,7 @@ export class CloudConnection {
 
   start(): void {
     const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption() });
+    sendWithoutStoreCopies(client);
     this.client = client;
     client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
