@@ -70,12 +70,14 @@ export function decodeScalar(
 ): number | bigint | boolean | string {
   if (type === 'string') return decodeString(registers, order, encoding);
   if (type === 'bool') return (registers[0]! & 0xffff) !== 0;
+  if (type === 'uint16' || type === 'int16') {
+    // One register: no byte buffer per value (the most common tag of all).
+    const word = registers[0]! & 0xffff;
+    const value = bytesSwapped(order) ? ((word & 0xff) << 8) | (word >> 8) : word;
+    return type === 'uint16' ? value : (value << 16) >> 16;
+  }
   const bytes = registersToBytes(registers, order);
   switch (type) {
-    case 'int16':
-      return bytes.readInt16BE(0);
-    case 'uint16':
-      return bytes.readUInt16BE(0);
     case 'int32':
       return bytes.readInt32BE(0);
     case 'uint32':

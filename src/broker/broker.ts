@@ -1011,6 +1011,12 @@ export class IntegratedBroker {
    * time. A poll cycle of 10k tags is one burst; this keeps it from going quadratic inside aedes.
    */
   publish(topic: string, payload: string | Buffer, options: PublishOptions): void {
+    // Nobody can receive it: no client is connected, no session waits for messages, and it is not
+    // retained for later. aedes would route it to nobody at some cost per message.
+    if (!options.retain && this.queue.length === 0 && this.aedes.connectedClients === 0 && !this.sessions.store.holdsSubscriptions) {
+      this.stats.published++;
+      return;
+    }
     if (this.queue.length >= MAX_QUEUED) {
       this.queue.shift();
       this.stats.dropped++;

@@ -120,6 +120,27 @@ export class SessionStore extends MemoryPersistence {
     return Readable.from([...live]);
   }
 
+  /** Client ids with stored subscriptions (an upper bound: an emptied session may stay in it). */
+  private readonly subscribers = new Set<string>();
+
+  override async addSubscriptions(
+    client: ClientRef,
+    subs: Array<{ topic: string; qos: number; rh?: number; rap?: boolean; nl?: boolean }>,
+  ): Promise<void> {
+    this.subscribers.add(client.id);
+    await super.addSubscriptions(client, subs);
+  }
+
+  override async cleanSubscriptions(client: ClientRef): Promise<void> {
+    await super.cleanSubscriptions(client);
+    this.subscribers.delete(client.id);
+  }
+
+  /** Could a persistent session be waiting for messages (it has subscriptions stored)? */
+  get holdsSubscriptions(): boolean {
+    return this.subscribers.size > 0;
+  }
+
   /** Messages queued (or in flight) for one session. */
   queued(clientId: string): number {
     return this.queues.get(clientId)?.length ?? 0;

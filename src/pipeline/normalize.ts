@@ -75,8 +75,17 @@ export class TagNormalizer {
       sample.reason !== last.reason ||
       (this.options.maxSilence > 0 && now - last.at >= this.options.maxSilence) ||
       this.changed(last.value, sample.value);
-    if (report) this.last = { value: sample.value, quality: sample.quality, reason: sample.reason, at: now };
-    return report;
+    if (!report) return false;
+    // Updated in place: a new object per tag and poll would live a whole interval, long enough
+    // for V8 to move it to the old generation, where dead objects cost RSS until a full GC.
+    if (last === undefined) this.last = { value: sample.value, quality: sample.quality, reason: sample.reason, at: now };
+    else {
+      last.value = sample.value;
+      last.quality = sample.quality;
+      last.reason = sample.reason;
+      last.at = now;
+    }
+    return true;
   }
 
   private scaleValue(value: TagValue): TagValue {
