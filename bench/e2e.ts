@@ -6,7 +6,7 @@
 //   node dist/bench/e2e.js --tags 10000 --interval 500 [--devices 10] [--format per-tag|batch]
 //        [--uplink-format json|sparkplug-b] [--at cloud|local] [--window 10] [--warmup 3]
 //        [--inflight 500] [--commit-interval 5] [--report always|change] [--nodelay true|false]
-//        [--prof DIR] [--gateway-flags=--max-semi-space-size=4] [--source-clock] [--local-subscriber]
+//        [--prof DIR] [--gateway-flags=--max-semi-space-size=4] [--alloc] [--source-clock] [--local-subscriber]
 //
 // --format is how the devices publish locally (a message per tag, or one per poll cycle).
 // --uplink-format sparkplug-b sends the tags up as a Sparkplug B edge node (uplink.format, group
@@ -25,6 +25,8 @@
 // broker, that measures the same at the local broker (localLatencyMs, localSourceLatencyMs with
 // --source-clock; delivery and bytes are the cloud subscriber's): the first stage of the path.
 // --gateway-flags are Node options for the gateway process (space-separated; write them with "=").
+// --alloc samples the gateway's allocations during the window through its inspector (V8's sampling
+// heap profiler, collected objects included): bytes per message of the window and the top sites.
 // --prof writes the gateway's CPU profile (node --cpu-prof) into DIR; read it with
 // `node dist/bench/profile-top.js DIR/*.cpuprofile`.
 //
@@ -37,6 +39,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { writeFileSync } from 'node:fs';
+import { AllocationSampler } from './alloc-sampler.js';
 import {
   cpuSeconds,
   exited,
@@ -74,6 +77,8 @@ const { values: args } = parseArgs({
     'local-subscriber': { type: 'boolean', default: false },
     // Debugging: write the tail of the gateway's output (logs, --trace-gc lines) to this file.
     'gateway-log': { type: 'string' },
+    // Sample the gateway's allocations during the window (bytes per message and the biggest sites).
+    alloc: { type: 'boolean', default: false },
   },
 });
 const tags = Number(args.tags);
@@ -160,9 +165,11 @@ let subscriber = mosquitto
   ? await start(process.execPath, subscriberArgs(mosquitto.port, 1), /SUBSCRIBED/, 30_000, { stdin: true })
   : undefined;
 
+const inspectPort = args.alloc ? await freePort() : undefined;
 const nodeFlags = [
   ...(args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? []),
   ...(args.prof ? ['--cpu-prof', '--cpu-prof-dir', args.prof] : []),
+  ...(inspectPort !== undefined ? [`--inspect=127.0.0.1:${inspectPort}`] : []),
 ];
 const gateway = await start(
   process.execPath,
@@ -195,7 +202,10 @@ const cpuOf = () =>
 await sleep(t0 - Date.now());
 const cpuStart = cpuOf();
 const rssStart = rssMb(pid);
+const sampler = inspectPort !== undefined ? await AllocationSampler.connect(inspectPort) : undefined;
+await sampler?.start();
 await sleep(t1 - Date.now());
+const allocation = await sampler?.stop();
 const cpuEnd = cpuOf();
 const seconds = (Date.now() - t0) / 1000;
 const cpuPercent = Object.fromEntries(
@@ -359,6 +369,19 @@ console.log(
       modbusServer: cpuPercent.modbusServer,
     },
     accounting,
+    // Everything the gateway allocated in the window (garbage included), per message of the window.
+    ...(allocation
+      ? {
+          allocation: {
+            mbPerSecond: Math.round(allocation.bytes / seconds / 1e5) / 10,
+            bytesPerMessage: received.messages === 0 ? null : Math.round(allocation.bytes / received.messages),
+            top: allocation.top.map(({ site, bytes }) => ({
+              site,
+              bytesPerMessage: received.messages === 0 ? null : Math.round(bytes / received.messages),
+            })),
+          },
+        }
+      : {}),
     ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
     ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
     ...(args['commit-interval'] !== undefined ? { outboxCommitIntervalMs: Number(args['commit-interval']) } : {}),

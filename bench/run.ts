@@ -27,12 +27,17 @@ const runs: Array<[string, string[]]> = [
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--uplink-format', 'sparkplug-b']],
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--uplink-format', 'sparkplug-b', '--format', 'batch']],
   // one device, latency from the Modbus server's serve time (its registers hold its clock) to the integrated broker and to the cloud:
-  // node dist/bench/e2e.js --tags 10000 --interval 1000 --devices 1 --source-clock --local-subscriber
-  ['e2e.js', ['--tags', '10000', '--interval', '1000', '--devices', '1', '--source-clock', '--local-subscriber']],
-  // the same at 500 ms: node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --source-clock --local-subscriber
+  // one device of 10k consecutive registers, latency from the server's serve time (the issue-18 shape):
+  // node dist/bench/e2e.js --tags 10000 --interval 1000|500 --devices 1 --source-clock
+  ['e2e.js', ['--tags', '10000', '--interval', '1000', '--devices', '1', '--source-clock']],
+  ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--source-clock']],
+  // 1,000 tags: node dist/bench/e2e.js --tags 1000 --interval 1000 --devices 1 --source-clock
+  ['e2e.js', ['--tags', '1000', '--interval', '1000', '--devices', '1', '--source-clock']],
+  // with a local subscriber on the integrated broker too (localSourceLatencyMs):
+  // node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --source-clock --local-subscriber
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--source-clock', '--local-subscriber']],
-  // 1,000 tags: node dist/bench/e2e.js --tags 1000 --interval 1000 --devices 1 --source-clock --local-subscriber
-  ['e2e.js', ['--tags', '1000', '--interval', '1000', '--devices', '1', '--source-clock', '--local-subscriber']],
+  // bytes the gateway allocates per message, and where: node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --alloc
+  ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--alloc']],
   // per-tag saturation, 20k → 50k msg/s: node dist/bench/saturation.js
   ['saturation.js', []],
   // node dist/bench/replay.js --messages 1000000
