@@ -274,6 +274,7 @@ const stopped = stoppedLine
       samples: number;
       outbox?: { messages: number; appended: number; dropped?: number };
       uplink?: { sent: number; acknowledged: number; reconnects: number; rejected: number };
+      cloudStagesMs?: Record<string, unknown>;
     })
   : undefined;
 let accounting: Record<string, number | null> | null = null;
@@ -369,6 +370,9 @@ console.log(
       modbusServer: cpuPercent.modbusServer,
     },
     accounting,
+    // Inside the gateway, from each cloud-bound message's append (its sample's read) to its commit
+    // to the outbox, its send and its PUBACK, over the whole run (the gateway logs it at its stop).
+    ...(stopped?.cloudStagesMs ? { cloudStagesMs: stopped.cloudStagesMs } : {}),
     // Everything the gateway allocated in the window (garbage included), per message of the window.
     ...(allocation
       ? {

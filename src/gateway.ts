@@ -66,6 +66,7 @@ import { Outbox } from './cloud/outbox.js';
 import { Uplink, type DownlinkHandlers } from './cloud/uplink.js';
 import { GatewayMetrics } from './ops/metrics.js';
 import { OpsServer } from './ops/http-server.js';
+import { stageTimes } from './cloud/stage-times.js';
 
 export type { ReloadResult } from './app/reload.js';
 export type { TagStatus } from './app/status.js';
@@ -951,7 +952,15 @@ export class Gateway {
     this.stopping ??= (async () => {
       await this.reloading;
       await this.supervisor.stop();
-      this.log.info({ ...this.stats, outbox: this.currentOutbox?.stats, uplink: this.currentUplink?.stats }, 'gateway stopped');
+      this.log.info(
+        {
+          ...this.stats,
+          outbox: this.currentOutbox?.stats,
+          uplink: this.currentUplink?.stats,
+          ...(this.currentUplink ? { cloudStagesMs: stageTimes.summary() } : {}),
+        },
+        'gateway stopped',
+      );
     })();
     return this.stopping;
   }

@@ -12,6 +12,7 @@ import { openSqliteFile } from '../util/sqlite-file.js';
 import type { BufferReader, Lane, MessageBuffer, OutboxMessage, Settled, Settlement, StoredMessage } from './buffer.js';
 import { DiskSpace, isDiskFull, JOURNAL_SIZE_LIMIT, RESERVE_BYTES } from './disk-space.js';
 import { checksum } from './row-checksum.js';
+import { stageTimes } from './stage-times.js';
 
 export type { OutboxMessage, Settled, StoredMessage } from './buffer.js';
 
@@ -347,7 +348,11 @@ export class Outbox implements MessageBuffer {
   private afterCommit(result: WriteResult): void {
     const dropped = result.refused.length + result.droppedStored;
     if (dropped > 0) this.noteDropped(dropped, result.refused[0]?.why ?? `the outbox is full (${this.options.policy})`);
-    for (const item of result.written) item.onSettled?.();
+    const now = Date.now();
+    for (const item of result.written) {
+      stageTimes.committed.add(now - item.created);
+      item.onSettled?.();
+    }
     for (const { item, why } of result.refused) item.onSettled?.(why);
     // Not when a bound dropped rows in this commit: some of the rows just written may be gone.
     if (dropped === 0) this.adopt(this.committedRows);

@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import type { Clock } from '../pipeline/scheduler.js';
 import type { MessageBuffer, StoredMessage } from './buffer.js';
+import { stageTimes } from './stage-times.js';
 
 /** One connection to the cloud as the sender sees it (a new one per connection). */
 export interface Link {
@@ -298,6 +299,7 @@ export class Sender {
     this.inFlight.set(message.id, message);
     if (live) this.liveInFlight++;
     this.counters.sent++;
+    stageTimes.sent.add(Date.now() - message.created);
     link.publish(message, (error) => this.answered(link, message, live, error));
   }
 
@@ -316,6 +318,7 @@ export class Sender {
       this.events.refused?.(message, error);
     } else if (!error) {
       this.counters.acknowledged++;
+      stageTimes.acknowledged.add(Date.now() - message.created);
       if (++this.ackedOnLink === 1) {
         this.stable();
         this.events.firstAcknowledgement?.();
