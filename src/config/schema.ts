@@ -249,9 +249,9 @@ export const outboxSection = z
         'SQLite synchronous mode. "normal": a power cut may lose the last commit (≈ commitInterval); "full": fsync every commit, about 4× slower appends.',
     }),
     commitInterval: duration(
-      'Appends are committed in one transaction per interval (also the most a power cut can lose with synchronous "normal"). With synchronous "full" every commit is an fsync: on slow flash raise it, e.g. to "50ms".',
+      'Appends are committed in one transaction per interval (also the most a power cut can lose with synchronous "normal"). A message waits up to this long before it can go to the cloud. With synchronous "full" every commit is an fsync: on slow flash raise it, e.g. to "50ms".',
       1,
-    ).default(5),
+    ).default(1),
   })
   .prefault({});
 
