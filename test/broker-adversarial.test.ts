@@ -17,6 +17,8 @@ import {
   connectClient,
   endAll,
   type Message,
+  openRaw5,
+  publishPacket,
   RawClient,
   recordMessages,
   roundTrip,
@@ -61,32 +63,7 @@ function connect4(connect: Partial<IConnectPacket> = {}): IConnectPacket {
 }
 
 /** Raw MQTT 5 connection, CONNACK 0 required. */
-async function raw5(port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> {
-  const raw = await RawClient.open(port, 5);
-  raw.send(connect5(connect));
-  const connack = await raw.next('connack');
-  assert.equal(connack.reasonCode, 0, `CONNACK ${JSON.stringify(connack)}`);
-  return raw;
-}
-
-function publishPacket(
-  topic: string,
-  payload: string | Buffer,
-  qos: 0 | 1 | 2,
-  messageId?: number,
-  properties?: IPublishPacket['properties'],
-): IPublishPacket {
-  return {
-    cmd: 'publish',
-    topic,
-    payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
-    qos,
-    retain: false,
-    dup: false,
-    ...(messageId !== undefined ? { messageId } : {}),
-    ...(properties ? { properties } : {}),
-  };
-}
+const raw5 = (port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> => openRaw5(port, connect5(connect));
 
 /** The connection is still served: PINGREQ gets its PINGRESP. */
 async function stillServed(raw: RawClient, what = 'connection'): Promise<void> {

@@ -22,6 +22,8 @@ import {
   closedWithin,
   MOSQUITTO_SUB,
   ROOT,
+  openRaw5,
+  publishPacket,
   RawClient,
   run,
   subscribeGranted,
@@ -98,32 +100,8 @@ function connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
   };
 }
 
-async function raw5(port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> {
-  const raw = await RawClient.open(port, 5);
-  raw.send(connectPacket(connect));
-  const connack = await raw.next('connack');
-  assert.equal(connack.reasonCode, 0, `CONNACK ${JSON.stringify(connack)}`);
-  return raw;
-}
-
-function rawPublish(
-  topic: string,
-  payload: string | Buffer,
-  qos: 0 | 1 | 2,
-  messageId?: number,
-  properties?: PublishProperties,
-): IPublishPacket {
-  return {
-    cmd: 'publish',
-    topic,
-    payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
-    qos,
-    retain: false,
-    dup: false,
-    ...(messageId !== undefined ? { messageId } : {}),
-    ...(properties ? { properties } : {}),
-  };
-}
+const raw5 = (port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> => openRaw5(port, connectPacket(connect));
+const rawPublish = publishPacket;
 
 /** The connection is still served: PINGREQ gets its PINGRESP. */
 async function stillServed(raw: RawClient): Promise<void> {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { generate, parser, type IConnectPacket, type Packet } from 'mqtt-packet';
+import { generate, parser, type IConnectPacket, type IPublishPacket, type Packet } from 'mqtt-packet';
 import { pino, type LevelWithSilent, type Logger } from 'pino';
 import type { z } from 'zod';
 import { IntegratedBroker, type BrokerHandlers, type ListenerAddress } from '../../src/broker/broker.js';
@@ -353,3 +353,32 @@ export async function passwdHash(password: string): Promise<string> {
 
 export const MOSQUITTO_PUB = '/usr/bin/mosquitto_pub';
 export const MOSQUITTO_SUB = '/usr/bin/mosquitto_sub';
+
+/** A raw PUBLISH packet (not retained, not a duplicate). */
+export function publishPacket(
+  topic: string,
+  payload: string | Buffer,
+  qos: 0 | 1 | 2,
+  messageId?: number,
+  properties?: IPublishPacket['properties'],
+): IPublishPacket {
+  return {
+    cmd: 'publish',
+    topic,
+    payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+    qos,
+    retain: false,
+    dup: false,
+    ...(messageId !== undefined ? { messageId } : {}),
+    ...(properties ? { properties } : {}),
+  };
+}
+
+/** A raw MQTT 5 connection that got CONNACK 0 for `connect` (with its packet's defaults). */
+export async function openRaw5(port: number, connect: IConnectPacket): Promise<RawClient> {
+  const raw = await RawClient.open(port, 5);
+  raw.send(connect);
+  const connack = await raw.next('connack');
+  if (connack.reasonCode !== 0) throw new Error(`CONNACK ${JSON.stringify(connack)}`);
+  return raw;
+}
