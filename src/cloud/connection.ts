@@ -92,9 +92,6 @@ export class CloudConnection {
         ? { properties: { sessionExpiryInterval: Math.round(config.sessionExpiry / 1000) } }
         : {}),
       keepalive: Math.max(1, Math.round(config.keepalive / 1000)),
-      // A keep-alive PINGREQ every keepalive even under traffic, instead of mqtt.js re-arming its
-      // interval timer at every PUBACK (a timer per message sent); a PINGRESP still re-arms it.
-      reschedulePings: false,
       // Reconnects are ours: exponential back-off with jitter instead of mqtt.js's fixed period.
       reconnectPeriod: 0,
       connectTimeout: 15_000,

@@ -184,7 +184,12 @@ export class DeviceRunner<Tag extends DriverTag = DriverTag> {
             handedOver.add(reading.tag);
             if (reading.quality === 'bad') earlyCodes.add(reading.code ?? 'error');
           }
-          this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings: part });
+          // Inside the driver's read: a failure of the consumer must not pass for the device's.
+          try {
+            this.options.onReadings({ device: this.name, group: group.name, cycleTs, readings: part });
+          } catch (error) {
+            this.options.log.error({ device: this.name, error: errorMessage(error) }, 'handling early readings failed');
+          }
         }
       : undefined;
     if (!(await this.ensureConnected())) {
