@@ -146,11 +146,6 @@ export class SessionStore extends MemoryPersistence {
     return this.queues.get(clientId)?.length ?? 0;
   }
 
-  /** Sessions that have something queued. */
-  sessionsWithQueues(): number {
-    return this.queues.size;
-  }
-
   /** Ends a session: its subscriptions, queued messages, QoS 2 state and stored will. */
   async endSession(clientId: string): Promise<void> {
     this.queues.delete(clientId);
@@ -232,11 +227,6 @@ export class SessionTimers {
     if (!will) return;
     this.dropWill(clientId);
     will.publish();
-  }
-
-  /** Sessions waiting to expire. */
-  get pending(): number {
-    return this.expiries.size;
   }
 
   close(): void {
