@@ -17,6 +17,7 @@ import {
   connectClient,
   endAll,
   type Message,
+  connectPacket,
   openRaw5,
   publishPacket,
   RawClient,
@@ -54,13 +55,8 @@ after(() => {
 
 const rnd = () => Math.random().toString(36).slice(2, 10);
 
-function connect5(connect: Partial<IConnectPacket> = {}): IConnectPacket {
-  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 60, clientId: `adv5-${rnd()}`, ...connect };
-}
-
-function connect4(connect: Partial<IConnectPacket> = {}): IConnectPacket {
-  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 60, clientId: `adv4-${rnd()}`, ...connect };
-}
+const connect5 = (connect: Partial<IConnectPacket> = {}): IConnectPacket => connectPacket(5, connect);
+const connect4 = (connect: Partial<IConnectPacket> = {}): IConnectPacket => connectPacket(4, connect);
 
 /** Raw MQTT 5 connection, CONNACK 0 required. */
 const raw5 = (port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> => openRaw5(port, connect5(connect));

@@ -22,6 +22,7 @@ import {
   closedWithin,
   MOSQUITTO_SUB,
   ROOT,
+  connectPacket,
   openRaw5,
   publishPacket,
   RawClient,
@@ -88,19 +89,9 @@ function subscriptionIds(delivery: Delivery): number[] {
 const payloads = (got: Delivery[], prefix: string) => got.filter((d) => d.topic.startsWith(prefix)).map((d) => d.payload);
 
 /** Raw MQTT 5 CONNECT (anonymous). */
-function connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
-  return {
-    cmd: 'connect',
-    protocolId: 'MQTT',
-    protocolVersion: 5,
-    clean: true,
-    keepalive: 60,
-    clientId: `raw5-${Math.random().toString(36).slice(2, 10)}`,
-    ...connect,
-  };
-}
+const connect5 = (connect: Partial<IConnectPacket> = {}): IConnectPacket => connectPacket(5, connect);
 
-const raw5 = (port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> => openRaw5(port, connectPacket(connect));
+const raw5 = (port: number, connect: Partial<IConnectPacket> = {}): Promise<RawClient> => openRaw5(port, connect5(connect));
 const rawPublish = publishPacket;
 
 /** The connection is still served: PINGREQ gets its PINGRESP. */
@@ -759,7 +750,7 @@ describe('MQTT 5 conformance of the integrated broker', () => {
   describe('Receive Maximum (§3.2.2.3.3, §4.9)', () => {
     it('§4.9: CONNACK Receive Maximum = limits.maxInflight; a 6th unreleased QoS 2 PUBLISH gets DISCONNECT 0x93', async () => {
       const raw = pool.raw(await RawClient.open(port, 5));
-      raw.send(connectPacket({ clientId: 'recv-max' }));
+      raw.send(connect5({ clientId: 'recv-max' }));
       const connack = await raw.next('connack');
       assert.equal(connack.properties?.receiveMaximum, MAX_INFLIGHT);
       for (let id = 1; id <= MAX_INFLIGHT; id++) raw.send(rawPublish('recvmax/x', String(id), 2, id));
@@ -796,7 +787,7 @@ describe('MQTT 5 conformance of the integrated broker', () => {
       const sub = await v5('alias-watch');
       await sub.client.subscribeAsync('alias/#', { qos: 1 });
       const raw = pool.raw(await RawClient.open(port, 5));
-      raw.send(connectPacket({ clientId: 'alias-ok' }));
+      raw.send(connect5({ clientId: 'alias-ok' }));
       maximum = (await raw.next('connack')).properties?.topicAliasMaximum ?? 0;
       assert.ok(maximum > 0, `topicAliasMaximum ${maximum}`);
       raw.send(rawPublish('alias/one', 'defined', 1, 1, { topicAlias: maximum }));

@@ -15,6 +15,7 @@ import {
   BrokerUnderTest,
   CLIENT_DEFAULTS,
   connectClient,
+  connectPacket,
   endAll,
   MOSQUITTO_PUB,
   MOSQUITTO_SUB,
@@ -40,17 +41,7 @@ const RawV5 = {
   open: (port: number): Promise<RawClient> => RawClient.open(port, 5),
 
   connectPacket(connect: Partial<IConnectPacket> = {}): IConnectPacket {
-    return {
-      cmd: 'connect',
-      protocolId: 'MQTT',
-      protocolVersion: 5,
-      clean: true,
-      keepalive: 60,
-      clientId: `raw5-${Math.random().toString(36).slice(2, 10)}`,
-      ...ADMIN,
-      password: Buffer.from(ADMIN.password),
-      ...connect,
-    };
+    return connectPacket(5, { ...ADMIN, password: Buffer.from(ADMIN.password), ...connect });
   },
 
   /** Opens a socket, sends an MQTT 5 CONNECT and waits for the CONNACK. */

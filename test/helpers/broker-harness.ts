@@ -354,6 +354,12 @@ export async function passwdHash(password: string): Promise<string> {
 export const MOSQUITTO_PUB = '/usr/bin/mosquitto_pub';
 export const MOSQUITTO_SUB = '/usr/bin/mosquitto_sub';
 
+/** A raw CONNECT (anonymous, clean, keep-alive 60 s, a random client id) with `connect` on top. */
+export function connectPacket(protocolVersion: 4 | 5, connect: Partial<IConnectPacket> = {}): IConnectPacket {
+  const clientId = `raw${protocolVersion}-${Math.random().toString(36).slice(2, 10)}`;
+  return { cmd: 'connect', protocolId: 'MQTT', protocolVersion, clean: true, keepalive: 60, clientId, ...connect };
+}
+
 /** A raw PUBLISH packet (not retained, not a duplicate). */
 export function publishPacket(
   topic: string,
