@@ -299,8 +299,6 @@ export class IntegratedBroker {
       },
     };
     sessions.mqtt5.subscriptionIds = sessions.subscriptionIds;
-    /** How long each client's session outlives its connection (ms); 0 ends it with the connection. */
-    const sessionExpiry = new WeakMap<Client, number>();
     const retainedExtras = new Map<string, RetainedExtras>();
     /** The client aedes registered last for each id (see the 'client' handler). */
     const registered = new Map<string, Client>();
@@ -318,8 +316,8 @@ export class IntegratedBroker {
       if (pending) arriving.delete(clientId);
       return connectedClient(aedes, clientId);
     };
-    /** Whether a client's CONNECT had Clean Start (MQTT 5) / Clean Session (3.1.1). */
-    const cleanStarts = new WeakMap<Client, boolean>();
+    /** Whether a client's CONNECT had Clean Start (MQTT 5) / Clean Session (3.1.1, which aedes keeps as is). */
+    const cleanStart = (client: Client): boolean => mqtt5ConnectOf(client.conn)?.cleanStart ?? client.clean;
     /** Ends a session that outlived its connection: nobody took it up in time. */
     const endSession = (clientId: string) => {
       if (connected(clientId)) return;
@@ -358,7 +356,6 @@ export class IntegratedBroker {
     const decideSession = (client: Client, packet: IConnectPacket): void => {
       const v5 = mqtt5ConnectOf(client.conn);
       if (v5) {
-        sessionExpiry.set(client, v5.sessionExpiry * 1000);
         const will = packet.will as Will | undefined;
         if (will && v5.willProperties) will.properties = v5.willProperties;
         if (will && v5.willDelay > 0) {
@@ -366,8 +363,7 @@ export class IntegratedBroker {
           packet.will = undefined;
         }
         if (!v5.cleanStart || v5.sessionExpiry > 0) packet.clean = false;
-      } else sessionExpiry.set(client, packet.clean ? 0 : limits.maxSessionExpiry);
-      cleanStarts.set(client, v5 ? v5.cleanStart : packet.clean !== false);
+      }
     };
     const takeUpSession = async (client: Client): Promise<void> => {
       const clientId = client.id;
@@ -378,7 +374,7 @@ export class IntegratedBroker {
       if (live && live !== client) noteTakeover(live.conn, client);
       sessions.timers.cancelExpiry(clientId);
       const v5 = mqtt5ConnectOf(client.conn);
-      if (cleanStarts.get(client)) {
+      if (cleanStart(client)) {
         // The old session ends now, and a will it still delays goes with it.
         sessions.timers.sendWillNow(clientId);
         sessions.subscriptionIds.delete(clientId);
@@ -713,7 +709,8 @@ export class IntegratedBroker {
       const will = closedByDisconnect(client) ? undefined : delayedWills.get(client);
       // A DISCONNECT may have changed the MQTT 5 session expiry.
       const v5 = mqtt5ConnectOf(client.conn);
-      const endsIn = client.clean ? 0 : v5 ? v5.sessionExpiry * 1000 : (sessionExpiry.get(client) ?? 0);
+      // How long the session outlives the connection: 3.1.1 persistent sessions the longest allowed.
+      const endsIn = client.clean ? 0 : v5 ? v5.sessionExpiry * 1000 : limits.maxSessionExpiry;
       if (registered.get(clientId) === client) registered.delete(clientId);
       // aedes closes a client whose id connects again before it registers the new one: look once that is done.
       setImmediate(() => {
@@ -721,7 +718,7 @@ export class IntegratedBroker {
         if (successor && successor !== client) {
           // Taken over: with Clean Start 0 the session goes on (and a delayed will is not sent,
           // [MQTT-3.1.3-9]); Clean Start 1 ended it, and its will goes now.
-          if (will && cleanStarts.get(successor)) publishWill(client, will);
+          if (will && cleanStart(successor)) publishWill(client, will);
           return;
         }
         if (will) sessions.timers.delayWill(clientId, Math.min(v5!.willDelay * 1000, endsIn), () => publishWill(client, will));
