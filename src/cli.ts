@@ -20,7 +20,7 @@ import { Gateway } from './gateway.js';
 import { createLogger } from './ops/log.js';
 import { TagNormalizer } from './pipeline/normalize.js';
 import { encodeTagPayload } from './northbound/json/payload.js';
-import { startSimulator, type RunningSimulator } from './demo/simulator.js';
+import type { RunningSimulator } from './demo/simulator.js';
 
 /** The demo config shipped with the package: what `npm start` runs. */
 const DEMO_CONFIG = fileURLToPath(new URL('../../config/demo.json', import.meta.url));
@@ -192,6 +192,7 @@ program
       fail(`tag "${tagName}" of device "${deviceName}" is command-only ("read": false): it is written, never read`);
 
     const log = createLogger('warn');
+    const { startSimulator } = await import('./demo/simulator.js');
     const simulators = await Promise.all(config.simulators.map((simulator) => startSimulator(simulator).catch(() => undefined)));
     const driverModule = (await DRIVERS[device.driver].load()) as DriverModule<DeviceConfig>;
     const driver = driverModule.createDriver(device, { log, dataDir });
@@ -284,6 +285,7 @@ program
     if (simulators.length === 0) fail(`${options.config} defines no "simulators"`);
     const ptyTarget = simulators.find((simulator) => simulator.type === 'serial-scale');
     if (options.pty !== undefined && !ptyTarget) fail(`--pty: ${options.config} defines no simulator of type "serial-scale"`);
+    const { startSimulator } = await import('./demo/simulator.js');
     const running: RunningSimulator[] = [];
     let socat: ChildProcess | undefined;
     let stopping = false;

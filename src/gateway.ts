@@ -53,7 +53,7 @@ import type { Driver, DriverTag, TagReading, TagValue } from './pipeline/driver.
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { TagNormalizer, type Sample } from './pipeline/normalize.js';
 import { startPhase } from './pipeline/scheduler.js';
-import { startSimulator, type RunningSimulator } from './demo/simulator.js';
+import type { RunningSimulator } from './demo/simulator.js';
 import { ensureDataDir } from './util/sqlite-file.js';
 import type { DeviceRecorder, NorthboundFormat, Recorder } from './northbound/format.js';
 import { JsonFormat } from './northbound/json/format.js';
@@ -384,6 +384,9 @@ export class Gateway {
   }
 
   private async startSimulators(): Promise<void> {
+    if (this.config.simulators.length === 0) return;
+    // Loaded only for the demo's simulated PLCs (modbus-serial and serialport stay out of memory otherwise).
+    const { startSimulator } = await import('./demo/simulator.js');
     try {
       for (const simulator of this.config.simulators) {
         this.simulators.push(await startSimulator(simulator));

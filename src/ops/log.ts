@@ -6,8 +6,9 @@
 // an asynchronous destination with a bounded buffer (beyond it lines are dropped, not the gateway),
 // and the final flush at exit gives up after about two seconds, or at once when stdout is gone.
 import { writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import { prettyFactory } from 'pino-pretty';
+import type { prettyFactory as PrettyFactory } from 'pino-pretty';
 
 export type { Logger };
 
@@ -84,6 +85,8 @@ export function createLogger(level: LevelWithSilent = 'info', options: { pretty?
   // Human-readable lines are formatted here and go to the same destination. pino-pretty's own
   // destination writes synchronously and retries EAGAIN without end (a gateway run with --pretty
   // into a pipe nobody read froze), and its stream pipeline would buffer without bound.
+  // Loaded only for a terminal: a gateway run as a service never needs it (less to keep in memory).
+  const { prettyFactory } = createRequire(import.meta.url)('pino-pretty') as { prettyFactory: typeof PrettyFactory };
   const prettify = prettyFactory({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
   return pino(base, { write: (line: string) => destination.write(prettify(line)) });
 }
