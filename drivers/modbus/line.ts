@@ -150,9 +150,13 @@ export class Line {
   private readonly lease: SerialPortLease | undefined;
   private leasePort: SerialRtuPort | undefined;
   private opening: Promise<void> | undefined;
-  /** Rejects when the current client's connection goes away, so in-flight requests fail at once. */
-  private lost: Promise<never> = new Promise<never>(() => undefined);
-  private rejectLost: (failure: ModbusFailure) => void = () => undefined;
+  /**
+   * The requests in flight, failed at once when the connection goes away. One reject per request,
+   * removed when it ends: racing every request against one promise per connection instead kept a
+   * reaction (and the request's reply) per request on that promise for as long as the
+   * connection lived — 2.3 KB per request, without bound.
+   */
+  private readonly inFlight = new Set<(failure: ModbusFailure) => void>();
   private queue: Promise<unknown> = Promise.resolve();
   private lastRequestEnd = 0;
   private requests = 0;
@@ -282,10 +286,6 @@ export class Line {
 
   private adopt(client: ModbusClient): void {
     this.client = client;
-    this.lost = new Promise<never>((_, reject) => {
-      this.rejectLost = reject;
-    });
-    this.lost.catch(() => undefined);
     this.lastRequestEnd = 0;
     this.lossReason = undefined;
   }
@@ -308,8 +308,13 @@ export class Line {
     this.port = undefined;
     this.leasePort = undefined;
     this.lossReason = failure ? `connection to ${this.label} closed after a ${why}` : `connection to ${this.label} lost: ${why}`;
-    this.rejectLost(failure ?? new ModbusFailure('connection', this.lossReason));
+    this.failInFlight(failure ?? new ModbusFailure('connection', this.lossReason));
     void disposeClient(client);
+  }
+
+  private failInFlight(failure: ModbusFailure): void {
+    for (const reject of this.inFlight) reject(failure);
+    this.inFlight.clear();
   }
 
   /**
@@ -334,7 +339,7 @@ export class Line {
     this.port = undefined;
     this.leasePort = undefined;
     if (client) {
-      this.rejectLost(new ModbusFailure('connection', `connection to ${this.label} closed`));
+      this.failInFlight(new ModbusFailure('connection', `connection to ${this.label} closed`));
       await disposeClient(client);
     }
     await this.lease?.release();
@@ -394,10 +399,14 @@ export class Line {
     }
     this.requests++;
     let guard: NodeJS.Timeout | undefined;
+    let failOnLoss: ((failure: ModbusFailure) => void) | undefined;
     try {
       const result = await Promise.race([
         job(client),
-        this.lost,
+        new Promise<never>((_, reject) => {
+          failOnLoss = reject;
+          this.inFlight.add(reject);
+        }),
         ...(refused ? [refused] : []),
         // Safety net in case the library never calls back (it should time out by itself first).
         new Promise<never>((_, reject) => {
@@ -424,6 +433,7 @@ export class Line {
       throw failure;
     } finally {
       clearTimeout(guard);
+      if (failOnLoss) this.inFlight.delete(failOnLoss);
       if (leasePort) {
         leasePort.exchange = undefined;
         leasePort.onRefused = undefined;

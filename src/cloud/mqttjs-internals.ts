@@ -5,6 +5,13 @@ import type { Duplex } from 'node:stream';
 import type { MqttClient } from 'mqtt';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 
+// mqtt-packet writes 16-bit numbers (lengths, packet ids) from a table of 65,536 two-byte Buffers
+// that it builds at its first write: 8 MB of live heap, which V8 lets the old generation grow to
+// four times before a full GC. Without it each number is a small Buffer from Node's pool. For
+// every writer in the process (the uplink's mqtt.js and the integrated broker's aedes); set before
+// either writes a packet, since the table is built at the first write.
+mqttPacket.writeToStream.cacheNumbers = false;
+
 /** What mqtt.js passes to mqtt-packet with each packet (protocol version, …). */
 type WriteOptions = Parameters<typeof mqttPacket.writeToStream>[2];
 
