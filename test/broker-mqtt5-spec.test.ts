@@ -977,8 +977,12 @@ describe('Offline queue of a persistent session is bounded by broker.limits.maxI
       for (let index = 0; index < 80; index++) await pub.publishAsync(`${prefix}${index}`, String(index), { qos: 1 });
       const back = pool.keep(await open(broker.url(), { ...options, clientId }));
       assert.equal(back.connack.sessionPresent, true);
+      // The session's queue is delivered as its client acknowledges, and a new message may overtake
+      // it: wait for the queue, then a marker published after it shows that nothing more comes.
+      const queuedNow = () => back.got.filter((d) => !d.topic.startsWith(`${prefix}marker`)).length;
+      await waitFor(() => queuedNow() >= MAX_INFLIGHT + MAX_QUEUED, 10_000, () => `the queued messages (${queuedNow()} so far)`);
       await marker(pub, back.got, `${prefix}marker`);
-      const queued = back.got.filter((d) => d.topic !== `${prefix}marker`).length;
+      const queued = queuedNow();
       // A session keeps what the flow control lets wait for a connected client: maxInflight + maxQueued.
       assert.equal(queued, MAX_INFLIGHT + MAX_QUEUED, `${queued} queued messages delivered`);
       assert.equal(broker.broker.stats.sessionDropped > 0, true);
