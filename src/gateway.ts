@@ -39,7 +39,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { EventBus } from './app/event-bus.js';
 import type { GatewayEvents } from './app/events.js';
-import { applyReload, type ReloadResult, type ReloadTarget } from './app/reload.js';
+import { applyReload, deviceFingerprint, type ReloadResult, type ReloadTarget } from './app/reload.js';
 import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from './app/status.js';
 import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
 import { IntegratedBroker, PublishRefused } from './broker/broker.js';
@@ -86,8 +86,6 @@ interface CompiledTag {
 
 interface CompiledDevice {
   config: DeviceConfig;
-  /** The device's config as JSON, to see on reload whether it changed. */
-  fingerprint: string;
   tags: Map<string, CompiledTag>;
   /** Rendered batch topic per poll group (publish: "batch") and how the format records it for the cloud. */
   batchTopics: Map<string, { topic: string; cloud: Recorder | undefined }>;
@@ -582,7 +580,7 @@ export class Gateway {
   /** Adds a device to the supervisor (started at once when the gateway runs); resolves with whether it started. */
   private superviseDevice(device: DeviceConfig, phaseOf: (groupIndex: number, interval: number) => number): Promise<boolean> {
     const name = device.name;
-    this.supervisedDevices.set(name, JSON.stringify(device));
+    this.supervisedDevices.set(name, deviceFingerprint(device));
     return this.supervisor.add(
       { name: deviceFeature(name), start: () => this.startDevice(device, phaseOf), stop: () => this.stopDevice(name) },
       {
@@ -612,7 +610,6 @@ export class Gateway {
     if (!compiled) {
       compiled = {
         config: device,
-        fingerprint: JSON.stringify(device),
         tags: this.compileTags(device),
         cloud: this.uplink?.deviceRecorder(device.name),
         samples: 0,

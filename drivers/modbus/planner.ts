@@ -107,7 +107,7 @@ export function planRequests<T extends PlannableTag>(tags: readonly T[], options
       const range = tagRange(tag);
       const hole = areaHoles.find((h) => covers(range.start, range.end, h));
       if (hole) excluded.push({ tag, reason: hole.reason });
-      else planned.push({ tag, ...range });
+      else planned.push({ tag, start: range.start, end: range.end }); // (a spread would give each a second property store)
     }
     // Longest first among equal starts, so a short tag inside a long one never opens a block.
     planned.sort((a, b) => a.start - b.start || b.end - a.end);
