@@ -73,6 +73,7 @@ export type { TagStatus } from './app/status.js';
 
 /** A tag compiled for the hot path: its normalizer and its rendered topic. */
 interface CompiledTag {
+  config: TagConfig;
   normalizer: TagNormalizer;
   topic: string;
   /** How the northbound format records the tag's samples for the cloud (JSON: when a forward rule takes its topic). */
@@ -687,7 +688,10 @@ export class Gateway {
     const device = this.devices.get(name);
     if (!device) return;
     this.devices.delete(name);
-    for (const tag of device.tags.values()) this.commands.unregister(tag.topic);
+    this.commands.unregister(
+      name,
+      Array.from(device.tags.values(), (tag) => tag.topic),
+    );
     if (!device.runner) {
       this.bus.emit('device-state', { device: name, state: 'stopped', lastError: undefined });
       return;
@@ -768,6 +772,7 @@ export class Gateway {
       const topic = this.topics.tag(device, group, tag);
       const scaled = tag.scale !== undefined || tag.offset !== undefined;
       compiled.set(tag.name, {
+        config: tag,
         topic,
         cloud: this.uplink?.recorder(topic),
         valueType: { ...DRIVERS[device.driver].valueType(tag as never), scaled },
@@ -790,19 +795,20 @@ export class Gateway {
 
   /** Every tag of a device gets a command topic; the handler refuses writes to tags that are not writable. */
   private registerCommands(device: CompiledDevice, runner: DeviceRunner): void {
-    for (const tagConfig of device.config.tags as TagConfig[]) {
-      const tag = device.tags.get(tagConfig.name)!;
-      this.commands.register(tag.topic, {
-        device: device.config.name,
-        tag: tagConfig,
-        previous: () => tag.last?.value,
-        write: (raw) => runner.write(tagConfig, raw),
-        readBack: async () => {
-          const reading = await runner.readNow(tagConfig);
-          return { reading, value: tag.normalizer.normalize(reading, Date.now()).value };
+    const { tags } = device;
+    this.commands.register(
+      {
+        name: device.config.name,
+        tag: (name) => tags.get(name)?.config,
+        previous: (tag) => tags.get(tag.name)?.last?.value,
+        write: (tag, raw) => runner.write(tag, raw),
+        readBack: async (tag) => {
+          const reading = await runner.readNow(tag);
+          return { reading, value: tags.get(tag.name)!.normalizer.normalize(reading, Date.now()).value };
         },
-      });
-    }
+      },
+      Array.from(tags.values(), (tag) => [tag.topic, tag.config] as const),
+    );
   }
 
   /**

@@ -980,7 +980,11 @@ describe('Offline queue of a persistent session is bounded by broker.limits.maxI
       // The session's queue is delivered as its client acknowledges, and a new message may overtake
       // it: wait for the queue, then a marker published after it shows that nothing more comes.
       const queuedNow = () => back.got.filter((d) => !d.topic.startsWith(`${prefix}marker`)).length;
-      await waitFor(() => queuedNow() >= MAX_INFLIGHT + MAX_QUEUED, 10_000, () => `the queued messages (${queuedNow()} so far)`);
+      await waitFor(
+        () => queuedNow() >= MAX_INFLIGHT + MAX_QUEUED,
+        10_000,
+        () => `the queued messages (${queuedNow()} so far)`,
+      );
       await marker(pub, back.got, `${prefix}marker`);
       const queued = queuedNow();
       // A session keeps what the flow control lets wait for a connected client: maxInflight + maxQueued.

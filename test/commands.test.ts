@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pino from 'pino';
-import { CommandHandler, parseCommand, type CommandAnswer, type CommandTarget, type WriteLimits } from '../src/commands/command-handler.js';
+import { CommandHandler, parseCommand, type CommandAnswer, type CommandDevice, type WriteLimits } from '../src/commands/command-handler.js';
 import type { TagConfig } from '../src/config/schema.js';
 import { DriverError, type TagValue } from '../src/pipeline/driver.js';
 
@@ -63,11 +63,12 @@ describe('CommandHandler: queueing and rate limit', () => {
       log,
       answer: (_topic, answer) => answers.push(answer),
     });
-    const target: CommandTarget = {
-      device: 'd',
-      tag: tag(write),
+    const config = tag(write);
+    const device: CommandDevice = {
+      name: 'd',
+      tag: (name) => (name === config.name ? config : undefined),
       previous: () => undefined,
-      write: (raw) => {
+      write: (_tag, raw) => {
         if (failNext) {
           const error = failNext;
           failNext = undefined;
@@ -78,7 +79,7 @@ describe('CommandHandler: queueing and rate limit', () => {
       },
       readBack: () => Promise.reject(new Error('not used')),
     };
-    handler.register('p/d/sp', target);
+    handler.register(device, [['p/d/sp', config]]);
     const send = (value: string) => handler.handle('p/d/sp/set', Buffer.from(value), false, { source: 'local', clientId: 'test' });
     return { handler, answers, releases, written, send, failWith: (error: Error) => (failNext = error) };
   }
