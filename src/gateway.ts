@@ -50,7 +50,7 @@ import { DeviceRunner, type PollGroup, type ReadingsEvent } from './pipeline/dev
 import { errorMessage } from './util/errors.js';
 import type { BackoffOptions } from './util/backoff.js';
 import type { Driver, DriverTag, TagReading, TagValue } from './pipeline/driver.js';
-import { DRIVERS, type DriverModule } from './pipeline/registry.js';
+import { type DeclaredValueType, DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { TagNormalizer, type Sample } from './pipeline/normalize.js';
 import { startPhase } from './pipeline/scheduler.js';
 import type { RunningSimulator } from './demo/simulator.js';
@@ -775,7 +775,8 @@ export class Gateway {
         config: tag,
         topic,
         cloud: this.uplink?.recorder(topic),
-        valueType: { ...DRIVERS[device.driver].valueType(tag as never), scaled },
+        last: undefined,
+        valueType: sharedValueType(DRIVERS[device.driver].valueType(tag as never), scaled),
         unit: tag.unit,
         normalizer: new TagNormalizer({
           device: device.name,
@@ -986,4 +987,13 @@ export function pollGroupsOf(device: DeviceConfig): PollGroup<DriverTag>[] {
     interval: name === 'default' ? device.pollInterval : device.pollGroups[name]!.interval,
     tags,
   }));
+}
+
+/** Value types are few (type × array × scaled): one object each, shared by every tag of that kind. */
+const valueTypes = new Map<string, TagTypeInfo>();
+function sharedValueType(declared: DeclaredValueType, scaled: boolean): TagTypeInfo {
+  const key = `${declared.type}|${declared.array === true}|${scaled}`;
+  let shared = valueTypes.get(key);
+  if (!shared) valueTypes.set(key, (shared = Object.freeze({ ...declared, scaled })));
+  return shared;
 }

@@ -33,7 +33,10 @@ export class BridgeRules {
   /** The cloud topic and QoS a local topic maps to (first matching forward rule), if any. */
   route(localTopic: string): CloudRoute | undefined {
     const rule = firstMatch(this.forward, localTopic, 'localPrefix');
-    return rule && { topic: rule.remotePrefix + localTopic.slice(rule.localPrefix.length), qos: rule.qos };
+    if (!rule) return undefined;
+    // The same prefix (the default rule) keeps the topic as it is: no copy of it per tag.
+    const topic = rule.remotePrefix === rule.localPrefix ? localTopic : rule.remotePrefix + localTopic.slice(rule.localPrefix.length);
+    return { topic, qos: rule.qos };
   }
 
   /** The local topic a cloud message goes to (first matching receive rule), if any. */
