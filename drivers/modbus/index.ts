@@ -215,6 +215,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     // from exceptions this poll actually received.
     for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'known-illegal-address'));
     const poll: PollState = { answered: false, timedOut: false, ...(early ? { early: { deliver: early, delivered: new Set() } } : {}) };
+    // The last block's hand-over (see below), awaited before the rest is returned.
+    let handing: Promise<void> | undefined;
     for (const block of compiled.blocks) {
       if (poll.abortReason !== undefined) {
         for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
@@ -232,9 +234,15 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
           delivered.add(tag.name);
           readings.push(reading);
         }
-        if (readings.length > 0) deliver(readings);
+        // Handed over once the next request is on the wire (it is written in this turn's
+        // microtasks; setImmediate runs after them and before the next reply is read): the device
+        // serves it while the gateway publishes these. Handing them over first made a poll of 80
+        // requests last 80 × (round trip + publishing 125 tags), and a 10,000-tag device at
+        // 500 ms overran its interval on a busy machine.
+        if (readings.length > 0) handing = handOverSoon(deliver, readings);
       }
     }
+    await handing;
     this.accountPoll(poll, line, started);
     // While skipped, a probe that times out reads like the skipped polls around it: one reason for
     // the whole episode, so report-by-exception publishes it once.
@@ -593,4 +601,17 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
 
 export function createDriver(device: ModbusDeviceConfig, context: DriverContext): Driver<ModbusTag> {
   return new ModbusDriver(device, context);
+}
+
+/** Calls `deliver` after the current turn's microtasks (setImmediate keeps the order of the blocks). */
+function handOverSoon(deliver: (readings: TagReading[]) => void, readings: TagReading[]): Promise<void> {
+  return new Promise<void>((resolve) =>
+    setImmediate(() => {
+      try {
+        deliver(readings);
+      } finally {
+        resolve();
+      }
+    }),
+  );
 }
