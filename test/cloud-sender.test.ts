@@ -357,9 +357,9 @@ describe('cloud sender contract', () => {
     assert.equal(outbox.stats.rejected, 0);
   });
 
-  it('drop-oldest while messages are being sent: the others go first; what is in flight goes only when the bound is smaller; counted exactly', async (t) => {
+  it('drop-oldest while messages are being sent: the others go first (read ahead or not); what is in flight goes only when the bound is smaller; counted exactly', async (t) => {
     // An outbox holding more than its bound (maxMessages lowered across a restart) is where the
-    // rows being sent must go too: written with 100, opened again with 10.
+    // rows being sent must go too: written with 100, opened again with 3.
     const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-sender-bound-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'outbox.db');
@@ -369,24 +369,45 @@ describe('cloud sender contract', () => {
     const { outbox, cloud, sender, connect, append, flushTimers } = setup(
       t,
       { inFlight: 20 },
-      { maxMessages: 10, policy: 'drop-oldest' },
+      { maxMessages: 3, policy: 'drop-oldest' },
       file,
     );
-    // A receive maximum of 5: 5 in flight, 15 more read ahead (one SELECT of the inFlight).
+    // A receive maximum of 5: 5 in flight, 15 more read ahead (one SELECT of the inFlight), which
+    // are not being sent yet.
     const link = connect(5);
     assert.deepEqual(link.ids(), [1, 2, 3, 4, 5]);
     const fates = new Map<number, string>();
     append(1, 101, fates);
-    // 101 messages for a bound of 10: the 81 not being sent (21..101) first, then the oldest 10 being sent.
+    // 101 messages for a bound of 3: the 96 not being sent (6..101, the read-ahead first), then the
+    // oldest 2 of the 5 being sent.
     assert.match(fates.get(101) ?? 'not told', /drop-oldest/, 'the new one goes (never acknowledged to its publisher)');
-    assert.equal(outbox.stats.dropped, 91);
-    assert.deepEqual([...seqOf(outbox).keys()], range(11, 10));
-    // The PUBACKs of 1..5 come: they were dropped meanwhile, so they are not delivered as well.
+    assert.equal(outbox.stats.dropped, 98);
+    assert.deepEqual([...seqOf(outbox).keys()], [3, 4, 5]);
+    // The PUBACKs of 1..5 come: 1 and 2 were dropped meanwhile, so they are not delivered as well.
     await drain(link, flushTimers);
-    assert.deepEqual(cloud.received, [1, 2, 3, 4, 5, ...range(11, 10)], '6..10 were read ahead, dropped, and never sent');
-    assert.equal(outbox.stats.delivered, 10, 'only 11..20');
+    assert.deepEqual(cloud.received, [1, 2, 3, 4, 5], '6..20 were read ahead, dropped, and never sent');
+    assert.equal(outbox.stats.delivered, 3, 'only 3..5');
     assert.equal(outbox.stats.messages, 0);
-    assert.equal(sender.stats.acknowledged, 15, 'the cloud acknowledged 15, of which 5 were counted dropped');
+    assert.equal(sender.stats.acknowledged, 5, 'the cloud acknowledged 5, of which 2 were counted dropped');
+    assertAccounted(outbox, 101);
+  });
+
+  it('drop-oldest with a window read ahead: the rows read ahead and not sent go before the new message', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-sender-bound-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'outbox.db');
+    const before = Outbox.open(file, outboxSection.parse({}), pino({ level: 'silent' }));
+    for (let n = 1; n <= 100; n++) before.append(message(n));
+    before.close();
+    const { outbox, cloud, connect, append, flushTimers } = setup(t, { inFlight: 20 }, { maxMessages: 10, policy: 'drop-oldest' }, file);
+    const link = connect(5);
+    const fates = new Map<number, string>();
+    append(1, 101, fates);
+    // The 5 in flight stay; of the others the newest 5 (97..101) are kept.
+    assert.equal(fates.get(101), 'stored');
+    assert.deepEqual([...seqOf(outbox).keys()], [...range(1, 5), ...range(97, 5)]);
+    await drain(link, flushTimers);
+    assert.deepEqual(cloud.received, [...range(1, 5), ...range(97, 5)]);
     assertAccounted(outbox, 101);
   });
 

@@ -33,6 +33,13 @@ interface ClientInternals {
 export function sendWithoutStoreCopies(client: MqttClient): void {
   const internals = client as unknown as ClientInternals;
   const batch = new PublishBatch();
+  // Every other packet (QoS 0 PUBLISH, PINGREQ, DISCONNECT, …) goes after the PUBLISHes gathered
+  // before it: the wire keeps the order in which they were sent.
+  const writePacket = internals._writePacket.bind(client);
+  internals._writePacket = (packet, cb) => {
+    batch.flush();
+    writePacket(packet, cb);
+  };
   internals._storeAndSend = (packet, cb, cbStorePut) => {
     cbStorePut();
     if (packet.cmd !== 'publish') return internals._writePacket(packet, cb);
@@ -52,6 +59,8 @@ export function sendWithoutStoreCopies(client: MqttClient): void {
  * writes the pieces into this object (a stream it cannot cork), and the next tick copies them
  * into one buffer, in order. mqtt-packet does the encoding; only the gathering is ours.
  */
+const MAX_BATCH_BYTES = 256 * 1024;
+
 class PublishBatch {
   private pieces: Array<Buffer | string> = [];
   private bytes = 0;
@@ -73,7 +82,9 @@ class PublishBatch {
       stream.destroy(this.failure);
       return;
     }
-    if (piecesBefore === 0) process.nextTick(() => this.flush());
+    // A tick's worth of big messages goes in pieces (a window of 1 MB messages is not copied into one buffer).
+    if (this.bytes >= MAX_BATCH_BYTES) this.flush();
+    else if (piecesBefore === 0) process.nextTick(() => this.flush());
   }
 
   /** mqtt-packet's writes (see the class comment). */
@@ -88,7 +99,8 @@ class PublishBatch {
     this.failure = error ?? new Error('mqtt-packet could not encode a PUBLISH');
   }
 
-  private flush(): void {
+  /** Writes what was gathered (at the next tick, before any other packet, or when it is big). */
+  flush(): void {
     const { pieces, bytes, stream } = this;
     this.reset(stream);
     if (pieces.length === 0 || stream === undefined || stream.destroyed) return;

@@ -106,10 +106,12 @@ const NO_END = Number.MAX_SAFE_INTEGER;
  * Committed rows kept in memory for the reader beyond its read-ahead: a poll's burst (10,000 tags
  * of one device) is committed faster than the window sends it, and reading it back from SQLite
  * (SELECT and checksum) was a sixth of the gateway's CPU at 20,000 msg/s. About 250 bytes a row
- * (the payload and topic are the ones already in memory), so at most ~5 MB; a cloud slower than
- * the plant still leaves its backlog in SQLite beyond this.
+ * plus its topic and payload, bounded in bytes too; a cloud slower than the plant still leaves its
+ * backlog in SQLite beyond this.
  */
 const ADOPT_MAX_ROWS = 20_000;
+/** …and at most this many bytes of topics and payloads (big messages: fewer rows). */
+const ADOPT_MAX_BYTES = 8 * 1024 * 1024;
 
 /** Rows per INSERT statement, largest first (a batch of 100 is 64 + 16 + 16 + 4). */
 const INSERT_ROWS = [64, 16, 4, 1] as const;
@@ -132,8 +134,13 @@ interface WriteResult {
 
 /** Where the reader is in one lane: rows with ids up to `cursor` were read, `ahead` holds those not taken yet. */
 interface LaneState {
+  /** The last id read into `ahead` (or adopted there). */
   cursor: number;
   ahead: Fifo<StoredMessage>;
+  /** The last id handed to the reader: the rows after it, `ahead` included, are not being sent. */
+  taken: number;
+  /** Topic and payload bytes of the rows in `ahead`. */
+  aheadBytes: number;
 }
 
 export class Outbox implements MessageBuffer {
@@ -167,8 +174,8 @@ export class Outbox implements MessageBuffer {
   /** The reader took rows since the last rewind: only then are rows being sent (and committed rows adopted). */
   private reading = false;
   private readonly lanes: Record<Lane, LaneState> = {
-    backlog: { cursor: 0, ahead: new Fifo() },
-    live: { cursor: NO_END, ahead: new Fifo() },
+    backlog: { cursor: 0, ahead: new Fifo(), taken: 0, aheadBytes: 0 },
+    live: { cursor: NO_END, ahead: new Fifo(), taken: NO_END, aheadBytes: 0 },
   };
   /** With splitLive: ids from here on are the live lane (stored after the last rewind). */
   private liveStart = NO_END;
@@ -389,7 +396,10 @@ export class Outbox implements MessageBuffer {
     // Bounded like a read: a cloud slower than the plant must leave the backlog in SQLite, not in
     // memory, where the bound could not spare it for rows that are really being sent.
     if (lane.ahead.length + committed.length > Math.max(this.reader.readAhead, ADOPT_MAX_ROWS)) return;
-    for (const row of committed) lane.ahead.push(row);
+    let bytes = 0;
+    for (const row of committed) bytes += row.size;
+    if (lane.aheadBytes + bytes > ADOPT_MAX_BYTES) return;
+    for (const row of committed) pushAhead(lane, row);
     lane.cursor = committed.at(-1)!.id;
   }
 
@@ -471,7 +481,13 @@ export class Outbox implements MessageBuffer {
         this.count++;
         this.bytes += size;
       }
-      const last = Number(this.insertStatement(rows).run(values).lastInsertRowid);
+      let last: number;
+      try {
+        last = Number(this.insertStatement(rows).run(values).lastInsertRowid);
+      } finally {
+        // The payloads are not kept beyond the statement (also when it failed: a full disk).
+        values.fill(undefined);
+      }
       for (let row = 0; row < rows; row++) {
         const id = last - rows + 1 + row;
         ids.push(id);
@@ -481,8 +497,6 @@ export class Outbox implements MessageBuffer {
           this.committedRows.push(stored(id, topic, payload, qos, retain, sizeOf(item.message), item.created, item.message.kind ?? 0));
         }
       }
-      // The payloads are not kept beyond the statement.
-      values.fill(undefined);
       this.lastCommittedId = last;
       start += rows;
     }
@@ -508,48 +522,51 @@ export class Outbox implements MessageBuffer {
     // The oldest messages nobody is sending go first: dropping one being sent would count as lost
     // what the cloud then receives. Only when that is not enough (a bound smaller than the send
     // window) do those go too, oldest first; the ones not handed out yet are then never sent.
+    // Each range's drops are its oldest rows: those of them in a read-ahead are at its front, and
+    // are forgotten there (the oldest of a lane's read-ahead are never in a later range).
     const ranges = [...this.notBeingSent(), [0, NO_END] as const];
-    let droppedThrough = 0;
     for (const [after, before] of ranges) {
       if (this.count <= maxMessages) break;
       const rows = this.statements.dropOldest.all(after, before, this.count - maxMessages) as Array<{ id: number; size: number }>;
+      let through = 0;
       for (const row of rows) {
         this.bytes -= row.size;
         if (row.id >= watchFrom) watched.add(row.id);
-        if (after === 0 && before === NO_END) droppedThrough = Math.max(droppedThrough, row.id);
+        through = Math.max(through, row.id);
       }
       this.count -= rows.length;
       dropped += rows.length;
+      if (through > 0) this.forgetAhead(through);
     }
     for (const [after, before] of ranges) {
       if (this.bytes <= maxBytes) break;
       const bytes = this.dropBytesAfter(after, before, maxBytes, watchFrom, watched);
       dropped += bytes.dropped;
-      if (after === 0 && before === NO_END) droppedThrough = Math.max(droppedThrough, bytes.through);
+      if (bytes.through > 0) this.forgetAhead(bytes.through);
     }
-    if (droppedThrough > 0) this.forgetAhead(droppedThrough);
     return dropped;
   }
 
   /**
    * Id ranges (after, before) of the messages not being sent, oldest first: with the reader
-   * reading, those past its cursors; otherwise all of them.
+   * reading, those past what it took (its read-ahead included: committed rows kept there for it
+   * are not being sent yet); otherwise all of them.
    */
   private notBeingSent(): Array<readonly [number, number]> {
     if (!this.reading) return [[0, NO_END]];
     const { backlog, live } = this.lanes;
     return this.liveStart === NO_END
-      ? [[backlog.cursor, NO_END]]
+      ? [[backlog.taken, NO_END]]
       : [
-          [backlog.cursor, this.liveStart],
-          [live.cursor, NO_END],
+          [backlog.taken, this.liveStart],
+          [live.taken, NO_END],
         ];
   }
 
   /** Read-ahead rows with ids up to `through` were dropped (oldest first, so all of them): they are not sent. */
   private forgetAhead(through: number): void {
     for (const lane of Object.values(this.lanes)) {
-      while ((lane.ahead.peek()?.id ?? NO_END) <= through) lane.ahead.shift();
+      while ((lane.ahead.peek()?.id ?? NO_END) <= through) shiftAhead(lane);
     }
   }
 
@@ -646,10 +663,10 @@ export class Outbox implements MessageBuffer {
 
   rewind(): void {
     this.reading = false;
-    this.lanes.backlog = { cursor: 0, ahead: new Fifo() };
+    this.lanes.backlog = { cursor: 0, ahead: new Fifo(), taken: 0, aheadBytes: 0 };
     // Everything committed so far is backlog; what comes later (also appends still pending) is live.
     this.liveStart = this.reader?.splitLive ? this.lastCommittedId + 1 : NO_END;
-    this.lanes.live = { cursor: this.liveStart - 1, ahead: new Fifo() };
+    this.lanes.live = { cursor: this.liveStart - 1, ahead: new Fifo(), taken: this.liveStart - 1, aheadBytes: 0 };
   }
 
   take(n: number, lane: Lane = 'backlog'): StoredMessage[] {
@@ -659,7 +676,9 @@ export class Outbox implements MessageBuffer {
     const state = this.lanes[lane];
     while (taken.length < n) {
       if (state.ahead.length === 0 && !this.readAhead(lane, n)) break;
-      taken.push(state.ahead.shift()!);
+      const row = shiftAhead(state);
+      state.taken = row.id;
+      taken.push(row);
     }
     return taken;
   }
@@ -673,7 +692,7 @@ export class Outbox implements MessageBuffer {
     const last = Math.min(this.lastCommittedId, before - 1);
     if (state.cursor >= last) return false;
     const rows = this.peek(state.cursor, Math.max(n, this.reader?.readAhead ?? 0), before);
-    for (const row of rows) state.ahead.push(row);
+    for (const row of rows) pushAhead(state, row);
     // None left up to `last`: ids only grow, so the cursor may pass the gap (no SELECT next time).
     state.cursor = rows.at(-1)?.id ?? last;
     return rows.length > 0;
@@ -960,4 +979,15 @@ function intact(row: RawRow): boolean {
 
 function sizeOf(message: OutboxMessage): number {
   return Buffer.byteLength(message.topic) + message.payload.length;
+}
+
+function pushAhead(lane: LaneState, row: StoredMessage): void {
+  lane.ahead.push(row);
+  lane.aheadBytes += row.size;
+}
+
+function shiftAhead(lane: LaneState): StoredMessage {
+  const row = lane.ahead.shift()!;
+  lane.aheadBytes -= row.size;
+  return row;
 }
