@@ -7,6 +7,7 @@
 //        [--uplink-format json|sparkplug-b] [--at cloud|local] [--window 10] [--warmup 3]
 //        [--inflight 500] [--commit-interval 5] [--report always|change] [--nodelay true|false]
 //        [--prof DIR] [--gateway-flags=--max-semi-space-size=4] [--alloc] [--source-clock] [--local-subscriber]
+//        [--memory-limit MB]
 //
 // --format is how the devices publish locally (a message per tag, or one per poll cycle).
 // --uplink-format sparkplug-b sends the tags up as a Sparkplug B edge node (uplink.format, group
@@ -25,6 +26,8 @@
 // broker, that measures the same at the local broker (localLatencyMs, localSourceLatencyMs with
 // --source-clock; delivery and bytes are the cloud subscriber's): the first stage of the path.
 // --gateway-flags are Node options for the gateway process (space-separated; write them with "=").
+// --memory-limit MB runs the gateway in a memory cgroup of that size (an edge box or a container
+// with that much memory: Node sizes V8's heap from it; needs root).
 // --alloc samples the gateway's allocations during the window through its inspector (V8's sampling
 // heap profiler, collected objects included): bytes per message of the window and the top sites.
 // --prof writes the gateway's CPU profile (node --cpu-prof) into DIR; read it with
@@ -44,6 +47,7 @@ import {
   cpuSeconds,
   exited,
   freePort,
+  inMemoryLimit,
   peakRssMb,
   rssMb,
   sleep,
@@ -77,6 +81,7 @@ const { values: args } = parseArgs({
     'local-subscriber': { type: 'boolean', default: false },
     // Debugging: write the tail of the gateway's output (logs, --trace-gc lines) to this file.
     'gateway-log': { type: 'string' },
+    'memory-limit': { type: 'string' },
     // Sample the gateway's allocations during the window (bytes per message and the biggest sites).
     alloc: { type: 'boolean', default: false },
   },
@@ -165,18 +170,20 @@ let subscriber = mosquitto
   ? await start(process.execPath, subscriberArgs(mosquitto.port, 1), /SUBSCRIBED/, 30_000, { stdin: true })
   : undefined;
 
+const memoryLimitMb = args['memory-limit'] === undefined ? undefined : Number(args['memory-limit']);
+if (memoryLimitMb !== undefined && !(memoryLimitMb > 0)) throw new Error(`--memory-limit is in MB, not ${args['memory-limit']}`);
 const inspectPort = args.alloc ? await freePort() : undefined;
 const nodeFlags = [
   ...(args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? []),
   ...(args.prof ? ['--cpu-prof', '--cpu-prof-dir', args.prof] : []),
   ...(inspectPort !== undefined ? [`--inspect=127.0.0.1:${inspectPort}`] : []),
 ];
-const gateway = await start(
-  process.execPath,
-  [...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile],
-  /polling started/,
-  120_000,
-);
+const gatewayArgv = [...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile];
+const gatewayCommand =
+  memoryLimitMb !== undefined
+    ? inMemoryLimit(memoryLimitMb, process.execPath, gatewayArgv)
+    : { command: process.execPath, argv: gatewayArgv };
+const gateway = await start(gatewayCommand.command, gatewayCommand.argv, /polling started/, 120_000);
 const pid = gateway.child.pid!;
 subscriber ??= await start(process.execPath, subscriberArgs(brokerPort, 0, true), /SUBSCRIBED/, 30_000, { stdin: true });
 const local = localSubscriber
@@ -387,6 +394,7 @@ console.log(
         }
       : {}),
     ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
+    ...(memoryLimitMb !== undefined ? { gatewayMemoryLimitMb: memoryLimitMb } : {}),
     ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
     ...(args['commit-interval'] !== undefined ? { outboxCommitIntervalMs: Number(args['commit-interval']) } : {}),
   }),

@@ -5,7 +5,8 @@
 //    first cycle the gateway polls 80 requests/s and publishes nothing — not idle, but quiet.
 // CPU % and RSS over a window after a warm-up. Prints one JSON line.
 //
-//   node dist/bench/idle.js [--window 20] [--warmup 5] [--gateway-flags=--max-semi-space-size=4]
+//   node dist/bench/idle.js [--window 20] [--warmup 5] [--gateway-flags=--max-semi-space-size=4] [--memory-limit MB]
+// (--memory-limit: the gateway in a memory cgroup of that size, as in e2e.js; needs root.)
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,6 +15,7 @@ import {
   cpuSeconds,
   exited,
   freePort,
+  inMemoryLimit,
   peakRssMb,
   rssMb,
   sleep,
@@ -30,11 +32,13 @@ const { values: args } = parseArgs({
     window: { type: 'string', default: '20' },
     warmup: { type: 'string', default: '5' },
     'gateway-flags': { type: 'string' },
+    'memory-limit': { type: 'string' },
   },
 });
 const windowMs = Number(args.window) * 1000;
 const warmupMs = Number(args.warmup) * 1000;
 const flags = args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? [];
+const memoryLimitMb = args['memory-limit'] === undefined ? undefined : Number(args['memory-limit']);
 
 const TAGS = 10_000;
 const DEVICES = 10;
@@ -71,7 +75,9 @@ async function measure(name: string, devices: unknown[]) {
     30_000,
     { stdin: true },
   );
-  const gateway = await start(process.execPath, [...flags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', file], /polling started/, 120_000);
+  const argv = [...flags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', file];
+  const command = memoryLimitMb !== undefined ? inMemoryLimit(memoryLimitMb, process.execPath, argv) : { command: process.execPath, argv };
+  const gateway = await start(command.command, command.argv, /polling started/, 120_000);
   const pid = gateway.child.pid!;
   const t0 = Date.now() + warmupMs;
   subscriber.child.stdin!.write(`window ${t0} ${t0 + windowMs}\n`);
@@ -115,6 +121,7 @@ console.log(
       ...tags,
     },
     ...(flags.length > 0 ? { gatewayNodeFlags: flags.join(' ') } : {}),
+    ...(memoryLimitMb !== undefined ? { gatewayMemoryLimitMb: memoryLimitMb } : {}),
   }),
 );
 process.exit(0);

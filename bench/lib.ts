@@ -1,16 +1,28 @@
 // Process and /proc helpers shared by the benchmarks. Every child started here is killed when the
 // benchmark exits, however it exits.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const children: ChildProcess[] = [];
 const folders: string[] = [];
+const cgroups: string[] = [];
 process.on('exit', () => {
   children.forEach((child) => child.kill('SIGKILL'));
   folders.forEach((folder) => rmSync(folder, { recursive: true, force: true }));
+  // A cgroup goes once its processes are gone (killed just above; a moment later at worst).
+  for (const cgroup of cgroups) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        rmdirSync(cgroup);
+        break;
+      } catch {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+      }
+    }
+  }
 });
 // A signal ends the benchmark through process.exit, so the exit hook above still runs.
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => process.exit(130));
@@ -169,4 +181,35 @@ export async function startModbusServer(
     /READY (\d+)/,
   );
   return { port: Number(server.match[1]), child: server.child };
+}
+
+/**
+ * A command line that runs `command argv` in a new memory cgroup limited to `limitMb` (as on an
+ * edge box with that much RAM, or a container with a memory limit: Node sizes V8's heap, and so
+ * its young generation, from the memory it may use). Needs root and a cgroup file system (v2, or
+ * v1's memory controller). The process keeps its pid (the shell execs it), so CPU and RSS are
+ * measured as usual.
+ */
+export function inMemoryLimit(limitMb: number, command: string, argv: string[]): { command: string; argv: string[] } {
+  const name = `plc2mqtt-bench-${process.pid}-${cgroups.length}`;
+  const bytes = String(limitMb * 1024 * 1024);
+  let procs: string;
+  try {
+    if (existsSync('/sys/fs/cgroup/cgroup.controllers')) {
+      const dir = join('/sys/fs/cgroup', name);
+      mkdirSync(dir);
+      cgroups.push(dir);
+      writeFileSync(join(dir, 'memory.max'), bytes);
+      procs = join(dir, 'cgroup.procs');
+    } else {
+      const dir = join('/sys/fs/cgroup/memory', name);
+      mkdirSync(dir);
+      cgroups.push(dir);
+      writeFileSync(join(dir, 'memory.limit_in_bytes'), bytes);
+      procs = join(dir, 'tasks');
+    }
+  } catch (error) {
+    throw new Error(`--memory-limit needs root and a cgroup file system with the memory controller: ${(error as Error).message}`);
+  }
+  return { command: '/bin/sh', argv: ['-c', `echo $$ > ${procs} && exec "$0" "$@"`, command, ...argv] };
 }
