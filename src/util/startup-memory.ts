@@ -13,7 +13,7 @@ const AFTER_START_MS = 5000;
 /** A class nobody instantiates: queryObjects is only called for its collection. */
 class NoInstances {}
 
-type QueryObjects = (constructor: new () => unknown, options: { format: 'count' }) => number;
+type QueryObjects = (ofClass: new () => unknown, options: { format: 'count' }) => number;
 
 /** Schedules the one collection after the start (an unref'd timer: it keeps nothing alive). */
 export function releaseStartupMemory(delayMs = AFTER_START_MS): void {
