@@ -12,7 +12,7 @@ const runs: Array<[string, string[]]> = [
   ['e2e.js', ['--tags', '1000', '--interval', '1000', '--devices', '1']],
   ['e2e.js', ['--tags', '10000', '--interval', '1000', '--devices', '10']],
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '10']],
-  // the same with the outbox committing every 50 ms instead of 5 (uplink.outbox.commitInterval)
+  // the same with the outbox committing every 50 ms instead of 1 (uplink.outbox.commitInterval)
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '10', '--commit-interval', '50']],
   ['e2e.js', ['--tags', '10000', '--interval', '100', '--devices', '10']],
   // e2e-batch: node dist/bench/e2e.js --tags 10000 --interval 100 --devices 10 --format batch
@@ -36,6 +36,16 @@ const runs: Array<[string, string[]]> = [
   // with a local subscriber on the integrated broker too (localSourceLatencyMs):
   // node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --source-clock --local-subscriber
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--source-clock', '--local-subscriber']],
+  // the same on a box with 1 GB for the gateway (a memory cgroup; only as root, skipped otherwise):
+  // node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --source-clock --memory-limit 1024
+  ...(process.getuid?.() === 0
+    ? [
+        ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--source-clock', '--memory-limit', '1024']] as [
+          string,
+          string[],
+        ],
+      ]
+    : []),
   // bytes the gateway allocates per message, and where: node dist/bench/e2e.js --tags 10000 --interval 500 --devices 1 --alloc
   ['e2e.js', ['--tags', '10000', '--interval', '500', '--devices', '1', '--alloc']],
   // per-tag saturation, 20k → 50k msg/s: node dist/bench/saturation.js
