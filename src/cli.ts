@@ -14,7 +14,6 @@ import { ConfigError, formatPath, loadConfigFile, loadHttpSection, type LoadedCo
 import { configJsonSchema, type DeviceConfig, type SimulatorConfig, type TagConfig } from './config/schema.js';
 import { hashPassword } from './broker/security.js';
 import { errorMessage } from './util/errors.js';
-import { releaseStartupMemory } from './util/startup-memory.js';
 import type { DriverTag } from './pipeline/driver.js';
 import { DRIVERS, type DriverModule } from './pipeline/registry.js';
 import { Gateway } from './gateway.js';
@@ -81,7 +80,6 @@ program
       log.fatal({ error: errorMessage(error) }, 'gateway failed to start');
       process.exit(EXIT_FAILURE);
     }
-    releaseStartupMemory();
     // Hot reload: a valid new config restarts only the devices whose definition changed; an
     // invalid one is reported and the running config stays.
     process.off('SIGHUP', ignoreEarlyReload);
