@@ -93,3 +93,46 @@ test('a slow but working cloud link (PUBACKs flowing, a window that takes longer
     `connection dropped ${result.closes} time(s) by mqtt.js's keep-alive while PUBACKs arrived (acked ${result.acked})`,
   );
 });
+
+test('after a burst of PUBACKs, a quiet link still gets its PINGREQ and stays connected', async () => {
+  const { server, port, pings } = await slowBroker(1);
+  let closes = 0;
+  let acked = 0;
+  let lastAck = 0;
+  const config = {
+    url: `mqtt://127.0.0.1:${port}`,
+    reconnect: { initial: 60_000, max: 60_000 },
+    protocolVersion: 4,
+    cleanSession: true,
+    sessionExpiry: 0,
+    keepalive: 2000,
+  } as unknown as UplinkConfig;
+  const connection = new CloudConnection(
+    config,
+    { clientId: 'quiet-link', will: () => ({ topic: 'w', payload: Buffer.from('x'), qos: 0, retain: false }), tls: {} },
+    pino({ level: 'silent' }),
+    {
+      connected: () => {
+        // 300 messages acknowledged as fast as the broker answers, then nothing.
+        for (let i = 0; i < 300; i++)
+          connection.publish('t', Buffer.from('v'), { qos: 1, retain: false }, (error) => {
+            if (error) return;
+            acked++;
+            lastAck = Date.now();
+          });
+      },
+      closed: () => closes++,
+      message: () => undefined,
+      stable: () => undefined,
+    },
+  );
+  connection.start();
+  await new Promise((resolve) => setTimeout(resolve, 6000));
+  await connection.stop(500, undefined);
+  server.close();
+  assert.equal(acked, 300);
+  const after = pings.filter((at) => at > lastAck);
+  // mqtt.js pings once a keep-alive passes without a packet; 2 s of keep-alive in 5 s of quiet.
+  assert.ok(after.length >= 1, `PINGREQs after the burst: ${after.length}`);
+  assert.equal(closes, 0, 'the quiet link stayed connected');
+});

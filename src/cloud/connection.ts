@@ -11,7 +11,7 @@ import { errorMessage } from '../util/errors.js';
 import type { CloudMessage } from '../northbound/format.js';
 import type { CloudSubscriptions, UplinkConfig } from './bridge-rules.js';
 import { PingCheckpoint } from './checkpoint.js';
-import { sendWithoutStoreCopies } from './mqttjs-internals.js';
+import { rearmKeepaliveAtMostEvery, sendWithoutStoreCopies } from './mqttjs-internals.js';
 
 /** A connection that stays up this long without trouble resets the back-off. */
 const STABLE_AFTER_MS = 10_000;
@@ -122,6 +122,8 @@ export class CloudConnection {
   start(): void {
     const client = mqtt.connect(this.url, { ...this.clientOptions, will: this.willOption() });
     sendWithoutStoreCopies(client);
+    // A tenth of the keep-alive, at most a second (a second with the default 30 s).
+    rearmKeepaliveAtMostEvery(client, Math.min(1000, this.clientOptions.keepalive! * 100));
     this.client = client;
     client.on('connect', (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
     client.on('close', () => this.onClose());
