@@ -43,7 +43,7 @@ import { applyReload, deviceFingerprint, type ReloadResult, type ReloadTarget } 
 import type { DeviceSnapshot, StatusOptions, StatusSnapshot, TagStatus } from './app/status.js';
 import { Supervisor, type Feature, type FeatureOptions, type FeatureStatus } from './app/supervisor.js';
 import { IntegratedBroker, PublishRefused } from './broker/broker.js';
-import { CommandHandler, type CommandAnswer, type CommandOrigin } from './commands/command-handler.js';
+import { type CommandAnswer, type CommandDevice, CommandHandler, type CommandOrigin } from './commands/command-handler.js';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, DeviceConfig, TagConfig } from './config/schema.js';
 import { DeviceRunner, type PollGroup, type ReadingsEvent } from './pipeline/device-runner.js';
@@ -94,6 +94,8 @@ interface CompiledDevice {
   cloud?: DeviceRecorder | undefined;
   /** Absent while its driver is being loaded and created, or when that failed (then it is tried again). */
   runner?: DeviceRunner | undefined;
+  /** Its write path as registered with the command handler (once its runner exists). */
+  commands?: CommandDevice | undefined;
   /** Readings normalized into samples, for the metrics. */
   samples: number;
 }
@@ -688,10 +690,11 @@ export class Gateway {
     const device = this.devices.get(name);
     if (!device) return;
     this.devices.delete(name);
-    this.commands.unregister(
-      name,
-      Array.from(device.tags.values(), (tag) => tag.topic),
-    );
+    if (device.commands)
+      this.commands.unregister(
+        device.commands,
+        Array.from(device.tags.values(), (tag) => tag.topic),
+      );
     if (!device.runner) {
       this.bus.emit('device-state', { device: name, state: 'stopped', lastError: undefined });
       return;
@@ -797,17 +800,18 @@ export class Gateway {
   /** Every tag of a device gets a command topic; the handler refuses writes to tags that are not writable. */
   private registerCommands(device: CompiledDevice, runner: DeviceRunner): void {
     const { tags } = device;
-    this.commands.register(
-      {
-        name: device.config.name,
-        tag: (name) => tags.get(name)?.config,
-        previous: (tag) => tags.get(tag.name)?.last?.value,
-        write: (tag, raw) => runner.write(tag, raw),
-        readBack: async (tag) => {
-          const reading = await runner.readNow(tag);
-          return { reading, value: tags.get(tag.name)!.normalizer.normalize(reading, Date.now()).value };
-        },
+    device.commands = {
+      name: device.config.name,
+      tag: (name) => tags.get(name)?.config,
+      previous: (tag) => tags.get(tag.name)?.last?.value,
+      write: (tag, raw) => runner.write(tag, raw),
+      readBack: async (tag) => {
+        const reading = await runner.readNow(tag);
+        return { reading, value: tags.get(tag.name)!.normalizer.normalize(reading, Date.now()).value };
       },
+    };
+    this.commands.register(
+      device.commands,
       Array.from(tags.values(), (tag) => [tag.topic, tag.config] as const),
     );
   }

@@ -215,34 +215,38 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     // from exceptions this poll actually received.
     for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'known-illegal-address'));
     const poll: PollState = { answered: false, timedOut: false, ...(early ? { early: { deliver: early, delivered: new Set() } } : {}) };
-    // The last block's hand-over (see below), awaited before the rest is returned.
+    // The last block's hand-over (see below), awaited before read() settles, also when a later
+    // block fails: what was read is handed over before the failure concerns the other tags.
     let handing: Promise<void> | undefined;
-    for (const block of compiled.blocks) {
-      if (poll.abortReason !== undefined) {
-        for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
-        continue;
-      }
-      const ok = await this.readBlock(line, block, results, poll);
-      // With `early`, a block's values go as soon as its reply is in (failures at the poll's end,
-      // with the reason the whole poll decides).
-      if (ok && poll.early) {
-        const { deliver, delivered } = poll.early;
-        const readings: TagReading[] = [];
-        for (const { tag } of block.tags) {
-          const reading = results.get(tag.name);
-          if (!reading || delivered.has(tag.name)) continue;
-          delivered.add(tag.name);
-          readings.push(reading);
+    try {
+      for (const block of compiled.blocks) {
+        if (poll.abortReason !== undefined) {
+          for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
+          continue;
         }
-        // Handed over once the next request is on the wire (it is written in this turn's
-        // microtasks; setImmediate runs after them and before the next reply is read): the device
-        // serves it while the gateway publishes these. Handing them over first made a poll of 80
-        // requests last 80 × (round trip + publishing 125 tags), and a 10,000-tag device at
-        // 500 ms overran its interval on a busy machine.
-        if (readings.length > 0) handing = handOverSoon(deliver, readings);
+        const ok = await this.readBlock(line, block, results, poll);
+        // With `early`, a block's values go as soon as its reply is in (failures at the poll's end,
+        // with the reason the whole poll decides).
+        if (ok && poll.early) {
+          const { deliver, delivered } = poll.early;
+          const readings: TagReading[] = [];
+          for (const { tag } of block.tags) {
+            const reading = results.get(tag.name);
+            if (!reading || delivered.has(tag.name)) continue;
+            delivered.add(tag.name);
+            readings.push(reading);
+          }
+          // Handed over once the next request is on the wire (it is written in this turn's
+          // microtasks; setImmediate runs after them and before the next reply is read): the device
+          // serves it while the gateway publishes these. Handing them over first made a poll of 80
+          // requests last 80 × (round trip + publishing 125 tags), and a 10,000-tag device at
+          // 500 ms overran its interval on a busy machine.
+          if (readings.length > 0) handing = handOverSoon(deliver, readings);
+        }
       }
+    } finally {
+      await handing;
     }
-    await handing;
     this.accountPoll(poll, line, started);
     // While skipped, a probe that times out reads like the skipped polls around it: one reason for
     // the whole episode, so report-by-exception publishes it once.

@@ -158,6 +158,8 @@ export class Outbox implements MessageBuffer {
   private readonly totals = { appended: 0, dropped: 0, delivered: 0, rejected: 0, damaged: 0 };
   private droppingSince: number | undefined;
   private unremoved: Array<{ id: number; outcome: Removal }> = [];
+  /** Drop-oldest's drops in the transaction being written: read-ahead rows up to these ids go once it commits. */
+  private forgetAfterCommit: number[] = [];
   private droppedInEpisode = 0;
   private diskFull = false;
   private diskFullSince = 0;
@@ -330,6 +332,7 @@ export class Outbox implements MessageBuffer {
       this.bytes = before.bytes;
       this.lastCommittedId = before.lastId;
       this.committedRows = [];
+      this.forgetAfterCommit = [];
       if (!isDiskFull(error)) throw error;
       if (!this.diskFull)
         this.log.error(
@@ -369,6 +372,8 @@ export class Outbox implements MessageBuffer {
 
   /** After a transaction committed: publishers are told, drops counted, the reader told of the new rows. */
   private afterCommit(result: WriteResult): void {
+    for (const through of this.forgetAfterCommit) this.forgetAhead(through);
+    this.forgetAfterCommit = [];
     const dropped = result.refused.length + result.droppedStored;
     if (dropped > 0) this.noteDropped(dropped, result.refused[0]?.why ?? `the outbox is full (${this.options.policy})`);
     const now = Date.now();
@@ -523,7 +528,8 @@ export class Outbox implements MessageBuffer {
     // what the cloud then receives. Only when that is not enough (a bound smaller than the send
     // window) do those go too, oldest first; the ones not handed out yet are then never sent.
     // Each range's drops are its oldest rows: those of them in a read-ahead are at its front, and
-    // are forgotten there (the oldest of a lane's read-ahead are never in a later range).
+    // are forgotten there once the transaction committed (the oldest of a lane's read-ahead are
+    // never in a later range; a transaction that rolls back dropped nothing).
     const ranges = [...this.notBeingSent(), [0, NO_END] as const];
     for (const [after, before] of ranges) {
       if (this.count <= maxMessages) break;
@@ -536,13 +542,13 @@ export class Outbox implements MessageBuffer {
       }
       this.count -= rows.length;
       dropped += rows.length;
-      if (through > 0) this.forgetAhead(through);
+      if (through > 0) this.forgetAfterCommit.push(through);
     }
     for (const [after, before] of ranges) {
       if (this.bytes <= maxBytes) break;
       const bytes = this.dropBytesAfter(after, before, maxBytes, watchFrom, watched);
       dropped += bytes.dropped;
-      if (bytes.through > 0) this.forgetAhead(bytes.through);
+      if (bytes.through > 0) this.forgetAfterCommit.push(bytes.through);
     }
     return dropped;
   }

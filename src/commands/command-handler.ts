@@ -132,12 +132,13 @@ export class CommandHandler {
     this.limits = limits;
   }
 
-  /** A device's command topics are gone (it was removed or is being restarted by a reload). */
-  unregister(device: string, topics: Iterable<string>): void {
-    const owner = this.devices.get(device);
-    // Only what this device registered: a device of the same name registered since stays.
-    for (const topic of topics) if (this.targets.get(topic)?.owner === owner) this.targets.delete(topic);
-    this.devices.delete(device);
+  /**
+   * A device's command topics are gone (it was removed or is being restarted by a reload). Only
+   * what this device registered: a device of the same name registered since keeps its own.
+   */
+  unregister(device: CommandDevice, topics: Iterable<string>): void {
+    for (const topic of topics) if (this.targets.get(topic)?.owner === device) this.targets.delete(topic);
+    if (this.devices.get(device.name) === device) this.devices.delete(device.name);
   }
 
   /** The tag a command topic is for. */
