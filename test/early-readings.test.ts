@@ -117,6 +117,26 @@ describe('Modbus driver: early readings', () => {
     assert.deepEqual([...onceEach(parts.flat())].sort(), range(0, 300).sort());
   });
 
+  it('a consumer that throws while taking a part fails the read with its error (the process goes on)', async (t) => {
+    const defer = cleanup(t);
+    const server = new RawModbusServer('mbap');
+    await server.start();
+    defer(() => server.stop());
+    const { driver, plan } = await openDriver(defer, server.port, 300);
+    let parts = 0;
+    await assert.rejects(
+      driver.read(plan, () => {
+        parts++;
+        throw new Error('the consumer broke');
+      }),
+      /the consumer broke/,
+    );
+    assert.ok(parts >= 1);
+    // The driver still reads.
+    const rest = await driver.read(plan);
+    assert.equal(rest.length, 300);
+  });
+
   it('a timed-out 3rd request: blocks 1 and 2 came early, the result is block 3 bad with code timeout', async (t) => {
     const defer = cleanup(t);
     const server = new RawModbusServer('mbap');

@@ -218,6 +218,8 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     // The last block's hand-over (see below), awaited before read() settles, also when a later
     // block fails: what was read is handed over before the failure concerns the other tags.
     let handing: Promise<void> | undefined;
+    // A consumer that threw while taking a part: read() fails with it, as when it was called in line.
+    let handOverFailure: { error: unknown } | undefined;
     try {
       for (const block of compiled.blocks) {
         if (poll.abortReason !== undefined) {
@@ -241,12 +243,13 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
           // serves it while the gateway publishes these. Handing them over first made a poll of 80
           // requests last 80 × (round trip + publishing 125 tags), and a 10,000-tag device at
           // 500 ms overran its interval on a busy machine.
-          if (readings.length > 0) handing = handOverSoon(deliver, readings);
+          if (readings.length > 0) handing = handOverSoon(deliver, readings, (error) => (handOverFailure ??= { error }));
         }
       }
     } finally {
       await handing;
     }
+    if (handOverFailure) throw handOverFailure.error;
     this.accountPoll(poll, line, started);
     // While skipped, a probe that times out reads like the skipped polls around it: one reason for
     // the whole episode, so report-by-exception publishes it once.
@@ -607,15 +610,19 @@ export function createDriver(device: ModbusDeviceConfig, context: DriverContext)
   return new ModbusDriver(device, context);
 }
 
-/** Calls `deliver` after the current turn's microtasks (setImmediate keeps the order of the blocks). */
-function handOverSoon(deliver: (readings: TagReading[]) => void, readings: TagReading[]): Promise<void> {
+/**
+ * Calls `deliver` after the current turn's microtasks (setImmediate keeps the order of the
+ * blocks). Its failure goes to `failed`, never out of the callback (that would end the process).
+ */
+function handOverSoon(deliver: (readings: TagReading[]) => void, readings: TagReading[], failed: (error: unknown) => void): Promise<void> {
   return new Promise<void>((resolve) =>
     setImmediate(() => {
       try {
         deliver(readings);
-      } finally {
-        resolve();
+      } catch (error) {
+        failed(error);
       }
+      resolve();
     }),
   );
 }

@@ -69,6 +69,9 @@ export function rearmKeepaliveAtMostEvery(client: MqttClient, intervalMs: number
   };
 }
 
+/** A tick's batch beyond this is written at once (a window of big messages is not copied into one buffer). */
+const MAX_BATCH_BYTES = 256 * 1024;
+
 /**
  * The PUBLISHes of one tick, written to the socket as one buffer at the next tick. mqtt-packet
  * writes a PUBLISH as five or six pieces (header, length, topic, id, payload) into a corked
@@ -77,8 +80,6 @@ export function rearmKeepaliveAtMostEvery(client: MqttClient, intervalMs: number
  * writes the pieces into this object (a stream it cannot cork), and the next tick copies them
  * into one buffer, in order. mqtt-packet does the encoding; only the gathering is ours.
  */
-const MAX_BATCH_BYTES = 256 * 1024;
-
 class PublishBatch {
   private pieces: Array<Buffer | string> = [];
   private bytes = 0;
@@ -100,7 +101,6 @@ class PublishBatch {
       stream.destroy(this.failure);
       return;
     }
-    // A tick's worth of big messages goes in pieces (a window of 1 MB messages is not copied into one buffer).
     if (this.bytes >= MAX_BATCH_BYTES) this.flush();
     else if (piecesBefore === 0) process.nextTick(() => this.flush());
   }
