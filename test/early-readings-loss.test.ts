@@ -1,6 +1,6 @@
-// Early readings when the next block fails in the same turn (the connection is dropped while
-// reply 1 is read): block 1 is handed over before read() rejects, never after it, so a cycle
-// reports each tag once and no good value follows the cycle that reported the connection lost.
+// Early readings when the next block fails at once (the connection is dropped while reply 1 is
+// read): block 1 is handed over before read() rejects, never after it, so a cycle reports each
+// tag once and no good value follows the cycle that reported the connection lost.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ModbusTag } from '../drivers/modbus/config.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ModbusTag } from '../drivers/modbus/config.js';
-import { createDriver, type ModbusDriver } from '../drivers/modbus/index.js';
+import { createDriver } from '../drivers/modbus/index.js';
 import { DeviceRunner, type ReadingsEvent } from '../src/pipeline/device-runner.js';
 import type { Driver, DriverErrorCode, DriverTag, TagReading } from '../src/pipeline/driver.js';
 import { connectWhenUp, runGateway, type RunningGateway } from './helpers/gateway-cli.js';
@@ -94,27 +94,6 @@ describe('Modbus driver: early readings', () => {
     assertRawValues(all);
     assert.equal(all.length, 300);
     assert.equal(server.requests.length, 3);
-  });
-
-  it('each block is handed over after the next request is written (the device serves it meanwhile)', async (t) => {
-    const defer = cleanup(t);
-    const server = new RawModbusServer('mbap');
-    await server.start();
-    defer(() => server.stop());
-    const { driver, plan } = await openDriver(defer, server.port, 300);
-    // Requests the driver had written when each part was handed over.
-    const writtenAtHandOver: number[] = [];
-    const parts: TagReading[][] = [];
-    const rest = await driver.read(plan, (part) => {
-      parts.push(part);
-      writtenAtHandOver.push((driver as ModbusDriver).lineRequestCount);
-    });
-    assert.equal(parts.length, 3);
-    assert.equal(rest.length, 0);
-    // Blocks 1 and 2 after requests 2 and 3 were written; block 3 after the last. (Handing a
-    // block over before writing the next request gave 1, 2, 3.)
-    assert.deepEqual(writtenAtHandOver, [2, 3, 3]);
-    assert.deepEqual([...onceEach(parts.flat())].sort(), range(0, 300).sort());
   });
 
   it('a consumer that throws while taking a part fails the read with its error (the process goes on)', async (t) => {

@@ -215,41 +215,30 @@ export class ModbusDriver implements Driver<ModbusTag>, LineUser {
     // from exceptions this poll actually received.
     for (const { tag, reason } of compiled.excluded) results.set(tag.name, bad(tag, reason, 'known-illegal-address'));
     const poll: PollState = { answered: false, timedOut: false, ...(early ? { early: { deliver: early, delivered: new Set() } } : {}) };
-    // The last block's hand-over (see below), awaited before read() settles, also when a later
-    // block fails: what was read is handed over before the failure concerns the other tags.
-    let handing: Promise<void> | undefined;
-    // A consumer that threw while taking a part: read() fails with it, as when it was called in line.
-    let handOverFailure: { error: unknown } | undefined;
-    try {
-      for (const block of compiled.blocks) {
-        if (poll.abortReason !== undefined) {
-          for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
-          continue;
-        }
-        const ok = await this.readBlock(line, block, results, poll);
-        // With `early`, a block's values go as soon as its reply is in (failures at the poll's end,
-        // with the reason the whole poll decides).
-        if (ok && poll.early) {
-          const { deliver, delivered } = poll.early;
-          const readings: TagReading[] = [];
-          for (const { tag } of block.tags) {
-            const reading = results.get(tag.name);
-            if (!reading || delivered.has(tag.name)) continue;
-            delivered.add(tag.name);
-            readings.push(reading);
-          }
-          // Handed over once the next request is on the wire (it is written in this turn's
-          // microtasks; setImmediate runs after them and before the next reply is read): the device
-          // serves it while the gateway publishes these. Handing them over first made a poll of 80
-          // requests last 80 × (round trip + publishing 125 tags), and a 10,000-tag device at
-          // 500 ms overran its interval on a busy machine.
-          if (readings.length > 0) handing = handOverSoon(deliver, readings, (error) => (handOverFailure ??= { error }));
-        }
+    for (const block of compiled.blocks) {
+      if (poll.abortReason !== undefined) {
+        for (const { tag } of block.tags) results.set(tag.name, bad(tag, poll.abortReason, 'timeout'));
+        continue;
       }
-    } finally {
-      await handing;
+      const ok = await this.readBlock(line, block, results, poll);
+      // With `early`, a block's values go as soon as its reply is in (failures at the poll's end,
+      // with the reason the whole poll decides), before the next request: a poll that reads faster
+      // than the gateway publishes would only move the wait into the outbox, where the data ages
+      // unseen, instead of into the poll, where an overrun is counted (measured: with the next
+      // request sent first, one device's saturation fell from 30,000 to 25,000 msg/s and its p99
+      // beyond it rose from 0.2–0.4 s to 0.6–0.7 s).
+      if (ok && poll.early) {
+        const { deliver, delivered } = poll.early;
+        const readings: TagReading[] = [];
+        for (const { tag } of block.tags) {
+          const reading = results.get(tag.name);
+          if (!reading || delivered.has(tag.name)) continue;
+          delivered.add(tag.name);
+          readings.push(reading);
+        }
+        if (readings.length > 0) deliver(readings);
+      }
     }
-    if (handOverFailure) throw handOverFailure.error;
     this.accountPoll(poll, line, started);
     // While skipped, a probe that times out reads like the skipped polls around it: one reason for
     // the whole episode, so report-by-exception publishes it once.
@@ -608,21 +597,4 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
 
 export function createDriver(device: ModbusDeviceConfig, context: DriverContext): Driver<ModbusTag> {
   return new ModbusDriver(device, context);
-}
-
-/**
- * Calls `deliver` after the current turn's microtasks (setImmediate keeps the order of the
- * blocks). Its failure goes to `failed`, never out of the callback (that would end the process).
- */
-function handOverSoon(deliver: (readings: TagReading[]) => void, readings: TagReading[], failed: (error: unknown) => void): Promise<void> {
-  return new Promise<void>((resolve) =>
-    setImmediate(() => {
-      try {
-        deliver(readings);
-      } catch (error) {
-        failed(error);
-      }
-      resolve();
-    }),
-  );
 }
