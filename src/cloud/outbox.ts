@@ -466,9 +466,12 @@ export class Outbox implements MessageBuffer {
    */
   private insertRows(items: readonly Pending[]): number[] {
     const ids: number[] = [];
+    // The rows as the reader gets them (when it reads), numbered once the statement ran.
+    const made: StoredMessage[] = [];
     for (let start = 0; start < items.length; ) {
       const rows = INSERT_ROWS.find((size) => size <= items.length - start)!;
       const values = (this.insertValues[rows] ??= new Array(rows * INSERT_COLUMNS));
+      made.length = 0;
       for (let row = 0; row < rows; row++) {
         const item = items[start + row]!;
         const { topic, payload, qos, retain } = item.message;
@@ -483,6 +486,7 @@ export class Outbox implements MessageBuffer {
         values[at + 5] = size;
         values[at + 6] = checksum(topic, payload, qos, retain, item.created, size, kind);
         values[at + 7] = kind;
+        if (this.reading) made.push(stored(0, topic, payload, qos, retain, size, item.created, kind));
         this.count++;
         this.bytes += size;
       }
@@ -493,14 +497,10 @@ export class Outbox implements MessageBuffer {
         // The payloads are not kept beyond the statement (also when it failed: a full disk).
         values.fill(undefined);
       }
-      for (let row = 0; row < rows; row++) {
-        const id = last - rows + 1 + row;
-        ids.push(id);
-        if (this.reading) {
-          const item = items[start + row]!;
-          const { topic, payload, qos, retain } = item.message;
-          this.committedRows.push(stored(id, topic, payload, qos, retain, sizeOf(item.message), item.created, item.message.kind ?? 0));
-        }
+      for (let row = 0; row < rows; row++) ids.push(last - rows + 1 + row);
+      for (const [row, message] of made.entries()) {
+        message.id = last - rows + 1 + row;
+        this.committedRows.push(message);
       }
       this.lastCommittedId = last;
       start += rows;
