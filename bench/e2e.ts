@@ -47,7 +47,7 @@ import {
   cpuSeconds,
   exited,
   freePort,
-  inMemoryLimit,
+  nodeCommand,
   peakRssMb,
   rssMb,
   sleep,
@@ -170,19 +170,13 @@ let subscriber = mosquitto
   ? await start(process.execPath, subscriberArgs(mosquitto.port, 1), /SUBSCRIBED/, 30_000, { stdin: true })
   : undefined;
 
-const memoryLimitMb = args['memory-limit'] === undefined ? undefined : Number(args['memory-limit']);
-if (memoryLimitMb !== undefined && !(memoryLimitMb > 0)) throw new Error(`--memory-limit is in MB, not ${args['memory-limit']}`);
 const inspectPort = args.alloc ? await freePort() : undefined;
 const nodeFlags = [
   ...(args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? []),
   ...(args.prof ? ['--cpu-prof', '--cpu-prof-dir', args.prof] : []),
   ...(inspectPort !== undefined ? [`--inspect=127.0.0.1:${inspectPort}`] : []),
 ];
-const gatewayArgv = [...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile];
-const gatewayCommand =
-  memoryLimitMb !== undefined
-    ? inMemoryLimit(memoryLimitMb, process.execPath, gatewayArgv)
-    : { command: process.execPath, argv: gatewayArgv };
+const gatewayCommand = nodeCommand([...nodeFlags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', configFile], args['memory-limit']);
 const gateway = await start(gatewayCommand.command, gatewayCommand.argv, /polling started/, 120_000);
 const pid = gateway.child.pid!;
 subscriber ??= await start(process.execPath, subscriberArgs(brokerPort, 0, true), /SUBSCRIBED/, 30_000, { stdin: true });
@@ -394,7 +388,7 @@ console.log(
         }
       : {}),
     ...(args['gateway-flags'] ? { gatewayNodeFlags: args['gateway-flags'] } : {}),
-    ...(memoryLimitMb !== undefined ? { gatewayMemoryLimitMb: memoryLimitMb } : {}),
+    ...(args['memory-limit'] !== undefined ? { gatewayMemoryLimitMb: Number(args['memory-limit']) } : {}),
     ...(args.inflight !== undefined ? { inFlight: Number(args.inflight) } : {}),
     ...(args['commit-interval'] !== undefined ? { outboxCommitIntervalMs: Number(args['commit-interval']) } : {}),
   }),

@@ -15,7 +15,7 @@ import {
   cpuSeconds,
   exited,
   freePort,
-  inMemoryLimit,
+  nodeCommand,
   peakRssMb,
   rssMb,
   sleep,
@@ -38,7 +38,6 @@ const { values: args } = parseArgs({
 const windowMs = Number(args.window) * 1000;
 const warmupMs = Number(args.warmup) * 1000;
 const flags = args['gateway-flags']?.split(/\s+/).filter(Boolean) ?? [];
-const memoryLimitMb = args['memory-limit'] === undefined ? undefined : Number(args['memory-limit']);
 
 const TAGS = 10_000;
 const DEVICES = 10;
@@ -75,8 +74,7 @@ async function measure(name: string, devices: unknown[]) {
     30_000,
     { stdin: true },
   );
-  const argv = [...flags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', file];
-  const command = memoryLimitMb !== undefined ? inMemoryLimit(memoryLimitMb, process.execPath, argv) : { command: process.execPath, argv };
+  const command = nodeCommand([...flags, join(ROOT, 'dist/src/cli.js'), 'run', '-c', file], args['memory-limit']);
   const gateway = await start(command.command, command.argv, /polling started/, 120_000);
   const pid = gateway.child.pid!;
   const t0 = Date.now() + warmupMs;
@@ -121,7 +119,7 @@ console.log(
       ...tags,
     },
     ...(flags.length > 0 ? { gatewayNodeFlags: flags.join(' ') } : {}),
-    ...(memoryLimitMb !== undefined ? { gatewayMemoryLimitMb: memoryLimitMb } : {}),
+    ...(args['memory-limit'] !== undefined ? { gatewayMemoryLimitMb: Number(args['memory-limit']) } : {}),
   }),
 );
 process.exit(0);

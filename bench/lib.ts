@@ -190,7 +190,15 @@ export async function startModbusServer(
  * v1's memory controller). The process keeps its pid (the shell execs it), so CPU and RSS are
  * measured as usual.
  */
-export function inMemoryLimit(limitMb: number, command: string, argv: string[]): { command: string; argv: string[] } {
+/** The gateway's command line: this Node with `argv`, in a memory cgroup when `memoryLimit` (MB, as given to --memory-limit) is set. */
+export function nodeCommand(argv: string[], memoryLimit: string | undefined): { command: string; argv: string[] } {
+  if (memoryLimit === undefined) return { command: process.execPath, argv };
+  const limitMb = Number(memoryLimit);
+  if (!(limitMb > 0)) throw new Error(`--memory-limit is in MB, not ${memoryLimit}`);
+  return inMemoryLimit(limitMb, process.execPath, argv);
+}
+
+function inMemoryLimit(limitMb: number, command: string, argv: string[]): { command: string; argv: string[] } {
   const name = `plc2mqtt-bench-${process.pid}-${cgroups.length}`;
   const bytes = String(limitMb * 1024 * 1024);
   let procs: string;
