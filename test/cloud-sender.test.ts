@@ -160,6 +160,17 @@ const message = (n: number): OutboxMessage => ({ topic: `t/${n % 3}`, payload: B
 /** The sequence numbers of messages by id (the payload says which append it was). */
 const seqOf = (outbox: Outbox) => new Map(outbox.peek(0, 1_000_000).map((row) => [row.id, Number(row.payload.toString().slice(1))]));
 const range = (from: number, count: number) => Array.from({ length: count }, (_, index) => from + index);
+
+/** An outbox file holding messages 1..100, written with the default bounds (opened again with others). */
+function outboxOf100(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-sender-bound-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'outbox.db');
+  const before = Outbox.open(file, outboxSection.parse({}), pino({ level: 'silent' }));
+  for (let n = 1; n <= 100; n++) before.append(message(n));
+  before.close();
+  return file;
+}
 /** A deterministic shuffle. */
 function shuffled<T>(items: readonly T[], seed: number): T[] {
   const out = [...items];
@@ -360,12 +371,7 @@ describe('cloud sender contract', () => {
   it('drop-oldest while messages are being sent: the others go first (read ahead or not); what is in flight goes only when the bound is smaller; counted exactly', async (t) => {
     // An outbox holding more than its bound (maxMessages lowered across a restart) is where the
     // rows being sent must go too: written with 100, opened again with 3.
-    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-sender-bound-'));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const file = join(dir, 'outbox.db');
-    const before = Outbox.open(file, outboxSection.parse({}), pino({ level: 'silent' }));
-    for (let n = 1; n <= 100; n++) before.append(message(n));
-    before.close();
+    const file = outboxOf100(t);
     const { outbox, cloud, sender, connect, append, flushTimers } = setup(
       t,
       { inFlight: 20 },
@@ -393,12 +399,7 @@ describe('cloud sender contract', () => {
   });
 
   it('drop-oldest with a window read ahead: the rows read ahead and not sent go before the new message', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'plc2mqtt-sender-bound-'));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const file = join(dir, 'outbox.db');
-    const before = Outbox.open(file, outboxSection.parse({}), pino({ level: 'silent' }));
-    for (let n = 1; n <= 100; n++) before.append(message(n));
-    before.close();
+    const file = outboxOf100(t);
     const { outbox, cloud, connect, append, flushTimers } = setup(t, { inFlight: 20 }, { maxMessages: 10, policy: 'drop-oldest' }, file);
     const link = connect(5);
     const fates = new Map<number, string>();

@@ -15,19 +15,22 @@ function registerTags(n: number): Record<string, unknown>[] {
 }
 const tcp = (port: number) => ({ transport: 'tcp', host: '127.0.0.1', port, timeout: 30_000, retries: 0 });
 
-/** Reply 1 is followed, in the same write, by a stray copy: the port drops the connection while reading reply 1. */
-function dropAfterFirstReply(server: RawModbusServer): void {
+/**
+ * A device of 300 registers whose reply 1 is followed, in the same write, by a stray copy: the
+ * port drops the connection while reading reply 1. Stopped after the test.
+ */
+async function deviceDroppingAfterFirstReply(defer: (fn: () => unknown) => void) {
+  const server = new RawModbusServer('mbap');
+  await server.start();
+  defer(() => server.stop());
   server.misbehave = (request, proper) => (request.n === 1 ? Buffer.concat([proper, proper]) : undefined);
+  return device({ connection: tcp(server.port), tags: registerTags(300) });
 }
 
 describe('early readings vs. a read that fails in the same turn', () => {
   it('driver: no part is handed over after read() has settled', async (t) => {
     const defer = cleanup(t);
-    const server = new RawModbusServer('mbap');
-    await server.start();
-    defer(() => server.stop());
-    dropAfterFirstReply(server);
-    const config = device({ connection: tcp(server.port), tags: registerTags(300) });
+    const config = await deviceDroppingAfterFirstReply(defer);
     const driver = createDriver(config, testContext());
     defer(() => driver.close());
     await driver.connect();
@@ -51,11 +54,7 @@ describe('early readings vs. a read that fails in the same turn', () => {
 
   it('runner: each tag once per cycle, and none good after the cycle reported the connection lost', async (t) => {
     const defer = cleanup(t);
-    const server = new RawModbusServer('mbap');
-    await server.start();
-    defer(() => server.stop());
-    dropAfterFirstReply(server);
-    const config = device({ connection: tcp(server.port), tags: registerTags(300) });
+    const config = await deviceDroppingAfterFirstReply(defer);
     const log = testLogger();
     const events: ReadingsEvent[] = [];
     const runner = new DeviceRunner({

@@ -45,33 +45,26 @@ function slowBroker(perPacketMs: number): Promise<{ server: Server; port: number
   );
 }
 
-async function runSlowLink(): Promise<{ closes: number; acked: number }> {
-  const { server, port } = await slowBroker(10);
+/**
+ * A cloud connection with a 2 s keep-alive (ping after 2 s without a packet, "dead" 1 s later) to
+ * `port` for 6 s; `connected` starts its traffic. Returns how often the connection closed.
+ */
+async function runLink(port: number, clientId: string, connected: (connection: CloudConnection) => void): Promise<number> {
   let closes = 0;
-  let acked = 0;
   const config = {
     url: `mqtt://127.0.0.1:${port}`,
     reconnect: { initial: 60_000, max: 60_000 },
     protocolVersion: 4,
     cleanSession: true,
     sessionExpiry: 0,
-    keepalive: 2000, // ping after 2 s without a PINGRESP, "dead" 1 s later
+    keepalive: 2000,
   } as unknown as UplinkConfig;
-  const connection = new CloudConnection(
+  const connection: CloudConnection = new CloudConnection(
     config,
-    { clientId: 'slow-link', will: () => ({ topic: 'w', payload: Buffer.from('x'), qos: 0, retain: false }), tls: {} },
+    { clientId, will: () => ({ topic: 'w', payload: Buffer.from('x'), qos: 0, retain: false }), tls: {} },
     pino({ level: 'silent' }),
     {
-      connected: () => {
-        // A sender keeping a window of 150 QoS 1 messages on the link: each PUBACK sends the next.
-        const send = (): void =>
-          connection.publish('t', Buffer.from('v'), { qos: 1, retain: false }, (error) => {
-            if (error) return;
-            acked++;
-            send();
-          });
-        for (let i = 0; i < 150; i++) send();
-      },
+      connected: () => connected(connection),
       closed: () => closes++,
       message: () => undefined,
       stable: () => undefined,
@@ -80,6 +73,22 @@ async function runSlowLink(): Promise<{ closes: number; acked: number }> {
   connection.start();
   await new Promise((resolve) => setTimeout(resolve, 6000));
   await connection.stop(500, undefined);
+  return closes;
+}
+
+async function runSlowLink(): Promise<{ closes: number; acked: number }> {
+  const { server, port } = await slowBroker(10);
+  let acked = 0;
+  const closes = await runLink(port, 'slow-link', (connection) => {
+    // A sender keeping a window of 150 QoS 1 messages on the link: each PUBACK sends the next.
+    const send = (): void =>
+      connection.publish('t', Buffer.from('v'), { qos: 1, retain: false }, (error) => {
+        if (error) return;
+        acked++;
+        send();
+      });
+    for (let i = 0; i < 150; i++) send();
+  });
   server.close();
   return { closes, acked };
 }
@@ -96,39 +105,17 @@ test('a slow but working cloud link (PUBACKs flowing, a window that takes longer
 
 test('after a burst of PUBACKs, a quiet link still gets its PINGREQ and stays connected', async () => {
   const { server, port, pings } = await slowBroker(1);
-  let closes = 0;
   let acked = 0;
   let lastAck = 0;
-  const config = {
-    url: `mqtt://127.0.0.1:${port}`,
-    reconnect: { initial: 60_000, max: 60_000 },
-    protocolVersion: 4,
-    cleanSession: true,
-    sessionExpiry: 0,
-    keepalive: 2000,
-  } as unknown as UplinkConfig;
-  const connection = new CloudConnection(
-    config,
-    { clientId: 'quiet-link', will: () => ({ topic: 'w', payload: Buffer.from('x'), qos: 0, retain: false }), tls: {} },
-    pino({ level: 'silent' }),
-    {
-      connected: () => {
-        // 300 messages acknowledged as fast as the broker answers, then nothing.
-        for (let i = 0; i < 300; i++)
-          connection.publish('t', Buffer.from('v'), { qos: 1, retain: false }, (error) => {
-            if (error) return;
-            acked++;
-            lastAck = Date.now();
-          });
-      },
-      closed: () => closes++,
-      message: () => undefined,
-      stable: () => undefined,
-    },
-  );
-  connection.start();
-  await new Promise((resolve) => setTimeout(resolve, 6000));
-  await connection.stop(500, undefined);
+  const closes = await runLink(port, 'quiet-link', (connection) => {
+    // 300 messages acknowledged as fast as the broker answers, then nothing.
+    for (let i = 0; i < 300; i++)
+      connection.publish('t', Buffer.from('v'), { qos: 1, retain: false }, (error) => {
+        if (error) return;
+        acked++;
+        lastAck = Date.now();
+      });
+  });
   server.close();
   assert.equal(acked, 300);
   const after = pings.filter((at) => at > lastAck);
